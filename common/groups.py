@@ -1,0 +1,139 @@
+"""The monomial group of an MLP/CNN weight space: hidden-neuron permutations times diagonal scalings.
+
+An element g = (g^(1), ..., g^(L-1)) has, per hidden layer l, a gather index ``perms[l-1]`` [n_l]
+(``perm[j] = pi_l^{-1}(j)``) and a scale vector ``scales[l-1]`` [n_l]. Input and output neurons are fixed.
+It acts on weights as (magep_nfn.md §2)
+
+    W^(l) -> D^(l) P^(l) W^(l) (D^(l-1) P^(l-1))^{-1},   b^(l) -> D^(l) P^(l) b^(l)
+    (gW)^(l)_{jk} = d^(l)_j W^(l)_{perm_l[j], perm_{l-1}[k]} / d^(l-1)_k
+
+on every channel and kernel position alike. "positive" scalings are symmetries of ReLU networks,
+"sign" flips of tanh/sin networks, "none" (permutations only) of any network.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from common.weight_space import NetworkSpec, WeightSpace
+
+SCALINGS = ("positive", "sign", "none")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class MonomialElement:
+    """One monomial group element: per hidden layer a gather index [n_l] (int32) and a scale [n_l]."""
+
+    perms: tuple
+    scales: tuple
+
+
+def sample_monomial(
+    key: jax.Array,
+    spec: NetworkSpec,
+    scaling: str = "positive",
+    scale_range: tuple[float, float] = (0.25, 4.0),
+    scale_distribution: str = "log_uniform",
+    dtype=jnp.float32,
+) -> MonomialElement:
+    """Draw a random monomial element for `spec`.
+
+    Args:
+      key: PRNG key.
+      spec: network structure (widths n_0..n_L).
+      scaling: "positive" (d > 0), "sign" (d in {-1, +1}) or "none" (d = 1).
+      scale_range: (low, high) for "positive" scalings.
+      scale_distribution: "log_uniform" (library default) or "uniform" (the papers' augmentation, d ~ U[low, high]).
+    Returns:
+      MonomialElement with L-1 permutations [n_l] and scales [n_l].
+    """
+    if scaling not in SCALINGS:
+        raise ValueError(f"sample_monomial: scaling must be one of {SCALINGS}, got {scaling!r}")
+    low, high = scale_range
+    if scaling == "positive" and not 0 < low <= high:
+        raise ValueError(f"sample_monomial: scale_range must satisfy 0 < low <= high, got {scale_range}")
+    if scale_distribution not in ("log_uniform", "uniform"):
+        raise ValueError(f"sample_monomial: scale_distribution must be 'log_uniform' or 'uniform', got {scale_distribution!r}")
+    perms, scales = [], []
+    for n, k in zip(spec.widths[1:-1], jax.random.split(key, max(spec.num_layers - 1, 1))):
+        k_perm, k_scale = jax.random.split(k)
+        perms.append(jax.random.permutation(k_perm, n).astype(jnp.int32))
+        if scaling == "positive":
+            if scale_distribution == "log_uniform":
+                d = jnp.exp(jax.random.uniform(k_scale, (n,), dtype, jnp.log(low), jnp.log(high)))
+            else:
+                d = jax.random.uniform(k_scale, (n,), dtype, low, high)
+        elif scaling == "sign":
+            d = jnp.where(jax.random.bernoulli(k_scale, 0.5, (n,)), 1.0, -1.0).astype(dtype)
+        else:
+            d = jnp.ones((n,), dtype)
+        scales.append(d)
+    return MonomialElement(tuple(perms), tuple(scales))
+
+
+def identity(spec: NetworkSpec, dtype=jnp.float32) -> MonomialElement:
+    """The identity element for `spec`."""
+    hidden = spec.widths[1:-1]
+    return MonomialElement(
+        tuple(jnp.arange(n, dtype=jnp.int32) for n in hidden), tuple(jnp.ones((n,), dtype) for n in hidden)
+    )
+
+
+def inverse(g: MonomialElement) -> MonomialElement:
+    """g^{-1}: from (gx)_j = d_j x_{perm[j]}, x_i = (gx)_{inv[i]} / d_{inv[i]} with inv = argsort(perm)."""
+    inv = tuple(jnp.argsort(p).astype(jnp.int32) for p in g.perms)
+    return MonomialElement(inv, tuple(1.0 / d[i] for d, i in zip(g.scales, inv)))
+
+
+def compose(g: MonomialElement, h: MonomialElement) -> MonomialElement:
+    """g h (apply h first): perm = perm_h[perm_g], scale = d_g * d_h[perm_g]."""
+    return MonomialElement(
+        tuple(ph[pg] for pg, ph in zip(g.perms, h.perms)),
+        tuple(dg * dh[pg] for pg, dg, dh in zip(g.perms, g.scales, h.scales)),
+    )
+
+
+def _along(v: jax.Array, axis: int, ndim: int) -> jax.Array:
+    """Reshape vector v [n] to broadcast along `axis` of an ndim-array."""
+    return v.reshape((v.shape[0],) + (1,) * (ndim - axis - 1))
+
+
+def _check(g: MonomialElement, ws: WeightSpace) -> None:
+    if len(g.perms) != ws.num_layers - 1:
+        raise ValueError(
+            f"groups.act: g has {len(g.perms)} hidden layers but ws has {ws.num_layers} layers "
+            f"(needs {ws.num_layers - 1})"
+        )
+    for l, p in enumerate(g.perms, start=1):
+        n = ws.weights[l - 1].shape[ws._out_axis(l - 1)]
+        if p.shape[-1] != n:
+            raise ValueError(f"groups.act: hidden layer {l} of g has {p.shape[-1]} neurons but ws has {n}")
+
+
+def act(g: MonomialElement, ws: WeightSpace) -> WeightSpace:
+    """Apply g to raw weights or to features (any leading batch axes; any trailing channels).
+
+    Args:
+      g: monomial element for the network's spec (unbatched; vmap over g and ws for batches).
+      ws: WeightSpace of raw weights or features.
+    Returns:
+      the transformed WeightSpace, same shapes.
+    """
+    _check(g, ws)
+    L = ws.num_layers
+    weights, biases = [], []
+    for i in range(L):
+        w, b, a = ws.weights[i], ws.biases[i], ws._out_axis(i)
+        if i < L - 1:  # output neurons of layer i are hidden layer i+1
+            p, d = g.perms[i], g.scales[i]
+            w = jnp.take(w, p, axis=a) * _along(d, a, w.ndim).astype(w.dtype)
+            b = jnp.take(b, p, axis=a) * _along(d, a, b.ndim).astype(b.dtype)
+        if i > 0:  # input neurons of layer i are hidden layer i
+            p, d = g.perms[i - 1], g.scales[i - 1]
+            w = jnp.take(w, p, axis=a + 1) / _along(d, a + 1, w.ndim).astype(w.dtype)
+        weights.append(w)
+        biases.append(b)
+    return WeightSpace(tuple(weights), tuple(biases), is_features=ws.is_features)

@@ -1,0 +1,115 @@
+"""Forward passes of the networks whose weights the NFNs read: MLPs, Small-CNN-Zoo CNNs and SIRENs.
+
+All take one network's `WeightSpace` (raw weights, PyTorch orientation) and are vmappable over a
+leading batch of networks (``jax.vmap(mlp_apply, in_axes=(0, None))``).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from common.weight_space import WeightSpace
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "leaky_relu": jax.nn.leaky_relu,
+    "tanh": jnp.tanh,
+    "sin": jnp.sin,
+    "identity": lambda z: z,
+}
+
+
+def get_activation(activation: str | Callable) -> Callable[[jax.Array], jax.Array]:
+    """Activation by name ("relu", "leaky_relu", "tanh", "sin", "identity") or a callable."""
+    if callable(activation):
+        return activation
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)} or a callable, got {activation!r}")
+    return ACTIVATIONS[activation]
+
+
+def _require_raw(ws: WeightSpace, fn: str) -> None:
+    if ws.is_features:
+        raise ValueError(f"{fn}: `ws` holds NFN features; pass raw weights (WeightSpace.from_features)")
+
+
+def mlp_apply(ws: WeightSpace, x: jax.Array, activation: str | Callable = "relu") -> jax.Array:
+    """f(x) = W^(L) s(... s(W^(1) x + b^(1)) ...) + b^(L), no activation after the last layer.
+
+    Args:
+      ws: one MLP, weights[i] [n_{i+1}, n_i], biases[i] [n_{i+1}].
+      x: inputs [..., n_0].
+      activation: hidden activation s.
+    Returns:
+      outputs [..., n_L].
+    """
+    _require_raw(ws, "mlp_apply")
+    if ws.weights[0].ndim != 2:
+        raise ValueError(f"mlp_apply: weights[0] has shape {tuple(ws.weights[0].shape)}; expected one dense MLP [n_1, n_0]")
+    if x.shape[-1] != ws.weights[0].shape[1]:
+        raise ValueError(f"mlp_apply: x has shape {tuple(x.shape)} but the network takes n_0 = {ws.weights[0].shape[1]} inputs")
+    s = get_activation(activation)
+    h = x
+    for i, (w, b) in enumerate(zip(ws.weights, ws.biases)):
+        h = h @ w.T + b
+        if i < ws.num_layers - 1:
+            h = s(h)
+    return h
+
+
+def cnn_apply(
+    ws: WeightSpace,
+    x: jax.Array,
+    activation: str | Callable = "relu",
+    stride: int = 2,
+    padding: str = "VALID",
+) -> jax.Array:
+    """Small CNN Zoo network: conv layers (stride 2, VALID), global average pool, dense layers.
+
+    Every conv layer is followed by the activation; dense layers after the pool by the activation
+    except the last.
+
+    Args:
+      ws: one CNN; conv weights [c_out, c_in, kh, kw] first, then dense weights [n_out, n_in].
+      x: images [..., H, W, n_0] (channels last).
+    Returns:
+      logits [..., n_L].
+    """
+    _require_raw(ws, "cnn_apply")
+    if x.shape[-1] != ws.weights[0].shape[1]:
+        raise ValueError(f"cnn_apply: x has shape {tuple(x.shape)} but weights[0] {tuple(ws.weights[0].shape)} takes {ws.weights[0].shape[1]} channels")
+    if x.ndim < 3:
+        raise ValueError(f"cnn_apply: x must be [..., H, W, C], got shape {tuple(x.shape)}")
+    s = get_activation(activation)
+    batch = x.shape[:-3]
+    h = x.reshape((-1,) + x.shape[-3:])
+    n_conv = sum(w.ndim == 4 for w in ws.weights)
+    for i in range(n_conv):
+        w, b = ws.weights[i], ws.biases[i]
+        if w.ndim != 4:
+            raise ValueError(f"cnn_apply: weights[{i}] {tuple(w.shape)}: conv layers must come before dense layers")
+        h = jax.lax.conv_general_dilated(
+            h, w, (stride, stride), padding, dimension_numbers=("NHWC", "OIHW", "NHWC")
+        )
+        h = s(h + b)
+    h = h.mean(axis=(1, 2))
+    for i in range(n_conv, ws.num_layers):
+        h = h @ ws.weights[i].T + ws.biases[i]
+        if i < ws.num_layers - 1:
+            h = s(h)
+    return h.reshape(batch + h.shape[-1:])
+
+
+def siren_apply(ws: WeightSpace, coords: jax.Array, w0: float = 30.0) -> jax.Array:
+    """SIREN: h <- sin(w0 (W h + b)) on every layer but the last, which is linear.
+
+    Args:
+      ws: one SIREN, e.g. widths 2 -> 32 -> 32 -> c.
+      coords: [..., n_0] coordinates (in [-1, 1]^2 for images).
+      w0: frequency factor (30 in the SIREN/NFN data sets).
+    Returns:
+      [..., n_L] predicted values.
+    """
+    return mlp_apply(ws, coords, activation=lambda z: jnp.sin(w0 * z))
