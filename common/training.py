@@ -1,0 +1,180 @@
+"""One data-parallel training loop for every model of the project.
+
+The model is a pure loss function over a parameter pytree,
+``loss_fn(params, batch, key) -> (loss, metrics)`` with ``loss`` a scalar and ``metrics`` a dict of
+scalars; the data is a pure function ``batches(step) -> batch`` (pytree of arrays ``[b, ...]``), so a
+resumed run sees exactly the batches the uninterrupted run would have seen. The batch is sharded over
+the ``"data"`` axis of a device mesh; parameters, optimizer state and RNG key are replicated; the
+train step is one ``jax.jit`` with ``NamedSharding`` in/out shardings (XLA inserts the gradient
+all-reduce). Flax NNX models go through :func:`nnx_loss_fn`. Multi-host use: see
+:mod:`common.distributed`.
+
+Example::
+
+    state, history = fit(loss_fn, params, optax.adam(1e-3), lambda step: data[step % n],
+                         key=jax.random.key(0), num_steps=1000, run_dir="runs/a",
+                         checkpoint_every=100, eval_fn=evaluate, eval_every=100)
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from common import checkpointing
+from common.distributed import (batch_sharding, initialize_distributed, make_mesh, replicate,
+                                replicated, shard_batch)
+
+__all__ = ["TrainState", "init_train_state", "make_train_step", "fit", "nnx_loss_fn", "make_mesh",
+           "shard_batch", "initialize_distributed"]
+
+LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, Mapping[str, jax.Array]]]
+
+
+class TrainState(NamedTuple):
+    """Everything a training run carries from step to step (a pytree).
+
+    Attributes:
+      step: int32 scalar, number of optimizer updates applied so far (= index of the next batch).
+      params: parameter pytree.
+      opt_state: optax state of ``params``.
+      key: PRNG key, split once per step; the step consumes one half and keeps the other.
+    """
+    step: jax.Array
+    params: Any
+    opt_state: optax.OptState
+    key: jax.Array
+
+
+def init_train_state(params: Any, optimizer: optax.GradientTransformation,
+                     key: jax.Array) -> TrainState:
+    """The state before the first step: ``step=0``, ``optimizer.init(params)``, and ``key``."""
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), key)
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: Mesh
+                    ) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
+    """A jit-compiled data-parallel step ``step(state, batch) -> (state, metrics)``.
+
+    ``batch`` is sharded over the mesh's ``"data"`` axis (see :func:`shard_batch`), ``state`` is
+    replicated and donated; ``metrics`` is ``{"loss": scalar, **loss_fn's metrics}``, replicated.
+    The gradient is that of ``loss_fn`` on the whole global batch, whatever the number of devices.
+    """
+    def step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+        key, step_key = jax.random.split(state.key)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, batch, step_key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(state.step + 1, params, opt_state, key), {"loss": loss, **metrics}
+
+    rep = replicated(mesh)
+    return jax.jit(step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep),
+                   donate_argnums=0)
+
+
+def nnx_loss_fn(graphdef: nnx.GraphDef, loss: Callable[..., Any], *frozen: nnx.State) -> LossFn:
+    """Adapt ``loss(model, batch, key) -> (loss, metrics)`` on a Flax NNX module to a pure loss.
+
+    Split the module first, ``graphdef, params, *frozen = nnx.split(model, nnx.Param, ...)``, and
+    train ``params`` (an ``nnx.State``); ``frozen`` states (e.g. batch statistics, RNG streams) are
+    merged back unchanged at every step. Get the trained module with
+    ``nnx.merge(graphdef, state.params, *frozen)``.
+    """
+    def loss_fn(params: nnx.State, batch: Any, key: jax.Array):
+        return loss(nnx.merge(graphdef, params, *frozen), batch, key)
+    return loss_fn
+
+
+def _load_history(path: str, upto: int) -> list[dict[str, float]]:
+    """Records of the JSON-lines file ``path`` with ``step <= upto``; rewrites the file to them
+    (dropping also a last line cut short by a killed process)."""
+    history = []
+    if os.path.exists(path):
+        with open(path) as f:
+            lines = [line for line in f if line.endswith("\n")]
+        history = [r for r in map(json.loads, lines) if r["step"] <= upto]
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in history)
+    return history
+
+
+def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
+        batches: Callable[[int], Any], *, key: jax.Array, num_steps: int,
+        run_dir: str | os.PathLike | None = None, checkpoint_every: int | None = None,
+        eval_fn: Callable[[Any], Mapping[str, Any]] | None = None, eval_every: int | None = None,
+        log_every: int = 1, mesh: Mesh | None = None, progress: bool = True,
+        max_to_keep: int | None = 3) -> tuple[TrainState, list[dict[str, float]]]:
+    """Train ``params`` for ``num_steps`` optimizer steps, resuming from ``run_dir`` if possible.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch, key) -> (scalar loss, dict of scalar metrics)``, averaged
+        over the batch rows; ``key`` is a fresh PRNG key for each step.
+      params: initial parameter pytree (copied, never modified).
+      optimizer: optax gradient transformation.
+      batches: deterministic ``batches(step) -> batch`` for ``step = 0 .. num_steps-1``, a pytree of
+        arrays ``[b, ...]`` (on several hosts: this host's rows); ``b`` divisible by the number of
+        local devices in ``mesh``.
+      key: PRNG key of the run.
+      num_steps: total number of steps, counting those already done by a resumed run.
+      run_dir: directory for ``metrics.jsonl`` and ``checkpoints/``; ``None``: keep nothing. If it
+        holds a checkpoint, training continues from the latest one (params, optimizer state, step
+        and key), and ``metrics.jsonl`` is cut back to the restored step.
+      checkpoint_every: save a checkpoint every this many steps (and always after the last step,
+        when ``run_dir`` is set).
+      eval_fn: ``eval_fn(params) -> dict of scalars``, called after step ``s`` if
+        ``s % eval_every == 0``; logged with an ``eval/`` prefix.
+      eval_every: see ``eval_fn``.
+      log_every: log the step metrics every this many steps (and after the last step).
+      mesh: device mesh with a ``"data"`` axis; default :func:`make_mesh` over all devices.
+      progress: show a tqdm progress bar (on process 0).
+      max_to_keep: number of checkpoints kept (``None``: all).
+
+    Returns:
+      ``(state, history)``: the final replicated :class:`TrainState` and the logged records, one
+      dict per logged step (``{"step": s, "loss": ..., ..., "eval/...": ...}``); on process 0 with
+      a ``run_dir``, the lines of ``metrics.jsonl`` (including those of the runs it resumed), on
+      other processes only this call's steps.
+    """
+    mesh = make_mesh() if mesh is None else mesh
+    state = replicate(init_train_state(params, optimizer, key), mesh)
+    manager = log_path = None
+    if run_dir is not None:
+        os.makedirs(run_dir, exist_ok=True)
+        manager = checkpointing.open_manager(run_dir, max_to_keep)
+        if jax.process_index() == 0:
+            log_path = os.path.join(run_dir, "metrics.jsonl")
+    train_step = make_train_step(loss_fn, optimizer, mesh)
+    with contextlib.nullcontext() if manager is None else manager:  # exit waits for pending saves
+        if manager is not None:
+            state = checkpointing.restore_latest(manager, state) or state
+        start = int(state.step)
+        history = [] if log_path is None else _load_history(log_path, start)
+        bar = tqdm(range(start + 1, num_steps + 1), total=num_steps, initial=start,
+                   disable=not progress or jax.process_index() != 0)
+        for step in bar:
+            state, metrics = train_step(state, shard_batch(batches(step - 1), mesh))
+            record = {}
+            if step % log_every == 0 or step == num_steps:
+                record = {k: float(v) for k, v in metrics.items()}
+            if eval_fn is not None and eval_every and step % eval_every == 0:
+                record |= {f"eval/{k}": float(v) for k, v in eval_fn(state.params).items()}
+            if record:
+                history.append({"step": step, **record})
+                bar.set_postfix(record, refresh=False)
+                if log_path is not None:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(history[-1]) + "\n")
+            if manager is not None and (step == num_steps
+                                        or (checkpoint_every and step % checkpoint_every == 0)):
+                checkpointing.save(manager, step, state)
+    return state, history
