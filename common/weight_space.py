@@ -102,7 +102,7 @@ class WeightSpace:
     # -- structure ---------------------------------------------------------------------------
     def _out_axis(self, i: int) -> int:
         """Axis index (from the front) of layer i's output-neuron axis."""
-        return self.biases[i].ndim - (2 if self.is_features else 1)
+        return len(self.biases[i].shape) - (2 if self.is_features else 1)
 
     @property
     def num_layers(self) -> int:
@@ -125,13 +125,13 @@ class WeightSpace:
         min_bias_rank = 2 if self.is_features else 1
         batch = None
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            if b.ndim < min_bias_rank:
+            if len(b.shape) < min_bias_rank:
                 raise ValueError(
                     f"WeightSpace: biases[{i}] has shape {tuple(b.shape)}; {kind} biases need rank >= "
                     f"{min_bias_rank} ([..., n_out{', C' if self.is_features else ''}])"
                 )
-            out_axis = b.ndim - min_bias_rank
-            extra = w.ndim - out_axis - 2
+            out_axis = len(b.shape) - min_bias_rank
+            extra = len(w.shape) - out_axis - 2
             allowed = (1,) if self.is_features else (0, 2)
             if extra not in allowed:
                 expect = (
