@@ -1,0 +1,237 @@
+"""Speed and memory of TSW-SL against sliced Wasserstein baselines at equal numbers of directions.
+
+Methods (L k = number of directions, k = 4 lines per tree):
+  tsw_chain           tsw_sl.tsw_sl, chain trees, uniform splitting (the paper's TSW-SL)
+  tsw_chain_distance  tsw_sl.tsw_sl, chain trees, "distance" splitting
+  db_tsw              tsw_sl.db_tsw (concurrent trees, distance splitting)
+  tsw_chain_xla_sort  tsw_chain with XLA's sort instead of numpy's (sort-method check; 100 directions only)
+  sw_ours             tsw_sl.sliced_wasserstein (p = 2)
+  sw_pot              POT's ot.sliced_wasserstein_distance, numpy backend (value only: POT's JAX backend is not
+                      traceable and torch is not installed, so POT has no value+gradient entry)
+  sw_ott              OTT-JAX's ott.tools.sliced.sliced_wasserstein, when `import ott` works (n <= 1e4: one
+                      n = 1e5 call ran for minutes)
+
+For each cell (directions, n = m, d, mode in {value, value+grad}) we record the compile time, the median wall
+time of `repeats` calls after a warm-up, and memory: for jitted JAX functions XLA's temporary + output buffer
+sizes (`compiled.memory_analysis()`) plus the peak of host allocations seen by tracemalloc during the warm-up
+call (numpy's argsort inside the sort callback); for POT the tracemalloc peak.
+
+Run: python -m benchmarks.tsw_speed [--quick] [--out benchmarks/results]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+import tracemalloc
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import ot
+
+import tsw_sl
+
+try:
+    from ott.tools import sliced as ott_sliced
+except ImportError:  # optional baseline
+    ott_sliced = None
+
+K_LINES = 4
+GRID = dict(directions=(100, 1000), n=(1_000, 10_000, 100_000), d=(2, 100))
+QUICK = dict(directions=(100,), n=(1_000, 10_000), d=(2,))
+# [L k, 2n] arrays of 1000 x 200,000 floats are 0.8 GB each; the 2-core / 23 GB machine shared by several
+# engineers cannot hold the few of them a call needs, nor sort 2e8 keys per call in the time budget.
+SKIP = {(1000, 100_000)}
+
+
+def jax_methods(n_dirs, n, d):
+    """Name -> f(x, y) for one cell; the two secondary variants only where they are cheap (L k = 100, d = 2,
+    n <= 1e4) to keep the benchmark within its time budget on the shared 2-core machine."""
+    key = jax.random.key(0)
+    n_trees = n_dirs // K_LINES
+    methods = {
+        "tsw_chain": lambda x, y: tsw_sl.tsw_sl(x, y, key, n_trees, K_LINES, kind="chain"),
+        "db_tsw": lambda x, y: tsw_sl.db_tsw(x, y, key, n_trees, K_LINES),
+        "sw_ours": lambda x, y: tsw_sl.sliced_wasserstein(x, y, key, n_dirs, p=2),
+    }
+    if n_dirs == 100 and d == 2 and n <= 10_000:
+        methods["tsw_chain_distance"] = lambda x, y: tsw_sl.tsw_sl(x, y, key, n_trees, K_LINES, kind="chain",
+                                                                   splitting="distance", root_mean=jnp.mean(y, 0))
+        methods["tsw_chain_xla_sort"] = lambda x, y: tsw_sl.tsw_sl(x, y, key, n_trees, K_LINES, kind="chain",
+                                                                   sort_method="xla")
+    if ott_sliced is not None and n <= 10_000:  # at n = 1e5 one OTT call ran for minutes: left out
+        methods["sw_ott"] = lambda x, y: ott_sliced.sliced_wasserstein(x, y, n_proj=n_dirs, rng=key)[0]
+    return methods
+
+
+def _times(fn, repeats):
+    """(median, min) wall seconds of `repeats` calls."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times)
+
+
+def _host_peak(fn):
+    tracemalloc.start()
+    jax.block_until_ready(fn())
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def time_jax(fn, x, y, mode, repeats):
+    f = fn if mode == "value" else jax.value_and_grad(fn)
+    t0 = time.perf_counter()
+    compiled = jax.jit(f).lower(x, y).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    xla_bytes = int(mem.temp_size_in_bytes + mem.output_size_in_bytes) if mem is not None else None
+    host_peak = _host_peak(lambda: compiled(x, y))  # the warm-up call
+    median, best = _times(lambda: compiled(x, y), repeats)
+    return dict(compile_s=compile_s, time_s=median, min_s=best, xla_bytes=xla_bytes, host_peak_bytes=host_peak)
+
+
+def time_pot(x, y, n_dirs, repeats):
+    xn, yn = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    call = lambda: ot.sliced_wasserstein_distance(xn, yn, n_projections=n_dirs, p=2, seed=0)
+    host_peak = _host_peak(call)  # the warm-up call
+    median, best = _times(call, repeats)
+    return dict(compile_s=0.0, time_s=median, min_s=best, xla_bytes=None, host_peak_bytes=host_peak)
+
+
+def run(grid, repeats_for):
+    rows = []
+    for n_dirs in grid["directions"]:
+        for n in grid["n"]:
+            if (n_dirs, n) in SKIP:
+                continue
+            for d in grid["d"]:
+                kx, ky = jax.random.split(jax.random.key(n + d))
+                x = jax.random.normal(kx, (n, d))
+                y = jax.random.normal(ky, (n, d)) + 1.0
+                repeats = repeats_for(n_dirs, n)
+                cell = dict(directions=n_dirs, n=n, d=d)
+                for mode in ("value", "value+grad"):
+                    for name, fn in jax_methods(n_dirs, n, d).items():
+                        rows.append(dict(cell, method=name, mode=mode, **time_jax(fn, x, y, mode, repeats)))
+                        print(rows[-1], flush=True)
+                    if mode == "value":
+                        rows.append(dict(cell, method="sw_pot", mode=mode, **time_pot(x, y, n_dirs, repeats)))
+                        print(rows[-1], flush=True)
+    return rows
+
+
+def _fmt_ms(v):
+    return f"{1e3 * v:.1f}" if v is not None else "-"
+
+
+def _fmt_mb(v):
+    return f"{v / 2**20:.1f}" if v is not None else "-"
+
+
+def markdown(rows, meta):
+    cells = sorted({(r["directions"], r["n"], r["d"], r["mode"]) for r in rows},
+                   key=lambda c: (c[3], c[0], c[1], c[2]))
+    methods = [m for m in ("tsw_chain", "tsw_chain_distance", "db_tsw", "tsw_chain_xla_sort", "sw_ours",
+                           "sw_pot", "sw_ott") if any(r["method"] == m for r in rows)]
+    index = {(r["directions"], r["n"], r["d"], r["mode"], r["method"]): r for r in rows}
+    out = ["# TSW-SL speed benchmark", "",
+           f"Generated by `python -m benchmarks.tsw_speed` on {meta['machine']}; jax {meta['jax']}, "
+           f"backend {meta['backend']}; {meta['note']}", "",
+           f"Load average of the shared machine (1 min) at start / end: {meta.get('load', 'not recorded')}. "
+           "Other engineers' jobs ran at the same time, so single cells are noisy; compare ratios.", "",
+           "Times: median wall-clock milliseconds per call after compilation (compile time is in the JSON); "
+           "the ratio columns use the fastest of the repeats (min_s), less sensitive to other processes. "
+           "n = m points, k = 4 lines per tree, L k = directions. Memory: XLA temporary + output buffers plus "
+           "the peak of host (numpy) allocations during one call, in MiB.", ""]
+    for mode in ("value", "value+grad"):
+        out += [f"## {mode}: time (ms)", "",
+                "| directions | n | d | " + " | ".join(methods) + " | tsw_chain / sw_ours | tsw_chain / sw_pot |",
+                "|" + "---|" * (len(methods) + 5)]
+        for c in (c for c in cells if c[3] == mode):
+            get = lambda m: index.get(c + (m,))
+            t = {m: (get(m) or {}).get("time_s") for m in methods}
+            best = {m: (get(m) or {}).get("min_s") for m in methods}
+            r_sw = f"{best['tsw_chain'] / best['sw_ours']:.2f}" if best.get("sw_ours") else "-"
+            r_pot = f"{best['tsw_chain'] / best['sw_pot']:.2f}" if best.get("sw_pot") else "-"
+            out.append(f"| {c[0]} | {c[1]} | {c[2]} | " + " | ".join(_fmt_ms(t[m]) for m in methods)
+                       + f" | {r_sw} | {r_pot} |")
+        out.append("")
+    out += ["## memory (MiB), value+grad (sw_pot: value)", "",
+            "| directions | n | d | " + " | ".join(methods) + " |",
+            "|" + "---|" * (len(methods) + 3)]
+    for c in (c for c in cells if c[3] == "value+grad"):
+        vals = []
+        for m in methods:
+            r = index.get(c[:3] + ("value" if m == "sw_pot" else c[3], m))  # POT: value only
+            vals.append(_fmt_mb((r["xla_bytes"] or 0) + r["host_peak_bytes"]) if r else "-")
+        out.append(f"| {c[0]} | {c[1]} | {c[2]} | " + " | ".join(vals) + " |")
+    out.append("")
+    out += summary(rows, index)
+    return "\n".join(out)
+
+
+def summary(rows, index):
+    """Key ratios and the memory scaling of tsw_chain in n."""
+    lines = ["## summary", ""]
+    for mode in ("value", "value+grad"):
+        for other in ("sw_ours", "sw_pot", "sw_ott"):
+            ratios = [index[(r["directions"], r["n"], r["d"], mode, "tsw_chain")]["min_s"] / r["min_s"]
+                      for r in rows if r["method"] == other and r["mode"] == mode]
+            if ratios:
+                target = 1.5 if other == "sw_ours" else 1.0
+                lines.append(f"- {mode}: tsw_chain / {other} time ratio (fastest repeats) over {len(ratios)} cells: "
+                             f"median {statistics.median(ratios):.2f}, range {min(ratios):.2f}-{max(ratios):.2f}; "
+                             f"below the target {target} in {sum(r < target for r in ratios)} of {len(ratios)} cells")
+    lines += ["", "Memory of tsw_chain (value+grad) against n: MiB, and KiB per point (constant = linear in n)", "",
+              "| directions | d | n: MiB (KiB/point) |", "|---|---|---|"]
+    for n_dirs, d in sorted({(r["directions"], r["d"]) for r in rows}):
+        cells = []
+        for r in sorted((r for r in rows if (r["directions"], r["d"], r["mode"], r["method"])
+                         == (n_dirs, d, "value+grad", "tsw_chain")), key=lambda r: r["n"]):
+            total = (r["xla_bytes"] or 0) + r["host_peak_bytes"]
+            cells.append(f"{r['n']}: {total / 2**20:.1f} ({total / 2**10 / (2 * r['n']):.2f})")
+        lines.append(f"| {n_dirs} | {d} | " + "; ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small grid (a smoke run)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--render", action="store_true", help="only rewrite the .md from the existing .json")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.render:
+        data = json.loads((out / "tsw_speed.json").read_text())
+        (out / "tsw_speed.md").write_text(markdown(data["rows"], data["meta"]))
+        return
+    grid = QUICK if args.quick else GRID
+    t0 = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    rows = run(grid, lambda n_dirs, n: 2 if n_dirs * n >= 10**6 else 5)
+    meta = dict(machine=f"{platform.machine()} ({jax.device_count()} {jax.default_backend()} device(s), "
+                        f"{os.cpu_count()} cores)",
+                jax=jax.__version__, backend=jax.default_backend(), ott=ott_sliced is not None,
+                load=f"{load_start:.1f} / {os.getloadavg()[0]:.1f}",
+                total_s=time.perf_counter() - t0,
+                note=f"cells with (directions, n) in {sorted(SKIP)} skipped (memory/time of the shared machine); "
+                     f"OTT-JAX {'included for n <= 1e4' if ott_sliced is not None else 'not installed'}; "
+                     f"2 timed repeats when directions * n >= 1e6, else 5.")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tsw_speed.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    (out / "tsw_speed.md").write_text(markdown(rows, meta))
+    print(f"wrote {out / 'tsw_speed.json'} and .md in {meta['total_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""tsw_sl.tree_wasserstein / tsw_sl / db_tsw against independent references: an explicit tree built node by
+node and edge by edge, scipy's 1-D W1, POT's sliced Wasserstein, and metric / invariance properties."""
+import collections
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import ot
+import pytest
+import scipy.special
+import scipy.stats
+from flax import nnx
+from jax.test_util import check_grads
+
+import tsw_sl
+
+
+# ---------------------------------------------------------------- brute-force tree (independent reference)
+def uniform_alpha(z, sources, directions, delta):
+    return np.full((len(z), len(sources)), 1.0 / len(sources))
+
+
+def distance_alpha(z, sources, directions, delta):
+    """Softmax over lines of -delta * ||residual of z - x_i off line i|| (explicit residual vectors)."""
+    dist = np.empty((len(z), len(sources)))
+    for i, (src, th) in enumerate(zip(sources, directions)):
+        rel = z - src
+        resid = rel - np.outer(rel @ th, th)
+        dist[:, i] = np.linalg.norm(resid, axis=1)
+    return scipy.special.softmax(-delta * dist, axis=1)
+
+
+def brute_tree_cost(x, y, a, b, sources, directions, kind, alpha, p):
+    """sum_e w_e |mu(subtree) - nu(subtree)|^p on one explicitly built tree of lines."""
+    z = np.vstack([x, y])
+    w = np.concatenate([a, -b])
+    k = len(sources)
+    positions, masses = [sources[0]], [0.0]          # node 0 = root (line 0's source)
+    on_line = [[] for _ in range(k)]                 # (coordinate, node id) per line
+    on_line[0].append((0.0, 0))
+    for i in range(1, k):
+        if kind == "chain":                          # line i's source is a node on line i-1
+            c = float((sources[i] - sources[i - 1]) @ directions[i - 1])
+            np.testing.assert_allclose(sources[i - 1] + c * directions[i - 1], sources[i], atol=1e-9)
+            positions.append(sources[i]); masses.append(0.0)
+            on_line[i - 1].append((c, len(positions) - 1))
+            on_line[i].append((0.0, len(positions) - 1))
+        else:                                        # every line starts at the root
+            np.testing.assert_allclose(sources[i], sources[0], atol=1e-12)
+            on_line[i].append((0.0, 0))
+    for i in range(k):                               # projected points, mass shared by alpha
+        for j in range(len(z)):
+            s = float((z[j] - sources[i]) @ directions[i])
+            positions.append(sources[i] + s * directions[i]); masses.append(w[j] * alpha[j, i])
+            on_line[i].append((s, len(positions) - 1))
+    adjacency = collections.defaultdict(list)
+    n_edges = 0
+    for nodes in on_line:                            # consecutive nodes along a line are joined by edges
+        nodes = sorted(nodes)
+        for (s0, u), (s1, v) in zip(nodes[:-1], nodes[1:]):
+            adjacency[u].append((v, s1 - s0)); adjacency[v].append((u, s1 - s0)); n_edges += 1
+    assert n_edges == len(positions) - 1
+    parent, length, order = {0: None}, {0: 0.0}, [0]
+    for u in order:                                  # breadth-first from the root
+        for v, ell in adjacency[u]:
+            if v not in parent:
+                parent[v], length[v] = u, ell
+                order.append(v)
+    assert len(order) == len(positions)
+    subtree = np.array(masses, dtype=float)
+    for v in reversed(order[1:]):
+        subtree[parent[v]] += subtree[v]
+    assert abs(subtree[0]) < 1e-12                   # total signed mass is zero
+    return sum(length[v] * abs(subtree[v]) ** p for v in order[1:])
+
+
+def brute_distance(x, y, a, b, trees, alpha_fn, p, delta=1.0):
+    src, th = np.asarray(trees.sources), np.asarray(trees.directions)
+    z = np.vstack([x, y])
+    costs = [brute_tree_cost(x, y, a, b, src[l], th[l], trees.kind, alpha_fn(z, src[l], th[l], delta), p)
+             for l in range(src.shape[0])]
+    return np.mean(costs) ** (1.0 / p)
+
+
+def random_measures(seed, n=7, m=5, d=3, shift=0.5):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    y = rng.normal(size=(m, d)) * 0.8 + shift
+    a = rng.uniform(0.1, 1.0, n); a /= a.sum()
+    b = rng.uniform(0.1, 1.0, m); b /= b.sum()
+    return x, y, a, b
+
+
+# ---------------------------------------------------------------- closed form vs brute force
+@pytest.mark.parametrize("kind", ["chain", "concurrent"])
+@pytest.mark.parametrize("splitting", ["uniform", "distance"])
+@pytest.mark.parametrize("p", [1, 2])
+def test_closed_form_matches_brute_force_tree(kind, splitting, p):
+    with jax.enable_x64(True):
+        x, y, a, b = random_measures(seed=hash((kind, splitting, p)) % 1000)
+        trees = tsw_sl.sample_trees(jax.random.key(3), 3, 4, 3, kind, root_std=0.7, dtype=jnp.float64)
+        got = tsw_sl.tree_wasserstein(x, y, trees, a, b, splitting=splitting, delta=1.5, p=p)
+        alpha_fn = uniform_alpha if splitting == "uniform" else distance_alpha
+        want = brute_distance(x, y, a, b, trees, alpha_fn, p, delta=1.5)
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def test_learned_splitting_matches_brute_force_tree():
+    with jax.enable_x64(True):
+        x, y, a, b = random_measures(seed=11, n=6, m=8)
+        trees = tsw_sl.sample_trees(jax.random.key(4), 2, 3, 3, "chain", dtype=jnp.float64)
+        split = tsw_sl.LearnedSplitting(3, 3, hidden=(16,), rngs=nnx.Rngs(0))
+        graphdef, params = nnx.split(split)
+        value = lambda params: tsw_sl.tree_wasserstein(x, y, trees, a, b, splitting=nnx.merge(graphdef, params))
+        got, grads = jax.jit(jax.value_and_grad(value))(params)
+        table = np.asarray(split(jnp.asarray(np.vstack([x, y])))[0]).T      # [N, k]
+        want = brute_distance(x, y, a, b, trees, lambda z, s, t, dl: table, 1)
+        np.testing.assert_allclose(got, want, rtol=1e-10)
+        assert not np.allclose(table, 1 / 3)                                  # the map is not constant
+        leaves = jax.tree.leaves(grads)
+        assert all(np.all(np.isfinite(g)) for g in leaves) and any(np.any(g != 0) for g in leaves)
+
+
+@pytest.mark.parametrize("kind", ["chain", "concurrent"])
+def test_one_line_is_w1_of_projections(kind):
+    with jax.enable_x64(True):
+        x, y, a, b = random_measures(seed=5, n=9, m=4, d=4)
+        trees = tsw_sl.sample_trees(jax.random.key(1), 1, 1, 4, kind, dtype=jnp.float64)
+        th = np.asarray(trees.directions[0, 0])
+        want = scipy.stats.wasserstein_distance(x @ th, y @ th, a, b)
+        for splitting in ("uniform", "distance"):
+            got = tsw_sl.tree_wasserstein(x, y, trees, a, b, splitting=splitting)
+            np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def test_uniform_splitting_is_weighted_sw1_over_all_directions():
+    with jax.enable_x64(True):
+        x, y, a, b = random_measures(seed=6, n=12, m=10, d=5)
+        chain = tsw_sl.sample_trees(jax.random.key(2), 4, 3, 5, "chain", dtype=jnp.float64)
+        theta = np.asarray(chain.directions).reshape(-1, 5)                  # the k L directions
+        want = np.mean([scipy.stats.wasserstein_distance(x @ t, y @ t, a, b) for t in theta])
+        got = tsw_sl.tree_wasserstein(x, y, chain, a, b)
+        np.testing.assert_allclose(got, want, rtol=1e-10)
+        pot = ot.sliced_wasserstein_distance(x, y, a, b, projections=theta.T, p=1)
+        np.testing.assert_allclose(got, pot, rtol=1e-10)
+        # sources and kind drop out: same directions, other sources, concurrent kind
+        other = tsw_sl.TreeSystem(chain.sources * 0 + 3.0, chain.directions, "concurrent")
+        np.testing.assert_allclose(tsw_sl.tree_wasserstein(x, y, other, a, b), want, rtol=1e-10)
+        # ... but not with the distance splitting, where the tree matters
+        d_chain = tsw_sl.tree_wasserstein(x, y, chain, a, b, splitting="distance")
+        assert abs(float(d_chain) - want) > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["chain", "concurrent"])
+def test_metric_properties_on_fixed_trees(kind):
+    with jax.enable_x64(True):
+        trees = tsw_sl.sample_trees(jax.random.key(7), 3, 4, 2, kind, root_std=0.5, dtype=jnp.float64)
+        dist = lambda u, v: float(tsw_sl.tree_wasserstein(u[0], v[0], trees, u[1], v[1], splitting="distance"))
+        rng = np.random.default_rng(0)
+        for trial in range(3):
+            ms = []
+            for _ in range(3):                       # one shape: one compilation
+                w = rng.uniform(0.05, 1, 6)
+                ms.append((rng.normal(size=(6, 2)) + rng.normal(size=2), w / w.sum()))
+            mu, nu, rho = ms
+            assert dist(mu, nu) > 0
+            np.testing.assert_allclose(dist(mu, nu), dist(nu, mu), rtol=1e-12)
+            assert dist(mu, mu) == pytest.approx(0.0, abs=1e-12)
+            assert dist(mu, rho) <= dist(mu, nu) + dist(nu, rho) + 1e-12
+        # zero on equal measures written with different supports (duplicated points, split weights)
+        x, _, a, _ = random_measures(seed=1, n=5, d=2)
+        xx, aa = np.vstack([x, x[:2]]), np.concatenate([a[:2] / 2, a[2:], a[:2] / 2])
+        assert dist((x, a), (xx, aa)) == pytest.approx(0.0, abs=1e-12)
+
+
+def random_rigid_motion(seed, d):
+    rng = np.random.default_rng(seed)
+    q, r = np.linalg.qr(rng.normal(size=(d, d)))
+    return q * np.sign(np.diag(r)), rng.normal(size=d) * 3
+
+
+@pytest.mark.parametrize("kind", ["concurrent", "chain"])
+def test_distance_splitting_is_invariant_under_rigid_motions(kind):
+    with jax.enable_x64(True):
+        x, y, a, b = random_measures(seed=9, n=8, m=6, d=4)
+        trees = tsw_sl.sample_trees(jax.random.key(5), 3, 4, 4, kind, root_std=0.5, dtype=jnp.float64)
+        q, v = random_rigid_motion(1, 4)
+        moved = tsw_sl.TreeSystem(np.asarray(trees.sources) @ q.T + v, np.asarray(trees.directions) @ q.T, kind)
+        for p in (1, 2):
+            before = tsw_sl.tree_wasserstein(x, y, trees, a, b, splitting="distance", delta=2.0, p=p)
+            after = tsw_sl.tree_wasserstein(x @ q.T + v, y @ q.T + v, moved, a, b, splitting="distance",
+                                            delta=2.0, p=p)
+            np.testing.assert_allclose(after, before, rtol=1e-10)
+
+
+def test_db_tsw_is_concurrent_distance_tree_wasserstein_rooted_at_the_mixture_mean():
+    with jax.enable_x64(True):
+        x, y, a, b = random_measures(seed=2, n=8, m=6, d=3)
+        key = jax.random.key(8)
+        mean = 0.5 * (a @ x + b @ y)
+        trees = tsw_sl.sample_trees(key, 5, 3, 3, "concurrent", root_mean=mean, root_std=0.1, dtype=jnp.float64)
+        want = tsw_sl.tree_wasserstein(x, y, trees, a, b, splitting="distance", delta=3.0)
+        np.testing.assert_allclose(tsw_sl.db_tsw(x, y, key, 5, 3, a, b, delta=3.0), want, rtol=1e-12)
+        # Db-TSW-orth: orthonormal directions per tree
+        orth = tsw_sl.db_tsw(x, y, key, 5, 3, a, b, orthogonal=True)
+        assert np.isfinite(orth) and orth > 0
+
+
+def test_tsw_sl_samples_then_computes():
+    x, y, a, b = random_measures(seed=3)
+    key = jax.random.key(0)
+    trees = tsw_sl.sample_trees(key, 4, 3, 3, "chain", t_range=(-0.1, 0.1))
+    want = tsw_sl.tree_wasserstein(x, y, trees, a, b, splitting="distance", p=2)
+    got = tsw_sl.tsw_sl(x, y, key, 4, 3, a, b, splitting="distance", p=2, t_range=(-0.1, 0.1))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- autodiff, jit, vmap
+def test_gradients_finite_at_coincident_points_and_sources():
+    chain = tsw_sl.sample_trees(jax.random.key(0), 2, 3, 2, "chain")
+    concurrent = tsw_sl.sample_trees(jax.random.key(0), 2, 3, 2, "concurrent")
+    x = jnp.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
+    x = x.at[0].set(chain.sources[0, 1]).at[1].set(concurrent.sources[1, 0])  # points on line sources
+
+    @functools.partial(jax.jit, static_argnames=("splitting", "p"))
+    def grad(x, y, trees, splitting, p):
+        return jax.grad(lambda x: tsw_sl.tree_wasserstein(x, y, trees, splitting=splitting, p=p))(x)
+
+    for y in (x, x[::-1], x.at[2].add(0.5)):               # identical measures, ties, a generic pair
+        for trees, splitting, p in ((chain, "distance", 2), (concurrent, "distance", 1), (chain, "uniform", 1)):
+            assert np.all(np.isfinite(grad(x, y, trees, splitting, p))), (trees.kind, splitting, p)
+    g = jax.grad(lambda x: tsw_sl.db_tsw(x, x, jax.random.key(1), 3, 2, p=2))(x)
+    assert np.all(np.isfinite(g))
+
+
+@pytest.mark.parametrize("kind", ["chain", "concurrent"])
+def test_gradient_matches_finite_differences(kind):
+    with jax.enable_x64(True):
+        x, y, a, b = random_measures(seed=4, n=5, m=4, d=3)
+        trees = tsw_sl.sample_trees(jax.random.key(6), 2, 3, 3, kind, root_std=0.5, dtype=jnp.float64)
+        f = lambda x, y, a, b: tsw_sl.tree_wasserstein(x, y, trees, a, b, splitting="distance", p=2,
+                                                       normalize_weights=True)
+        check_grads(f, (x, y, a, b), order=1, modes=["rev"], eps=1e-6, atol=1e-6, rtol=1e-6)
+
+
+def test_jit_vmap_and_leading_batch_axes():
+    rng = np.random.default_rng(0)
+    xs = jnp.asarray(rng.normal(size=(3, 6, 2)), jnp.float32)
+    ys = jnp.asarray(rng.normal(size=(3, 4, 2)) + 1, jnp.float32)
+    bs = jnp.asarray(rng.dirichlet(np.ones(4), size=3), jnp.float32)
+    trees = tsw_sl.sample_trees(jax.random.key(1), 5, 3, 2, "chain", root_std=0.5)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def f(x, y, b):
+        return tsw_sl.tree_wasserstein(x, y, trees, b=b, splitting="distance", p=2)
+
+    loop = np.array([f(xs[i], ys[i], bs[i]) for i in range(3)])
+    np.testing.assert_allclose(jax.vmap(f)(xs, ys, bs), loop, rtol=1e-5)
+    np.testing.assert_allclose(tsw_sl.tree_wasserstein(xs, ys, trees, b=bs, splitting="distance", p=2), loop,
+                               rtol=1e-5)
+    # trees batched alongside the measures
+    batched = jax.tree.map(lambda t: jnp.stack([t] * 3), trees)
+    np.testing.assert_allclose(tsw_sl.tree_wasserstein(xs, ys, batched, b=bs, splitting="distance", p=2), loop,
+                               rtol=1e-5)
+    key = jax.random.key(2)
+    g = jax.jit(jax.vmap(jax.grad(lambda x, y: tsw_sl.tsw_sl(x, y, key, 4, 3, kind="concurrent"))))(xs, ys)
+    assert g.shape == xs.shape and np.all(np.isfinite(g))
+    assert tsw_sl.tree_wasserstein(xs, ys, trees).dtype == jnp.float32
+    # Db-TSW over leading batch axes: one root per pair (at that pair's mean), same key
+    db_loop = np.array([tsw_sl.db_tsw(xs[i], ys[i], key, 4, 2) for i in range(3)])
+    np.testing.assert_allclose(tsw_sl.db_tsw(xs, ys, key, 4, 2), db_loop, rtol=1e-5)
+    # the XLA sort path gives the same values as the numpy callback
+    np.testing.assert_allclose(tsw_sl.tree_wasserstein(xs, ys, trees, b=bs, splitting="distance", p=2,
+                                                       sort_method="xla"), loop, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- input validation
+def _good():
+    x, y, a, b = random_measures(seed=0)
+    return x, y, a, b, tsw_sl.sample_trees(jax.random.key(0), 2, 3, 3)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(y=np.zeros((4, 2))), r"same dimension d.*x \(7, 3\), y \(4, 2\)"),
+    (dict(x=np.zeros((7,))), r"x must have shape \[\.\.\., n_points, d\]"),
+    (dict(x=np.zeros((0, 3)), a=None), r"x is empty"),
+    (dict(y=np.full((5, 3), np.nan)), r"y contains non-finite"),
+    (dict(a=np.array([0.5, 0.5, 0.2, -0.2, 0, 0, 0])), r"a must be non-negative"),
+    (dict(b=np.full(5, 0.3)), r"b must sum to 1"),
+    (dict(a=np.full(6, 1 / 6)), r"a must have shape \(7,\).*got \(6,\)"),
+    (dict(trees=tsw_sl.TreeSystem(np.zeros((2, 3, 4)), np.ones((2, 3, 4)))), r"trees have dimension 4.*d = 3"),
+    (dict(trees=tsw_sl.TreeSystem(np.zeros((2, 3, 3)), np.ones((2, 2, 3)))),
+     r"trees.sources and trees.directions"),
+    (dict(trees=np.zeros((2, 3, 3))), r"trees must be a tsw_sl.TreeSystem"),
+    (dict(splitting="soft"), r"splitting must be one of"),
+    (dict(p=0.5), r"p must be a Python number >= 1"),
+])
+def test_bad_inputs_raise(change, match):
+    x, y, a, b, trees = _good()
+    args = dict(x=x, y=y, a=a, b=b, trees=trees, splitting="uniform", p=1)
+    args.update(change)
+    with pytest.raises(ValueError, match=match):
+        tsw_sl.tree_wasserstein(**args)
+
+
+def test_normalize_weights_option():
+    x, y, a, b, trees = _good()
+    want = tsw_sl.tree_wasserstein(x, y, trees, a, b, splitting="distance")
+    got = tsw_sl.tree_wasserstein(x, y, trees, 3 * a, 0.5 * b, splitting="distance", normalize_weights=True)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    with pytest.raises(ValueError, match="a must have a positive total"):
+        tsw_sl.tree_wasserstein(x, y, trees, 0 * a, b, normalize_weights=True)

@@ -1,0 +1,65 @@
+"""Sorting (with payloads, differentiable through the gathers) and prefix sums along the last axis.
+
+The permutation carries no gradient, so it is computed on `stop_gradient`-ed keys and gradients flow through
+the gathers. On CPU, XLA's floating-point sort is an order of magnitude slower than numpy's (spec sec. 16:
+~350 ms vs ~35 ms for [100, 20001] on this project's machine), so `method="auto"` calls numpy's argsort
+through `jax.pure_callback` there and keeps XLA's sort on GPU/TPU. Likewise `jnp.cumsum` lowers to a slow
+reduce-window on CPU (~40 ms for [100, 20001]); `cumsum` here is a parallel prefix scan (~10 ms).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+METHODS = ("auto", "numpy", "xla")
+
+
+def _numpy_argsort(keys):
+    return np.argsort(np.asarray(keys), axis=-1).astype(np.int32)
+
+
+def argsort(keys, method="auto"):
+    """Permutation sorting `keys` [..., N] along the last axis -> int32 [..., N] (no gradient)."""
+    if method not in METHODS:
+        raise ValueError(f"sort_method must be one of {METHODS}; got {method!r}")
+    keys = jax.lax.stop_gradient(keys)
+    if method == "numpy" or (method == "auto" and jax.default_backend() == "cpu"):
+        out = jax.ShapeDtypeStruct(keys.shape, jnp.int32)
+        return jax.pure_callback(_numpy_argsort, out, keys, vmap_method="broadcast_all")
+    return jnp.argsort(keys, axis=-1).astype(jnp.int32)
+
+
+def take_last(values, index):
+    """values[..., index[..., j]] along the last axis as one flat gather ([..., N], [..., M] -> [..., M]).
+
+    Equivalent to jnp.take_along_axis(values, index, -1) with equal leading shapes, but lowers to a 1-D
+    gather, which XLA runs several times faster on CPU (also under vmap).
+    """
+    n = values.shape[-1]
+    rows = index.size // max(index.shape[-1], 1)
+    offsets = (jnp.arange(rows, dtype=jnp.int32) * n).reshape(index.shape[:-1] + (1,))
+    return values.reshape(-1)[(index + offsets).reshape(-1)].reshape(index.shape)
+
+
+def sort_with(keys, *payloads, method="auto"):
+    """Sorts `keys` [..., N] along the last axis and applies the same order to each payload [..., N].
+
+    Returns (sorted_keys, *sorted_payloads); differentiable in keys and payloads.
+    """
+    perm = argsort(keys, method)
+    return (take_last(keys, perm),) + tuple(take_last(jnp.broadcast_to(v, keys.shape), perm) for v in payloads)
+
+
+SCAN_MIN_LENGTH = 4096
+
+
+def cumsum(values):
+    """Inclusive prefix sum along the last axis ([..., N] -> [..., N]).
+
+    A parallel associative scan for long axes (faster at run time on CPU), `jnp.cumsum` for short ones (its
+    program is smaller, so it compiles faster).
+    """
+    if values.shape[-1] < SCAN_MIN_LENGTH:
+        return jnp.cumsum(values, axis=-1)
+    return jax.lax.associative_scan(jnp.add, values, axis=-1)

@@ -1,0 +1,129 @@
+"""Input checks shared by the distances: shapes always, values (finite, non-negative, summing to one) when
+the inputs are concrete (outside jit/grad tracing, where values cannot be inspected)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tsw_sl.trees import KINDS, TreeSystem
+
+SUM_TOL = 1e-5
+SPLITTINGS = ("uniform", "distance")
+
+
+def _concrete(v):
+    return None if isinstance(v, jax.core.Tracer) else np.asarray(v)
+
+
+def _float(name, v):
+    v = jnp.asarray(v)
+    if jnp.issubdtype(v.dtype, jnp.complexfloating):
+        raise ValueError(f"{name} must be real; got dtype {v.dtype}")
+    if not jnp.issubdtype(v.dtype, jnp.floating):
+        v = v.astype(jnp.zeros(()).dtype)
+    return v
+
+
+def _finite(name, v):
+    c = _concrete(v)
+    if c is not None and not np.all(np.isfinite(c)):
+        raise ValueError(f"{name} contains non-finite values (NaN or inf); shape {v.shape}")
+
+
+def points(x, y):
+    """Checks supports x: [..., n, d], y: [..., m, d] (same batch shape and d); returns float arrays."""
+    x, y = _float("x", x), _float("y", y)
+    for name, v in (("x", x), ("y", y)):
+        if v.ndim < 2:
+            raise ValueError(f"{name} must have shape [..., n_points, d]; got shape {v.shape}")
+        if v.shape[-2] == 0 or v.shape[-1] == 0:
+            raise ValueError(f"{name} is empty: shape {v.shape}")
+    if x.shape[-1] != y.shape[-1]:
+        raise ValueError(f"x and y must have the same dimension d; got x {x.shape}, y {y.shape}")
+    if x.shape[:-2] != y.shape[:-2]:
+        raise ValueError(f"x and y must have the same leading batch shape; got x {x.shape}, y {y.shape}")
+    dtype = jnp.result_type(x, y)
+    x, y = x.astype(dtype), y.astype(dtype)
+    _finite("x", x)
+    _finite("y", y)
+    return x, y
+
+
+def weights(name, w, pts, normalize=False):
+    """Checks weights w: [..., n] of supports pts: [..., n, d]; None -> uniform. Returns float weights.
+
+    Raises ValueError on a shape mismatch, non-finite or negative entries, or (unless `normalize`) sums
+    farther than 1e-5 from one. With `normalize`, w / w.sum(-1) is returned (also under jit).
+    """
+    if w is None:
+        n = pts.shape[-2]
+        return jnp.full(pts.shape[:-1], 1.0 / n, pts.dtype)
+    w = _float(name, w).astype(pts.dtype)
+    if w.shape != pts.shape[:-1]:
+        raise ValueError(f"{name} must have shape {pts.shape[:-1]} (one weight per support point); "
+                         f"got {w.shape} for points of shape {pts.shape}")
+    c = _concrete(w)
+    if c is not None:
+        if not np.all(np.isfinite(c)):
+            raise ValueError(f"{name} contains non-finite values; shape {w.shape}")
+        if np.any(c < 0):
+            raise ValueError(f"{name} must be non-negative; min {c.min():.3g}, shape {w.shape}")
+        sums = c.astype(np.float64).sum(-1)
+        if normalize and np.any(sums <= 0):
+            raise ValueError(f"{name} must have a positive total to be normalised; shape {w.shape}")
+        if not normalize and np.any(np.abs(sums - 1.0) > SUM_TOL):
+            raise ValueError(f"{name} must sum to 1 (tolerance {SUM_TOL}); got sums {np.ravel(sums)[:4]} for "
+                             f"shape {w.shape}; pass normalize_weights=True to rescale")
+    if normalize:
+        w = w / jnp.sum(w, axis=-1, keepdims=True)
+    return w
+
+
+def measures(x, y, a, b, normalize=False):
+    """Checks a pair of discrete measures; returns (x, y, a, b) as float arrays (a, b default uniform)."""
+    x, y = points(x, y)
+    return x, y, weights("a", a, x, normalize), weights("b", b, y, normalize)
+
+
+def trees(t, x):
+    """Checks a TreeSystem against supports x: [..., n, d] (trees unbatched or with x's batch axes)."""
+    if not isinstance(t, TreeSystem):
+        raise ValueError(f"trees must be a tsw_sl.TreeSystem; got {type(t).__name__}")
+    if t.kind not in KINDS:
+        raise ValueError(f"trees.kind must be one of {KINDS}; got {t.kind!r}")
+    s, th = t.sources, t.directions
+    if s.shape != th.shape or s.ndim < 3:
+        raise ValueError(f"trees.sources and trees.directions must both have shape [..., L, k, d]; "
+                         f"got {s.shape} and {th.shape}")
+    if s.shape[-1] != x.shape[-1]:
+        raise ValueError(f"trees have dimension {s.shape[-1]} but the points have d = {x.shape[-1]}: "
+                         f"trees.sources {s.shape}, x {x.shape}")
+    if 0 in s.shape[-3:-1]:
+        raise ValueError(f"trees are empty: sources shape {s.shape}")
+    batch = x.shape[:-2]
+    if s.shape[:-3] not in ((), batch):
+        raise ValueError(f"trees' leading axes {s.shape[:-3]} must be () or the points' batch shape {batch}")
+    _finite("trees.sources", s)
+    _finite("trees.directions", th)
+
+
+def power(p):
+    """Checks the exponent p >= 1 (a static Python number); returns it as a float."""
+    if isinstance(p, jax.core.Tracer) or not np.isscalar(p) or not p >= 1:
+        raise ValueError(f"p must be a Python number >= 1; got {p!r}")
+    return float(p)
+
+
+def splitting(s):
+    """Checks a splitting map: "uniform", "distance" or a callable (z [N, d], trees) -> [L or 1, k, N]."""
+    if not (callable(s) or (isinstance(s, str) and s in SPLITTINGS)):
+        raise ValueError(f"splitting must be one of {SPLITTINGS} or a callable; got {s!r}")
+    return s
+
+
+def vmap_leading(fn, n_batch, in_axes):
+    """Applies `fn` (written for one instance) over `n_batch` leading axes of its arguments."""
+    for _ in range(n_batch):
+        fn = jax.vmap(fn, in_axes=in_axes)
+    return fn
