@@ -1,0 +1,68 @@
+"""Shared nnx plumbing of the polynomial layers: channels, channel maps, couplings and coefficients."""
+from __future__ import annotations
+
+from flax import nnx
+
+from common import NetworkSpec, WeightSpace
+from magep.init import init_channel_maps, init_couplings
+from magep.preprocess import map_channels, normalize_scale
+from magep.sharing import SharingPlan
+from magep.validation import check_features, check_spec, resolve_channels
+
+
+class FrozenCoupling(nnx.Variable):
+    """A coupling matrix held fixed (``freeze_phi=True``, as in the authors' code): not an ``nnx.Param``."""
+
+
+def values(d) -> dict:
+    """Plain arrays of a (nested) ``nnx.Dict`` of Variables."""
+    return {k: values(v) if isinstance(v, nnx.Dict) else v[...] for k, v in d.items()}
+
+
+def prepare(params: dict, feats: WeightSpace, normalize: bool, eps: float) -> tuple[tuple, tuple]:
+    """Channel maps (when present) then optional scale normalisation; returns (weights, biases)."""
+    weights, biases = feats.weights, feats.biases
+    if "channel_map" in params:
+        weights, biases = map_channels(params["channel_map"], weights, biases)
+    if normalize:
+        weights, biases = normalize_scale(weights, biases, eps)
+    return weights, biases
+
+
+class PolynomialLayer(nnx.Module):
+    """Base of `PolynomialEquivariant` / `PolynomialInvariant`: subclasses give ``pairs_fn(L)`` (coupling pairs),
+    ``plan_fn(spec)`` (SharingPlan over the blocks) and ``block_channels(plan)`` (block channels / c)."""
+
+    def __init__(self, spec: NetworkSpec, in_channels, out_channels: int, pairs_fn, plan_fn, block_channels,
+                 *, rngs: nnx.Rngs, freeze_phi: bool, normalize: bool, eps: float, param_dtype):
+        name = type(self).__name__
+        check_spec(spec, name, min_layers=2)
+        if not isinstance(out_channels, int) or out_channels < 1:
+            raise ValueError(f"{name}: out_channels must be a positive int, got {out_channels!r}")
+        self.spec, self.normalize, self.eps = spec, normalize, eps
+        self.in_channels = resolve_channels(in_channels, spec, name, "in_channels")
+        distinct = set(self.in_channels.weights + self.in_channels.biases)
+        if len(distinct) == 1:  # one channel count: products run on the input channels directly
+            c = distinct.pop()
+            self.channel_map = None
+        else:  # conv kernels folded into channels: map every layer to c = out_channels first
+            c = out_channels
+            self.channel_map = nnx.Dict({k: nnx.Param(v) for k, v in init_channel_maps(
+                rngs.params(), self.in_channels.weights, self.in_channels.biases, c, param_dtype).items()})
+        var = FrozenCoupling if freeze_phi else nnx.Param
+        couplings = init_couplings(rngs.params(), pairs_fn(spec.num_layers), c, spec.widths[0], spec.widths[-1], param_dtype)
+        self.couplings = nnx.Dict({g: nnx.Dict({k: var(v) for k, v in m.items()}) for g, m in couplings.items()})
+        plan: SharingPlan = plan_fn(spec)
+        c_in = {name_: k * c for name_, k in block_channels(plan).items()}
+        c_out = {o: out_channels for o, _ in plan.out_slots}
+        self.coefs = nnx.Dict({k: nnx.Param(v) for k, v in plan.init(rngs.params(), c_in, c_out, param_dtype).items()})
+
+    def params_tree(self) -> dict:
+        """The pure-function parameters: ``{"coefs", "couplings"[, "channel_map"]}`` as plain arrays."""
+        tree = {"coefs": values(self.coefs), "couplings": values(self.couplings)}
+        if self.channel_map is not None:
+            tree["channel_map"] = values(self.channel_map)
+        return tree
+
+    def check(self, feats) -> None:
+        check_features(feats, self.spec, self.in_channels, type(self).__name__)

@@ -1,0 +1,94 @@
+"""Parameter-shared linear layers on MLP/CNN weight spaces: Monomial-NFN, NP and HNP (one engine,
+`magep.sharing`, three groups).
+
+- ``MonomialLinear``: hidden neurons permuted and scaled; "positive" keeps the terms valid for every
+  diagonal scaling (Monomial-NFN, ReLU nets), "sign" adds the cross terms valid only for d = 1/d
+  (E(W)^(L) += V b^(L-1), E(b)^(L-1) += X W^(L); for L = 2 also W^(1) <-> W^(2)).
+- ``HNPLinear``: hidden-neuron permutations only, complete orbit sharing (Zhou et al. Tables 8-11, DWSNet).
+- ``NPLinear``: all neurons permuted (inputs and outputs too), Zhou et al. Eq. 2 with Table 7 biases.
+In-layer channels may differ per tensor (conv kernel positions as channels).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax.numpy as jnp
+from flax import nnx
+
+from common import NetworkSpec, WeightSpace
+from magep.base import values
+from magep.sharing import SharingPlan
+from magep.slots import from_slots, slot_channels, to_slots, weight_space_slots
+from magep.validation import check_features, check_spec, resolve_channels
+
+GROUPS = {  # name -> (permuted layers as a function of L, sharing rule)
+    "monomial_positive": (lambda L: range(1, L), "positive"),
+    "monomial_sign": (lambda L: range(1, L), "sign"),
+    "hnp": (lambda L: range(1, L), "full"),
+    "np": (lambda L: range(0, L + 1), "full"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def linear_plan(spec: NetworkSpec, group: str) -> SharingPlan:
+    """All admissible W/b -> W/b terms (and constants) of `group` (a key of GROUPS)."""
+    permuted, rule = GROUPS[group]
+    slots = weight_space_slots(spec)
+    return SharingPlan.build(slots, slots, permuted(spec.num_layers), rule)
+
+
+def sharing_linear(coefs: dict, feats: WeightSpace, spec: NetworkSpec, group: str) -> WeightSpace:
+    """Equivariant linear map of `group` on features.
+
+    Args:
+      coefs: term name -> coefficient (`linear_plan(spec, group).init`).
+      feats: features of `spec`, weights [..., n_l, n_{l-1}, C_l], biases [..., n_l, C'_l].
+    Returns:
+      features of `spec` with the layer's output channels.
+    """
+    return from_slots(linear_plan(spec, group).apply(coefs, to_slots(feats)), spec.num_layers)
+
+
+class SharingLinear(nnx.Module):
+    """nnx wrapper of `sharing_linear`; ``in_channels`` / ``out_channels`` as for `PolynomialEquivariant`
+    (int, per-layer tuple, or (weight, bias) pairs)."""
+
+    group: str = ""
+
+    def __init__(self, spec: NetworkSpec, in_channels, out_channels, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        name = type(self).__name__
+        check_spec(spec, name, min_layers=2)
+        self.spec = spec
+        self.in_channels = resolve_channels(in_channels, spec, name, "in_channels")
+        self.out_channels = resolve_channels(out_channels, spec, name, "out_channels")
+        plan = linear_plan(spec, self.group)
+        c_in = slot_channels(self.in_channels.weights, self.in_channels.biases)
+        c_out = slot_channels(self.out_channels.weights, self.out_channels.biases)
+        self.coefs = nnx.Dict({k: nnx.Param(v) for k, v in plan.init(rngs.params(), c_in, c_out, param_dtype).items()})
+
+    def __call__(self, feats: WeightSpace) -> WeightSpace:
+        check_features(feats, self.spec, self.in_channels, type(self).__name__)
+        return sharing_linear(values(self.coefs), feats, self.spec, self.group)
+
+
+class MonomialLinear(SharingLinear):
+    """Monomial-NFN linear layer; ``scaling="positive"`` (ReLU nets) or ``"sign"`` (tanh/sin nets)."""
+
+    def __init__(self, spec: NetworkSpec, in_channels, out_channels, *, scaling: str = "positive",
+                 rngs: nnx.Rngs, param_dtype=jnp.float32):
+        if scaling not in ("positive", "sign"):
+            raise ValueError(f"MonomialLinear: scaling must be 'positive' or 'sign', got {scaling!r}")
+        self.group = f"monomial_{scaling}"
+        super().__init__(spec, in_channels, out_channels, rngs=rngs, param_dtype=param_dtype)
+
+
+class HNPLinear(SharingLinear):
+    """Hidden-neuron-permutation equivariant linear layer (complete parameter sharing)."""
+
+    group = "hnp"
+
+
+class NPLinear(SharingLinear):
+    """Neuron-permutation equivariant linear layer (all layers permuted, including inputs and outputs)."""
+
+    group = "np"

@@ -1,0 +1,81 @@
+"""MAGEP polynomial equivariant layer (magep_nfn.md §4): pure function and nnx Module."""
+from __future__ import annotations
+
+import functools
+
+import jax.numpy as jnp
+from flax import nnx
+
+from common import NetworkSpec, WeightSpace
+from magep.base import PolynomialLayer, prepare
+from magep.sharing import SharingPlan
+from magep.slots import bias_axes, from_slots, weight_axes, weight_space_slots
+from magep.terms import coupling_pairs, equivariant_blocks
+
+
+@functools.lru_cache(maxsize=None)
+def equivariant_plan(spec: NetworkSpec) -> SharingPlan:
+    """Terms of §4 over the blocks of `terms.equivariant_blocks` ("positive" rule: valid for every scaling).
+
+    Layer 1 reads P1 = [W, [WW], [bW]]^(1,0) and b^(1); hidden W^(l) reads P_l; hidden b^(l) reads
+    M_l = [W^(l,0), [WW]^(l,0), [bW]^(l,0)] and [S^(l), b^(l)]; W^(L) reads P_L; b^(L) reads M_L, [S^(L), b^(L)],
+    the traces and a constant.
+    """
+    L, n0 = spec.num_layers, spec.widths[0]
+    blocks = {"b1": bias_axes(spec, 1), **{f"P{l}": weight_axes(spec, l) for l in range(1, L + 1)}}
+    for l in range(2, L + 1):
+        blocks[f"M{l}"] = ((l, spec.widths[l], 1), (0, n0, -1))
+        blocks[f"S{l}"] = bias_axes(spec, l)
+    blocks["T"] = (("s", L - 1, 0),)
+    sources = {"W1": ("P1", "b1"), "b1": ("P1", "b1")}
+    for l in range(2, L + 1):
+        sources[f"W{l}"] = (f"P{l}",)
+        sources[f"b{l}"] = (f"M{l}", f"S{l}") + (("T",) if l == L else ())
+    return SharingPlan.build(weight_space_slots(spec), blocks, range(1, L), "positive", sources)
+
+
+def block_channels(plan: SharingPlan) -> dict[str, int]:
+    """Input channels of each block as a multiple of the product channel count c."""
+    return {name: 1 if name == "b1" else 3 if name[0] in "PM" else 2 for name, _ in plan.in_slots}
+
+
+def polynomial_equivariant(params: dict, feats: WeightSpace, spec: NetworkSpec, *, normalize: bool = False,
+                           eps: float = 1e-3) -> WeightSpace:
+    """MAGEP equivariant layer.
+
+    Args:
+      params: ``{"coefs": {term: array}, "couplings": {"Phi": {pair: [c, n_0, n_L]}, "phi": {pair: [c, n_L]}}``
+        plus ``"channel_map"`` ({"W{l}": [C_l, c], "b{l}": [C'_l, c]}) when input channels differ per layer.
+      feats: features of `spec`, weights [..., n_l, n_{l-1}, C_l], biases [..., n_l, C'_l].
+      spec: network spec (L >= 2).
+      normalize: divide by the group-invariant scale of `preprocess.normalize_scale` first.
+    Returns:
+      features of `spec` with ``out_channels`` channels on every weight and bias.
+    """
+    weights, biases = prepare(params, feats, normalize, eps)
+    out = equivariant_plan(spec).apply(params["coefs"], equivariant_blocks(weights, biases, params["couplings"]))
+    return from_slots(out, spec.num_layers)
+
+
+class PolynomialEquivariant(PolynomialLayer):
+    """Monomial-group equivariant polynomial layer features -> features (any leading batch axes).
+
+    Args:
+      spec: network spec, L >= 2.
+      in_channels: int, tuple of per-layer weight channels (biases: divided by the kernel size of `spec`),
+        or tuple of (weight, bias) channel pairs; differing counts get learned channel maps to out_channels.
+      out_channels: channels of every output weight and bias.
+      rngs: nnx.Rngs (``params`` stream).
+      freeze_phi: hold the coupling matrices fixed (authors' code) instead of learning them.
+      normalize: scale-normalise inputs (`preprocess.normalize_scale`), keeps equivariance.
+    """
+
+    def __init__(self, spec: NetworkSpec, in_channels, out_channels: int, *, rngs: nnx.Rngs,
+                 freeze_phi: bool = False, normalize: bool = False, eps: float = 1e-3, param_dtype=jnp.float32):
+        super().__init__(spec, in_channels, out_channels, coupling_pairs,
+                         equivariant_plan, block_channels, rngs=rngs, freeze_phi=freeze_phi, normalize=normalize,
+                         eps=eps, param_dtype=param_dtype)
+
+    def __call__(self, feats: WeightSpace) -> WeightSpace:
+        self.check(feats)
+        return polynomial_equivariant(self.params_tree(), feats, self.spec, normalize=self.normalize, eps=self.eps)

@@ -1,0 +1,57 @@
+"""MAGEP polynomial invariant layer (magep_nfn.md §6): pure function and nnx Module."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from common import NetworkSpec, WeightSpace
+from magep.base import PolynomialLayer, prepare
+from magep.sharing import SharingPlan
+from magep.slots import bias_axes
+from magep.terms import invariant_blocks, invariant_pairs
+
+
+@functools.lru_cache(maxsize=None)
+def invariant_plan(spec: NetworkSpec) -> SharingPlan:
+    """I_e = H1-3 . M + H4-5 . [S^(L), b^(L)] + H6-7 . traces + h_e (no permuted axis anywhere)."""
+    L = spec.num_layers
+    blocks = {"M": ((L, spec.widths[L], 1), (0, spec.widths[0], -1)), "S": bias_axes(spec, L), "T": (("s", L - 1, 0),)}
+    return SharingPlan.build({"out": ()}, blocks, range(1, L), "positive")
+
+
+def block_channels(plan: SharingPlan) -> dict[str, int]:
+    """Input channels of each block as a multiple of c."""
+    return {"M": 3, "S": 2, "T": 2}
+
+
+def polynomial_invariant(params: dict, feats: WeightSpace, spec: NetworkSpec, *, normalize: bool = False,
+                         eps: float = 1e-3) -> jax.Array:
+    """MAGEP invariant layer.
+
+    Args:
+      params: as `polynomial_equivariant`, with couplings for `terms.invariant_pairs` ((L,0) and (s,s)).
+      feats: features of `spec`.
+      spec: network spec (L >= 2).
+    Returns:
+      [..., out_features], invariant under the monomial group (positive and sign scalings).
+    """
+    weights, biases = prepare(params, feats, normalize, eps)
+    return invariant_plan(spec).apply(params["coefs"], invariant_blocks(weights, biases, params["couplings"]))["out"]
+
+
+class PolynomialInvariant(PolynomialLayer):
+    """Monomial-group invariant polynomial layer features -> [..., out_features]; arguments as
+    `PolynomialEquivariant` (Phi/phi learned by default, as in the authors' code)."""
+
+    def __init__(self, spec: NetworkSpec, in_channels, out_features: int, *, rngs: nnx.Rngs,
+                 freeze_phi: bool = False, normalize: bool = False, eps: float = 1e-3, param_dtype=jnp.float32):
+        super().__init__(spec, in_channels, out_features, invariant_pairs,
+                         invariant_plan, block_channels, rngs=rngs, freeze_phi=freeze_phi, normalize=normalize,
+                         eps=eps, param_dtype=param_dtype)
+
+    def __call__(self, feats: WeightSpace) -> jax.Array:
+        self.check(feats)
+        return polynomial_invariant(self.params_tree(), feats, self.spec, normalize=self.normalize, eps=self.eps)

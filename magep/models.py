@@ -1,0 +1,286 @@
+"""Networks built from the MAGEP layers and the baselines (magep_nfn.md §7).
+
+- `GeneralizationPredictor`: features -> body -> MLP head -> sigmoid; body chosen by ``nfn``:
+  "magep" (MonomialLinear -> sigma -> K x [PolynomialEquivariant -> sigma] -> PolynomialInvariant),
+  "monomial" / "hnp" / "np" ([linear layer -> sigma] x K -> pool) or "statnn" (statistics).
+- `INRClassifier`: optional Fourier features -> MAGEP body -> MLP head (logits).
+- `INREditor`: U' = U + gamma * NFN(U), gamma learned (initialised 0.01).
+
+sigma must match the group of the input networks (positive: ReLU-like, sign: odd), so the models are
+invariant (equivariant for the editor) end to end. Options that break the group (Fourier features on raw
+weights, the authors' NP editing tail) are explicit and off by default.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from common import NetworkSpec, WeightSpace
+from common.nets import get_activation
+from magep.baselines import (HNPLinear, HNPPool, IOEncoding, MonomialLinear, MonomialPool, NPLinear, NPPool,
+                             statistics)
+from magep.baselines.statnn import QUANTILES
+from magep.draws import normal_arrays
+from magep.equivariant import PolynomialEquivariant
+from magep.invariant import PolynomialInvariant
+from magep.mlp import MLP
+from magep.validation import check_features, check_spec, resolve_channels
+
+GROUP_ACTIVATIONS = {"positive": ("relu", "leaky_relu", "identity"), "sign": ("tanh", "sin", "identity")}
+DEFAULT_ACTIVATION = {"positive": "relu", "sign": "tanh", "none": "relu"}
+NFNS = ("magep", "monomial", "hnp", "np", "statnn")
+OFFICIAL = {  # CNN-zoo configurations (magep_nfn.md §9.1): channels, head width
+    "magep": (20, 500), "monomial": ((16, 16, 5), 200), "hnp": ((16, 16, 5), 1000), "np": ((16, 16, 5), 1000),
+    "statnn": (None, 1000),
+}
+
+
+def check_activation(scaling: str, activation: str, model: str) -> None:
+    """Raise ValueError unless `activation` commutes with the scalings of `scaling` ("none": any name)."""
+    get_activation(activation)
+    if scaling not in ("positive", "sign", "none"):
+        raise ValueError(f"{model}: scaling must be 'positive', 'sign' or 'none', got {scaling!r}")
+    if scaling != "none" and activation not in GROUP_ACTIVATIONS[scaling]:
+        raise ValueError(
+            f"{model}: activation {activation!r} breaks the {scaling!r} group; use one of {GROUP_ACTIVATIONS[scaling]}"
+        )
+
+
+def map_features(fn, feats: WeightSpace) -> WeightSpace:
+    """Apply an elementwise function to every weight and bias feature."""
+    return jax.tree.map(fn, feats)
+
+
+class FixedBasis(nnx.Variable):
+    """A random but fixed buffer (Fourier frequencies): not an ``nnx.Param``."""
+
+
+class FourierFeatures(nnx.Module):
+    """Gaussian Fourier features per entry: x [.., C_t] -> sin(2 pi x B_t) (mode "odd") or
+    [sin, cos](2 pi x B_t) (mode "full"), B_t [C_t, F] ~ N(0, scale^2) fixed, one per tensor.
+
+    "odd" keeps sign-flip equivariance (sin is odd) but not positive scaling; "full" (the authors' INR
+    classifier) keeps only permutation symmetry.
+    """
+
+    def __init__(self, spec: NetworkSpec, in_channels, n_frequencies: int, *, scale: float, mode: str, rngs: nnx.Rngs):
+        if mode not in ("odd", "full"):
+            raise ValueError(f"FourierFeatures: mode must be 'odd' or 'full', got {mode!r}")
+        self.spec, self.mode = spec, mode
+        self.in_channels = resolve_channels(in_channels, spec, "FourierFeatures", "in_channels")
+        shapes = [(c, n_frequencies) for c in self.in_channels.weights + self.in_channels.biases]
+        self.basis = nnx.List([FixedBasis(b) for b in normal_arrays(rngs.params(), shapes, [scale] * len(shapes))])
+        self.out_channels = n_frequencies * (1 if mode == "odd" else 2)
+
+    def __call__(self, feats: WeightSpace) -> WeightSpace:
+        check_features(feats, self.spec, self.in_channels, "FourierFeatures")
+        leaves = feats.weights + feats.biases
+        out = []
+        for x, B in zip(leaves, self.basis):
+            z = 2 * jnp.pi * (x @ B[...])
+            out.append(jnp.sin(z) if self.mode == "odd" else jnp.concatenate([jnp.sin(z), jnp.cos(z)], -1))
+        L = self.spec.num_layers
+        return WeightSpace(tuple(out[:L]), tuple(out[L:]), is_features=True)
+
+
+class MagepBody(nnx.Module):
+    """MonomialLinear(in_channels -> c) -> sigma -> K x [PolynomialEquivariant(c -> c) -> sigma]
+    -> PolynomialInvariant(c -> out_features): features -> [..., out_features]."""
+
+    def __init__(self, spec: NetworkSpec, in_channels, channels: int, out_features: int, num_equivariant: int, *,
+                 scaling: str, activation: str, rngs: nnx.Rngs, freeze_phi: bool = False, normalize: bool = False):
+        self.activation = activation
+        self.embed = MonomialLinear(spec, in_channels, channels, scaling=scaling, rngs=rngs)
+        self.layers = nnx.List([PolynomialEquivariant(spec, channels, channels, rngs=rngs, freeze_phi=freeze_phi,
+                                                      normalize=normalize) for _ in range(num_equivariant)])
+        self.invariant = PolynomialInvariant(spec, channels, out_features, rngs=rngs, normalize=normalize)
+
+    def __call__(self, feats: WeightSpace) -> jax.Array:
+        act = get_activation(self.activation)
+        h = map_features(act, self.embed(feats))
+        for layer in self.layers:
+            h = map_features(act, layer(h))
+        return self.invariant(h)
+
+
+class LinearBody(nnx.Module):
+    """[optional IOEncoding] -> [linear layer -> sigma] x K -> pool, for "monomial", "hnp" and "np"."""
+
+    def __init__(self, spec: NetworkSpec, in_channels, channels: tuple, nfn: str, *, scaling: str, activation: str,
+                 rngs: nnx.Rngs, io_encoding: bool):
+        self.activation = activation
+        self.io = IOEncoding(spec, in_channels, rngs=rngs) if io_encoding else None
+        if nfn == "monomial":  # Monomial-NFN keeps kernel positions: c channels per position on conv layers
+            widths = [tuple(c * k for k in spec.feature_channels) for c in channels]
+            make = lambda a, b: MonomialLinear(spec, a, b, scaling=scaling, rngs=rngs)
+        else:
+            widths = list(channels)
+            make = lambda a, b: (HNPLinear if nfn == "hnp" else NPLinear)(spec, a, b, rngs=rngs)
+        ins = [in_channels] + widths[:-1]
+        self.layers = nnx.List([make(a, b) for a, b in zip(ins, widths)])
+        if nfn == "monomial":
+            self.pool = MonomialPool(spec, widths[-1], scaling=scaling)
+        else:
+            self.pool = (HNPPool if nfn == "hnp" else NPPool)(spec, widths[-1])
+        self.out_features = self.pool.out_features
+
+    def __call__(self, feats: WeightSpace) -> jax.Array:
+        act = get_activation(self.activation)
+        h = feats if self.io is None else self.io(feats)
+        for layer in self.layers:
+            h = map_features(act, layer(h))
+        return self.pool(h)
+
+
+class StatBody(nnx.Module):
+    """STATNN statistics (no parameters)."""
+
+    def __init__(self, spec: NetworkSpec, in_channels):
+        self.spec, self.in_channels = spec, resolve_channels(in_channels, spec, "StatBody", "in_channels")
+        self.out_features = (2 + len(QUANTILES)) * (sum(self.in_channels.weights) + sum(self.in_channels.biases))
+
+    def __call__(self, feats: WeightSpace) -> jax.Array:
+        check_features(feats, self.spec, self.in_channels, "StatBody")
+        return statistics(feats)
+
+
+class GeneralizationPredictor(nnx.Module):
+    """Predict a CNN's test accuracy from its weights (features of ``ws.to_features()``, C_l = kh*kw).
+
+    Args:
+      spec: spec of the input networks (raw, with kernel shapes: conv kernels are folded into channels).
+      nfn: "magep", "monomial", "hnp", "np" or "statnn".
+      scaling: group of the input networks, "positive" (ReLU nets) or "sign" (tanh nets); "magep" and
+        "monomial" are invariant under it, the others only under hidden-neuron permutations.
+      activation: sigma between NFN layers (default ReLU for positive, tanh for sign); checked against
+        `scaling` for "magep" and "monomial".
+      channels: "magep": an int c (default 20); "monomial"/"hnp"/"np": per-layer channels (default (16, 16, 5)).
+      head: hidden width of the 3-layer MLP head (defaults 500 / 200 / 1000 / 1000 / 1000).
+      num_equivariant: K, the number of PolynomialEquivariant layers ("magep").
+      freeze_phi, normalize: options of the polynomial layers.
+      io_encoding: positional IO-encoding before the first NP layer (default on for "np").
+      dropout: dropout in the head.
+    Call: features -> [...] probabilities; `logits` gives the pre-sigmoid values.
+    """
+
+    def __init__(self, spec: NetworkSpec, *, nfn: str = "magep", scaling: str = "positive", activation: str | None = None,
+                 channels=None, head: int | None = None, num_equivariant: int = 2, rngs: nnx.Rngs,
+                 freeze_phi: bool = False, normalize: bool = False, io_encoding: bool | None = None, dropout: float = 0.0):
+        if nfn not in NFNS:
+            raise ValueError(f"GeneralizationPredictor: nfn must be one of {NFNS}, got {nfn!r}")
+        check_spec(spec, "GeneralizationPredictor", 2)
+        activation = DEFAULT_ACTIVATION[scaling] if activation is None and scaling in DEFAULT_ACTIVATION else activation
+        check_activation(scaling if nfn in ("magep", "monomial") else "none", activation, "GeneralizationPredictor")
+        if nfn in ("magep", "monomial") and scaling == "none":
+            raise ValueError(f"GeneralizationPredictor: nfn={nfn!r} needs scaling 'positive' or 'sign', got 'none'")
+        default_channels, default_head = OFFICIAL[nfn]
+        channels = default_channels if channels is None else channels
+        head = default_head if head is None else head
+        in_channels = spec.feature_channels
+        if nfn == "magep":
+            self.body = MagepBody(spec, in_channels, channels, channels, num_equivariant, scaling=scaling,
+                                  activation=activation, rngs=rngs, freeze_phi=freeze_phi, normalize=normalize)
+            width = channels
+        elif nfn == "statnn":
+            self.body = StatBody(spec, in_channels)
+            width = self.body.out_features
+        else:
+            self.body = LinearBody(spec, in_channels, tuple(channels), nfn, scaling=scaling, activation=activation,
+                                   rngs=rngs, io_encoding=(nfn == "np") if io_encoding is None else io_encoding)
+            width = self.body.out_features
+        self.head = MLP(width, (head, head), 1, rngs=rngs, dropout=dropout)
+
+    def logits(self, feats: WeightSpace) -> jax.Array:
+        """features -> [...] logits."""
+        return self.head(self.body(feats))[..., 0]
+
+    def __call__(self, feats: WeightSpace) -> jax.Array:
+        """features -> [...] predicted accuracy in (0, 1)."""
+        return jax.nn.sigmoid(self.logits(feats))
+
+
+class INRClassifier(nnx.Module):
+    """Classify SIREN (or other) INRs from their weights: [FourierFeatures] -> MagepBody -> MLP head.
+
+    Args:
+      spec: spec of the INRs (e.g. widths (2, 32, 32, 1)).
+      num_classes: number of logits.
+      scaling, activation: group of the INRs ("sign" for SIRENs) and matching sigma ("sin" or "tanh").
+      channels: c of the MAGEP body; num_equivariant: K; head: hidden width; dropout: head dropout.
+      fourier_features: None (default, equivariant), "odd" (sin half: keeps sign flips, breaks positive
+        scaling) or "full" (the authors' choice: permutation-invariant only).
+      n_frequencies, fourier_scale: Gaussian Fourier feature settings (authors: 128, 3).
+    Call: features -> [..., num_classes] logits.
+    """
+
+    def __init__(self, spec: NetworkSpec, num_classes: int, *, scaling: str = "sign", activation: str = "sin",
+                 channels: int = 128, num_equivariant: int = 3, head: int = 1000, dropout: float = 0.0,
+                 fourier_features: str | None = None, n_frequencies: int = 128, fourier_scale: float = 3.0,
+                 rngs: nnx.Rngs, freeze_phi: bool = False, normalize: bool = False):
+        check_spec(spec, "INRClassifier", 2)
+        check_activation(scaling, activation, "INRClassifier")
+        in_channels = spec.feature_channels
+        self.fourier = None if fourier_features is None else FourierFeatures(
+            spec, in_channels, n_frequencies, scale=fourier_scale, mode=fourier_features, rngs=rngs)
+        if self.fourier is not None:
+            in_channels = self.fourier.out_channels
+        self.body = MagepBody(spec, in_channels, channels, channels, num_equivariant, scaling=scaling,
+                              activation=activation, rngs=rngs, freeze_phi=freeze_phi, normalize=normalize)
+        self.head = MLP(channels, (head, head), num_classes, rngs=rngs, dropout=dropout)
+
+    def __call__(self, feats: WeightSpace) -> jax.Array:
+        h = feats if self.fourier is None else self.fourier(feats)
+        return self.head(self.body(h))
+
+
+class INREditor(nnx.Module):
+    """Equivariant weight editor U' = U + gamma * NFN(U) on the features of raw weights (e.g. SIRENs).
+
+    variant="library" (default, fully equivariant): MonomialLinear(C -> c) -> sigma ->
+    K x [PolynomialEquivariant(c) -> sigma] -> MonomialLinear(c -> C).
+    variant="paper" (authors; permutation-equivariant only): MonomialLinear(C -> c) -> PolynomialEquivariant(c)
+    -> MonomialLinear(c -> 2c) -> FourierFeatures("full") -> IOEncoding -> 3 x [NPLinear(-> 128) -> ReLU]
+    -> NPLinear(-> C).
+
+    Args:
+      spec: spec of the edited networks; scaling/activation: their group and the matching sigma.
+      channels: c; num_equivariant: K; gamma_init: initial gamma.
+    Call: features of raw weights (``ws.to_features()``: C_l = kernel size, bias channels 1) -> edited
+    features, same shapes.
+    """
+
+    def __init__(self, spec: NetworkSpec, *, channels: int = 16, num_equivariant: int = 1, scaling: str = "sign",
+                 activation: str = "sin", gamma_init: float = 0.01, variant: str = "library", rngs: nnx.Rngs,
+                 freeze_phi: bool = False, normalize: bool = False, n_frequencies: int = 128, fourier_scale: float = 3.0):
+        check_spec(spec, "INREditor", 2)
+        check_activation(scaling, activation, "INREditor")
+        if variant not in ("library", "paper"):
+            raise ValueError(f"INREditor: variant must be 'library' or 'paper', got {variant!r}")
+        self.spec, self.activation, self.variant = spec, activation, variant
+        self.in_channels = resolve_channels(spec.feature_channels, spec, "INREditor", "feats channels")
+        io = spec.feature_channels  # raw weights' features: C_l = kernel size (1 for dense), bias channels 1
+        self.gamma = nnx.Param(jnp.asarray(gamma_init, jnp.float32))
+        poly = lambda: PolynomialEquivariant(spec, channels, channels, rngs=rngs, freeze_phi=freeze_phi, normalize=normalize)
+        layers = [MonomialLinear(spec, io, channels, scaling=scaling, rngs=rngs)]
+        if variant == "library":
+            layers += [poly() for _ in range(num_equivariant)]
+            layers.append(MonomialLinear(spec, channels, io, scaling=scaling, rngs=rngs))
+        else:
+            fourier = FourierFeatures(spec, 2 * channels, n_frequencies, scale=fourier_scale, mode="full", rngs=rngs)
+            width = fourier.out_channels
+            layers += [poly(), MonomialLinear(spec, channels, 2 * channels, scaling=scaling, rngs=rngs), fourier,
+                       IOEncoding(spec, width, rngs=rngs), NPLinear(spec, width, 128, rngs=rngs),
+                       NPLinear(spec, 128, 128, rngs=rngs), NPLinear(spec, 128, 128, rngs=rngs),
+                       NPLinear(spec, 128, io, rngs=rngs)]
+        self.layers = nnx.List(layers)
+
+    def __call__(self, feats: WeightSpace) -> WeightSpace:
+        check_features(feats, self.spec, self.in_channels, "INREditor")
+        act = get_activation(self.activation if self.variant == "library" else "relu")
+        h = feats
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            if i < len(self.layers) - 1 and (self.variant == "library" or isinstance(layer, NPLinear)):
+                h = map_features(act, h)
+        return jax.tree.map(lambda u, d: u + self.gamma[...] * d, feats, h)

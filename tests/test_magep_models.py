@@ -1,0 +1,171 @@
+"""Models: official parameter counts, end-to-end invariance/equivariance (two-sided) for both groups on the
+MLP, CNN-zoo and SIREN specs, jit/vmap/grad, and no retracing in the data-parallel training step."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from common import training
+from common.distributed import replicate
+from magep import GeneralizationPredictor, INRClassifier, INREditor
+from tests.test_magep_support import SPECS, assert_two_sided, jitted, random_features
+
+ACTIVATION = {"positive": "relu", "sign": "tanh"}
+WRONG = {"positive": "sign", "sign": "positive"}
+
+
+def n_params(module) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+def test_official_cnn_zoo_parameter_counts():
+    """Instantiated counts vs the reference counts of anchors.md §7 (MAGEP: 998,121 with the authors' frozen
+    Phi; learned Phi add (3L-2) pairs x d (n_0 n_L + n_L) per equivariant layer; Monomial-NFN: 254,619)."""
+    spec = SPECS["cnn"]
+    frozen = GeneralizationPredictor(spec, nfn="magep", freeze_phi=True, rngs=nnx.Rngs(0))
+    assert n_params(frozen) == 998_121
+    learned = GeneralizationPredictor(spec, nfn="magep", rngs=nnx.Rngs(0))
+    L, d, n0, nL = spec.num_layers, 20, spec.widths[0], spec.widths[-1]
+    assert n_params(learned) == 998_121 + 2 * (3 * L - 2) * d * (n0 * nL + nL)
+    assert n_params(GeneralizationPredictor(spec, nfn="monomial", rngs=nnx.Rngs(0))) == 254_619
+
+
+@pytest.mark.parametrize("scaling", ["positive", "sign"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "siren"])
+def test_magep_predictor_invariant(name, scaling):
+    spec = SPECS[name]
+    with jax.enable_x64(True):
+        feats = random_features(0, spec)
+        model = GeneralizationPredictor(spec, nfn="magep", scaling=scaling, channels=2, head=4, num_equivariant=1,
+                                        rngs=nnx.Rngs(1))
+        assert_two_sided(jitted(model, "logits"), jax.random.key(2), feats, spec, scaling, equivariant=False,
+                         wrong_scaling=WRONG[scaling])
+
+
+@pytest.mark.parametrize("scaling", ["positive", "sign"])
+def test_monomial_predictor_invariant(scaling):
+    spec = SPECS["cnn"]
+    with jax.enable_x64(True):
+        feats = random_features(3, spec)
+        model = GeneralizationPredictor(spec, nfn="monomial", scaling=scaling, channels=(2, 2), head=4, rngs=nnx.Rngs(4))
+        # Monomial-NFN never couples neighbouring layers' hidden indices, so uncoupled permutations are
+        # invisible to it (the expressivity gap MAGEP closes, see test_only_magep_sees_cross_layer_coupling).
+        assert_two_sided(jitted(model, "logits"), jax.random.key(5), feats, spec, scaling, equivariant=False,
+                         uncoupled=False, io_perm=True, wrong_scaling=WRONG[scaling])
+
+
+@pytest.mark.parametrize("nfn", ["hnp", "np", "statnn"])
+def test_permutation_baseline_predictors_invariant(nfn):
+    spec = SPECS["cnn"]
+    with jax.enable_x64(True):
+        feats = random_features(6, spec)
+        model = GeneralizationPredictor(spec, nfn=nfn, channels=(2, 2), head=16, rngs=nnx.Rngs(7))
+        assert_two_sided(jitted(model, "logits"), jax.random.key(8), feats, spec, "none", equivariant=False,
+                         uncoupled=nfn != "statnn", io_perm=nfn == "hnp", wrong_scaling="positive",
+                         min_change=1e-6)  # mean-pooled cross-layer terms: weak but exact-zero-free sensitivity
+
+
+def test_only_magep_sees_cross_layer_coupling():
+    from common import testing
+
+    spec = SPECS["mlp"]
+    with jax.enable_x64(True):
+        feats = random_features(9, spec)
+        moved = testing.uncoupled_permutation(jax.random.key(0), feats, 1)
+        outputs = {}
+        for nfn in ("magep", "monomial"):
+            model = GeneralizationPredictor(spec, nfn=nfn, channels=2 if nfn == "magep" else (2, 2), head=4,
+                                            rngs=nnx.Rngs(10))
+            logits = jitted(model, "logits")
+            outputs[nfn] = (float(logits(feats)), float(logits(moved)))
+    assert abs(outputs["magep"][0] - outputs["magep"][1]) > 1e-6
+    assert outputs["monomial"][0] == pytest.approx(outputs["monomial"][1], abs=1e-12)
+
+
+@pytest.mark.parametrize("scaling", ["positive", "sign"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "siren"])
+def test_inr_classifier_invariant_and_editor_equivariant(name, scaling):
+    spec = SPECS[name]
+    act = "relu" if scaling == "positive" else "sin"
+    with jax.enable_x64(True):
+        feats = random_features(11, spec)
+        clf = INRClassifier(spec, 3, scaling=scaling, activation=act, channels=2, num_equivariant=1, head=4,
+                            rngs=nnx.Rngs(12))
+        assert_two_sided(jitted(clf), jax.random.key(13), feats, spec, scaling, equivariant=False,
+                         wrong_scaling=WRONG[scaling])
+        editor = INREditor(spec, scaling=scaling, activation=act, channels=2, rngs=nnx.Rngs(14), gamma_init=0.5)
+        assert_two_sided(jitted(editor), jax.random.key(15), feats, spec, scaling, equivariant=True,
+                         wrong_scaling=WRONG[scaling])
+
+
+def test_group_breaking_options_are_explicit():
+    """Fourier features: "odd" keeps sign flips, "full" (authors) only permutations; the authors' editor
+    (NP tail) is permutation-equivariant only."""
+    spec = SPECS["siren"]
+    with jax.enable_x64(True):
+        feats = random_features(16, spec)
+        odd = INRClassifier(spec, 2, channels=2, num_equivariant=1, head=4, fourier_features="odd", n_frequencies=3,
+                            rngs=nnx.Rngs(17))
+        assert_two_sided(jitted(odd), jax.random.key(18), feats, spec, "sign", equivariant=False, wrong_scaling="positive")
+        full = INRClassifier(spec, 2, channels=2, num_equivariant=1, head=4, fourier_features="full", n_frequencies=3,
+                             rngs=nnx.Rngs(19))
+        assert_two_sided(jitted(full), jax.random.key(20), feats, spec, "none", equivariant=False, wrong_scaling="sign")
+        paper = INREditor(spec, channels=2, variant="paper", n_frequencies=2, rngs=nnx.Rngs(21), gamma_init=0.5)
+        assert_two_sided(jitted(paper), jax.random.key(22), feats, spec, "none", equivariant=True, wrong_scaling="sign")
+
+
+def test_editor_is_a_small_residual_at_init():
+    spec = SPECS["siren"]
+    feats = random_features(23, spec, dtype=jnp.float32)
+    editor = INREditor(spec, channels=2, rngs=nnx.Rngs(24))
+    assert float(editor.gamma[...]) == pytest.approx(0.01)
+    delta = jax.tree.map(lambda a, b: a - b, jitted(editor)(feats), feats)
+    scale = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(feats))
+    biggest = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(delta))
+    assert 0 < biggest < 0.1 * scale
+
+
+@pytest.fixture(scope="module")
+def small_predictor():
+    return GeneralizationPredictor(SPECS["mlp"], nfn="magep", channels=3, head=8, num_equivariant=1, rngs=nnx.Rngs(0))
+
+
+def test_predictor_jit_vmap_and_gradients(small_predictor):
+    spec = SPECS["mlp"]
+    feats = random_features(25, spec, batch=(4,), dtype=jnp.float32)
+    graphdef, params = nnx.split(small_predictor, nnx.Param)
+    one = lambda p, f: nnx.merge(graphdef, p)(f)
+    batched = jax.jit(one)(params, feats)
+    mapped = jax.jit(jax.vmap(one, (None, 0)))(params, feats)
+    assert batched.shape == (4,) and np.all((batched > 0) & (batched < 1))
+    np.testing.assert_allclose(batched, mapped, rtol=1e-5)
+    target = jnp.linspace(0.2, 0.8, 4)
+    grads = jax.jit(jax.grad(lambda p: jnp.mean((one(p, feats) - target) ** 2)))(params)
+    leaves = jax.tree.leaves(grads)
+    assert all(np.all(np.isfinite(g)) for g in leaves)
+    assert sum(bool(np.any(g != 0)) for g in leaves) == len(leaves)
+
+
+def test_training_step_does_not_retrace(small_predictor):
+    spec = SPECS["mlp"]
+    graphdef, params = nnx.split(small_predictor, nnx.Param)
+
+    @chex.assert_max_traces(n=1)
+    def loss_fn(p, batch, key):
+        pred = nnx.merge(graphdef, p).logits(batch["feats"])
+        loss = jnp.mean(optax.sigmoid_binary_cross_entropy(pred, batch["acc"]))
+        return loss, {"mean_pred": jnp.mean(jax.nn.sigmoid(pred))}
+
+    mesh = training.make_mesh()
+    step = training.make_train_step(loss_fn, optax.adam(1e-3), mesh)
+    state = replicate(training.init_train_state(params, optax.adam(1e-3), jax.random.key(0)), mesh)
+    losses = []
+    for i in range(3):
+        batch = {"feats": random_features(30 + i, spec, batch=(8,), dtype=jnp.float32),
+                 "acc": jnp.full((8,), 0.1 * (i + 1))}
+        state, metrics = step(state, training.shard_batch(batch, mesh))
+        losses.append(float(metrics["loss"]))
+    assert int(state.step) == 3 and all(np.isfinite(losses))
