@@ -1,0 +1,363 @@
+"""Model-zoo folders: sharded weights + one metadata row per checkpoint, resumable generation, loaders, splits.
+
+Folder layout (every file written atomically: temp file + ``os.replace``)::
+
+    DIR/layout.json             kind, the flat layout of one model's parameters (leaf name, shape, offset),
+                                and the generation settings (a resumed run must use the same ones)
+    DIR/shards/shard_00003.npz  ``weights`` float32 [R, D] (R = checkpoints x models of the shard, one flat
+                                parameter vector per row) and ``rows`` (the rows' metadata as JSON);
+                                a shard file exists only once its models are completely trained
+    DIR/metadata.csv            all rows of all completed shards, in shard order: model_id, epoch,
+                                hyperparameters, metrics (rebuilt after every shard)
+
+Generation (`generate_zoo`) trains the missing shards in order; killed at any moment, a rerun trains exactly
+the shards whose file is absent, so no model is lost or duplicated.
+
+`read_small_cnn_zoo` reads the original Small CNN Zoo release (Unterthiner et al.): ``weights.npy`` [R, 4970],
+``metrics.csv`` or ``metrics.csv.gz`` (one row per checkpoint, columns ``config.*``, ``step``, metrics) and
+``layout.csv`` (columns ``varname``, ``shape`` and optionally ``start_idx``; TF/Keras tensors, kernels
+(kh, kw, in, out), dense (in, out)); the column names follow the release README as far as it was read
+(**unverified** against the real files).
+"""
+from __future__ import annotations
+
+import ast
+import csv
+import gzip
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from common.weight_space import WeightSpace
+
+__all__ = ["atomic_write", "leaf_layout", "flatten_params", "unflatten_params", "checkpoint_rows", "generate_zoo",
+           "load_zoo", "split_models", "select_rows", "select_split", "load_weight_space_zoo", "read_small_cnn_zoo",
+           "describe"]
+
+LAYOUT_FILE, METADATA_FILE, SHARD_DIR = "layout.json", "metadata.csv", "shards"
+
+
+# ----------------------------------------------------------------------------------------- flat layout
+def leaf_layout(template: Any) -> list[dict]:
+    """``[{"name", "shape", "offset", "size"}]`` of one model's parameter pytree, in flattening order."""
+    out, offset = [], 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(template)[0]:
+        size = int(np.prod(leaf.shape))
+        out.append({"name": jax.tree_util.keystr(path), "shape": list(leaf.shape), "offset": offset, "size": size})
+        offset += size
+    return out
+
+
+def flatten_params(params: Any) -> np.ndarray:
+    """Parameters with leaves ``[R, ...]`` -> float32 ``[R, D]`` rows in `leaf_layout` order."""
+    leaves = [np.asarray(x, np.float32) for x in jax.tree.leaves(params)]
+    return np.concatenate([x.reshape(x.shape[0], -1) for x in leaves], axis=1)
+
+
+def unflatten_params(flat: np.ndarray, template: Any) -> Any:
+    """``[R, D]`` rows -> the pytree of ``template`` (one model) with leaves ``[R, ...]``.
+
+    Raises:
+      ValueError: ``D`` differs from the template's number of parameters.
+    """
+    layout = leaf_layout(template)
+    total = sum(leaf["size"] for leaf in layout)
+    if flat.ndim != 2 or flat.shape[1] != total:
+        raise ValueError(f"flat: shape {flat.shape}, expected [R, {total}] for the template's layout")
+    leaves = [flat[:, e["offset"]:e["offset"] + e["size"]].reshape(flat.shape[0], *e["shape"]) for e in layout]
+    return jax.tree.unflatten(jax.tree.structure(template), leaves)
+
+
+def checkpoint_rows(configs: Sequence[Mapping[str, Any]], checkpoints: Iterable[Any]) -> tuple[np.ndarray, list[dict]]:
+    """Rows of a trained shard: for every checkpoint (epoch order), every model (config order).
+
+    Args:
+      configs: one metadata dict per model (must hold ``model_id``).
+      checkpoints: `common.population.Checkpoint`-like objects (``epoch``, ``params`` [P, ...], ``metrics``).
+    Returns:
+      ``(weights float32 [R, D], rows)`` with ``rows[r] = {**config, "epoch": e, **metrics}``.
+    """
+    weights, rows = [], []
+    for ckpt in checkpoints:
+        weights.append(flatten_params(ckpt.params))
+        for m, config in enumerate(configs):
+            rows.append({**config, "epoch": int(ckpt.epoch),
+                         **{k: float(v[m]) for k, v in ckpt.metrics.items()}})
+    return np.concatenate(weights, axis=0), rows
+
+
+# ----------------------------------------------------------------------------------- atomic writing
+def atomic_write(path: str, write: Callable[[io.IOBase], None], mode: str = "wb") -> None:
+    """Write ``path`` via ``write(file)`` into a temp file in the same folder, fsync, then ``os.replace``."""
+    folder = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": "", "encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _write_csv(f, rows: Sequence[Mapping[str, Any]]) -> None:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    writer = csv.DictWriter(f, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def _shard_path(zoo_dir: str, index: int) -> str:
+    return os.path.join(zoo_dir, SHARD_DIR, f"shard_{index:05d}.npz")
+
+
+def _read_shard(path: str) -> tuple[np.ndarray, list[dict]]:
+    with np.load(path) as z:
+        return z["weights"], json.loads(str(z["rows"]))
+
+
+def generate_zoo(zoo_dir: str, layout: Mapping[str, Any], configs: Sequence[Mapping[str, Any]], shard_size: int,
+                 train_shard: Callable[[list[dict]], tuple[np.ndarray, list[dict]]],
+                 progress: bool = True) -> list[dict]:
+    """Train and store a zoo shard by shard, skipping the shards already stored (resume).
+
+    Args:
+      zoo_dir: the zoo folder (created if absent).
+      layout: JSON-able dict for ``layout.json`` (kind, ``leaves`` from `leaf_layout`, generation settings);
+        if the folder already has a different one, nothing is trained.
+      configs: one metadata dict per model, each with a unique ``model_id``; shard k holds
+        ``configs[k * shard_size:(k + 1) * shard_size]``.
+      shard_size: models per shard (the population trained at once).
+      train_shard: ``train_shard(shard_configs) -> (weights [R, D], rows)``, e.g. via `checkpoint_rows`.
+      progress: tqdm bar over shards.
+    Returns:
+      All metadata rows of the zoo.
+    Raises:
+      ValueError: ``layout.json`` exists with other settings (use a fresh folder).
+    """
+    os.makedirs(os.path.join(zoo_dir, SHARD_DIR), exist_ok=True)
+    layout = json.loads(json.dumps(dict(layout)))
+    layout_path = os.path.join(zoo_dir, LAYOUT_FILE)
+    if os.path.exists(layout_path):
+        with open(layout_path) as f:
+            stored = json.load(f)
+        if stored != layout:
+            changed = sorted(k for k in set(stored) | set(layout) if stored.get(k) != layout.get(k))
+            raise ValueError(f"zoo_dir {zoo_dir} holds a zoo generated with other settings ({changed}); "
+                             "use a new folder or the same settings to resume")
+    else:
+        atomic_write(layout_path, lambda f: json.dump(layout, f, indent=1), "w")
+    for folder in (zoo_dir, os.path.join(zoo_dir, SHARD_DIR)):  # temp files of a killed run
+        for name in os.listdir(folder):
+            if name.startswith(".tmp_"):
+                os.unlink(os.path.join(folder, name))
+    n_shards = -(-len(configs) // shard_size)
+    todo = [k for k in range(n_shards) if not os.path.exists(_shard_path(zoo_dir, k))]
+    for k in tqdm(todo, desc="shards", disable=not progress):
+        weights, rows = train_shard([dict(c) for c in configs[k * shard_size:(k + 1) * shard_size]])
+        if len(rows) != weights.shape[0]:
+            raise ValueError(f"train_shard returned {weights.shape[0]} weight rows but {len(rows)} metadata rows")
+        payload = {"weights": weights.astype(np.float32), "rows": np.array(json.dumps(rows))}
+        atomic_write(_shard_path(zoo_dir, k), lambda f: np.savez(f, **payload))
+        _rebuild_metadata(zoo_dir)
+    _rebuild_metadata(zoo_dir)
+    return load_zoo(zoo_dir)[1]
+
+
+def _shard_files(zoo_dir: str) -> list[str]:
+    folder = os.path.join(zoo_dir, SHARD_DIR)
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.startswith("shard_") and n.endswith(".npz"))
+
+
+def _rebuild_metadata(zoo_dir: str) -> None:
+    rows = [row for path in _shard_files(zoo_dir) for row in _read_shard(path)[1]]
+    atomic_write(os.path.join(zoo_dir, METADATA_FILE), lambda f: _write_csv(f, rows), "w")
+
+
+# --------------------------------------------------------------------------------------------- loading
+def load_zoo(zoo_dir: str) -> tuple[np.ndarray, list[dict], dict]:
+    """All stored rows of a library zoo.
+
+    Returns:
+      ``(weights float32 [R, D], rows, layout)``: rows in shard order, ``layout`` the parsed ``layout.json``.
+    """
+    with open(os.path.join(zoo_dir, LAYOUT_FILE)) as f:
+        layout = json.load(f)
+    parts = [_read_shard(path) for path in _shard_files(zoo_dir)]
+    dim = sum(leaf["size"] for leaf in layout["leaves"])
+    weights = np.concatenate([w for w, _ in parts]) if parts else np.zeros((0, dim), np.float32)
+    return weights, [row for _, rows in parts for row in rows], layout
+
+
+def split_models(model_ids: Iterable[Any], fractions: Sequence[float] = (0.7, 0.15, 0.15),
+                 seed: int = 0) -> dict[str, set]:
+    """Split models (not checkpoints) into ``train``/``val``/``test`` by a seeded shuffle of the unique ids.
+
+    Returns:
+      ``{"train": ids, "val": ids, "test": ids}``, disjoint, covering every id.
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"fractions: need three non-negative numbers summing to 1, got {fractions}")
+    ids = sorted(set(model_ids), key=str)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    cuts = np.round(np.cumsum(fractions)[:2] * len(ids)).astype(int)
+    parts = np.split(order, cuts)
+    return {name: {ids[i] for i in part} for name, part in zip(("train", "val", "test"), parts)}
+
+
+def select_rows(rows: Sequence[Mapping[str, Any]], *, model_ids: set | None = None,
+                epochs: Iterable[int] | None = None, where: Mapping[str, Any] | None = None,
+                min_accuracy: float | None = None, accuracy_key: str = "test_accuracy") -> np.ndarray:
+    """Indices of the rows passing every filter.
+
+    Args:
+      model_ids: keep rows of these models (e.g. one part of `split_models`).
+      epochs: keep these checkpoint epochs.
+      where: ``{column: value}`` equality filters, e.g. ``{"activation": "relu"}``.
+      min_accuracy: keep rows with ``row[accuracy_key] >= min_accuracy`` (NaN fails).
+    Returns:
+      int64 [R'] row indices, ascending.
+    """
+    epochs = None if epochs is None else {int(e) for e in epochs}
+    keep = []
+    for i, row in enumerate(rows):
+        if model_ids is not None and row["model_id"] not in model_ids:
+            continue
+        if epochs is not None and int(row["epoch"]) not in epochs:
+            continue
+        if where and any(row.get(k) != v for k, v in where.items()):
+            continue
+        if min_accuracy is not None and not float(row[accuracy_key]) >= min_accuracy:
+            continue
+        keep.append(i)
+    return np.asarray(keep, np.int64)
+
+
+def select_split(rows: Sequence[Mapping[str, Any]], split: str | None = None, *,
+                 fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0, **filters) -> np.ndarray:
+    """Indices of the rows of one model split (`split_models`; None: all models) that pass `select_rows`'s
+    ``filters``. Splitting comes first, so a model's checkpoints never fall on two sides."""
+    ids = None if split is None else split_models((r["model_id"] for r in rows), fractions, seed)[split]
+    return select_rows(rows, model_ids=ids, **filters)
+
+
+def _weight_space_template(leaves: Sequence[Mapping[str, Any]]) -> WeightSpace:
+    shapes = [jax.ShapeDtypeStruct(tuple(leaf["shape"]), np.float32) for leaf in leaves]
+    half = len(shapes) // 2
+    return WeightSpace(tuple(shapes[:half]), tuple(shapes[half:]))
+
+
+def load_weight_space_zoo(zoo_dir: str, split: str | None = None, *, fractions: Sequence[float] = (0.7, 0.15, 0.15),
+                          seed: int = 0, epochs: Iterable[int] | None = None, where: Mapping[str, Any] | None = None,
+                          min_accuracy: float | None = None, target: str = "test_accuracy"
+                          ) -> tuple[WeightSpace, np.ndarray, list[dict]]:
+    """Batched `WeightSpace` and targets of a CNN/SIREN zoo (library folder or original Small CNN Zoo release).
+
+    Args:
+      zoo_dir: a library zoo folder (``layout.json``) or an original release folder (``weights.npy``).
+      split: ``"train"``, ``"val"``, ``"test"`` (models split by `split_models` with ``fractions``, ``seed``;
+        filters apply after splitting, so a model's checkpoints never fall on two sides) or None (all).
+      epochs, where, min_accuracy: row filters, see `select_rows`.
+      target: the metadata column returned as targets (e.g. ``test_accuracy``, ``label``, ``psnr``).
+    Returns:
+      ``(ws, targets, rows)``: ws leaves ``[R, ...]`` (PyTorch orientation), targets float32 or int [R], rows.
+    """
+    if os.path.exists(os.path.join(zoo_dir, LAYOUT_FILE)):
+        weights, rows, layout = load_zoo(zoo_dir)
+        if layout["kind"] != "weight_space":
+            raise ValueError(f"zoo_dir {zoo_dir} holds a {layout['kind']!r} zoo, not a weight_space zoo")
+        template = _weight_space_template(layout["leaves"])
+    else:
+        ws, rows = read_small_cnn_zoo(zoo_dir)
+        weights, template = flatten_params(ws), jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), ws)
+    keep = select_split(rows, split, fractions=fractions, seed=seed, epochs=epochs, where=where,
+                        min_accuracy=min_accuracy)
+    kept = [rows[i] for i in keep]
+    targets = np.asarray([r[target] for r in kept])
+    return unflatten_params(weights[keep], template), targets, kept
+
+
+# --------------------------------------------------------------------------------- original release
+def _parse(value: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _read_csv(path: str) -> list[dict]:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", newline="", encoding="utf-8") as f:
+        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def read_small_cnn_zoo(folder: str) -> tuple[WeightSpace, list[dict]]:
+    """The original Small CNN Zoo release (``weights.npy``, ``metrics.csv[.gz]``, ``layout.csv``).
+
+    TF/Keras tensors are converted to PyTorch orientation: conv kernels (kh, kw, in, out) -> (out, in, kh, kw),
+    dense (in, out) -> (out, in); layout rows pair each kernel with the bias that follows it. Metadata
+    columns lose their ``config.`` prefix (``config.activation`` -> ``activation``), and every row gets a
+    ``model_id``: rows with identical configurations are checkpoints of one model.
+
+    Returns:
+      ``(ws, rows)``: ws leaves ``[R, ...]``, one metadata dict per weights row.
+    Raises:
+      ValueError: row counts or layout sizes disagree with ``weights.npy``.
+    """
+    flat = np.load(os.path.join(folder, "weights.npy"), mmap_mode="r")
+    metrics = "metrics.csv.gz" if os.path.exists(os.path.join(folder, "metrics.csv.gz")) else "metrics.csv"
+    raw_rows = _read_csv(os.path.join(folder, metrics))
+    layout = _read_csv(os.path.join(folder, "layout.csv"))
+    if len(raw_rows) != flat.shape[0]:
+        raise ValueError(f"{folder}: weights.npy has {flat.shape[0]} rows but {metrics} has {len(raw_rows)}")
+    tensors, offset = [], 0
+    for entry in layout:
+        shape = tuple(ast.literal_eval(str(entry["shape"])))
+        shape = shape if isinstance(shape, tuple) else (shape,)
+        start = int(entry.get("start_idx", offset))
+        size = int(np.prod(shape))
+        if start + size > flat.shape[1]:
+            raise ValueError(f"{folder}: layout entry {entry['varname']} {shape} at {start} exceeds "
+                             f"weights.npy width {flat.shape[1]}")
+        tensor = np.asarray(flat[:, start:start + size], np.float32).reshape((-1,) + shape)
+        if len(shape) == 4:
+            tensor = tensor.transpose(0, 4, 3, 1, 2)
+        elif len(shape) == 2:
+            tensor = tensor.transpose(0, 2, 1)
+        tensors.append(tensor)
+        offset = start + size
+    ws = WeightSpace(tuple(t for t in tensors if t.ndim > 2), tuple(t for t in tensors if t.ndim == 2))
+    configs: dict[tuple, int] = {}
+    rows = []
+    for raw in raw_rows:
+        config = tuple(sorted((k, str(v)) for k, v in raw.items() if k.startswith("config.")))
+        row = {k.removeprefix("config."): v for k, v in raw.items()}
+        rows.append({"model_id": configs.setdefault(config, len(configs)), **row})
+    return ws, rows
+
+
+# --------------------------------------------------------------------------------------------- summary
+def describe(rows: Sequence[Mapping[str, Any]], metric: str, by: Sequence[str] = ()) -> str:
+    """A text table of ``metric`` (count, min, quartiles, max) per group of the ``by`` columns."""
+    groups: dict[tuple, list[float]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in by), []).append(float(row[metric]))
+    head = f"{' / '.join(by) or 'all':<28} {'n':>6} {'min':>8} {'q25':>8} {'median':>8} {'q75':>8} {'max':>8}"
+    lines = [f"{metric}", head]
+    for key in sorted(groups, key=str):
+        v = np.asarray(groups[key])
+        q = np.nanquantile(v, [0, 0.25, 0.5, 0.75, 1]) if np.isfinite(v).any() else [np.nan] * 5
+        name = " / ".join(map(str, key)) or "all"
+        lines.append(f"{name:<28} {len(v):>6} " + " ".join(f"{x:>8.4g}" for x in q))
+    return "\n".join(lines)

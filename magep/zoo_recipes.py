@@ -1,0 +1,291 @@
+"""Small CNN Zoo and SIREN recipes (magep_nfn.md §10) as `common.population` tasks, data and configurations.
+
+CNN zoo (Unterthiner et al.): 3 x Conv(3x3, 16, stride 2, VALID) + activation + dropout, global average pool,
+Dense(10); softmax cross-entropy; L2 penalty ``l2reg * sum w^2`` on kernels; inputs grayscale in [-1, 1].
+Per network: activation (relu / tanh: one population per activation), optimizer (adam / rmsprop / sgd with
+Keras defaults: selected as data), learning rate log-U[5e-4, 5e-2], l2reg log-U[1e-8, 1e-2], dropout U[0, 0.7],
+kernel init (glorot uniform, he normal, orthogonal, random normal, truncated normal; the last two with
+init_std log-U[1e-3, 0.5]), zero biases, train fraction {0.1, 0.25, 0.5, 1}, batch 512. Ranges **unverified**
+(spec §10.1). Data: MNIST and Fashion-MNIST (full splits); CIFAR-10 grayscale from the 10k test JPEGs split
+8k/2k stratified (seed 0; documented deviation); scikit-learn digits (1,797 8 x 8 images, split 1,437/360
+stratified, seed 0, ink 0..16 mapped to [-1, 1] and upsampled 2x to 16 x 16 so three stride-2 VALID convs fit).
+
+The training forward pass writes each conv as patch extraction + one matmul; `nets.cnn_apply` (lax.conv) gives
+the same function (tested), but under `jax.vmap` over networks lax.conv becomes a grouped convolution that is
+several times slower on CPU, while the matmul form batches over networks cleanly.
+
+SIREN zoo (Zhou et al.): one SIREN 2 -> 32 -> 32 -> c (w0 = 30) per image, pixel grid coordinates in [-1, 1]^2
+(``coords[..., 0]`` = row, ``[..., 1]`` = column), targets scaled to [-1, 1], 5,000 full-grid Adam steps at lr
+5e-5; init: first layer U(-1/n_in, 1/n_in), others U(-sqrt(6/n_in)/w0, sqrt(6/n_in)/w0), biases
+U(-1/sqrt(n_in), 1/sqrt(n_in)) (PyTorch's Linear default, which the SIREN reference keeps). Stored weights are
+the raw (W, b) of ``nets.siren_apply(ws, coords, w0=30)``; PSNR = 10 log10(2^2 / MSE) for the [-1, 1] range.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from common import data as zoo_data
+from common.nets import get_activation, siren_apply
+from common.population import PopulationTask
+from common.weight_space import WeightSpace
+
+CNN_DATASETS = ("mnist", "fashion_mnist", "cifar10_gs", "digits")
+CNN_ACTIVATIONS = ("relu", "tanh")
+CNN_OPTIMIZERS = ("adam", "rmsprop", "sgd")
+CNN_W_INITS = ("glorot_uniform", "he_normal", "orthogonal", "random_normal", "truncated_normal")
+CNN_TRAIN_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+CNN_WIDTHS = (1, 16, 16, 16, 10)
+CNN_BATCH_SIZE = 512
+CNN_EPOCHS = 86
+_ORIGINAL_MARKS = (20, 40, 60, 80)  # later checkpoints of the 86-epoch original, scaled with the run length
+
+SIREN_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+SIREN_WIDTHS = (2, 32, 32)
+SIREN_W0 = 30.0
+SIREN_STEPS = 5000
+SIREN_LEARNING_RATE = 5e-5
+
+
+# ------------------------------------------------------------------------------------------------ CNN
+def cnn_checkpoint_epochs(epochs: int) -> list[int]:
+    """Checkpoint epochs like the original's 0, 1, 2, 3, 20, 40, 60, 80, 86, scaled to ``epochs``."""
+    late = {round(m * epochs / CNN_EPOCHS) for m in _ORIGINAL_MARKS}
+    return sorted({e for e in (0, 1, 2, 3) if e <= epochs} | late | {epochs})
+
+
+def sample_cnn_configs(n: int, seed: int, dataset: str, epochs: int = CNN_EPOCHS,
+                       batch_size: int = CNN_BATCH_SIZE) -> list[dict]:
+    """``n`` network configurations drawn from the recipe's distributions, ordered by activation, then train
+    fraction: a shard is then (mostly) one activation, one compiled population, and its members' epochs have
+    (mostly) the same number of steps, so little lockstep time is wasted on finished members.
+
+    Returns:
+      dicts with model_id (0..n-1 in that order), dataset, activation, optimizer, learning_rate, l2reg,
+      dropout, w_init, init_std, b_init, train_fraction, epochs, batch_size, seed.
+    """
+    rng = np.random.default_rng(seed)
+    log_u = lambda lo, hi: float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    configs = [dict(dataset=dataset, activation=str(rng.choice(CNN_ACTIVATIONS)),
+                    optimizer=str(rng.choice(CNN_OPTIMIZERS)), learning_rate=log_u(5e-4, 5e-2),
+                    l2reg=log_u(1e-8, 1e-2), dropout=float(rng.uniform(0.0, 0.7)),
+                    w_init=str(rng.choice(CNN_W_INITS)), init_std=log_u(1e-3, 0.5), b_init="zeros",
+                    train_fraction=float(rng.choice(CNN_TRAIN_FRACTIONS)), epochs=int(epochs),
+                    batch_size=batch_size, seed=int(rng.integers(2**31 - 1)))
+               for _ in range(n)]
+    configs.sort(key=lambda c: (CNN_ACTIVATIONS.index(c["activation"]), c["train_fraction"]))
+    return [{"model_id": i, **c} for i, c in enumerate(configs)]
+
+
+def cnn_hparams(configs: list[dict]) -> dict[str, np.ndarray]:
+    """Numeric hyperparameter arrays [P] of CNN configurations (names become indices)."""
+    column = lambda k, dtype: np.asarray([c[k] for c in configs], dtype)
+    return {"seed": column("seed", np.int32),
+            "optimizer": np.asarray([CNN_OPTIMIZERS.index(c["optimizer"]) for c in configs], np.int32),
+            "w_init": np.asarray([CNN_W_INITS.index(c["w_init"]) for c in configs], np.int32),
+            **{k: column(k, np.float32) for k in ("train_fraction", "learning_rate", "l2reg", "dropout", "init_std")}}
+
+
+def _gram_schmidt(a: jax.Array) -> jax.Array:
+    """Orthonormal columns of a [m, n] (m >= n): the Q of a QR factorisation with positive diag(R).
+
+    Plain XLA ops: the LAPACK QR custom call was seen to hang on CPU for 256 vmapped networks."""
+    columns = []
+    for j in range(a.shape[1]):
+        v = a[:, j]
+        for q in columns:
+            v = v - jnp.dot(q, v) * q
+        columns.append(v / jnp.linalg.norm(v))
+    return jnp.stack(columns, axis=1)
+
+
+def _cnn_kernel(key, shape_oihw, scheme, std):
+    """One kernel [out, in, (kh, kw)] by the init scheme index (all computed, one selected: scheme is data).
+
+    One uniform draw per kernel feeds every candidate (only one is ever used): normal and 2-sigma truncated
+    normal by the inverse CDF, as `jax.random` does, with Keras fans and scales (he_normal: truncated normal
+    with std sqrt(2 / fan_in)); orthogonal by Gram-Schmidt (= QR) of the normal draw reshaped to [kh*kw*in, out].
+    """
+    keras_shape = shape_oihw[2:] + shape_oihw[1::-1]  # (kh, kw, in, out) / (in, out)
+    receptive = int(np.prod(shape_oihw[2:]))
+    fan_in, fan_out = receptive * shape_oihw[1], receptive * shape_oihw[0]
+    u = jax.random.uniform(key, keras_shape, minval=-1.0 + 1e-7, maxval=1.0)
+    normal = math.sqrt(2.0) * jax.scipy.special.erfinv(u)
+    truncated = math.sqrt(2.0) * jax.scipy.special.erfinv(u * math.erf(math.sqrt(2.0)))
+    flat = normal.reshape(-1, keras_shape[-1])
+    tall = flat.shape[0] >= flat.shape[1]
+    q = _gram_schmidt(flat if tall else flat.T)
+    orthogonal = (q if tall else q.T).reshape(keras_shape)
+    candidates = [u * math.sqrt(6.0 / (fan_in + fan_out)),  # glorot_uniform
+                  truncated * math.sqrt(2.0 / fan_in) / 0.87962566103423978,  # he_normal
+                  orthogonal, std * normal, std * truncated]
+    w = jax.lax.select_n(scheme, *candidates)
+    return w.transpose((3, 2, 0, 1)) if w.ndim == 4 else w.T
+
+
+def init_cnn(key: jax.Array, hp: dict) -> WeightSpace:
+    """One Small-CNN-Zoo network (widths 1-16-16-16-10) with ``hp["w_init"]``, ``hp["init_std"]``, zero biases."""
+    keys = jax.random.split(key, len(CNN_WIDTHS) - 1)
+    shapes = [(o, i, 3, 3) for i, o in zip(CNN_WIDTHS[:3], CNN_WIDTHS[1:4])] + [(CNN_WIDTHS[4], CNN_WIDTHS[3])]
+    weights = tuple(_cnn_kernel(k, s, hp["w_init"], hp["init_std"]) for k, s in zip(keys, shapes))
+    return WeightSpace(weights, tuple(jnp.zeros(s[0]) for s in shapes))
+
+
+def _patch_conv(h: jax.Array, w: jax.Array, b: jax.Array, stride: int = 2) -> jax.Array:
+    """VALID conv as patches @ kernel: h [B, H, W, C], w [O, C, kh, kw] -> [B, H', W', O]."""
+    kh, kw = w.shape[2:]
+    ho, wo = (h.shape[1] - kh) // stride + 1, (h.shape[2] - kw) // stride + 1
+    patches = jnp.stack([h[:, u:u + stride * (ho - 1) + 1:stride, v:v + stride * (wo - 1) + 1:stride, :]
+                         for u in range(kh) for v in range(kw)], axis=-1)  # [B, H', W', C, kh*kw]
+    return jnp.einsum("bhwck,ock->bhwo", patches, w.reshape(w.shape[0], w.shape[1], kh * kw)) + b
+
+
+def cnn_forward(ws: WeightSpace, x: jax.Array, activation: str, dropout: jax.Array = 0.0,
+                key: jax.Array | None = None) -> jax.Array:
+    """Small CNN Zoo logits, equal to ``nets.cnn_apply(ws, x, activation)`` when ``key`` is None.
+
+    Args:
+      ws: one CNN (conv kernels [O, C, 3, 3], then dense [n_out, n_in]).
+      x: images [B, H, W, 1].
+      dropout: rate after each conv (inverted dropout), used only with ``key``.
+    Returns:
+      logits [B, 10].
+    """
+    s = get_activation(activation)
+    h = x
+    n_conv = sum(w.ndim == 4 for w in ws.weights)
+    for i in range(n_conv):
+        h = s(_patch_conv(h, ws.weights[i], ws.biases[i]))
+        if key is not None:
+            keep = jax.random.uniform(jax.random.fold_in(key, i), h.shape) >= dropout
+            h = jnp.where(keep, h / (1.0 - dropout), 0.0)
+    h = h.mean(axis=(1, 2))
+    for i in range(n_conv, ws.num_layers):
+        h = h @ ws.weights[i].T + ws.biases[i]
+        if i < ws.num_layers - 1:
+            h = s(h)
+    return h
+
+
+@functools.cache
+def cnn_task(activation: str) -> PopulationTask:
+    """The population task of Small-CNN-Zoo networks with one activation (batches: {"x": [B,H,W,1], "y": [B]}).
+
+    Cached, so every population of one activation reuses one compiled program."""
+
+    def loss(ws, hp, batch, key):
+        logits = cnn_forward(ws, batch["x"], activation, hp["dropout"], key)
+        penalty = hp["l2reg"] * sum(jnp.sum(w ** 2) for w in ws.weights)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]), penalty
+
+    def evaluate(ws, hp, batch):
+        logits = cnn_forward(ws, batch["x"], activation)
+        return {"loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]),
+                "accuracy": (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)}
+
+    keras = dict(eps=1e-7)  # Keras defaults: Adam(0.9, 0.999, 1e-7), RMSprop(rho 0.9, eps 1e-7), plain SGD
+    optimizers = (optax.scale_by_adam(**keras), optax.scale_by_rms(decay=0.9, eps_in_sqrt=False, **keras),
+                  optax.identity())
+    return PopulationTask(init_cnn, loss, evaluate, lambda hp, epoch: hp["learning_rate"], optimizers)
+
+
+def _stratified_split(labels: np.ndarray, test_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    test = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:test_per_class] for c in np.unique(labels)])
+    mask = np.zeros(len(labels), bool)
+    mask[test] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def cnn_dataset(name: str, data_dir=None) -> tuple[dict, dict, str]:
+    """Train and test sets of a CNN zoo: ``{"x": float32 [N, H, W, 1] in [-1, 1], "y": int32 [N]}``.
+
+    Returns:
+      ``(train, test, note)``; ``note`` describes the split (stored in the zoo's layout).
+    """
+    if name in ("mnist", "fashion_mnist"):
+        load = zoo_data.load_mnist if name == "mnist" else zoo_data.load_fashion_mnist
+        (xtr, ytr), (xte, yte) = load("train", data_dir), load("test", data_dir)
+        scale = lambda x: x.astype(np.float32) / 127.5 - 1.0
+        pack = lambda x, y: {"x": scale(x)[..., None], "y": y.astype(np.int32)}
+        return pack(xtr, ytr), pack(xte, yte), "official train / test splits"
+    if name == "cifar10_gs":
+        images, labels = zoo_data.load_cifar10_test(data_dir, grayscale=True)
+        train, test = _stratified_split(labels, 200, seed=0)
+        pack = lambda i: {"x": images[i][..., None], "y": labels[i].astype(np.int32)}
+        return pack(train), pack(test), "CIFAR-10 test JPEGs only: 8,000 train / 2,000 test, stratified, seed 0"
+    if name == "digits":
+        images, labels = zoo_data.load_digits()
+        x = np.repeat(np.repeat(images.astype(np.float32) / 8.0 - 1.0, 2, axis=1), 2, axis=2)[..., None]
+        train, test = _stratified_split(labels, 36, seed=0)
+        pack = lambda i: {"x": x[i], "y": labels[i].astype(np.int32)}
+        note = "sklearn digits upsampled 2x to 16x16: 1,437 train / 360 test, stratified, seed 0"
+        return pack(train), pack(test), note
+    raise ValueError(f"dataset must be one of {CNN_DATASETS}, got {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------- SIREN
+def siren_grid(height: int, width: int) -> np.ndarray:
+    """Pixel-centre grid coordinates in [-1, 1]^2, row-major: float32 [height * width, 2] (row, column)."""
+    rows, cols = np.meshgrid(np.linspace(-1, 1, height), np.linspace(-1, 1, width), indexing="ij")
+    return np.stack([rows.ravel(), cols.ravel()], axis=-1).astype(np.float32)
+
+
+def siren_images(dataset: str, split: str, count: int, offset: int = 0, data_dir=None) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``offset .. offset + count - 1`` of a split, scaled to [-1, 1].
+
+    Returns:
+      images float32 [count, H, W, c] (c = 1 for MNIST / Fashion-MNIST, 3 for CIFAR-10), labels int64 [count].
+    """
+    if dataset in ("mnist", "fashion_mnist"):
+        load = zoo_data.load_mnist if dataset == "mnist" else zoo_data.load_fashion_mnist
+        images, labels = load(split, data_dir)
+        images = images[..., None]
+    elif dataset == "cifar10":
+        if split != "test":
+            raise ValueError("split: only the CIFAR-10 test images exist in the data folder; use 'test'")
+        images, labels = zoo_data.load_cifar10_test(data_dir)
+    else:
+        raise ValueError(f"dataset must be one of {SIREN_DATASETS}, got {dataset!r}")
+    if offset + count > len(images):
+        raise ValueError(f"offset + count = {offset + count} exceeds the {len(images)} {dataset} {split} images")
+    sel = slice(offset, offset + count)
+    return images[sel].astype(np.float32) / 127.5 - 1.0, labels[sel]
+
+
+def init_siren(key: jax.Array, hp: dict, out_channels: int) -> WeightSpace:
+    """SIREN 2 -> 32 -> 32 -> out_channels with the SIREN initialisation (module docstring)."""
+    widths = SIREN_WIDTHS + (out_channels,)
+    keys = jax.random.split(key, 2 * (len(widths) - 1))
+    weights, biases = [], []
+    for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+        bound = 1.0 / n_in if i == 0 else math.sqrt(6.0 / n_in) / SIREN_W0
+        weights.append(jax.random.uniform(keys[2 * i], (n_out, n_in), minval=-bound, maxval=bound))
+        b = 1.0 / math.sqrt(n_in)
+        biases.append(jax.random.uniform(keys[2 * i + 1], (n_out,), minval=-b, maxval=b))
+    return WeightSpace(tuple(weights), tuple(biases))
+
+
+@functools.cache
+def siren_task(out_channels: int) -> PopulationTask:
+    """Per-image SIREN fitting: ``hp["image"]`` [H*W, c] is the model's target; batches are
+    ``{"coords": [B, 2], "pixel": [B]}`` rows of the grid; metric ``mse`` per pixel (mean over channels)."""
+
+    def mse(ws, hp, batch):
+        pred = siren_apply(ws, batch["coords"], w0=SIREN_W0)
+        return jnp.mean((pred - hp["image"][batch["pixel"]]) ** 2, axis=-1)
+
+    return PopulationTask(lambda key, hp: init_siren(key, hp, out_channels),
+                          lambda ws, hp, batch, key: (mse(ws, hp, batch), jnp.zeros(())),
+                          lambda ws, hp, batch: {"mse": mse(ws, hp, batch)},
+                          lambda hp, epoch: hp["learning_rate"], (optax.scale_by_adam(),))
+
+
+def psnr(mse: np.ndarray) -> np.ndarray:
+    """PSNR in dB of targets in [-1, 1] (peak-to-peak 2)."""
+    return 10.0 * np.log10(4.0 / np.asarray(mse, np.float64))

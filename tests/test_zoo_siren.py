@@ -1,0 +1,48 @@
+"""SIREN zoo (magep.zoo siren) on a few MNIST test images, with a short fit."""
+import jax
+import numpy as np
+import pytest
+
+from common import zoo_store
+from common.nets import siren_apply
+from magep import zoo_recipes as recipes
+from magep.zoo import generate_siren_zoo, summary
+
+
+@pytest.fixture(scope="module")
+def siren_zoo(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("siren_zoo"))
+    rows = generate_siren_zoo(folder, "mnist", 4, split="test", offset=10, steps=300, learning_rate=1e-3,
+                              shard_size=4, progress=False)
+    return folder, rows
+
+
+def test_init_follows_the_siren_scheme():
+    ws = recipes.init_siren(jax.random.key(0), {}, 3)
+    assert [w.shape for w in ws.weights] == [(32, 2), (32, 32), (3, 32)]
+    assert np.abs(ws.weights[0]).max() <= 0.5 and np.abs(ws.weights[1]).max() <= np.sqrt(6 / 32) / 30
+    assert np.abs(ws.weights[0]).max() > 0.4  # first layer really spans U(-1/2, 1/2)
+
+
+def test_rows_hold_label_index_and_psnr(siren_zoo):
+    _, rows = siren_zoo
+    _, labels = recipes.siren_images("mnist", "test", 4, offset=10)
+    assert [r["image_index"] for r in rows] == [10, 11, 12, 13] and [r["label"] for r in rows] == labels.tolist()
+    assert all(r["psnr"] > 20 for r in rows)  # a 300-step fit at lr 1e-3 already reconstructs the digit
+    assert "psnr" in summary(rows, "siren")
+
+
+def test_stored_weights_render_the_image_at_the_stored_psnr(siren_zoo):
+    folder, rows = siren_zoo
+    ws, labels, kept = zoo_store.load_weight_space_zoo(folder, target="label")
+    images, _ = recipes.siren_images("mnist", "test", 4, offset=10)
+    coords = recipes.siren_grid(28, 28)
+    init = recipes.init_siren(jax.random.key(0), {}, 1)
+    for m, row in enumerate(kept):
+        image = images[m].reshape(-1, 1)
+        pred = siren_apply(jax.tree.map(lambda a: a[m], ws), coords)
+        mse = float(np.mean((np.asarray(pred) - image) ** 2))
+        assert recipes.psnr(mse) == pytest.approx(row["psnr"], abs=1e-3)
+        init_mse = float(np.mean((np.asarray(siren_apply(init, coords)) - image) ** 2))
+        assert recipes.psnr(mse) > recipes.psnr(init_mse) + 5
+    assert labels.tolist() == [r["label"] for r in rows]

@@ -1,0 +1,324 @@
+"""Small Transformer Zoo recipe (transformer_nfn.md §1, §7): generation, loading and command line.
+
+    python -m transformer_nfn.zoo --dataset mnist|ag_news --models N --epochs E --out DIR
+                                  [--train-limit n] [--test-limit n]
+
+Model: the zoo transformer (2 pre-LN blocks without residuals, D 32, h 2, Dk = Dv = 16, DA 64), final LN, mean
+pool, fc1 32 -> 32, ReLU, fc2; weights truncated normal (std = w_init_std), zero biases, seed 3 for every run
+(so every run has the same init noise and data order, as in the recipe). Dropout (train only) on the embedded
+tokens and on the pooled features (the recipe does not say where; a library choice). Training: 10% of the
+epochs linear warm-up from lr/10, then cosine decay to 1e-5; batch 128; PyTorch-style coupled weight decay
+(``wd * w`` added to every gradient); optimizers with PyTorch defaults (Adam; RMSprop alpha 0.99; SGD; SGD
+momentum 0.9), selected per run as data in one population. Runs are sampled without replacement from the spec's
+16,000-run grid. Checkpoints at the recipe's epochs 1, 50, 75, 100 scaled to ``--epochs``; the recipe's "best
+on test accuracy" checkpoint is not kept (it leaks the test set).
+
+MNIST: inputs (x - 0.5) / 0.5, RandomCrop(28, padding 2) at train time (padding at the background value),
+patch embedding Conv2d(1 -> 32, 4, stride 4) -> 49 tokens, 10 classes.
+
+AG News: word2vec is not available, so the embedding is a **frozen table shared by all runs**, as in the recipe
+(which shares frozen word2vec vectors): built once from the training sample (whitespace tokens of the
+normalised descriptions with count >= 2; PPMI of +-4-token co-occurrences, 32-d randomized truncated SVD, seed 0),
+stored in the zoo folder (``token_embedding.npy``, ``vocabulary.json``) and hashed in ``layout.json``; a shared
+frozen table keeps the stored weights comparable across runs and out of the NFN's input. Id 0 is padding and
+out-of-vocabulary (a zero row); sequences are cut / padded to 128 tokens; no attention mask (as in the
+recipe); 4 classes. Train: ``train_sample_8000.csv`` minus descriptions also in the test split; test:
+``test.csv``.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import itertools
+import json
+import math
+import os
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import scipy.sparse
+from sklearn.utils.extmath import randomized_svd
+
+from common import data as zoo_data
+from common import zoo_store
+from common.nets import mlp_apply
+from common.population import PopulationTask, train_population
+from transformer_nfn import nets
+from transformer_nfn.weights import TransformerSpec, TransformerWeights
+
+__all__ = ["ZOO_SPEC", "sample_transformer_configs", "transformer_checkpoint_epochs", "transformer_dataset",
+           "build_token_embedding", "zoo_logits", "transformer_task", "generate_transformer_zoo",
+           "load_transformer_zoo", "load_token_embedding", "main"]
+
+ZOO_SPEC = TransformerSpec(num_blocks=2, num_heads=2, d_model=32, d_k=16, d_v=16, d_ffn=64)
+DATASETS = {"mnist": 10, "ag_news": 4}  # number of classes
+OPTIMIZERS = ("adam", "rmsprop", "sgd", "sgd_momentum")
+FAMILIES = {
+    "adaptive": (("adam", "rmsprop"), (3e-4, 5e-4, 1e-3, 3e-3, 5e-3, 1e-2, 3e-2, 5e-2), (0.1, 0.2, 0.3, 0.4, 0.5)),
+    "sgd": (("sgd", "sgd_momentum"), (1e-3, 3e-3, 5e-3, 7e-3, 1e-2, 3e-2, 5e-2, 7e-2), (0.1, 0.15, 0.2, 0.25, 0.3)),
+}
+WEIGHT_DECAYS = (1e-8, 1e-7, 1e-6, 1e-4, 1e-2)
+TRAIN_FRACTIONS = (1.0, 0.9, 0.8, 0.7)
+DROPOUTS = (0.0, 0.05, 0.1, 0.15, 0.2)
+EPOCHS, BATCH_SIZE, SEED, MAX_TOKENS, FINAL_LR = 100, 128, 3, 128, 1e-5
+_CHECKPOINT_RATIOS = (0.01, 0.5, 0.75, 1.0)  # epochs 1, 50, 75, 100 of 100
+
+
+def transformer_checkpoint_epochs(epochs: int) -> list[int]:
+    """The recipe's checkpoint epochs 1, 50, 75, 100 at the same fractions of ``epochs`` (at least 1)."""
+    return sorted({max(1, round(r * epochs)) for r in _CHECKPOINT_RATIOS})
+
+
+def sample_transformer_configs(n: int, seed: int, dataset: str, epochs: int = EPOCHS) -> list[dict]:
+    """``n`` distinct runs drawn uniformly from the 16,000-run grid (8,000 per optimizer family).
+
+    Returns:
+      dicts with model_id, dataset, family, optimizer, learning_rate, w_init_std, weight_decay, train_fraction,
+      dropout, epochs, batch_size, seed (3), n_classes.
+    """
+    grid = [dict(family=f, optimizer=o, learning_rate=lr, w_init_std=s, weight_decay=wd, train_fraction=tf, dropout=d)
+            for f, (opts, lrs, stds) in FAMILIES.items()
+            for o, lr, s, wd, tf, d in itertools.product(opts, lrs, stds, WEIGHT_DECAYS, TRAIN_FRACTIONS, DROPOUTS)]
+    if n > len(grid):
+        raise ValueError(f"n: the grid has {len(grid)} runs, asked for {n}")
+    picks = np.random.default_rng(seed).choice(len(grid), n, replace=False)
+    return [{"model_id": i, "dataset": dataset, **grid[j], "epochs": epochs, "batch_size": BATCH_SIZE, "seed": SEED,
+             "n_classes": DATASETS[dataset]} for i, j in enumerate(picks)]
+
+
+def _hparams(configs: Sequence[dict]) -> dict[str, np.ndarray]:
+    column = lambda k: np.asarray([c[k] for c in configs], np.float32)
+    return {"seed": np.asarray([c["seed"] for c in configs], np.int32),
+            "optimizer": np.asarray([OPTIMIZERS.index(c["optimizer"]) for c in configs], np.int32),
+            **{k: column(k) for k in ("train_fraction", "learning_rate", "w_init_std", "weight_decay", "dropout",
+                                      "epochs")}}
+
+
+# ------------------------------------------------------------------------------------------------ data
+def build_token_embedding(texts: Sequence[str], dim: int = 32, min_count: int = 2, window: int = 4,
+                          seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """Frozen token table from PPMI co-occurrences (+-``window`` tokens) and a randomized truncated SVD.
+
+    Returns:
+      ``(vocabulary, table)``: tokens with count >= ``min_count`` by descending count (ties alphabetical);
+      table float32 [len(vocabulary) + 1, dim], row 0 zeros (padding / unknown), row i+1 = vocabulary[i],
+      rows scaled to norm sqrt(dim) (unit mean square per coordinate, like the positional encoding's scale).
+    """
+    docs = [t.split() for t in texts]
+    counts = collections.Counter(itertools.chain.from_iterable(docs))
+    vocabulary = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+    index = {w: i for i, w in enumerate(vocabulary)}
+    rows, cols = [], []
+    for doc in docs:
+        ids = np.asarray([index.get(w, -1) for w in doc])
+        for off in range(1, window + 1):
+            a, b = ids[:-off], ids[off:]
+            ok = (a >= 0) & (b >= 0)
+            rows += [a[ok], b[ok]]
+            cols += [b[ok], a[ok]]
+    v = len(vocabulary)
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    co = scipy.sparse.coo_matrix((np.ones(len(r)), (r, c)), shape=(v, v)).tocsr()
+    co.sum_duplicates()
+    total, marginal = co.sum(), np.asarray(co.sum(axis=1)).ravel()
+    co = co.tocoo()
+    pmi = np.log(co.data * total / (marginal[co.row] * marginal[co.col]))
+    keep = pmi > 0
+    ppmi = scipy.sparse.csr_matrix((pmi[keep], (co.row[keep], co.col[keep])), shape=(v, v))
+    u, s, _ = randomized_svd(ppmi, dim, n_iter=7, random_state=seed)
+    vectors = u * np.sqrt(s)
+    vectors *= np.sign(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(dim)])  # deterministic signs
+    vectors *= math.sqrt(dim) / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return vocabulary, np.vstack([np.zeros((1, dim)), vectors]).astype(np.float32)
+
+
+def _token_ids(texts: Sequence[str], vocabulary: Sequence[str]) -> np.ndarray:
+    index = {w: i + 1 for i, w in enumerate(vocabulary)}
+    ids = np.zeros((len(texts), MAX_TOKENS), np.int32)
+    for n, text in enumerate(texts):
+        tokens = [index.get(w, 0) for w in text.split()[:MAX_TOKENS]]
+        ids[n, :len(tokens)] = tokens
+    return ids
+
+
+def transformer_dataset(name: str, data_dir=None, train_limit: int | None = None,
+                        test_limit: int | None = None) -> tuple[dict, dict, dict]:
+    """Train and test sets ``{"x": ..., "y": int32 [N]}`` and extras of a transformer zoo.
+
+    ``x`` is float32 [N, 28, 28, 1] in [-1, 1] (MNIST) or int32 token ids [N, 128] (AG News). The limits keep
+    the first rows (tiny slices for tests; the AG News vocabulary always comes from the whole training sample).
+
+    Returns:
+      ``(train, test, extras)``; extras: ``note`` (the split), and for AG News ``vocabulary`` and
+      ``token_embedding`` [V + 1, 32].
+    """
+    if name == "mnist":
+        pack = lambda x, y: {"x": (x.astype(np.float32) / 127.5 - 1.0)[..., None], "y": y.astype(np.int32)}
+        train, test = pack(*zoo_data.load_mnist("train", data_dir)), pack(*zoo_data.load_mnist("test", data_dir))
+        extras = {"note": "MNIST official train / test"}
+    elif name == "ag_news":
+        ytr, ttr = zoo_data.load_ag_news("train", data_dir)
+        yte, tte = zoo_data.load_ag_news("test", data_dir)
+        vocabulary, table = build_token_embedding(ttr)
+        train = {"x": _token_ids(ttr, vocabulary), "y": ytr.astype(np.int32)}
+        test = {"x": _token_ids(tte, vocabulary), "y": yte.astype(np.int32)}
+        extras = {"note": "train_sample_8000.csv minus test duplicates / test.csv", "vocabulary": vocabulary,
+                  "token_embedding": table}
+    else:
+        raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {name!r}")
+    cut = lambda d, n: d if n is None else {k: v[:n] for k, v in d.items()}
+    return cut(train, train_limit), cut(test, test_limit), extras
+
+
+# ----------------------------------------------------------------------------------------------- model
+def _dropout(x, rate, key):
+    keep = jax.random.uniform(key, x.shape) >= rate
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def zoo_logits(tw: TransformerWeights, inputs: jax.Array, token_embedding: jax.Array | None = None,
+               dropout: jax.Array = 0.0, key: jax.Array | None = None) -> jax.Array:
+    """Zoo classifier logits [..., n_classes]; equals ``nets.classifier_apply(tw, inputs, token_embedding)``
+    when ``key`` is None, else with dropout at ``dropout`` on the embedded tokens and the pooled features."""
+    x = nets.embed(tw, inputs, token_embedding)
+    if key is not None:
+        x = _dropout(x, dropout, jax.random.fold_in(key, 0))
+    pooled = nets.encoder_apply(tw, x).mean(-2)
+    if key is not None:
+        pooled = _dropout(pooled, dropout, jax.random.fold_in(key, 1))
+    return mlp_apply(tw.classifier, pooled, activation="relu")
+
+
+def _random_crop(images, key, pad=2):
+    """RandomCrop(H, padding=pad) per image of [B, H, W, C], padding at the background value -1."""
+    b, h, w, _ = images.shape
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-1.0)
+    offsets = jax.random.randint(key, (b, 2), 0, 2 * pad + 1)
+    crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, img.shape[-1]))
+    return jax.vmap(crop)(padded, offsets)
+
+
+def _learning_rate(hp, epoch):
+    """Linear warm-up over 10% of the epochs from lr/10 to lr, then cosine decay to 1e-5."""
+    lr, total = hp["learning_rate"], hp["epochs"]
+    warm = jnp.maximum(1.0, 0.1 * total)
+    rise = lr / 10 + (lr - lr / 10) * epoch / warm
+    t = jnp.clip((epoch - warm) / jnp.maximum(total - warm, 1.0), 0.0, 1.0)
+    return jnp.where(epoch < warm, rise, FINAL_LR + 0.5 * (lr - FINAL_LR) * (1 + jnp.cos(jnp.pi * t)))
+
+
+def transformer_task(dataset: str, token_embedding: np.ndarray | None = None) -> PopulationTask:
+    """The population task of zoo transformers on ``dataset`` (batches ``{"x", "y"}`` of `transformer_dataset`)."""
+    n_classes, images = DATASETS[dataset], dataset == "mnist"
+    table = None if token_embedding is None else jnp.asarray(token_embedding)
+
+    def init(key, hp):
+        return nets.init_weights(key, ZOO_SPEC, n_classes, w_init_std=hp["w_init_std"], patch_size=4,
+                                 in_channels=1 if images else None)
+
+    def loss(tw, hp, batch, key):
+        x = _random_crop(batch["x"], jax.random.fold_in(key, 2)) if images else batch["x"]
+        logits = zoo_logits(tw, x, table, hp["dropout"], key)
+        penalty = 0.5 * hp["weight_decay"] * sum(jnp.sum(p ** 2) for p in jax.tree.leaves(tw))
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]), penalty
+
+    def evaluate(tw, hp, batch):
+        logits = zoo_logits(tw, batch["x"], table)
+        return {"loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]),
+                "accuracy": (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)}
+
+    optimizers = (optax.scale_by_adam(eps=1e-8), optax.scale_by_rms(decay=0.99, eps=1e-8, eps_in_sqrt=False),
+                  optax.identity(), optax.trace(decay=0.9))
+    return PopulationTask(init, loss, evaluate, _learning_rate, optimizers)
+
+
+def _template(dataset: str) -> TransformerWeights:
+    return jax.eval_shape(lambda: nets.init_weights(jax.random.key(0), ZOO_SPEC, DATASETS[dataset],
+                                                    in_channels=1 if dataset == "mnist" else None))
+
+
+# ------------------------------------------------------------------------------------ generation, loading
+def generate_transformer_zoo(out_dir: str, dataset: str, n_models: int, *, epochs: int = EPOCHS,
+                             shard_size: int = 64, seed: int = 0, train_limit: int | None = None,
+                             test_limit: int | None = None, data_dir=None, progress: bool = True) -> list[dict]:
+    """Train (or resume) a Small-Transformer-Zoo-style zoo of ``n_models`` runs into ``out_dir``.
+
+    Returns:
+      The metadata rows (one per run checkpoint): config, epoch, train/test loss and accuracy.
+    """
+    train, test, extras = transformer_dataset(dataset, data_dir, train_limit, test_limit)
+    table = extras.get("token_embedding")
+    settings = {"dataset": dataset, "split": extras["note"], "models": n_models, "epochs": epochs, "seed": seed,
+                "shard_size": shard_size, "train_rows": len(train["y"]), "test_rows": len(test["y"]),
+                "checkpoint_epochs": transformer_checkpoint_epochs(epochs), "n_classes": DATASETS[dataset],
+                "attention_mask": "none", "spec": vars(ZOO_SPEC)}
+    if table is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        settings["token_embedding_sha256"] = hashlib.sha256(table.tobytes()).hexdigest()
+        zoo_store.atomic_write(os.path.join(out_dir, "token_embedding.npy"), lambda f: np.save(f, table))
+        zoo_store.atomic_write(os.path.join(out_dir, "vocabulary.json"),
+                               lambda f: json.dump(extras["vocabulary"], f), "w")
+    layout = {"kind": "transformer", "recipe": "small_transformer_zoo",
+              "leaves": zoo_store.leaf_layout(_template(dataset)), "settings": settings}
+    task = transformer_task(dataset, table)
+
+    def train_shard(shard):
+        ckpts = train_population(task, _hparams(shard), train, test, epochs=epochs, batch_size=BATCH_SIZE,
+                                 checkpoint_epochs=settings["checkpoint_epochs"], progress=progress,
+                                 desc=f"transformers x{len(shard)}")
+        return zoo_store.checkpoint_rows(shard, ckpts)
+
+    configs = sample_transformer_configs(n_models, seed, dataset, epochs)
+    return zoo_store.generate_zoo(out_dir, layout, configs, shard_size, train_shard, progress)
+
+
+def load_transformer_zoo(zoo_dir: str, split: str | None = None, *, target: str = "test_accuracy",
+                         **options) -> tuple[TransformerWeights, np.ndarray, list[dict]]:
+    """Batched `TransformerWeights` [R, ...], targets [R] and rows of a transformer zoo.
+
+    Args:
+      split: ``"train"``/``"val"``/``"test"`` by model id, or None; ``options``: ``fractions``, ``seed`` and the
+        filters of `common.zoo_store.select_rows` (``epochs``, ``where``, ``min_accuracy``).
+    """
+    weights, rows, layout = zoo_store.load_zoo(zoo_dir)
+    if layout["kind"] != "transformer":
+        raise ValueError(f"zoo_dir {zoo_dir} holds a {layout['kind']!r} zoo, not a transformer zoo")
+    keep = zoo_store.select_split(rows, split, **options)
+    kept = [rows[i] for i in keep]
+    tw = zoo_store.unflatten_params(weights[keep], _template(layout["settings"]["dataset"]))
+    return tw, np.asarray([r[target] for r in kept]), kept
+
+
+def load_token_embedding(zoo_dir: str) -> tuple[list[str], np.ndarray]:
+    """The frozen ``(vocabulary, table [V + 1, 32])`` of an AG News transformer zoo."""
+    with open(os.path.join(zoo_dir, "vocabulary.json")) as f:
+        vocabulary = json.load(f)
+    return vocabulary, np.load(os.path.join(zoo_dir, "token_embedding.npy"))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line entry point (see the module docstring)."""
+    parser = argparse.ArgumentParser(prog="python -m transformer_nfn.zoo", description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=sorted(DATASETS), required=True)
+    parser.add_argument("--models", type=int, required=True)
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--shard-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0, help="grid sampling seed (the runs' own seed is 3)")
+    parser.add_argument("--train-limit", type=int, default=None, help="use the first n training rows")
+    parser.add_argument("--test-limit", type=int, default=None, help="use the first n test rows")
+    parser.add_argument("--data-dir", default=None, help="data root (default $NFN_DATA_DIR)")
+    args = parser.parse_args(argv)
+    rows = generate_transformer_zoo(args.out, args.dataset, args.models, epochs=args.epochs,
+                                    shard_size=args.shard_size, seed=args.seed, train_limit=args.train_limit,
+                                    test_limit=args.test_limit, data_dir=args.data_dir)
+    final = [r for r in rows if r["epoch"] == args.epochs]
+    print(zoo_store.describe(final, "test_accuracy", ("family", "optimizer")))
+
+
+if __name__ == "__main__":
+    main()
