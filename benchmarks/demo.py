@@ -12,6 +12,7 @@ import time
 
 SECTIONS = [
     ("Foundation: data-parallel loop and monomial group on a trained MLP", "benchmarks.demo_foundation"),
+    ("MAGEP-NFN: CNN zoo on digits and accuracy prediction from weights", "benchmarks.demo_magep"),
     ("Transformer-NFN: attention symmetry group and the accuracy predictor", "benchmarks.demo_tnfn"),
 ]
 
