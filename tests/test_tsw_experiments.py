@@ -1,0 +1,133 @@
+"""TSW-SL experiments: gradient flows, targets, colour transfer and the sliced-Wasserstein generator."""
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+from common.data import DATA_DIR_ENV, load_image
+from tsw_sl import colour_transfer as ct
+from tsw_sl import flows, targets
+from tsw_sl import generate as gen
+
+SHARED_DATA = Path(os.environ.get(DATA_DIR_ENV) or Path(__file__).parents[2] / "shared" / "data")
+
+
+@pytest.fixture(autouse=True)
+def data_dir(monkeypatch):
+    monkeypatch.setenv(DATA_DIR_ENV, str(SHARED_DATA))
+
+
+def test_wasserstein2_squared_matches_assignment():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 3)), rng.normal(size=(30, 3)) + 1.0
+    cost = ((x[:, None] - y[None]) ** 2).sum(-1)
+    rows, cols = linear_sum_assignment(cost)
+    assert flows.wasserstein2_squared(x, y) == pytest.approx(cost[rows, cols].mean(), rel=1e-9)
+    assert flows.wasserstein2_squared(x, x) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(targets.TARGETS))
+def test_targets_shapes_and_keys(name):
+    a = targets.sample_target(name, jax.random.key(0), 64)
+    dim = 3 if name in targets.MESHES else int(name.split("_")[1]) if name.startswith("gaussian_") else 2
+    assert a.shape == (64, dim) and a.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(a)))
+    np.testing.assert_array_equal(a, targets.sample_target(name, jax.random.key(0), 64))
+    assert not np.array_equal(a, targets.sample_target(name, jax.random.key(1), 64))
+
+
+def test_unknown_names_raise():
+    with pytest.raises(ValueError, match="unknown target"):
+        targets.sample_target("moons", jax.random.key(0), 4)
+    with pytest.raises(ValueError, match="unknown method"):
+        flows.default_lr("tsw", 2)
+
+
+def test_default_learning_rates_follow_the_paper():
+    assert flows.default_lr("sw", 200) == flows.default_lr("tsw_sl", 2) == 5e-3
+    assert flows.default_lr("tsw_sl", 50) == flows.default_lr("db_tsw", 10) == 5e-2
+
+
+@pytest.mark.parametrize("method", ["sw", "tsw_sl", "db_tsw", "max_tsw_sl"])
+def test_short_flow_reduces_w2_tenfold(method):
+    settings = flows.Settings(max_steps=3, max_lr=1e-2)
+    k_src, k_tgt, k_flow = jax.random.split(jax.random.key(0), 3)
+    target = targets.sample_target("8_gaussians", k_tgt, 50)
+    source = flows.initial_particles(k_src, 50, 2)
+    snaps, losses = flows.run_flow(k_flow, source, target, method, 300, 2e-2, 100, settings)
+    assert snaps.shape == (4, 50, 2) and losses.shape == (300,)
+    np.testing.assert_array_equal(snaps[0], source)
+    start, end = (flows.wasserstein2_squared(s, target) for s in (snaps[0], snaps[-1]))
+    assert end < start / 10, (start, end)
+
+
+def test_vmapped_runs_equal_single_runs():
+    keys = jax.random.split(jax.random.key(1), 2)
+    sources = jax.vmap(lambda k: flows.initial_particles(k, 20, 3))(keys)
+    tgts = jnp.stack([targets.sample_target("spot", k, 20) for k in keys])
+    snaps, _ = flows.run_flows(jax.random.key(2), sources, tgts, "tsw_sl", 20, 5e-3, 10)
+    run_keys = jax.random.split(jax.random.key(2), 2)
+    for i in range(2):
+        single, _ = flows.run_flow(run_keys[i], sources[i], tgts[i], "tsw_sl", 20, 5e-3, 10)
+        np.testing.assert_allclose(snaps[i], single, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", sorted(ct.PAPER_STEP))
+def test_colour_transfer_moves_palette_to_target(method):
+    image = load_image("pot/ocean_day.jpg", as_float=True)[::16, ::16]
+    target = load_image("pot/ocean_sunset.jpg", as_float=True)[::16, ::16]
+    k_src, k_tgt, k_flow = jax.random.split(jax.random.key(0), 3)
+    source_pal, labels = ct.palette(k_src, image.reshape(-1, 3), 50, n_fit=2000)
+    target_pal, _ = ct.palette(k_tgt, target.reshape(-1, 3), 50, n_fit=2000)
+    assert source_pal.shape == (50, 3) and labels.shape == (image.shape[0] * image.shape[1],)
+    snaps = ct.transfer_palette(k_flow, source_pal, target_pal, method, 300, ct.PAPER_STEP[method])
+    start, end = (flows.wasserstein2_squared(s, target_pal) for s in (snaps[0], snaps[-1]))
+    assert end < start / 20, (start, end)
+    out = ct.recolour(image, labels, snaps[-1])
+    assert out.shape == image.shape and out.min() >= 0.0 and out.max() <= 1.0
+    np.testing.assert_allclose(ct.recolour(image, labels, source_pal)[0, 0], source_pal[labels[0]])
+
+
+def test_frechet_distance_of_gaussians():
+    mean, cov = np.array([1.0, 2.0]), np.array([[2.0, 0.5], [0.5, 1.0]])
+    assert gen.frechet_distance((mean, cov), (mean, cov)) == pytest.approx(0.0, abs=1e-9)
+    # Commuting covariances: ||dm||^2 + sum (sqrt(a) - sqrt(b))^2.
+    value = gen.frechet_distance((np.zeros(2), np.diag([4.0, 1.0])), (np.ones(2), np.diag([1.0, 9.0])))
+    assert value == pytest.approx(2.0 + 1.0 + 4.0)
+
+
+@pytest.fixture(scope="module")
+def mnist_small():
+    images, labels = gen.load_images("mnist", "test")
+    return images[:4000], labels[:4000]
+
+
+def test_generator_loss_and_frechet_decrease(mnist_small):
+    images, labels = mnist_small
+    clf = gen.train_classifier(jax.random.key(0), images, labels, 150, batch_size=64)
+    ref = gen.gaussian_stats(gen.classifier_features(clf, images[2000:]))
+
+    def evaluate(params):
+        return {"cfd": gen.classifier_frechet(clf, ref, gen.samples(params, jax.random.key(5), 1000))}
+
+    init = evaluate(gen.init_generator(jax.random.key(3)))["cfd"]
+    params, history = gen.train_generator(jax.random.key(3), images[:2000], "tsw_sl", 80, batch_size=64,
+                                          eval_fn=evaluate, eval_every=80)
+    losses = [h["loss"] for h in history]
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+    assert history[-1]["eval/cfd"] < 0.8 * init, (init, history[-1]["eval/cfd"])
+    assert gen.samples(params, jax.random.key(0), 3).shape == (3, 784)
+
+
+def test_generator_resumes_after_a_stop(mnist_small, tmp_path):
+    images = mnist_small[0][:512]
+    kwargs = dict(batch_size=32, checkpoint_every=5)
+    gen.train_generator(jax.random.key(4), images, "sw", 5, run_dir=tmp_path / "a", **kwargs)  # "stopped" at 5
+    resumed, history = gen.train_generator(jax.random.key(4), images, "sw", 10, run_dir=tmp_path / "a", **kwargs)
+    straight, _ = gen.train_generator(jax.random.key(4), images, "sw", 10, run_dir=tmp_path / "b", **kwargs)
+    assert [h["step"] for h in history] == list(range(1, 11))
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,53 @@
+"""Shared command-line plumbing of the experiment drivers: argument parser, JSON files, figures."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+DEFAULT_OUT = "benchmarks/results"
+
+
+def parser(description):
+    """An argument parser with the options every driver has: --out, --quick, --seed."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    p.add_argument("--quick", action="store_true", help="small settings (under 2 minutes on 2 CPU cores)")
+    p.add_argument("--seed", type=int, default=0, help="master PRNG seed")
+    return p
+
+
+def read_json(path, default):
+    """The JSON object in `path`, or `default` when the file does not exist."""
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_json(path, obj):
+    """Writes `obj` as compact JSON (atomically: a temporary file, then a rename)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, separators=(",", ":"))
+    os.replace(path + ".tmp", path)
+
+
+def write_text(path, text):
+    """Writes `text` to `path`, creating its directory."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def save_figure(fig, path, dpi=80):
+    """Saves a matplotlib figure as PNG and closes it."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
