@@ -14,6 +14,7 @@ SECTIONS = [
     ("Foundation: data-parallel loop and monomial group on a trained MLP", "benchmarks.demo_foundation"),
     ("MAGEP-NFN: CNN zoo on digits and accuracy prediction from weights", "benchmarks.demo_magep"),
     ("Transformer-NFN: attention symmetry group and the accuracy predictor", "benchmarks.demo_tnfn"),
+    ("TSW-SL: references, gradient flows, colour transfer, generator (--quick)", "benchmarks.demo_tsw"),
 ]
 
 
