@@ -66,3 +66,11 @@ def test_invariant_network_function_and_wrong_groups():
 def test_uncoupled_permutation_layer_range():
     with pytest.raises(ValueError, match=r"layer must be in 1..2, got 3"):
         testing.uncoupled_permutation(jax.random.PRNGKey(0), _feats(), 3)
+
+
+def test_uncoupled_check_can_be_turned_off_but_wrong_scalings_still_count():
+    # a layer that never mixes layers passes only when the uncoupled check is off, and still fails a wrong group
+    testing.assert_equivariant(lambda f: f, jax.random.PRNGKey(0), _feats(), SPEC, check_uncoupled=False)
+    with pytest.raises(AssertionError, match=r"broken action \(sign action\)"):
+        testing.assert_equivariant(lambda f: f, jax.random.PRNGKey(0), _feats(), SPEC, check_uncoupled=False,
+                                   broken_scaling="sign")
