@@ -140,10 +140,7 @@ class TransformerEquivariant(nnx.Module):
                  rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.spec, self.in_channels, self.ffn_scaling = tw_spec, in_channels, ffn_scaling
         self.table = terms.select(TERMS, ffn_scaling)
-        coeffs = terms.init(rngs.params(), self.table, tw_spec.num_blocks, tw_spec.d_model, in_channels, out_channels,
-                             param_dtype)
-        for name, value in coeffs.items():
-            setattr(self, name, nnx.Param(value))
+        terms.register_coefficients(self, self.table, tw_spec, in_channels, out_channels, rngs, param_dtype)
 
     def __call__(self, feats: TransformerWeights) -> TransformerWeights:
         """feats: features, block leaves [..., C_in] -> features [..., C_out] (any leading batch axes)."""

@@ -71,10 +71,7 @@ class TransformerInvariant(nnx.Module):
                  rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.spec, self.in_channels, self.ffn_scaling = tw_spec, in_channels, ffn_scaling
         self.table = terms.select(TERMS, ffn_scaling)
-        coeffs = terms.init(rngs.params(), self.table, tw_spec.num_blocks, tw_spec.d_model, in_channels, out_features,
-                             param_dtype)
-        for name, value in coeffs.items():
-            setattr(self, name, nnx.Param(value))
+        terms.register_coefficients(self, self.table, tw_spec, in_channels, out_features, rngs, param_dtype)
 
     def __call__(self, feats: TransformerWeights) -> jax.Array:
         """feats: features [..., C_in] per block leaf -> [..., num_blocks, out_features]."""

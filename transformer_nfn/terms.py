@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from transformer_nfn.weights import BlockWeights, TransformerSpec, TransformerWeights
 
@@ -100,6 +101,13 @@ def init(key: jax.Array, table: tuple[Term, ...], num_blocks: int, d_model: int,
             coeffs[t.name] = std * flat[offset : offset + size].reshape(shape)
         offset += size
     return coeffs
+
+
+def register_coefficients(module: nnx.Module, table: tuple[Term, ...], tw_spec: TransformerSpec, c_in: int, c_out: int,
+                          rngs: nnx.Rngs, dtype=jnp.float32) -> None:
+    """Attach `init`'s coefficients of `table` to `module` as nnx.Params named after the terms."""
+    for name, value in init(rngs.params(), table, tw_spec.num_blocks, tw_spec.d_model, c_in, c_out, dtype).items():
+        setattr(module, name, nnx.Param(value))
 
 
 def evaluate(table: tuple[Term, ...], coeffs: dict[str, jax.Array], st: dict[str, jax.Array]) -> dict[str, list]:
