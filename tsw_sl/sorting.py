@@ -3,7 +3,9 @@
 The permutation carries no gradient, so it is computed on `stop_gradient`-ed keys and gradients flow through
 the gathers. On CPU, XLA's floating-point sort is an order of magnitude slower than numpy's (spec sec. 16:
 ~350 ms vs ~35 ms for [100, 20001] on this project's machine), so `method="auto"` calls numpy's argsort
-through `jax.pure_callback` there and keeps XLA's sort on GPU/TPU. Likewise `jnp.cumsum` lowers to a slow
+through `jax.pure_callback` there and keeps XLA's sort on GPU/TPU. A process with several devices also keeps
+XLA's sort: inside a program sharded over several CPU devices a host callback pins the data to one device and
+can stall the other devices' collectives (seen as an all-reduce rendezvous time-out in a 4-device run). Likewise `jnp.cumsum` lowers to a slow
 reduce-window on CPU (~40 ms for [100, 20001]); `cumsum` here is a parallel prefix scan (~10 ms).
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ def argsort(keys, method="auto"):
     if method not in METHODS:
         raise ValueError(f"sort_method must be one of {METHODS}; got {method!r}")
     keys = jax.lax.stop_gradient(keys)
-    if method == "numpy" or (method == "auto" and jax.default_backend() == "cpu"):
+    if method == "numpy" or (method == "auto" and jax.default_backend() == "cpu" and jax.device_count() == 1):
         out = jax.ShapeDtypeStruct(keys.shape, jnp.int32)
         return jax.pure_callback(_numpy_argsort, out, keys, vmap_method="broadcast_all")
     return jnp.argsort(keys, axis=-1).astype(jnp.int32)
