@@ -23,7 +23,7 @@ from transformer_nfn import terms
 from transformer_nfn.terms import Term
 from transformer_nfn.weights import BlockWeights, TransformerSpec, TransformerWeights
 
-P, BOTH, S = "paper", "both", "scaling"
+P, BOTH, S = terms.P, terms.BOTH, terms.S
 
 TERMS: tuple[Term, ...] = (
     # attention weights: explicit formulas in `equivariant_block` (q, k, v left-multiplied; o row sums)

@@ -22,7 +22,7 @@ from transformer_nfn import terms
 from transformer_nfn.terms import Term
 from transformer_nfn.weights import TransformerSpec, TransformerWeights
 
-P, BOTH, S = "paper", "both", "scaling"
+P, BOTH, S = terms.P, terms.BOTH, terms.S
 
 TERMS: tuple[Term, ...] = (
     Term("th1", "I", "", "qk", "...pqd,edpq->...e", 2, 2, BOTH),

@@ -29,6 +29,7 @@ from transformer_nfn.weights import BlockWeights, TransformerSpec, TransformerWe
 
 # Term modes: "paper" = only in the paper's layer (breaks FFN scaling); "both" = in both variants;
 # "scaling" = only in the FFN-scaling-respecting variant.
+P, BOTH, S = "paper", "both", "scaling"
 
 
 class Term(NamedTuple):
@@ -69,7 +70,7 @@ def statistics(f: BlockWeights, need_scaling: bool) -> dict[str, jax.Array]:
 
 def select(table: tuple[Term, ...], ffn_scaling: bool) -> tuple[Term, ...]:
     """The terms of the paper's variant (ffn_scaling False) or of the FFN-scaling-respecting variant."""
-    keep = ("both", "scaling") if ffn_scaling else ("paper", "both")
+    keep = (BOTH, S) if ffn_scaling else (P, BOTH)
     return tuple(t for t in table if t.mode in keep)
 
 
