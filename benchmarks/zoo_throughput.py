@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from common.distributed import make_mesh
-from common.population import train_population
+from common.population import resolve_chunk_size, train_population
 from magep import zoo_recipes as recipes
 
 
@@ -35,11 +35,16 @@ def _timed(fn) -> dict:
 
 
 def _rate(run, configs, population_sizes, single) -> dict:
-    """Models per (wall / CPU) second for each population size and for ``single`` models one at a time."""
+    """Models per (wall / CPU) second for each population size (the engine's default chunking, and the largest
+    also vmapped whole, ``chunk_size=None``) and for ``single`` models one at a time."""
     out = {}
     for p in population_sizes:
         run(configs[:p])  # warm-up: compile for this population size
         out[f"vmapped_P{p}"] = {"models": p, **_timed(lambda: run(configs[:p]))}
+    if resolve_chunk_size("auto", make_mesh()) is not None:
+        p = max(population_sizes)
+        run(configs[:p], None)
+        out[f"vmapped_P{p}_unchunked"] = {"models": p, **_timed(lambda: run(configs[:p], None))}
     run(configs[:1])
     out["one_at_a_time"] = {"models": single, **_timed(lambda: [run([c]) for c in configs[:single]])}
     for r in out.values():
@@ -60,8 +65,9 @@ def cnn_benchmark(dataset: str, epochs: int, population_sizes, single: int, batc
     for c in configs:  # one activation and full training sets: every member does the same number of steps
         c["activation"], c["train_fraction"] = "relu", 1.0
     mesh = make_mesh()
-    run = lambda cs: train_population(recipes.cnn_task("relu"), recipes.cnn_hparams(cs), train, test,
-                                      epochs=epochs, batch_size=batch_size, mesh=mesh, progress=False)
+    run = lambda cs, chunk="auto": train_population(recipes.cnn_task("relu"), recipes.cnn_hparams(cs), train, test,
+                                                    epochs=epochs, batch_size=batch_size, mesh=mesh,
+                                                    chunk_size=chunk, progress=False)
     rates = _rate(run, configs, population_sizes, single)
     return {"dataset": dataset, "epochs": epochs, "batch_size": batch_size, "models_per_second": rates,
             "speedup": _speedup(rates)}
@@ -75,20 +81,20 @@ def siren_benchmark(images: int, steps: int, timing_steps: int, single: int) -> 
     task = recipes.siren_task(c)
     mesh = make_mesh()
 
-    def run(idx, n_steps):
+    def run(idx, n_steps, chunk="auto"):
         hp = {"seed": np.asarray(idx, np.int32), "optimizer": np.zeros(len(idx), np.int32),
               "train_fraction": np.ones(len(idx), np.float32),
               "learning_rate": np.full(len(idx), recipes.SIREN_LEARNING_RATE, np.float32),
               "image": pixels[idx].reshape(len(idx), h * w, c)}
         return train_population(task, hp, grid, grid, epochs=n_steps, batch_size=h * w, mesh=mesh,
-                                progress=False)[-1]
+                                chunk_size=chunk, progress=False)[-1]
 
     every = list(range(images))
     start = time.perf_counter()
     final = run(every, steps)
     psnr = recipes.psnr(final.metrics["test_mse"])
     full_seconds = time.perf_counter() - start
-    rates = _rate(lambda idx: run(idx, timing_steps), every, [images], single)
+    rates = _rate(lambda idx, chunk="auto": run(idx, timing_steps, chunk), every, [images], single)
     return {"images": images, "steps": steps, "learning_rate": recipes.SIREN_LEARNING_RATE,
             "psnr_db": {"median": float(np.median(psnr)), "min": float(psnr.min()),
                         "q25": float(np.quantile(psnr, 0.25)), "q75": float(np.quantile(psnr, 0.75)),

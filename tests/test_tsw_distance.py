@@ -5,6 +5,7 @@ import functools
 
 import chex
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import ot
@@ -106,6 +107,41 @@ def test_closed_form_matches_brute_force_tree(kind, splitting, p):
         want = brute_distance(x, y, a, b, trees, alpha_fn, p, delta=1.5)
         assert got.dtype == jnp.float64
         np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def _sort_lengths(fn, *args):
+    """Lengths of the sorted axes of every XLA sort in fn's program."""
+    jaxpr = jax.make_jaxpr(fn)(*args)
+    lengths = []
+
+    def visit(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "sort":
+                lengths.append(eqn.invars[0].aval.shape[-1])
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                visit(sub)
+
+    visit(jaxpr.jaxpr)
+    return lengths
+
+
+@pytest.mark.parametrize("kind", ["chain", "concurrent"])
+@pytest.mark.parametrize("p", [1, 2])
+def test_default_uniform_weights_match_brute_force_tree(kind, p):
+    """a = b = None with n == m: for p = 1 the uniform splitting pairs sorted projections (two sorts of n),
+    for p = 2 it drops the massless pseudo-points (one sort of 2n); values and gradients equal the brute-force
+    tree and the path with explicit uniform weights."""
+    with jax.enable_x64(True):
+        x, y, _, _ = random_measures(seed=21 + p, n=8, m=8)
+        u = np.full(8, 1 / 8)
+        trees = tsw_sl.sample_trees(jax.random.key(5), 3, 4, 3, kind, root_std=0.7, dtype=jnp.float64)
+        value = lambda x, y: tsw_sl.tree_wasserstein(x, y, trees, p=p, sort_method="xla")
+        explicit = lambda x, y: tsw_sl.tree_wasserstein(x, y, trees, u, u, p=p, sort_method="xla")
+        np.testing.assert_allclose(value(x, y), brute_distance(x, y, u, u, trees, uniform_alpha, p), rtol=1e-10)
+        for g_default, g_explicit in zip(jax.grad(value, (0, 1))(x, y), jax.grad(explicit, (0, 1))(x, y)):
+            np.testing.assert_allclose(g_default, g_explicit, rtol=1e-9, atol=1e-12)
+        assert set(_sort_lengths(value, x, y)) == ({8} if p == 1 else {16})
+        assert set(_sort_lengths(explicit, x, y)) == {16}
 
 
 def test_learned_splitting_matches_brute_force_tree():

@@ -5,7 +5,7 @@ import pytest
 
 from common.distributed import make_mesh
 from common.nets import cnn_apply
-from common.population import train_population
+from common.population import CPU_CHUNK, resolve_chunk_size, train_population
 from magep import zoo_recipes as recipes
 
 EPOCHS, BATCH = 2, 128
@@ -49,6 +49,20 @@ def test_population_equals_members_trained_alone(digits):
     # training changed the weights, and differently per member (the hyperparameters are really per model)
     first, last = population[0].params.weights[0], population[-1].params.weights[0]
     assert np.all(np.abs(last - first).reshape(4, -1).max(axis=1) > 1e-3)
+
+
+def test_chunked_population_equals_fully_vmapped(digits):
+    """chunk_size = 3 over 4 members (one full chunk and a remainder) gives the fully vmapped results."""
+    configs, one_device = _configs(), make_mesh(jax.devices()[:1])
+    run = lambda chunk: train_population(recipes.cnn_task("relu"), recipes.cnn_hparams(configs), *digits, epochs=1,
+                                         batch_size=BATCH, mesh=one_device, chunk_size=chunk, progress=False)[-1]
+    chunked, whole = run(3), run(None)
+    for a, b in zip(jax.tree.leaves(chunked.params), jax.tree.leaves(whole.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # float rounding only
+    assert chunked.metrics.keys() == whole.metrics.keys()
+    assert resolve_chunk_size("auto", one_device) == CPU_CHUNK and resolve_chunk_size("auto", make_mesh()) is None
+    with pytest.raises(ValueError, match="chunk_size must be"):
+        run(0)
 
 
 def test_recorded_metrics_match_the_reference_forward_pass(digits):

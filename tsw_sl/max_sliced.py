@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import optax
 
 from tsw_sl import validation
-from tsw_sl.distance import root_p, tree_costs
+from tsw_sl.distance import tree_costs
+from tsw_sl.one_dim import root_p
 from tsw_sl.sliced import sliced_cost
 from tsw_sl.trees import TreeSystem, normalise, random_directions, sample_trees
 
@@ -76,12 +77,13 @@ def max_sliced_wasserstein(x, y, key, n_steps=100, lr=0.05, a=None, b=None, p=2,
     return _max_sliced(x, y, a, b, theta0, lr, n_steps=n_steps, p=p, sort_method=sort_method)
 
 
-def _max_tree(x, y, a, b, trees0, lr, delta, t_low, t_high, *, n_steps, splitting, p, sort_method):
+def _max_tree(x, y, a, b, trees0, lr, delta, t_low, t_high, *, n_steps, splitting, p, sort_method,
+              uniform_equal):
     kind = trees0.kind
 
     def objective(params, x, y, a, b):
         trees = TreeSystem.from_params(*params, kind=kind)
-        return jnp.mean(tree_costs(x, y, a, b, trees, splitting, delta, p, sort_method))
+        return jnp.mean(tree_costs(x, y, a, b, trees, splitting, delta, p, sort_method, uniform_equal))
 
     def project(params):
         root, t, theta = params
@@ -92,7 +94,7 @@ def _max_tree(x, y, a, b, trees0, lr, delta, t_low, t_high, *, n_steps, splittin
     return root_p(objective(params, x, y, a, b), p)
 
 
-_max_tree_jit = jax.jit(_max_tree, static_argnames=("n_steps", "splitting", "p", "sort_method"))
+_max_tree_jit = jax.jit(_max_tree, static_argnames=("n_steps", "splitting", "p", "sort_method", "uniform_equal"))
 
 
 def max_tsw_sl(x, y, key, n_trees=1, n_lines=4, n_steps=100, lr=0.05, a=None, b=None, *, kind="chain",
@@ -111,6 +113,7 @@ def max_tsw_sl(x, y, key, n_trees=1, n_lines=4, n_steps=100, lr=0.05, a=None, b=
       step, but the root is free, so `n_steps` and `lr` then act as a regulariser.
     """
     _check_steps(n_steps)
+    uniform_equal = validation.uniform_equal(x, y, a, b)
     x, y, a, b = _one_pair("max_tsw_sl", x, y, a, b, normalize_weights)
     p = validation.power(p)
     validation.splitting(splitting)
@@ -118,4 +121,4 @@ def max_tsw_sl(x, y, key, n_trees=1, n_lines=4, n_steps=100, lr=0.05, a=None, b=
     t_low, t_high = tree_options.get("t_range", (-1.0, 1.0))
     fn = _max_tree_jit if isinstance(splitting, str) else _max_tree
     return fn(x, y, a, b, trees0, lr, delta, t_low, t_high, n_steps=n_steps, splitting=splitting, p=p,
-              sort_method=sort_method)
+              sort_method=sort_method, uniform_equal=uniform_equal)
