@@ -59,21 +59,42 @@ def mlp_apply(ws: WeightSpace, x: jax.Array, activation: str | Callable = "relu"
     return h
 
 
+CONV_METHODS = ("lax", "patches")
+
+
+def _conv_patches(h: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    """VALID convolution as patch extraction + one matmul: h [B, H, W, C], w [O, C, kh, kw] -> [B, H', W', O]."""
+    kh, kw = w.shape[2:]
+    ho, wo = (h.shape[1] - kh) // stride + 1, (h.shape[2] - kw) // stride + 1
+    patches = jnp.stack([h[:, u:u + stride * (ho - 1) + 1:stride, v:v + stride * (wo - 1) + 1:stride, :]
+                         for u in range(kh) for v in range(kw)], axis=-1)  # [B, H', W', C, kh * kw]
+    return jnp.einsum("bhwck,ock->bhwo", patches, w.reshape(w.shape[0], w.shape[1], kh * kw))
+
+
 def cnn_apply(
     ws: WeightSpace,
     x: jax.Array,
     activation: str | Callable = "relu",
     stride: int = 2,
     padding: str = "VALID",
+    *,
+    conv: str = "lax",
+    dropout: float | jax.Array = 0.0,
+    dropout_key: jax.Array | None = None,
 ) -> jax.Array:
     """Small CNN Zoo network: conv layers (stride 2, VALID), global average pool, dense layers.
 
-    Every conv layer is followed by the activation; dense layers after the pool by the activation
-    except the last.
+    Every conv layer is followed by the activation (and, when training, dropout); dense layers after the
+    pool by the activation except the last.
 
     Args:
       ws: one CNN; conv weights [c_out, c_in, kh, kw] first, then dense weights [n_out, n_in].
       x: images [..., H, W, n_0] (channels last).
+      conv: "lax" (`lax.conv_general_dilated`) or "patches" (patch extraction + one matmul, VALID only): the
+        same function, but under `jax.vmap` over networks lax.conv becomes a grouped convolution that runs
+        several times slower on CPU, while the matmul form batches cleanly (used to train populations).
+      dropout: rate of inverted dropout after each conv layer, applied only when `dropout_key` is given.
+      dropout_key: PRNG key for dropout (None: no dropout, the inference network).
     Returns:
       logits [..., n_L].
     """
@@ -82,6 +103,9 @@ def cnn_apply(
         raise ValueError(f"cnn_apply: x has shape {tuple(x.shape)} but weights[0] {tuple(ws.weights[0].shape)} takes {ws.weights[0].shape[1]} channels")
     if x.ndim < 3:
         raise ValueError(f"cnn_apply: x must be [..., H, W, C], got shape {tuple(x.shape)}")
+    if conv not in CONV_METHODS or (conv == "patches" and padding != "VALID"):
+        raise ValueError(f"cnn_apply: conv must be one of {CONV_METHODS} ('patches' with VALID padding only); "
+                         f"got conv={conv!r}, padding={padding!r}")
     s = get_activation(activation)
     batch = x.shape[:-3]
     h = x.reshape((-1,) + x.shape[-3:])
@@ -90,10 +114,16 @@ def cnn_apply(
         w, b = ws.weights[i], ws.biases[i]
         if w.ndim != 4:
             raise ValueError(f"cnn_apply: weights[{i}] {tuple(w.shape)}: conv layers must come before dense layers")
-        h = jax.lax.conv_general_dilated(
-            h, w, (stride, stride), padding, dimension_numbers=("NHWC", "OIHW", "NHWC")
-        )
+        if conv == "patches":
+            h = _conv_patches(h, w, stride)
+        else:
+            h = jax.lax.conv_general_dilated(
+                h, w, (stride, stride), padding, dimension_numbers=("NHWC", "OIHW", "NHWC")
+            )
         h = s(h + b)
+        if dropout_key is not None:
+            keep = jax.random.uniform(jax.random.fold_in(dropout_key, i), h.shape) >= dropout
+            h = jnp.where(keep, h / (1.0 - dropout), 0.0)
     h = h.mean(axis=(1, 2))
     for i in range(n_conv, ws.num_layers):
         h = h @ ws.weights[i].T + ws.biases[i]

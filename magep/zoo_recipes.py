@@ -10,9 +10,9 @@ init_std log-U[1e-3, 0.5]), zero biases, train fraction {0.1, 0.25, 0.5, 1}, bat
 8k/2k stratified (seed 0; documented deviation); scikit-learn digits (1,797 8 x 8 images, split 1,437/360
 stratified, seed 0, ink 0..16 mapped to [-1, 1] and upsampled 2x to 16 x 16 so three stride-2 VALID convs fit).
 
-The training forward pass writes each conv as patch extraction + one matmul; `nets.cnn_apply` (lax.conv) gives
-the same function (tested), but under `jax.vmap` over networks lax.conv becomes a grouped convolution that is
-several times slower on CPU, while the matmul form batches over networks cleanly.
+Training and evaluation use `nets.cnn_apply(..., conv="patches")`: each conv as patch extraction + one matmul,
+the same function as lax.conv, but under `jax.vmap` over networks lax.conv becomes a grouped convolution that
+is several times slower on CPU, while the matmul form batches over networks cleanly.
 
 SIREN zoo (Zhou et al.): one SIREN 2 -> 32 -> 32 -> c (w0 = 30) per image, pixel grid coordinates in [-1, 1]^2
 (``coords[..., 0]`` = row, ``[..., 1]`` = column), targets scaled to [-1, 1], 5,000 full-grid Adam steps at lr
@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 from common import data as zoo_data
-from common.nets import get_activation, siren_apply
+from common.nets import cnn_apply, siren_apply
 from common.population import PopulationTask
 from common.weight_space import WeightSpace
 
@@ -136,42 +136,6 @@ def init_cnn(key: jax.Array, hp: dict) -> WeightSpace:
     return WeightSpace(weights, tuple(jnp.zeros(s[0]) for s in shapes))
 
 
-def _patch_conv(h: jax.Array, w: jax.Array, b: jax.Array, stride: int = 2) -> jax.Array:
-    """VALID conv as patches @ kernel: h [B, H, W, C], w [O, C, kh, kw] -> [B, H', W', O]."""
-    kh, kw = w.shape[2:]
-    ho, wo = (h.shape[1] - kh) // stride + 1, (h.shape[2] - kw) // stride + 1
-    patches = jnp.stack([h[:, u:u + stride * (ho - 1) + 1:stride, v:v + stride * (wo - 1) + 1:stride, :]
-                         for u in range(kh) for v in range(kw)], axis=-1)  # [B, H', W', C, kh*kw]
-    return jnp.einsum("bhwck,ock->bhwo", patches, w.reshape(w.shape[0], w.shape[1], kh * kw)) + b
-
-
-def cnn_forward(ws: WeightSpace, x: jax.Array, activation: str, dropout: jax.Array = 0.0,
-                key: jax.Array | None = None) -> jax.Array:
-    """Small CNN Zoo logits, equal to ``nets.cnn_apply(ws, x, activation)`` when ``key`` is None.
-
-    Args:
-      ws: one CNN (conv kernels [O, C, 3, 3], then dense [n_out, n_in]).
-      x: images [B, H, W, 1].
-      dropout: rate after each conv (inverted dropout), used only with ``key``.
-    Returns:
-      logits [B, 10].
-    """
-    s = get_activation(activation)
-    h = x
-    n_conv = sum(w.ndim == 4 for w in ws.weights)
-    for i in range(n_conv):
-        h = s(_patch_conv(h, ws.weights[i], ws.biases[i]))
-        if key is not None:
-            keep = jax.random.uniform(jax.random.fold_in(key, i), h.shape) >= dropout
-            h = jnp.where(keep, h / (1.0 - dropout), 0.0)
-    h = h.mean(axis=(1, 2))
-    for i in range(n_conv, ws.num_layers):
-        h = h @ ws.weights[i].T + ws.biases[i]
-        if i < ws.num_layers - 1:
-            h = s(h)
-    return h
-
-
 @functools.cache
 def cnn_task(activation: str) -> PopulationTask:
     """The population task of Small-CNN-Zoo networks with one activation (batches: {"x": [B,H,W,1], "y": [B]}).
@@ -179,12 +143,12 @@ def cnn_task(activation: str) -> PopulationTask:
     Cached, so every population of one activation reuses one compiled program."""
 
     def loss(ws, hp, batch, key):
-        logits = cnn_forward(ws, batch["x"], activation, hp["dropout"], key)
+        logits = cnn_apply(ws, batch["x"], activation, conv="patches", dropout=hp["dropout"], dropout_key=key)
         penalty = hp["l2reg"] * sum(jnp.sum(w ** 2) for w in ws.weights)
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]), penalty
 
     def evaluate(ws, hp, batch):
-        logits = cnn_forward(ws, batch["x"], activation)
+        logits = cnn_apply(ws, batch["x"], activation, conv="patches")
         return {"loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]),
                 "accuracy": (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)}
 

@@ -65,6 +65,21 @@ def test_cnn_zoo_function_preserved(activation, scaling):
     assert not np.allclose(nets.cnn_apply(broken, x, activation), y, rtol=1e-3)
 
 
+def test_cnn_patch_convolution_equals_lax_conv_and_dropout_only_with_a_key():
+    keys = jax.random.split(jax.random.PRNGKey(8), 3)
+    ws = jax.vmap(lambda k: random_weights(k, CNN_ZOO_SPEC, dtype=jnp.float64))(keys)   # 3 networks
+    x = jax.random.uniform(jax.random.PRNGKey(9), (2, 4, 28, 28, 1), jnp.float64, -1, 1)
+    apply = lambda conv, **kw: jax.vmap(lambda w: nets.cnn_apply(w, x, "tanh", conv=conv, **kw))(ws)
+    reference = apply("lax")
+    assert reference.shape == (3, 2, 4, 10)
+    np.testing.assert_allclose(apply("patches"), reference, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(apply("patches", dropout=0.5), reference, rtol=1e-10, atol=1e-12)  # no key
+    dropped = apply("patches", dropout=0.5, dropout_key=jax.random.PRNGKey(10))
+    assert np.all(np.isfinite(dropped)) and not np.allclose(dropped, reference, rtol=1e-2)
+    with pytest.raises(ValueError, match="conv must be one of"):
+        nets.cnn_apply(jax.tree.map(lambda a: a[0], ws), x, conv="patches", padding="SAME")
+
+
 def test_siren_function_preserved_by_sign_flips_only():
     ws = random_weights(jax.random.PRNGKey(8), SIREN_SPEC, scale=0.05, dtype=jnp.float64)
     coords = jax.random.uniform(jax.random.PRNGKey(9), (50, 2), jnp.float64, -1, 1)
