@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from common.distributed import make_mesh
-from common.population import resolve_chunk_size, train_population
+from common.population import CPU_CHUNK, resolve_chunk_size, train_population
 from magep import zoo_recipes as recipes
 
 
@@ -112,8 +112,11 @@ def _markdown(result: dict) -> str:
              f"## Small CNN Zoo ({cnn['dataset']}, {cnn['epochs']} epochs, batch {cnn['batch_size']}, relu)", "",
              *_table(cnn["models_per_second"], cnn["speedup"], "models"), "",
              "Target: vmapped >= 10x one at a time. vmap pays off where one small model leaves the device idle "
-             "(accelerators); on a CPU a single model's step already keeps the cores busy, so a population can only "
-             "add memory traffic (per-network activations no longer fit in cache)."]
+             "(accelerators). On a CPU a single model's step is already compute-bound and a population does the "
+             "same arithmetic per model, so the most it can reach is parity; vmapping a whole large population "
+             "at once is slower still (per-network activations no longer fit in cache: the `_unchunked` row), "
+             "which is why the engine steps a single CPU device's population in vmapped chunks of "
+             f"{CPU_CHUNK} models (`chunk_size=\"auto\"`)."]
     p = siren["psnr_db"]
     lines += ["", f"## SIREN fits of MNIST test images ({siren['images']} images, {siren['steps']} Adam steps, "
               f"lr {siren['learning_rate']})", "",
