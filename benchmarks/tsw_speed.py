@@ -128,6 +128,14 @@ def time_pot(x, y, n_dirs, repeats):
     return dict(compile_s=0.0, time_s=median, min_s=best, xla_bytes=None, host_peak_bytes=host_peak)
 
 
+REPEATS_NOTE = "3 when directions * n >= 1e7, 10 when >= 1e6, else 20"
+
+
+def repeats_for(n_dirs, n):
+    """Timed repeats of a cell: many for the short calls, whose fastest repeat is noisy with few (REPEATS_NOTE)."""
+    return 3 if n_dirs * n >= 10**7 else 10 if n_dirs * n >= 10**6 else 20
+
+
 def run(grid, repeats_for):
     rows = []
     for n_dirs in grid["directions"]:
@@ -260,7 +268,7 @@ def main(argv=None):
     grid.update({axis: tuple(getattr(args, axis)) for axis in ("directions", "n", "d") if getattr(args, axis)})
     t0 = time.perf_counter()
     load_start = os.getloadavg()[0]
-    rows = run(grid, lambda n_dirs, n: 2 if n_dirs * n >= 10**6 else 5)
+    rows = run(grid, repeats_for)
     meta = dict(machine=f"{platform.machine()} ({jax.device_count()} {jax.default_backend()} device(s), "
                         f"{os.cpu_count()} cores)",
                 jax=jax.__version__, backend=jax.default_backend(), ott=ott_sliced is not None,
@@ -268,7 +276,7 @@ def main(argv=None):
                 total_s=time.perf_counter() - t0,
                 note=f"cells with (directions, n) in {sorted(SKIP)} skipped (memory/time of the shared machine); "
                      f"OTT-JAX {'included for n <= 1e4' if ott_sliced is not None else 'not installed'}; "
-                     f"2 timed repeats when directions * n >= 1e6, else 5.")
+                     f"timed repeats: {REPEATS_NOTE}.")
     out.mkdir(parents=True, exist_ok=True)
     if args.merge and (out / "tsw_speed.json").exists():
         rows, meta = merge(json.loads((out / "tsw_speed.json").read_text()), rows, meta)
