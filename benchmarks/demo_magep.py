@@ -62,5 +62,5 @@ def run(out_dir: str, n_models: int = 64, epochs: int = 8, steps: int = 300) -> 
     for nfn in ("magep", "statnn"):
         tau, err = _train_predictor(nfn, spec, splits["train"], splits["test"], os.path.join(out_dir, nfn), steps)
         table.append((f"{nfn} predictor, {steps} steps: Kendall tau on held-out models", f"{tau:.3f}"))
-        table.append((f"  max |prediction change| under a positive monomial g (scales 0.2-5)", f"{err:.1e}"))
+        table.append(("  max |prediction change| under a positive monomial g (scales 0.2-5)", f"{err:.1e}"))
     return table

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common import NetworkSpec, WeightSpace, groups, nets, testing
+from common import NetworkSpec, groups, nets, testing
 from tests.common_fixtures import CNN_ZOO_SPEC, SIREN_SPEC, leaves_close, random_weights
 
 MLP_SPEC = NetworkSpec.mlp((5, 8, 7, 6, 3))

@@ -1,6 +1,5 @@
 """tsw_sl.sample_trees / TreeSystem: geometry of chain and concurrent trees, sampling laws, parametrisation."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -35,7 +35,7 @@ def hnp_pool(feats: WeightSpace, redundant_means: bool = True) -> jax.Array:
 
 def hnp_pool_size(spec: NetworkSpec, channels: Channels, redundant_means: bool = True) -> int:
     """Length of `hnp_pool`'s output."""
-    L, cw, cb = spec.num_layers, channels.weights, channels.biases
+    cw, cb = channels.weights, channels.biases
     means = sum(cw) + sum(cb) if redundant_means else sum(cw[1:-1]) + sum(cb[:-1])
     return means + spec.widths[0] * cw[0] + spec.widths[-1] * (cw[-1] + cb[-1])
 
