@@ -12,6 +12,7 @@ from common.data import DATA_DIR_ENV, load_image
 from tsw_sl import colour_transfer as ct
 from tsw_sl import flows, targets
 from tsw_sl import generate as gen
+from tsw_sl.experiments import flow_report
 
 SHARED_DATA = Path(os.environ.get(DATA_DIR_ENV) or Path(__file__).parents[2] / "shared" / "data")
 
@@ -62,6 +63,17 @@ def test_short_flow_reduces_w2_tenfold(method):
     np.testing.assert_array_equal(snaps[0], source)
     start, end = (flows.wasserstein2_squared(s, target) for s in (snaps[0], snaps[-1]))
     assert end < start / 10, (start, end)
+
+
+def test_flow_report_names_only_the_cells_not_run():
+    cell = dict(iterations=[100, 200, 300, 400, 500], w2_mean=[5.0, 4.0, 3.0, 2.0, 1.0], w2_std=[0.1] * 5,
+                s_per_it=0.01)
+    config = dict(runs=2, steps=500)
+    partial = flow_report.markdown({"swiss_roll": {"sw": cell, "tsw_sl": cell}}, config)
+    assert "Not run yet: swiss_roll/max_sw, swiss_roll/tsw_sl_distance" in partial
+    assert "| SW | 5.00e+00 / 4.00e+00" in partial
+    complete = flow_report.markdown({"swiss_roll": dict.fromkeys(flow_report.ALL_METHODS, cell)}, config)
+    assert "Not run yet" not in complete
 
 
 def test_vmapped_runs_equal_single_runs():

@@ -23,7 +23,6 @@ N_POINTS = 100
 LOW_DIM = ("swiss_roll", "25_gaussians", "8_gaussians", "heart", "crescent", "bunny", "spot")
 HIGH_DIM = tuple(f"gaussian_{d}" for d in targets.GAUSSIAN_DIMS)
 ALL_METHODS = ("sw", "max_sw", "tsw_sl", "tsw_sl_distance", "max_tsw_sl", "db_tsw")
-HIGH_DIM_METHODS = ("sw", "tsw_sl", "db_tsw")
 
 # TSW-SL paper v2 (spec anchors.md sec. 5): W_2^2 at iterations 500 ... 2500 and seconds per iteration.
 PAPER = {
@@ -87,6 +86,15 @@ def _fmt(values):
     return " / ".join(f"{v:.2e}" for v in values)
 
 
+def _missing_note(results):
+    """A sentence naming the (target, method) cells not run yet, or nothing when every cell is there."""
+    missing = [f"{t}/{m}" for t, cells in results.items() for m in ALL_METHODS if m not in cells]
+    if not missing:
+        return ""
+    return (f" Not run yet: {', '.join(missing)}; rerunning `python -m tsw_sl.flows` computes only the missing "
+            "cells.")
+
+
 def markdown(results, config):
     """The tables of tsw_flows.md from the JSON results."""
     lines = ["# Gradient flows: W_2^2 to the target (exact OT, POT `ot.emd2`)", "",
@@ -99,9 +107,9 @@ def markdown(results, config):
              "5e-3, 5e-2 for tree methods in d >= 10. Cells: mean (std) over runs at iterations "
              "steps / 5, 2 steps / 5, ..., steps; s/it: wall seconds per iteration of the compiled, vmapped "
              f"flow of all runs together on this machine (2 shared CPU cores; the paper's timings are per run "
-             "on a GPU). Paper: TSW-SL v2, spec anchors.md sec. 5 (no 8-Gaussians or point-cloud numbers). Cells absent "
-             "below were not run in the time available; rerunning `python -m tsw_sl.flows` computes only those.",
-             ""]
+             "on a GPU; cells were run in several sessions at different loads of the shared machine, so compare s/it "
+             "within a row's order of magnitude only). Paper: TSW-SL v2, spec anchors.md sec. 5 (no 8-Gaussians or "
+             "point-cloud numbers)." + _missing_note(results), ""]
     for target, cells in results.items():
         its = [config["steps"] * i // 5 for i in range(1, 6)]
         lines += [f"## {targets.describe(target)}", "",
@@ -166,7 +174,7 @@ def main(argv=None):
     p = cli.parser("Gradient flows with SW, Max-SW, TSW-SL, Max-TSW-SL and Db-TSW (TSW-SL paper, sec. 6.1).")
     p.add_argument("--targets", nargs="+", default=None, help=f"default: {' '.join(LOW_DIM + HIGH_DIM)}")
     p.add_argument("--methods", nargs="+", default=None,
-                   help=f"default: {' '.join(ALL_METHODS)} (high-dimensional targets: {' '.join(HIGH_DIM_METHODS)})")
+                   help=f"default: {' '.join(ALL_METHODS)} (quick: sw tsw_sl db_tsw)")
     p.add_argument("--runs", type=int, default=None, help="runs per cell (default 10, quick 3)")
     p.add_argument("--steps", type=int, default=None, help="iterations (default 2500, quick 500)")
     args = p.parse_args(argv)
@@ -182,8 +190,7 @@ def main(argv=None):
     saved = cli.read_json(stem + ".json", {})
     results = saved.get("results", {}) if saved.get("config") == config else {}
     todo = [(t, m) for t in names
-            for m in (args.methods or (("sw", "tsw_sl", "db_tsw") if quick else
-                                       HIGH_DIM_METHODS if t in HIGH_DIM else ALL_METHODS))
+            for m in (args.methods or (("sw", "tsw_sl", "db_tsw") if quick else ALL_METHODS))
             if m not in results.get(t, {})]
     todo.sort(key=lambda cell: cell[1].startswith("max"))  # the costly Max methods last
     key = jax.random.key(args.seed)
