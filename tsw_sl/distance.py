@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from tsw_sl import sorting, splitting as splitting_lib, validation
-from tsw_sl.one_dim import abs_pow, root_p, wasserstein_1d_pow
+from tsw_sl.one_dim import abs_pow, projected_costs, root_p
 from tsw_sl.trees import sample_trees
 
 
@@ -53,9 +53,7 @@ def tree_costs(x, y, a, b, trees, splitting, delta, p, sort_method="auto", unifo
     values instead of one sort of n + m + 1.
     """
     if splitting == "uniform" and p == 1 and uniform_equal:
-        u = jnp.einsum("nd,lkd->lkn", x, trees.directions)
-        v = jnp.einsum("md,lkd->lkm", y, trees.directions)
-        return jnp.mean(wasserstein_1d_pow(u, v, a, b, 1, sort_method, uniform_equal=True), axis=-1)
+        return jnp.mean(projected_costs(x, y, a, b, trees.directions, 1, sort_method, uniform_equal=True), axis=-1)
     z = jnp.concatenate([x, y], axis=0)
     w = jnp.concatenate([a, -b], axis=0)
     origin = jax.lax.stop_gradient(jnp.mean(z, axis=0))  # any common origin gives the same values

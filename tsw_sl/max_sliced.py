@@ -49,10 +49,10 @@ def _one_pair(name, x, y, a, b, normalize):
     return x, y, a, b
 
 
-@functools.partial(jax.jit, static_argnames=("n_steps", "p", "sort_method"))
-def _max_sliced(x, y, a, b, theta0, lr, *, n_steps, p, sort_method):
+@functools.partial(jax.jit, static_argnames=("n_steps", "p", "sort_method", "uniform_equal"))
+def _max_sliced(x, y, a, b, theta0, lr, *, n_steps, p, sort_method, uniform_equal):
     def objective(theta, x, y, a, b):  # on normalised directions: the gradient is tangent to the sphere
-        return sliced_cost(x, y, a, b, normalise(theta), p, sort_method)
+        return sliced_cost(x, y, a, b, normalise(theta), p, sort_method, uniform_equal)
 
     fixed = jax.lax.stop_gradient((x, y, a, b))
     theta = _ascend(lambda q: objective(q, *fixed), theta0, n_steps, lr, normalise)
@@ -71,10 +71,12 @@ def max_sliced_wasserstein(x, y, key, n_steps=100, lr=0.05, a=None, b=None, p=2,
       scalar distance at the optimised direction(s). Batch over measure pairs with jax.vmap.
     """
     _check_steps(n_steps)
+    uniform_equal = validation.uniform_equal(x, y, a, b)
     x, y, a, b = _one_pair("max_sliced_wasserstein", x, y, a, b, normalize_weights)
     p = validation.power(p)
     theta0 = random_directions(key, (n_projections,), x.shape[-1], x.dtype)
-    return _max_sliced(x, y, a, b, theta0, lr, n_steps=n_steps, p=p, sort_method=sort_method)
+    return _max_sliced(x, y, a, b, theta0, lr, n_steps=n_steps, p=p, sort_method=sort_method,
+                       uniform_equal=uniform_equal)
 
 
 def _max_tree(x, y, a, b, trees0, lr, delta, t_low, t_high, *, n_steps, splitting, p, sort_method,

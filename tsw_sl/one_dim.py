@@ -1,5 +1,6 @@
 """One-dimensional optimal transport on projected supports, shared by SW and by TSW-SL's constant-splitting
-path: W_p^p between 1-D measures from quantile functions, and the p-th root with a finite gradient at 0."""
+path: W_p^p between 1-D measures from quantile functions, the same along given directions, and the p-th root
+with a finite gradient at 0."""
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -48,3 +49,14 @@ def wasserstein_1d_pow(u, v, a, b, p, sort_method="auto", uniform_equal=False):
     iu, iv = jnp.minimum(iu, n - 1), jnp.minimum(iv, v.shape[-1] - 1)
     width = jnp.diff(levels, axis=-1, prepend=jnp.zeros_like(levels[..., :1]))
     return jnp.sum(width * abs_pow(sorting.take_last(us, iu) - sorting.take_last(vs, iv), p), axis=-1)
+
+
+def projected_costs(x, y, a, b, directions, p, sort_method="auto", uniform_equal=False):
+    """W_p^p between the projections of one validated pair onto each direction.
+
+    x: [n, d], y: [m, d], a: [n], b: [m], directions: [..., d] -> [...]; p, sort_method, uniform_equal as in
+    `wasserstein_1d_pow`.
+    """
+    u = jnp.einsum("nd,...d->...n", x, directions)
+    v = jnp.einsum("md,...d->...m", y, directions)
+    return wasserstein_1d_pow(u, v, a, b, p, sort_method, uniform_equal)

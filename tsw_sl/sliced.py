@@ -11,15 +11,13 @@ import jax
 import jax.numpy as jnp
 
 from tsw_sl import validation
-from tsw_sl.one_dim import root_p, wasserstein_1d_pow
+from tsw_sl.one_dim import projected_costs, root_p
 from tsw_sl.trees import random_directions
 
 
 def sliced_cost(x, y, a, b, directions, p, sort_method="auto", uniform_equal=False):
     """Mean over directions of W_p^p for one validated pair: x [n, d], y [m, d], directions [P, d] -> []."""
-    u = jnp.einsum("nd,pd->pn", x, directions)
-    v = jnp.einsum("md,pd->pm", y, directions)
-    return jnp.mean(wasserstein_1d_pow(u, v, a, b, p, sort_method, uniform_equal))
+    return jnp.mean(projected_costs(x, y, a, b, directions, p, sort_method, uniform_equal))
 
 
 def sliced_wasserstein(x, y, key=None, n_projections=50, a=None, b=None, p=2, *, projections=None,
