@@ -11,6 +11,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from common.distributed import is_typed_key
+
 
 def open_manager(run_dir: str | os.PathLike, max_to_keep: int | None = 3) -> ocp.CheckpointManager:
     """A ``CheckpointManager`` over ``run_dir/checkpoints`` (created if absent) keeping the last
@@ -20,12 +22,8 @@ def open_manager(run_dir: str | os.PathLike, max_to_keep: int | None = 3) -> ocp
                                  options=options)
 
 
-def _is_typed_key(x: Any) -> bool:
-    return jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key)
-
-
 def _to_savable(tree: Any) -> Any:
-    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_typed_key(x) else x, tree)
+    return jax.tree.map(lambda x: jax.random.key_data(x) if is_typed_key(x) else x, tree)
 
 
 def save(manager: ocp.CheckpointManager, step: int, tree: Any) -> None:
@@ -45,5 +43,5 @@ def restore_latest(manager: ocp.CheckpointManager, like: Any) -> Any | None:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), _to_savable(like))
     restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
     return jax.tree.map(
-        lambda x, r: jax.random.wrap_key_data(r, impl=jax.random.key_impl(x)) if _is_typed_key(x)
+        lambda x, r: jax.random.wrap_key_data(r, impl=jax.random.key_impl(x)) if is_typed_key(x)
         else r, like, restored)

@@ -60,6 +60,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
+def is_typed_key(x: Any) -> bool:
+    """True for a typed PRNG key array (``jax.random.key``), whose data must be moved as ``key_data``."""
+    return jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key)
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Copy every leaf of ``tree`` (the same value on every host) to every device of ``mesh``.
 
@@ -69,7 +74,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     sharding = replicated(mesh)
 
     def put(x):
-        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+        if is_typed_key(x):
             return jax.random.wrap_key_data(put(jax.random.key_data(x)),
                                             impl=jax.random.key_impl(x))
         return jax.device_put(np.array(x), sharding)

@@ -43,10 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from common.distributed import DATA_AXIS, make_mesh, replicated
+from common.distributed import DATA_AXIS, batch_sharding, make_mesh, replicated
 
 __all__ = ["PopulationTask", "Checkpoint", "train_population", "resolve_chunk_size", "REQUIRED_HPARAMS", "CPU_CHUNK"]
 
@@ -133,7 +133,7 @@ def _model_step(task, batch_size, params, opt_states, count, hp, batch, valid, n
 
 def _shard_population(tree, mesh):
     """Constrain every leaf's leading (population) axis to the mesh's data axis: one layout, one compilation."""
-    return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
+    return jax.lax.with_sharding_constraint(tree, batch_sharding(mesh))
 
 
 def resolve_chunk_size(chunk_size, mesh):
@@ -262,7 +262,7 @@ def train_population(task: PopulationTask, hparams: Mapping[str, Any], train: An
     chunk_size = resolve_chunk_size(chunk_size, mesh)
     devices = mesh.shape[DATA_AXIS]
     rows = np.arange(math.ceil(p / devices) * devices) % p  # pad with copies of the first models
-    shard = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    shard = batch_sharding(mesh)
     hp = jax.device_put({k: np.asarray(v)[rows] for k, v in hparams.items()}, shard)
     train, test = jax.device_put((train, test), replicated(mesh))
     n = jax.tree.leaves(train)[0].shape[0]
