@@ -2,7 +2,6 @@
 (gradient flows, colour transfer, generator), whose reports, plots and JSON land in the section's folder."""
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -10,7 +9,7 @@ import numpy as np
 import ot
 
 import tsw_sl
-from tsw_sl.experiments import colour_report, flow_report, generate_report
+from tsw_sl.experiments import cli, colour_report, flow_report, generate_report
 
 
 def _reference_rows() -> list[tuple[str, str]]:
@@ -30,27 +29,22 @@ def _reference_rows() -> list[tuple[str, str]]:
     ]
 
 
-def _read(out_dir: str, name: str) -> dict:
-    with open(os.path.join(out_dir, f"{name}.json")) as f:
-        return json.load(f)
-
-
 def run(out_dir: str) -> list[tuple[str, str]]:
     """Returns rows (quantity, value) for the results table."""
     rows = _reference_rows()
     flow_report.main(["--quick", "--out", out_dir])
-    flows = _read(out_dir, "tsw_flows")
+    flows = cli.read_json(os.path.join(out_dir, "tsw_flows.json"), None)
     steps = flows["config"]["steps"]
     for target, methods in flows["results"].items():
         cells = ", ".join(f"{m} {r['w2_mean'][0]:.2f}->{r['w2_mean'][-1]:.1e}" for m, r in methods.items())
         rows.append((f"flow to {target}, {steps} Adam steps: W2^2 start->end", cells))
     colour_report.main(["--quick", "--out", out_dir])
-    colour = _read(out_dir, "tsw_colour_transfer")
+    colour = cli.read_json(os.path.join(out_dir, "tsw_colour_transfer.json"), None)
     for method, r in colour["results"].items():
         rows.append((f"colour transfer palette ({colour['config']['colours']} colours), {method}: W2^2 start->end",
                      f"{r['w2_squared'][0]:.3f} -> {r['w2_squared'][-1]:.1e} ({r['flow_s']:.1f} s)"))
     generate_report.main(["--quick", "--out", out_dir])
-    generated = _read(out_dir, "tsw_generate")
+    generated = cli.read_json(os.path.join(out_dir, "tsw_generate.json"), None)
     for dataset, r in generated["results"].items():
         scores = ", ".join(f"{r[m]['label']} {r[m]['cfd_mean']:.1f}" for m in ("sw", "tsw_sl"))
         rows.append((f"generator on {dataset}, {generated['config']['steps']} steps: classifier Frechet distance", scores))

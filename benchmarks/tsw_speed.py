@@ -136,7 +136,7 @@ def repeats_for(n_dirs, n):
     return 3 if n_dirs * n >= 10**7 else 10 if n_dirs * n >= 10**6 else 20
 
 
-def run(grid, repeats_for):
+def run(grid):
     rows = []
     for n_dirs in grid["directions"]:
         for n in grid["n"]:
@@ -268,7 +268,7 @@ def main(argv=None):
     grid.update({axis: tuple(getattr(args, axis)) for axis in ("directions", "n", "d") if getattr(args, axis)})
     t0 = time.perf_counter()
     load_start = os.getloadavg()[0]
-    rows = run(grid, repeats_for)
+    rows = run(grid)
     meta = dict(machine=f"{platform.machine()} ({jax.device_count()} {jax.default_backend()} device(s), "
                         f"{os.cpu_count()} cores)",
                 jax=jax.__version__, backend=jax.default_backend(), ott=ott_sliced is not None,

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from common.zoo_store import atomic_write  # noqa: E402
+
 DEFAULT_OUT = "benchmarks/results"
 
 
@@ -31,11 +33,9 @@ def read_json(path, default):
 
 
 def write_json(path, obj):
-    """Writes `obj` as compact JSON (atomically: a temporary file, then a rename)."""
+    """Writes `obj` as compact JSON (atomically: `common.zoo_store.atomic_write`)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, separators=(",", ":"))
-    os.replace(path + ".tmp", path)
+    atomic_write(path, lambda f: json.dump(obj, f, separators=(",", ":")), mode="w")
 
 
 def write_text(path, text):
