@@ -23,11 +23,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from common.weight_space import NetworkSpec, WeightSpace
+from transformer_nfn import nets
 from transformer_nfn.equivariant import TransformerEquivariant, relu_ffn
 from transformer_nfn.invariant import TransformerInvariant
 from transformer_nfn.weights import TransformerSpec, TransformerWeights
 
-LN_EPS = 1e-5  # PyTorch's LayerNorm default, as in the authors' model
+LN_EPS = nets.LN_EPS  # PyTorch's LayerNorm default, as in the authors' model
 
 
 def _flatten(ws: WeightSpace, batch: tuple[int, ...]) -> jax.Array:
@@ -132,9 +133,7 @@ class AccuracyPredictor(nnx.Module):
         for layer in self.equivariant:
             feats = relu_ffn(layer(feats))
         y = self.invariant(feats)  # [..., B, F]
-        mean = y.mean(-1, keepdims=True)
-        y = (y - mean) * jax.lax.rsqrt(jnp.square(y - mean).mean(-1, keepdims=True) + LN_EPS)
-        y = y * self.block_norm_scale[...] + self.block_norm_bias[...]
+        y = nets.layer_norm(y) * self.block_norm_scale[...] + self.block_norm_bias[...]
         y = self.encoder_norm(y.reshape(*y.shape[:-2], -1))
         for i in range(0, len(self.encoder_mlp), 2):
             y = jax.nn.relu(self.encoder_mlp[i + 1](self.encoder_mlp[i](y)))
