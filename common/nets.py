@@ -59,6 +59,12 @@ def mlp_apply(ws: WeightSpace, x: jax.Array, activation: str | Callable = "relu"
     return h
 
 
+def inverted_dropout(x: jax.Array, rate: float | jax.Array, key: jax.Array) -> jax.Array:
+    """Training dropout: zeroes each entry of x [...] with probability `rate`, scales the rest by 1 / (1 - rate)."""
+    keep = jax.random.uniform(key, x.shape) >= rate
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
 CONV_METHODS = ("lax", "patches")
 
 
@@ -122,8 +128,7 @@ def cnn_apply(
             )
         h = s(h + b)
         if dropout_key is not None:
-            keep = jax.random.uniform(jax.random.fold_in(dropout_key, i), h.shape) >= dropout
-            h = jnp.where(keep, h / (1.0 - dropout), 0.0)
+            h = inverted_dropout(h, dropout, jax.random.fold_in(dropout_key, i))
     h = h.mean(axis=(1, 2))
     for i in range(n_conv, ws.num_layers):
         h = h @ ws.weights[i].T + ws.biases[i]

@@ -1,4 +1,5 @@
 """Small Transformer Zoo recipe (transformer_nfn.zoo) on tiny MNIST slices; AG News embedding on a slice."""
+import functools
 import itertools
 
 import jax
@@ -59,12 +60,13 @@ def test_zoo_rows_weights_and_loader(mnist_zoo):
     assert sum(map(len, parts)) == len(rows) and not any(a & b for a, b in itertools.combinations(ids, 2))
 
 
-def test_zoo_logits_without_dropout_is_the_reference_classifier():
+def test_classifier_dropout_applies_only_with_a_key():
     tw = nets.init_weights(jax.random.key(0), zoo.ZOO_SPEC, 4, w_init_std=0.3, in_channels=None)
     table = jax.random.normal(jax.random.key(1), (50, 32))
     ids = jax.random.randint(jax.random.key(2), (3, 16), 0, 50)
-    both = jax.jit(lambda tw: (zoo.zoo_logits(tw, ids, table), nets.classifier_apply(tw, ids, table),
-                               zoo.zoo_logits(tw, ids, table, 0.5, jax.random.key(3))))
+    apply = functools.partial(nets.classifier_apply, inputs=ids, token_embedding=table)
+    both = jax.jit(lambda tw: (apply(tw, dropout=0.5), apply(tw),
+                               apply(tw, dropout=0.5, dropout_key=jax.random.key(3))))
     ours, reference, dropped = both(tw)
     np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)
     assert not np.allclose(dropped, ours)

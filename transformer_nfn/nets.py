@@ -153,6 +153,9 @@ def classifier_apply(
     inputs: jax.Array,
     token_embedding: jax.Array | None = None,
     mask: jax.Array | None = None,
+    *,
+    dropout: float | jax.Array = 0.0,
+    dropout_key: jax.Array | None = None,
 ) -> jax.Array:
     """Logits of the zoo classifier: embed + PE -> blocks -> LN -> mean over tokens -> fc1 -> ReLU -> fc2.
 
@@ -160,18 +163,26 @@ def classifier_apply(
       tw: one network's raw weights with a classifier (fc1 [D_hidden, D], fc2 [n_classes, D_hidden]).
       inputs: images [..., H, W, C] (patch embedding) or token ids [..., T] with `token_embedding` [V, D].
       mask: optional [..., T] bool for token inputs; masks attention keys and the mean pool.
+      dropout: rate of inverted dropout on the embedded tokens and on the pooled features, applied only when
+        `dropout_key` is given (training).
+      dropout_key: PRNG key for dropout (None: no dropout).
     Returns:
       logits [..., n_classes].
     """
     _check_one_network(tw, "classifier_apply")
     if tw.classifier is None:
         raise ValueError("classifier_apply: tw.classifier is None; the classifier needs fc1 and fc2")
-    h = encoder_apply(tw, embed(tw, inputs, token_embedding), mask)
+    x = embed(tw, inputs, token_embedding)
+    if dropout_key is not None:
+        x = common_nets.inverted_dropout(x, dropout, jax.random.fold_in(dropout_key, 0))
+    h = encoder_apply(tw, x, mask)
     if mask is None:
         pooled = h.mean(-2)
     else:
         m = mask[..., None].astype(h.dtype)
         pooled = (h * m).sum(-2) / jnp.maximum(m.sum(-2), 1.0)
+    if dropout_key is not None:
+        pooled = common_nets.inverted_dropout(pooled, dropout, jax.random.fold_in(dropout_key, 1))
     return common_nets.mlp_apply(tw.classifier, pooled, activation="relu")
 
 

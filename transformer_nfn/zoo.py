@@ -45,13 +45,12 @@ from sklearn.utils.extmath import randomized_svd
 
 from common import data as zoo_data
 from common import zoo_store
-from common.nets import mlp_apply
 from common.population import PopulationTask, train_population
 from transformer_nfn import nets
 from transformer_nfn.weights import TransformerSpec, TransformerWeights
 
 __all__ = ["ZOO_SPEC", "sample_transformer_configs", "transformer_checkpoint_epochs", "transformer_dataset",
-           "build_token_embedding", "zoo_logits", "transformer_task", "generate_transformer_zoo",
+           "build_token_embedding", "transformer_task", "generate_transformer_zoo",
            "load_transformer_zoo", "load_token_embedding", "main"]
 
 ZOO_SPEC = TransformerSpec(num_blocks=2, num_heads=2, d_model=32, d_k=16, d_v=16, d_ffn=64)
@@ -175,24 +174,6 @@ def transformer_dataset(name: str, data_dir=None, train_limit: int | None = None
 
 
 # ----------------------------------------------------------------------------------------------- model
-def _dropout(x, rate, key):
-    keep = jax.random.uniform(key, x.shape) >= rate
-    return jnp.where(keep, x / (1.0 - rate), 0.0)
-
-
-def zoo_logits(tw: TransformerWeights, inputs: jax.Array, token_embedding: jax.Array | None = None,
-               dropout: jax.Array = 0.0, key: jax.Array | None = None) -> jax.Array:
-    """Zoo classifier logits [..., n_classes]; equals ``nets.classifier_apply(tw, inputs, token_embedding)``
-    when ``key`` is None, else with dropout at ``dropout`` on the embedded tokens and the pooled features."""
-    x = nets.embed(tw, inputs, token_embedding)
-    if key is not None:
-        x = _dropout(x, dropout, jax.random.fold_in(key, 0))
-    pooled = nets.encoder_apply(tw, x).mean(-2)
-    if key is not None:
-        pooled = _dropout(pooled, dropout, jax.random.fold_in(key, 1))
-    return mlp_apply(tw.classifier, pooled, activation="relu")
-
-
 def _random_crop(images, key, pad=2):
     """RandomCrop(H, padding=pad) per image of [B, H, W, C], padding at the background value -1."""
     b, h, w, _ = images.shape
@@ -222,12 +203,12 @@ def transformer_task(dataset: str, token_embedding: np.ndarray | None = None) ->
 
     def loss(tw, hp, batch, key):
         x = _random_crop(batch["x"], jax.random.fold_in(key, 2)) if images else batch["x"]
-        logits = zoo_logits(tw, x, table, hp["dropout"], key)
+        logits = nets.classifier_apply(tw, x, table, dropout=hp["dropout"], dropout_key=key)
         penalty = 0.5 * hp["weight_decay"] * sum(jnp.sum(p ** 2) for p in jax.tree.leaves(tw))
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]), penalty
 
     def evaluate(tw, hp, batch):
-        logits = zoo_logits(tw, batch["x"], table)
+        logits = nets.classifier_apply(tw, batch["x"], table)
         return {"loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]),
                 "accuracy": (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)}
 
