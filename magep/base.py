@@ -29,11 +29,18 @@ def prepare(params: dict, feats: WeightSpace, normalize: bool, eps: float) -> tu
     return weights, biases
 
 
-class PolynomialLayer(nnx.Module):
-    """Base of `PolynomialEquivariant` / `PolynomialInvariant`: subclasses give ``pairs_fn(L)`` (coupling pairs),
-    ``plan_fn(spec)`` (SharingPlan over the blocks) and ``block_channels(plan)`` (block channels / c)."""
+def block_channels(plan: SharingPlan) -> dict[str, int]:
+    """Input channels of each block of an equivariant or invariant plan as a multiple of the product channel
+    count c: "b1" holds the bias (c); P* and M* blocks stack a tensor, its products and its bias products (3c);
+    S* and T blocks stack two (2c)."""
+    return {name: 1 if name == "b1" else 3 if name[0] in "PM" else 2 for name, _ in plan.in_slots}
 
-    def __init__(self, spec: NetworkSpec, in_channels, out_channels: int, pairs_fn, plan_fn, block_channels,
+
+class PolynomialLayer(nnx.Module):
+    """Base of `PolynomialEquivariant` / `PolynomialInvariant`: subclasses give ``pairs_fn(L)`` (coupling pairs)
+    and ``plan_fn(spec)`` (SharingPlan over the blocks)."""
+
+    def __init__(self, spec: NetworkSpec, in_channels, out_channels: int, pairs_fn, plan_fn,
                  *, rngs: nnx.Rngs, freeze_phi: bool, normalize: bool, eps: float, param_dtype):
         name = type(self).__name__
         check_spec(spec, name, min_layers=2)

@@ -34,11 +34,6 @@ def equivariant_plan(spec: NetworkSpec) -> SharingPlan:
     return SharingPlan.build(weight_space_slots(spec), blocks, range(1, L), "positive", sources)
 
 
-def block_channels(plan: SharingPlan) -> dict[str, int]:
-    """Input channels of each block as a multiple of the product channel count c."""
-    return {name: 1 if name == "b1" else 3 if name[0] in "PM" else 2 for name, _ in plan.in_slots}
-
-
 def polynomial_equivariant(params: dict, feats: WeightSpace, spec: NetworkSpec, *, normalize: bool = False,
                            eps: float = 1e-3) -> WeightSpace:
     """MAGEP equivariant layer.
@@ -73,7 +68,7 @@ class PolynomialEquivariant(PolynomialLayer):
     def __init__(self, spec: NetworkSpec, in_channels, out_channels: int, *, rngs: nnx.Rngs,
                  freeze_phi: bool = False, normalize: bool = False, eps: float = 1e-3, param_dtype=jnp.float32):
         super().__init__(spec, in_channels, out_channels, coupling_pairs,
-                         equivariant_plan, block_channels, rngs=rngs, freeze_phi=freeze_phi, normalize=normalize,
+                         equivariant_plan, rngs=rngs, freeze_phi=freeze_phi, normalize=normalize,
                          eps=eps, param_dtype=param_dtype)
 
     def __call__(self, feats: WeightSpace) -> WeightSpace:

@@ -22,11 +22,6 @@ def invariant_plan(spec: NetworkSpec) -> SharingPlan:
     return SharingPlan.build({"out": ()}, blocks, range(1, L), "positive")
 
 
-def block_channels(plan: SharingPlan) -> dict[str, int]:
-    """Input channels of each block as a multiple of c."""
-    return {"M": 3, "S": 2, "T": 2}
-
-
 def polynomial_invariant(params: dict, feats: WeightSpace, spec: NetworkSpec, *, normalize: bool = False,
                          eps: float = 1e-3) -> jax.Array:
     """MAGEP invariant layer.
@@ -49,7 +44,7 @@ class PolynomialInvariant(PolynomialLayer):
     def __init__(self, spec: NetworkSpec, in_channels, out_features: int, *, rngs: nnx.Rngs,
                  freeze_phi: bool = False, normalize: bool = False, eps: float = 1e-3, param_dtype=jnp.float32):
         super().__init__(spec, in_channels, out_features, invariant_pairs,
-                         invariant_plan, block_channels, rngs=rngs, freeze_phi=freeze_phi, normalize=normalize,
+                         invariant_plan, rngs=rngs, freeze_phi=freeze_phi, normalize=normalize,
                          eps=eps, param_dtype=param_dtype)
 
     def __call__(self, feats: WeightSpace) -> jax.Array:

@@ -95,7 +95,6 @@ class SharingPlan:
         permuted,
         rule: str,
         sources: Mapping[str, tuple[str, ...]] | None = None,
-        constants: bool = True,
     ) -> "SharingPlan":
         """Enumerate the terms.
 
@@ -104,7 +103,7 @@ class SharingPlan:
           permuted: labels acted on by permutations.
           rule: "full", "positive" or "sign".
           sources: optional out name -> input names it may read (default: every input).
-          constants: whether to add the admissible constant terms.
+        Every output also gets its admissible constant term.
         """
         if rule not in RULES:
             raise ValueError(f"SharingPlan: rule must be one of {RULES}, got {rule!r}")
@@ -113,7 +112,7 @@ class SharingPlan:
         for o, o_axes in out_slots.items():
             for i in (in_slots if sources is None else sources[o]):
                 terms += [Term(o, i, ident) for ident in _admissible(o_axes, in_slots[i], permuted, rule)]
-            if constants and (rule == "full" or not any(lab in permuted for lab, _, _ in o_axes)):
+            if rule == "full" or not any(lab in permuted for lab, _, _ in o_axes):
                 terms.append(Term(o, None))
         return cls(tuple(out_slots.items()), tuple(in_slots.items()), permuted, tuple(terms))
 

@@ -60,14 +60,14 @@ def resolve_channels(channels, spec: NetworkSpec, layer: str, arg: str) -> Chann
     return result
 
 
-def check_features(feats, spec: NetworkSpec, channels: Channels, layer: str, arg: str = "feats") -> None:
+def check_features(feats, spec: NetworkSpec, channels: Channels, layer: str) -> None:
     """Check that `feats` are features of `spec` with the expected channels and common batch axes."""
     if not isinstance(feats, WeightSpace) or not feats.is_features:
         kind = type(feats).__name__ if not isinstance(feats, WeightSpace) else "raw weights"
-        raise ValueError(f"{layer}: {arg} must be a features WeightSpace (ws.to_features()), got {kind}")
+        raise ValueError(f"{layer}: feats must be a features WeightSpace (ws.to_features()), got {kind}")
     if feats.num_layers != spec.num_layers or len(feats.biases) != spec.num_layers:
         raise ValueError(
-            f"{layer}: {arg} has {feats.num_layers} weight layers and {len(feats.biases)} bias layers; "
+            f"{layer}: feats has {feats.num_layers} weight layers and {len(feats.biases)} bias layers; "
             f"spec widths {spec.widths} have L = {spec.num_layers}"
         )
     batch = None
@@ -76,12 +76,12 @@ def check_features(feats, spec: NetworkSpec, channels: Channels, layer: str, arg
         want_b = (spec.widths[i + 1], channels.biases[i])
         if w.ndim < 3 or tuple(w.shape[-3:]) != want_w:
             raise ValueError(
-                f"{layer}: {arg}.weights[{i}] has shape {tuple(w.shape)}; expected [..., {want_w[0]}, {want_w[1]}, "
+                f"{layer}: feats.weights[{i}] has shape {tuple(w.shape)}; expected [..., {want_w[0]}, {want_w[1]}, "
                 f"{want_w[2]}] ([..., n_{i + 1}, n_{i}, C]; spec widths {spec.widths}, channels {channels.weights})"
             )
         if b.ndim < 2 or tuple(b.shape[-2:]) != want_b:
             raise ValueError(
-                f"{layer}: {arg}.biases[{i}] has shape {tuple(b.shape)}; expected [..., {want_b[0]}, {want_b[1]}] "
+                f"{layer}: feats.biases[{i}] has shape {tuple(b.shape)}; expected [..., {want_b[0]}, {want_b[1]}] "
                 f"([..., n_{i + 1}, C']; spec widths {spec.widths}, bias channels {channels.biases})"
             )
         for x, what in ((w, "weights"), (b, "biases")):
@@ -90,6 +90,6 @@ def check_features(feats, spec: NetworkSpec, channels: Channels, layer: str, arg
                 batch = lead
             elif lead != batch:
                 raise ValueError(
-                    f"{layer}: {arg}.{what}[{i}] has shape {tuple(x.shape)} with batch axes {lead}; "
+                    f"{layer}: feats.{what}[{i}] has shape {tuple(x.shape)} with batch axes {lead}; "
                     f"weights[0] has batch axes {batch}"
                 )
