@@ -125,6 +125,12 @@ def _read_shard(path: str) -> tuple[np.ndarray, list[dict]]:
         return z["weights"], json.loads(str(z["rows"]))
 
 
+def _read_rows(path: str) -> list[dict]:
+    """A shard's metadata rows without loading its weights."""
+    with np.load(path) as z:
+        return json.loads(str(z["rows"]))
+
+
 def generate_zoo(zoo_dir: str, layout: Mapping[str, Any], configs: Sequence[Mapping[str, Any]], shard_size: int,
                  train_shard: Callable[[list[dict]], tuple[np.ndarray, list[dict]]],
                  progress: bool = True) -> list[dict]:
@@ -162,15 +168,18 @@ def generate_zoo(zoo_dir: str, layout: Mapping[str, Any], configs: Sequence[Mapp
                 os.unlink(os.path.join(folder, name))
     n_shards = -(-len(configs) // shard_size)
     todo = [k for k in range(n_shards) if not os.path.exists(_shard_path(zoo_dir, k))]
+    stored = {path: _read_rows(path) for path in _shard_files(zoo_dir)}  # metadata only, not the weights
     for k in tqdm(todo, desc="shards", disable=not progress):
         weights, rows = train_shard([dict(c) for c in configs[k * shard_size:(k + 1) * shard_size]])
         if len(rows) != weights.shape[0]:
             raise ValueError(f"train_shard returned {weights.shape[0]} weight rows but {len(rows)} metadata rows")
         payload = {"weights": weights.astype(np.float32), "rows": np.array(json.dumps(rows))}
         atomic_write(_shard_path(zoo_dir, k), lambda f: np.savez(f, **payload))
-        _rebuild_metadata(zoo_dir)
-    _rebuild_metadata(zoo_dir)
-    return load_zoo(zoo_dir)[1]
+        stored[_shard_path(zoo_dir, k)] = json.loads(str(payload["rows"]))
+        all_rows = _write_metadata(zoo_dir, stored)
+    if not todo:  # nothing left to train: still (re)write metadata.csv from the shards
+        all_rows = _write_metadata(zoo_dir, stored)
+    return all_rows
 
 
 def _shard_files(zoo_dir: str) -> list[str]:
@@ -178,9 +187,11 @@ def _shard_files(zoo_dir: str) -> list[str]:
     return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.startswith("shard_") and n.endswith(".npz"))
 
 
-def _rebuild_metadata(zoo_dir: str) -> None:
-    rows = [row for path in _shard_files(zoo_dir) for row in _read_shard(path)[1]]
+def _write_metadata(zoo_dir: str, stored: Mapping[str, list[dict]]) -> list[dict]:
+    """Writes metadata.csv from ``{shard path: rows}`` in shard order; returns those rows."""
+    rows = [row for path in sorted(stored) for row in stored[path]]
     atomic_write(os.path.join(zoo_dir, METADATA_FILE), lambda f: _write_csv(f, rows), "w")
+    return rows
 
 
 # --------------------------------------------------------------------------------------------- loading
