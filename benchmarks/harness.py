@@ -6,7 +6,11 @@ apart), makes one warm-up call (``first_s``), then times ``repeats`` calls, each
 same for any callable (its first call then includes any compilation); ``measure_call`` adds memory for a
 callable that is not a JAX executable (a numpy baseline).
 
-Memory: the one definition every table reports, ``MEMORY_DEFINITION``.
+Memory: the one definition every table reports, ``MEMORY_DEFINITION``: XLA's static buffer assignment of the
+compiled executable plus the host allocations tracemalloc sees during one call. Static, so other processes do
+not move it and it means the same on CPU and GPU (the CPU runtime has no peak-memory counter; a process RSS
+delta, even in a fresh subprocess, counts the runtime, the compiler and their caches, and is noisy on a shared
+machine).
 
 Load. ``start_run()`` records the environment, the 1/5/15-minute load averages and a matmul calibration
 (``matmul_calibration``: GFLOP/s of a jitted float32 matmul, the rate beside which tables put the FLOP rates
@@ -329,11 +333,9 @@ def percent_of_matmul(gflops: float | None, run: dict) -> str:
     return "-" if gflops is None or not cal else f"{100 * gflops / cal['jax_gflops']:.0f}%"
 
 
-def run_markdown(run: dict | None) -> list[str]:
+def run_markdown(run: dict) -> list[str]:
     """Markdown lines describing a run record (``Run.finish``): machine, load at start and end, matmul
-    calibration, timing and memory definitions. ``None`` (a result written before the harness) says so."""
-    if run is None:
-        return ["Machine load, calibration: not recorded (result written before benchmarks/harness.py).", ""]
+    calibration, timing and memory definitions."""
     env, cal = run["environment"], run["calibration"]
     fmt = lambda load: " / ".join(f"{x:.1f}" for x in load)
     lines = [f"Machine: {env['device']} ({env['device_kind']}, {env['device_count']} device(s)), "

@@ -133,7 +133,7 @@ def _other_cores(r: dict) -> str:
 
 def write_markdown(results: dict) -> str:
     """The Markdown report of `run`'s result."""
-    run = results.get("run")
+    run = results["run"]
     lines = ["# MAGEP layers benchmark", "",
              f"Median of {results['repeats']} runs after a warm-up; official CNN-zoo configurations (docs/magep.md "
              "§9.1). GFLOP/s: XLA's FLOP count of the step / median time, and its share of the run's jitted matmul "
@@ -143,7 +143,7 @@ def write_markdown(results: dict) -> str:
         ("model", "params", "batch", "fwd ms", "fwd+bwd ms", "fwd+bwd peak MiB", "fwd+bwd GFLOP/s (% matmul)",
          "other cores", "compile fwd+bwd s"),
         [(nfn, f"{r['params']:,}", b, f"{r['forward_s'] * 1e3:.1f}", f"{r['forward_backward_s'] * 1e3:.1f}",
-          harness.mib(r["forward_backward_peak_bytes"]), _rate(r, run or {}), _other_cores(r),
+          harness.mib(r["forward_backward_peak_bytes"]), _rate(r, run), _other_cores(r),
           f"{r['forward_backward_compile_s']:.1f}")
          for nfn, rows in results["models"].items() for b, r in rows.items()])
     lines += ["", "MAGEP / Monomial-NFN (target: time <= 2x):", ""]
@@ -155,7 +155,7 @@ def write_markdown(results: dict) -> str:
     lines += harness.markdown_table(
         ("L", "params", "fwd+bwd ms", "fwd+bwd peak MiB", "fwd+bwd GFLOP/s (% matmul)", "other cores"),
         [(L, f"{r['params']:,}", f"{r['forward_backward_s'] * 1e3:.1f}", harness.mib(r["forward_backward_peak_bytes"]),
-          _rate(r, run or {}), _other_cores(r)) for L, r in results["depth"].items()])
+          _rate(r, run), _other_cores(r)) for L, r in results["depth"].items()])
     fits = results["summary"]["depth_linear_fit"]
     lines += ["", "Linear fits against L (R^2): " + (", ".join(f"{k} {v['r2']:.3f}" for k, v in fits.items()) or "-"), ""]
     return "\n".join(lines)

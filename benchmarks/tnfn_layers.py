@@ -111,7 +111,7 @@ def run(repeats: int, grid: dict = FULL) -> dict:
 
 def to_markdown(result: dict) -> str:
     """The Markdown report of `run`'s result."""
-    zoo, run = result["config"]["zoo"], result.get("run")
+    zoo, run = result["config"]["zoo"], result["run"]
     lines = [
         "# Transformer-NFN: time and memory (benchmarks/tnfn_layers.py)",
         "",
@@ -127,7 +127,7 @@ def to_markdown(result: dict) -> str:
          "temp MiB", "GFLOP/s (% matmul)"),
         [(r["model"], f"{r['params']:,}", r["batch"], r["mode"], r["median_ms"], r["min_ms"], r["compile_s"],
           r["memory_mib"]["total"], r["memory_mib"]["temporaries"],
-          "-" if r.get("gflops") is None else f"{r['gflops']:.3g} ({harness.percent_of_matmul(r['gflops'], run or {})})")
+          "-" if r.get("gflops") is None else f"{r['gflops']:.3g} ({harness.percent_of_matmul(r['gflops'], run)})")
          for r in result["rows"]])
     lines += ["", "Anchors: the paper's timing/memory figures were not obtained; parameter count of the README model, "
               "MNIST zoo: 1,812,181 (derived), reproduced exactly above."]

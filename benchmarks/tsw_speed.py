@@ -95,11 +95,13 @@ def _row(m: dict) -> dict:
 
 
 def time_jax(fn, x, y, mode, repeats):
+    """Row fields of `fn(x, y)` ("value") or of its value and gradient in x, y ("value+grad"), jitted."""
     f = fn if mode == "value" else jax.value_and_grad(fn)
     return _row(harness.measure_jitted(f, x, y, repeats=repeats))
 
 
 def time_pot(x, y, n_dirs, repeats):
+    """Row fields of POT's sliced Wasserstein distance (p = 2, numpy, float64 copies of x, y)."""
     pot = lambda xn, yn: ot.sliced_wasserstein_distance(xn, yn, n_projections=n_dirs, p=2, seed=0)
     return _row(harness.measure_call(pot, np.asarray(x, np.float64), np.asarray(y, np.float64), repeats=repeats))
 

@@ -112,7 +112,7 @@ def _markdown(result: dict) -> str:
              f"Device: {result['device']} x{result['device_count']} ({result['machine']}). Timed after a warm-up "
              "call (compilation excluded); one-at-a-time = the same `train_population` with P = 1. Rates per "
              "process CPU second (robust on a shared machine) and per wall-clock second.", "",
-             *harness.run_markdown(result.get("run")),
+             *harness.run_markdown(result["run"]),
              f"Contention: {harness.contention_line(cpus)}", "",
              f"## Small CNN Zoo ({cnn['dataset']}, {cnn['epochs']} epochs, batch {cnn['batch_size']}, relu)", "",
              *_table(cnn["models_per_second"], cnn["speedup"], "models"), "",
