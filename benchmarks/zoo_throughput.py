@@ -2,51 +2,52 @@
 
     python -m benchmarks.zoo_throughput [--dataset digits] [--epochs 3] [--populations 64 256] [--single 8]
                                         [--siren-images 64] [--siren-steps 5000] [--out benchmarks/results]
+                                        [--quick]
 
 CNN: Small-CNN-Zoo networks (recipe hyperparameters, but relu and train fraction 1 for all) trained with
 `common.population.train_population`; models per second = P / wall time for a population of P, and
 K / wall time for K models trained one after another with P = 1 (the same function). Each timing follows a
 warm-up call with the same shapes, so compilation is excluded. SIREN: the recipe's fits (5,000 Adam steps at
 lr 5e-5) of the first MNIST test images, vmapped; PSNR distribution, and the same fits-per-second comparison
-at a shorter run.
+at a shorter run. Timing, CPU use, load and matmul calibration: `benchmarks.harness`. ``--quick`` is a smoke
+run (populations of 2, one epoch, 2 SIREN fits of 2 steps); explicit size flags still override it.
 Writes ``zoo_throughput.json`` and ``zoo_throughput.md``.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import time
+from dataclasses import asdict
 
-import jax
 import numpy as np
 
+from benchmarks import harness
 from common.distributed import make_mesh
 from common.population import CPU_CHUNK, resolve_chunk_size, train_population
 from magep import zoo_recipes as recipes
 
 
-def _timed(fn) -> dict:
-    """Wall-clock and process CPU seconds of ``fn()``."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
+QUICK = dict(epochs=1, populations=[2], single=1, siren_images=2, siren_steps=2, siren_timing_steps=2)
+
+
+def _timed(fn, warmup: bool) -> dict:
+    """Wall-clock and process CPU seconds of one call of ``fn()`` (after a warm-up call when ``warmup``), and
+    the CPU use of the machine meanwhile (``harness.CpuUse``)."""
+    timing = harness.time_calls(fn, repeats=1, warmup=warmup)
+    return {"wall_s": timing.median_s, "cpu_s": timing.cpu.process_cpu_s, "cpu": asdict(timing.cpu)}
 
 
 def _rate(run, configs, population_sizes, single) -> dict:
     """Models per (wall / CPU) second for each population size (the engine's default chunking, and the largest
     also vmapped whole, ``chunk_size=None``) and for ``single`` models one at a time."""
     out = {}
-    for p in population_sizes:
-        run(configs[:p])  # warm-up: compile for this population size
-        out[f"vmapped_P{p}"] = {"models": p, **_timed(lambda: run(configs[:p]))}
+    for p in population_sizes:  # each warm-up call compiles for its population size
+        out[f"vmapped_P{p}"] = {"models": p, **_timed(lambda: run(configs[:p]), warmup=True)}
     if resolve_chunk_size("auto", make_mesh()) is not None:
         p = max(population_sizes)
-        run(configs[:p], None)
-        out[f"vmapped_P{p}_unchunked"] = {"models": p, **_timed(lambda: run(configs[:p], None))}
-    run(configs[:1])
-    out["one_at_a_time"] = {"models": single, **_timed(lambda: [run([c]) for c in configs[:single]])}
+        out[f"vmapped_P{p}_unchunked"] = {"models": p, **_timed(lambda: run(configs[:p], None), warmup=True)}
+    run(configs[:1])  # warm-up of the one-at-a-time loop
+    out["one_at_a_time"] = {"models": single, **_timed(lambda: [run([c]) for c in configs[:single]], warmup=False)}
     for r in out.values():
         r["per_wall_s"], r["per_cpu_s"] = r["models"] / r["wall_s"], r["models"] / r["cpu_s"]
     return out
@@ -90,25 +91,26 @@ def siren_benchmark(images: int, steps: int, timing_steps: int, single: int) -> 
                                 chunk_size=chunk, progress=False)[-1]
 
     every = list(range(images))
-    start = time.perf_counter()
-    final = run(every, steps)
+    final, full_run = harness.measure_cpu(lambda: run(every, steps))
     psnr = recipes.psnr(final.metrics["test_mse"])
-    full_seconds = time.perf_counter() - start
     rates = _rate(lambda idx, chunk="auto": run(idx, timing_steps, chunk), every, [images], single)
     return {"images": images, "steps": steps, "learning_rate": recipes.SIREN_LEARNING_RATE,
             "psnr_db": {"median": float(np.median(psnr)), "min": float(psnr.min()),
                         "q25": float(np.quantile(psnr, 0.25)), "q75": float(np.quantile(psnr, 0.75)),
                         "max": float(psnr.max())},
-            "full_run_seconds_incl_compile": full_seconds, "timing_steps": timing_steps, "fits_per_second": rates,
+            "full_run_seconds_incl_compile": full_run.wall_s, "full_run_cpu": asdict(full_run), "timing_steps": timing_steps, "fits_per_second": rates,
             "speedup": _speedup(rates)}
 
 
 def _markdown(result: dict) -> str:
     cnn, siren = result["cnn"], result["siren"]
+    cpus = [r.get("cpu") for part in (cnn["models_per_second"], siren["fits_per_second"]) for r in part.values()]
     lines = ["# Zoo generation throughput", "",
              f"Device: {result['device']} x{result['device_count']} ({result['machine']}). Timed after a warm-up "
              "call (compilation excluded); one-at-a-time = the same `train_population` with P = 1. Rates per "
              "process CPU second (robust on a shared machine) and per wall-clock second.", "",
+             *harness.run_markdown(result["run"]),
+             f"Contention: {harness.contention_line(cpus)}", "",
              f"## Small CNN Zoo ({cnn['dataset']}, {cnn['epochs']} epochs, batch {cnn['batch_size']}, relu)", "",
              *_table(cnn["models_per_second"], cnn["speedup"], "models"), "",
              "Target: vmapped >= 10x one at a time. vmap pays off where one small model leaves the device idle "
@@ -146,18 +148,22 @@ def main(argv=None) -> None:
     parser.add_argument("--siren-steps", type=int, default=recipes.SIREN_STEPS)
     parser.add_argument("--siren-timing-steps", type=int, default=500)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     args = parser.parse_args(argv)
-    result = {"device": jax.devices()[0].device_kind, "device_count": jax.device_count(),
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    if args.quick:
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
+    record = harness.start_run()
+    env = record.environment
+    result = {"device": env["device_kind"], "device_count": env["device_count"],
+              "machine": f"{env['machine']}, {env['cpu_count']} CPUs",
               "cnn": cnn_benchmark(args.dataset, args.epochs, args.populations, args.single, args.batch_size),
               "siren": siren_benchmark(args.siren_images, args.siren_steps, args.siren_timing_steps,
                                        min(args.single, args.siren_images))}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "zoo_throughput.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    with open(os.path.join(args.out, "zoo_throughput.md"), "w") as f:
-        f.write(_markdown(result))
-    print(_markdown(result))
+    result["run"] = record.finish()
+    markdown = _markdown(result)
+    harness.write_results(args.out, "zoo_throughput", result, markdown)
+    print(markdown)
 
 
 if __name__ == "__main__":

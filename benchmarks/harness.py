@@ -1,0 +1,414 @@
+"""One harness for every benchmark: timing, memory, machine load, matmul calibration, result files, figures.
+
+Timing. ``measure_jitted(fn, *args, repeats=)`` lowers and compiles ``jax.jit(fn)`` (``compile_s``, reported
+apart), makes one warm-up call (``first_s``), then times ``repeats`` calls, each ended by
+``jax.block_until_ready``; the figures are the median and the min of the timed calls. ``time_calls`` does the
+same for any callable (its first call then includes any compilation); ``measure_call`` adds memory for a
+callable that is not a JAX executable (a numpy baseline).
+
+Memory: the one definition every table reports, ``MEMORY_DEFINITION``: XLA's static buffer assignment of the
+compiled executable plus the host allocations tracemalloc sees during one call. Static, so other processes do
+not move it and it means the same on CPU and GPU (the CPU runtime has no peak-memory counter; a process RSS
+delta, even in a fresh subprocess, counts the runtime, the compiler and their caches, and is noisy on a shared
+machine).
+
+Load. ``start_run()`` records the environment, the 1/5/15-minute load averages and a matmul calibration
+(``matmul_calibration``: GFLOP/s of a jitted float32 matmul, the rate beside which tables put the FLOP rates
+they achieve); ``Run.finish()`` adds the load at the end and the wall time. Every timing carries a ``CpuUse``
+of its calls: the cores this process kept busy, the cores other processes kept busy (``/proc/stat``; inside a
+container it counts the host's CPUs) and the load average before and after, so a table can say how contended
+each cell was.
+
+Files. ``write_results(out_dir, name, result, markdown)`` writes ``name.json`` and ``name.md``, each
+atomically (``common.zoo_store.atomic_write``); ``save_figure`` writes a PNG the same way. matplotlib is
+imported only inside the plotting helpers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common.zoo_store import atomic_write
+
+MEMORY_DEFINITION = (
+    "peak bytes of one call = arguments + outputs + temporaries of the compiled XLA executable "
+    "(`compiled.memory_analysis()`, the static buffer assignment: what one call needs resident on the device) "
+    "+ the peak of host allocations traced by tracemalloc during one call (numpy work in callbacks); for a "
+    "callable that is not a JAX executable, the bytes of its array arguments + that host peak")
+TIMING_DEFINITION = ("compile time apart; one warm-up call, then the median (and min) wall time of the timed "
+                     "calls, each ended by `jax.block_until_ready`")
+MATMUL_SIZE = 2048
+MIN_CPU_WINDOW_S = 0.2
+
+
+# ------------------------------------------------------------------------------------------ machine load
+
+
+def load_average() -> tuple[float, float, float]:
+    """The 1-, 5- and 15-minute load averages of the machine."""
+    return tuple(round(x, 2) for x in os.getloadavg())
+
+
+def _system_busy_s() -> float | None:
+    """CPU seconds all processes of the machine have spent busy since boot (``/proc/stat``), None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU use over a block of code: how contended the machine was while it ran.
+
+    Attributes:
+      wall_s: wall seconds of the block.
+      process_cpu_s: CPU seconds of this process over the block (all its threads).
+      process_cores: process_cpu_s / wall_s.
+      other_cores: (CPU seconds the whole machine spent busy - this process's) / wall seconds: the mean number
+        of cores other processes took, from ``/proc/stat`` (10 ms ticks); None where there is no ``/proc/stat``
+        or the block ran under ``MIN_CPU_WINDOW_S`` (too short for the ticks to resolve).
+      load_start, load_end: the 1-minute load average before and after.
+    """
+
+    wall_s: float
+    process_cpu_s: float
+    process_cores: float
+    other_cores: float | None
+    load_start: float
+    load_end: float
+
+
+def measure_cpu(block: Callable[[], Any]) -> tuple[Any, CpuUse]:
+    """Runs ``block()``; returns its result and the ``CpuUse`` of the run."""
+    load_start, busy_start = os.getloadavg()[0], _system_busy_s()
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
+    result = block()
+    wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
+    busy_end = _system_busy_s()
+    wall_div = max(wall, 1e-9)
+    resolved = busy_start is not None and busy_end is not None and wall >= MIN_CPU_WINDOW_S
+    others = max(busy_end - busy_start - cpu, 0.0) / wall_div if resolved else None
+    return result, CpuUse(wall_s=wall, process_cpu_s=cpu, process_cores=cpu / wall_div, other_cores=others,
+                          load_start=round(load_start, 2), load_end=round(os.getloadavg()[0], 2))
+
+
+# ------------------------------------------------------------------------------------------------ timing
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall times of a callable.
+
+    Attributes:
+      first_s: the warm-up call (it includes compilation when the callable was not compiled yet); None when
+        there was none.
+      samples_s: the timed calls, one entry per repeat.
+      cpu: ``CpuUse`` of the timed calls together.
+    """
+
+    first_s: float | None
+    samples_s: tuple[float, ...]
+    cpu: CpuUse
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.samples_s)
+
+    @property
+    def min_s(self) -> float:
+        return min(self.samples_s)
+
+    def as_dict(self) -> dict:
+        """``first_s``, ``median_s``, ``min_s``, ``samples_s`` and ``cpu`` as JSON-ready values."""
+        return dict(first_s=self.first_s, median_s=self.median_s, min_s=self.min_s, samples_s=list(self.samples_s),
+                    cpu=asdict(self.cpu))
+
+
+def _check_repeats(repeats: int) -> None:
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+
+
+def _timed_call(call: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(call())
+    return time.perf_counter() - start
+
+
+def time_calls(call: Callable[[], Any], repeats: int, warmup: bool = True) -> Timing:
+    """Times ``repeats`` calls of ``call()`` (each ended by ``jax.block_until_ready``), after one warm-up call
+    when ``warmup``; a caller that warms up with a different call passes ``warmup=False``."""
+    _check_repeats(repeats)
+    first = _timed_call(call) if warmup else None
+    samples, cpu = measure_cpu(lambda: tuple(_timed_call(call) for _ in range(repeats)))
+    return Timing(first_s=first, samples_s=samples, cpu=cpu)
+
+
+def compile_jitted(fn: Callable, *args) -> tuple[Any, float]:
+    """``jax.jit(fn)`` lowered and compiled for ``args`` (any pytrees): (compiled executable, compile seconds)."""
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------------------------ memory
+
+
+def traced_call(call: Callable[[], Any]) -> tuple[Any, float, int]:
+    """Runs ``call()`` under tracemalloc: (result, wall seconds, peak bytes of host allocations)."""
+    tracing = tracemalloc.is_tracing()
+    if not tracing:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    start = time.perf_counter()
+    result = jax.block_until_ready(call())
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1] - base
+    if not tracing:
+        tracemalloc.stop()
+    return result, seconds, max(peak, 0)
+
+
+def xla_memory(compiled) -> dict:
+    """Argument, output and temporary bytes of a compiled executable (``compiled.memory_analysis()``)."""
+    mem = compiled.memory_analysis()
+    return dict(argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
+                temp_bytes=int(mem.temp_size_in_bytes))
+
+
+def array_bytes(*args) -> int:
+    """Bytes of the array leaves of ``args`` (any pytrees)."""
+    return int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(args)))
+
+
+def peak_memory(argument_bytes: int, output_bytes: int, temp_bytes: int, host_peak_bytes: int) -> dict:
+    """The memory record of one call (``MEMORY_DEFINITION``): the four parts and their sum ``peak_bytes``."""
+    parts = dict(argument_bytes=argument_bytes, output_bytes=output_bytes, temp_bytes=temp_bytes,
+                 host_peak_bytes=host_peak_bytes)
+    return dict(parts, peak_bytes=int(sum(parts.values())))
+
+
+def _flops(compiled) -> float | None:
+    """XLA's FLOP count of one call of a compiled executable (None when the backend gives none)."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops is not None and flops >= 0 else None
+
+
+def measure_jitted(fn: Callable, *args, repeats: int) -> dict:
+    """Compile time, timing, memory and FLOP rate of ``jax.jit(fn)(*args)``.
+
+    Args:
+      fn: a function of pytrees of arrays, traceable by ``jax.jit``.
+      *args: its arguments (pytrees; registered pytree classes such as ``WeightSpace`` lower as they are).
+      repeats: number of timed calls (>= 1).
+
+    Returns:
+      ``{"compile_s", "first_s", "median_s", "min_s", "samples_s", "cpu", "memory", "flops", "gflops"}``:
+      seconds as in ``TIMING_DEFINITION`` (``first_s`` is the warm-up call, which also gives the host peak),
+      ``cpu`` the ``CpuUse`` of the whole cell (compile, warm-up and timed calls: long enough to resolve the
+      other processes' share), ``memory`` as in ``peak_memory``, ``flops`` XLA's count per call, ``gflops`` =
+      flops / median_s / 1e9.
+    """
+    _check_repeats(repeats)
+
+    def cell():
+        compiled, compile_s = compile_jitted(fn, *args)
+        _, first_s, host_peak = traced_call(lambda: compiled(*args))
+        timing = time_calls(lambda: compiled(*args), repeats, warmup=False)
+        return compiled, compile_s, first_s, host_peak, timing
+
+    (compiled, compile_s, first_s, host_peak, timing), cpu = measure_cpu(cell)
+    flops = _flops(compiled)
+    return dict(timing.as_dict(), compile_s=compile_s, first_s=first_s, cpu=asdict(cpu),
+                memory=peak_memory(host_peak_bytes=host_peak, **xla_memory(compiled)), flops=flops,
+                gflops=flops / timing.median_s / 1e9 if flops is not None else None)
+
+
+def measure_call(call: Callable, *args, repeats: int) -> dict:
+    """Timing and memory of ``call(*args)`` for a callable that is not a JAX executable (a numpy baseline).
+
+    Returns:
+      ``{"compile_s": None, "first_s", "median_s", "min_s", "samples_s", "cpu", "memory"}``: ``cpu`` over the
+      warm-up and timed calls, memory with the array bytes of ``args`` as arguments and the host peak of the
+      warm-up call.
+    """
+    _check_repeats(repeats)
+
+    def cell():
+        _, first_s, host_peak = traced_call(lambda: call(*args))
+        return first_s, host_peak, time_calls(lambda: call(*args), repeats, warmup=False)
+
+    (first_s, host_peak, timing), cpu = measure_cpu(cell)
+    return dict(timing.as_dict(), compile_s=None, first_s=first_s, cpu=asdict(cpu),
+                memory=peak_memory(array_bytes(*args), 0, 0, host_peak))
+
+
+# ----------------------------------------------------------------------------------- calibration and runs
+
+
+def matmul_calibration(size: int | None = None, repeats: int = 5) -> dict:
+    """The machine's matmul rate now: GFLOP/s of ``[size, size] @ [size, size]`` in float32, jitted JAX
+    (default precision, the device of ``jax.devices()[0]``) and numpy (host BLAS), median and best of
+    ``repeats`` timed calls after a warm-up (``size`` defaults to ``MATMUL_SIZE``). Tables report their
+    achieved FLOP rates against ``jax_gflops``.
+    """
+    size = MATMUL_SIZE if size is None else size
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    flop = 2.0 * size**3
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    jax_timing = time_calls(lambda: matmul(a, a), repeats)
+    host = np.asarray(a)
+    np_timing = time_calls(lambda: host @ host, repeats)
+    return dict(size=size, dtype="float32", repeats=repeats, device=str(jax.devices()[0]),
+                jax_gflops=flop / jax_timing.median_s / 1e9, jax_gflops_best=flop / jax_timing.min_s / 1e9,
+                numpy_gflops=flop / np_timing.median_s / 1e9, numpy_gflops_best=flop / np_timing.min_s / 1e9,
+                other_cores=jax_timing.cpu.other_cores)
+
+
+def environment() -> dict:
+    """Versions and hardware: jax version, backend, device kind and count, CPU count, machine, platform."""
+    return dict(jax=jax.__version__, backend=jax.default_backend(), device=str(jax.devices()[0]),
+                device_kind=jax.devices()[0].device_kind, device_count=jax.device_count(),
+                cpu_count=os.cpu_count(), machine=platform.machine(), platform=platform.platform())
+
+
+@dataclass
+class Run:
+    """A benchmark run in progress: made by ``start_run``, closed by ``finish``."""
+
+    environment: dict
+    started_utc: str
+    load_start: tuple[float, float, float]
+    calibration: dict | None
+    started: float
+
+    def finish(self) -> dict:
+        """The run record: environment, start time, wall seconds, load averages at start and end (1, 5, 15
+        min), the matmul calibration, and the timing and memory definitions the tables use."""
+        return dict(environment=self.environment, started_utc=self.started_utc,
+                    wall_s=time.perf_counter() - self.started, load_average_start=list(self.load_start),
+                    load_average_end=list(load_average()), calibration=self.calibration,
+                    timing_definition=TIMING_DEFINITION, memory_definition=MEMORY_DEFINITION)
+
+
+def start_run(calibrate: bool = True, matmul_size: int | None = None) -> Run:
+    """Records the environment and the load, then (when ``calibrate``) measures ``matmul_calibration`` at
+    ``matmul_size`` (default ``MATMUL_SIZE``)."""
+    load = load_average()
+    return Run(environment=environment(), started_utc=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+               load_start=load, calibration=matmul_calibration(matmul_size) if calibrate else None,
+               started=time.perf_counter())
+
+
+# ------------------------------------------------------------------------------------------------ reports
+
+
+def mib(n_bytes: float | None) -> str:
+    """Bytes as MiB with one decimal ('-' for None)."""
+    return "-" if n_bytes is None else f"{n_bytes / 2**20:.1f}"
+
+
+def percent_of_matmul(gflops: float | None, run: dict) -> str:
+    """An achieved GFLOP/s as a percentage of the run's jitted matmul rate ('-' when either is missing)."""
+    cal = run.get("calibration")
+    return "-" if gflops is None or not cal else f"{100 * gflops / cal['jax_gflops']:.0f}%"
+
+
+def run_markdown(run: dict) -> list[str]:
+    """Markdown lines describing a run record (``Run.finish``): machine, load at start and end, matmul
+    calibration, timing and memory definitions."""
+    env, cal = run["environment"], run["calibration"]
+    fmt = lambda load: " / ".join(f"{x:.1f}" for x in load)
+    lines = [f"Machine: {env['device']} ({env['device_kind']}, {env['device_count']} device(s)), "
+             f"{env['cpu_count']} CPUs, {env['machine']}; jax {env['jax']}, backend {env['backend']}. "
+             f"Run started {run['started_utc']}, {run['wall_s']:.0f} s wall.",
+             f"Load average (1 / 5 / 15 min): {fmt(run['load_average_start'])} at start, "
+             f"{fmt(run['load_average_end'])} at the end (a load above the CPU count means shared cores and "
+             "noisy times; per-cell CPU use is in the JSON, `cpu`)."]
+    if cal:
+        lines.append(f"Matmul calibration ({cal['size']}x{cal['size']} float32): jitted JAX "
+                     f"{cal['jax_gflops']:.1f} GFLOP/s (best {cal['jax_gflops_best']:.1f}), numpy "
+                     f"{cal['numpy_gflops']:.1f} GFLOP/s (best {cal['numpy_gflops_best']:.1f}).")
+    lines += [f"Times: {run['timing_definition']}. Memory: {run['memory_definition']}.", ""]
+    return lines
+
+
+def contention_line(cpus) -> str:
+    """One sentence on the contention of a run's cells, from their ``cpu`` records (``CpuUse`` as dicts;
+    None entries, cells without a record, are skipped)."""
+    others = [c["other_cores"] for c in cpus if c and c.get("other_cores") is not None]
+    if not others:
+        return "other processes' CPU use per cell not recorded."
+    return (f"other processes kept a median {statistics.median(others):.1f} cores busy during a cell (max "
+            f"{max(others):.1f}, over {len(others)} cells).")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """A Markdown table: the header row, the separator and one line per row (cells formatted with str)."""
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def write_results(out_dir: str | os.PathLike, name: str, result: dict, markdown: str) -> tuple[str, str]:
+    """Writes ``out_dir/name.json`` (``result``) and ``out_dir/name.md`` (``markdown``), each atomically: the
+    JSON text is built first, so a result that does not serialise leaves both files as they were.
+
+    Returns: the paths of the JSON and Markdown files.
+    """
+    if not isinstance(markdown, str):
+        raise ValueError(f"write_results: markdown must be a str, got {type(markdown).__name__}")
+    text = json.dumps(result, indent=1)
+    os.makedirs(out_dir, exist_ok=True)
+    paths = (os.path.join(out_dir, f"{name}.json"), os.path.join(out_dir, f"{name}.md"))
+    for path, body in zip(paths, (text, markdown)):
+        atomic_write(path, lambda f, body=body: f.write(body), mode="w")
+    return paths
+
+
+def read_results(out_dir: str | os.PathLike, name: str) -> dict:
+    """The result ``write_results`` wrote as ``out_dir/name.json``."""
+    with open(os.path.join(out_dir, f"{name}.json")) as f:
+        return json.load(f)
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+
+def subplots(*args, **kwargs):
+    """``matplotlib.pyplot.subplots`` on the non-interactive Agg backend (matplotlib is imported here, so a
+    benchmark that draws nothing never imports it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 80) -> None:
+    """Saves a matplotlib figure as PNG (atomically, creating the folder) and closes it."""
+    import matplotlib.pyplot as plt
+
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    fig.tight_layout()
+    atomic_write(os.fspath(path), lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
+    plt.close(fig)
