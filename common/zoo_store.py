@@ -33,8 +33,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
+from common.progress import progress_bar
 from common.weight_space import WeightSpace
 
 __all__ = ["atomic_write", "leaf_layout", "flatten_params", "unflatten_params", "checkpoint_rows", "generate_zoo",
@@ -144,7 +144,7 @@ def generate_zoo(zoo_dir: str, layout: Mapping[str, Any], configs: Sequence[Mapp
         ``configs[k * shard_size:(k + 1) * shard_size]``.
       shard_size: models per shard (the population trained at once).
       train_shard: ``train_shard(shard_configs) -> (weights [R, D], rows)``, e.g. via `checkpoint_rows`.
-      progress: tqdm bar over shards.
+      progress: a progress bar over shards (when tqdm is installed: `common.progress.progress_bar`).
     Returns:
       All metadata rows of the zoo.
     Raises:
@@ -169,7 +169,7 @@ def generate_zoo(zoo_dir: str, layout: Mapping[str, Any], configs: Sequence[Mapp
     n_shards = -(-len(configs) // shard_size)
     todo = [k for k in range(n_shards) if not os.path.exists(_shard_path(zoo_dir, k))]
     stored = {path: _read_rows(path) for path in _shard_files(zoo_dir)}  # metadata only, not the weights
-    for k in tqdm(todo, desc="shards", disable=not progress):
+    for k in progress_bar(todo, desc="shards", enabled=progress):
         weights, rows = train_shard([dict(c) for c in configs[k * shard_size:(k + 1) * shard_size]])
         if len(rows) != weights.shape[0]:
             raise ValueError(f"train_shard returned {weights.shape[0]} weight rows but {len(rows)} metadata rows")

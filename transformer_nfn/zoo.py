@@ -41,7 +41,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import scipy.sparse
-from sklearn.utils.extmath import randomized_svd
 
 from common import data as zoo_data
 from common import zoo_store
@@ -128,6 +127,8 @@ def build_token_embedding(texts: Sequence[str], dim: int = 32, min_count: int = 
     pmi = np.log(co.data * total / (marginal[co.row] * marginal[co.col]))
     keep = pmi > 0
     ppmi = scipy.sparse.csr_matrix((pmi[keep], (co.row[keep], co.col[keep])), shape=(v, v))
+    from sklearn.utils.extmath import randomized_svd  # scikit-learn is imported only by this function
+
     u, s, _ = randomized_svd(ppmi, dim, n_iter=7, random_state=seed)
     vectors = u * np.sqrt(s)
     vectors *= np.sign(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(dim)])  # deterministic signs
