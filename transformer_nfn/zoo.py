@@ -269,10 +269,8 @@ def load_transformer_zoo(zoo_dir: str, split: str | None = None, *, target: str 
     weights, rows, layout = zoo_store.load_zoo(zoo_dir)
     if layout["kind"] != "transformer":
         raise ValueError(f"zoo_dir {zoo_dir} holds a {layout['kind']!r} zoo, not a transformer zoo")
-    keep = zoo_store.select_split(rows, split, **options)
-    kept = [rows[i] for i in keep]
-    tw = zoo_store.unflatten_params(weights[keep], _template(layout["settings"]["dataset"]))
-    return tw, np.asarray([r[target] for r in kept]), kept
+    return zoo_store.select_weights(weights, rows, _template(layout["settings"]["dataset"]), split, target=target,
+                                    **options)
 
 
 def load_token_embedding(zoo_dir: str) -> tuple[list[str], np.ndarray]:
