@@ -18,7 +18,7 @@ patch embedding Conv2d(1 -> 32, 4, stride 4) -> 49 tokens, 10 classes.
 
 AG News: word2vec is not available, so the embedding is a **frozen table shared by all runs**, as in the recipe
 (which shares frozen word2vec vectors): built once from the training sample (whitespace tokens of the
-normalised descriptions with count >= 2; PPMI of +-4-token co-occurrences, 32-d randomized truncated SVD, seed 0),
+normalized descriptions with count >= 2; PPMI of +-4-token co-occurrences, 32-d randomized truncated SVD, seed 0),
 stored in the zoo folder (``token_embedding.npy``, ``vocabulary.json``) and hashed in ``layout.json``; a shared
 frozen table keeps the stored weights comparable across runs and out of the NFN's input. Id 0 is padding and
 out-of-vocabulary (a zero row); sequences are cut / padded to 128 tokens; no attention mask (as in the
