@@ -6,6 +6,8 @@
 2. The import graph follows the layering rules: `common` imports none of the other packages; `magep` and
    `tsw_sl` import only `common`; `transformer_nfn` imports `common` and `magep`; nothing imports `benchmarks`.
    Checked on the source (every import statement, including those inside functions).
+3. No module of the packages uses another module's private names (``from m import _f``, ``obj._method``
+   on anything but ``self``/``cls``): a helper used across modules is public.
 """
 import ast
 import json
@@ -85,3 +87,37 @@ def test_layering_check_sees_imports_inside_functions(tmp_path):
     source = tmp_path / "m.py"
     source.write_text("from . import x\nimport common.nets\n\ndef f():\n    from benchmarks import harness\n")
     assert _imported_packages(str(source)) == {"common", "benchmarks"}
+
+
+NAMEDTUPLE_API = {"_replace", "_asdict", "_fields", "_make"}  # public despite the underscore
+
+
+def _private_uses(path: str) -> list[str]:
+    """``"line: expression"`` for each private name a file takes from another module or object."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), filename=path)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            found += [f"{node.lineno}: import {a.name}" for a in node.names if _is_private(a.name)]
+        elif isinstance(node, ast.Attribute) and _is_private(node.attr) and node.attr not in NAMEDTUPLE_API:
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+@pytest.mark.parametrize("package", PROJECT)
+def test_no_private_names_across_modules(package):
+    uses = {path: _private_uses(os.path.join(ROOT, path)) for path in _project_imports(package)}
+    uses = {path: found for path, found in uses.items() if found}
+    assert not uses, f"private names used across modules (make them public or move them): {uses}"
+
+
+def test_private_use_check_sees_both_forms(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("from a import _f, g\nx = ws._axis(0)\ny = self._z + t._replace(a=1).b\n")
+    assert _private_uses(str(source)) == ["1: import _f", "2: ws._axis"]

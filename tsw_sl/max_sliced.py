@@ -19,7 +19,7 @@ from tsw_sl import validation
 from tsw_sl.distance import tree_costs
 from tsw_sl.one_dim import root_p
 from tsw_sl.sliced import sliced_cost
-from tsw_sl.trees import TreeSystem, normalize, random_directions, sample_trees
+from tsw_sl.trees import TreeSystem, normalise, random_directions, sample_trees
 
 
 def _ascend(objective, params, n_steps, lr, project):
@@ -52,10 +52,10 @@ def _one_pair(name, x, y, a, b, normalize):
 @functools.partial(jax.jit, static_argnames=("n_steps", "p", "sort_method", "uniform_equal"))
 def _max_sliced(x, y, a, b, theta0, lr, *, n_steps, p, sort_method, uniform_equal):
     def objective(theta, x, y, a, b):  # on normalised directions: the gradient is tangent to the sphere
-        return sliced_cost(x, y, a, b, normalize(theta), p, sort_method, uniform_equal)
+        return sliced_cost(x, y, a, b, normalise(theta), p, sort_method, uniform_equal)
 
     fixed = jax.lax.stop_gradient((x, y, a, b))
-    theta = _ascend(lambda q: objective(q, *fixed), theta0, n_steps, lr, normalize)
+    theta = _ascend(lambda q: objective(q, *fixed), theta0, n_steps, lr, normalise)
     return root_p(objective(theta, x, y, a, b), p)
 
 
@@ -89,7 +89,7 @@ def _max_tree(x, y, a, b, trees0, lr, delta, t_low, t_high, *, n_steps, splittin
 
     def project(params):
         root, t, theta = params
-        return root, jnp.clip(t, t_low, t_high), normalize(theta)
+        return root, jnp.clip(t, t_low, t_high), normalise(theta)
 
     fixed = jax.lax.stop_gradient((x, y, a, b))
     params = _ascend(lambda q: objective(q, *fixed), trees0.params(), n_steps, lr, project)

@@ -58,7 +58,7 @@ class TreeSystem:
           TreeSystem with sources [..., L, k, d] and unit directions [..., L, k, d].
         """
         _check_kind(kind)
-        theta = normalize(directions)
+        theta = normalise(directions)
         if kind == "concurrent":
             return cls(jnp.broadcast_to(root[..., None, :], theta.shape), theta, kind)
         steps = t[..., None] * theta[..., :-1, :]
@@ -77,7 +77,7 @@ class TreeSystem:
         return self.sources[..., 0, :], t, theta
 
 
-def normalize(v, axis=-1):
+def normalise(v, axis=-1):
     """Unit vectors along `axis` (zero vectors stay finite). v: [..., d] -> [..., d]."""
     norm = jnp.sqrt(jnp.sum(v * v, axis=axis, keepdims=True))
     return v / jnp.maximum(norm, jnp.finfo(v.dtype).tiny)
@@ -107,7 +107,7 @@ def random_directions(key, shape, dim, dtype=jnp.float32, orthogonal=False):
     """
     shape = tuple(shape)
     if not orthogonal:
-        return normalize(jax.random.normal(key, shape + (dim,), dtype))
+        return normalise(jax.random.normal(key, shape + (dim,), dtype))
     k = shape[-1]
     if k > dim:
         raise ValueError(f"orthogonal directions need n_lines <= dim; got n_lines={k}, dim={dim}")
