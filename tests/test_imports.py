@@ -51,6 +51,24 @@ def test_importing_a_package_loads_no_heavy_dependency(package):
     assert not heavy, f"importing every module of {package} imports {heavy}"
 
 
+def test_silent_progress_bar_needs_no_tqdm():
+    code = """
+import sys
+from common.progress import progress_bar
+bar = progress_bar(range(3), enabled=False, desc="x")
+assert list(bar) == [0, 1, 2]
+with progress_bar(total=5, enabled=False) as bar:
+    bar.update(2)
+    bar.set_postfix({"loss": 1.0})
+print("tqdm" in sys.modules)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
 def _imported_packages(path: str) -> set[str]:
     """Top-level names of the absolute imports in one source file (relative imports stay in the package)."""
     with open(path, encoding="utf-8") as f:
