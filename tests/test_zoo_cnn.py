@@ -156,6 +156,8 @@ def test_original_release_reader(zoo, tmp_path):
         np.testing.assert_array_equal(a, b)
     assert len({r["model_id"] for r in back_rows}) == len({r["model_id"] for r in rows})
     assert [r["activation"] for r in back_rows] == [r["activation"] for r in rows]
+    with pytest.raises(ValueError, match="magep.small_cnn_zoo"):  # the family-agnostic loader points there
+        zoo_store.load_weight_space_zoo(release)
     # splits of the release by the recovered model ids
     parts = [small_cnn_zoo.load_small_cnn_zoo(release, s, fractions=(0.5, 0.25, 0.25))[2]
              for s in ("train", "val", "test")]
