@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
 SHARED_DATA := $(abspath ../shared/data)
 ifeq ($(origin NFN_DATA_DIR), undefined)
 ifneq ($(wildcard $(SHARED_DATA)),)
@@ -12,18 +11,19 @@ endif
 
 .PHONY: test demo venv clean
 
-venv: $(STAMP)
+# One venv; each extra has its own stamp, so `make test` then `make demo` installs the `bench` extra as well.
+venv: $(VENV)/.installed-test
 
-$(STAMP): setup.cfg pyproject.toml
+$(VENV)/.installed-%: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(PY) -m pip install --quiet -e '.[$*]'
+	touch $@
 
-test: $(STAMP)
+test: $(VENV)/.installed-test
 	$(PY) -m pytest tests -q
 
-demo: $(STAMP)
+demo: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.demo
 
 clean:

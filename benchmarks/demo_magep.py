@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-import scipy.stats
 from flax import nnx
 
-from common import NetworkSpec, groups, training, zoo_store
+from common import NetworkSpec, groups
+from common.accuracy_prediction import kendall_tau
 from magep import GeneralizationPredictor
+from magep.train import train_generalization_predictor, zoo_features
 from magep.zoo import generate_cnn_zoo
 
 
@@ -22,24 +21,12 @@ def _train_predictor(nfn: str, spec: NetworkSpec, train, test, run_dir: str, ste
     (x_train, y_train), (x_test, y_test) = train, test
     model = GeneralizationPredictor(spec, nfn=nfn, scaling="positive", channels=8 if nfn == "magep" else None,
                                     head=64, rngs=nnx.Rngs(0))
-    graphdef, params = nnx.split(model, nnx.Param)
-
-    def loss(model, batch, key):
-        logits = model.logits(batch["x"])
-        return optax.sigmoid_binary_cross_entropy(logits, batch["y"]).mean(), {}
-
-    def batches(step):
-        idx = np.random.default_rng(step).choice(len(y_train), 32, replace=False)
-        return {"x": jax.tree.map(lambda a: a[idx], x_train), "y": y_train[idx]}
-
-    state, _ = training.fit(training.nnx_loss_fn(graphdef, loss), params, optax.adam(1e-3), batches,
-                            key=jax.random.key(0), num_steps=steps, run_dir=run_dir, checkpoint_every=steps,
-                            progress=False)
-    model = nnx.merge(graphdef, state.params)
+    model, _ = train_generalization_predictor(model, x_train, y_train, key=jax.random.key(0), num_steps=steps,
+                                              run_dir=run_dir)
     predicted = np.asarray(model(x_test))
     g = groups.sample_monomial(jax.random.key(1), spec, "positive", scale_range=(0.2, 5.0))
     moved = np.asarray(model(jax.vmap(lambda f: groups.act(g, f))(x_test)))
-    return float(scipy.stats.kendalltau(predicted, y_test).statistic), float(np.max(np.abs(moved - predicted)))
+    return kendall_tau(predicted, y_test), float(np.max(np.abs(moved - predicted)))
 
 
 def run(out_dir: str, n_models: int = 64, epochs: int = 8, steps: int = 300) -> list[tuple[str, str]]:
@@ -49,10 +36,8 @@ def run(out_dir: str, n_models: int = 64, epochs: int = 8, steps: int = 300) -> 
     accuracies = np.asarray([r["test_accuracy"] for r in rows if r["epoch"] == epochs])
     splits = {}
     for split in ("train", "test"):
-        ws, targets, _ = zoo_store.load_weight_space_zoo(zoo_dir, split, fractions=(0.7, 0.0, 0.3),
-                                                         where={"activation": "relu"})
-        splits[split] = (jax.tree.map(jnp.asarray, ws.to_features()), jnp.asarray(targets, jnp.float32))
-    spec = NetworkSpec.from_weights(ws)
+        feats, targets, spec = zoo_features(zoo_dir, split, fractions=(0.7, 0.0, 0.3), where={"activation": "relu"})
+        splits[split] = (feats, targets)
     table = [
         (f"CNN zoo on digits: {n_models} nets x {len(set(r['epoch'] for r in rows))} checkpoints, final test accuracy",
          f"{accuracies.min():.2f} .. {accuracies.max():.2f} (median {np.median(accuracies):.2f})"),

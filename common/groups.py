@@ -108,7 +108,7 @@ def _check(g: MonomialElement, ws: WeightSpace) -> None:
             f"(needs {ws.num_layers - 1})"
         )
     for l, p in enumerate(g.perms, start=1):
-        n = ws.weights[l - 1].shape[ws._out_axis(l - 1)]
+        n = ws.weights[l - 1].shape[ws.out_axis(l - 1)]
         if p.shape[-1] != n:
             raise ValueError(f"groups.act: hidden layer {l} of g has {p.shape[-1]} neurons but ws has {n}")
 
@@ -126,7 +126,7 @@ def act(g: MonomialElement, ws: WeightSpace) -> WeightSpace:
     L = ws.num_layers
     weights, biases = [], []
     for i in range(L):
-        w, b, a = ws.weights[i], ws.biases[i], ws._out_axis(i)
+        w, b, a = ws.weights[i], ws.biases[i], ws.out_axis(i)
         if i < L - 1:  # output neurons of layer i are hidden layer i+1
             p, d = g.perms[i], g.scales[i]
             w = jnp.take(w, p, axis=a) * _along(d, a, w.ndim).astype(w.dtype)

@@ -44,9 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
-from tqdm.auto import tqdm
-
 from common.distributed import DATA_AXIS, batch_sharding, make_mesh, replicated
+from common.progress import progress_bar
 
 __all__ = ["PopulationTask", "Checkpoint", "train_population", "resolve_chunk_size", "REQUIRED_HPARAMS", "CPU_CHUNK"]
 
@@ -248,7 +247,7 @@ def train_population(task: PopulationTask, hparams: Mapping[str, Any], train: An
         `jax.lax.map`); None vmaps all of them; "auto" is ``CPU_CHUNK`` on a single CPU device, else None.
         Results do not depend on it.
       epochs_per_call: epochs per compiled call (progress granularity); default about 1% of ``epochs``.
-      progress: show a tqdm bar over epochs.
+      progress: show a progress bar over epochs (`common.progress.progress_bar`: shown when tqdm is installed).
       desc: the bar's label.
 
     Returns:
@@ -275,7 +274,7 @@ def train_population(task: PopulationTask, hparams: Mapping[str, Any], train: An
         state = _init(task, mesh, hp)
         chunk = epochs_per_call or max(1, epochs // 100)
         done, out = 0, []
-        with tqdm(total=epochs, desc=desc, disable=not progress, leave=False) as bar:
+        with progress_bar(total=epochs, desc=desc, enabled=progress, leave=False) as bar:
             for mark in marks:
                 while done < mark:
                     stop = min(mark, done + chunk)

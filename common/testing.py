@@ -29,7 +29,7 @@ def uncoupled_permutation(key: jax.Array, ws: WeightSpace, layer: int) -> Weight
     """
     if not 1 <= layer < ws.num_layers:
         raise ValueError(f"uncoupled_permutation: layer must be in 1..{ws.num_layers - 1}, got {layer}")
-    a = ws._out_axis(layer - 1)
+    a = ws.out_axis(layer - 1)
     n = ws.weights[layer - 1].shape[a]
     perm = jnp.roll(jnp.arange(n), 1 + int(jax.random.randint(key, (), 0, max(n - 1, 1))))
     weights, biases = list(ws.weights), list(ws.biases)

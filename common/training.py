@@ -28,11 +28,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 from jax.sharding import Mesh
-from tqdm.auto import tqdm
 
 from common import checkpointing
 from common.distributed import (batch_sharding, initialize_distributed, make_mesh, replicate,
                                 replicated, shard_batch)
+from common.progress import progress_bar
 
 __all__ = ["TrainState", "init_train_state", "make_train_step", "fit", "nnx_loss_fn", "make_mesh",
            "shard_batch", "initialize_distributed"]
@@ -136,7 +136,7 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
       eval_every: see ``eval_fn``.
       log_every: log the step metrics every this many steps (and after the last step).
       mesh: device mesh with a ``"data"`` axis; default :func:`make_mesh` over all devices.
-      progress: show a tqdm progress bar (on process 0).
+      progress: show a progress bar (on process 0, when tqdm is installed: `common.progress.progress_bar`).
       max_to_keep: number of checkpoints kept (``None``: all).
 
     Returns:
@@ -159,8 +159,8 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
             state = checkpointing.restore_latest(manager, state) or state
         start = int(state.step)
         history = [] if log_path is None else _load_history(log_path, start)
-        bar = tqdm(range(start + 1, num_steps + 1), total=num_steps, initial=start,
-                   disable=not progress or jax.process_index() != 0)
+        bar = progress_bar(range(start + 1, num_steps + 1), total=num_steps, initial=start,
+                           enabled=progress and jax.process_index() == 0)
         for step in bar:
             state, metrics = train_step(state, shard_batch(batches(step - 1), mesh))
             record = {}

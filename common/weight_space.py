@@ -53,10 +53,10 @@ class NetworkSpec:
     @classmethod
     def from_weights(cls, ws: "WeightSpace") -> "NetworkSpec":
         """Spec read off a `WeightSpace` (raw or features; features fold kernels, giving ``()``)."""
-        widths = [ws.weights[0].shape[ws._out_axis(0) + 1]]
+        widths = [ws.weights[0].shape[ws.out_axis(0) + 1]]
         kernels = []
         for i, w in enumerate(ws.weights):
-            out_axis = ws._out_axis(i)
+            out_axis = ws.out_axis(i)
             widths.append(w.shape[out_axis])
             kernels.append(() if ws.is_features else tuple(w.shape[out_axis + 2:]))
         return cls(tuple(widths), tuple(kernels))
@@ -100,8 +100,9 @@ class WeightSpace:
             self._validate()
 
     # -- structure ---------------------------------------------------------------------------
-    def _out_axis(self, i: int) -> int:
-        """Axis index (from the front) of layer i's output-neuron axis."""
+    def out_axis(self, i: int) -> int:
+        """Axis index (from the front) of layer ``i``'s output-neuron axis: the number of batch axes (weights:
+        ``weights[i]`` is ``[*batch, n_{i+1}, n_i, ...]``; features: the same with a trailing channel axis)."""
         return len(self.biases[i].shape) - (2 if self.is_features else 1)
 
     @property
@@ -111,7 +112,7 @@ class WeightSpace:
     @property
     def batch_shape(self) -> tuple[int, ...]:
         """Leading batch axes shared by every leaf."""
-        return tuple(self.biases[0].shape[: self._out_axis(0)])
+        return tuple(self.biases[0].shape[: self.out_axis(0)])
 
     def _validate(self) -> None:
         kind = "features" if self.is_features else "weights"
@@ -171,7 +172,7 @@ class WeightSpace:
         if self.is_features:
             raise ValueError("WeightSpace.to_features: this WeightSpace already holds features")
         weights = tuple(
-            w.reshape(*w.shape[: self._out_axis(i) + 2], -1) for i, w in enumerate(self.weights)
+            w.reshape(*w.shape[: self.out_axis(i) + 2], -1) for i, w in enumerate(self.weights)
         )
         return WeightSpace(weights, tuple(b[..., None] for b in self.biases), is_features=True)
 
@@ -200,7 +201,7 @@ class WeightSpace:
         if self.num_layers != spec.num_layers:
             raise ValueError(f"{name}: has {self.num_layers} layers but spec has {spec.num_layers} (widths {spec.widths})")
         for i, w in enumerate(self.weights):
-            a = self._out_axis(i)
+            a = self.out_axis(i)
             got = (w.shape[a], w.shape[a + 1])
             want = (spec.widths[i + 1], spec.widths[i])
             if got != want:

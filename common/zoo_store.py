@@ -13,17 +13,12 @@ Folder layout (every file written atomically: temp file + ``os.replace``)::
 Generation (`generate_zoo`) trains the missing shards in order; killed at any moment, a rerun trains exactly
 the shards whose file is absent, so no model is lost or duplicated.
 
-`read_small_cnn_zoo` reads the original Small CNN Zoo release (Unterthiner et al.): ``weights.npy`` [R, 4970],
-``metrics.csv`` or ``metrics.csv.gz`` (one row per checkpoint, columns ``config.*``, ``step``, metrics) and
-``layout.csv`` (columns ``varname``, ``shape`` and optionally ``start_idx``; TF/Keras tensors, kernels
-(kh, kw, in, out), dense (in, out)); the column names follow the release README as far as it was read
-(**unverified** against the real files).
+Family-specific readers live with their family (`magep.small_cnn_zoo` reads the original Small CNN Zoo
+release); this module knows nothing of a model family.
 """
 from __future__ import annotations
 
-import ast
 import csv
-import gzip
 import io
 import json
 import os
@@ -33,12 +28,12 @@ from typing import Any
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
+from common.progress import progress_bar
 from common.weight_space import WeightSpace
 
 __all__ = ["atomic_write", "leaf_layout", "flatten_params", "unflatten_params", "checkpoint_rows", "generate_zoo",
-           "load_zoo", "split_models", "select_rows", "select_split", "load_weight_space_zoo", "read_small_cnn_zoo",
+           "load_zoo", "split_models", "select_rows", "select_split", "select_weights", "load_weight_space_zoo",
            "describe"]
 
 LAYOUT_FILE, METADATA_FILE, SHARD_DIR = "layout.json", "metadata.csv", "shards"
@@ -144,7 +139,7 @@ def generate_zoo(zoo_dir: str, layout: Mapping[str, Any], configs: Sequence[Mapp
         ``configs[k * shard_size:(k + 1) * shard_size]``.
       shard_size: models per shard (the population trained at once).
       train_shard: ``train_shard(shard_configs) -> (weights [R, D], rows)``, e.g. via `checkpoint_rows`.
-      progress: tqdm bar over shards.
+      progress: a progress bar over shards (when tqdm is installed: `common.progress.progress_bar`).
     Returns:
       All metadata rows of the zoo.
     Raises:
@@ -169,7 +164,7 @@ def generate_zoo(zoo_dir: str, layout: Mapping[str, Any], configs: Sequence[Mapp
     n_shards = -(-len(configs) // shard_size)
     todo = [k for k in range(n_shards) if not os.path.exists(_shard_path(zoo_dir, k))]
     stored = {path: _read_rows(path) for path in _shard_files(zoo_dir)}  # metadata only, not the weights
-    for k in tqdm(todo, desc="shards", disable=not progress):
+    for k in progress_bar(todo, desc="shards", enabled=progress):
         weights, rows = train_shard([dict(c) for c in configs[k * shard_size:(k + 1) * shard_size]])
         if len(rows) != weights.shape[0]:
             raise ValueError(f"train_shard returned {weights.shape[0]} weight rows but {len(rows)} metadata rows")
@@ -261,101 +256,54 @@ def select_split(rows: Sequence[Mapping[str, Any]], split: str | None = None, *,
     return select_rows(rows, model_ids=ids, **filters)
 
 
+def select_weights(weights: np.ndarray, rows: Sequence[Mapping[str, Any]], template: Any, split: str | None = None, *,
+                   fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0, epochs: Iterable[int] | None = None,
+                   where: Mapping[str, Any] | None = None, min_accuracy: float | None = None,
+                   target: str = "test_accuracy") -> tuple[Any, np.ndarray, list[dict]]:
+    """The rows of one split of a zoo, as parameters of ``template``'s structure, with their targets.
+
+    Args:
+      weights: float32 [R, D] flat parameters (`flatten_params` order), ``rows``: their R metadata dicts.
+      template: one model's parameter pytree (arrays or `jax.ShapeDtypeStruct`) with D parameters in all.
+      split: ``"train"``, ``"val"``, ``"test"`` (models split by `split_models` with ``fractions``, ``seed``;
+        filters apply after splitting, so a model's checkpoints never fall on two sides) or None (all).
+      epochs, where, min_accuracy: row filters, see `select_rows`.
+      target: the metadata column returned as targets (e.g. ``test_accuracy``, ``label``, ``psnr``).
+    Returns:
+      ``(params, targets, rows)``: params with leaves ``[R', ...]``, targets [R'], the R' kept rows.
+    """
+    keep = select_split(rows, split, fractions=fractions, seed=seed, epochs=epochs, where=where,
+                        min_accuracy=min_accuracy)
+    kept = [rows[i] for i in keep]
+    return unflatten_params(weights[keep], template), np.asarray([r[target] for r in kept]), kept
+
+
 def _weight_space_template(leaves: Sequence[Mapping[str, Any]]) -> WeightSpace:
     shapes = [jax.ShapeDtypeStruct(tuple(leaf["shape"]), np.float32) for leaf in leaves]
     half = len(shapes) // 2
     return WeightSpace(tuple(shapes[:half]), tuple(shapes[half:]))
 
 
-def load_weight_space_zoo(zoo_dir: str, split: str | None = None, *, fractions: Sequence[float] = (0.7, 0.15, 0.15),
-                          seed: int = 0, epochs: Iterable[int] | None = None, where: Mapping[str, Any] | None = None,
-                          min_accuracy: float | None = None, target: str = "test_accuracy"
-                          ) -> tuple[WeightSpace, np.ndarray, list[dict]]:
-    """Batched `WeightSpace` and targets of a CNN/SIREN zoo (library folder or original Small CNN Zoo release).
+def load_weight_space_zoo(zoo_dir: str, split: str | None = None, **options) -> tuple[WeightSpace, np.ndarray, list[dict]]:
+    """Batched `WeightSpace` and targets of a CNN/SIREN zoo folder written by `generate_zoo`.
 
     Args:
-      zoo_dir: a library zoo folder (``layout.json``) or an original release folder (``weights.npy``).
-      split: ``"train"``, ``"val"``, ``"test"`` (models split by `split_models` with ``fractions``, ``seed``;
-        filters apply after splitting, so a model's checkpoints never fall on two sides) or None (all).
-      epochs, where, min_accuracy: row filters, see `select_rows`.
-      target: the metadata column returned as targets (e.g. ``test_accuracy``, ``label``, ``psnr``).
+      zoo_dir: a zoo folder with ``layout.json`` of kind ``weight_space`` (the original Small CNN Zoo release
+        is read by `magep.small_cnn_zoo.load_small_cnn_zoo`).
+      split, options: ``fractions``, ``seed``, ``epochs``, ``where``, ``min_accuracy``, ``target``: see
+        `select_weights`.
     Returns:
       ``(ws, targets, rows)``: ws leaves ``[R, ...]`` (PyTorch orientation), targets float32 or int [R], rows.
-    """
-    if os.path.exists(os.path.join(zoo_dir, LAYOUT_FILE)):
-        weights, rows, layout = load_zoo(zoo_dir)
-        if layout["kind"] != "weight_space":
-            raise ValueError(f"zoo_dir {zoo_dir} holds a {layout['kind']!r} zoo, not a weight_space zoo")
-        template = _weight_space_template(layout["leaves"])
-    else:
-        ws, rows = read_small_cnn_zoo(zoo_dir)
-        weights, template = flatten_params(ws), jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), ws)
-    keep = select_split(rows, split, fractions=fractions, seed=seed, epochs=epochs, where=where,
-                        min_accuracy=min_accuracy)
-    kept = [rows[i] for i in keep]
-    targets = np.asarray([r[target] for r in kept])
-    return unflatten_params(weights[keep], template), targets, kept
-
-
-# --------------------------------------------------------------------------------- original release
-def _parse(value: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
-
-
-def _read_csv(path: str) -> list[dict]:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", newline="", encoding="utf-8") as f:
-        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def read_small_cnn_zoo(folder: str) -> tuple[WeightSpace, list[dict]]:
-    """The original Small CNN Zoo release (``weights.npy``, ``metrics.csv[.gz]``, ``layout.csv``).
-
-    TF/Keras tensors are converted to PyTorch orientation: conv kernels (kh, kw, in, out) -> (out, in, kh, kw),
-    dense (in, out) -> (out, in); layout rows pair each kernel with the bias that follows it. Metadata
-    columns lose their ``config.`` prefix (``config.activation`` -> ``activation``), and every row gets a
-    ``model_id``: rows with identical configurations are checkpoints of one model.
-
-    Returns:
-      ``(ws, rows)``: ws leaves ``[R, ...]``, one metadata dict per weights row.
     Raises:
-      ValueError: row counts or layout sizes disagree with ``weights.npy``.
+      ValueError: the folder holds no zoo, or a zoo of another kind.
     """
-    flat = np.load(os.path.join(folder, "weights.npy"), mmap_mode="r")
-    metrics = "metrics.csv.gz" if os.path.exists(os.path.join(folder, "metrics.csv.gz")) else "metrics.csv"
-    raw_rows = _read_csv(os.path.join(folder, metrics))
-    layout = _read_csv(os.path.join(folder, "layout.csv"))
-    if len(raw_rows) != flat.shape[0]:
-        raise ValueError(f"{folder}: weights.npy has {flat.shape[0]} rows but {metrics} has {len(raw_rows)}")
-    tensors, offset = [], 0
-    for entry in layout:
-        shape = tuple(ast.literal_eval(str(entry["shape"])))
-        shape = shape if isinstance(shape, tuple) else (shape,)
-        start = int(entry.get("start_idx", offset))
-        size = int(np.prod(shape))
-        if start + size > flat.shape[1]:
-            raise ValueError(f"{folder}: layout entry {entry['varname']} {shape} at {start} exceeds "
-                             f"weights.npy width {flat.shape[1]}")
-        tensor = np.asarray(flat[:, start:start + size], np.float32).reshape((-1,) + shape)
-        if len(shape) == 4:
-            tensor = tensor.transpose(0, 4, 3, 1, 2)
-        elif len(shape) == 2:
-            tensor = tensor.transpose(0, 2, 1)
-        tensors.append(tensor)
-        offset = start + size
-    ws = WeightSpace(tuple(t for t in tensors if t.ndim > 2), tuple(t for t in tensors if t.ndim == 2))
-    configs: dict[tuple, int] = {}
-    rows = []
-    for raw in raw_rows:
-        config = tuple(sorted((k, str(v)) for k, v in raw.items() if k.startswith("config.")))
-        row = {k.removeprefix("config."): v for k, v in raw.items()}
-        rows.append({"model_id": configs.setdefault(config, len(configs)), **row})
-    return ws, rows
+    if not os.path.exists(os.path.join(zoo_dir, LAYOUT_FILE)):
+        raise ValueError(f"zoo_dir {zoo_dir} has no {LAYOUT_FILE}: not a zoo written by generate_zoo (an original "
+                         "Small CNN Zoo release is read by magep.small_cnn_zoo.load_small_cnn_zoo)")
+    weights, rows, layout = load_zoo(zoo_dir)
+    if layout["kind"] != "weight_space":
+        raise ValueError(f"zoo_dir {zoo_dir} holds a {layout['kind']!r} zoo, not a weight_space zoo")
+    return select_weights(weights, rows, _weight_space_template(layout["leaves"]), split, **options)
 
 
 # --------------------------------------------------------------------------------------------- summary

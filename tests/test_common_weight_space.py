@@ -30,6 +30,9 @@ def test_features_fold_kernels_and_round_trip():
     # kernel position (u, v) -> channel u * kw + v
     np.testing.assert_array_equal(feats.weights[1][0, 3, 4, 1 * 3 + 2], ws.weights[1][0, 3, 4, 1, 2])
     assert NetworkSpec.from_weights(feats).widths == CNN_ZOO_SPEC.widths
+    for i in range(CNN_ZOO_SPEC.num_layers):  # the output-neuron axis follows the batch axes in both forms
+        assert ws.out_axis(i) == feats.out_axis(i) == 1
+        assert ws.weights[i].shape[ws.out_axis(i)] == feats.biases[i].shape[feats.out_axis(i)] == CNN_ZOO_SPEC.widths[i + 1]
     assert leaves_close(WeightSpace.from_features(feats, CNN_ZOO_SPEC), ws, rtol=0, atol=0)
     with pytest.raises(ValueError, match="already holds features"):
         feats.to_features()

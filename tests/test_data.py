@@ -127,7 +127,7 @@ def test_ag_news_train_sample_and_test_overlap():
     labels, texts = data.load_ag_news("train", drop_test_overlap=False)
     assert len(texts) == 8000 and np.bincount(labels).tolist() == [2000] * 4
     assert texts[0].startswith("Reuters - Saboteurs blew up an internal oil pipeline on the edge of Baghdad")
-    raw_labels, raw_texts = data.load_ag_news("train", normalise=False)
+    raw_labels, raw_texts = data.load_ag_news("train", normalize=False)
     assert len(raw_texts) == len(raw_labels) == 8000 - 16
     labels, texts = data.load_ag_news("train")
     assert len(texts) == len(labels) == 8000 - 17  # plus one that differs only in quirks
@@ -135,7 +135,7 @@ def test_ag_news_train_sample_and_test_overlap():
 
 
 @pytest.mark.parametrize(
-    "raw, normalised",
+    "raw, normalized",
     [
         ("Eriksson doesn #39;t feel", "Eriksson doesn't feel"),
         ("competing for the  #36;10 million", "competing for the $10 million"),
@@ -154,8 +154,8 @@ def test_ag_news_train_sample_and_test_overlap():
         ("race; Heras", "race; Heras"),
     ],
 )
-def test_normalise_ag_news_text(raw, normalised):
-    assert data.normalise_ag_news_text(raw) == normalised
+def test_normalize_ag_news_text(raw, normalized):
+    assert data.normalize_ag_news_text(raw) == normalized
 
 
 # ---- data root, missing files, checksums -----------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 
 from common import zoo_store
 from common.nets import cnn_apply
+from magep import small_cnn_zoo
 from magep import zoo_recipes as recipes
 from magep.zoo import generate_cnn_zoo, main
 
@@ -150,13 +151,15 @@ def test_original_release_reader(zoo, tmp_path):
     ws, _, rows = zoo_store.load_weight_space_zoo(folder, where={"activation": "tanh"}, epochs=[0, ARGS["epochs"]])
     release = str(tmp_path / "release")
     _write_original_release(release, ws, rows)
-    back, back_rows = zoo_store.read_small_cnn_zoo(release)
+    back, back_rows = small_cnn_zoo.read_small_cnn_zoo(release)
     for a, b in zip(jax.tree.leaves(ws), jax.tree.leaves(back)):
         np.testing.assert_array_equal(a, b)
     assert len({r["model_id"] for r in back_rows}) == len({r["model_id"] for r in rows})
     assert [r["activation"] for r in back_rows] == [r["activation"] for r in rows]
-    # the generic loader reads the release folder too, with splits by the recovered model ids
-    parts = [zoo_store.load_weight_space_zoo(release, s, fractions=(0.5, 0.25, 0.25))[2]
+    with pytest.raises(ValueError, match="magep.small_cnn_zoo"):  # the family-agnostic loader points there
+        zoo_store.load_weight_space_zoo(release)
+    # splits of the release by the recovered model ids
+    parts = [small_cnn_zoo.load_small_cnn_zoo(release, s, fractions=(0.5, 0.25, 0.25))[2]
              for s in ("train", "val", "test")]
     assert sum(map(len, parts)) == len(rows)
     groups = [{(r["activation"], r["random_seed"]) for r in p} for p in parts]

@@ -38,7 +38,8 @@ def test_checkpoints_and_schedule():
     assert zoo.transformer_checkpoint_epochs(100) == [1, 50, 75, 100]
     assert zoo.transformer_checkpoint_epochs(4) == [1, 2, 3, 4]
     hp = {"learning_rate": jnp.float32(1e-2), "epochs": jnp.float32(100)}
-    lr = lambda e: float(zoo._learning_rate(hp, jnp.float32(e)))
+    schedule = zoo.transformer_task("mnist").learning_rate
+    lr = lambda e: float(schedule(hp, jnp.float32(e)))
     assert lr(0) == pytest.approx(1e-3) and lr(10) == pytest.approx(1e-2, rel=1e-5)
     assert lr(100) == pytest.approx(zoo.FINAL_LR, rel=1e-4) and lr(5) < lr(9) and lr(60) > lr(90)
 

@@ -206,7 +206,7 @@ class TransformerWeights:
                 )
             layer = 0 if part == "classifier" else ws.num_layers - 1
             w = ws.weights[layer]
-            axis = ws._out_axis(layer) + (1 if part == "classifier" else 0)
+            axis = ws.out_axis(layer) + (1 if part == "classifier" else 0)
             if w.shape[axis] != d:
                 role = "take D inputs" if part == "classifier" else "output D channels"
                 raise ValueError(

@@ -18,7 +18,7 @@ patch embedding Conv2d(1 -> 32, 4, stride 4) -> 49 tokens, 10 classes.
 
 AG News: word2vec is not available, so the embedding is a **frozen table shared by all runs**, as in the recipe
 (which shares frozen word2vec vectors): built once from the training sample (whitespace tokens of the
-normalised descriptions with count >= 2; PPMI of +-4-token co-occurrences, 32-d randomized truncated SVD, seed 0),
+normalized descriptions with count >= 2; PPMI of +-4-token co-occurrences, 32-d randomized truncated SVD, seed 0),
 stored in the zoo folder (``token_embedding.npy``, ``vocabulary.json``) and hashed in ``layout.json``; a shared
 frozen table keeps the stored weights comparable across runs and out of the NFN's input. Id 0 is padding and
 out-of-vocabulary (a zero row); sequences are cut / padded to 128 tokens; no attention mask (as in the
@@ -41,7 +41,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import scipy.sparse
-from sklearn.utils.extmath import randomized_svd
 
 from common import data as zoo_data
 from common import zoo_store
@@ -128,6 +127,8 @@ def build_token_embedding(texts: Sequence[str], dim: int = 32, min_count: int = 
     pmi = np.log(co.data * total / (marginal[co.row] * marginal[co.col]))
     keep = pmi > 0
     ppmi = scipy.sparse.csr_matrix((pmi[keep], (co.row[keep], co.col[keep])), shape=(v, v))
+    from sklearn.utils.extmath import randomized_svd  # scikit-learn is imported only by this function
+
     u, s, _ = randomized_svd(ppmi, dim, n_iter=7, random_state=seed)
     vectors = u * np.sqrt(s)
     vectors *= np.sign(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(dim)])  # deterministic signs
@@ -268,10 +269,8 @@ def load_transformer_zoo(zoo_dir: str, split: str | None = None, *, target: str 
     weights, rows, layout = zoo_store.load_zoo(zoo_dir)
     if layout["kind"] != "transformer":
         raise ValueError(f"zoo_dir {zoo_dir} holds a {layout['kind']!r} zoo, not a transformer zoo")
-    keep = zoo_store.select_split(rows, split, **options)
-    kept = [rows[i] for i in keep]
-    tw = zoo_store.unflatten_params(weights[keep], _template(layout["settings"]["dataset"]))
-    return tw, np.asarray([r[target] for r in kept]), kept
+    return zoo_store.select_weights(weights, rows, _template(layout["settings"]["dataset"]), split, target=target,
+                                    **options)
 
 
 def load_token_embedding(zoo_dir: str) -> tuple[list[str], np.ndarray]:

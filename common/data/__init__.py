@@ -1,6 +1,6 @@
 """Data loaders returning numpy arrays; files are read from the data root (``data_dir=`` or ``$NFN_DATA_DIR``)
 and checked against its ``MANIFEST.tsv``. ``load_digits`` needs no data folder."""
-from .ag_news import AG_NEWS_CLASSES, load_ag_news, normalise_ag_news_text
+from .ag_news import AG_NEWS_CLASSES, load_ag_news, normalize_ag_news_text
 from .cifar import CIFAR10_CLASSES, cifar_grayscale, load_cifar10_test
 from .digits import load_digits
 from .files import DATA_DIR_ENV, ChecksumMismatchError, DataNotFoundError, data_file, data_root
@@ -27,7 +27,7 @@ __all__ = [
     "load_image",
     "load_mesh_vertices",
     "load_mnist",
-    "normalise_ag_news_text",
+    "normalize_ag_news_text",
     "read_idx",
     "read_obj_vertices",
     "read_ply_vertices",

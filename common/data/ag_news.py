@@ -16,7 +16,7 @@ _BROKEN_ENTITY = re.compile(r"(?<!&) ?(#\d+|quot|amp|lt|gt|nbsp|hellip|mdash|rsq
 _HTML_TAG = re.compile(r"</?(?:a|b|i|p|br|em|font|img|meta|nobr|strong|title|cite)\b[^<>]*>", re.IGNORECASE)
 
 
-def normalise_ag_news_text(text: str) -> str:
+def normalize_ag_news_text(text: str) -> str:
     """Undo the AG News text quirks; case and punctuation are kept.
 
     1. HTML entities, including those whose ``&`` became a space: ``"doesn #39;t"`` -> ``"doesn't"``,
@@ -34,7 +34,7 @@ def normalise_ag_news_text(text: str) -> str:
 def load_ag_news(
     split: str = "train",
     data_dir=None,
-    normalise: bool = True,
+    normalize: bool = True,
     drop_test_overlap: bool = True,
     verify: bool = True,
 ) -> tuple[np.ndarray, list[str]]:
@@ -43,9 +43,9 @@ def load_ag_news(
     Args:
         split: ``"test"`` (official test split, 1,900 per class) or ``"train"`` (8,000-row sample of the official
             training split, 2,000 per class).
-        normalise: apply ``normalise_ag_news_text`` to every description.
+        normalize: apply ``normalize_ag_news_text`` to every description.
         drop_test_overlap: for ``"train"``, drop the descriptions that also occur in the test split, compared
-            after the same normalisation: the 16 verbatim duplicates (7,984 rows left), and with ``normalise``
+            after the same normalization: the 16 verbatim duplicates (7,984 rows left), and with ``normalize``
             one more that differs from its test copy only in quirks (``\\`` vs a space, ``'`` vs `` #39;``):
             7,983 rows left.
 
@@ -59,10 +59,10 @@ def load_ag_news(
         labels, texts = _read_train_sample(data_dir, verify)
     else:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if normalise:
-        texts = [normalise_ag_news_text(text) for text in texts]
+    if normalize:
+        texts = [normalize_ag_news_text(text) for text in texts]
     if split == "train" and drop_test_overlap:
-        test_texts = set(load_ag_news("test", data_dir, normalise, verify=verify)[1])
+        test_texts = set(load_ag_news("test", data_dir, normalize, verify=verify)[1])
         keep = [i for i, text in enumerate(texts) if text not in test_texts]
         labels, texts = [labels[i] for i in keep], [texts[i] for i in keep]
     return np.array(labels, np.int64), texts

@@ -1,0 +1,61 @@
+"""Training MAGEP-NFN and baseline accuracy predictors on a CNN zoo, on top of `common.accuracy_prediction`.
+
+    feats, acc, spec = zoo_features(zoo_dir, "train", where={"activation": "relu"})
+    model = GeneralizationPredictor(spec, nfn="magep", rngs=nnx.Rngs(0))
+    model, history = train_generalization_predictor(model, feats, acc, key=jax.random.key(0), num_steps=300)
+    tau = kendall_tau(model(test_feats), test_acc)          # common.accuracy_prediction.kendall_tau
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from common import NetworkSpec, WeightSpace, zoo_store
+from common.accuracy_prediction import fit_predictor
+
+__all__ = ["zoo_features", "train_generalization_predictor"]
+
+
+def zoo_features(zoo_dir: str, split: str | None = None, *, target: str = "test_accuracy",
+                 **options) -> tuple[WeightSpace, jax.Array, NetworkSpec]:
+    """NFN features and targets of one split of a library CNN/SIREN zoo (`common.zoo_store.load_weight_space_zoo`).
+
+    Args:
+      zoo_dir: a zoo folder written by `magep.zoo`; split, options: ``"train"``/``"val"``/``"test"`` or None,
+        ``fractions``, ``seed``, ``epochs``, ``where``, ``min_accuracy`` (see `common.zoo_store.select_weights`).
+      target: the metadata column returned (default the test accuracy).
+    Returns:
+      ``(feats, targets, spec)``: features (``ws.to_features()``) with leaves ``[R, ...]`` as jax arrays, targets
+      float32 [R], and the `NetworkSpec` of the raw networks (with their kernel shapes: a predictor's ``spec``).
+    """
+    ws, targets, _ = zoo_store.load_weight_space_zoo(zoo_dir, split, target=target, **options)
+    feats = jax.tree.map(jnp.asarray, ws.to_features())
+    return feats, jnp.asarray(targets, jnp.float32), NetworkSpec.from_weights(ws)
+
+
+def train_generalization_predictor(model: nnx.Module, feats: WeightSpace, accuracies: Any, *, key: jax.Array,
+                                   num_steps: int, **options) -> tuple[nnx.Module, list[dict]]:
+    """Train a `magep.GeneralizationPredictor` (any ``nfn``) on features [R, ...] and accuracies [R].
+
+    Args:
+      model: the predictor (not modified; a trained copy is returned).
+      feats: NFN features of R networks (``ws.to_features()``, leaves ``[R, ...]``).
+      accuracies: [R] in [0, 1].
+      key, num_steps, options: ``batch_size``, ``optimizer``, ``run_dir``, ``checkpoint_every``, ``mesh``,
+        ``progress`` of `common.accuracy_prediction.fit_predictor`.
+    Returns:
+      ``(trained model, history)``.
+    Raises:
+      ValueError: ``feats`` are raw weights (call ``ws.to_features()`` first) or carry no row axis.
+    """
+    if not isinstance(feats, WeightSpace) or not feats.is_features:
+        raise ValueError("train_generalization_predictor: feats must be NFN features (ws.to_features()), got "
+                         f"{'raw weights' if isinstance(feats, WeightSpace) else type(feats).__name__}")
+    if len(feats.batch_shape) != 1:
+        raise ValueError(f"train_generalization_predictor: feats need one leading row axis [R, ...]; batch shape "
+                         f"{feats.batch_shape}")
+    return fit_predictor(model, feats, np.asarray(accuracies, np.float32), key=key, num_steps=num_steps, **options)
