@@ -25,7 +25,7 @@ def test_sliced_matches_pot_with_shared_projections(n, m, weighted, p):
     with jax.enable_x64(True):
         x, y, a, b = measures(n * m + int(10 * p), n, m, 3, weighted)
         theta = np.asarray(tsw_sl.random_directions(jax.random.key(0), (20,), 3, jnp.float64))
-        got = tsw_sl.sliced_wasserstein(x, y, None, a=a, b=b, p=p, projections=theta)
+        got = tsw_sl.sliced_wasserstein(x, y, a, b, p=p, projections=theta)
         want = ot.sliced_wasserstein_distance(x, y, a, b, projections=theta.T, p=p)
         np.testing.assert_allclose(got, want, rtol=1e-10)
 
@@ -34,7 +34,7 @@ def test_sliced_float32_matches_pot_and_scipy():
     x, y, a, b = measures(1, 40, 25, 4, True)
     key = jax.random.key(3)
     theta = np.asarray(tsw_sl.random_directions(key, (30,), 4), np.float64)
-    got = tsw_sl.sliced_wasserstein(x, y, key, 30, a, b, p=1)            # same key -> same directions
+    got = tsw_sl.sliced_wasserstein(x, y, a, b, key=key, n_projections=30, p=1)   # same key -> same directions
     want = ot.sliced_wasserstein_distance(x, y, a, b, projections=theta.T, p=1)
     np.testing.assert_allclose(got, want, rtol=2e-5)
     per_dir = [scipy.stats.wasserstein_distance(x @ t, y @ t, a, b) for t in theta]
@@ -47,15 +47,15 @@ def test_sliced_jit_vmap_grad():
     xs = jnp.asarray(rng.normal(size=(3, 8, 2)), jnp.float32)
     ys = jnp.asarray(rng.normal(size=(3, 8, 2)), jnp.float32)
     key = jax.random.key(0)
-    f = jax.jit(lambda x, y: tsw_sl.sliced_wasserstein(x, y, key, 16, p=2))
+    f = jax.jit(lambda x, y: tsw_sl.sliced_wasserstein(x, y, key=key, n_projections=16, p=2))
     loop = np.array([f(xs[i], ys[i]) for i in range(3)])
     np.testing.assert_allclose(jax.vmap(f)(xs, ys), loop, rtol=1e-5)
-    np.testing.assert_allclose(tsw_sl.sliced_wasserstein(xs, ys, key, 16), loop, rtol=1e-5)
+    np.testing.assert_allclose(tsw_sl.sliced_wasserstein(xs, ys, key=key, n_projections=16), loop, rtol=1e-5)
     # finite gradients at zero distance (sqrt at 0) and with ties
-    g = jax.jit(jax.grad(lambda x, y: tsw_sl.sliced_wasserstein(x, y, key, 16, p=2)))(xs[0], xs[0])
+    g = jax.jit(jax.grad(f))(xs[0], xs[0])
     assert np.all(np.isfinite(g)) and np.all(g == 0)
     b = jnp.full(5, 0.2)
-    g = jax.grad(lambda x: tsw_sl.sliced_wasserstein(x, xs[0, :5], key, 16, b=b, p=2))(xs[0])
+    g = jax.grad(lambda x: tsw_sl.sliced_wasserstein(x, xs[0, :5], b=b, key=key, n_projections=16, p=2))(xs[0])
     assert np.all(np.isfinite(g)) and np.any(g != 0)
 
 
@@ -72,11 +72,11 @@ def test_max_sliced_reaches_the_brute_force_maximum():
     x = rng.normal(size=(60, 2)) * np.array([1.0, 0.5])
     y = rng.normal(size=(50, 2)) * np.array([0.5, 1.0]) + np.array([0.8, 0.6])
     key = jax.random.key(1)
-    got = float(tsw_sl.max_sliced_wasserstein(x, y, key, n_steps=150, lr=0.05, p=2))
+    got = float(tsw_sl.max_sliced_wasserstein(x, y, key=key, n_steps=150, lr=0.05, p=2))
     assert got == pytest.approx(_brute_max_2d(x, y, 2), rel=5e-3)
-    assert got > float(tsw_sl.sliced_wasserstein(x, y, key, 200, p=2)) * 1.05
+    assert got > float(tsw_sl.sliced_wasserstein(x, y, key=key, n_projections=200, p=2)) * 1.05
     # Max-TSW-SL with one line and uniform splitting is Max-SW1
-    got = float(tsw_sl.max_tsw_sl(x, y, key, n_trees=1, n_lines=1, n_steps=150, lr=0.05))
+    got = float(tsw_sl.max_tsw_sl(x, y, key=key, n_trees=1, n_lines=1, n_steps=150, lr=0.05))
     assert got == pytest.approx(_brute_max_2d(x, y, 1), rel=5e-3)
 
 
@@ -85,25 +85,26 @@ def test_max_tsw_sl_improves_on_its_initial_trees_and_is_differentiable():
     x = jnp.asarray(rng.normal(size=(30, 3)), jnp.float32)
     y = jnp.asarray(rng.normal(size=(20, 3)) * 0.5 + 0.5, jnp.float32)
     key = jax.random.key(4)
-    opts = dict(kind="chain", splitting="distance", root_std=0.3)   # roots, t and directions all move
-    start = tsw_sl.tsw_sl(x, y, key, 2, 3, **opts)
-    best, g = jax.value_and_grad(lambda x: tsw_sl.max_tsw_sl(x, y, key, 2, 3, n_steps=30, **opts))(x)
+    # roots, t and directions all move
+    opts = dict(key=key, n_trees=2, n_lines=3, kind="chain", splitting="distance", root_std=0.3)
+    start = tsw_sl.tsw_sl(x, y, **opts)
+    best, g = jax.value_and_grad(lambda x: tsw_sl.max_tsw_sl(x, y, n_steps=30, **opts))(x)
     assert best > start * 1.02
     assert np.all(np.isfinite(g)) and np.any(g != 0)
-    g = jax.jit(jax.grad(lambda x: tsw_sl.max_sliced_wasserstein(x, y, key, n_steps=5)))(x)
+    g = jax.jit(jax.grad(lambda x: tsw_sl.max_sliced_wasserstein(x, y, key=key, n_steps=5)))(x)
     assert np.all(np.isfinite(g)) and np.any(g != 0)
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda x, y: tsw_sl.sliced_wasserstein(x, y), r"needs a key"),
     (lambda x, y: tsw_sl.sliced_wasserstein(x, y, projections=np.ones((5, 2))),
      r"projections must have shape \[P, 3\]"),
-    (lambda x, y: tsw_sl.sliced_wasserstein(x, y[:, :2], jax.random.key(0)), r"same dimension d"),
-    (lambda x, y: tsw_sl.sliced_wasserstein(x, y, jax.random.key(0), a=np.ones(4)), r"a must sum to 1"),
-    (lambda x, y: tsw_sl.sliced_wasserstein(x, y, jax.random.key(0), p=0), r"p must be"),
-    (lambda x, y: tsw_sl.max_sliced_wasserstein(x, y, jax.random.key(0), n_steps=-1), r"n_steps must be"),
-    (lambda x, y: tsw_sl.max_tsw_sl(x[None], y[None], jax.random.key(0)), r"takes one pair"),
-    (lambda x, y: tsw_sl.sliced_wasserstein(x, y, jax.random.key(0), sort_method="gpu"), r"sort_method must be"),
+    (lambda x, y: tsw_sl.sliced_wasserstein(x, y[:, :2], key=jax.random.key(0)), r"same dimension d"),
+    (lambda x, y: tsw_sl.sliced_wasserstein(x, y, np.ones(4), key=jax.random.key(0)), r"a must sum to 1"),
+    (lambda x, y: tsw_sl.sliced_wasserstein(x, y, key=jax.random.key(0), p=0), r"p must be"),
+    (lambda x, y: tsw_sl.sliced_wasserstein(x, y, key=jax.random.key(0), return_costs=None), r"return_costs must"),
+    (lambda x, y: tsw_sl.max_sliced_wasserstein(x, y, key=jax.random.key(0), n_steps=-1), r"n_steps must be"),
+    (lambda x, y: tsw_sl.max_tsw_sl(x[None], y[None], key=jax.random.key(0)), r"takes one pair"),
+    (lambda x, y: tsw_sl.sliced_wasserstein(x, y, key=jax.random.key(0), sort_method="gpu"), r"sort_method must be"),
 ])
 def test_sliced_bad_inputs_raise(call, match):
     x, y = np.zeros((4, 3)), np.ones((5, 3))
