@@ -77,12 +77,16 @@ def brute_tree_cost(x, y, a, b, sources, directions, kind, alpha, p):
     return sum(length[v] * abs(subtree[v]) ** p for v in order[1:])
 
 
-def brute_distance(x, y, a, b, trees, alpha_fn, p, delta=1.0):
+def brute_costs(x, y, a, b, trees, alpha_fn, p, delta=1.0):
+    """Per-tree costs [L] on explicitly built trees."""
     src, th = np.asarray(trees.sources), np.asarray(trees.directions)
     z = np.vstack([x, y])
-    costs = [brute_tree_cost(x, y, a, b, src[l], th[l], trees.kind, alpha_fn(z, src[l], th[l], delta), p)
-             for l in range(src.shape[0])]
-    return np.mean(costs) ** (1.0 / p)
+    return np.array([brute_tree_cost(x, y, a, b, src[l], th[l], trees.kind, alpha_fn(z, src[l], th[l], delta), p)
+                     for l in range(src.shape[0])])
+
+
+def brute_distance(x, y, a, b, trees, alpha_fn, p, delta=1.0):
+    return np.mean(brute_costs(x, y, a, b, trees, alpha_fn, p, delta)) ** (1.0 / p)
 
 
 def random_measures(seed, n=7, m=5, d=3, shift=0.5):
@@ -107,6 +111,61 @@ def test_closed_form_matches_brute_force_tree(kind, splitting, p):
         want = brute_distance(x, y, a, b, trees, alpha_fn, p, delta=1.5)
         assert got.dtype == jnp.float64
         np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind, splitting, p, weighted", [
+    ("chain", "distance", 2, True), ("concurrent", "distance", 1, True), ("chain", "uniform", 2, True),
+    ("chain", "uniform", 1, False),                       # the two-sort path of default weights with n == m
+])
+def test_return_costs_are_the_brute_force_tree_costs(kind, splitting, p, weighted):
+    with jax.enable_x64(True):
+        x, y, a, b = random_measures(seed=31, n=6, m=6)
+        u = np.full(6, 1 / 6)
+        a, b = (a, b) if weighted else (None, None)
+        trees = tsw_sl.sample_trees(jax.random.key(2), 3, 4, 3, kind, root_std=0.7, dtype=jnp.float64)
+        dist, costs = tsw_sl.tree_wasserstein(x, y, a, b, trees=trees, splitting=splitting, delta=1.5, p=p,
+                                              return_costs=True)
+        alpha_fn = uniform_alpha if splitting == "uniform" else distance_alpha
+        want = brute_costs(x, y, u if a is None else a, u if b is None else b, trees, alpha_fn, p, delta=1.5)
+        assert dist.shape == () and costs.shape == (3,)
+        np.testing.assert_allclose(costs, want, rtol=1e-10)
+        np.testing.assert_allclose(dist, np.mean(costs) ** (1 / p), rtol=1e-15)
+        plain = tsw_sl.tree_wasserstein(x, y, a, b, trees=trees, splitting=splitting, delta=1.5, p=p)
+        np.testing.assert_allclose(dist, plain, rtol=1e-14)
+
+
+def test_return_costs_batched_sampled_and_under_jit():
+    rng = np.random.default_rng(2)
+    xs = jnp.asarray(rng.normal(size=(2, 6, 2)), jnp.float32)
+    ys = jnp.asarray(rng.normal(size=(2, 5, 2)) + 1, jnp.float32)
+    key = jax.random.key(0)
+    trees = tsw_sl.sample_trees(key, 4, 3, 2, "chain")
+    dist, costs = jax.jit(lambda x, y: tsw_sl.tree_wasserstein(x, y, trees=trees, splitting="distance", p=2,
+                                                               return_costs=True))(xs, ys)
+    assert dist.shape == (2,) and costs.shape == (2, 4)
+    np.testing.assert_allclose(dist, jnp.sqrt(jnp.mean(costs, -1)), rtol=1e-6)
+    dist, costs = tsw_sl.tsw_sl(xs, ys, key=key, n_trees=4, n_lines=3, return_costs=True)
+    assert costs.shape == (2, 4)
+    np.testing.assert_allclose(dist, tsw_sl.tree_wasserstein(xs, ys, trees=trees), rtol=1e-6)
+    np.testing.assert_allclose(dist, jnp.mean(costs, -1), rtol=1e-6)
+    dist, costs = tsw_sl.db_tsw(xs[0], ys[0], key=key, n_trees=5, n_lines=2, p=2, return_costs=True)
+    assert dist.shape == () and costs.shape == (5,)
+    np.testing.assert_allclose(dist, tsw_sl.db_tsw(xs[0], ys[0], key=key, n_trees=5, n_lines=2, p=2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x, y, t, k: tsw_sl.tree_wasserstein(x, y, t),                            # trees by position
+    lambda x, y, t, k: tsw_sl.tree_wasserstein(x, y, None, None, "uniform", trees=t),
+    lambda x, y, t, k: tsw_sl.tsw_sl(x, y, k, 4, 3),                                 # the old order
+    lambda x, y, t, k: tsw_sl.tsw_sl(x, y, k, n_trees=4, n_lines=3),
+    lambda x, y, t, k: tsw_sl.tsw_sl(x, y, n_trees=4, n_lines=3),                    # no key
+    lambda x, y, t, k: tsw_sl.db_tsw(x, y, k, n_trees=4, n_lines=3),
+    lambda x, y, t, k: tsw_sl.db_tsw(x, y, None, None, 1.0, key=k, n_trees=4, n_lines=3),  # delta by position
+])
+def test_key_trees_and_options_are_keyword_only(call):
+    x, y, a, b, trees = _good()
+    with pytest.raises(TypeError):
+        call(x, y, trees, jax.random.key(0))
 
 
 def _sort_lengths(fn, *args):

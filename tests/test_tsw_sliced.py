@@ -1,4 +1,6 @@
 """tsw_sl.sliced_wasserstein against POT and scipy; max-sliced variants against brute-force maxima."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,6 +30,65 @@ def test_sliced_matches_pot_with_shared_projections(n, m, weighted, p):
         got = tsw_sl.sliced_wasserstein(x, y, a, b, p=p, projections=theta)
         want = ot.sliced_wasserstein_distance(x, y, a, b, projections=theta.T, p=p)
         np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_call_in_pots_order_gives_pots_number(weighted):
+    """POT: sliced_wasserstein_distance(X_s, X_t, a, b, n_projections, p, projections=[d, P]); here the same
+    leading (x, y, a, b) and the rest by keyword, with the directions as rows [P, d], or drawn from `key`."""
+    with jax.enable_x64(True):
+        x, y, a, b = measures(4, 12, 9, 3, weighted)
+        key = jax.random.key(2)
+        theta = np.asarray(tsw_sl.random_directions(key, (25,), 3, jnp.float64))
+        want = ot.sliced_wasserstein_distance(x, y, a, b, 25, 2, projections=theta.T)
+        np.testing.assert_allclose(tsw_sl.sliced_wasserstein(x, y, a, b, p=2, projections=theta), want, rtol=1e-12)
+        np.testing.assert_allclose(tsw_sl.sliced_wasserstein(x, y, a, b, key=key, n_projections=25, p=2), want,
+                                   rtol=1e-12)
+
+
+@pytest.mark.parametrize("n, m, weighted", [(8, 8, False), (8, 8, True), (9, 6, False)])
+def test_sliced_return_costs_are_pots_projected_costs(n, m, weighted):
+    with jax.enable_x64(True):
+        x, y, a, b = measures(n + m, n, m, 3, weighted)
+        theta = np.asarray(tsw_sl.random_directions(jax.random.key(0), (7,), 3, jnp.float64))
+        dist, costs = tsw_sl.sliced_wasserstein(x, y, a, b, p=2, projections=theta, return_costs=True)
+        assert dist.shape == () and costs.shape == (7,)
+        _, log = ot.sliced_wasserstein_distance(x, y, a, b, projections=theta.T, p=2, log=True)
+        np.testing.assert_allclose(costs, log["projected_emds"], rtol=1e-12)       # W_2^2 per direction
+        np.testing.assert_allclose(dist, np.mean(costs) ** 0.5, rtol=1e-15)
+        np.testing.assert_allclose(dist, tsw_sl.sliced_wasserstein(x, y, a, b, p=2, projections=theta), rtol=1e-14)
+
+
+def test_sliced_return_costs_batched_and_under_jit():
+    rng = np.random.default_rng(1)
+    xs = jnp.asarray(rng.normal(size=(3, 8, 2)), jnp.float32)
+    ys = jnp.asarray(rng.normal(size=(3, 8, 2)) + 1, jnp.float32)
+    key = jax.random.key(0)
+
+    @functools.partial(jax.jit, static_argnames="return_costs")
+    def f(x, y, return_costs):
+        return tsw_sl.sliced_wasserstein(x, y, key=key, n_projections=16, p=2, return_costs=return_costs)
+
+    dist, costs = f(xs, ys, return_costs=True)
+    assert dist.shape == (3,) and costs.shape == (3, 16)
+    np.testing.assert_allclose(dist, f(xs, ys, return_costs=False), rtol=1e-6)
+    np.testing.assert_allclose(dist, jnp.sqrt(jnp.mean(costs, -1)), rtol=1e-6)
+
+
+def test_max_sliced_return_costs():
+    x, y, a, b = measures(5, 20, 15, 2, True)
+    key = jax.random.key(1)
+    dist, costs = tsw_sl.max_sliced_wasserstein(x, y, a, b, key=key, n_steps=10, n_projections=3, return_costs=True)
+    assert costs.shape == (3,) and np.all(costs >= 0)
+    np.testing.assert_allclose(dist, jnp.sqrt(jnp.mean(costs)), rtol=1e-6)
+    np.testing.assert_allclose(dist, tsw_sl.max_sliced_wasserstein(x, y, a, b, key=key, n_steps=10, n_projections=3),
+                               rtol=1e-6)
+    dist, costs = tsw_sl.max_tsw_sl(x, y, a, b, key=key, n_trees=2, n_lines=3, n_steps=5, splitting="distance",
+                                    return_costs=True)
+    assert costs.shape == (2,)
+    np.testing.assert_allclose(dist, jnp.mean(costs), rtol=1e-6)                # p = 1: the mean itself
+    np.testing.assert_allclose(dist, tsw_sl.max_tsw_sl(x, y, a, b, key=key, n_trees=2, n_lines=3, n_steps=5,
+                                                       splitting="distance"), rtol=1e-6)
 
 
 def test_sliced_float32_matches_pot_and_scipy():
@@ -93,6 +154,23 @@ def test_max_tsw_sl_improves_on_its_initial_trees_and_is_differentiable():
     assert np.all(np.isfinite(g)) and np.any(g != 0)
     g = jax.jit(jax.grad(lambda x: tsw_sl.max_sliced_wasserstein(x, y, key=key, n_steps=5)))(x)
     assert np.all(np.isfinite(g)) and np.any(g != 0)
+
+
+KEY = jax.random.key(0)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x, y: tsw_sl.sliced_wasserstein(x, y, KEY),                  # a key where the weight a goes
+    lambda x, y: tsw_sl.sliced_wasserstein(x, y, None, None, 50),       # n_projections by position
+    lambda x, y: tsw_sl.sliced_wasserstein(x, y),                       # neither key nor projections
+    lambda x, y: tsw_sl.max_sliced_wasserstein(x, y, KEY),
+    lambda x, y: tsw_sl.max_sliced_wasserstein(x, y),
+    lambda x, y: tsw_sl.max_tsw_sl(x, y, KEY, n_trees=1),
+])
+def test_key_and_options_are_keyword_only(call):
+    x, y = np.zeros((4, 3)), np.ones((5, 3))
+    with pytest.raises(TypeError):
+        call(x, y)
 
 
 @pytest.mark.parametrize("call, match", [
