@@ -72,17 +72,20 @@ def jax_methods(n_dirs, n, d):
     key = jax.random.key(0)
     n_trees = n_dirs // K_LINES
     methods = {
-        "tsw_chain": lambda x, y: tsw_sl.tsw_sl(x, y, key, n_trees, K_LINES, kind="chain"),
-        "tsw_chain_weighted": lambda x, y: tsw_sl.tsw_sl(x, y, key, n_trees, K_LINES, *_uniform(x, y), kind="chain"),
-        "db_tsw": lambda x, y: tsw_sl.db_tsw(x, y, key, n_trees, K_LINES),
-        "sw_ours": lambda x, y: tsw_sl.sliced_wasserstein(x, y, key, n_dirs, p=2),
-        "sw_ours_weighted": lambda x, y: tsw_sl.sliced_wasserstein(x, y, key, n_dirs, *_uniform(x, y), p=2),
+        "tsw_chain": lambda x, y: tsw_sl.tsw_sl(x, y, key=key, n_trees=n_trees, n_lines=K_LINES, kind="chain"),
+        "tsw_chain_weighted": lambda x, y: tsw_sl.tsw_sl(x, y, *_uniform(x, y), key=key, n_trees=n_trees,
+                                                         n_lines=K_LINES, kind="chain"),
+        "db_tsw": lambda x, y: tsw_sl.db_tsw(x, y, key=key, n_trees=n_trees, n_lines=K_LINES),
+        "sw_ours": lambda x, y: tsw_sl.sliced_wasserstein(x, y, key=key, n_projections=n_dirs, p=2),
+        "sw_ours_weighted": lambda x, y: tsw_sl.sliced_wasserstein(x, y, *_uniform(x, y), key=key,
+                                                                   n_projections=n_dirs, p=2),
     }
     if n_dirs == 100 and d == 2 and n <= 10_000:
-        methods["tsw_chain_distance"] = lambda x, y: tsw_sl.tsw_sl(x, y, key, n_trees, K_LINES, kind="chain",
-                                                                   splitting="distance", root_mean=jnp.mean(y, 0))
-        methods["tsw_chain_xla_sort"] = lambda x, y: tsw_sl.tsw_sl(x, y, key, n_trees, K_LINES, kind="chain",
-                                                                   sort_method="xla")
+        methods["tsw_chain_distance"] = lambda x, y: tsw_sl.tsw_sl(x, y, key=key, n_trees=n_trees, n_lines=K_LINES,
+                                                                   kind="chain", splitting="distance",
+                                                                   root_mean=jnp.mean(y, 0))
+        methods["tsw_chain_xla_sort"] = lambda x, y: tsw_sl.tsw_sl(x, y, key=key, n_trees=n_trees, n_lines=K_LINES,
+                                                                   kind="chain", sort_method="xla")
     if ott_sliced is not None and n <= 10_000:  # at n = 1e5 one OTT call ran for minutes: left out
         methods["sw_ott"] = lambda x, y: ott_sliced.sliced_wasserstein(x, y, n_proj=n_dirs, rng=key)[0]
     return methods

@@ -77,12 +77,16 @@ def brute_tree_cost(x, y, a, b, sources, directions, kind, alpha, p):
     return sum(length[v] * abs(subtree[v]) ** p for v in order[1:])
 
 
-def brute_distance(x, y, a, b, trees, alpha_fn, p, delta=1.0):
+def brute_costs(x, y, a, b, trees, alpha_fn, p, delta=1.0):
+    """Per-tree costs [L] on explicitly built trees."""
     src, th = np.asarray(trees.sources), np.asarray(trees.directions)
     z = np.vstack([x, y])
-    costs = [brute_tree_cost(x, y, a, b, src[l], th[l], trees.kind, alpha_fn(z, src[l], th[l], delta), p)
-             for l in range(src.shape[0])]
-    return np.mean(costs) ** (1.0 / p)
+    return np.array([brute_tree_cost(x, y, a, b, src[l], th[l], trees.kind, alpha_fn(z, src[l], th[l], delta), p)
+                     for l in range(src.shape[0])])
+
+
+def brute_distance(x, y, a, b, trees, alpha_fn, p, delta=1.0):
+    return np.mean(brute_costs(x, y, a, b, trees, alpha_fn, p, delta)) ** (1.0 / p)
 
 
 def random_measures(seed, n=7, m=5, d=3, shift=0.5):
@@ -102,11 +106,66 @@ def test_closed_form_matches_brute_force_tree(kind, splitting, p):
     with jax.enable_x64(True):
         x, y, a, b = random_measures(seed=hash((kind, splitting, p)) % 1000)
         trees = tsw_sl.sample_trees(jax.random.key(3), 3, 4, 3, kind, root_std=0.7, dtype=jnp.float64)
-        got = tsw_sl.tree_wasserstein(x, y, trees, a, b, splitting=splitting, delta=1.5, p=p)
+        got = tsw_sl.tree_wasserstein(x, y, a, b, trees=trees, splitting=splitting, delta=1.5, p=p)
         alpha_fn = uniform_alpha if splitting == "uniform" else distance_alpha
         want = brute_distance(x, y, a, b, trees, alpha_fn, p, delta=1.5)
         assert got.dtype == jnp.float64
         np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind, splitting, p, weighted", [
+    ("chain", "distance", 2, True), ("concurrent", "distance", 1, True), ("chain", "uniform", 2, True),
+    ("chain", "uniform", 1, False),                       # the two-sort path of default weights with n == m
+])
+def test_return_costs_are_the_brute_force_tree_costs(kind, splitting, p, weighted):
+    with jax.enable_x64(True):
+        x, y, a, b = random_measures(seed=31, n=6, m=6)
+        u = np.full(6, 1 / 6)
+        a, b = (a, b) if weighted else (None, None)
+        trees = tsw_sl.sample_trees(jax.random.key(2), 3, 4, 3, kind, root_std=0.7, dtype=jnp.float64)
+        dist, costs = tsw_sl.tree_wasserstein(x, y, a, b, trees=trees, splitting=splitting, delta=1.5, p=p,
+                                              return_costs=True)
+        alpha_fn = uniform_alpha if splitting == "uniform" else distance_alpha
+        want = brute_costs(x, y, u if a is None else a, u if b is None else b, trees, alpha_fn, p, delta=1.5)
+        assert dist.shape == () and costs.shape == (3,)
+        np.testing.assert_allclose(costs, want, rtol=1e-10)
+        np.testing.assert_allclose(dist, np.mean(costs) ** (1 / p), rtol=1e-15)
+        plain = tsw_sl.tree_wasserstein(x, y, a, b, trees=trees, splitting=splitting, delta=1.5, p=p)
+        np.testing.assert_allclose(dist, plain, rtol=1e-14)
+
+
+def test_return_costs_batched_sampled_and_under_jit():
+    rng = np.random.default_rng(2)
+    xs = jnp.asarray(rng.normal(size=(2, 6, 2)), jnp.float32)
+    ys = jnp.asarray(rng.normal(size=(2, 5, 2)) + 1, jnp.float32)
+    key = jax.random.key(0)
+    trees = tsw_sl.sample_trees(key, 4, 3, 2, "chain")
+    dist, costs = jax.jit(lambda x, y: tsw_sl.tree_wasserstein(x, y, trees=trees, splitting="distance", p=2,
+                                                               return_costs=True))(xs, ys)
+    assert dist.shape == (2,) and costs.shape == (2, 4)
+    np.testing.assert_allclose(dist, jnp.sqrt(jnp.mean(costs, -1)), rtol=1e-6)
+    dist, costs = tsw_sl.tsw_sl(xs, ys, key=key, n_trees=4, n_lines=3, return_costs=True)
+    assert costs.shape == (2, 4)
+    np.testing.assert_allclose(dist, tsw_sl.tree_wasserstein(xs, ys, trees=trees), rtol=1e-6)
+    np.testing.assert_allclose(dist, jnp.mean(costs, -1), rtol=1e-6)
+    dist, costs = tsw_sl.db_tsw(xs[0], ys[0], key=key, n_trees=5, n_lines=2, p=2, return_costs=True)
+    assert dist.shape == () and costs.shape == (5,)
+    np.testing.assert_allclose(dist, tsw_sl.db_tsw(xs[0], ys[0], key=key, n_trees=5, n_lines=2, p=2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x, y, t, k: tsw_sl.tree_wasserstein(x, y, t),                            # trees by position
+    lambda x, y, t, k: tsw_sl.tree_wasserstein(x, y, None, None, "uniform", trees=t),
+    lambda x, y, t, k: tsw_sl.tsw_sl(x, y, k, 4, 3),                                 # the old order
+    lambda x, y, t, k: tsw_sl.tsw_sl(x, y, k, n_trees=4, n_lines=3),
+    lambda x, y, t, k: tsw_sl.tsw_sl(x, y, n_trees=4, n_lines=3),                    # no key
+    lambda x, y, t, k: tsw_sl.db_tsw(x, y, k, n_trees=4, n_lines=3),
+    lambda x, y, t, k: tsw_sl.db_tsw(x, y, None, None, 1.0, key=k, n_trees=4, n_lines=3),  # delta by position
+])
+def test_key_trees_and_options_are_keyword_only(call):
+    x, y, a, b, trees = _good()
+    with pytest.raises(TypeError):
+        call(x, y, trees, jax.random.key(0))
 
 
 def _sort_lengths(fn, *args):
@@ -135,8 +194,8 @@ def test_default_uniform_weights_match_brute_force_tree(kind, p):
         x, y, _, _ = random_measures(seed=21 + p, n=8, m=8)
         u = np.full(8, 1 / 8)
         trees = tsw_sl.sample_trees(jax.random.key(5), 3, 4, 3, kind, root_std=0.7, dtype=jnp.float64)
-        value = lambda x, y: tsw_sl.tree_wasserstein(x, y, trees, p=p, sort_method="xla")
-        explicit = lambda x, y: tsw_sl.tree_wasserstein(x, y, trees, u, u, p=p, sort_method="xla")
+        value = lambda x, y: tsw_sl.tree_wasserstein(x, y, trees=trees, p=p, sort_method="xla")
+        explicit = lambda x, y: tsw_sl.tree_wasserstein(x, y, u, u, trees=trees, p=p, sort_method="xla")
         np.testing.assert_allclose(value(x, y), brute_distance(x, y, u, u, trees, uniform_alpha, p), rtol=1e-10)
         for g_default, g_explicit in zip(jax.grad(value, (0, 1))(x, y), jax.grad(explicit, (0, 1))(x, y)):
             np.testing.assert_allclose(g_default, g_explicit, rtol=1e-9, atol=1e-12)
@@ -150,7 +209,8 @@ def test_learned_splitting_matches_brute_force_tree():
         trees = tsw_sl.sample_trees(jax.random.key(4), 2, 3, 3, "chain", dtype=jnp.float64)
         split = tsw_sl.LearnedSplitting(3, 3, hidden=(16,), rngs=nnx.Rngs(0))
         graphdef, params = nnx.split(split)
-        value = lambda params: tsw_sl.tree_wasserstein(x, y, trees, a, b, splitting=nnx.merge(graphdef, params))
+        value = lambda params: tsw_sl.tree_wasserstein(x, y, a, b, trees=trees,
+                                                       splitting=nnx.merge(graphdef, params))
         got, grads = jax.jit(jax.value_and_grad(value))(params)
         table = np.asarray(split(jnp.asarray(np.vstack([x, y])))[0]).T      # [N, k]
         want = brute_distance(x, y, a, b, trees, lambda z, s, t, dl: table, 1)
@@ -168,7 +228,7 @@ def test_one_line_is_w1_of_projections(kind):
         th = np.asarray(trees.directions[0, 0])
         want = scipy.stats.wasserstein_distance(x @ th, y @ th, a, b)
         for splitting in ("uniform", "distance"):
-            got = tsw_sl.tree_wasserstein(x, y, trees, a, b, splitting=splitting)
+            got = tsw_sl.tree_wasserstein(x, y, a, b, trees=trees, splitting=splitting)
             np.testing.assert_allclose(got, want, rtol=1e-10)
 
 
@@ -178,15 +238,15 @@ def test_uniform_splitting_is_weighted_sw1_over_all_directions():
         chain = tsw_sl.sample_trees(jax.random.key(2), 4, 3, 5, "chain", dtype=jnp.float64)
         theta = np.asarray(chain.directions).reshape(-1, 5)                  # the k L directions
         want = np.mean([scipy.stats.wasserstein_distance(x @ t, y @ t, a, b) for t in theta])
-        got = tsw_sl.tree_wasserstein(x, y, chain, a, b)
+        got = tsw_sl.tree_wasserstein(x, y, a, b, trees=chain)
         np.testing.assert_allclose(got, want, rtol=1e-10)
         pot = ot.sliced_wasserstein_distance(x, y, a, b, projections=theta.T, p=1)
         np.testing.assert_allclose(got, pot, rtol=1e-10)
         # sources and kind drop out: same directions, other sources, concurrent kind
         other = tsw_sl.TreeSystem(chain.sources * 0 + 3.0, chain.directions, "concurrent")
-        np.testing.assert_allclose(tsw_sl.tree_wasserstein(x, y, other, a, b), want, rtol=1e-10)
+        np.testing.assert_allclose(tsw_sl.tree_wasserstein(x, y, a, b, trees=other), want, rtol=1e-10)
         # ... but not with the distance splitting, where the tree matters
-        d_chain = tsw_sl.tree_wasserstein(x, y, chain, a, b, splitting="distance")
+        d_chain = tsw_sl.tree_wasserstein(x, y, a, b, trees=chain, splitting="distance")
         assert abs(float(d_chain) - want) > 1e-3
 
 
@@ -194,7 +254,8 @@ def test_uniform_splitting_is_weighted_sw1_over_all_directions():
 def test_metric_properties_on_fixed_trees(kind):
     with jax.enable_x64(True):
         trees = tsw_sl.sample_trees(jax.random.key(7), 3, 4, 2, kind, root_std=0.5, dtype=jnp.float64)
-        dist = lambda u, v: float(tsw_sl.tree_wasserstein(u[0], v[0], trees, u[1], v[1], splitting="distance"))
+        dist = lambda u, v: float(tsw_sl.tree_wasserstein(u[0], v[0], u[1], v[1], trees=trees,
+                                                          splitting="distance"))
         rng = np.random.default_rng(0)
         for trial in range(3):
             ms = []
@@ -226,8 +287,8 @@ def test_distance_splitting_is_invariant_under_rigid_motions(kind):
         q, v = random_rigid_motion(1, 4)
         moved = tsw_sl.TreeSystem(np.asarray(trees.sources) @ q.T + v, np.asarray(trees.directions) @ q.T, kind)
         for p in (1, 2):
-            before = tsw_sl.tree_wasserstein(x, y, trees, a, b, splitting="distance", delta=2.0, p=p)
-            after = tsw_sl.tree_wasserstein(x @ q.T + v, y @ q.T + v, moved, a, b, splitting="distance",
+            before = tsw_sl.tree_wasserstein(x, y, a, b, trees=trees, splitting="distance", delta=2.0, p=p)
+            after = tsw_sl.tree_wasserstein(x @ q.T + v, y @ q.T + v, a, b, trees=moved, splitting="distance",
                                             delta=2.0, p=p)
             np.testing.assert_allclose(after, before, rtol=1e-10)
 
@@ -238,10 +299,11 @@ def test_db_tsw_is_concurrent_distance_tree_wasserstein_rooted_at_the_mixture_me
         key = jax.random.key(8)
         mean = 0.5 * (a @ x + b @ y)
         trees = tsw_sl.sample_trees(key, 5, 3, 3, "concurrent", root_mean=mean, root_std=0.1, dtype=jnp.float64)
-        want = tsw_sl.tree_wasserstein(x, y, trees, a, b, splitting="distance", delta=3.0)
-        np.testing.assert_allclose(tsw_sl.db_tsw(x, y, key, 5, 3, a, b, delta=3.0), want, rtol=1e-12)
+        want = tsw_sl.tree_wasserstein(x, y, a, b, trees=trees, splitting="distance", delta=3.0)
+        got = tsw_sl.db_tsw(x, y, a, b, key=key, n_trees=5, n_lines=3, delta=3.0)
+        np.testing.assert_allclose(got, want, rtol=1e-12)
         # Db-TSW-orth: orthonormal directions per tree
-        orth = tsw_sl.db_tsw(x, y, key, 5, 3, a, b, orthogonal=True)
+        orth = tsw_sl.db_tsw(x, y, a, b, key=key, n_trees=5, n_lines=3, orthogonal=True)
         assert np.isfinite(orth) and orth > 0
 
 
@@ -249,8 +311,9 @@ def test_tsw_sl_samples_then_computes():
     x, y, a, b = random_measures(seed=3)
     key = jax.random.key(0)
     trees = tsw_sl.sample_trees(key, 4, 3, 3, "chain", t_range=(-0.1, 0.1))
-    want = tsw_sl.tree_wasserstein(x, y, trees, a, b, splitting="distance", p=2)
-    got = tsw_sl.tsw_sl(x, y, key, 4, 3, a, b, splitting="distance", p=2, t_range=(-0.1, 0.1))
+    want = tsw_sl.tree_wasserstein(x, y, a, b, trees=trees, splitting="distance", p=2)
+    got = tsw_sl.tsw_sl(x, y, a, b, key=key, n_trees=4, n_lines=3, splitting="distance", p=2,
+                        t_range=(-0.1, 0.1))
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
@@ -263,12 +326,12 @@ def test_gradients_finite_at_coincident_points_and_sources():
 
     @functools.partial(jax.jit, static_argnames=("splitting", "p"))
     def grad(x, y, trees, splitting, p):
-        return jax.grad(lambda x: tsw_sl.tree_wasserstein(x, y, trees, splitting=splitting, p=p))(x)
+        return jax.grad(lambda x: tsw_sl.tree_wasserstein(x, y, trees=trees, splitting=splitting, p=p))(x)
 
     for y in (x, x[::-1], x.at[2].add(0.5)):               # identical measures, ties, a generic pair
         for trees, splitting, p in ((chain, "distance", 2), (concurrent, "distance", 1), (chain, "uniform", 1)):
             assert np.all(np.isfinite(grad(x, y, trees, splitting, p))), (trees.kind, splitting, p)
-    g = jax.grad(lambda x: tsw_sl.db_tsw(x, x, jax.random.key(1), 3, 2, p=2))(x)
+    g = jax.grad(lambda x: tsw_sl.db_tsw(x, x, key=jax.random.key(1), n_trees=3, n_lines=2, p=2))(x)
     assert np.all(np.isfinite(g))
 
 
@@ -277,7 +340,7 @@ def test_gradient_matches_finite_differences(kind):
     with jax.enable_x64(True):
         x, y, a, b = random_measures(seed=4, n=5, m=4, d=3)
         trees = tsw_sl.sample_trees(jax.random.key(6), 2, 3, 3, kind, root_std=0.5, dtype=jnp.float64)
-        f = lambda x, y, a, b: tsw_sl.tree_wasserstein(x, y, trees, a, b, splitting="distance", p=2,
+        f = lambda x, y, a, b: tsw_sl.tree_wasserstein(x, y, a, b, trees=trees, splitting="distance", p=2,
                                                        normalize_weights=True)
         check_grads(f, (x, y, a, b), order=1, modes=["rev"], eps=1e-6, atol=1e-6, rtol=1e-6)
 
@@ -292,27 +355,30 @@ def test_jit_vmap_and_leading_batch_axes():
     @jax.jit
     @chex.assert_max_traces(n=1)
     def f(x, y, b):
-        return tsw_sl.tree_wasserstein(x, y, trees, b=b, splitting="distance", p=2)
+        return tsw_sl.tree_wasserstein(x, y, b=b, trees=trees, splitting="distance", p=2)
 
     loop = np.array([f(xs[i], ys[i], bs[i]) for i in range(3)])
     np.testing.assert_allclose(jax.vmap(f)(xs, ys, bs), loop, rtol=1e-5)
-    np.testing.assert_allclose(tsw_sl.tree_wasserstein(xs, ys, trees, b=bs, splitting="distance", p=2), loop,
+    np.testing.assert_allclose(tsw_sl.tree_wasserstein(xs, ys, b=bs, trees=trees, splitting="distance", p=2), loop,
                                rtol=1e-5)
     # trees batched alongside the measures
     batched = jax.tree.map(lambda t: jnp.stack([t] * 3), trees)
-    np.testing.assert_allclose(tsw_sl.tree_wasserstein(xs, ys, batched, b=bs, splitting="distance", p=2), loop,
+    np.testing.assert_allclose(tsw_sl.tree_wasserstein(xs, ys, b=bs, trees=batched, splitting="distance", p=2),
+                               loop,
                                rtol=1e-5)
     key = jax.random.key(2)
-    g = jax.jit(jax.vmap(jax.grad(lambda x, y: tsw_sl.tsw_sl(x, y, key, 4, 3, kind="concurrent"))))(xs, ys)
+    tsw = lambda x, y: tsw_sl.tsw_sl(x, y, key=key, n_trees=4, n_lines=3, kind="concurrent")
+    g = jax.jit(jax.vmap(jax.grad(tsw)))(xs, ys)
     assert g.shape == xs.shape and np.all(np.isfinite(g))
-    assert tsw_sl.tree_wasserstein(xs, ys, trees).dtype == jnp.float32
+    assert tsw_sl.tree_wasserstein(xs, ys, trees=trees).dtype == jnp.float32
     # Db-TSW over leading batch axes: one root per pair (at that pair's mean), same key
-    db_loop = np.array([tsw_sl.db_tsw(xs[i], ys[i], key, 4, 2) for i in range(3)])
-    np.testing.assert_allclose(tsw_sl.db_tsw(xs, ys, key, 4, 2), db_loop, rtol=1e-5)
+    db_loop = np.array([tsw_sl.db_tsw(xs[i], ys[i], key=key, n_trees=4, n_lines=2) for i in range(3)])
+    np.testing.assert_allclose(tsw_sl.db_tsw(xs, ys, key=key, n_trees=4, n_lines=2), db_loop, rtol=1e-5)
     # the numpy callback and the XLA sort give the same values and gradients (this test process has 4 devices,
     # where "auto" picks XLA's sort, so the callback is asked for explicitly)
     def value(method):
-        return lambda x: tsw_sl.tree_wasserstein(x, ys, trees, b=bs, splitting="distance", p=2, sort_method=method)
+        return lambda x: tsw_sl.tree_wasserstein(x, ys, b=bs, trees=trees, splitting="distance", p=2,
+                                                 sort_method=method)
 
     np.testing.assert_allclose(value("numpy")(xs), value("xla")(xs), rtol=1e-5)
     np.testing.assert_allclose(jax.grad(lambda x: value("numpy")(x).sum())(xs),
@@ -351,11 +417,11 @@ def test_bad_inputs_raise(change, match):
 
 def test_normalize_weights_option():
     x, y, a, b, trees = _good()
-    want = tsw_sl.tree_wasserstein(x, y, trees, a, b, splitting="distance")
-    got = tsw_sl.tree_wasserstein(x, y, trees, 3 * a, 0.5 * b, splitting="distance", normalize_weights=True)
+    want = tsw_sl.tree_wasserstein(x, y, a, b, trees=trees, splitting="distance")
+    got = tsw_sl.tree_wasserstein(x, y, 3 * a, 0.5 * b, trees=trees, splitting="distance", normalize_weights=True)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     with pytest.raises(ValueError, match="a must have a positive total"):
-        tsw_sl.tree_wasserstein(x, y, trees, 0 * a, b, normalize_weights=True)
+        tsw_sl.tree_wasserstein(x, y, 0 * a, b, trees=trees, normalize_weights=True)
 
 
 def test_training_step_sharded_over_four_devices():
@@ -370,11 +436,11 @@ def test_training_step_sharded_over_four_devices():
     target = jax.random.normal(jax.random.key(0), (64, 2)) + 2.0
 
     def loss_fn(x, batch, key):
-        return tsw_sl.tsw_sl(x, batch, key, n_trees=5, n_lines=3), {}
+        return tsw_sl.tsw_sl(x, batch, key=key, n_trees=5, n_lines=3), {}
 
     start = jax.random.normal(jax.random.key(1), (64, 2))
     program = lambda method: str(jax.make_jaxpr(
-        lambda x: tsw_sl.tsw_sl(x, target, jax.random.key(3), 5, 3, sort_method=method))(start))
+        lambda x: tsw_sl.tsw_sl(x, target, key=jax.random.key(3), n_trees=5, n_lines=3, sort_method=method))(start))
     assert "callback" not in program("auto") and "callback" in program("numpy")
     state, history = training.fit(loss_fn, start, optax.adam(0.05), lambda step: target, key=jax.random.key(2),
                                   num_steps=20, progress=False)

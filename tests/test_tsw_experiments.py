@@ -1,5 +1,10 @@
-"""TSW-SL experiments: gradient flows, targets, colour transfer and the sliced-Wasserstein generator."""
+"""TSW-SL experiments: gradient flows, targets, colour transfer and the sliced-Wasserstein generator (library
+parts in tsw_sl, drivers and reports in benchmarks.tsw_*)."""
+import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -8,11 +13,12 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
+from benchmarks import tsw_colour_transfer, tsw_flows, tsw_generate
+from benchmarks.tsw_report import wasserstein2_squared
 from common.data import DATA_DIR_ENV, load_image
 from tsw_sl import colour_transfer as ct
 from tsw_sl import flows, targets
 from tsw_sl import generate as gen
-from tsw_sl.experiments import flow_report
 
 SHARED_DATA = Path(os.environ.get(DATA_DIR_ENV) or Path(__file__).parents[2] / "shared" / "data")
 
@@ -27,8 +33,26 @@ def test_wasserstein2_squared_matches_assignment():
     x, y = rng.normal(size=(30, 3)), rng.normal(size=(30, 3)) + 1.0
     cost = ((x[:, None] - y[None]) ** 2).sum(-1)
     rows, cols = linear_sum_assignment(cost)
-    assert flows.wasserstein2_squared(x, y) == pytest.approx(cost[rows, cols].mean(), rel=1e-9)
-    assert flows.wasserstein2_squared(x, x) == pytest.approx(0.0, abs=1e-12)
+    assert wasserstein2_squared(x, y) == pytest.approx(cost[rows, cols].mean(), rel=1e-9)
+    assert wasserstein2_squared(x, x) == pytest.approx(0.0, abs=1e-12)
+
+
+LIBRARY_MODULES = ("tsw_sl", "tsw_sl.flows", "tsw_sl.colour_transfer", "tsw_sl.targets")
+REPORT_ONLY = ("matplotlib", "ot", "sklearn", "tqdm")
+
+
+@pytest.mark.parametrize("module", LIBRARY_MODULES)
+def test_library_imports_no_plotting_pot_sklearn_or_tqdm(module):
+    code = f"import sys, json, {module}; print(json.dumps([m for m in {REPORT_ONLY} if m in sys.modules]))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[1])
+    assert json.loads(out.stdout.splitlines()[-1]) == []
+
+
+def test_no_tsw_sl_module_imports_benchmarks():
+    importing = re.compile(r"^\s*(from|import)\s+benchmarks\b", re.MULTILINE)
+    root = Path(__file__).parents[1] / "tsw_sl"
+    assert [p.name for p in root.rglob("*.py") if importing.search(p.read_text())] == []
 
 
 @pytest.mark.parametrize("name", sorted(targets.TARGETS))
@@ -61,7 +85,7 @@ def test_short_flow_reduces_w2_tenfold(method):
     snaps, losses = flows.run_flow(k_flow, source, target, method, 300, 2e-2, 100, settings)
     assert snaps.shape == (4, 50, 2) and losses.shape == (300,)
     np.testing.assert_array_equal(snaps[0], source)
-    start, end = (flows.wasserstein2_squared(s, target) for s in (snaps[0], snaps[-1]))
+    start, end = (wasserstein2_squared(s, target) for s in (snaps[0], snaps[-1]))
     assert end < start / 10, (start, end)
 
 
@@ -69,11 +93,20 @@ def test_flow_report_names_only_the_cells_not_run():
     cell = dict(iterations=[100, 200, 300, 400, 500], w2_mean=[5.0, 4.0, 3.0, 2.0, 1.0], w2_std=[0.1] * 5,
                 s_per_it=0.01)
     config = dict(runs=2, steps=500)
-    partial = flow_report.markdown({"swiss_roll": {"sw": cell, "tsw_sl": cell}}, config)
+    partial = tsw_flows.markdown({"swiss_roll": {"sw": cell, "tsw_sl": cell}}, config)
     assert "Not run yet: swiss_roll/max_sw, swiss_roll/tsw_sl_distance" in partial
     assert "| SW | 5.00e+00 / 4.00e+00" in partial
-    complete = flow_report.markdown({"swiss_roll": dict.fromkeys(flow_report.ALL_METHODS, cell)}, config)
+    complete = tsw_flows.markdown({"swiss_roll": dict.fromkeys(tsw_flows.ALL_METHODS, cell)}, config)
     assert "Not run yet" not in complete
+
+
+def test_flow_driver_writes_its_results(tmp_path):
+    tsw_flows.main(["--out", str(tmp_path), "--targets", "swiss_roll", "--methods", "sw", "tsw_sl", "--runs", "1",
+                    "--steps", "25"])
+    saved = json.loads((tmp_path / "tsw_flows.json").read_text())
+    assert set(saved["results"]["swiss_roll"]) == {"sw", "tsw_sl"}
+    assert len(saved["results"]["swiss_roll"]["sw"]["w2_mean"]) == 26
+    assert (tmp_path / "tsw_flows.md").exists() and (tmp_path / "tsw_flows.png").exists()
 
 
 def test_vmapped_runs_equal_single_runs():
@@ -92,11 +125,11 @@ def test_colour_transfer_moves_palette_to_target(method):
     image = load_image("pot/ocean_day.jpg", as_float=True)[::16, ::16]
     target = load_image("pot/ocean_sunset.jpg", as_float=True)[::16, ::16]
     k_src, k_tgt, k_flow = jax.random.split(jax.random.key(0), 3)
-    source_pal, labels = ct.palette(k_src, image.reshape(-1, 3), 50, n_fit=2000)
-    target_pal, _ = ct.palette(k_tgt, target.reshape(-1, 3), 50, n_fit=2000)
+    source_pal, labels = tsw_colour_transfer.palette(k_src, image.reshape(-1, 3), 50, n_fit=2000)
+    target_pal, _ = tsw_colour_transfer.palette(k_tgt, target.reshape(-1, 3), 50, n_fit=2000)
     assert source_pal.shape == (50, 3) and labels.shape == (image.shape[0] * image.shape[1],)
     snaps = ct.transfer_palette(k_flow, source_pal, target_pal, method, 300, ct.PAPER_STEP[method])
-    start, end = (flows.wasserstein2_squared(s, target_pal) for s in (snaps[0], snaps[-1]))
+    start, end = (wasserstein2_squared(s, target_pal) for s in (snaps[0], snaps[-1]))
     assert end < start / 20, (start, end)
     out = ct.recolour(image, labels, snaps[-1])
     assert out.shape == image.shape and out.min() >= 0.0 and out.max() <= 1.0
@@ -105,25 +138,25 @@ def test_colour_transfer_moves_palette_to_target(method):
 
 def test_frechet_distance_of_gaussians():
     mean, cov = np.array([1.0, 2.0]), np.array([[2.0, 0.5], [0.5, 1.0]])
-    assert gen.frechet_distance((mean, cov), (mean, cov)) == pytest.approx(0.0, abs=1e-9)
+    assert tsw_generate.frechet_distance((mean, cov), (mean, cov)) == pytest.approx(0.0, abs=1e-9)
     # Commuting covariances: ||dm||^2 + sum (sqrt(a) - sqrt(b))^2.
-    value = gen.frechet_distance((np.zeros(2), np.diag([4.0, 1.0])), (np.ones(2), np.diag([1.0, 9.0])))
+    value = tsw_generate.frechet_distance((np.zeros(2), np.diag([4.0, 1.0])), (np.ones(2), np.diag([1.0, 9.0])))
     assert value == pytest.approx(2.0 + 1.0 + 4.0)
 
 
 @pytest.fixture(scope="module")
 def mnist_small():
-    images, labels = gen.load_images("mnist", "test")
+    images, labels = tsw_generate.load_images("mnist", "test")
     return images[:4000], labels[:4000]
 
 
 def test_generator_loss_and_frechet_decrease(mnist_small):
     images, labels = mnist_small
-    clf = gen.train_classifier(jax.random.key(0), images, labels, 150, batch_size=64)
-    ref = gen.gaussian_stats(gen.classifier_features(clf, images[2000:]))
+    clf = tsw_generate.train_classifier(jax.random.key(0), images, labels, 150, batch_size=64)
+    ref = tsw_generate.gaussian_stats(tsw_generate.classifier_features(clf, images[2000:]))
 
     def evaluate(params):
-        return {"cfd": gen.classifier_frechet(clf, ref, gen.samples(params, jax.random.key(5), 1000))}
+        return {"cfd": tsw_generate.classifier_frechet(clf, ref, gen.samples(params, jax.random.key(5), 1000))}
 
     init = evaluate(gen.init_generator(jax.random.key(3)))["cfd"]
     params, history = gen.train_generator(jax.random.key(3), images[:2000], "tsw_sl", 80, batch_size=64,

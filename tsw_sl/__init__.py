@@ -1,6 +1,7 @@
 """Tree-sliced Wasserstein distance on systems of lines (TSW-SL), Db-TSW, and sliced baselines, in JAX.
 
-Public API (spec API.md):
+Public API (docs/api.md); every distance takes the measures in POT / OTT-JAX order,
+`f(x, y, a=None, b=None, *, key=..., ...)`, and `return_costs=True` also returns per-tree / per-direction costs:
   TreeSystem, sample_trees                       tree systems of lines (chain / concurrent)
   tree_wasserstein, tsw_sl, db_tsw               closed-form tree Wasserstein on given / sampled trees
   sliced_wasserstein, max_sliced_wasserstein     sliced baselines

@@ -1,43 +1,27 @@
-"""Colour transfer by a (tree-)sliced gradient flow of a k-means palette (TSW-SL paper, sec. 6.2).
+"""Colour transfer by a (tree-)sliced gradient flow of a palette (TSW-SL paper, sec. 6.2).
 
-The source and target images are reduced to palettes of K colours by k-means (scikit-learn, fitted on a
-random subset of pixels); the source palette follows plain Euler steps x <- x - eta grad_x D(x, target palette)
-(``tsw_sl.flows.run_flow`` with the "sgd" optimiser), and every source pixel takes the moved colour of its
-cluster. Colours are RGB in [0, 1]. Paper settings: K = 1,000, 2,000 steps, step 16 for TSW-SL and 1 for SW,
-TSW-SL with L = 25 trees of k = 4 lines against SW with L = 100 directions (``PAPER_STEP``).
-Run as ``python -m tsw_sl.colour_transfer`` (see ``tsw_sl.experiments.colour_report``).
+The source palette [K, 3] follows plain Euler steps x <- x - eta grad_x D(x, target palette)
+(``tsw_sl.flows.run_flow`` with the "sgd" optimiser), and every source pixel then takes the moved colour of
+its palette entry (``recolour``). Colours are RGB in [0, 1]. Paper settings: palettes of K = 1,000 colours,
+2,000 steps, step 16 for TSW-SL and 1 for SW, TSW-SL with L = 25 trees of k = 4 lines against SW with L = 100
+directions (``PAPER_STEP``). The experiment (k-means palettes of two images, recoloured images, W_2^2 curves)
+is ``python -m benchmarks.tsw_colour_transfer``.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sklearn.cluster import KMeans
+from jax.typing import ArrayLike
 
 from tsw_sl import flows
 
 PAPER_STEP = {"sw": 1.0, "tsw_sl": 16.0}
 
 
-def palette(key, pixels, n_colours, n_fit=20_000):
-    """K-means palette of an image.
-
-    Args:
-      key: PRNG key (pixel subset and k-means initialisation).
-      pixels: [P, 3] colours in [0, 1].
-      n_colours: K; n_fit: number of random pixels the k-means is fitted on (all if P is smaller).
-    Returns:
-      (centres float32 [K, 3], labels int [P]: each pixel's nearest centre).
-    """
-    pixels = np.asarray(pixels, np.float32)
-    k_sub, k_init = jax.random.split(key)
-    subset = np.asarray(jax.random.permutation(k_sub, len(pixels)))[:n_fit]
-    seed = int(jax.random.randint(k_init, (), 0, 2**31 - 1))
-    km = KMeans(n_clusters=n_colours, n_init=1, max_iter=100, random_state=seed).fit(pixels[subset])
-    return km.cluster_centers_.astype(np.float32), km.predict(pixels)
-
-
-def transfer_palette(key, source, target, method, n_steps, step_size, n_snapshots=10, settings=flows.Settings()):
+def transfer_palette(key: jax.Array, source: ArrayLike, target: ArrayLike, method: str, n_steps: int,
+                     step_size: float, n_snapshots: int = 10,
+                     settings: flows.Settings = flows.Settings()) -> jax.Array:
     """Euler flow of the palette `source` [K, 3] towards `target` [K', 3] with METHODS[method].
 
     Returns:
@@ -49,12 +33,9 @@ def transfer_palette(key, source, target, method, n_steps, step_size, n_snapshot
     return snaps
 
 
-def recolour(image, labels, colours):
-    """The image [H, W, 3] with pixel p replaced by colours[labels[p]] (clipped to [0, 1]): [H, W, 3]."""
-    return np.clip(np.asarray(colours)[labels].reshape(image.shape), 0.0, 1.0)
+def recolour(image: ArrayLike, labels: ArrayLike, colours: ArrayLike) -> np.ndarray:
+    """The image [H, W, 3] with pixel p replaced by colours[labels[p]] (clipped to [0, 1]): [H, W, 3].
 
-
-if __name__ == "__main__":
-    from tsw_sl.experiments.colour_report import main
-
-    main()
+    labels: int [H W], each pixel's palette entry (e.g. its nearest k-means centre); colours: [K, 3].
+    """
+    return np.clip(np.asarray(colours)[np.asarray(labels)].reshape(np.shape(image)), 0.0, 1.0)

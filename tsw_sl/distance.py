@@ -5,11 +5,15 @@ alpha_i(z_j) w_j at coordinate s_ij = <z_j - x_i, theta_i>. On a chain, line i's
 point at coordinate c_i = <x_{i+1} - x_i, theta_i>, and act there as one pseudo-point carrying their total
 mass R_i = sum_{i' > i} sum_j alpha_{i'}(z_j) w_j. With that node, the transport cost of line i is
 sum_e len_e |G_e|^p over the segments between sorted coordinates, G_e the signed mass beyond the segment
-seen from the line's source (spec tsw_sl.md sec. 6, written per segment instead of per node). Concurrent
+seen from the line's source (docs/tsw_sl.md §6, written per segment instead of per node). Concurrent
 trees have no pseudo-points (all c_i = 0). Cost O(L k N log N) time and O(L k N) memory.
 
 p = 1 is the paper's W_{d_T, 1}. For p > 1 the value is ((1/L) sum_trees sum_edges w_e |Delta mass|^p)^(1/p),
 the authors' code convention (a Sobolev-transport-like quantity, not W_p on the tree).
+
+Every distance takes the measures in POT / OTT-JAX order, `f(x, y, a=None, b=None, *, ...)`: everything after
+the weights is keyword-only, randomness is the keyword `key`, and `return_costs=True` also returns the per-tree
+costs whose mean is the distance to the power p (docs/api.md).
 """
 from __future__ import annotations
 
@@ -17,13 +21,17 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from tsw_sl import sorting, splitting as splitting_lib, validation
 from tsw_sl.one_dim import abs_pow, projected_costs, root_p
-from tsw_sl.trees import sample_trees
+from tsw_sl.splitting import SplittingMap
+from tsw_sl.trees import TreeSystem, sample_trees
+
+Distance = jax.Array | tuple[jax.Array, jax.Array]  # the distance, or (distance, costs) with return_costs=True
 
 
-def line_costs(coords, mass, p, sort_method="auto"):
+def line_costs(coords: jax.Array, mass: jax.Array, p: float, sort_method: str = "auto") -> jax.Array:
     """Transport cost on rooted lines: coords, mass [..., M] (each line's root at coordinate 0) -> [...].
 
     After sorting, the segment between consecutive nodes s_j <= s_{j+1} carries the mass at or below s_j
@@ -41,14 +49,15 @@ def line_costs(coords, mass, p, sort_method="auto"):
     return jnp.sum(left + right, axis=-1) + ends
 
 
-def tree_costs(x, y, a, b, trees, splitting, delta, p, sort_method="auto", uniform_equal=False):
+def tree_costs(x: jax.Array, y: jax.Array, a: jax.Array, b: jax.Array, trees: TreeSystem, splitting: SplittingMap,
+               delta: ArrayLike, p: float, sort_method: str = "auto", uniform_equal: bool = False) -> jax.Array:
     """Per-tree cost sum_edges w_e |Delta mass|^p for one pair of measures (validated inputs).
 
     x: [n, d], y: [m, d], a: [n], b: [m], trees: sources/directions [L, k, d] -> [L]. `uniform_equal`
     (static): a and b are uniform and n == m.
 
     With the constant "uniform" splitting every line carries mass (sum a - sum b) / k = 0 in total, so the
-    chain's pseudo-points carry none and are left out (spec sec. 7); for p = 1 each line's cost is then
+    chain's pseudo-points carry none and are left out (docs/tsw_sl.md §7); for p = 1 each line's cost is then
     W_1 / k of the projections, which for uniform_equal inputs is the mean |u_(i) - v_(i)| of two sorts of n
     values instead of one sort of n + m + 1.
     """
@@ -71,74 +80,89 @@ def tree_costs(x, y, a, b, trees, splitting, delta, p, sort_method="auto", unifo
     return jnp.sum(line_costs(proj, mass, p, sort_method), axis=-1)
 
 
-def tree_wasserstein(x, y, trees, a=None, b=None, splitting="uniform", delta=1.0, p=1, *,
-                     normalize_weights=False, sort_method="auto"):
+def tree_wasserstein(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b: ArrayLike | None = None, *,
+                     trees: TreeSystem, splitting: SplittingMap = "uniform", delta: ArrayLike = 1.0, p: float = 1,
+                     normalize_weights: bool = False, sort_method: str = "auto",
+                     return_costs: bool = False) -> Distance:
     """Tree Wasserstein distance between mu = sum a_i delta_{x_i} and nu = sum b_j delta_{y_j}, projected
     onto the given tree systems and averaged over trees: ((1/L) sum_l TW_l^p-cost)^(1/p).
 
     Args:
       x: [..., n, d] and y: [..., m, d] supports (n != m allowed).
-      trees: TreeSystem with sources/directions [L, k, d] or [..., L, k, d] (same batch axes as x).
       a: [..., n], b: [..., m] non-negative weights summing to one (default uniform); with
         `normalize_weights=True` any non-negative weights with a positive total are rescaled.
+      trees: TreeSystem with sources/directions [L, k, d] or [..., L, k, d] (same batch axes as x).
       splitting: "uniform" (1/k per line), "distance" (softmax over lines of -delta * distance to the line;
         with concurrent trees this is Db-TSW) or a callable (z [N, d], trees) -> [L or 1, k, N] such as
         `LearnedSplitting`.
       delta: inverse temperature of the "distance" splitting (scalar, may be traced).
       p: static exponent >= 1; p = 1 is the paper's metric, p > 1 the authors' code convention.
       sort_method: "auto" (numpy on CPU, XLA elsewhere), "numpy" or "xla".
+      return_costs: static; also return the per-tree costs.
     Returns:
-      [...] distances (a scalar for unbatched inputs). Deterministic; jit/vmap/grad-safe.
+      [...] distances (a scalar for unbatched inputs); with `return_costs`, (distances, costs [..., L]) where
+      costs[l] = sum_edges w_e |Delta mass|^p on tree l and distance = mean_l(costs)^(1/p).
+      Deterministic; jit/vmap/grad-safe.
     Raises:
       ValueError on mismatched shapes, negative / non-normalised / non-finite weights, non-finite or empty
-      points (value checks only on concrete inputs).
+      points (value checks only on concrete inputs); TypeError when a PRNG key is passed as a weight.
     """
     uniform_equal = validation.uniform_equal(x, y, a, b)
     x, y, a, b = validation.measures(x, y, a, b, normalize_weights)
     validation.trees(trees, x)
     p = validation.power(p)
     validation.splitting(splitting)
+    return_costs = validation.flag("return_costs", return_costs)
     fn = _averaged_jit if isinstance(splitting, str) else _averaged
     return fn(x, y, a, b, trees, delta, splitting=splitting, p=p, sort_method=sort_method,
-              uniform_equal=uniform_equal)
+              uniform_equal=uniform_equal, return_costs=return_costs)
 
 
-def _averaged(x, y, a, b, trees, delta, *, splitting, p, sort_method, uniform_equal):
-    """((1/L) sum_l cost_l)^(1/p) over the leading batch axes of validated inputs."""
+def _averaged(x, y, a, b, trees, delta, *, splitting, p, sort_method, uniform_equal, return_costs):
+    """((1/L) sum_l cost_l)^(1/p) (and the costs [L] when `return_costs`) over the leading batch axes of
+    validated inputs."""
 
     def one(x, y, a, b, trees):
         costs = tree_costs(x, y, a, b, trees, splitting, delta, p, sort_method, uniform_equal)
-        return root_p(jnp.mean(costs), p)
+        distance = root_p(jnp.mean(costs), p)
+        return (distance, costs) if return_costs else distance
 
     n_batch = x.ndim - 2
     in_axes = (0, 0, 0, 0, 0 if trees.sources.ndim > 3 else None)
     return validation.vmap_leading(one, n_batch, in_axes)(x, y, a, b, trees)
 
 
-_averaged_jit = jax.jit(_averaged, static_argnames=("splitting", "p", "sort_method", "uniform_equal"))
+_averaged_jit = jax.jit(_averaged,
+                        static_argnames=("splitting", "p", "sort_method", "uniform_equal", "return_costs"))
 
 
-def tsw_sl(x, y, key, n_trees, n_lines, a=None, b=None, *, kind="chain", splitting="uniform", delta=1.0, p=1,
-           normalize_weights=False, sort_method="auto", **tree_options):
+def tsw_sl(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b: ArrayLike | None = None, *, key: jax.Array,
+           n_trees: int, n_lines: int, kind: str = "chain", splitting: SplittingMap = "uniform",
+           delta: ArrayLike = 1.0, p: float = 1, normalize_weights: bool = False, sort_method: str = "auto",
+           return_costs: bool = False, **tree_options) -> Distance:
     """Monte Carlo TSW-SL: samples L tree systems of k lines (`sample_trees`) and returns `tree_wasserstein`.
 
     Args:
-      x: [..., n, d], y: [..., m, d]; key: PRNG key; n_trees: L; n_lines: k (static ints).
-      a: [..., n], b: [..., m] weights (default uniform).
-      kind, splitting, delta, p, normalize_weights, sort_method: as in `sample_trees` / `tree_wasserstein`.
+      x: [..., n, d], y: [..., m, d]; a: [..., n], b: [..., m] weights (default uniform).
+      key: PRNG key; n_trees: L; n_lines: k (static ints).
+      kind, splitting, delta, p, normalize_weights, sort_method, return_costs: as in `sample_trees` /
+        `tree_wasserstein`.
       tree_options: root_mean, root_std, root_box, t_range, orthogonal (see `sample_trees`).
     Returns:
-      [...] distances; one tree system is shared by the whole batch.
-    Note: with the default uniform splitting TSW-SL equals sliced W1 over the k L directions (spec sec. 7).
+      [...] distances (with `return_costs`, also the per-tree costs [..., L]); one tree system is shared by the
+      whole batch.
+    Note: with the default uniform splitting TSW-SL equals sliced W1 over the k L directions (docs/tsw_sl.md §7).
     """
     x, y = validation.points(x, y)
     trees = sample_trees(key, n_trees, n_lines, x.shape[-1], kind, dtype=x.dtype, **tree_options)
-    return tree_wasserstein(x, y, trees, a, b, splitting, delta, p, normalize_weights=normalize_weights,
-                            sort_method=sort_method)
+    return tree_wasserstein(x, y, a, b, trees=trees, splitting=splitting, delta=delta, p=p,
+                            normalize_weights=normalize_weights, sort_method=sort_method, return_costs=return_costs)
 
 
-def db_tsw(x, y, key, n_trees, n_lines, a=None, b=None, *, delta=1.0, p=1, root_mean=None, root_std=0.1,
-           orthogonal=False, normalize_weights=False, sort_method="auto"):
+def db_tsw(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b: ArrayLike | None = None, *, key: jax.Array,
+           n_trees: int, n_lines: int, delta: ArrayLike = 1.0, p: float = 1, root_mean: ArrayLike | None = None,
+           root_std: float = 0.1, orthogonal: bool = False, normalize_weights: bool = False,
+           sort_method: str = "auto", return_costs: bool = False) -> Distance:
     """Distance-based TSW (Db-TSW): concurrent trees rooted near the data, "distance" splitting.
 
     Roots ~ N(root_mean, root_std^2 I); root_mean defaults to the mean of the mixture (mu + nu) / 2 (no
@@ -146,11 +170,11 @@ def db_tsw(x, y, key, n_trees, n_lines, a=None, b=None, *, delta=1.0, p=1, root_
     mean). Directions: normalised Gaussians, or orthonormal per tree when `orthogonal` (Db-TSW-orth, k <= d).
 
     Args:
-      x: [..., n, d], y: [..., m, d]; key: PRNG key; n_trees: L; n_lines: k; a: [..., n], b: [..., m].
-      delta, p, normalize_weights, sort_method: as in `tree_wasserstein`.
+      x: [..., n, d], y: [..., m, d]; a: [..., n], b: [..., m]; key: PRNG key; n_trees: L; n_lines: k.
+      delta, p, normalize_weights, sort_method, return_costs: as in `tree_wasserstein`.
       root_mean: [d] (or batched [..., d]) root mean; None -> mixture mean.
     Returns:
-      [...] distances.
+      [...] distances (with `return_costs`, also the per-tree costs [..., L]).
     """
     x, y, a, b = validation.measures(x, y, a, b, normalize_weights)
     if root_mean is None:
@@ -161,4 +185,5 @@ def db_tsw(x, y, key, n_trees, n_lines, a=None, b=None, *, delta=1.0, p=1, root_
     sampler = functools.partial(sample_trees, key, n_trees, n_lines, d, "concurrent", root_std=root_std,
                                 orthogonal=orthogonal, dtype=x.dtype)
     trees = validation.vmap_leading(lambda r: sampler(root_mean=r), root_mean.ndim - 1, 0)(root_mean)
-    return tree_wasserstein(x, y, trees, a, b, "distance", delta, p, sort_method=sort_method)
+    return tree_wasserstein(x, y, a, b, trees=trees, splitting="distance", delta=delta, p=p,
+                            sort_method=sort_method, return_costs=return_costs)

@@ -2,13 +2,13 @@
 
 Particles X [n, d] follow Adam on D(X, Y) for a target Y [m, d], D one of the methods of the registry
 ``METHODS`` (name -> loss ``(x, y, key, settings) -> scalar``); the whole flow is one jitted ``lax.scan`` and
-several runs are vmapped (``run_flows``). Progress is measured with the exact W_2^2 of POT (``ot.emd2``).
+several runs are vmapped (``run_flows``).
 
-Paper settings (TSW-SL, spec tsw_sl.md sec. 13): 100 particles from N(0, 0.25^2 I), Adam, 2,500 iterations;
+Paper settings (TSW-SL, docs/tsw_sl.md §13): 100 particles from N(0, 0.25^2 I), Adam, 2,500 iterations;
 SW / Max-SW with L = 100 directions, TSW-SL with L = 25 trees of k = 4 lines (L k = 100); learning rate 5e-3
 for every baseline, 5e-2 for the tree methods in high dimension (``default_lr``); Max-SW and Max-TSW-SL
-optimise their slices with 100 inner Adam steps at lr 1e-4. Run as ``python -m tsw_sl.flows`` (see
-``tsw_sl.experiments.flow_report``).
+optimise their slices with 100 inner Adam steps at lr 1e-4. The experiment (W_2^2 curves of every method on
+every target, beside the paper's numbers) is ``python -m benchmarks.tsw_flows``.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-import ot
+
+from jax.typing import ArrayLike
 
 from tsw_sl import db_tsw, max_sliced_wasserstein, max_tsw_sl, sliced_wasserstein, tsw_sl
 
@@ -59,27 +59,27 @@ def _centre(y):
 
 
 def _sw(x, y, key, s):
-    return sliced_wasserstein(x, y, key, s.n_directions, p=s.p_sw, sort_method=s.sort_method)
+    return sliced_wasserstein(x, y, key=key, n_projections=s.n_directions, p=s.p_sw, sort_method=s.sort_method)
 
 
 def _max_sw(x, y, key, s):
-    return max_sliced_wasserstein(x, y, key, s.max_steps, s.max_lr, p=s.p_sw,
+    return max_sliced_wasserstein(x, y, key=key, n_steps=s.max_steps, lr=s.max_lr, p=s.p_sw,
                                   sort_method=s.inner_sort_method)
 
 
 def _tsw(x, y, key, s, splitting="uniform"):
-    return tsw_sl(x, y, key, s.n_trees, s.n_lines, kind="chain", splitting=splitting, delta=s.delta,
-                  p=s.p_tree, root_mean=_centre(y), sort_method=s.sort_method)
+    return tsw_sl(x, y, key=key, n_trees=s.n_trees, n_lines=s.n_lines, kind="chain", splitting=splitting,
+                  delta=s.delta, p=s.p_tree, root_mean=_centre(y), sort_method=s.sort_method)
 
 
 def _max_tsw(x, y, key, s):
-    return max_tsw_sl(x, y, key, 1, s.n_lines, s.max_steps, s.max_lr, kind="chain", p=s.p_tree,
-                      root_mean=_centre(y), sort_method=s.inner_sort_method)
+    return max_tsw_sl(x, y, key=key, n_trees=1, n_lines=s.n_lines, n_steps=s.max_steps, lr=s.max_lr, kind="chain",
+                      p=s.p_tree, root_mean=_centre(y), sort_method=s.inner_sort_method)
 
 
 def _db_tsw(x, y, key, s):
-    return db_tsw(x, y, key, s.n_trees, s.n_lines, delta=s.delta, p=s.p_tree, root_mean=_centre(y),
-                  root_std=s.db_root_std, sort_method=s.sort_method)
+    return db_tsw(x, y, key=key, n_trees=s.n_trees, n_lines=s.n_lines, delta=s.delta, p=s.p_tree,
+                  root_mean=_centre(y), root_std=s.db_root_std, sort_method=s.sort_method)
 
 
 # name -> loss (x [n, d], y [m, d], key, settings) -> scalar, differentiable in x.
@@ -92,23 +92,21 @@ METHODS = {
     "db_tsw": _db_tsw,
 }
 TREE_METHODS = ("tsw_sl", "tsw_sl_distance", "max_tsw_sl", "db_tsw")
-LABELS = {"sw": "SW", "max_sw": "Max-SW", "tsw_sl": "TSW-SL", "tsw_sl_distance": "TSW-SL (distance)",
-          "max_tsw_sl": "Max-TSW-SL", "db_tsw": "Db-TSW"}
 
 
-def check_method(method):
+def check_method(method: str) -> None:
     """Raises ValueError unless `method` is a key of METHODS."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
 
 
-def default_lr(method, dim):
+def default_lr(method: str, dim: int) -> float:
     """The paper's learning rate: 5e-3, except 5e-2 for the tree methods when dim >= 10."""
     check_method(method)
     return 5e-2 if method in TREE_METHODS and dim >= 10 else 5e-3
 
 
-def initial_particles(key, n, dim, std=0.25):
+def initial_particles(key: jax.Array, n: int, dim: int, std: float = 0.25) -> jax.Array:
     """The authors' initialisation N(0, std^2 I): [n, dim]."""
     return std * jax.random.normal(key, (n, dim))
 
@@ -117,7 +115,9 @@ OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd}  # "sgd": plain Euler steps 
 
 
 @functools.partial(jax.jit, static_argnames=("method", "n_steps", "snapshot_every", "settings", "optimizer"))
-def run_flow(key, source, target, method, n_steps, lr, snapshot_every=100, settings=Settings(), optimizer="adam"):
+def run_flow(key: jax.Array, source: jax.Array, target: jax.Array, method: str, n_steps: int, lr: ArrayLike,
+             snapshot_every: int = 100, settings: Settings = Settings(),
+             optimizer: str = "adam") -> tuple[jax.Array, jax.Array]:
     """One gradient flow: optimizer(lr) (Adam by default) on D_method(X, target) starting from X = source.
 
     Args:
@@ -152,7 +152,9 @@ def run_flow(key, source, target, method, n_steps, lr, snapshot_every=100, setti
 
 
 @functools.partial(jax.jit, static_argnames=("method", "n_steps", "snapshot_every", "settings", "optimizer"))
-def run_flows(key, sources, targets, method, n_steps, lr, snapshot_every=100, settings=Settings(), optimizer="adam"):
+def run_flows(key: jax.Array, sources: jax.Array, targets: jax.Array, method: str, n_steps: int, lr: ArrayLike,
+              snapshot_every: int = 100, settings: Settings = Settings(),
+              optimizer: str = "adam") -> tuple[jax.Array, jax.Array]:
     """`run_flow` vmapped over runs: sources [R, n, d], targets [R, m, d] -> (snapshots [R, S, n, d],
     losses [R, n_steps]), each run with its own key from `key`."""
     keys = jax.random.split(key, sources.shape[0])
@@ -160,18 +162,3 @@ def run_flows(key, sources, targets, method, n_steps, lr, snapshot_every=100, se
                              settings=settings, optimizer=optimizer)
     return jax.vmap(lambda k, s, t: flow(k, s, t, lr=lr))(keys, sources, targets)
 
-
-def wasserstein2_squared(x, y):
-    """Exact W_2^2 between uniform empirical measures (POT's network simplex, squared Euclidean cost).
-
-    x: [n, d], y: [m, d] (arrays of any kind) -> float.
-    """
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    cost = ot.dist(x, y, metric="sqeuclidean")
-    return float(ot.emd2(np.full(len(x), 1.0 / len(x)), np.full(len(y), 1.0 / len(y)), cost))
-
-
-if __name__ == "__main__":
-    from tsw_sl.experiments.flow_report import main
-
-    main()

@@ -6,6 +6,8 @@ around it), then return the distance at the final parameters, held fixed (stop_g
 respect to the points is the envelope-theorem gradient of the max. The paper's flows used 100 steps at
 lr 1e-4; the default lr 0.05 moves unit directions appreciably in 100 steps. Gradient ascent finds a local
 maximum: several random starts (n_projections > 1 or several keys) guard against poor ones.
+
+Both take the measures in POT / OTT-JAX order, `f(x, y, a=None, b=None, *, key, ...)` (docs/api.md).
 """
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
 from tsw_sl import validation
-from tsw_sl.distance import tree_costs
-from tsw_sl.one_dim import root_p
-from tsw_sl.sliced import sliced_cost
+from tsw_sl.distance import Distance, tree_costs
+from tsw_sl.one_dim import projected_costs, root_p
+from tsw_sl.splitting import SplittingMap
 from tsw_sl.trees import TreeSystem, normalise, random_directions, sample_trees
 
 
@@ -49,67 +52,81 @@ def _one_pair(name, x, y, a, b, normalize):
     return x, y, a, b
 
 
-@functools.partial(jax.jit, static_argnames=("n_steps", "p", "sort_method", "uniform_equal"))
-def _max_sliced(x, y, a, b, theta0, lr, *, n_steps, p, sort_method, uniform_equal):
-    def objective(theta, x, y, a, b):  # on normalised directions: the gradient is tangent to the sphere
-        return sliced_cost(x, y, a, b, normalise(theta), p, sort_method, uniform_equal)
+@functools.partial(jax.jit, static_argnames=("n_steps", "p", "sort_method", "uniform_equal", "return_costs"))
+def _max_sliced(x, y, a, b, theta0, lr, *, n_steps, p, sort_method, uniform_equal, return_costs):
+    def costs(theta, x, y, a, b):  # on normalised directions: the gradient is tangent to the sphere
+        return projected_costs(x, y, a, b, normalise(theta), p, sort_method, uniform_equal)
 
     fixed = jax.lax.stop_gradient((x, y, a, b))
-    theta = _ascend(lambda q: objective(q, *fixed), theta0, n_steps, lr, normalise)
-    return root_p(objective(theta, x, y, a, b), p)
+    theta = _ascend(lambda q: jnp.mean(costs(q, *fixed)), theta0, n_steps, lr, normalise)
+    final = costs(theta, x, y, a, b)
+    distance = root_p(jnp.mean(final), p)
+    return (distance, final) if return_costs else distance
 
 
-def max_sliced_wasserstein(x, y, key, n_steps=100, lr=0.05, a=None, b=None, p=2, n_projections=1, *,
-                           normalize_weights=False, sort_method="auto"):
+def max_sliced_wasserstein(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b: ArrayLike | None = None, *,
+                           key: jax.Array, n_steps: int = 100, lr: float = 0.05, n_projections: int = 1,
+                           p: float = 2, normalize_weights: bool = False, sort_method: str = "auto",
+                           return_costs: bool = False) -> Distance:
     """Max-sliced Wasserstein: max over unit directions theta of W_p(theta # mu, theta # nu), by ascent.
 
     Args:
-      x: [n, d], y: [m, d] supports; key: PRNG key for the initial direction(s); n_steps (static), lr: Adam
-      ascent; a: [n], b: [m] weights; p: static >= 1; n_projections: number of directions optimised jointly
-      (their mean W_p^p is maximised; 1 gives Max-SW).
+      x: [n, d], y: [m, d] supports; a: [n], b: [m] weights; key: PRNG key for the initial direction(s);
+      n_steps (static), lr: Adam ascent; n_projections: number of directions optimised jointly (their mean
+      W_p^p is maximised; 1 gives Max-SW); p: static >= 1; return_costs: static.
     Returns:
-      scalar distance at the optimised direction(s). Batch over measure pairs with jax.vmap.
+      scalar distance at the optimised direction(s); with `return_costs`, (distance, costs [n_projections]),
+      the W_p^p along each optimised direction (distance = mean(costs)^(1/p)). Batch over measure pairs with
+      jax.vmap.
     """
     _check_steps(n_steps)
     uniform_equal = validation.uniform_equal(x, y, a, b)
     x, y, a, b = _one_pair("max_sliced_wasserstein", x, y, a, b, normalize_weights)
     p = validation.power(p)
+    return_costs = validation.flag("return_costs", return_costs)
     theta0 = random_directions(key, (n_projections,), x.shape[-1], x.dtype)
     return _max_sliced(x, y, a, b, theta0, lr, n_steps=n_steps, p=p, sort_method=sort_method,
-                       uniform_equal=uniform_equal)
+                       uniform_equal=uniform_equal, return_costs=return_costs)
 
 
 def _max_tree(x, y, a, b, trees0, lr, delta, t_low, t_high, *, n_steps, splitting, p, sort_method,
-              uniform_equal):
+              uniform_equal, return_costs):
     kind = trees0.kind
 
-    def objective(params, x, y, a, b):
+    def costs(params, x, y, a, b):
         trees = TreeSystem.from_params(*params, kind=kind)
-        return jnp.mean(tree_costs(x, y, a, b, trees, splitting, delta, p, sort_method, uniform_equal))
+        return tree_costs(x, y, a, b, trees, splitting, delta, p, sort_method, uniform_equal)
 
     def project(params):
         root, t, theta = params
         return root, jnp.clip(t, t_low, t_high), normalise(theta)
 
     fixed = jax.lax.stop_gradient((x, y, a, b))
-    params = _ascend(lambda q: objective(q, *fixed), trees0.params(), n_steps, lr, project)
-    return root_p(objective(params, x, y, a, b), p)
+    params = _ascend(lambda q: jnp.mean(costs(q, *fixed)), trees0.params(), n_steps, lr, project)
+    final = costs(params, x, y, a, b)
+    distance = root_p(jnp.mean(final), p)
+    return (distance, final) if return_costs else distance
 
 
-_max_tree_jit = jax.jit(_max_tree, static_argnames=("n_steps", "splitting", "p", "sort_method", "uniform_equal"))
+_max_tree_jit = jax.jit(_max_tree, static_argnames=("n_steps", "splitting", "p", "sort_method", "uniform_equal",
+                                                    "return_costs"))
 
 
-def max_tsw_sl(x, y, key, n_trees=1, n_lines=4, n_steps=100, lr=0.05, a=None, b=None, *, kind="chain",
-               splitting="uniform", delta=1.0, p=1, normalize_weights=False, sort_method="auto", **tree_options):
+def max_tsw_sl(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b: ArrayLike | None = None, *,
+               key: jax.Array, n_trees: int = 1, n_lines: int = 4, n_steps: int = 100, lr: float = 0.05,
+               kind: str = "chain", splitting: SplittingMap = "uniform", delta: ArrayLike = 1.0, p: float = 1,
+               normalize_weights: bool = False, sort_method: str = "auto", return_costs: bool = False,
+               **tree_options) -> Distance:
     """Max-TSW-SL: gradient ascent on the tree parameters (root, chain coordinates t_2..t_k, directions).
 
     Args:
-      x: [n, d], y: [m, d]; key: PRNG key for the initial trees (`sample_trees` with `tree_options`);
-      n_trees: L trees optimised jointly (their mean cost is maximised); n_lines: k; n_steps (static), lr:
-      Adam ascent; a, b, kind, splitting, delta, p: as in `tree_wasserstein`.
+      x: [n, d], y: [m, d]; a: [n], b: [m]; key: PRNG key for the initial trees (`sample_trees` with
+      `tree_options`); n_trees: L trees optimised jointly (their mean cost is maximised); n_lines: k;
+      n_steps (static), lr: Adam ascent; kind, splitting, delta, p, return_costs: as in `tree_wasserstein`.
     Returns:
-      scalar distance at the optimised trees. With a uniform splitting only the directions matter (spec
-      sec. 7), so this is a max-sliced W1 over k directions; "distance" splitting makes roots and t count.
+      scalar distance at the optimised trees (with `return_costs`, also their costs [L]). With a uniform
+      splitting only the directions matter (docs/tsw_sl.md §7), so this is a max-sliced W1 over k directions;
+      "distance" splitting makes roots and t count.
       With a non-constant splitting the cost grows without bound as lines move apart or the root moves away
       from the data: chain coordinates t are projected back onto `t_range` (default (-1, 1)) after each
       step, but the root is free, so `n_steps` and `lr` then act as a regulariser.
@@ -119,8 +136,9 @@ def max_tsw_sl(x, y, key, n_trees=1, n_lines=4, n_steps=100, lr=0.05, a=None, b=
     x, y, a, b = _one_pair("max_tsw_sl", x, y, a, b, normalize_weights)
     p = validation.power(p)
     validation.splitting(splitting)
+    return_costs = validation.flag("return_costs", return_costs)
     trees0 = sample_trees(key, n_trees, n_lines, x.shape[-1], kind, dtype=x.dtype, **tree_options)
     t_low, t_high = tree_options.get("t_range", (-1.0, 1.0))
     fn = _max_tree_jit if isinstance(splitting, str) else _max_tree
     return fn(x, y, a, b, trees0, lr, delta, t_low, t_high, n_steps=n_steps, splitting=splitting, p=p,
-              sort_method=sort_method, uniform_equal=uniform_equal)
+              sort_method=sort_method, uniform_equal=uniform_equal, return_costs=return_costs)

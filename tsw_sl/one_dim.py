@@ -3,17 +3,18 @@ path: W_p^p between 1-D measures from quantile functions, the same along given d
 with a finite gradient at 0."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from tsw_sl import sorting
 
 
-def abs_pow(v, p):
+def abs_pow(v: jax.Array, p: float) -> jax.Array:
     """|v|^p elementwise (p static)."""
     return jnp.abs(v) if p == 1 else jnp.abs(v) ** p
 
 
-def root_p(v, p):
+def root_p(v: jax.Array, p: float) -> jax.Array:
     """v^(1/p) with a finite gradient at v = 0 (p is static)."""
     if p == 1:
         return v
@@ -21,7 +22,8 @@ def root_p(v, p):
     return jnp.where(pos, jnp.where(pos, v, 1.0) ** (1.0 / p), 0.0)
 
 
-def wasserstein_1d_pow(u, v, a, b, p, sort_method="auto", uniform_equal=False):
+def wasserstein_1d_pow(u: jax.Array, v: jax.Array, a: jax.Array, b: jax.Array, p: float, sort_method: str = "auto",
+                       uniform_equal: bool = False) -> jax.Array:
     """W_p^p between 1-D measures, batched over projections.
 
     W_p^p = integral_0^1 |F^{-1}(t) - G^{-1}(t)|^p dt over the merged grid of cumulative weights.
@@ -51,7 +53,8 @@ def wasserstein_1d_pow(u, v, a, b, p, sort_method="auto", uniform_equal=False):
     return jnp.sum(width * abs_pow(sorting.take_last(us, iu) - sorting.take_last(vs, iv), p), axis=-1)
 
 
-def projected_costs(x, y, a, b, directions, p, sort_method="auto", uniform_equal=False):
+def projected_costs(x: jax.Array, y: jax.Array, a: jax.Array, b: jax.Array, directions: jax.Array, p: float,
+                    sort_method: str = "auto", uniform_equal: bool = False) -> jax.Array:
     """W_p^p between the projections of one validated pair onto each direction.
 
     x: [n, d], y: [m, d], a: [n], b: [m], directions: [..., d] -> [...]; p, sort_method, uniform_equal as in

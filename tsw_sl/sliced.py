@@ -1,7 +1,8 @@
 """Sliced Wasserstein distance (the reference TSW-SL is compared with).
 
 SW_p(mu, nu) = (mean_theta W_p^p(theta # mu, theta # nu))^(1/p) with the 1-D W_p^p of `one_dim`. This is the
-quantity of POT's `ot.sliced_wasserstein_distance` given the same projections.
+quantity of POT's `ot.sliced_wasserstein_distance` given the same projections, and the call takes POT's order
+`sliced_wasserstein(x, y, a, b, ...)` (everything after the weights keyword-only; docs/api.md).
 """
 from __future__ import annotations
 
@@ -9,51 +10,59 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from tsw_sl import validation
 from tsw_sl.one_dim import projected_costs, root_p
 from tsw_sl.trees import random_directions
 
-
-def sliced_cost(x, y, a, b, directions, p, sort_method="auto", uniform_equal=False):
-    """Mean over directions of W_p^p for one validated pair: x [n, d], y [m, d], directions [P, d] -> []."""
-    return jnp.mean(projected_costs(x, y, a, b, directions, p, sort_method, uniform_equal))
+Distance = jax.Array | tuple[jax.Array, jax.Array]  # the distance, or (distance, costs) with return_costs=True
 
 
-def sliced_wasserstein(x, y, key=None, n_projections=50, a=None, b=None, p=2, *, projections=None,
-                       normalize_weights=False, sort_method="auto"):
+def sliced_wasserstein(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b: ArrayLike | None = None, *,
+                       key: jax.Array | None = None, n_projections: int = 50, p: float = 2,
+                       projections: ArrayLike | None = None, normalize_weights: bool = False,
+                       sort_method: str = "auto", return_costs: bool = False) -> Distance:
     """Sliced p-Wasserstein distance with directions uniform on S^{d-1}.
 
     Args:
-      x: [..., n, d], y: [..., m, d] supports; key: PRNG key (unused when `projections` is given);
+      x: [..., n, d], y: [..., m, d] supports; a: [..., n], b: [..., m] weights (default uniform), each summing
+        to one.
+      key: PRNG key of the random directions (required unless `projections` is given, then unused);
       n_projections: number of random directions P (static).
-      a: [..., n], b: [..., m] weights (default uniform), each summing to one.
       p: static exponent >= 1.
       projections: optional [P, d] directions (rows; unit norm for the usual definition). POT's
         `projections` argument is the transpose, [d, P].
+      return_costs: static; also return the per-direction costs.
     Returns:
-      [...] (mean_theta W_p^p(theta # mu, theta # nu))^(1/p); one set of directions shared by the batch.
+      [...] (mean_theta W_p^p(theta # mu, theta # nu))^(1/p); one set of directions shared by the batch. With
+      `return_costs`, (distances, costs [..., P]) where costs[i] = W_p^p along direction i.
+    Raises:
+      TypeError without key and projections, or when a PRNG key is passed as a weight.
     """
     uniform_equal = validation.uniform_equal(x, y, a, b)
     x, y, a, b = validation.measures(x, y, a, b, normalize_weights)
     p = validation.power(p)
+    return_costs = validation.flag("return_costs", return_costs)
     d = x.shape[-1]
     if projections is None and key is None:
-        raise ValueError("sliced_wasserstein needs a key (or explicit projections)")
+        raise TypeError("sliced_wasserstein needs the keyword argument key= (or explicit projections=)")
     if projections is not None:
         projections = jnp.asarray(projections, x.dtype)
         if projections.ndim != 2 or projections.shape[1] != d:
             raise ValueError(f"projections must have shape [P, {d}]; got {projections.shape} for x {x.shape}")
     return _sliced(x, y, a, b, key, projections, n_projections=n_projections, p=p, sort_method=sort_method,
-                   uniform_equal=uniform_equal)
+                   uniform_equal=uniform_equal, return_costs=return_costs)
 
 
-@functools.partial(jax.jit, static_argnames=("n_projections", "p", "sort_method", "uniform_equal"))
-def _sliced(x, y, a, b, key, projections, *, n_projections, p, sort_method, uniform_equal):
+@functools.partial(jax.jit, static_argnames=("n_projections", "p", "sort_method", "uniform_equal", "return_costs"))
+def _sliced(x, y, a, b, key, projections, *, n_projections, p, sort_method, uniform_equal, return_costs):
     if projections is None:
         projections = random_directions(key, (n_projections,), x.shape[-1], x.dtype)
 
     def one(x, y, a, b):
-        return root_p(sliced_cost(x, y, a, b, projections, p, sort_method, uniform_equal), p)
+        costs = projected_costs(x, y, a, b, projections, p, sort_method, uniform_equal)
+        distance = root_p(jnp.mean(costs), p)
+        return (distance, costs) if return_costs else distance
 
     return validation.vmap_leading(one, x.ndim - 2, 0)(x, y, a, b)

@@ -1,7 +1,7 @@
 """Sorting (with payloads, differentiable through the gathers) and prefix sums along the last axis.
 
 The permutation carries no gradient, so it is computed on `stop_gradient`-ed keys and gradients flow through
-the gathers. On CPU, XLA's floating-point sort is an order of magnitude slower than numpy's (spec sec. 16:
+the gathers. On CPU, XLA's floating-point sort is an order of magnitude slower than numpy's (docs/tsw_sl.md §16:
 ~350 ms vs ~35 ms for [100, 20001] on this project's machine), so `method="auto"` calls numpy's argsort
 through `jax.pure_callback` there and keeps XLA's sort on GPU/TPU. A process with several devices also keeps
 XLA's sort: inside a program sharded over several CPU devices a host callback pins the data to one device and
@@ -17,11 +17,11 @@ import numpy as np
 METHODS = ("auto", "numpy", "xla")
 
 
-def _numpy_argsort(keys):
+def _numpy_argsort(keys: np.ndarray) -> np.ndarray:
     return np.argsort(np.asarray(keys), axis=-1).astype(np.int32)
 
 
-def argsort(keys, method="auto"):
+def argsort(keys: jax.Array, method: str = "auto") -> jax.Array:
     """Permutation sorting `keys` [..., N] along the last axis -> int32 [..., N] (no gradient)."""
     if method not in METHODS:
         raise ValueError(f"sort_method must be one of {METHODS}; got {method!r}")
@@ -32,7 +32,7 @@ def argsort(keys, method="auto"):
     return jnp.argsort(keys, axis=-1).astype(jnp.int32)
 
 
-def take_last(values, index):
+def take_last(values: jax.Array, index: jax.Array) -> jax.Array:
     """values[..., index[..., j]] along the last axis as one flat gather ([..., N], [..., M] -> [..., M]).
 
     Equivalent to jnp.take_along_axis(values, index, -1) with equal leading shapes, but lowers to a 1-D
@@ -44,7 +44,7 @@ def take_last(values, index):
     return values.reshape(-1)[(index + offsets).reshape(-1)].reshape(index.shape)
 
 
-def sort_with(keys, *payloads, method="auto"):
+def sort_with(keys: jax.Array, *payloads: jax.Array, method: str = "auto") -> tuple[jax.Array, ...]:
     """Sorts `keys` [..., N] along the last axis and applies the same order to each payload [..., N].
 
     Returns (sorted_keys, *sorted_payloads); differentiable in keys and payloads.
@@ -56,7 +56,7 @@ def sort_with(keys, *payloads, method="auto"):
 SCAN_MIN_LENGTH = 4096
 
 
-def cumsum(values):
+def cumsum(values: jax.Array) -> jax.Array:
     """Inclusive prefix sum along the last axis ([..., N] -> [..., N]).
 
     A parallel associative scan for long axes (faster at run time on CPU), `jnp.cumsum` for short ones (its

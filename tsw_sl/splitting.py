@@ -7,18 +7,26 @@
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import ArrayLike
+
+from tsw_sl.trees import TreeSystem
+
+# "uniform", "distance" or a map (z [N, d], trees) -> mass fractions [L or 1, k, N] (e.g. `LearnedSplitting`).
+SplittingMap = str | Callable[[jax.Array, TreeSystem], jax.Array]
 
 
-def safe_sqrt(v):
+def safe_sqrt(v: jax.Array) -> jax.Array:
     """sqrt(max(v, 0)) with a zero (not NaN) gradient at 0."""
     pos = v > 0
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, v, 1.0)), 0.0)
 
 
-def distance_to_lines(zc, sources, proj, kind):
+def distance_to_lines(zc: jax.Array, sources: jax.Array, proj: jax.Array, kind: str) -> jax.Array:
     """Euclidean distance from each point to each line.
 
     Args:
@@ -34,7 +42,8 @@ def distance_to_lines(zc, sources, proj, kind):
     return safe_sqrt(sq - proj * proj)
 
 
-def line_weights(splitting, z, zc, sources, proj, delta, trees):
+def line_weights(splitting: SplittingMap, z: jax.Array, zc: jax.Array, sources: jax.Array, proj: jax.Array,
+                 delta: ArrayLike, trees: TreeSystem) -> jax.Array:
     """Mass fraction of every point on every line.
 
     Args:
@@ -60,11 +69,11 @@ class LearnedSplitting(nnx.Module):
     Call: (z [N, d], trees) -> [1, k, N]; pass the module as `splitting=` to `tree_wasserstein`.
     """
 
-    def __init__(self, dim: int, n_lines: int, hidden=(64, 64), *, rngs: nnx.Rngs):
+    def __init__(self, dim: int, n_lines: int, hidden: tuple[int, ...] = (64, 64), *, rngs: nnx.Rngs):
         sizes = (dim,) + tuple(hidden) + (n_lines,)
         self.layers = nnx.List([nnx.Linear(i, o, rngs=rngs) for i, o in zip(sizes[:-1], sizes[1:])])
 
-    def __call__(self, z, trees=None):
+    def __call__(self, z: jax.Array, trees: TreeSystem | None = None) -> jax.Array:
         h = z
         for layer in self.layers[:-1]:
             h = jax.nn.relu(layer(h))

@@ -1,7 +1,7 @@
 """Target point clouds for gradient flows: synthetic 2-D mixtures, Gaussians in R^d and shipped point clouds.
 
 Every target is a function ``(key, n) -> float32 [n, d]`` in the registry ``TARGETS``; randomness comes only
-from ``key``. The TSW-SL paper does not define its targets exactly (spec tsw_sl.md sec. 13), so the choices
+from ``key``. The TSW-SL paper does not define its targets exactly (docs/tsw_sl.md §13), so the choices
 below are the library's and are recorded in each experiment's metadata (``describe(name)``):
 
 * ``swiss_roll``: t = 1.5 pi (1 + 2 u), u ~ U(0, 1); (t cos t, t sin t) / 5 + N(0, 0.05^2 I); range about
@@ -21,6 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from common.data import load_density_points, load_mesh_vertices
 
@@ -31,7 +32,7 @@ SHAPES = {"heart": "pot_shapes/heart.png", "duck": "pot_shapes/duck.png", "tooth
 MESHES = {"bunny": "3d_models/stanford-bunny.obj.gz", "spot": "3d_models/spot.obj.gz"}
 
 
-def swiss_roll(key, n):
+def swiss_roll(key: jax.Array, n: int) -> jax.Array:
     """Swiss roll in R^2: [n, 2]."""
     k_t, k_noise = jax.random.split(key)
     t = 1.5 * jnp.pi * (1.0 + 2.0 * jax.random.uniform(k_t, (n,)))
@@ -39,7 +40,7 @@ def swiss_roll(key, n):
     return points + 0.05 * jax.random.normal(k_noise, (n, 2))
 
 
-def gaussian_mixture(key, n, centres, std=0.05):
+def gaussian_mixture(key: jax.Array, n: int, centres: ArrayLike, std: float = 0.05) -> jax.Array:
     """n points of the equal-weight mixture of N(centre, std^2 I): centres [c, d] -> [n, d]."""
     k_c, k_noise = jax.random.split(key)
     centres = jnp.asarray(centres, jnp.float32)
@@ -51,18 +52,18 @@ GRID_25 = np.stack(np.meshgrid(np.arange(-2, 3), np.arange(-2, 3)), -1).reshape(
 RING_8 = 2.0 * np.stack([np.cos(np.arange(8) * np.pi / 4), np.sin(np.arange(8) * np.pi / 4)], -1)
 
 
-def gaussian(key, n, dim):
+def gaussian(key: jax.Array, n: int, dim: int) -> jax.Array:
     """N(1_d, I_d) samples: [n, d]."""
     return 1.0 + jax.random.normal(key, (n, dim))
 
 
-def shape_points(key, n, name):
+def shape_points(key: jax.Array, n: int, name: str) -> jax.Array:
     """n points of the density image `name` (a path under pointclouds/), in [-1, 1]^2: [n, 2]."""
     seed = np.asarray(jax.random.key_data(key)).ravel()
     return jnp.asarray(2.0 * load_density_points(name, n, seed) - 1.0)
 
 
-def mesh_points(key, n, name):
+def mesh_points(key: jax.Array, n: int, name: str) -> jax.Array:
     """n distinct vertices of the mesh `name` (a path under pointclouds/), normalised: [n, 3]."""
     vertices = load_mesh_vertices(name)
     vertices = vertices - vertices.mean(0)
@@ -81,14 +82,14 @@ TARGETS = {
 }
 
 
-def sample_target(name, key, n):
+def sample_target(name: str, key: jax.Array, n: int) -> jax.Array:
     """n points of target `name` (a key of TARGETS) as float32 [n, d]."""
     if name not in TARGETS:
         raise ValueError(f"unknown target {name!r}; choose from {sorted(TARGETS)}")
     return jnp.asarray(TARGETS[name](key, n), jnp.float32)
 
 
-def describe(name):
+def describe(name: str) -> str:
     """A one-line description of target `name` for experiment metadata."""
     if name in SHAPES:
         return f"{name}: density image pointclouds/{SHAPES[name]} mapped to [-1, 1]^2"

@@ -13,6 +13,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 KINDS = ("chain", "concurrent")
 
@@ -45,7 +46,8 @@ class TreeSystem:
         return self.sources.shape[-1]
 
     @classmethod
-    def from_params(cls, root, t, directions, kind="chain") -> "TreeSystem":
+    def from_params(cls, root: jax.Array, t: jax.Array | None, directions: jax.Array,
+                    kind: str = "chain") -> TreeSystem:
         """Builds canonical trees from free parameters (directions are normalised here).
 
         Args:
@@ -65,7 +67,7 @@ class TreeSystem:
         offsets = jnp.concatenate([jnp.zeros_like(theta[..., :1, :]), jnp.cumsum(steps, axis=-2)], axis=-2)
         return cls(root[..., None, :] + offsets, theta, kind)
 
-    def params(self):
+    def params(self) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Inverse of `from_params`: (root [..., L, d], t [..., L, k-1], directions [..., L, k, d]).
 
         For "concurrent" trees t is all zeros.
@@ -77,13 +79,13 @@ class TreeSystem:
         return self.sources[..., 0, :], t, theta
 
 
-def normalise(v, axis=-1):
+def normalise(v: jax.Array, axis: int = -1) -> jax.Array:
     """Unit vectors along `axis` (zero vectors stay finite). v: [..., d] -> [..., d]."""
     norm = jnp.sqrt(jnp.sum(v * v, axis=axis, keepdims=True))
     return v / jnp.maximum(norm, jnp.finfo(v.dtype).tiny)
 
 
-def _check_kind(kind):
+def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
 
@@ -93,7 +95,8 @@ def _check_count(name, value):
         raise ValueError(f"{name} must be a positive Python int (static under jit); got {value!r}")
 
 
-def random_directions(key, shape, dim, dtype=jnp.float32, orthogonal=False):
+def random_directions(key: jax.Array, shape: tuple[int, ...], dim: int, dtype: DTypeLike = jnp.float32,
+                      orthogonal: bool = False) -> jax.Array:
     """Directions uniform on S^{d-1} (normalised Gaussians).
 
     Args:
@@ -118,8 +121,10 @@ def random_directions(key, shape, dim, dtype=jnp.float32, orthogonal=False):
     return jnp.swapaxes(q, -1, -2)
 
 
-def sample_trees(key, n_trees, n_lines, dim, kind="chain", *, root_mean=0.0, root_std=None, root_box=None,
-                 t_range=(-1.0, 1.0), orthogonal=False, dtype=jnp.float32) -> TreeSystem:
+def sample_trees(key: jax.Array, n_trees: int, n_lines: int, dim: int, kind: str = "chain", *,
+                 root_mean: ArrayLike = 0.0, root_std: float | None = None, root_box: float | None = None,
+                 t_range: tuple[float, float] = (-1.0, 1.0), orthogonal: bool = False,
+                 dtype: DTypeLike = jnp.float32) -> TreeSystem:
     """Samples L i.i.d. tree systems of k lines in R^d.
 
     Root law: x_root = root_mean + noise, noise ~ N(0, root_std^2 I) if `root_std` is given, or

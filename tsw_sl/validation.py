@@ -2,21 +2,26 @@
 the inputs are concrete (outside jit/grad tracing, where values cannot be inspected)."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
+from tsw_sl.splitting import SplittingMap
 from tsw_sl.trees import KINDS, TreeSystem
 
 SUM_TOL = 1e-5
 SPLITTINGS = ("uniform", "distance")
 
 
-def _concrete(v):
+def _concrete(v: ArrayLike) -> np.ndarray | None:
     return None if isinstance(v, jax.core.Tracer) else np.asarray(v)
 
 
-def _float(name, v):
+def _float(name: str, v: ArrayLike) -> jax.Array:
     v = jnp.asarray(v)
     if jnp.issubdtype(v.dtype, jnp.complexfloating):
         raise ValueError(f"{name} must be real; got dtype {v.dtype}")
@@ -25,13 +30,13 @@ def _float(name, v):
     return v
 
 
-def _finite(name, v):
+def _finite(name: str, v: jax.Array) -> None:
     c = _concrete(v)
     if c is not None and not np.all(np.isfinite(c)):
         raise ValueError(f"{name} contains non-finite values (NaN or inf); shape {v.shape}")
 
 
-def points(x, y):
+def points(x: ArrayLike, y: ArrayLike) -> tuple[jax.Array, jax.Array]:
     """Checks supports x: [..., n, d], y: [..., m, d] (same batch shape and d); returns float arrays."""
     x, y = _float("x", x), _float("y", y)
     for name, v in (("x", x), ("y", y)):
@@ -50,12 +55,15 @@ def points(x, y):
     return x, y
 
 
-def weights(name, w, pts, normalize=False):
+def weights(name: str, w: ArrayLike | None, pts: jax.Array, normalize: bool = False) -> jax.Array:
     """Checks weights w: [..., n] of supports pts: [..., n, d]; None -> uniform. Returns float weights.
 
     Raises ValueError on a shape mismatch, non-finite or negative entries, or (unless `normalize`) sums
-    farther than 1e-5 from one. With `normalize`, w / w.sum(-1) is returned (also under jit).
+    farther than 1e-5 from one, and TypeError when w is a PRNG key (a key passed by position in the old
+    `f(x, y, key, ...)` order). With `normalize`, w / w.sum(-1) is returned (also under jit).
     """
+    if isinstance(w, jax.Array) and jax.dtypes.issubdtype(w.dtype, jax.dtypes.prng_key):
+        raise TypeError(f"{name} is a PRNG key: only x, y, a, b are positional; pass the key as key=key")
     if w is None:
         n = pts.shape[-2]
         return jnp.full(pts.shape[:-1], 1.0 / n, pts.dtype)
@@ -80,19 +88,20 @@ def weights(name, w, pts, normalize=False):
     return w
 
 
-def measures(x, y, a, b, normalize=False):
+def measures(x: ArrayLike, y: ArrayLike, a: ArrayLike | None, b: ArrayLike | None,
+             normalize: bool = False) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Checks a pair of discrete measures; returns (x, y, a, b) as float arrays (a, b default uniform)."""
     x, y = points(x, y)
     return x, y, weights("a", a, x, normalize), weights("b", b, y, normalize)
 
 
-def uniform_equal(x, y, a, b):
+def uniform_equal(x: ArrayLike, y: ArrayLike, a: ArrayLike | None, b: ArrayLike | None) -> bool:
     """Static flag: True when both weights are left at their uniform default and n == m (raw inputs, before
     `measures`), the case in which 1-D transport pairs the i-th sorted points."""
     return a is None and b is None and np.shape(x)[-2:-1] == np.shape(y)[-2:-1]
 
 
-def trees(t, x):
+def trees(t: TreeSystem, x: jax.Array) -> None:
     """Checks a TreeSystem against supports x: [..., n, d] (trees unbatched or with x's batch axes)."""
     if not isinstance(t, TreeSystem):
         raise ValueError(f"trees must be a tsw_sl.TreeSystem; got {type(t).__name__}")
@@ -114,21 +123,28 @@ def trees(t, x):
     _finite("trees.directions", th)
 
 
-def power(p):
+def flag(name: str, value: bool) -> bool:
+    """Checks a static boolean option (a Python or numpy bool, not a traced value); returns it as a bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be a Python bool (static under jit); got {value!r}")
+    return bool(value)
+
+
+def power(p: float) -> float:
     """Checks the exponent p >= 1 (a static Python number); returns it as a float."""
     if isinstance(p, jax.core.Tracer) or not np.isscalar(p) or not p >= 1:
         raise ValueError(f"p must be a Python number >= 1; got {p!r}")
     return float(p)
 
 
-def splitting(s):
+def splitting(s: SplittingMap) -> SplittingMap:
     """Checks a splitting map: "uniform", "distance" or a callable (z [N, d], trees) -> [L or 1, k, N]."""
     if not (callable(s) or (isinstance(s, str) and s in SPLITTINGS)):
         raise ValueError(f"splitting must be one of {SPLITTINGS} or a callable; got {s!r}")
     return s
 
 
-def vmap_leading(fn, n_batch, in_axes):
+def vmap_leading(fn: Callable, n_batch: int, in_axes: Any) -> Callable:
     """Applies `fn` (written for one instance) over `n_batch` leading axes of its arguments."""
     for _ in range(n_batch):
         fn = jax.vmap(fn, in_axes=in_axes)

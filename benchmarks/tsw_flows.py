@@ -1,6 +1,6 @@
 """Gradient-flow benchmark: W_2^2 curves of every method on every target, beside the TSW-SL paper's numbers.
 
-``python -m tsw_sl.flows [--quick] [--out DIR] [--targets ...] [--methods ...] [--runs R] [--steps N]`` writes
+``python -m benchmarks.tsw_flows [--quick] [--out DIR] [--targets ...] [--methods ...] [--runs R] [--steps N]`` writes
 DIR/tsw_flows.json (every finished (target, method) cell, saved as it completes; a rerun with the same settings
 skips finished cells), DIR/tsw_flows.md (tables), DIR/tsw_flows.png (curves, log scale) and
 DIR/tsw_flows.snapshots.png (particles of the first run).
@@ -15,16 +15,16 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from benchmarks import tsw_report as report
+from benchmarks.tsw_report import plt
 from tsw_sl import flows, targets
-from tsw_sl.experiments import cli
-from tsw_sl.experiments.cli import plt
 
 N_POINTS = 100
 LOW_DIM = ("swiss_roll", "25_gaussians", "8_gaussians", "heart", "crescent", "bunny", "spot")
 HIGH_DIM = tuple(f"gaussian_{d}" for d in targets.GAUSSIAN_DIMS)
 ALL_METHODS = ("sw", "max_sw", "tsw_sl", "tsw_sl_distance", "max_tsw_sl", "db_tsw")
 
-# TSW-SL paper v2 (spec anchors.md sec. 5): W_2^2 at iterations 500 ... 2500 and seconds per iteration.
+# TSW-SL paper v2 (arXiv 2406.13725, gradient-flow tables): W_2^2 at iterations 500 ... 2500 and seconds per iteration.
 PAPER = {
     ("swiss_roll", "sw"): ([5.73e-3, 2.04e-3, 1.23e-3, 1.11e-3, 1.05e-3], 0.009),
     ("swiss_roll", "max_sw"): ([2.47e-2, 1.03e-2, 6.10e-3, 4.47e-3, 3.45e-3], 2.46),
@@ -71,7 +71,7 @@ def flow_cell(data_key, flow_key, target, method, n_runs, n_steps, snapshot_ever
     snaps, _ = jax.block_until_ready(compiled(flow_key, src, tgt, lr=lr))
     seconds = time.perf_counter() - compiled_at
     snaps = np.asarray(snaps)
-    w2 = np.array([[flows.wasserstein2_squared(s, t) for s in run] for run, t in zip(snaps, tgt)])
+    w2 = np.array([[report.wasserstein2_squared(s, t) for s in run] for run, t in zip(snaps, tgt)])
     cell = dict(iterations=list(range(0, n_steps + 1, snapshot_every)), w2_mean=w2.mean(0).tolist(),
                 w2_std=w2.std(0).tolist(), lr=lr, runs=n_runs, steps=n_steps,
                 s_per_it=seconds / n_steps, compile_s=compiled_at - start)
@@ -91,7 +91,7 @@ def _missing_note(results):
     missing = [f"{t}/{m}" for t, cells in results.items() for m in ALL_METHODS if m not in cells]
     if not missing:
         return ""
-    return (f" Not run yet: {', '.join(missing)}; rerunning `python -m tsw_sl.flows` computes only the missing "
+    return (f" Not run yet: {', '.join(missing)}; rerunning `python -m benchmarks.tsw_flows` computes only the missing "
             "cells.")
 
 
@@ -101,14 +101,14 @@ def markdown(results, config):
              f"Scale: {config['runs']} runs of {config['steps']} iterations, {N_POINTS} particles from "
              "N(0, 0.25^2 I), Adam; SW / Max-SW L = 100 directions (p = 2); tree methods L = 25 trees x k = 4 "
              "lines (p = 1; TSW-SL: chain trees, root uniform in the unit box around the target mean, t ~ U(-1, 1), "
-             "uniform splitting, which makes it SW_1 over the 100 lines (spec sec. 7); TSW-SL (distance): the same "
+             "uniform splitting, which makes it SW_1 over the 100 lines (docs/tsw_sl.md §7); TSW-SL (distance): the same "
              "trees with distance splitting, delta = 1; Db-TSW: concurrent trees, roots N(target mean, 0.1^2 I), "
              "distance splitting, delta = 1; Max-TSW-SL: one chain tree of 4 lines); Max methods 100 inner Adam steps at lr 1e-4. Learning rates "
              "5e-3, 5e-2 for tree methods in d >= 10. Cells: mean (std) over runs at iterations "
              "steps / 5, 2 steps / 5, ..., steps; s/it: wall seconds per iteration of the compiled, vmapped "
              f"flow of all runs together on this machine (2 shared CPU cores; the paper's timings are per run "
              "on a GPU; cells were run in several sessions at different loads of the shared machine, so compare s/it "
-             "within a row's order of magnitude only). Paper: TSW-SL v2, spec anchors.md sec. 5 (no 8-Gaussians or "
+             "within a row's order of magnitude only). Paper: TSW-SL v2, arXiv 2406.13725 (no 8-Gaussians or "
              "point-cloud numbers)." + _missing_note(results), ""]
     for target, cells in results.items():
         its = [config["steps"] * i // 5 for i in range(1, 6)]
@@ -119,7 +119,7 @@ def markdown(results, config):
             idx = [c["iterations"].index(it) for it in its]
             ours = _fmt([c["w2_mean"][i] for i in idx]) + f" ({c['w2_std'][idx[-1]]:.1e})"
             paper, paper_s = PAPER.get((target, method), (None, None))
-            lines.append(f"| {flows.LABELS[method]} | {ours} | {c['s_per_it']:.4f} | "
+            lines.append(f"| {report.LABELS[method]} | {ours} | {c['s_per_it']:.4f} | "
                          f"{_fmt(paper) if paper else '-'} | {paper_s or '-'} |")
         lines.append("")
     return "\n".join(lines)
@@ -135,7 +135,7 @@ def plot_curves(results, path):
         for method, c in cells.items():
             mean, std = np.array(c["w2_mean"]), np.array(c["w2_std"])
             colour = f"C{ALL_METHODS.index(method)}"  # one colour per method in every panel
-            ax.plot(c["iterations"], mean, color=colour, label=flows.LABELS[method])
+            ax.plot(c["iterations"], mean, color=colour, label=report.LABELS[method])
             ax.fill_between(c["iterations"], np.maximum(mean - std, mean * 1e-2), mean + std, color=colour, alpha=0.2)
         ax.set_yscale("log")
         ax.set_title(target)
@@ -144,7 +144,7 @@ def plot_curves(results, path):
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     axes[0, 0].legend(fontsize=7)
-    cli.save_figure(fig, path)
+    report.save_figure(fig, path)
 
 
 def plot_snapshots(results, path):
@@ -165,13 +165,13 @@ def plot_snapshots(results, path):
             ax.scatter(tgt[:, 0], tgt[:, 1], s=6, c="0.7")
             ax.scatter(snaps[1][:, 0], snaps[1][:, 1], s=3, c="tab:orange", alpha=0.5)
             ax.scatter(snaps[-1][:, 0], snaps[-1][:, 1], s=3, c="tab:blue")
-            ax.set_title(f"{target} {flows.LABELS[method]}", fontsize=7)
+            ax.set_title(f"{target} {report.LABELS[method]}", fontsize=7)
     fig.suptitle("grey: target; orange: iteration N/5; blue: final", fontsize=8)
-    cli.save_figure(fig, path, dpi=70)
+    report.save_figure(fig, path, dpi=70)
 
 
 def main(argv=None):
-    p = cli.parser("Gradient flows with SW, Max-SW, TSW-SL, Max-TSW-SL and Db-TSW (TSW-SL paper, sec. 6.1).")
+    p = report.parser("Gradient flows with SW, Max-SW, TSW-SL, Max-TSW-SL and Db-TSW (TSW-SL paper, sec. 6.1).")
     p.add_argument("--targets", nargs="+", default=None, help=f"default: {' '.join(LOW_DIM + HIGH_DIM)}")
     p.add_argument("--methods", nargs="+", default=None,
                    help=f"default: {' '.join(ALL_METHODS)} (quick: sw tsw_sl db_tsw)")
@@ -187,7 +187,7 @@ def main(argv=None):
     names = args.targets or (["swiss_roll", "25_gaussians"] if quick else list(LOW_DIM + HIGH_DIM))
     stem = os.path.join(args.out, "tsw_flows")
     config = dict(runs=runs, steps=steps, snapshot_every=every, seed=args.seed, n_points=N_POINTS)
-    saved = cli.read_json(stem + ".json", {})
+    saved = report.read_json(stem + ".json", {})
     results = saved.get("results", {}) if saved.get("config") == config else {}
     todo = [(t, m) for t in names
             for m in (args.methods or (("sw", "tsw_sl", "db_tsw") if quick else ALL_METHODS))
@@ -198,9 +198,13 @@ def main(argv=None):
         data_key = jax.random.fold_in(key, zlib.crc32(target.encode()))
         flow_key = jax.random.fold_in(data_key, ALL_METHODS.index(method))
         results.setdefault(target, {})[method] = flow_cell(data_key, flow_key, target, method, runs, steps, every)
-        cli.write_json(stem + ".json", dict(config=config, targets={t: targets.describe(t) for t in results},
+        report.write_json(stem + ".json", dict(config=config, targets={t: targets.describe(t) for t in results},
                                             results=results))
-    cli.write_text(stem + ".md", markdown(results, config))
+    report.write_text(stem + ".md", markdown(results, config))
     plot_curves(results, stem + ".png")
     plot_snapshots(results, stem + ".snapshots.png")
     print(f"wrote {stem}.json, .md, .png, .snapshots.png")
+
+
+if __name__ == "__main__":
+    main()

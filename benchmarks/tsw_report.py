@@ -1,4 +1,6 @@
-"""Shared command-line plumbing of the experiment drivers: argument parser, JSON files, figures."""
+"""Shared plumbing of the TSW-SL experiment drivers (`benchmarks.tsw_flows`, `tsw_colour_transfer`,
+`tsw_generate`): argument parser, result files, figures, the methods' display labels and the exact W_2^2
+(POT) that the reports measure progress with."""
 from __future__ import annotations
 
 import argparse
@@ -9,13 +11,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import ot  # noqa: E402
 
 from common.zoo_store import atomic_write  # noqa: E402
 
 DEFAULT_OUT = "benchmarks/results"
+LABELS = {"sw": "SW", "max_sw": "Max-SW", "tsw_sl": "TSW-SL", "tsw_sl_distance": "TSW-SL (distance)",
+          "max_tsw_sl": "Max-TSW-SL", "db_tsw": "Db-TSW"}  # tsw_sl.flows.METHODS -> label in tables and plots
 
 
-def parser(description):
+def parser(description: str) -> argparse.ArgumentParser:
     """An argument parser with the options every driver has: --out, --quick, --seed."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
@@ -51,3 +57,13 @@ def save_figure(fig, path, dpi=80):
     fig.tight_layout()
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
+
+
+def wasserstein2_squared(x, y) -> float:
+    """Exact W_2^2 between uniform empirical measures (POT's network simplex, squared Euclidean cost).
+
+    x: [n, d], y: [m, d] (arrays of any kind) -> float.
+    """
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    cost = ot.dist(x, y, metric="sqeuclidean")
+    return float(ot.emd2(np.full(len(x), 1.0 / len(x)), np.full(len(y), 1.0 / len(y)), cost))

@@ -1,7 +1,10 @@
 """Colour-transfer demo: palettes flowed with SW and TSW-SL, images side by side, palette W_2^2 and time.
 
-``python -m tsw_sl.colour_transfer [--quick] [--out DIR] [--source pot/ocean_day.jpg] [--target ...]`` writes
-DIR/tsw_colour_transfer.json, .md and .png (source, target, one recoloured image per method, W_2^2 curves).
+The source and target images are reduced to palettes of K colours by k-means (scikit-learn, fitted on a random
+subset of pixels, ``palette``); `tsw_sl.colour_transfer` flows the source palette and recolours the image.
+
+``python -m benchmarks.tsw_colour_transfer [--quick] [--out DIR] [--source pot/ocean_day.jpg] [--target ...]``
+writes DIR/tsw_colour_transfer.json, .md and .png (source, target, one recoloured image per method, W_2^2 curves).
 """
 from __future__ import annotations
 
@@ -10,13 +13,31 @@ import time
 
 import jax
 import numpy as np
+from sklearn.cluster import KMeans
 from tqdm.auto import tqdm
 
+from benchmarks import tsw_report as report
+from benchmarks.tsw_report import plt
 from common.data import load_image
 from tsw_sl import colour_transfer as ct
-from tsw_sl import flows
-from tsw_sl.experiments import cli
-from tsw_sl.experiments.cli import plt
+
+
+def palette(key, pixels, n_colours, n_fit=20_000):
+    """K-means palette of an image.
+
+    Args:
+      key: PRNG key (pixel subset and k-means initialisation).
+      pixels: [P, 3] colours in [0, 1].
+      n_colours: K; n_fit: number of random pixels the k-means is fitted on (all if P is smaller).
+    Returns:
+      (centres float32 [K, 3], labels int [P]: each pixel's nearest centre).
+    """
+    pixels = np.asarray(pixels, np.float32)
+    k_sub, k_init = jax.random.split(key)
+    subset = np.asarray(jax.random.permutation(k_sub, len(pixels)))[:n_fit]
+    seed = int(jax.random.randint(k_init, (), 0, 2**31 - 1))
+    km = KMeans(n_clusters=n_colours, n_init=1, max_iter=100, random_state=seed).fit(pixels[subset])
+    return km.cluster_centers_.astype(np.float32), km.predict(pixels)
 
 
 def run_method(key, source, target, method, n_steps, step_size):
@@ -43,11 +64,11 @@ def figure(images, titles, curves, path, width=360):
     axes[-1].set_xlabel("Euler step")
     axes[-1].set_title("palette W2^2 to target", fontsize=8)
     axes[-1].legend(fontsize=7)
-    cli.save_figure(fig, path, dpi=90)
+    report.save_figure(fig, path, dpi=90)
 
 
 def main(argv=None):
-    p = cli.parser("Colour transfer with SW and TSW-SL palette flows (TSW-SL paper, sec. 6.2).")
+    p = report.parser("Colour transfer with SW and TSW-SL palette flows (TSW-SL paper, sec. 6.2).")
     p.add_argument("--source", default="pot/ocean_day.jpg", help="image under images/ of the data folder")
     p.add_argument("--target", default="pot/ocean_sunset.jpg")
     p.add_argument("--colours", type=int, default=None, help="palette size K (default 1000, quick 200)")
@@ -62,27 +83,27 @@ def main(argv=None):
     src_img = load_image(args.source, as_float=True)[::stride, ::stride]
     tgt_img = load_image(args.target, as_float=True)[::stride, ::stride]
     start = time.perf_counter()
-    src_pal, labels = ct.palette(k_src, src_img.reshape(-1, 3), n_colours)
-    tgt_pal, _ = ct.palette(k_tgt, tgt_img.reshape(-1, 3), n_colours)
+    src_pal, labels = palette(k_src, src_img.reshape(-1, 3), n_colours)
+    tgt_pal, _ = palette(k_tgt, tgt_img.reshape(-1, 3), n_colours)
     kmeans_s = time.perf_counter() - start
     results, images, curves = {}, [src_img, tgt_img], {}
     for method in tqdm(args.methods, desc="colour transfer"):
         step = ct.PAPER_STEP[method]
         snaps, seconds, first_s = run_method(k_flow, src_pal, tgt_pal, method, n_steps, step)
-        w2 = [flows.wasserstein2_squared(s, tgt_pal) for s in snaps]
+        w2 = [report.wasserstein2_squared(s, tgt_pal) for s in snaps]
         steps = list(range(0, n_steps + 1, n_steps // (len(snaps) - 1)))
         results[method] = dict(step_size=step, w2_squared=w2, steps=steps, flow_s=seconds, first_call_s=first_s,
                                w2_ratio=w2[0] / w2[-1])
         images.append(ct.recolour(src_img, labels, snaps[-1]))
-        curves[flows.LABELS[method]] = (steps, w2)
+        curves[report.LABELS[method]] = (steps, w2)
     config = dict(source=args.source, target=args.target, colours=n_colours, steps=n_steps, image_stride=stride,
                   pixels=int(src_img.shape[0] * src_img.shape[1]), seed=args.seed, kmeans_s=kmeans_s,
                   settings="SW L = 100 (p = 2); TSW-SL chain L = 25, k = 4 (p = 1, uniform splitting)")
     stem = os.path.join(args.out, "tsw_colour_transfer")
-    cli.write_json(stem + ".json", dict(config=config, results=results))
-    rows = [f"| {flows.LABELS[m]} | {r['step_size']:g} | {r['w2_squared'][0]:.3e} | {r['w2_squared'][-1]:.3e} | "
+    report.write_json(stem + ".json", dict(config=config, results=results))
+    rows = [f"| {report.LABELS[m]} | {r['step_size']:g} | {r['w2_squared'][0]:.3e} | {r['w2_squared'][-1]:.3e} | "
             f"{r['w2_ratio']:.0f}x | {r['flow_s']:.2f} | {r['first_call_s']:.1f} |" for m, r in results.items()]
-    cli.write_text(stem + ".md", "\n".join([
+    report.write_text(stem + ".md", "\n".join([
         "# Colour transfer: palette flows", "",
         f"{args.source} -> {args.target} ({config['pixels']} pixels, image stride {stride}), palettes of "
         f"{n_colours} colours by k-means (fitted on 20,000 random pixels; {kmeans_s:.1f} s for both images), "
@@ -91,5 +112,9 @@ def main(argv=None):
         "| method | step | W_2^2 start | W_2^2 end | reduction | flow s | first call s (compile + flow) |",
         "|---|---|---|---|---|---|---|",
         *rows, "", "![colour transfer](tsw_colour_transfer.png)", ""]))
-    figure(images, ["source", "target"] + [f"{flows.LABELS[m]}" for m in results], curves, stem + ".png")
+    figure(images, ["source", "target"] + [f"{report.LABELS[m]}" for m in results], curves, stem + ".png")
     print(f"wrote {stem}.json, .md, .png")
+
+
+if __name__ == "__main__":
+    main()
