@@ -10,7 +10,7 @@ import ot
 
 import tsw_sl
 from benchmarks import tsw_colour_transfer, tsw_flows, tsw_generate
-from benchmarks.tsw_report import read_json
+from benchmarks.harness import read_json
 
 
 def _reference_rows() -> list[tuple[str, str]]:

@@ -368,6 +368,28 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list
             + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Writes ``obj`` as indented JSON to ``path`` atomically (the text is built first, so an object that does
+    not serialise leaves the file as it was), creating the folder."""
+    write_text(path, json.dumps(obj, indent=1))
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes ``text`` to ``path`` atomically, creating the folder."""
+    if not isinstance(text, str):
+        raise ValueError(f"write_text: text must be a str, got {type(text).__name__}")
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    atomic_write(os.fspath(path), lambda f: f.write(text), mode="w")
+
+
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    """The JSON value in ``path``, or ``default`` when the file does not exist."""
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
 def write_results(out_dir: str | os.PathLike, name: str, result: dict, markdown: str) -> tuple[str, str]:
     """Writes ``out_dir/name.json`` (``result``) and ``out_dir/name.md`` (``markdown``), each atomically: the
     JSON text is built first, so a result that does not serialise leaves both files as they were.
@@ -377,10 +399,9 @@ def write_results(out_dir: str | os.PathLike, name: str, result: dict, markdown:
     if not isinstance(markdown, str):
         raise ValueError(f"write_results: markdown must be a str, got {type(markdown).__name__}")
     text = json.dumps(result, indent=1)
-    os.makedirs(out_dir, exist_ok=True)
     paths = (os.path.join(out_dir, f"{name}.json"), os.path.join(out_dir, f"{name}.md"))
     for path, body in zip(paths, (text, markdown)):
-        atomic_write(path, lambda f, body=body: f.write(body), mode="w")
+        write_text(path, body)
     return paths
 
 

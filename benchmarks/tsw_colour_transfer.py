@@ -16,8 +16,8 @@ import numpy as np
 from sklearn.cluster import KMeans
 from tqdm.auto import tqdm
 
+from benchmarks import harness
 from benchmarks import tsw_report as report
-from benchmarks.tsw_report import plt
 from common.data import load_image
 from tsw_sl import colour_transfer as ct
 
@@ -52,7 +52,7 @@ def run_method(key, source, target, method, n_steps, step_size):
 
 def figure(images, titles, curves, path, width=360):
     """Images side by side (each subsampled to about `width` pixels wide) plus the palette W_2^2 curves."""
-    fig, axes = plt.subplots(1, len(images) + 1, figsize=(3.2 * (len(images) + 1), 2.6))
+    fig, axes = harness.subplots(1, len(images) + 1, figsize=(3.2 * (len(images) + 1), 2.6))
     for ax, img, title in zip(axes, images, titles):
         stride = max(img.shape[1] // width, 1)
         ax.imshow(img[::stride, ::stride])
@@ -64,7 +64,7 @@ def figure(images, titles, curves, path, width=360):
     axes[-1].set_xlabel("Euler step")
     axes[-1].set_title("palette W2^2 to target", fontsize=8)
     axes[-1].legend(fontsize=7)
-    report.save_figure(fig, path, dpi=90)
+    harness.save_figure(fig, path, dpi=90)
 
 
 def main(argv=None):
@@ -100,10 +100,10 @@ def main(argv=None):
                   pixels=int(src_img.shape[0] * src_img.shape[1]), seed=args.seed, kmeans_s=kmeans_s,
                   settings="SW L = 100 (p = 2); TSW-SL chain L = 25, k = 4 (p = 1, uniform splitting)")
     stem = os.path.join(args.out, "tsw_colour_transfer")
-    report.write_json(stem + ".json", dict(config=config, results=results))
+    harness.write_json(stem + ".json", dict(config=config, results=results))
     rows = [f"| {report.LABELS[m]} | {r['step_size']:g} | {r['w2_squared'][0]:.3e} | {r['w2_squared'][-1]:.3e} | "
             f"{r['w2_ratio']:.0f}x | {r['flow_s']:.2f} | {r['first_call_s']:.1f} |" for m, r in results.items()]
-    report.write_text(stem + ".md", "\n".join([
+    harness.write_text(stem + ".md", "\n".join([
         "# Colour transfer: palette flows", "",
         f"{args.source} -> {args.target} ({config['pixels']} pixels, image stride {stride}), palettes of "
         f"{n_colours} colours by k-means (fitted on 20,000 random pixels; {kmeans_s:.1f} s for both images), "

@@ -15,8 +15,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from benchmarks import harness
 from benchmarks import tsw_report as report
-from benchmarks.tsw_report import plt
 from tsw_sl import flows, targets
 
 N_POINTS = 100
@@ -130,7 +130,7 @@ def plot_curves(results, path):
     n = len(results)
     cols = min(n, 4)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = harness.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
     for ax, (target, cells) in zip(axes.ravel(), results.items()):
         for method, c in cells.items():
             mean, std = np.array(c["w2_mean"]), np.array(c["w2_std"])
@@ -144,7 +144,7 @@ def plot_curves(results, path):
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     axes[0, 0].legend(fontsize=7)
-    report.save_figure(fig, path)
+    harness.save_figure(fig, path)
 
 
 def plot_snapshots(results, path):
@@ -153,7 +153,7 @@ def plot_snapshots(results, path):
     if not low:
         return
     methods = list(dict.fromkeys(m for c in low.values() for m in c))
-    fig, axes = plt.subplots(len(low), len(methods), figsize=(2.2 * len(methods), 2.2 * len(low)),
+    fig, axes = harness.subplots(len(low), len(methods), figsize=(2.2 * len(methods), 2.2 * len(low)),
                              squeeze=False)
     for row, (target, cells) in zip(axes, low.items()):
         for ax, method in zip(row, methods):
@@ -167,7 +167,7 @@ def plot_snapshots(results, path):
             ax.scatter(snaps[-1][:, 0], snaps[-1][:, 1], s=3, c="tab:blue")
             ax.set_title(f"{target} {report.LABELS[method]}", fontsize=7)
     fig.suptitle("grey: target; orange: iteration N/5; blue: final", fontsize=8)
-    report.save_figure(fig, path, dpi=70)
+    harness.save_figure(fig, path, dpi=70)
 
 
 def main(argv=None):
@@ -187,7 +187,7 @@ def main(argv=None):
     names = args.targets or (["swiss_roll", "25_gaussians"] if quick else list(LOW_DIM + HIGH_DIM))
     stem = os.path.join(args.out, "tsw_flows")
     config = dict(runs=runs, steps=steps, snapshot_every=every, seed=args.seed, n_points=N_POINTS)
-    saved = report.read_json(stem + ".json", {})
+    saved = harness.read_json(stem + ".json", {})
     results = saved.get("results", {}) if saved.get("config") == config else {}
     todo = [(t, m) for t in names
             for m in (args.methods or (("sw", "tsw_sl", "db_tsw") if quick else ALL_METHODS))
@@ -198,9 +198,9 @@ def main(argv=None):
         data_key = jax.random.fold_in(key, zlib.crc32(target.encode()))
         flow_key = jax.random.fold_in(data_key, ALL_METHODS.index(method))
         results.setdefault(target, {})[method] = flow_cell(data_key, flow_key, target, method, runs, steps, every)
-        report.write_json(stem + ".json", dict(config=config, targets={t: targets.describe(t) for t in results},
+        harness.write_json(stem + ".json", dict(config=config, targets={t: targets.describe(t) for t in results},
                                             results=results))
-    report.write_text(stem + ".md", markdown(results, config))
+    harness.write_text(stem + ".md", markdown(results, config))
     plot_curves(results, stem + ".png")
     plot_snapshots(results, stem + ".snapshots.png")
     print(f"wrote {stem}.json, .md, .png, .snapshots.png")

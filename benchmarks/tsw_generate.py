@@ -23,8 +23,8 @@ import optax
 import scipy.linalg
 from tqdm.auto import tqdm
 
+from benchmarks import harness
 from benchmarks import tsw_report as report
-from benchmarks.tsw_report import plt
 from common.data import load_fashion_mnist, load_mnist
 from common.training import fit
 from tsw_sl import flows
@@ -154,7 +154,7 @@ def figure(results, grids, path):
     """Sample grids (seed 0) per data set and method, and the classifier Frechet distance during training."""
     datasets = list(results)
     cols = len(CONFIGS) + 1
-    fig, axes = plt.subplots(len(datasets), cols, figsize=(3.3 * cols, 3.3 * len(datasets)), squeeze=False)
+    fig, axes = harness.subplots(len(datasets), cols, figsize=(3.3 * cols, 3.3 * len(datasets)), squeeze=False)
     for row, dataset in zip(axes, datasets):
         for ax, method in zip(row, CONFIGS):
             ax.imshow(grids[(dataset, method)], cmap="gray", vmin=0, vmax=1)
@@ -169,7 +169,7 @@ def figure(results, grids, path):
         row[-1].set_xlabel("step")
         row[-1].set_title("classifier Frechet distance", fontsize=8)
         row[-1].legend(fontsize=7)
-    report.save_figure(fig, path, dpi=80)
+    harness.save_figure(fig, path, dpi=80)
 
 
 def markdown(results, config):
@@ -226,8 +226,8 @@ def main(argv=None):
         results[dataset], g = run_dataset(dataset, args, key)
         grids |= g
     stem = os.path.join(args.out, "tsw_generate")
-    report.write_json(stem + ".json", dict(config=config, results=results))
-    report.write_text(stem + ".md", markdown(results, config))
+    harness.write_json(stem + ".json", dict(config=config, results=results))
+    harness.write_text(stem + ".md", markdown(results, config))
     figure(results, grids, stem + ".png")
     print(f"wrote {stem}.json, .md, .png")
 

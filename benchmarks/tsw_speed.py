@@ -2,7 +2,7 @@
 
 Methods (L k = number of directions, k = 4 lines per tree):
   tsw_chain           tsw_sl.tsw_sl, chain trees, uniform splitting (the paper's TSW-SL); with n = m and default
-                      weights it takes the spec's sec. 7 path (W_1 / k per line from two sorts of n values)
+                      weights it takes the docs/tsw_sl.md §7 path (W_1 / k per line from two sorts of n values)
   tsw_chain_weighted  the same with explicit uniform weights a, b: the closed form (one sort of 2n values per
                       line), the TSW-SL counterpart of sw_ours_weighted
   tsw_chain_distance  tsw_sl.tsw_sl, chain trees, "distance" splitting

@@ -37,7 +37,7 @@ def test_wasserstein2_squared_matches_assignment():
     assert wasserstein2_squared(x, x) == pytest.approx(0.0, abs=1e-12)
 
 
-LIBRARY_MODULES = ("tsw_sl", "tsw_sl.flows", "tsw_sl.colour_transfer", "tsw_sl.targets")
+LIBRARY_MODULES = ("tsw_sl", "tsw_sl.flows", "tsw_sl.colour_transfer", "tsw_sl.targets", "tsw_sl.generate")
 REPORT_ONLY = ("matplotlib", "ot", "sklearn", "tqdm")
 
 

@@ -22,7 +22,7 @@ from tsw_sl import validation
 from tsw_sl.distance import Distance, tree_costs
 from tsw_sl.one_dim import projected_costs, root_p
 from tsw_sl.splitting import SplittingMap
-from tsw_sl.trees import TreeSystem, normalise, random_directions, sample_trees
+from tsw_sl.trees import TreeSystem, normalize, random_directions, sample_trees
 
 
 def _ascend(objective, params, n_steps, lr, project):
@@ -45,8 +45,8 @@ def _check_steps(n_steps):
         raise ValueError(f"n_steps must be a non-negative Python int; got {n_steps!r}")
 
 
-def _one_pair(name, x, y, a, b, normalize):
-    x, y, a, b = validation.measures(x, y, a, b, normalize)
+def _one_pair(name, x, y, a, b, normalize_weights):
+    x, y, a, b = validation.measures(x, y, a, b, normalize_weights)
     if x.ndim != 2:
         raise ValueError(f"{name} takes one pair x [n, d], y [m, d] (vmap for batches); got x {x.shape}")
     return x, y, a, b
@@ -55,10 +55,10 @@ def _one_pair(name, x, y, a, b, normalize):
 @functools.partial(jax.jit, static_argnames=("n_steps", "p", "sort_method", "uniform_equal", "return_costs"))
 def _max_sliced(x, y, a, b, theta0, lr, *, n_steps, p, sort_method, uniform_equal, return_costs):
     def costs(theta, x, y, a, b):  # on normalised directions: the gradient is tangent to the sphere
-        return projected_costs(x, y, a, b, normalise(theta), p, sort_method, uniform_equal)
+        return projected_costs(x, y, a, b, normalize(theta), p, sort_method, uniform_equal)
 
     fixed = jax.lax.stop_gradient((x, y, a, b))
-    theta = _ascend(lambda q: jnp.mean(costs(q, *fixed)), theta0, n_steps, lr, normalise)
+    theta = _ascend(lambda q: jnp.mean(costs(q, *fixed)), theta0, n_steps, lr, normalize)
     final = costs(theta, x, y, a, b)
     distance = root_p(jnp.mean(final), p)
     return (distance, final) if return_costs else distance
@@ -99,7 +99,7 @@ def _max_tree(x, y, a, b, trees0, lr, delta, t_low, t_high, *, n_steps, splittin
 
     def project(params):
         root, t, theta = params
-        return root, jnp.clip(t, t_low, t_high), normalise(theta)
+        return root, jnp.clip(t, t_low, t_high), normalize(theta)
 
     fixed = jax.lax.stop_gradient((x, y, a, b))
     params = _ascend(lambda q: jnp.mean(costs(q, *fixed)), trees0.params(), n_steps, lr, project)

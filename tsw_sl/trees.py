@@ -60,7 +60,7 @@ class TreeSystem:
           TreeSystem with sources [..., L, k, d] and unit directions [..., L, k, d].
         """
         _check_kind(kind)
-        theta = normalise(directions)
+        theta = normalize(directions)
         if kind == "concurrent":
             return cls(jnp.broadcast_to(root[..., None, :], theta.shape), theta, kind)
         steps = t[..., None] * theta[..., :-1, :]
@@ -79,7 +79,7 @@ class TreeSystem:
         return self.sources[..., 0, :], t, theta
 
 
-def normalise(v: jax.Array, axis: int = -1) -> jax.Array:
+def normalize(v: jax.Array, axis: int = -1) -> jax.Array:
     """Unit vectors along `axis` (zero vectors stay finite). v: [..., d] -> [..., d]."""
     norm = jnp.sqrt(jnp.sum(v * v, axis=axis, keepdims=True))
     return v / jnp.maximum(norm, jnp.finfo(v.dtype).tiny)
@@ -110,7 +110,7 @@ def random_directions(key: jax.Array, shape: tuple[int, ...], dim: int, dtype: D
     """
     shape = tuple(shape)
     if not orthogonal:
-        return normalise(jax.random.normal(key, shape + (dim,), dtype))
+        return normalize(jax.random.normal(key, shape + (dim,), dtype))
     k = shape[-1]
     if k > dim:
         raise ValueError(f"orthogonal directions need n_lines <= dim; got n_lines={k}, dim={dim}")
