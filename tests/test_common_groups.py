@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common import NetworkSpec, groups, nets, testing
+from common import NetworkSpec, groups, nets
 from tests.common_fixtures import CNN_ZOO_SPEC, SIREN_SPEC, leaves_close, random_weights
 
 MLP_SPEC = NetworkSpec.mlp((5, 8, 7, 6, 3))
@@ -35,7 +35,7 @@ def test_mlp_function_preserved_by_group_and_broken_by_others(activation, scalin
     g_wrong = groups.sample_monomial(k[3], MLP_SPEC, wrong, dtype=jnp.float64)
     assert not np.allclose(_mlp(groups.act(g_wrong, ws), x, activation), y, rtol=1e-3)
     for layer in (1, 2, 3):
-        broken = testing.uncoupled_permutation(jax.random.fold_in(k[4], layer), ws, layer)
+        broken = groups.uncoupled_permutation(jax.random.fold_in(k[4], layer), ws, layer)
         assert not np.allclose(_mlp(broken, x, activation), y, rtol=1e-3)
 
 
@@ -61,7 +61,7 @@ def test_cnn_zoo_function_preserved(activation, scaling):
     j = 0
     src = np.asarray(ws.weights[1])[g.perms[1][j], g.perms[0][0]]
     np.testing.assert_allclose(w1[j, 0], src * g.scales[1][j] / g.scales[0][0], rtol=1e-12)
-    broken = testing.uncoupled_permutation(jax.random.PRNGKey(7), ws, 2)
+    broken = groups.uncoupled_permutation(jax.random.PRNGKey(7), ws, 2)
     assert not np.allclose(nets.cnn_apply(broken, x, activation), y, rtol=1e-3)
 
 
