@@ -135,3 +135,19 @@ def test_sample_and_act_errors():
     deeper = random_weights(jax.random.PRNGKey(1), NetworkSpec.mlp((3, 4, 4, 2)))
     with pytest.raises(ValueError, match="g has 1 hidden layers but ws has 3 layers"):
         groups.act(g, deeper)
+
+
+def test_io_permutation_and_uncoupled_permutation_break_the_function_on_weights_and_features():
+    ws = random_weights(jax.random.PRNGKey(15), MLP_SPEC, batch=(2,), dtype=jnp.float64)
+    x = jax.random.normal(jax.random.PRNGKey(16), (4, 5), jnp.float64)
+    single = lambda t: jax.tree.map(lambda a: a[0], t)
+    moved = groups.io_permutation(ws)
+    assert leaves_close(groups.io_permutation(ws.to_features()), moved.to_features(), rtol=0, atol=0)
+    assert leaves_close(moved.weights[1:-1] + moved.biases[:-1], ws.weights[1:-1] + ws.biases[:-1], rtol=0, atol=0)
+    np.testing.assert_array_equal(moved.weights[0], ws.weights[0][..., ::-1])
+    assert not np.allclose(_mlp(single(moved), x, "relu"), _mlp(single(ws), x, "relu"), rtol=1e-3)
+    key = jax.random.PRNGKey(17)
+    assert leaves_close(groups.uncoupled_permutation(key, ws.to_features(), 2),
+                        groups.uncoupled_permutation(key, ws, 2).to_features(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"layer must be in 1..3, got 4"):
+        groups.uncoupled_permutation(key, ws, 4)
