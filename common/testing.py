@@ -24,9 +24,8 @@ def _leaves(tree: Any) -> list[tuple[str, np.ndarray]]:
 def _paired(got: Any, want: Any, what: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
     a, b = _leaves(got), _leaves(want)
     if [p for p, _ in a] != [p for p, _ in b] or any(x.shape != y.shape for (_, x), (_, y) in zip(a, b)):
-        raise AssertionError(
-            f"{what}: outputs have different structures: {[(p, x.shape) for p, x in a]} vs {[(p, y.shape) for p, y in b]}"
-        )
+        raise AssertionError(f"{what}: outputs have different structures: {[(p, x.shape) for p, x in a]} "
+                             f"vs {[(p, y.shape) for p, y in b]}")
     return [(p, x, y) for (p, x), (_, y) in zip(a, b)]
 
 
@@ -54,18 +53,20 @@ def _largest_change(a: Any, b: Any, what: str) -> tuple[float, float, str]:
     return diffs[i], diffs[i] / scale, pairs[i][0]
 
 
-def _broken_actions(group: Group, key: jax.Array, broken: Sequence[Group | BrokenAction],
-                    check_uncoupled: bool) -> list[BrokenAction]:
-    """The group's uncoupled actions (if `check_uncoupled`) and `broken`, a Group standing for its coupled
-    action with one random element."""
+def _broken_actions(group: Group, key: jax.Array, broken: Sequence[Group | BrokenAction], check_uncoupled: bool,
+                    n_trials: int) -> list[tuple[str, list[Callable[[Any], Any]]]]:
+    """(name, moves) per broken action: the group's uncoupled actions (if `check_uncoupled`) and `broken`; a
+    Group there stands for its coupled action with `n_trials` random elements (fn must change under one)."""
     k_uncoupled, k_broken = jax.random.split(key)
-    moves = list(group.uncoupled_actions(k_uncoupled)) if check_uncoupled else []
+    actions = list(group.uncoupled_actions(k_uncoupled)) if check_uncoupled else []
+    moves = [(a.name, [a.move]) for a in actions]
     for i, b in enumerate(broken):
         if isinstance(b, BrokenAction):
-            moves.append(b)
+            moves.append((b.name, [b.move]))
         elif isinstance(b, Group):
-            g = b.sample(jax.random.fold_in(k_broken, i))
-            moves.append(BrokenAction(f"coupled action of the {b.name}", lambda x, b=b, g=g: b.act(g, x)))
+            elements = [b.sample(k) for k in jax.random.split(jax.random.fold_in(k_broken, i), n_trials)]
+            moves.append((f"coupled action of the {b.name}, largest change over {n_trials} sampled elements",
+                          [lambda x, b=b, g=g: b.act(g, x) for g in elements]))
         else:
             raise ValueError(f"broken[{i}] must be a Group or a BrokenAction, got {type(b).__name__}")
     if not moves:
@@ -82,7 +83,7 @@ def _assert_two_sided(fn: Callable, group: Group, key: jax.Array, x: Any, equiva
     if n_trials < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
     k_coupled, k_broken = jax.random.split(key)
-    moves = _broken_actions(group, k_broken, broken, check_uncoupled)
+    moves = _broken_actions(group, k_broken, broken, check_uncoupled, n_trials)
     out = fn(x)
     for t, k in enumerate(jax.random.split(k_coupled, n_trials)):
         g = group.sample(k)
@@ -90,12 +91,13 @@ def _assert_two_sided(fn: Callable, group: Group, key: jax.Array, x: Any, equiva
         _assert_close(fn(group.act(g, x)), expected, rtol, atol,
                       f"coupled action of the {group.name}, sampled element {t} of {n_trials} "
                       f"(group.sample(jax.random.split(k, {n_trials})[{t}]), k = jax.random.split(key)[0])")
-    for move in moves:
-        expected = move.move(out) if equivariant else out
-        diff, rel, path = _largest_change(fn(move.move(x)), expected, f"broken action ({move.name})")
+    for name, candidates in moves:
+        changes = [_largest_change(fn(m(x)), m(out) if equivariant else out, f"broken action ({name})")
+                   for m in candidates]
+        diff, rel, path = max(changes, key=lambda c: c[1])
         if not rel > min_change:
             raise AssertionError(
-                f"broken action ({move.name}) commuted with fn: max abs change {diff:.3e} (field {path}), relative "
+                f"broken action ({name}) commuted with fn: max abs change {diff:.3e} (field {path}), relative "
                 f"{rel:.2e} <= min_change {min_change:.1e}; fn does not see the coupling the {group.name} requires, "
                 "so the symmetry check would be vacuous"
             )
@@ -121,12 +123,13 @@ def assert_equivariant(
       group: a `common.groups.Group`, e.g. ``MonomialGroup(spec, "positive")`` or ``TransformerGroup(spec)``.
       key: PRNG key for the group elements and the broken actions.
       x: input (raw weights or features of the group's space, any leading batch axes).
-      broken: more actions fn must NOT commute with: a `BrokenAction`, or a `Group` fn must not respect (its
-        coupled action with one random element, e.g. ``MonomialGroup(spec, "sign")`` for a ReLU-only layer).
+      broken: more actions fn must NOT commute with: a `BrokenAction`, or a `Group` fn must not respect (e.g.
+        ``MonomialGroup(spec, "sign")`` for a ReLU-only layer): fn must fail to commute with at least one of
+        `n_trials` random elements of it.
       check_uncoupled: include ``group.uncoupled_actions`` among the broken actions. Turn off only for maps
         that provably cannot see them (e.g. Monomial-NFN's layers, which never couple neighbouring layers), say
         why in the test, and pass other `broken` actions: at least one broken action is required.
-      n_trials: number of random elements for the coupled check.
+      n_trials: number of random elements for the coupled check (and per Group in `broken`).
       rtol, atol: tolerances of the coupled check (per leaf, as numpy's allclose).
       min_change: smallest change each broken action must cause, relative to the largest |output|.
     Raises:

@@ -29,7 +29,8 @@ def test_equivariant_two_sided(ffn_scaling):
         layer = TransformerEquivariant(SPEC, 2, 3, ffn_scaling=ffn_scaling, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
         out = call(layer, feats)
         assert out.blocks[1].q.shape == (2, 2, 4, 3, 3) and out.blocks[0].w_b.shape == (2, 5, 4, 3)
-        assert_equivariant(lambda f: call(layer, f), TransformerGroup(SPEC, ffn_scaling=ffn_scaling), jax.random.key(1), feats,
+        group = TransformerGroup(SPEC, ffn_scaling=ffn_scaling)
+        assert_equivariant(lambda f: call(layer, f), group, jax.random.key(1), feats,
                            broken=_not_respected(ffn_scaling), **TOL)
 
 
@@ -44,7 +45,8 @@ def test_invariant_two_sided(ffn_scaling):
         group = TransformerGroup(SPEC, ffn_scaling=ffn_scaling)
         attention_only = ("head permutation of q only", "GL(Dk) on q without its inverse on k",
                           "GL(Dv) on v without its inverse on o")
-        uncoupled = tuple(a for a in group.uncoupled_actions(jax.random.key(11)) if ffn_scaling or a.name in attention_only)
+        uncoupled = tuple(a for a in group.uncoupled_actions(jax.random.key(11))
+                          if ffn_scaling or a.name in attention_only)
         assert_invariant(lambda f: call(layer, f), group, jax.random.key(3), feats, check_uncoupled=False,
                          broken=uncoupled + _not_respected(ffn_scaling), **TOL)
 

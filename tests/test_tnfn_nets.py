@@ -53,7 +53,8 @@ def test_group_preserves_function_float64(ffn_scaling):
 def test_group_two_sided_float32():
     """Coupled action preserves the function (float32 tolerance); every uncoupled action changes it."""
     tw, x, _ = _setup(jnp.float32)
-    assert_invariant(lambda t: nets.encoder_apply(t, x), TransformerGroup(SPEC, ffn_scaling=True), jax.random.key(2), tw,
+    group = TransformerGroup(SPEC, ffn_scaling=True)
+    assert_invariant(lambda t: nets.encoder_apply(t, x), group, jax.random.key(2), tw,
                      rtol=1e-4, atol=1e-4, min_change=1e-2)
 
 
