@@ -2,17 +2,24 @@
 
 An element g = (g^(1), ..., g^(L-1)) has, per hidden layer l, a gather index ``perms[l-1]`` [n_l]
 (``perm[j] = pi_l^{-1}(j)``) and a scale vector ``scales[l-1]`` [n_l]. Input and output neurons are fixed.
-It acts on weights as (magep_nfn.md §2)
+It acts on weights as (docs/magep.md §2)
 
     W^(l) -> D^(l) P^(l) W^(l) (D^(l-1) P^(l-1))^{-1},   b^(l) -> D^(l) P^(l) b^(l)
     (gW)^(l)_{jk} = d^(l)_j W^(l)_{perm_l[j], perm_{l-1}[k]} / d^(l-1)_k
 
 on every channel and kernel position alike. "positive" scalings are symmetries of ReLU networks,
 "sign" flips of tanh/sin networks, "none" (permutations only) of any network.
+
+`Group` is the protocol the two-sided symmetry checks of `common.testing` take: sample, act, inverse,
+compose, and the uncoupled actions that a map respecting the group must notice. `MonomialGroup` implements
+it for this group, `FieldGroup` lifts any group onto one field of a larger pytree (e.g. a transformer's
+classifier head), `transformer_nfn.groups.TransformerGroup` implements it for the transformer group.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -137,3 +144,164 @@ def act(g: MonomialElement, ws: WeightSpace) -> WeightSpace:
         weights.append(w)
         biases.append(b)
     return WeightSpace(tuple(weights), tuple(biases), is_features=ws.is_features)
+
+
+def uncoupled_permutation(key: jax.Array, ws: WeightSpace, layer: int) -> WeightSpace:
+    """Permute the output neurons (rows and bias) of hidden layer `layer` (1..L-1) but not the inputs
+    (columns) of layer `layer`+1: a broken action that changes the network's function.
+
+    Args:
+      key: PRNG key (the permutation is a cyclic shift by a random non-zero amount, never the identity).
+      ws: raw weights or features (any leading batch axes).
+      layer: hidden layer index l in 1..L-1.
+    Returns:
+      WeightSpace of the same shapes.
+    """
+    if not 1 <= layer < ws.num_layers:
+        raise ValueError(f"uncoupled_permutation: layer must be in 1..{ws.num_layers - 1}, got {layer}")
+    a = ws.out_axis(layer - 1)
+    n = ws.weights[layer - 1].shape[a]
+    perm = jnp.roll(jnp.arange(n), 1 + int(jax.random.randint(key, (), 0, max(n - 1, 1))))
+    weights, biases = list(ws.weights), list(ws.biases)
+    weights[layer - 1] = jnp.take(weights[layer - 1], perm, axis=a)
+    biases[layer - 1] = jnp.take(biases[layer - 1], perm, axis=a)
+    return WeightSpace(tuple(weights), tuple(biases), is_features=ws.is_features)
+
+
+def io_permutation(ws: WeightSpace) -> WeightSpace:
+    """Reverse the input neurons (columns of W^(1)) and the output neurons (rows of W^(L), entries of b^(L)):
+    not a symmetry, as the monomial group fixes input and output neurons (the NP group does not).
+
+    Args:
+      ws: raw weights or features (any leading batch axes).
+    Returns:
+      WeightSpace of the same shapes.
+    """
+    L = ws.num_layers
+    weights, biases = list(ws.weights), list(ws.biases)
+    weights[0] = jnp.flip(weights[0], axis=ws.out_axis(0) + 1)
+    weights[L - 1] = jnp.flip(weights[L - 1], axis=ws.out_axis(L - 1))
+    biases[L - 1] = jnp.flip(biases[L - 1], axis=ws.out_axis(L - 1))
+    return WeightSpace(tuple(weights), tuple(biases), is_features=ws.is_features)
+
+
+class BrokenAction(NamedTuple):
+    """A named move ``x -> x'`` that is not a symmetry: a map that respects the group must not commute with it
+    (an invariant map must change its output under it)."""
+
+    name: str
+    move: Callable[[Any], Any]
+
+
+@runtime_checkable
+class Group(Protocol):
+    """A symmetry group of one weight space, bound to its shapes (what `common.testing`'s checks take).
+
+    Laws: ``act(compose(g, h), x) == act(g, act(h, x))``, ``act(inverse(g), act(g, x)) == x``.
+    """
+
+    @property
+    def name(self) -> str:
+        """Short description for messages, e.g. "monomial group (positive scalings)"."""
+        ...
+
+    def sample(self, key: jax.Array) -> Any:
+        """A random element (a pytree)."""
+        ...
+
+    def act(self, g: Any, x: Any) -> Any:
+        """g.x on raw weights or features of the space (any leading batch axes); same shapes as x."""
+        ...
+
+    def inverse(self, g: Any) -> Any:
+        """g^{-1}."""
+        ...
+
+    def compose(self, g: Any, h: Any) -> Any:
+        """g h (h applied first)."""
+        ...
+
+    def uncoupled_actions(self, key: jax.Array) -> tuple[BrokenAction, ...]:
+        """Moves applying one factor of the group to only part of what it must act on together; each changes
+        the function of a generic network of the space."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class MonomialGroup:
+    """The monomial group of `spec` with `scaling` scalings, as a `Group` on its raw weights and features.
+
+    Attributes:
+      spec: network structure (widths n_0..n_L).
+      scaling: "positive", "sign" or "none" (see `sample_monomial`).
+      scale_range: range of the log-uniform "positive" scalings; narrower than `sample_monomial`'s default,
+        so symmetry checks stay well conditioned.
+      dtype: dtype of the sampled scales.
+    """
+
+    spec: NetworkSpec
+    scaling: str = "positive"
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"MonomialGroup: scaling must be one of {SCALINGS}, got {self.scaling!r}")
+
+    @property
+    def name(self) -> str:
+        return f"monomial group ({self.scaling} scalings)"
+
+    def sample(self, key: jax.Array) -> MonomialElement:
+        """`sample_monomial` with this group's scaling, range and dtype."""
+        return sample_monomial(key, self.spec, self.scaling, scale_range=self.scale_range, dtype=self.dtype)
+
+    def act(self, g: MonomialElement, x: WeightSpace) -> WeightSpace:
+        return act(g, x)
+
+    def inverse(self, g: MonomialElement) -> MonomialElement:
+        return inverse(g)
+
+    def compose(self, g: MonomialElement, h: MonomialElement) -> MonomialElement:
+        return compose(g, h)
+
+    def uncoupled_actions(self, key: jax.Array) -> tuple[BrokenAction, ...]:
+        """`uncoupled_permutation` of every hidden layer l = 1..L-1 (key folded with l)."""
+        return tuple(
+            BrokenAction(f"uncoupled permutation of hidden layer {l}",
+                         functools.partial(uncoupled_permutation, jax.random.fold_in(key, l), layer=l))
+            for l in range(1, self.spec.num_layers)
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldGroup:
+    """`group` acting on the dataclass field `field` of a larger pytree and fixing the rest, as a `Group`
+    (e.g. the monomial group of a `TransformerWeights`' classifier: ``FieldGroup(MonomialGroup(spec), "classifier")``).
+    """
+
+    group: Group
+    field: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.group.name} on .{self.field}"
+
+    def _lift(self, fn: Callable[[Any], Any], x: Any) -> Any:
+        return dataclasses.replace(x, **{self.field: fn(getattr(x, self.field))})
+
+    def sample(self, key: jax.Array) -> Any:
+        return self.group.sample(key)
+
+    def act(self, g: Any, x: Any) -> Any:
+        return self._lift(functools.partial(self.group.act, g), x)
+
+    def inverse(self, g: Any) -> Any:
+        return self.group.inverse(g)
+
+    def compose(self, g: Any, h: Any) -> Any:
+        return self.group.compose(g, h)
+
+    def uncoupled_actions(self, key: jax.Array) -> tuple[BrokenAction, ...]:
+        return tuple(BrokenAction(f"{a.name} of .{self.field}", functools.partial(self._lift, a.move))
+                     for a in self.group.uncoupled_actions(key))

@@ -1,176 +1,164 @@
-"""Two-sided symmetry checks reused by every package's tests.
+"""Two-sided symmetry checks for any `common.groups.Group` (the monomial group, the transformer group, ...).
 
-`assert_equivariant` checks that ``fn(act(g, x)) == act(g, fn(x))`` for random group elements g AND that a
-broken action (a permutation applied to the outputs of one hidden layer only, not to the inputs of the
-next layer; optionally a scaling of the wrong group) does NOT commute with fn, so a vacuous layer (one that
-never mixes layers, or ignores its input) cannot pass. `assert_invariant` does the same for
-``fn(act(g, x)) == fn(x)``. `assert_symmetry` is the generic core for any group (e.g. the transformer group).
+`assert_equivariant(fn, group, key, x)` checks that ``fn(g.x) == g.fn(x)`` for random elements g of `group`
+AND that every broken action b (the group's uncoupled actions, plus any `broken` ones: another group's
+coupled action, a permutation of fixed neurons, ...) does NOT commute with fn: ``fn(b(x)) != b(fn(x))``.
+So a vacuous function (one that never mixes the fields a group couples, or ignores its input) cannot pass.
+`assert_invariant` does the same for ``fn(g.x) == fn(x)`` and ``fn(b(x)) != fn(x)``.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from common import groups
-from common.weight_space import NetworkSpec, WeightSpace
+from common.groups import BrokenAction, Group
 
 
-def uncoupled_permutation(key: jax.Array, ws: WeightSpace, layer: int) -> WeightSpace:
-    """Permute the output neurons (rows and bias) of hidden layer `layer` (1..L-1) but not the inputs
-    (columns) of layer `layer`+1: a broken action that changes the network's function.
-
-    Args:
-      key: PRNG key.
-      ws: raw weights or features.
-      layer: hidden layer index l in 1..L-1.
-    """
-    if not 1 <= layer < ws.num_layers:
-        raise ValueError(f"uncoupled_permutation: layer must be in 1..{ws.num_layers - 1}, got {layer}")
-    a = ws.out_axis(layer - 1)
-    n = ws.weights[layer - 1].shape[a]
-    perm = jnp.roll(jnp.arange(n), 1 + int(jax.random.randint(key, (), 0, max(n - 1, 1))))
-    weights, biases = list(ws.weights), list(ws.biases)
-    weights[layer - 1] = jnp.take(weights[layer - 1], perm, axis=a)
-    biases[layer - 1] = jnp.take(biases[layer - 1], perm, axis=a)
-    return WeightSpace(tuple(weights), tuple(biases), is_features=ws.is_features)
+def _leaves(tree: Any) -> list[tuple[str, np.ndarray]]:
+    return [(jax.tree_util.keystr(path) or "output", np.asarray(leaf))
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-def _max_rel_diff(a: Any, b: Any) -> float:
-    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-    scale = max(float(np.max(np.abs(np.asarray(x)))) for x in la + lb) + 1e-12
-    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(la, lb)) / scale
+def _paired(got: Any, want: Any, what: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    a, b = _leaves(got), _leaves(want)
+    if [p for p, _ in a] != [p for p, _ in b] or any(x.shape != y.shape for (_, x), (_, y) in zip(a, b)):
+        raise AssertionError(f"{what}: outputs have different structures: {[(p, x.shape) for p, x in a]} "
+                             f"vs {[(p, y.shape) for p, y in b]}")
+    return [(p, x, y) for (p, x), (_, y) in zip(a, b)]
 
 
-def _assert_close(a: Any, b: Any, rtol: float, atol: float, what: str) -> None:
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol, err_msg=what)
+def _assert_close(got: Any, want: Any, rtol: float, atol: float, what: str) -> None:
+    """Every leaf within ``atol + rtol |want|`` (numpy's allclose); else name the worst field."""
+    pairs = _paired(got, want, what)
+    excess = [float(np.max(np.abs(x - y) - (atol + rtol * np.abs(y)), initial=-np.inf)) for _, x, y in pairs]
+    failing = [i for i, e in enumerate(excess) if not e <= 0]  # NaN fails too
+    if failing:
+        worst = max(failing, key=lambda i: np.nan_to_num(excess[i], nan=np.inf))
+        path, x, y = pairs[worst]
+        raise AssertionError(
+            f"{what}: field {path} differs by max abs {float(np.max(np.abs(x - y))):.3e} (|expected| up to "
+            f"{float(np.max(np.abs(y), initial=0.0)):.3e}; rtol={rtol:.0e}, atol={atol:.0e}); "
+            f"{len(failing)} of {len(pairs)} fields fail: {[pairs[i][0] for i in failing]}"
+        )
 
 
-def assert_symmetry(
-    fn: Callable,
+def _largest_change(a: Any, b: Any, what: str) -> tuple[float, float, str]:
+    """(max abs difference, that / the largest |value| of a and b, the field where it occurs)."""
+    pairs = _paired(a, b, what)
+    diffs = [float(np.max(np.abs(x - y), initial=0.0)) for _, x, y in pairs]
+    scale = max(float(np.max(np.abs(v), initial=0.0)) for _, x, y in pairs for v in (x, y)) + 1e-12
+    i = int(np.argmax(diffs))
+    return diffs[i], diffs[i] / scale, pairs[i][0]
+
+
+def _broken_actions(group: Group, key: jax.Array, broken: Sequence[Group | BrokenAction], check_uncoupled: bool,
+                    n_trials: int) -> list[tuple[str, list[Callable[[Any], Any]]]]:
+    """(name, moves) per broken action: the group's uncoupled actions (if `check_uncoupled`) and `broken`; a
+    Group there stands for its coupled action with `n_trials` random elements (fn must change under one)."""
+    k_uncoupled, k_broken = jax.random.split(key)
+    actions = list(group.uncoupled_actions(k_uncoupled)) if check_uncoupled else []
+    moves = [(a.name, [a.move]) for a in actions]
+    for i, b in enumerate(broken):
+        if isinstance(b, BrokenAction):
+            moves.append((b.name, [b.move]))
+        elif isinstance(b, Group):
+            elements = [b.sample(k) for k in jax.random.split(jax.random.fold_in(k_broken, i), n_trials)]
+            moves.append((f"coupled action of the {b.name}, largest change over {n_trials} sampled elements",
+                          [lambda x, b=b, g=g: b.act(g, x) for g in elements]))
+        else:
+            raise ValueError(f"broken[{i}] must be a Group or a BrokenAction, got {type(b).__name__}")
+    if not moves:
+        raise ValueError(
+            f"no broken action for the {group.name} (check_uncoupled=False and broken empty): a one-sided check "
+            "cannot catch a function that ignores its input; pass broken=(another group, BrokenAction(...))"
+        )
+    return moves
+
+
+def _assert_two_sided(fn: Callable, group: Group, key: jax.Array, x: Any, equivariant: bool,
+                      broken: Sequence[Group | BrokenAction], check_uncoupled: bool, n_trials: int, rtol: float,
+                      atol: float, min_change: float) -> None:
+    if n_trials < 1:
+        raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+    k_coupled, k_broken = jax.random.split(key)
+    moves = _broken_actions(group, k_broken, broken, check_uncoupled, n_trials)
+    out = fn(x)
+    for t, k in enumerate(jax.random.split(k_coupled, n_trials)):
+        g = group.sample(k)
+        expected = group.act(g, out) if equivariant else out
+        _assert_close(fn(group.act(g, x)), expected, rtol, atol,
+                      f"coupled action of the {group.name}, sampled element {t} of {n_trials} "
+                      f"(group.sample(jax.random.split(k, {n_trials})[{t}]), k = jax.random.split(key)[0])")
+    for name, candidates in moves:
+        changes = [_largest_change(fn(m(x)), m(out) if equivariant else out, f"broken action ({name})")
+                   for m in candidates]
+        diff, rel, path = max(changes, key=lambda c: c[1])
+        if not rel > min_change:
+            raise AssertionError(
+                f"broken action ({name}) commuted with fn: max abs change {diff:.3e} (field {path}), relative "
+                f"{rel:.2e} <= min_change {min_change:.1e}; fn does not see the coupling the {group.name} requires, "
+                "so the symmetry check would be vacuous"
+            )
+
+
+def assert_equivariant(
+    fn: Callable[[Any], Any],
+    group: Group,
     key: jax.Array,
     x: Any,
-    sample: Callable[[jax.Array], Any],
-    act_in: Callable[[Any, Any], Any],
-    act_out: Callable[[Any, Any], Any] | None,
-    broken: Sequence[tuple[str, Callable[[Any], Any], Callable[[Any], Any] | None]],
     *,
+    broken: Sequence[Group | BrokenAction] = (),
+    check_uncoupled: bool = True,
     n_trials: int = 3,
     rtol: float = 1e-4,
     atol: float = 1e-5,
     min_change: float = 1e-3,
 ) -> None:
-    """Generic two-sided check for any group (used by the monomial and the transformer groups).
+    """Assert fn(g.x) == g.fn(x) for random g in `group`, and that no broken action b has fn(b(x)) == b(fn(x)).
 
     Args:
-      fn: the function under test, x -> pytree.
-      key: PRNG key.
-      x: input pytree.
-      sample: key -> group element.
-      act_in: (g, x) -> g.x on inputs.
-      act_out: (g, y) -> g.y on outputs for an equivariant fn; None for an invariant fn.
-      broken: (name, move_in, move_out) triples of actions fn must NOT respect: fn(move_in(x)) must
-        differ from move_out(fn(x)) (from fn(x) when move_out is None) by more than `min_change`
-        relative to the output's scale.
+      fn: the map under test, x -> a pytree the group acts on (any channel counts), e.g. an equivariant layer.
+      group: a `common.groups.Group`, e.g. ``MonomialGroup(spec, "positive")`` or ``TransformerGroup(spec)``.
+      key: PRNG key for the group elements and the broken actions.
+      x: input (raw weights or features of the group's space, any leading batch axes).
+      broken: more actions fn must NOT commute with: a `BrokenAction`, or a `Group` fn must not respect (e.g.
+        ``MonomialGroup(spec, "sign")`` for a ReLU-only layer): fn must fail to commute with at least one of
+        `n_trials` random elements of it.
+      check_uncoupled: include ``group.uncoupled_actions`` among the broken actions. Turn off only for maps
+        that provably cannot see them (e.g. Monomial-NFN's layers, which never couple neighbouring layers), say
+        why in the test, and pass other `broken` actions: at least one broken action is required.
+      n_trials: number of random elements for the coupled check (and per Group in `broken`).
+      rtol, atol: tolerances of the coupled check (per leaf, as numpy's allclose).
+      min_change: smallest change each broken action must cause, relative to the largest |output|.
     Raises:
-      AssertionError if a coupled action fails or a broken action commutes with fn.
+      AssertionError naming the sampled element or the broken action, the field and the max abs difference.
+      ValueError if there is no broken action or `broken` holds something else.
     """
-    out = fn(x)
-    for t, k in enumerate(jax.random.split(key, n_trials)):
-        g = sample(k)
-        expected = out if act_out is None else act_out(g, out)
-        _assert_close(fn(act_in(g, x)), expected, rtol, atol, f"trial {t}: coupled action")
-    for name, move_in, move_out in broken:
-        change = _max_rel_diff(fn(move_in(x)), out if move_out is None else move_out(out))
-        if change <= min_change:
-            raise AssertionError(
-                f"broken action ({name}) commuted with fn (relative change {change:.2e} <= {min_change:.1e}): "
-                "fn does not see the coupling the group requires, so the symmetry check is vacuous"
-            )
+    _assert_two_sided(fn, group, key, x, True, broken, check_uncoupled, n_trials, rtol, atol, min_change)
 
 
-def _monomial_check(
-    fn: Callable,
+def assert_invariant(
+    fn: Callable[[Any], Any],
+    group: Group,
     key: jax.Array,
-    feats: WeightSpace,
-    spec: NetworkSpec,
-    scaling: str,
-    equivariant: bool,
-    broken_scaling: str | None,
-    scale_range: tuple[float, float],
-    check_uncoupled: bool,
-    **tolerances,
+    x: Any,
+    *,
+    broken: Sequence[Group | BrokenAction] = (),
+    check_uncoupled: bool = True,
+    n_trials: int = 3,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+    min_change: float = 1e-3,
 ) -> None:
-    """Monomial group: coupled actions of `scaling`; broken = uncoupled permutations (+ a wrong scaling)."""
-    if spec.num_layers < 2:
-        raise ValueError(f"symmetry checks need a hidden layer; spec has widths {spec.widths}")
-    feats.check_spec(spec, "feats")
-    k_group, k_broken, k_wrong = jax.random.split(key, 3)
-    moves = [
-        (f"uncoupled permutation of hidden layer {l}", lambda ws, l=l: uncoupled_permutation(jax.random.fold_in(k_broken, l), ws, l))
-        for l in range(1, spec.num_layers)
-    ] if check_uncoupled else []
-    if broken_scaling is not None:
-        g_wrong = groups.sample_monomial(k_wrong, spec, broken_scaling, scale_range=scale_range)
-        moves.append((f"{broken_scaling} action", lambda ws: groups.act(g_wrong, ws)))
-    assert_symmetry(
-        fn,
-        k_group,
-        feats,
-        lambda k: groups.sample_monomial(k, spec, scaling, scale_range=scale_range),
-        groups.act,
-        groups.act if equivariant else None,
-        [(name, move, move if equivariant else None) for name, move in moves],
-        **tolerances,
-    )
+    """Assert fn(g.x) == fn(x) for random g in `group`, and that every broken action b changes fn: fn(b(x)) != fn(x).
 
-
-_DOC_ARGS = """
     Args:
-      fn: features -> features of the same spec (equivariant; any channel counts) or -> any pytree (invariant).
-      key: PRNG key for the group elements.
-      feats: input features (any leading batch axes) of `spec`.
-      spec: the network spec of `feats`.
-      scaling: the group: "positive", "sign" or "none".
-      n_trials: number of random coupled group elements.
-      rtol, atol: tolerances of the coupled check.
-      min_change: smallest relative change each broken action must cause.
-      broken_scaling: optionally a group fn must NOT respect (e.g. "sign" for a ReLU-based layer).
-      scale_range: range of positive scalings.
-      check_uncoupled: include the uncoupled permutations among the broken actions (turn off only for layers
-        that provably cannot see them, e.g. Monomial-NFN's linear layers, and say why in the test).
+      fn: the map under test, x -> any pytree (e.g. an invariant layer or a whole predictor's logits).
+      group, key, x, broken, check_uncoupled, n_trials, rtol, atol, min_change: as in `assert_equivariant`.
     Raises:
-      AssertionError on either failure.
-"""
-
-
-def _monomial_assert(equivariant: bool, summary: str) -> Callable[..., None]:
-    def check(
-        fn: Callable[[WeightSpace], Any],
-        key: jax.Array,
-        feats: WeightSpace,
-        spec: NetworkSpec,
-        scaling: str = "positive",
-        *,
-        n_trials: int = 3,
-        rtol: float = 1e-4,
-        atol: float = 1e-5,
-        min_change: float = 1e-3,
-        broken_scaling: str | None = None,
-        scale_range: tuple[float, float] = (0.5, 2.0),
-        check_uncoupled: bool = True,
-    ) -> None:
-        _monomial_check(fn, key, feats, spec, scaling, equivariant, broken_scaling, scale_range, check_uncoupled,
-                        n_trials=n_trials, rtol=rtol, atol=atol, min_change=min_change)
-
-    check.__doc__ = summary + "\n" + _DOC_ARGS
-    return check
-
-
-assert_equivariant = _monomial_assert(True, "Assert fn(g.x) == g.fn(x) for random g, and that broken actions do not commute with fn.")
-assert_equivariant.__name__ = assert_equivariant.__qualname__ = "assert_equivariant"
-assert_invariant = _monomial_assert(False, "Assert fn(g.x) == fn(x) for random g, and that broken actions change fn's output.")
-assert_invariant.__name__ = assert_invariant.__qualname__ = "assert_invariant"
+      AssertionError naming the sampled element or the broken action, the field and the max abs difference.
+      ValueError if there is no broken action or `broken` holds something else.
+    """
+    _assert_two_sided(fn, group, key, x, False, broken, check_uncoupled, n_trials, rtol, atol, min_change)

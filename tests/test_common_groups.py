@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common import NetworkSpec, groups, nets, testing
+from common import NetworkSpec, groups, nets
 from tests.common_fixtures import CNN_ZOO_SPEC, SIREN_SPEC, leaves_close, random_weights
 
 MLP_SPEC = NetworkSpec.mlp((5, 8, 7, 6, 3))
@@ -35,7 +35,7 @@ def test_mlp_function_preserved_by_group_and_broken_by_others(activation, scalin
     g_wrong = groups.sample_monomial(k[3], MLP_SPEC, wrong, dtype=jnp.float64)
     assert not np.allclose(_mlp(groups.act(g_wrong, ws), x, activation), y, rtol=1e-3)
     for layer in (1, 2, 3):
-        broken = testing.uncoupled_permutation(jax.random.fold_in(k[4], layer), ws, layer)
+        broken = groups.uncoupled_permutation(jax.random.fold_in(k[4], layer), ws, layer)
         assert not np.allclose(_mlp(broken, x, activation), y, rtol=1e-3)
 
 
@@ -61,7 +61,7 @@ def test_cnn_zoo_function_preserved(activation, scaling):
     j = 0
     src = np.asarray(ws.weights[1])[g.perms[1][j], g.perms[0][0]]
     np.testing.assert_allclose(w1[j, 0], src * g.scales[1][j] / g.scales[0][0], rtol=1e-12)
-    broken = testing.uncoupled_permutation(jax.random.PRNGKey(7), ws, 2)
+    broken = groups.uncoupled_permutation(jax.random.PRNGKey(7), ws, 2)
     assert not np.allclose(nets.cnn_apply(broken, x, activation), y, rtol=1e-3)
 
 
@@ -135,3 +135,19 @@ def test_sample_and_act_errors():
     deeper = random_weights(jax.random.PRNGKey(1), NetworkSpec.mlp((3, 4, 4, 2)))
     with pytest.raises(ValueError, match="g has 1 hidden layers but ws has 3 layers"):
         groups.act(g, deeper)
+
+
+def test_io_permutation_and_uncoupled_permutation_break_the_function_on_weights_and_features():
+    ws = random_weights(jax.random.PRNGKey(15), MLP_SPEC, batch=(2,), dtype=jnp.float64)
+    x = jax.random.normal(jax.random.PRNGKey(16), (4, 5), jnp.float64)
+    single = lambda t: jax.tree.map(lambda a: a[0], t)
+    moved = groups.io_permutation(ws)
+    assert leaves_close(groups.io_permutation(ws.to_features()), moved.to_features(), rtol=0, atol=0)
+    assert leaves_close(moved.weights[1:-1] + moved.biases[:-1], ws.weights[1:-1] + ws.biases[:-1], rtol=0, atol=0)
+    np.testing.assert_array_equal(moved.weights[0], ws.weights[0][..., ::-1])
+    assert not np.allclose(_mlp(single(moved), x, "relu"), _mlp(single(ws), x, "relu"), rtol=1e-3)
+    key = jax.random.PRNGKey(17)
+    assert leaves_close(groups.uncoupled_permutation(key, ws.to_features(), 2),
+                        groups.uncoupled_permutation(key, ws, 2).to_features(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"layer must be in 1..3, got 4"):
+        groups.uncoupled_permutation(key, ws, 4)

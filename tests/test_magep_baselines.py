@@ -9,10 +9,11 @@ import pytest
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
-from common import NetworkSpec
+from common import NetworkSpec, testing
+from common.groups import MonomialGroup
 from magep.baselines import (HNPLinear, HNPPool, MonomialLinear, MonomialPool, NPLinear, NPPool, StatNN, hnp_pool,
                              linear_plan, sharing_linear, statistics)
-from tests.test_magep_support import SPECS, assert_two_sided, jitted, random_features
+from tests.magep_fixtures import CHECK_X64, IO_PERMUTATION, SPECS, jitted, random_features
 
 TINY = NetworkSpec.mlp((2, 3, 2, 2))
 
@@ -88,17 +89,19 @@ def test_sign_variant_adds_exactly_the_two_cross_terms():
 @pytest.mark.parametrize("scaling", ["positive", "sign"])
 def test_monomial_linear_and_pool_two_sided(name, scaling):
     spec = SPECS[name]
-    wrong = "positive" if scaling == "sign" else None
+    group = MonomialGroup(spec, scaling)
+    layer_wrong = (MonomialGroup(spec, "positive"),) if scaling == "sign" else ()
+    pool_wrong = (MonomialGroup(spec, "sign"),) if scaling == "positive" else ()
     with jax.enable_x64(True):
         feats = random_features(1, spec)
         layer = MonomialLinear(spec, spec.feature_channels, 2, scaling=scaling, rngs=nnx.Rngs(0))
-        assert_two_sided(jitted(layer), jax.random.key(1), feats, spec, scaling, equivariant=True,
-                         uncoupled=False, io_perm=True, wrong_scaling=wrong)
+        testing.assert_equivariant(jitted(layer), group, jax.random.key(1), feats, check_uncoupled=False,
+                                   broken=(IO_PERMUTATION, *layer_wrong), **CHECK_X64)
         # the pool sees channel directions only (x / ||x||), so feed it several channels, as after a layer
         feats = random_features(2, spec, channels=3)
         pool = MonomialPool(spec, 3, scaling=scaling)
-        assert_two_sided(jitted(pool), jax.random.key(2), feats, spec, scaling, equivariant=False, uncoupled=False,
-                         io_perm=True, wrong_scaling="sign" if scaling == "positive" else None)
+        testing.assert_invariant(jitted(pool), group, jax.random.key(2), feats, check_uncoupled=False,
+                                 broken=(IO_PERMUTATION, *pool_wrong), **CHECK_X64)
         assert pool(feats).shape == (pool.out_features,)
 
 
@@ -107,16 +110,16 @@ def test_hnp_np_layers_and_pools_two_sided(name):
     spec = SPECS[name]
     with jax.enable_x64(True):
         feats = random_features(2, spec)
+        group, positive = MonomialGroup(spec, "none"), MonomialGroup(spec, "positive")
         hnp = HNPLinear(spec, spec.feature_channels, 2, rngs=nnx.Rngs(0))
-        assert_two_sided(jitted(hnp), jax.random.key(3), feats, spec, "none", equivariant=True, io_perm=True,
-                         wrong_scaling="positive")
+        testing.assert_equivariant(jitted(hnp), group, jax.random.key(3), feats, broken=(IO_PERMUTATION, positive),
+                                   **CHECK_X64)
         np_layer = NPLinear(spec, spec.feature_channels, 2, rngs=nnx.Rngs(1))
-        assert_two_sided(jitted(np_layer), jax.random.key(4), feats, spec, "none", equivariant=True,
-                         wrong_scaling="positive")
-        assert_two_sided(jitted(HNPPool(spec, spec.feature_channels)), jax.random.key(5), feats, spec, "none",
-                         equivariant=False, uncoupled=False, io_perm=True, wrong_scaling="positive")
-        assert_two_sided(jitted(NPPool(spec, spec.feature_channels)), jax.random.key(6), feats, spec, "none",
-                         equivariant=False, uncoupled=False, wrong_scaling="positive")
+        testing.assert_equivariant(jitted(np_layer), group, jax.random.key(4), feats, broken=(positive,), **CHECK_X64)
+        testing.assert_invariant(jitted(HNPPool(spec, spec.feature_channels)), group, jax.random.key(5), feats,
+                                 check_uncoupled=False, broken=(IO_PERMUTATION, positive), **CHECK_X64)
+        testing.assert_invariant(jitted(NPPool(spec, spec.feature_channels)), group, jax.random.key(6), feats,
+                                 check_uncoupled=False, broken=(positive,), **CHECK_X64)
 
 
 def test_hnp_pool_layout():
@@ -139,5 +142,5 @@ def test_statnn_statistics_and_symmetry():
         w = np.asarray(feats.weights[1][..., 0]).ravel()
         np.testing.assert_allclose(s[7:14], [w.mean(), w.var(), *np.quantile(w, [0, 0.25, 0.5, 0.75, 1])], rtol=1e-10)
         model = StatNN(spec, spec.feature_channels, 3, hidden=(8,), rngs=nnx.Rngs(0))
-        assert_two_sided(jitted(model), jax.random.key(7), feats, spec, "none", equivariant=False, uncoupled=False,
-                         wrong_scaling="positive")
+        testing.assert_invariant(jitted(model), MonomialGroup(spec, "none"), jax.random.key(7), feats,
+                                 check_uncoupled=False, broken=(MonomialGroup(spec, "positive"),), **CHECK_X64)

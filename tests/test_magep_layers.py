@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from common import NetworkSpec, WeightSpace
+from common import NetworkSpec, WeightSpace, testing
+from common.groups import MonomialGroup
 from magep import FrozenCoupling, PolynomialEquivariant, PolynomialInvariant, normalize_scale
-from tests.test_magep_support import SPECS, assert_two_sided, jitted, random_features
+from tests.magep_fixtures import CHECK_X64, SPECS, jitted, random_features
 
 
 def n_params(module, kind=nnx.Param) -> int:
@@ -22,7 +23,7 @@ def test_equivariant_layer_two_sided(name, scaling):
     with jax.enable_x64(True):
         feats = random_features(0, spec)  # conv kernels folded: C = (9, 9, 9, 1), bias channels 1
         layer = PolynomialEquivariant(spec, spec.feature_channels, 2, rngs=nnx.Rngs(1))
-        assert_two_sided(jitted(layer), jax.random.key(2), feats, spec, scaling, equivariant=True)
+        testing.assert_equivariant(jitted(layer), MonomialGroup(spec, scaling), jax.random.key(2), feats, **CHECK_X64)
 
 
 @pytest.mark.parametrize("scaling", ["positive", "sign"])
@@ -32,7 +33,7 @@ def test_invariant_layer_two_sided(name, scaling):
     with jax.enable_x64(True):
         feats = random_features(3, spec, channels=2)
         layer = PolynomialInvariant(spec, 2, 3, rngs=nnx.Rngs(4))
-        assert_two_sided(jitted(layer), jax.random.key(5), feats, spec, scaling, equivariant=False)
+        testing.assert_invariant(jitted(layer), MonomialGroup(spec, scaling), jax.random.key(5), feats, **CHECK_X64)
 
 
 @pytest.mark.parametrize("scaling", ["positive", "sign"])
@@ -41,9 +42,9 @@ def test_frozen_phi_and_normalisation_keep_equivariance(scaling):
     with jax.enable_x64(True):
         feats = random_features(6, spec, channels=2)
         layer = PolynomialEquivariant(spec, 2, 2, rngs=nnx.Rngs(7), freeze_phi=True, normalize=True)
-        assert_two_sided(jitted(layer), jax.random.key(8), feats, spec, scaling, equivariant=True)
+        testing.assert_equivariant(jitted(layer), MonomialGroup(spec, scaling), jax.random.key(8), feats, **CHECK_X64)
         inv = PolynomialInvariant(spec, 2, 2, rngs=nnx.Rngs(9), normalize=True)
-        assert_two_sided(jitted(inv), jax.random.key(10), feats, spec, scaling, equivariant=False)
+        testing.assert_invariant(jitted(inv), MonomialGroup(spec, scaling), jax.random.key(10), feats, **CHECK_X64)
 
 
 def test_normalisation_removes_relu_function_scale():

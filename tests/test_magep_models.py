@@ -8,10 +8,11 @@ import optax
 import pytest
 from flax import nnx
 
-from common import training
+from common import groups, testing, training
+from common.groups import MonomialGroup
 from common.distributed import replicate
 from magep import GeneralizationPredictor, INRClassifier, INREditor
-from tests.test_magep_support import SPECS, assert_two_sided, jitted, random_features
+from tests.magep_fixtures import CHECK_X64, IO_PERMUTATION, SPECS, jitted, random_features
 
 ACTIVATION = {"positive": "relu", "sign": "tanh"}
 WRONG = {"positive": "sign", "sign": "positive"}
@@ -41,8 +42,8 @@ def test_magep_predictor_invariant(name, scaling):
         feats = random_features(0, spec)
         model = GeneralizationPredictor(spec, nfn="magep", scaling=scaling, channels=2, head=4, num_equivariant=1,
                                         rngs=nnx.Rngs(1))
-        assert_two_sided(jitted(model, "logits"), jax.random.key(2), feats, spec, scaling, equivariant=False,
-                         wrong_scaling=WRONG[scaling])
+        testing.assert_invariant(jitted(model, "logits"), MonomialGroup(spec, scaling), jax.random.key(2), feats,
+                                 broken=(MonomialGroup(spec, WRONG[scaling]),), **CHECK_X64)
 
 
 @pytest.mark.parametrize("scaling", ["positive", "sign"])
@@ -53,8 +54,9 @@ def test_monomial_predictor_invariant(scaling):
         model = GeneralizationPredictor(spec, nfn="monomial", scaling=scaling, channels=(2, 2), head=4, rngs=nnx.Rngs(4))
         # Monomial-NFN never couples neighbouring layers' hidden indices, so uncoupled permutations are
         # invisible to it (the expressivity gap MAGEP closes, see test_only_magep_sees_cross_layer_coupling).
-        assert_two_sided(jitted(model, "logits"), jax.random.key(5), feats, spec, scaling, equivariant=False,
-                         uncoupled=False, io_perm=True, wrong_scaling=WRONG[scaling])
+        testing.assert_invariant(jitted(model, "logits"), MonomialGroup(spec, scaling), jax.random.key(5), feats,
+                                 check_uncoupled=False, broken=(IO_PERMUTATION, MonomialGroup(spec, WRONG[scaling])),
+                                 **CHECK_X64)
 
 
 @pytest.mark.parametrize("nfn", ["hnp", "np", "statnn"])
@@ -63,18 +65,17 @@ def test_permutation_baseline_predictors_invariant(nfn):
     with jax.enable_x64(True):
         feats = random_features(6, spec)
         model = GeneralizationPredictor(spec, nfn=nfn, channels=(2, 2), head=16, rngs=nnx.Rngs(7))
-        assert_two_sided(jitted(model, "logits"), jax.random.key(8), feats, spec, "none", equivariant=False,
-                         uncoupled=nfn != "statnn", io_perm=nfn == "hnp", wrong_scaling="positive",
-                         min_change=1e-6)  # mean-pooled cross-layer terms: weak but exact-zero-free sensitivity
+        io = (IO_PERMUTATION,) if nfn == "hnp" else ()
+        testing.assert_invariant(jitted(model, "logits"), MonomialGroup(spec, "none"), jax.random.key(8), feats,
+                                 check_uncoupled=nfn != "statnn", broken=io + (MonomialGroup(spec, "positive"),),
+                                 **CHECK_X64, min_change=1e-6)  # mean-pooled cross-layer terms: weak but exact-zero-free sensitivity
 
 
 def test_only_magep_sees_cross_layer_coupling():
-    from common import testing
-
     spec = SPECS["mlp"]
     with jax.enable_x64(True):
         feats = random_features(9, spec)
-        moved = testing.uncoupled_permutation(jax.random.key(0), feats, 1)
+        moved = groups.uncoupled_permutation(jax.random.key(0), feats, 1)
         outputs = {}
         for nfn in ("magep", "monomial"):
             model = GeneralizationPredictor(spec, nfn=nfn, channels=2 if nfn == "magep" else (2, 2), head=4,
@@ -94,11 +95,10 @@ def test_inr_classifier_invariant_and_editor_equivariant(name, scaling):
         feats = random_features(11, spec)
         clf = INRClassifier(spec, 3, scaling=scaling, activation=act, channels=2, num_equivariant=1, head=4,
                             rngs=nnx.Rngs(12))
-        assert_two_sided(jitted(clf), jax.random.key(13), feats, spec, scaling, equivariant=False,
-                         wrong_scaling=WRONG[scaling])
+        group, wrong = MonomialGroup(spec, scaling), (MonomialGroup(spec, WRONG[scaling]),)
+        testing.assert_invariant(jitted(clf), group, jax.random.key(13), feats, broken=wrong, **CHECK_X64)
         editor = INREditor(spec, scaling=scaling, activation=act, channels=2, rngs=nnx.Rngs(14), gamma_init=0.5)
-        assert_two_sided(jitted(editor), jax.random.key(15), feats, spec, scaling, equivariant=True,
-                         wrong_scaling=WRONG[scaling])
+        testing.assert_equivariant(jitted(editor), group, jax.random.key(15), feats, broken=wrong, **CHECK_X64)
 
 
 def test_group_breaking_options_are_explicit():
@@ -109,12 +109,15 @@ def test_group_breaking_options_are_explicit():
         feats = random_features(16, spec)
         odd = INRClassifier(spec, 2, channels=2, num_equivariant=1, head=4, fourier_features="odd", n_frequencies=3,
                             rngs=nnx.Rngs(17))
-        assert_two_sided(jitted(odd), jax.random.key(18), feats, spec, "sign", equivariant=False, wrong_scaling="positive")
+        testing.assert_invariant(jitted(odd), MonomialGroup(spec, "sign"), jax.random.key(18), feats,
+                                 broken=(MonomialGroup(spec, "positive"),), **CHECK_X64)
         full = INRClassifier(spec, 2, channels=2, num_equivariant=1, head=4, fourier_features="full", n_frequencies=3,
                              rngs=nnx.Rngs(19))
-        assert_two_sided(jitted(full), jax.random.key(20), feats, spec, "none", equivariant=False, wrong_scaling="sign")
+        testing.assert_invariant(jitted(full), MonomialGroup(spec, "none"), jax.random.key(20), feats,
+                                 broken=(MonomialGroup(spec, "sign"),), **CHECK_X64)
         paper = INREditor(spec, channels=2, variant="paper", n_frequencies=2, rngs=nnx.Rngs(21), gamma_init=0.5)
-        assert_two_sided(jitted(paper), jax.random.key(22), feats, spec, "none", equivariant=True, wrong_scaling="sign")
+        testing.assert_equivariant(jitted(paper), MonomialGroup(spec, "none"), jax.random.key(22), feats,
+                                   broken=(MonomialGroup(spec, "sign"),), **CHECK_X64)
 
 
 def test_editor_is_a_small_residual_at_init():

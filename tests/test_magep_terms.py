@@ -7,7 +7,7 @@ import pytest
 from common import NetworkSpec
 from magep import terms
 from magep.init import init_couplings
-from tests.test_magep_support import random_features
+from tests.magep_fixtures import random_features
 
 
 def _product(weights, s, t):

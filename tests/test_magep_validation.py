@@ -8,7 +8,7 @@ from flax import nnx
 from common import NetworkSpec, WeightSpace
 from magep import GeneralizationPredictor, INRClassifier, INREditor, PolynomialEquivariant, PolynomialInvariant
 from magep.baselines import HNPLinear, MonomialLinear, MonomialPool, NPLinear, StatNN
-from tests.test_magep_support import SPECS, random_features
+from tests.magep_fixtures import SPECS, random_features
 
 SPEC = SPECS["mlp"]  # widths (3, 4, 5, 2)
 

@@ -6,23 +6,20 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from common.testing import assert_symmetry
+from common.testing import assert_equivariant, assert_invariant
 from transformer_nfn import equivariant, invariant
-from transformer_nfn import TransformerEquivariant, TransformerInvariant, TransformerSpec, groups, relu_ffn
-from transformer_nfn.testing import broken_actions, random_features
+from transformer_nfn import TransformerEquivariant, TransformerInvariant, TransformerSpec, relu_ffn
+from transformer_nfn.groups import TransformerGroup
+from transformer_nfn.testing import random_features
 
 SPEC = TransformerSpec(num_blocks=2, num_heads=2, d_model=4, d_k=3, d_v=2, d_ffn=5)
 call = nnx.jit(lambda module, x: module(x))
 TOL = dict(rtol=1e-9, atol=1e-9)
 
 
-def _moves(feats, ffn_scaling, names=None):
-    """Broken moves; for the paper's layers also the coupled FFN scaling, which they do not respect."""
-    moves = [m for m in broken_actions(jax.random.key(11), feats) if names is None or m[0] in names]
-    if not ffn_scaling:
-        g = groups.sample(jax.random.key(12), feats, ffn_scaling=True)
-        moves.append(("coupled FFN scaling (the paper's layers are not scale-equivariant)", lambda f: groups.act(g, f)))
-    return moves
+def _not_respected(ffn_scaling):
+    """The paper's layers do not respect the coupled FFN scaling: for them it is a broken action."""
+    return () if ffn_scaling else (TransformerGroup(SPEC, ffn_scaling=True),)
 
 
 @pytest.mark.parametrize("ffn_scaling", [False, True])
@@ -32,11 +29,9 @@ def test_equivariant_two_sided(ffn_scaling):
         layer = TransformerEquivariant(SPEC, 2, 3, ffn_scaling=ffn_scaling, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
         out = call(layer, feats)
         assert out.blocks[1].q.shape == (2, 2, 4, 3, 3) and out.blocks[0].w_b.shape == (2, 5, 4, 3)
-        assert_symmetry(
-            lambda f: call(layer, f), jax.random.key(1), feats,
-            lambda k: groups.sample(k, feats, ffn_scaling=ffn_scaling), groups.act, groups.act,
-            [(name, move, move) for name, move in _moves(feats, ffn_scaling)], **TOL,
-        )
+        group = TransformerGroup(SPEC, ffn_scaling=ffn_scaling)
+        assert_equivariant(lambda f: call(layer, f), group, jax.random.key(1), feats,
+                           broken=_not_respected(ffn_scaling), **TOL)
 
 
 @pytest.mark.parametrize("ffn_scaling", [False, True])
@@ -47,14 +42,13 @@ def test_invariant_two_sided(ffn_scaling):
         feats = random_features(jax.random.key(2), SPEC, 3, batch=(2,), dtype=jnp.float64)
         layer = TransformerInvariant(SPEC, 3, 4, ffn_scaling=ffn_scaling, rngs=nnx.Rngs(1), param_dtype=jnp.float64)
         assert call(layer, feats).shape == (2, SPEC.num_blocks, 4)
+        group = TransformerGroup(SPEC, ffn_scaling=ffn_scaling)
         attention_only = ("head permutation of q only", "GL(Dk) on q without its inverse on k",
                           "GL(Dv) on v without its inverse on o")
-        assert_symmetry(
-            lambda f: call(layer, f), jax.random.key(3), feats,
-            lambda k: groups.sample(k, feats, ffn_scaling=ffn_scaling), groups.act, None,
-            [(name, move, None) for name, move in _moves(feats, ffn_scaling, None if ffn_scaling else attention_only)],
-            **TOL,
-        )
+        uncoupled = tuple(a for a in group.uncoupled_actions(jax.random.key(11))
+                          if ffn_scaling or a.name in attention_only)
+        assert_invariant(lambda f: call(layer, f), group, jax.random.key(3), feats, check_uncoupled=False,
+                         broken=uncoupled + _not_respected(ffn_scaling), **TOL)
 
 
 def test_encoder_branch_couples_every_factor():
@@ -64,11 +58,8 @@ def test_encoder_branch_couples_every_factor():
         eq = TransformerEquivariant(SPEC, 1, 3, rngs=nnx.Rngs(2), param_dtype=jnp.float64)
         inv = TransformerInvariant(SPEC, 3, 4, rngs=nnx.Rngs(3), param_dtype=jnp.float64)
         branch = nnx.jit(lambda e, i, f: i(relu_ffn(e(f))))
-        assert_symmetry(
-            lambda f: branch(eq, inv, f), jax.random.key(5), feats,
-            lambda k: groups.sample(k, feats), groups.act, None,
-            [(name, move, None) for name, move in _moves(feats, False)], **TOL,
-        )
+        assert_invariant(lambda f: branch(eq, inv, f), TransformerGroup(SPEC), jax.random.key(5), feats,
+                         broken=_not_respected(False), **TOL)
 
 
 def test_parameter_counts_match_spec_formula():

@@ -7,13 +7,13 @@ import optax
 import pytest
 from flax import nnx
 
-from common import groups as monomial
-from common.testing import assert_symmetry, uncoupled_permutation
+from common.groups import FieldGroup, MonomialGroup
+from common.testing import assert_invariant
 from common.distributed import replicate
 from common.training import init_train_state, make_mesh, make_train_step, nnx_loss_fn, shard_batch
 from common.weight_space import NetworkSpec
-from transformer_nfn import AccuracyPredictor, TransformerSpec, groups, nets
-from transformer_nfn.testing import broken_actions
+from transformer_nfn import AccuracyPredictor, TransformerSpec, nets
+from transformer_nfn.groups import TransformerGroup
 
 SPEC = TransformerSpec(num_blocks=3, num_heads=2, d_model=4, d_k=3, d_v=2, d_ffn=5)
 logits = nnx.jit(lambda model, tw: model.logits(tw))
@@ -61,14 +61,8 @@ def test_model_two_sided_invariance():
         tw = _zoo(2, dtype=jnp.float64)
         model = _model(dtype=jnp.float64)
         assert logits(model, tw).shape == (2,)
-        g = groups.sample(jax.random.key(2), tw, ffn_scaling=True)
-        moves = broken_actions(jax.random.key(1), tw, ffn_scaling=False)
-        moves.append(("coupled FFN scaling (paper layers)", lambda t: groups.act(g, t)))
-        assert_symmetry(
-            lambda t: logits(model, t), jax.random.key(3), tw,
-            lambda k: groups.sample(k, tw), groups.act, None,
-            [(name, move, None) for name, move in moves], rtol=1e-9, atol=1e-9, min_change=1e-4,
-        )
+        assert_invariant(lambda t: logits(model, t), TransformerGroup(SPEC), jax.random.key(3), tw,
+                         broken=(TransformerGroup(SPEC, ffn_scaling=True),), rtol=1e-9, atol=1e-9, min_change=1e-4)
 
 
 def test_all_equivariant_model_invariances():
@@ -79,19 +73,10 @@ def test_all_equivariant_model_invariances():
         model = _model(ffn_scaling=True, branch="hnp", dtype=jnp.float64)
         np.testing.assert_allclose(predict(model, tw), jax.nn.sigmoid(logits(model, tw)), rtol=1e-12)
         f = lambda t: logits(model, t)
-        assert_symmetry(
-            f, jax.random.key(3), tw, lambda k: groups.sample(k, tw, ffn_scaling=True), groups.act, None,
-            [(name, move, None) for name, move in broken_actions(jax.random.key(1), tw)],
-            rtol=1e-9, atol=1e-9, min_change=1e-4,
-        )
-        spec = NetworkSpec.mlp((4, 4, 3))
-        permute_hidden = lambda g, t: t.replace(classifier=monomial.act(g, t.classifier))
-        assert_symmetry(
-            f, jax.random.key(4), tw, lambda k: monomial.sample_monomial(k, spec, scaling="none"), permute_hidden, None,
-            [("uncoupled classifier hidden permutation",
-              lambda t: t.replace(classifier=uncoupled_permutation(jax.random.key(5), t.classifier, 1)), None)],
-            rtol=1e-9, atol=1e-9, min_change=1e-4,
-        )
+        assert_invariant(f, TransformerGroup(SPEC, ffn_scaling=True), jax.random.key(3), tw,
+                         rtol=1e-9, atol=1e-9, min_change=1e-4)
+        classifier_permutations = FieldGroup(MonomialGroup(NetworkSpec.mlp((4, 4, 3)), "none"), "classifier")
+        assert_invariant(f, classifier_permutations, jax.random.key(4), tw, rtol=1e-9, atol=1e-9, min_change=1e-4)
 
 
 def test_training_step_compiles_once_and_learns():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from common.testing import assert_symmetry
+from common.testing import assert_invariant
 from transformer_nfn import TransformerSpec, TransformerWeights, ZooTransformer, from_flax_params, groups, nets, to_flax_params
-from transformer_nfn.testing import broken_actions
+from transformer_nfn.groups import TransformerGroup
 
 SPEC = TransformerSpec(num_blocks=2, num_heads=2, d_model=4, d_k=3, d_v=2, d_ffn=5)
 attention = jax.jit(nets.attention)
@@ -53,12 +53,9 @@ def test_group_preserves_function_float64(ffn_scaling):
 def test_group_two_sided_float32():
     """Coupled action preserves the function (float32 tolerance); every uncoupled action changes it."""
     tw, x, _ = _setup(jnp.float32)
-    assert_symmetry(
-        lambda t: nets.encoder_apply(t, x), jax.random.key(2), tw,
-        lambda k: groups.sample(k, tw, ffn_scaling=True), groups.act, None,
-        [(name, move, None) for name, move in broken_actions(jax.random.key(3), tw)],
-        rtol=1e-4, atol=1e-4, min_change=1e-2,
-    )
+    group = TransformerGroup(SPEC, ffn_scaling=True)
+    assert_invariant(lambda t: nets.encoder_apply(t, x), group, jax.random.key(2), tw,
+                     rtol=1e-4, atol=1e-4, min_change=1e-2)
 
 
 def test_group_on_features_acts_channel_by_channel():

@@ -1,4 +1,4 @@
-"""The symmetry group of the zoo transformer's blocks and its exact action (transformer_nfn.md §2, §10.1).
+"""The symmetry group of the zoo transformer's blocks and its exact action (docs/transformer_nfn.md §2, §10.1).
 
 Per block, G = S_h x| (GL(Dk)^h x GL(Dv)^h) x S_D x S_DA, optionally times positive scalings of the DA
 FFN hidden units (ReLU). An element stores, per block,
@@ -18,6 +18,9 @@ and acts (right-multiplying convention, P the gather matrix (y P)_b = y_{perm[b]
 
 with S = diag(scale_a). Embedding and classifier are left untouched. Features (trailing channel axis) are
 acted on channel by channel.
+
+`TransformerGroup` is this group as a `common.groups.Group`, for `common.testing`'s two-sided checks; its
+uncoupled actions apply one factor to only part of the fields it must act on together.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from common.groups import BrokenAction
 from transformer_nfn.weights import FIELDS, BlockWeights, TransformerSpec, TransformerWeights
 
 
@@ -162,6 +166,32 @@ def inverse(g: TransformerElement) -> TransformerElement:
     return TransformerElement(tuple(blocks))
 
 
+@jax.jit
+def compose(g: TransformerElement, h: TransformerElement) -> TransformerElement:
+    """g h (apply h first), so that act(compose(g, h), x) == act(g, act(h, x)).
+
+    Per block: heads = tau_h[tau_g]; for old head j, M_j = M^h_j M^g_{tau_h^{-1}(j)} (same for N);
+    perm_o = perm_o^h[perm_o^g]; (perm_a, scale_a) compose as monomials: perm_a^h[perm_a^g], s^g * s^h[perm_a^g].
+    """
+    if len(g.blocks) != len(h.blocks):
+        raise ValueError(f"groups.compose: g has {len(g.blocks)} blocks but h has {len(h.blocks)}")
+    blocks = []
+    for a, b in zip(g.blocks, h.blocks):
+        inv_h = jnp.argsort(b.heads)
+        matmul = lambda x, y: jnp.einsum("hij,hjk->hik", x, y)
+        blocks.append(
+            BlockElement(
+                heads=b.heads[a.heads],
+                m=matmul(b.m, a.m[inv_h]), m_inv=matmul(a.m_inv[inv_h], b.m_inv),
+                n=matmul(b.n, a.n[inv_h]), n_inv=matmul(a.n_inv[inv_h], b.n_inv),
+                perm_o=b.perm_o[a.perm_o],
+                perm_a=b.perm_a[a.perm_a],
+                scale_a=a.scale_a * b.scale_a[a.perm_a],
+            )
+        )
+    return TransformerElement(tuple(blocks))
+
+
 def _act_block_raw(e: BlockElement, b: BlockWeights) -> dict[str, jax.Array]:
     """Action on one block's raw leaves (any leading batch axes)."""
     m, m_inv, n, n_inv = (x[e.heads] for x in (e.m, e.m_inv, e.n, e.n_inv))  # new head i uses M_tau(i)
@@ -219,3 +249,77 @@ def act(g: TransformerElement, tw: TransformerWeights) -> TransformerWeights:
             new = _act_block_raw(e, b)
         blocks.append(BlockWeights(**new, is_features=b.is_features))
     return tw.replace(blocks=tuple(blocks))
+
+
+def _partial(g: TransformerElement, fields: tuple[str, ...]):
+    """Move applying g but keeping only `fields` of every block from the transformed weights."""
+
+    def move(tw: TransformerWeights) -> TransformerWeights:
+        moved = act(g, tw)
+        return tw.replace(blocks=tuple(
+            b.replace(**{f: getattr(m, f) for f in fields}) for b, m in zip(tw.blocks, moved.blocks)
+        ))
+
+    return move
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerGroup:
+    """The transformer group of `spec`'s blocks (optionally with FFN scaling), as a `common.groups.Group`.
+
+    Attributes:
+      spec: the transformer's shapes.
+      ffn_scaling: include positive scalings of the FFN hidden units (see `sample`).
+      cond_range, scale_range: as in `sample`. Elements are drawn in the default float dtype (float64 under
+        enable_x64); `act` casts them to the weights' dtype.
+    """
+
+    spec: TransformerSpec
+    ffn_scaling: bool = False
+    cond_range: tuple[float, float] = (0.5, 2.0)
+    scale_range: tuple[float, float] = (0.5, 2.0)
+
+    @property
+    def name(self) -> str:
+        return f"transformer group ({'with' if self.ffn_scaling else 'no'} FFN scaling)"
+
+    def sample(self, key: jax.Array) -> TransformerElement:
+        return sample(key, self.spec, ffn_scaling=self.ffn_scaling, cond_range=self.cond_range,
+                      scale_range=self.scale_range)
+
+    def act(self, g: TransformerElement, x: TransformerWeights) -> TransformerWeights:
+        return act(g, x)
+
+    def inverse(self, g: TransformerElement) -> TransformerElement:
+        return inverse(g)
+
+    def compose(self, g: TransformerElement, h: TransformerElement) -> TransformerElement:
+        return compose(g, h)
+
+    def uncoupled_actions(self, key: jax.Array) -> tuple[BrokenAction, ...]:
+        """On every block: a head permutation of q alone, GL(Dk) on q without its inverse on k, GL(Dv) on v
+        without its inverse on o, pi_O on o without w_a, pi_A on w_a's columns without b_a and w_b, and with
+        `ffn_scaling` the FFN scaling of w_a, b_a without w_b. Permutations are cyclic shifts (never the
+        identity), GL elements and scales are drawn as in `sample` from `key`."""
+        spec = self.spec
+        g = sample(key, spec, ffn_scaling=True, cond_range=self.cond_range, scale_range=self.scale_range)
+        ident = identity(spec, g.blocks[0].m.dtype).blocks[0]
+        shift = lambda n: jnp.roll(jnp.arange(n, dtype=jnp.int32), 1)
+
+        def element(**fields) -> TransformerElement:
+            return TransformerElement(tuple(
+                dataclasses.replace(ident, **{f: (v(e) if callable(v) else v) for f, v in fields.items()})
+                for e in g.blocks
+            ))
+
+        moves = [
+            BrokenAction("head permutation of q only", _partial(element(heads=shift(spec.num_heads)), ("q",))),
+            BrokenAction("GL(Dk) on q without its inverse on k", _partial(element(m=lambda e: e.m), ("q",))),
+            BrokenAction("GL(Dv) on v without its inverse on o", _partial(element(n=lambda e: e.n), ("v",))),
+            BrokenAction("pi_O on o without w_a", _partial(element(perm_o=shift(spec.d_model)), ("o",))),
+            BrokenAction("pi_A on w_a columns without b_a, w_b", _partial(element(perm_a=shift(spec.d_ffn)), ("w_a",))),
+        ]
+        if self.ffn_scaling:
+            moves.append(BrokenAction("FFN scaling of w_a, b_a without w_b",
+                                      _partial(element(scale_a=lambda e: e.scale_a), ("w_a", "b_a"))))
+        return tuple(moves)
