@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from common import NetworkSpec, WeightSpace, data, groups, nets, testing, training
+from common import NetworkSpec, WeightSpace, data, groups, nets, training
 
 
 def _init_mlp(key: jax.Array, spec: NetworkSpec) -> WeightSpace:
@@ -57,7 +57,7 @@ def run(run_dir: str, num_steps: int = 300, batch_size: int = 64) -> list[tuple[
     g_sign = groups.sample_monomial(jax.random.key(3), spec, "sign")
     moved = nets.mlp_apply(groups.act(g, ws), x_test, "relu")
     flipped = nets.mlp_apply(groups.act(g_sign, ws), x_test, "relu")
-    broken = nets.mlp_apply(testing.uncoupled_permutation(jax.random.key(4), ws, 1), x_test, "relu")
+    broken = nets.mlp_apply(groups.uncoupled_permutation(jax.random.key(4), ws, 1), x_test, "relu")
     agree = lambda out: float(jnp.mean(jnp.argmax(out, -1) == jnp.argmax(logits, -1)))
     return [
         ("devices in the data-parallel mesh", str(mesh.devices.size)),
