@@ -55,18 +55,18 @@ def test_linear_layer_is_the_whole_commutant(group):
     traces = np.array([np.trace(r) for r in rhos])
     ones = {name: 1 for name, _ in plan.in_slots}
     with jax.enable_x64(True):
-        coefs = plan.init(jax.random.key(0), ones, ones, jnp.float64)
+        coeffs = plan.init(jax.random.key(0), ones, ones, jnp.float64)
         linear = {t.name for t in plan.terms if t.inp is not None}
-        n_linear = sum(coefs[k].size for k in linear)
-        n_const = sum(v.size for k, v in coefs.items() if k not in linear)
+        n_linear = sum(coeffs[k].size for k in linear)
+        n_const = sum(v.size for k, v in coeffs.items() if k not in linear)
         assert n_linear == round(np.mean(traces**2))
         assert n_const == round(np.mean(traces))
         feats = random_features(0, spec, channels=1)
         flat, unravel = ravel_pytree(feats)
-        theta, unravel_theta = ravel_pytree({k: coefs[k] for k in linear})
+        theta, unravel_theta = ravel_pytree({k: coeffs[k] for k in linear})
 
         def matrix(th):
-            full = {**coefs, **unravel_theta(th)}
+            full = {**coeffs, **unravel_theta(th)}
             return jax.jacfwd(lambda u: ravel_pytree(sharing_linear(full, unravel(u), spec, group))[0])(flat)
 
         basis = jax.jit(jax.jacfwd(matrix))(theta).reshape(flat.size**2, -1)
