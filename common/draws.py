@@ -1,27 +1,18 @@
 """Random initial values drawn from a jax key as one vector, split into arrays of the requested shapes.
 
-One normal draw per call (its length rounded up to a power of two, so few draw kernels are compiled) and one
-jitted split per distinct list of shapes keeps module construction cheap on CPU. Everything stays in jax, so
-modules that use it build under ``nnx.eval_shape`` (abstract initialisation, checkpoint restore).
+One normal draw per call, its length rounded up to a power of two so that few draw kernels are compiled. A
+concrete draw is sliced on the host (one XLA compile per distinct list of shapes would dominate module
+construction on CPU); a traced one (``nnx.eval_shape``, ``jit``) is sliced by the same expression in jax, with
+the same values, so modules built on it can be initialised abstractly and have a checkpoint restored into
+them.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
-
-
-@functools.partial(jax.jit, static_argnames="shapes")
-def _split(flat: jax.Array, scales: jax.Array, shapes: tuple[tuple[int, ...], ...]) -> list[jax.Array]:
-    """Consecutive slices of `flat` reshaped to `shapes`, slice i multiplied by ``scales[i]``."""
-    out, offset = [], 0
-    for i, s in enumerate(shapes):
-        size = math.prod(s)
-        out.append(scales[i] * flat[offset : offset + size].reshape(s))
-        offset += size
-    return out
+import numpy as np
 
 
 def normal_arrays(key: jax.Array, shapes, scales=None, dtype=jnp.float32) -> list[jax.Array]:
@@ -33,7 +24,7 @@ def normal_arrays(key: jax.Array, shapes, scales=None, dtype=jnp.float32) -> lis
       scales: one standard deviation per shape.
       dtype: floating dtype of the draw and of the arrays.
     Returns:
-      list of arrays, consecutive slices of one normal vector of length ``2**ceil(log2(sum of sizes))``.
+      list of arrays, scaled consecutive slices of one normal vector of length ``2**ceil(log2(sum of sizes))``.
     """
     shapes = tuple(tuple(int(n) for n in s) for s in shapes)
     scales = [1.0] * len(shapes) if scales is None else list(scales)
@@ -41,6 +32,10 @@ def normal_arrays(key: jax.Array, shapes, scales=None, dtype=jnp.float32) -> lis
         raise ValueError(f"normal_arrays: scales has {len(scales)} entries for {len(shapes)} shapes")
     if not shapes:
         return []
-    total = 1 << max(sum(math.prod(s) for s in shapes) - 1, 0).bit_length()  # power-of-two draw
+    sizes = [math.prod(s) for s in shapes]
+    total = 1 << max(sum(sizes) - 1, 0).bit_length()  # power-of-two draw
     flat = jax.random.normal(key, (total,), dtype)
-    return _split(flat, jnp.asarray(scales, dtype), shapes)
+    if not isinstance(flat, jax.core.Tracer):
+        flat = np.asarray(flat)  # concrete: slice on the host (an XLA compile per list of shapes costs more)
+    offsets = np.cumsum([0] + sizes)
+    return [jnp.asarray(scale * flat[a:b].reshape(s)) for a, b, s, scale in zip(offsets[:-1], offsets[1:], shapes, scales)]
