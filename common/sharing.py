@@ -185,6 +185,11 @@ class SharingPlan:
             if value not in allowed:
                 raise ValueError(f"SharingPlan.build: {arg} must be one of {allowed}, got {value!r}")
         permuted = frozenset(permuted)
+        for kind, slots in (("out_slots", out_slots), ("in_slots", in_slots)):
+            for name, axes in slots.items():
+                labels = [lab for lab, _, _ in axes]
+                if len(set(labels)) != len(labels):
+                    raise ValueError(f"SharingPlan.build: {kind}[{name!r}] repeats a label: {labels}")
         ties = dict(ties or {})
         for (o, i), labels in ties.items():
             fixed = lambda axes: {lab for lab, _, _ in axes if lab not in permuted}
@@ -275,6 +280,9 @@ class SharingPlan:
         Returns:
           output name -> array ``[..., *sizes, c_out]``.
         """
+        missing = [t.name for t in self.terms if t.name not in coeffs]
+        if missing:
+            raise ValueError(f"SharingPlan.apply: coeffs has no entry for the terms {missing} (got {sorted(coeffs)})")
         in_slots, out = dict(self.in_slots), {}
         first = next(iter(inputs))
         batch = inputs[first].shape[: inputs[first].ndim - len(in_slots[first]) - 1]

@@ -123,6 +123,8 @@ def test_ties_pooling_and_unit_init():
         assert abs(float(c.std()) * np.sqrt(5 * 24) - 1) < 0.05
     with pytest.raises(ValueError, match="ties"):
         SharingPlan.build(out, ins, PERM, "positive", ties={("y", "x"): ("A",)})
+    with pytest.raises(ValueError, match=r"in_slots\['x'\] repeats a label: \['A', 'A'\]"):
+        SharingPlan.build(out, {"x": (("A", 3, 0), ("A", 3, 0))}, PERM, "positive")
     with pytest.raises(ValueError, match="pooling must be one of"):
         SharingPlan.build(out, ins, PERM, "positive", pooling="max")
     with pytest.raises(ValueError, match=r"names has no entry for the enumerated terms \['y<-const'\]"):

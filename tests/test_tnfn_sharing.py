@@ -56,6 +56,10 @@ def test_outputs_unchanged_for_fixed_coefficients(layer, ffn_scaling):
         assert f"{tag}/out/{len(out)}" not in GATE.files
         for y, w in zip(out, want):
             np.testing.assert_allclose(y, w, rtol=1e-12, atol=1e-12 * np.abs(w).max())
+        if ffn_scaling:  # the variant is an argument of the pure functions, not guessed from the coefficient names
+            first = "phi1" if layer == "eq" else "th3"
+            with pytest.raises(ValueError, match=rf"coeffs has no entry for the terms \['{first}'"):
+                apply(coeffs, feats)
 
 
 def output_stds(plan, spec: TransformerSpec, c_in: int, c_out: int) -> dict[str, float]:
