@@ -30,8 +30,8 @@ def prepare(params: dict, feats: WeightSpace, normalize: bool, eps: float) -> tu
 
 class PolynomialLayer(nnx.Module):
     """Base of `PolynomialEquivariant` / `PolynomialInvariant`: subclasses give ``pairs_fn(L)`` (coupling pairs)
-    and ``plan_fn(spec)`` (SharingPlan over the blocks, with the
-    blocks' channel multiples as its ``channel_factors``)."""
+    and ``plan_fn(spec)`` (SharingPlan over the blocks, carrying each block's channel multiple as its
+    ``channel_factors``)."""
 
     def __init__(self, spec: NetworkSpec, in_channels, out_channels: int, pairs_fn, plan_fn,
                  *, rngs: nnx.Rngs, freeze_phi: bool, normalize: bool, eps: float, param_dtype):

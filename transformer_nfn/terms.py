@@ -57,27 +57,29 @@ NAMES = {  # engine term key -> parameter name (the paper's)
 
 
 def block_slots(spec: TransformerSpec, ffn_scaling: bool) -> tuple[dict, dict]:
-    """(field slots, statistic slots) of one block: name -> ``((label, size, power), ...)`` (module docstring)."""
+    """(field slots, input slots) of one block: name -> ``((label, size, power), ...)`` (module docstring). The
+    inputs are the fields and the statistics, in the paper's order (q, k, v, o, qk, vo, A, B, a, b, then AB, aB,
+    voab), so terms are enumerated in the order of its numbering."""
     h, d, dk, dv, da = spec.num_heads, spec.d_model, spec.d_k, spec.d_v, spec.d_ffn
     s = 1 if ffn_scaling else 0
     head, model, model2, out = ("h", h, 1), ("D", d, 0), ("D2", d, 0), ("O", d, 0)
-    fields = dict(q=(head, model, ("Dk", dk, 1)), k=(head, model, ("Dk", dk, -1)), v=(head, model, ("Dv", dv, 1)),
-                  o=(head, ("Dv", dv, -1), out), A=(out, ("A", da, s)), a=(("A", da, s),), B=(("A", da, -s), model),
-                  b=(model,))
-    stats = dict(qk=(model2, model), vo=(model, out))
+    attention = dict(q=(head, model, ("Dk", dk, 1)), k=(head, model, ("Dk", dk, -1)), v=(head, model, ("Dv", dv, 1)),
+                     o=(head, ("Dv", dv, -1), out))
+    ffn = dict(A=(out, ("A", da, s)), a=(("A", da, s),), B=(("A", da, -s), model), b=(model,))
+    inputs = attention | dict(qk=(model2, model), vo=(model, out)) | {n: ffn[n] for n in "ABab"}
     if ffn_scaling:
-        stats.update(AB=(out, model), aB=(model,), voab=(model2, model))
-    return fields, stats
+        inputs |= dict(AB=(out, model), aB=(model,), voab=(model2, model))
+    return attention | ffn, inputs
 
 
 @functools.lru_cache(maxsize=None)
 def block_plan(spec: TransformerSpec, ffn_scaling: bool, layer: str) -> SharingPlan:
     """The terms of one block of the ``layer="equivariant"`` (outputs: the eight fields) or ``"invariant"``
     (output ``"I"``) layer: "positive" rule, sum pooling, "unit" init."""
-    fields, stats = block_slots(spec, ffn_scaling)
+    fields, inputs = block_slots(spec, ffn_scaling)
     outputs = fields if layer == "equivariant" else {"I": ()}
     ties = {("b", "voab"): ("D",)} if ffn_scaling and layer == "equivariant" else None
-    return SharingPlan.build(outputs, fields | stats, PERMUTED, "positive", ties=ties, names=NAMES, pooling="sum",
+    return SharingPlan.build(outputs, inputs, PERMUTED, "positive", ties=ties, names=NAMES, pooling="sum",
                              init_rule="unit")
 
 
