@@ -1,6 +1,7 @@
 """`common.sharing`: the generalised admissibility rules, ties, pooling and init rules, and the gate that the
 MAGEP / Monomial-NFN / NP / HNP layers built on it are unchanged (same term names, same initial parameters,
-same outputs) against values frozen from the layers before the engine moved to `common` (tests/data)."""
+same outputs) against values frozen from the layers before the engine moved to `common` (commit ea5499f;
+tests/data/sharing_gate.npz)."""
 import pathlib
 
 import jax
