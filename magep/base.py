@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from flax import nnx
 
-from common import NetworkSpec, WeightSpace
+from common import NetworkSpec, SharingPlan, WeightSpace
 from magep.init import init_channel_maps, init_couplings
 from magep.preprocess import map_channels, normalize_scale
-from magep.sharing import SharingPlan
 from magep.validation import check_features, check_spec, resolve_channels
 
 
@@ -29,16 +28,10 @@ def prepare(params: dict, feats: WeightSpace, normalize: bool, eps: float) -> tu
     return weights, biases
 
 
-def block_channels(plan: SharingPlan) -> dict[str, int]:
-    """Input channels of each block of an equivariant or invariant plan as a multiple of the product channel
-    count c: "b1" holds the bias (c); P* and M* blocks stack a tensor, its products and its bias products (3c);
-    S* and T blocks stack two (2c)."""
-    return {name: 1 if name == "b1" else 3 if name[0] in "PM" else 2 for name, _ in plan.in_slots}
-
-
 class PolynomialLayer(nnx.Module):
     """Base of `PolynomialEquivariant` / `PolynomialInvariant`: subclasses give ``pairs_fn(L)`` (coupling pairs)
-    and ``plan_fn(spec)`` (SharingPlan over the blocks)."""
+    and ``plan_fn(spec)`` (SharingPlan over the blocks, carrying each block's channel multiple as its
+    ``channel_factors``)."""
 
     def __init__(self, spec: NetworkSpec, in_channels, out_channels: int, pairs_fn, plan_fn,
                  *, rngs: nnx.Rngs, freeze_phi: bool, normalize: bool, eps: float, param_dtype):
@@ -60,13 +53,13 @@ class PolynomialLayer(nnx.Module):
         couplings = init_couplings(rngs.params(), pairs_fn(spec.num_layers), c, spec.widths[0], spec.widths[-1], param_dtype)
         self.couplings = nnx.Dict({g: nnx.Dict({k: var(v) for k, v in m.items()}) for g, m in couplings.items()})
         plan: SharingPlan = plan_fn(spec)
-        c_in = {name_: k * c for name_, k in block_channels(plan).items()}
         c_out = {o: out_channels for o, _ in plan.out_slots}
-        self.coefs = nnx.Dict({k: nnx.Param(v) for k, v in plan.init(rngs.params(), c_in, c_out, param_dtype).items()})
+        self.coeffs = nnx.Dict({k: nnx.Param(v) for k, v in plan.init(rngs.params(), plan.input_channels(c), c_out,
+                                                                       param_dtype).items()})
 
     def params_tree(self) -> dict:
-        """The pure-function parameters: ``{"coefs", "couplings"[, "channel_map"]}`` as plain arrays."""
-        tree = {"coefs": values(self.coefs), "couplings": values(self.couplings)}
+        """The pure-function parameters: ``{"coeffs", "couplings"[, "channel_map"]}`` as plain arrays."""
+        tree = {"coeffs": values(self.coeffs), "couplings": values(self.couplings)}
         if self.channel_map is not None:
             tree["channel_map"] = values(self.channel_map)
         return tree

@@ -6,9 +6,8 @@ import functools
 import jax.numpy as jnp
 from flax import nnx
 
-from common import NetworkSpec, WeightSpace
+from common import NetworkSpec, SharingPlan, WeightSpace
 from magep.base import PolynomialLayer, prepare
-from magep.sharing import SharingPlan
 from magep.slots import bias_axes, from_slots, weight_axes, weight_space_slots
 from magep.terms import coupling_pairs, equivariant_blocks
 
@@ -19,19 +18,23 @@ def equivariant_plan(spec: NetworkSpec) -> SharingPlan:
 
     Layer 1 reads P1 = [W, [WW], [bW]]^(1,0) and b^(1); hidden W^(l) reads P_l; hidden b^(l) reads
     M_l = [W^(l,0), [WW]^(l,0), [bW]^(l,0)] and [S^(l), b^(l)]; W^(L) reads P_L; b^(L) reads M_L, [S^(L), b^(L)],
-    the traces and a constant.
+    the traces and a constant. Channels per block, as multiples of the product channel count c: b1 holds the
+    bias (c); P and M blocks stack a tensor, its products and its bias products (3c); S and T blocks two (2c).
     """
     L, n0 = spec.num_layers, spec.widths[0]
-    blocks = {"b1": bias_axes(spec, 1), **{f"P{l}": weight_axes(spec, l) for l in range(1, L + 1)}}
+    blocks, factors = {"b1": bias_axes(spec, 1)}, {"b1": 1}
+    for l in range(1, L + 1):
+        blocks[f"P{l}"], factors[f"P{l}"] = weight_axes(spec, l), 3
     for l in range(2, L + 1):
-        blocks[f"M{l}"] = ((l, spec.widths[l], 1), (0, n0, -1))
-        blocks[f"S{l}"] = bias_axes(spec, l)
-    blocks["T"] = (("s", L - 1, 0),)
+        blocks[f"M{l}"], factors[f"M{l}"] = ((l, spec.widths[l], 1), (0, n0, -1)), 3
+        blocks[f"S{l}"], factors[f"S{l}"] = bias_axes(spec, l), 2
+    blocks["T"], factors["T"] = (("s", L - 1, 0),), 2
     sources = {"W1": ("P1", "b1"), "b1": ("P1", "b1")}
     for l in range(2, L + 1):
         sources[f"W{l}"] = (f"P{l}",)
         sources[f"b{l}"] = (f"M{l}", f"S{l}") + (("T",) if l == L else ())
-    return SharingPlan.build(weight_space_slots(spec), blocks, range(1, L), "positive", sources)
+    return SharingPlan.build(weight_space_slots(spec), blocks, range(1, L), "positive", sources,
+                             channel_factors=factors)
 
 
 def polynomial_equivariant(params: dict, feats: WeightSpace, spec: NetworkSpec, *, normalize: bool = False,
@@ -39,7 +42,7 @@ def polynomial_equivariant(params: dict, feats: WeightSpace, spec: NetworkSpec, 
     """MAGEP equivariant layer.
 
     Args:
-      params: ``{"coefs": {term: array}, "couplings": {"Phi": {pair: [c, n_0, n_L]}, "phi": {pair: [c, n_L]}}``
+      params: ``{"coeffs": {term: array}, "couplings": {"Phi": {pair: [c, n_0, n_L]}, "phi": {pair: [c, n_L]}}``
         plus ``"channel_map"`` ({"W{l}": [C_l, c], "b{l}": [C'_l, c]}) when input channels differ per layer.
       feats: features of `spec`, weights [..., n_l, n_{l-1}, C_l], biases [..., n_l, C'_l].
       spec: network spec (L >= 2).
@@ -48,7 +51,7 @@ def polynomial_equivariant(params: dict, feats: WeightSpace, spec: NetworkSpec, 
       features of `spec` with ``out_channels`` channels on every weight and bias.
     """
     weights, biases = prepare(params, feats, normalize, eps)
-    out = equivariant_plan(spec).apply(params["coefs"], equivariant_blocks(weights, biases, params["couplings"]))
+    out = equivariant_plan(spec).apply(params["coeffs"], equivariant_blocks(weights, biases, params["couplings"]))
     return from_slots(out, spec.num_layers)
 
 

@@ -6,7 +6,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from magep.draws import normal_arrays
+from common.draws import normal_arrays
 from magep.terms import pair_key
 
 

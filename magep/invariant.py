@@ -7,19 +7,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from common import NetworkSpec, WeightSpace
+from common import NetworkSpec, SharingPlan, WeightSpace
 from magep.base import PolynomialLayer, prepare
-from magep.sharing import SharingPlan
 from magep.slots import bias_axes
 from magep.terms import invariant_blocks, invariant_pairs
 
 
 @functools.lru_cache(maxsize=None)
 def invariant_plan(spec: NetworkSpec) -> SharingPlan:
-    """I_e = H1-3 . M + H4-5 . [S^(L), b^(L)] + H6-7 . traces + h_e (no permuted axis anywhere)."""
+    """I_e = H1-3 . M + H4-5 . [S^(L), b^(L)] + H6-7 . traces + h_e (no permuted axis anywhere); M stacks 3c
+    channels, S and T 2c."""
     L = spec.num_layers
     blocks = {"M": ((L, spec.widths[L], 1), (0, spec.widths[0], -1)), "S": bias_axes(spec, L), "T": (("s", L - 1, 0),)}
-    return SharingPlan.build({"out": ()}, blocks, range(1, L), "positive")
+    return SharingPlan.build({"out": ()}, blocks, range(1, L), "positive", channel_factors={"M": 3, "S": 2, "T": 2})
 
 
 def polynomial_invariant(params: dict, feats: WeightSpace, spec: NetworkSpec, *, normalize: bool = False,
@@ -34,7 +34,7 @@ def polynomial_invariant(params: dict, feats: WeightSpace, spec: NetworkSpec, *,
       [..., out_features], invariant under the monomial group (positive and sign scalings).
     """
     weights, biases = prepare(params, feats, normalize, eps)
-    return invariant_plan(spec).apply(params["coefs"], invariant_blocks(weights, biases, params["couplings"]))["out"]
+    return invariant_plan(spec).apply(params["coeffs"], invariant_blocks(weights, biases, params["couplings"]))["out"]
 
 
 class PolynomialInvariant(PolynomialLayer):

@@ -9,7 +9,7 @@ import numpy as np
 from flax import nnx
 
 from common.nets import get_activation
-from magep.draws import normal_arrays
+from common.draws import normal_arrays
 
 
 class MLP(nnx.Module):

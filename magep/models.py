@@ -21,7 +21,7 @@ from common.nets import get_activation
 from magep.baselines import (HNPLinear, HNPPool, IOEncoding, MonomialLinear, MonomialPool, NPLinear, NPPool,
                              statistics)
 from magep.baselines.statnn import QUANTILES
-from magep.draws import normal_arrays
+from common.draws import normal_arrays
 from magep.equivariant import PolynomialEquivariant
 from magep.invariant import PolynomialInvariant
 from magep.mlp import MLP

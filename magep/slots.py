@@ -1,4 +1,4 @@
-"""Weight-space tensors as labelled slots for `magep.sharing` (math layer l = 1..L is index l-1).
+"""Weight-space tensors as labelled slots for `common.sharing` (math layer l = 1..L is index l-1).
 
 Slot names: ``"W{l}"`` for W^(l) with axes ``(l, n_l, +1), (l-1, n_{l-1}, -1)`` and ``"b{l}"`` for b^(l)
 with axis ``(l, n_l, +1)``.

@@ -56,18 +56,18 @@ def test_linear_layer_is_the_whole_commutant(group):
     traces = np.array([np.trace(r) for r in rhos])
     ones = {name: 1 for name, _ in plan.in_slots}
     with jax.enable_x64(True):
-        coefs = plan.init(jax.random.key(0), ones, ones, jnp.float64)
+        coeffs = plan.init(jax.random.key(0), ones, ones, jnp.float64)
         linear = {t.name for t in plan.terms if t.inp is not None}
-        n_linear = sum(coefs[k].size for k in linear)
-        n_const = sum(v.size for k, v in coefs.items() if k not in linear)
+        n_linear = sum(coeffs[k].size for k in linear)
+        n_const = sum(v.size for k, v in coeffs.items() if k not in linear)
         assert n_linear == round(np.mean(traces**2))
         assert n_const == round(np.mean(traces))
         feats = random_features(0, spec, channels=1)
         flat, unravel = ravel_pytree(feats)
-        theta, unravel_theta = ravel_pytree({k: coefs[k] for k in linear})
+        theta, unravel_theta = ravel_pytree({k: coeffs[k] for k in linear})
 
         def matrix(th):
-            full = {**coefs, **unravel_theta(th)}
+            full = {**coeffs, **unravel_theta(th)}
             return jax.jacfwd(lambda u: ravel_pytree(sharing_linear(full, unravel(u), spec, group))[0])(flat)
 
         basis = jax.jit(jax.jacfwd(matrix))(theta).reshape(flat.size**2, -1)
@@ -128,7 +128,7 @@ def test_hnp_pool_layout():
     v = np.asarray(hnp_pool(feats))
     L, n0, nL = spec.num_layers, spec.widths[0], spec.widths[-1]
     assert v.shape == ((2 * L + n0 + 2 * nL) * 2,)
-    np.testing.assert_allclose(v[:2], np.asarray(feats.weights[0]).mean((0, 1)), rtol=1e-6)
+    np.testing.assert_allclose(v[:2], np.asarray(feats.weights[0]).mean((0, 1)), rtol=1e-6, atol=1e-7)  # float32 means
     np.testing.assert_allclose(v[-2 * nL:], np.asarray(feats.biases[-1]).reshape(-1), rtol=1e-6)
     assert HNPPool(spec, 2).out_features == v.size
 

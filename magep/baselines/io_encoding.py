@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from common import NetworkSpec, WeightSpace
-from magep.draws import normal_arrays
+from common.draws import normal_arrays
 from magep.validation import check_features, check_spec, resolve_channels
 
 

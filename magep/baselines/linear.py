@@ -1,5 +1,5 @@
 """Parameter-shared linear layers on MLP/CNN weight spaces: Monomial-NFN, NP and HNP (one engine,
-`magep.sharing`, three groups).
+`common.sharing`, three groups).
 
 - ``MonomialLinear``: hidden neurons permuted and scaled; "positive" keeps the terms valid for every
   diagonal scaling (Monomial-NFN, ReLU nets), "sign" adds the cross terms valid only for d = 1/d
@@ -15,9 +15,8 @@ import functools
 import jax.numpy as jnp
 from flax import nnx
 
-from common import NetworkSpec, WeightSpace
+from common import NetworkSpec, SharingPlan, WeightSpace
 from magep.base import values
-from magep.sharing import SharingPlan
 from magep.slots import from_slots, slot_channels, to_slots, weight_space_slots
 from magep.validation import check_features, check_spec, resolve_channels
 
@@ -37,16 +36,16 @@ def linear_plan(spec: NetworkSpec, group: str) -> SharingPlan:
     return SharingPlan.build(slots, slots, permuted(spec.num_layers), rule)
 
 
-def sharing_linear(coefs: dict, feats: WeightSpace, spec: NetworkSpec, group: str) -> WeightSpace:
+def sharing_linear(coeffs: dict, feats: WeightSpace, spec: NetworkSpec, group: str) -> WeightSpace:
     """Equivariant linear map of `group` on features.
 
     Args:
-      coefs: term name -> coefficient (`linear_plan(spec, group).init`).
+      coeffs: term name -> coefficient (`linear_plan(spec, group).init`).
       feats: features of `spec`, weights [..., n_l, n_{l-1}, C_l], biases [..., n_l, C'_l].
     Returns:
       features of `spec` with the layer's output channels.
     """
-    return from_slots(linear_plan(spec, group).apply(coefs, to_slots(feats)), spec.num_layers)
+    return from_slots(linear_plan(spec, group).apply(coeffs, to_slots(feats)), spec.num_layers)
 
 
 class SharingLinear(nnx.Module):
@@ -64,11 +63,11 @@ class SharingLinear(nnx.Module):
         plan = linear_plan(spec, self.group)
         c_in = slot_channels(self.in_channels.weights, self.in_channels.biases)
         c_out = slot_channels(self.out_channels.weights, self.out_channels.biases)
-        self.coefs = nnx.Dict({k: nnx.Param(v) for k, v in plan.init(rngs.params(), c_in, c_out, param_dtype).items()})
+        self.coeffs = nnx.Dict({k: nnx.Param(v) for k, v in plan.init(rngs.params(), c_in, c_out, param_dtype).items()})
 
     def __call__(self, feats: WeightSpace) -> WeightSpace:
         check_features(feats, self.spec, self.in_channels, type(self).__name__)
-        return sharing_linear(values(self.coefs), feats, self.spec, self.group)
+        return sharing_linear(values(self.coeffs), feats, self.spec, self.group)
 
 
 class MonomialLinear(SharingLinear):

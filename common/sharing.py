@@ -1,0 +1,336 @@
+"""Parameter sharing over labelled index patterns: the engine behind every linear term of the NFN layers.
+
+Slots, labels, powers
+---------------------
+A *slot* is a tensor whose index axes are labelled: one ``(label, size, power)`` per axis, then a trailing
+channel axis. Labels name the index sets of a weight space: a neuron layer of an MLP (an int; W^(l) has axes
+``(l, n_l, +1), (l-1, n_{l-1}, -1)`` and b^(l) ``(l, n_l, +1)``), a transformer's model axis ``"D"``, its
+FFN hidden units ``"A"``, heads ``"h"``, ... Axes whose label is in ``permuted`` are acted on by a
+permutation group (the same permutation on every slot carrying the label); the others are *fixed*. A label
+appears at most once per slot. ``power`` says how the label's other symmetry acts on the slot: the exponent
+of a per-index scaling d (x -> d_j x for rows and biases, x / d_k for columns: power +1 / -1), or, for an
+axis carrying a matrix group (GL(Dk) on attention keys), any non-zero value that differs between slots that
+transform differently. Power 0 means the label is only permuted. For a fixed axis the power is unused.
+
+Terms
+-----
+A linear map slot -> slot commutes with the permutations iff its coefficient depends only on the orbit of
+(output index, input index); with at most one axis per label that orbit is: for every permuted label on both
+sides, "indices equal" or not, plus the values of all fixed indices. A `Term` picks the *identified*
+permuted labels (input and output index equal); the input's other permuted axes are *pooled* (summed or
+averaged, the plan's ``pooling``), the output's other permuted axes get a broadcast, the input's fixed axes
+are contracted against a coefficient ``[c_out, c_in, *out_fixed_sizes, *in_fixed_sizes]`` and constant terms
+are biases ``[c_out, *out_fixed_sizes]``. A term may also *tie* fixed labels present on both sides (a
+diagonal: the input's axis is not contracted but runs with the output's; it then appears once in the
+coefficient, among the output's fixed sizes), which gives a sub-family of the dense term (`SharingPlan.build`
+``ties``).
+
+Rules (``rule``)
+----------------
+- ``"full"``: every subset of the shared permuted labels, powers ignored (the complete permutation-
+  equivariant space: NP with all layers permuted, HNP with hidden layers only; Zhou et al. 2023).
+- ``"positive"``: a permuted label of power 0 is *free* (identified or not, as in "full"); a permuted label
+  of non-zero power on either side must be on both sides with equal power and is always identified
+  (equivariant under every invertible diagonal scaling, and under any matrix group acting on that axis, since
+  the map is the identity along it: Monomial-NFN, MAGEP, the Transformer-NFN layers).
+- ``"sign"``: as "positive" with powers taken mod 2 (d = 1/d for sign flips): even powers are free and odd
+  ones must agree in parity, which admits the sign-only cross terms of Monomial-NFN.
+
+Constant terms are allowed under "full" always, under the scaling rules only for outputs without a permuted
+axis of non-free power.
+
+Pooling and initialisation
+--------------------------
+``pooling="mean"`` (MAGEP, NP, HNP, Monomial-NFN) or ``"sum"`` (Transformer-NFN). ``init_rule`` picks the
+initial coefficients (constants start at zero under both):
+
+- ``"xavier"``: normal, std = sqrt(2 / (sum fan_in + sum fan_out)) over the terms feeding one output slot
+  (fan_in = c_in * fixed input positions, fan_out = c_out * fixed output positions).
+- ``"unit"``: normal, variance = 1 / (c_in * S * n) with S the product of the sizes of every input axis the
+  term sums over (pooled permuted axes and contracted fixed axes; `SharingPlan.summed_axes`) and n the number
+  of non-constant terms feeding that output, so every output starts at unit scale for unit i.i.d. inputs
+  (meant for ``pooling="sum"``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import string
+from typing import Hashable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from common.draws import normal_arrays
+
+Axis = tuple[Hashable, int, int]  # (label, size, power)
+RULES = ("full", "positive", "sign")
+POOLINGS = ("mean", "sum")
+INIT_RULES = ("xavier", "unit")
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """One shared coefficient: output slot, input slot (None: constant term), identified permuted labels and
+    tied fixed labels (both in output-axis order), and an optional parameter name (`SharingPlan.build`
+    ``names``)."""
+
+    out: str
+    inp: str | None
+    identified: tuple = ()
+    tied: tuple = ()
+    alias: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Generic name: ``"out<-const"`` or ``"out<-inp|identified[|tied]"``."""
+        if self.inp is None:
+            return f"{self.out}<-const"
+        key = f"{self.out}<-{self.inp}|{','.join(map(str, self.identified))}"
+        return key + (f"|{','.join(map(str, self.tied))}" if self.tied else "")
+
+    @property
+    def name(self) -> str:
+        """Parameter name: the alias if given, else `key`."""
+        return self.key if self.alias is None else self.alias
+
+
+def _free(power: int, rule: str) -> bool:
+    """Whether a permuted label of this power may be pooled or broadcast under `rule`."""
+    return rule == "full" or power == 0 or (rule == "sign" and power % 2 == 0)
+
+
+def _same_power(a: int, b: int, rule: str) -> bool:
+    """Whether an input axis of power `b` may be identified with an output axis of power `a` under `rule`."""
+    return (a - b) % 2 == 0 if rule == "sign" else a == b
+
+
+def _admissible(out_axes: tuple[Axis, ...], in_axes: tuple[Axis, ...], permuted: frozenset, rule: str) -> list[tuple]:
+    """Identified-label tuples (output-axis order) of every admissible term from `in_axes` to `out_axes`."""
+    p_out = {lab: pw for lab, _, pw in out_axes if lab in permuted}
+    p_in = {lab: pw for lab, _, pw in in_axes if lab in permuted}
+    forced, free = set(), set()
+    for lab in p_out.keys() | p_in.keys():
+        if _free(p_out.get(lab, 0), rule) and _free(p_in.get(lab, 0), rule):
+            if lab in p_out and lab in p_in:
+                free.add(lab)
+        elif lab not in p_out or lab not in p_in or not _same_power(p_out[lab], p_in[lab], rule):
+            return []
+        else:
+            forced.add(lab)
+    order = [lab for lab, _, _ in out_axes if lab in p_out]
+    free_order = [lab for lab in order if lab in free]
+    return [tuple(lab for lab in order if lab in forced or lab in c)
+            for r in range(len(free_order) + 1) for c in itertools.combinations(free_order, r)]
+
+
+def _constant_admissible(out_axes: tuple[Axis, ...], permuted: frozenset, rule: str) -> bool:
+    return all(_free(pw, rule) for lab, _, pw in out_axes if lab in permuted)
+
+
+@dataclasses.dataclass(frozen=True)
+class SharingPlan:
+    """Static description of a parameter-shared linear map between named slots (hashable).
+
+    Attributes:
+      out_slots, in_slots: ``((name, axes), ...)``.
+      permuted: labels acted on by permutations.
+      terms: the admissible terms (see module docstring).
+      pooling: "mean" or "sum".
+      init_rule: "xavier" or "unit".
+      channel_factors: ``((input name, k), ...)``: input slot channels are k times a base count
+        (`input_channels`); 1 where absent.
+    """
+
+    out_slots: tuple
+    in_slots: tuple
+    permuted: frozenset
+    terms: tuple
+    pooling: str = "mean"
+    init_rule: str = "xavier"
+    channel_factors: tuple = ()
+
+    @classmethod
+    def build(
+        cls,
+        out_slots: Mapping[str, tuple[Axis, ...]],
+        in_slots: Mapping[str, tuple[Axis, ...]],
+        permuted,
+        rule: str,
+        sources: Mapping[str, tuple[str, ...]] | None = None,
+        *,
+        ties: Mapping[tuple[str, str], tuple] | None = None,
+        names: Mapping[str, str] | None = None,
+        pooling: str = "mean",
+        init_rule: str = "xavier",
+        channel_factors: Mapping[str, int] | None = None,
+    ) -> "SharingPlan":
+        """Enumerate the terms.
+
+        Args:
+          out_slots, in_slots: name -> axes.
+          permuted: labels acted on by permutations.
+          rule: "full", "positive" or "sign".
+          sources: optional out name -> input names it may read (default: every input).
+          ties: optional ``{(out name, input name): fixed labels}`` tied on every term of that pair.
+          names: optional term `Term.key` -> parameter name; every enumerated term must have one (keys for
+            terms that are not enumerated are ignored, so one map can serve several variants).
+          pooling: "mean" or "sum" over pooled permuted axes.
+          init_rule: "xavier" or "unit" (module docstring).
+          channel_factors: optional input name -> channel multiple (`input_channels`).
+        Every output also gets its admissible constant term.
+        """
+        for arg, value, allowed in (("rule", rule, RULES), ("pooling", pooling, POOLINGS), ("init_rule", init_rule, INIT_RULES)):
+            if value not in allowed:
+                raise ValueError(f"SharingPlan.build: {arg} must be one of {allowed}, got {value!r}")
+        permuted = frozenset(permuted)
+        for kind, slots in (("out_slots", out_slots), ("in_slots", in_slots)):
+            for name, axes in slots.items():
+                labels = [lab for lab, _, _ in axes]
+                if len(set(labels)) != len(labels):
+                    raise ValueError(f"SharingPlan.build: {kind}[{name!r}] repeats a label: {labels}")
+        ties = dict(ties or {})
+        for (o, i), labels in ties.items():
+            fixed = lambda axes: {lab for lab, _, _ in axes if lab not in permuted}
+            if o not in out_slots or i not in in_slots or not set(labels) <= fixed(out_slots[o]) & fixed(in_slots[i]):
+                raise ValueError(f"SharingPlan.build: ties[{(o, i)!r}] = {labels!r} must name fixed labels of both "
+                                 f"output slot {o!r} and input slot {i!r}")
+        terms = []
+        for o, o_axes in out_slots.items():
+            for i in (in_slots if sources is None else sources[o]):
+                tied = tuple(lab for lab, _, _ in o_axes if lab in ties.get((o, i), ()))
+                terms += [Term(o, i, ident, tied) for ident in _admissible(o_axes, in_slots[i], permuted, rule)]
+            if _constant_admissible(o_axes, permuted, rule):
+                terms.append(Term(o, None))
+        if names is not None:
+            missing = [t.key for t in terms if t.key not in names]
+            if missing:
+                raise ValueError(f"SharingPlan.build: names has no entry for the enumerated terms {missing}")
+            terms = [dataclasses.replace(t, alias=names[t.key]) for t in terms]
+        return cls(tuple(out_slots.items()), tuple(in_slots.items()), permuted, tuple(terms), pooling, init_rule,
+                   tuple((channel_factors or {}).items()))
+
+    def input_channels(self, channels: int) -> dict[str, int]:
+        """Input slot name -> channel count, ``channel_factors`` times the base count `channels`."""
+        factors = dict(self.channel_factors)
+        return {name: factors.get(name, 1) * channels for name, _ in self.in_slots}
+
+    def _fixed(self, axes: tuple[Axis, ...], skip: tuple = ()) -> tuple[int, ...]:
+        return tuple(size for lab, size, _ in axes if lab not in self.permuted and lab not in skip)
+
+    def coef_shape(self, term: Term, c_in: Mapping[str, int], c_out: Mapping[str, int]) -> tuple[int, ...]:
+        """``[c_out, c_in, *out_fixed, *in_fixed]`` (tied input axes left out; ``[c_out, *out_fixed]`` for a
+        constant)."""
+        out_fixed = self._fixed(dict(self.out_slots)[term.out])
+        if term.inp is None:
+            return (c_out[term.out],) + out_fixed
+        return (c_out[term.out], c_in[term.inp]) + out_fixed + self._fixed(dict(self.in_slots)[term.inp], term.tied)
+
+    def summed_axes(self, term: Term) -> tuple[tuple[Hashable, int], ...]:
+        """``(label, size)`` of every input axis the term sums over: pooled permuted axes and contracted fixed
+        axes (empty for a constant)."""
+        if term.inp is None:
+            return ()
+        keep = set(term.identified) | set(term.tied)
+        return tuple((lab, size) for lab, size, _ in dict(self.in_slots)[term.inp] if lab not in keep)
+
+    def _stds(self, c_in: Mapping[str, int], c_out: Mapping[str, int]) -> list[float]:
+        """Initial standard deviation of every term under the plan's `init_rule`."""
+        linear = [t for t in self.terms if t.inp is not None]
+        if self.init_rule == "unit":
+            n_terms = {o: sum(t.out == o for t in linear) for o, _ in self.out_slots}
+            return [0.0 if t.inp is None else
+                    1.0 / math.sqrt(c_in[t.inp] * math.prod(s for _, s in self.summed_axes(t)) * n_terms[t.out])
+                    for t in self.terms]
+        fans: dict[str, int] = {}
+        for t in linear:
+            shape = self.coef_shape(t, c_in, c_out)
+            n_out_fixed = len(self._fixed(dict(self.out_slots)[t.out]))
+            fans[t.out] = fans.get(t.out, 0) + shape[1] * math.prod(shape[2 + n_out_fixed :]) \
+                + shape[0] * math.prod(shape[2 : 2 + n_out_fixed])
+        return [0.0 if t.inp is None else math.sqrt(2.0 / fans[t.out]) for t in self.terms]
+
+    def init(self, key: jax.Array, c_in: Mapping[str, int], c_out: Mapping[str, int], dtype=jnp.float32,
+             stack: tuple[int, ...] = ()) -> dict[str, jax.Array]:
+        """Initial coefficients under the plan's `init_rule` (module docstring), drawn in term order.
+
+        Args:
+          key: PRNG key.
+          c_in, c_out: slot name -> channels.
+          dtype: coefficient dtype.
+          stack: leading axes of independent copies (e.g. ``(num_blocks,)``).
+        Returns:
+          dict term name -> coefficient array ``[*stack, *coef_shape]``.
+        """
+        shapes = [tuple(stack) + self.coef_shape(t, c_in, c_out) for t in self.terms]
+        return {t.name: z for t, z in zip(self.terms, normal_arrays(key, shapes, self._stds(c_in, c_out), dtype))}
+
+    def num_params(self, c_in: Mapping[str, int], c_out: Mapping[str, int]) -> int:
+        """Number of scalars in one copy of the coefficients."""
+        return sum(math.prod(self.coef_shape(t, c_in, c_out)) for t in self.terms)
+
+    def apply(self, coeffs: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """Evaluate every output slot.
+
+        Args:
+          coeffs: term name -> coefficient (see `coef_shape`).
+          inputs: input name -> array ``[..., *sizes, c_in]`` (same leading batch axes for all); the sizes of
+            permuted axes may differ from the plan's (outputs take them from the inputs).
+        Returns:
+          output name -> array ``[..., *sizes, c_out]``.
+        """
+        missing = [t.name for t in self.terms if t.name not in coeffs]
+        if missing:
+            raise ValueError(f"SharingPlan.apply: coeffs has no entry for the terms {missing} (got {sorted(coeffs)})")
+        in_slots, out = dict(self.in_slots), {}
+        first = next(iter(inputs))
+        batch = inputs[first].shape[: inputs[first].ndim - len(in_slots[first]) - 1]
+        sizes = {lab: x.shape[pos - len(in_slots[name]) - 1] for name, x in inputs.items()
+                 for pos, (lab, _, _) in enumerate(in_slots[name]) if lab in self.permuted}
+        for name, axes in self.out_slots:
+            acc = None
+            for t in (t for t in self.terms if t.out == name):
+                y = self._apply_term(t, coeffs[t.name], None if t.inp is None else inputs[t.inp], axes,
+                                     None if t.inp is None else in_slots[t.inp])
+                acc = y if acc is None else acc + y
+            c_out = next(coeffs[t.name].shape[0] for t in self.terms if t.out == name)
+            out[name] = jnp.broadcast_to(acc, batch + tuple(sizes.get(lab, s) for lab, s, _ in axes) + (c_out,))
+        return out
+
+    def _apply_term(self, t: Term, coef, x, out_axes, in_axes) -> jax.Array:
+        """One term; permuted output axes that are not identified are left with size 1 (broadcast later)."""
+        letters = iter(string.ascii_lowercase[:24])  # 'y', 'z' are the channel letters
+        shared = {lab: next(letters) for lab in t.identified}
+        out_fixed = [next(letters) for lab, _, _ in out_axes if lab not in self.permuted]
+        out_sub, it = "", iter(out_fixed)
+        broadcast = []
+        for pos, (lab, _, _) in enumerate(out_axes):
+            if lab in shared:
+                out_sub += shared[lab]
+            elif lab not in self.permuted:
+                out_sub += next(it)
+                if lab in t.tied:
+                    shared[lab] = out_sub[-1]
+            else:
+                broadcast.append(pos)
+        if x is None:
+            y = jnp.moveaxis(coef, 0, -1)  # [*out_fixed, c_out]
+        else:
+            n_in = len(in_axes)
+            pooled = tuple(p - n_in - 1 for p, (lab, _, _) in enumerate(in_axes)
+                           if lab in self.permuted and lab not in shared)
+            if pooled:
+                x = x.mean(axis=pooled) if self.pooling == "mean" else x.sum(axis=pooled)
+            in_sub, in_fixed = "", ""
+            for lab, _, _ in in_axes:
+                if lab in shared:
+                    in_sub += shared[lab]
+                elif lab not in self.permuted:
+                    c = next(letters)
+                    in_sub += c
+                    in_fixed += c
+            y = jnp.einsum(f"...{in_sub}y,zy{''.join(out_fixed)}{in_fixed}->...{out_sub}z", x, coef)
+        for pos in reversed(broadcast):
+            y = jnp.expand_dims(y, pos - len(out_axes) - 1)
+        return y

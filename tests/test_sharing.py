@@ -1,0 +1,140 @@
+"""`common.sharing`: the generalised admissibility rules, ties, pooling and init rules, and the gate that the
+MAGEP / Monomial-NFN / NP / HNP layers built on it are unchanged (same term names, same initial parameters,
+same outputs) against values frozen from the layers before the engine moved to `common` (commit ea5499f;
+tests/data/sharing_gate.npz)."""
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from common import NetworkSpec, SharingPlan
+from magep import GeneralizationPredictor, INRClassifier, PolynomialEquivariant, PolynomialInvariant
+from magep.baselines import HNPLinear, MonomialLinear, NPLinear, linear_plan
+from magep.equivariant import equivariant_plan
+from magep.invariant import invariant_plan
+from tests.test_magep_support import random_features
+
+GATE = np.load(pathlib.Path(__file__).parent / "data" / "sharing_gate.npz")
+SPEC3, SPEC2 = NetworkSpec.mlp((3, 4, 5, 2)), NetworkSpec.mlp((3, 4, 2))
+
+
+def frozen(prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix):]: GATE[k] for k in GATE.files if k.startswith(prefix)}
+
+
+def flat_state(module) -> dict[str, np.ndarray]:
+    leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(module)))[0]
+    return {"/".join(str(getattr(p, "key", p)) for p in path): np.asarray(v) for path, v in leaves}
+
+
+@pytest.mark.parametrize("L, spec", [(2, SPEC2), (3, SPEC3)])
+def test_term_names_unchanged(L, spec):
+    for group in ("monomial_positive", "monomial_sign", "hnp", "np"):
+        assert [t.name for t in linear_plan(spec, group).terms] == list(GATE[f"names/{group}_L{L}"]), group
+    assert [t.name for t in equivariant_plan(spec).terms] == list(GATE[f"names/poly_eq_L{L}"])
+    assert [t.name for t in invariant_plan(spec).terms] == list(GATE[f"names/poly_inv_L{L}"])
+
+
+LAYERS = {
+    "poly_eq_L3": (lambda: PolynomialEquivariant(SPEC3, 2, 3, rngs=nnx.Rngs(0), param_dtype=jnp.float64), SPEC3),
+    "poly_eq_L2": (lambda: PolynomialEquivariant(SPEC2, 2, 3, rngs=nnx.Rngs(1), param_dtype=jnp.float64), SPEC2),
+    "poly_inv_L3": (lambda: PolynomialInvariant(SPEC3, 2, 4, rngs=nnx.Rngs(2), param_dtype=jnp.float64), SPEC3),
+    "mono_pos_L3": (lambda: MonomialLinear(SPEC3, 2, 3, scaling="positive", rngs=nnx.Rngs(3), param_dtype=jnp.float64), SPEC3),
+    "mono_sign_L2": (lambda: MonomialLinear(SPEC2, 2, 3, scaling="sign", rngs=nnx.Rngs(4), param_dtype=jnp.float64), SPEC2),
+    "hnp_L3": (lambda: HNPLinear(SPEC3, 2, 3, rngs=nnx.Rngs(5), param_dtype=jnp.float64), SPEC3),
+    "np_L3": (lambda: NPLinear(SPEC3, 2, 3, rngs=nnx.Rngs(6), param_dtype=jnp.float64), SPEC3),
+}
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_weight_space_layers_unchanged(name):
+    """Same initial parameters (bit for bit: the draws moved from host numpy to jax) and same outputs (1e-12)."""
+    make, spec = LAYERS[name]
+    with jax.enable_x64(True):
+        layer = make()
+        state, want = flat_state(layer), frozen(f"{name}/param/")
+        assert state.keys() == want.keys()
+        for k in want:
+            np.testing.assert_array_equal(state[k], want[k], err_msg=k)
+        out = jax.tree.leaves(layer(random_features(10, spec, channels=2)))
+        want_out = frozen(f"{name}/out/")
+        assert len(out) == len(want_out)
+        for i, y in enumerate(out):
+            np.testing.assert_allclose(y, want_out[str(i)], rtol=1e-12, atol=1e-12)
+
+
+def test_model_initial_parameters_unchanged():
+    """MLP heads, IO-encoding, Fourier bases and the shared terms draw the same float32 values as before."""
+    models = {"pred_np": lambda: GeneralizationPredictor(SPEC3, nfn="np", channels=(2, 2, 2), head=4, rngs=nnx.Rngs(7)),
+              "inr_fourier": lambda: INRClassifier(SPEC3, 3, channels=2, num_equivariant=1, head=4,
+                                                   fourier_features="odd", n_frequencies=2, rngs=nnx.Rngs(8))}
+    for name, make in models.items():
+        state, want = flat_state(make()), frozen(f"{name}/param/")
+        assert state.keys() == want.keys()
+        for k in want:
+            np.testing.assert_array_equal(state[k], want[k], err_msg=f"{name}: {k}")
+
+
+PERM = ("A", "B", "C", "D")
+
+
+def keys(plan: SharingPlan) -> list[str]:
+    return [t.key for t in plan.terms]
+
+
+def test_power_zero_labels_are_free_and_nonzero_are_identified():
+    # A: power 0 (free); B: power 1 (must be identified with equal power); "k": fixed
+    out = {"y": (("A", 3, 0), ("B", 4, 1), ("k", 2, 0))}
+    ins = {"x": (("A", 3, 0), ("B", 4, 1)), "wrong_power": (("B", 4, -1),), "only_A": (("A", 3, 0),), "fixed": (("k", 2, 0),)}
+    plan = SharingPlan.build(out, ins, PERM, "positive")
+    assert keys(plan) == ["y<-x|B", "y<-x|A,B"]  # B forced, A pooled or identified; no constant (B has power 1)
+    sign = SharingPlan.build(out, ins, PERM, "sign")
+    assert keys(sign) == ["y<-x|B", "y<-x|A,B", "y<-wrong_power|B"]  # -1 and +1 agree mod 2
+    full = SharingPlan.build(out, ins, PERM, "full")  # powers ignored: every subset of the shared labels
+    assert keys(full) == ["y<-x|", "y<-x|A", "y<-x|B", "y<-x|A,B", "y<-wrong_power|", "y<-wrong_power|B",
+                          "y<-only_A|", "y<-only_A|A", "y<-fixed|", "y<-const"]
+    free_out = SharingPlan.build({"z": (("A", 3, 0),)}, ins, PERM, "positive")  # B of x may not be pooled
+    assert keys(free_out) == ["z<-only_A|", "z<-only_A|A", "z<-fixed|", "z<-const"]
+    assert SharingPlan.build(out, ins, PERM, "positive").coef_shape(plan.terms[0], {"x": 5}, {"y": 6}) == (6, 5, 2)
+
+
+def test_ties_pooling_and_unit_init():
+    out = {"y": (("k", 2, 0),)}
+    ins = {"x": (("A", 3, 0), ("p", 4, 0), ("k", 2, 0))}
+    tied = SharingPlan.build(out, ins, PERM, "positive", ties={("y", "x"): ("k",)}, pooling="sum", init_rule="unit")
+    dense = SharingPlan.build(out, ins, PERM, "positive", pooling="sum", init_rule="unit")
+    t, d = tied.terms[0], dense.terms[0]
+    assert t.key == "y<-x||k" and tied.coef_shape(t, {"x": 5}, {"y": 1}) == (1, 5, 2, 4)
+    assert dense.coef_shape(d, {"x": 5}, {"y": 1}) == (1, 5, 2, 4, 2)
+    assert tied.summed_axes(t) == (("A", 3), ("p", 4)) and dense.summed_axes(d) == (("A", 3), ("p", 4), ("k", 2))
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        x, coef = jnp.asarray(rng.normal(size=(7, 3, 4, 2, 5))), jnp.asarray(rng.normal(size=(1, 5, 2, 4)))
+        want = jnp.einsum("...apkd,edkp->...ke", x, coef)
+        coeffs = {t.name: coef, "y<-const": jnp.ones((1, 2), jnp.float64)}
+        np.testing.assert_allclose(tied.apply(coeffs, {"x": x})["y"], want + 1, rtol=1e-12)
+        mean = SharingPlan.build(out, ins, PERM, "positive", ties={("y", "x"): ("k",)})
+        np.testing.assert_allclose(mean.apply(coeffs, {"x": x})["y"], want / 3 + 1, rtol=1e-12)
+        # unit init: variance 1 / (c_in * summed sizes * terms per output)
+        c = dense.init(jax.random.key(2), {"x": 5}, {"y": 100}, jnp.float64, stack=(3,))[d.name]
+        assert c.shape == (3, 100, 5, 2, 4, 2)
+        assert abs(float(c.std()) * np.sqrt(5 * 24) - 1) < 0.05
+    with pytest.raises(ValueError, match="ties"):
+        SharingPlan.build(out, ins, PERM, "positive", ties={("y", "x"): ("A",)})
+    with pytest.raises(ValueError, match=r"in_slots\['x'\] repeats a label: \['A', 'A'\]"):
+        SharingPlan.build(out, {"x": (("A", 3, 0), ("A", 3, 0))}, PERM, "positive")
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        SharingPlan.build(out, ins, PERM, "positive", pooling="max")
+    with pytest.raises(ValueError, match=r"names has no entry for the enumerated terms \['y<-const'\]"):
+        SharingPlan.build(out, ins, PERM, "positive", names={"y<-x|": "theta"})
+    named = SharingPlan.build(out, ins, PERM, "positive", names={"y<-x|": "theta", "y<-const": "beta", "unused": "u"})
+    assert [t.name for t in named.terms] == ["theta", "beta"]
+
+
+def test_channel_factors():
+    plan = equivariant_plan(SPEC3)
+    assert plan.input_channels(2) == {"b1": 2, "P1": 6, "P2": 6, "P3": 6, "M2": 6, "S2": 4, "M3": 6, "S3": 4, "T": 4}
+    assert invariant_plan(SPEC3).input_channels(5) == {"M": 15, "S": 10, "T": 10}
