@@ -1,6 +1,6 @@
 """MAGEP-NFN: monomial-group equivariant polynomial layers (O(L) evaluation), baselines and models.
 
-See /work/shared/spec/magep_nfn.md. Public API: `PolynomialEquivariant`, `PolynomialInvariant` (nnx) and
+The math: docs/magep.md. Public API: `PolynomialEquivariant`, `PolynomialInvariant` (nnx) and
 their pure functions, the models, and `magep.baselines`.
 """
 from magep import baselines

@@ -1,4 +1,4 @@
-"""MAGEP polynomial equivariant layer (magep_nfn.md §4): pure function and nnx Module."""
+"""MAGEP polynomial equivariant layer (docs/magep.md §4): pure function and nnx Module."""
 from __future__ import annotations
 
 import functools

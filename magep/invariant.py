@@ -1,4 +1,4 @@
-"""MAGEP polynomial invariant layer (magep_nfn.md §6): pure function and nnx Module."""
+"""MAGEP polynomial invariant layer (docs/magep.md §6): pure function and nnx Module."""
 from __future__ import annotations
 
 import functools

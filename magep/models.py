@@ -1,4 +1,4 @@
-"""Networks built from the MAGEP layers and the baselines (magep_nfn.md §7).
+"""Networks built from the MAGEP layers and the baselines (docs/magep.md §7).
 
 - `GeneralizationPredictor`: features -> body -> MLP head -> sigmoid; body chosen by ``nfn``:
   "magep" (MonomialLinear -> sigma -> K x [PolynomialEquivariant -> sigma] -> PolynomialInvariant),
@@ -30,7 +30,7 @@ from magep.validation import check_features, check_spec, resolve_channels
 GROUP_ACTIVATIONS = {"positive": ("relu", "leaky_relu", "identity"), "sign": ("tanh", "sin", "identity")}
 DEFAULT_ACTIVATION = {"positive": "relu", "sign": "tanh", "none": "relu"}
 NFNS = ("magep", "monomial", "hnp", "np", "statnn")
-OFFICIAL = {  # CNN-zoo configurations (magep_nfn.md §9.1): channels, head width
+OFFICIAL = {  # CNN-zoo configurations (docs/magep.md §9.1): channels, head width
     "magep": (20, 500), "monomial": ((16, 16, 5), 200), "hnp": ((16, 16, 5), 1000), "np": ((16, 16, 5), 1000),
     "statnn": (None, 1000),
 }

@@ -1,4 +1,4 @@
-"""MAGEP building blocks ("stable polynomial terms", magep_nfn.md §3) in O(L) matrix products (§5).
+"""MAGEP building blocks ("stable polynomial terms", docs/magep.md §3) in O(L) matrix products (§5).
 
 Per channel c (the trailing axis), with W^(l) = ``weights[l-1]`` [..., n_l, n_{l-1}, c] and
 b^(l) = ``biases[l-1]`` [..., n_l, c]:

@@ -1,4 +1,4 @@
-"""Small CNN Zoo and SIREN recipes (magep_nfn.md §10) as `common.population` tasks, data and configurations.
+"""Small CNN Zoo and SIREN recipes (docs/magep.md §10) as `common.population` tasks, data and configurations.
 
 CNN zoo (Unterthiner et al.): 3 x Conv(3x3, 16, stride 2, VALID) + activation + dropout, global average pool,
 Dense(10); softmax cross-entropy; L2 penalty ``l2reg * sum w^2`` on kernels; inputs grayscale in [-1, 1].
@@ -6,7 +6,7 @@ Per network: activation (relu / tanh: one population per activation), optimizer 
 Keras defaults: selected as data), learning rate log-U[5e-4, 5e-2], l2reg log-U[1e-8, 1e-2], dropout U[0, 0.7],
 kernel init (glorot uniform, he normal, orthogonal, random normal, truncated normal; the last two with
 init_std log-U[1e-3, 0.5]), zero biases, train fraction {0.1, 0.25, 0.5, 1}, batch 512. Ranges **unverified**
-(spec §10.1). Data: MNIST and Fashion-MNIST (full splits); CIFAR-10 grayscale from the 10k test JPEGs split
+(docs/magep.md §10.1). Data: MNIST and Fashion-MNIST (full splits); CIFAR-10 grayscale from the 10k test JPEGs split
 8k/2k stratified (seed 0; documented deviation); scikit-learn digits (1,797 8 x 8 images, split 1,437/360
 stratified, seed 0, ink 0..16 mapped to [-1, 1] and upsampled 2x to 16 x 16 so three stride-2 VALID convs fit).
 

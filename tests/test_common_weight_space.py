@@ -11,7 +11,7 @@ from tests.common_fixtures import CNN_ZOO_SPEC, leaves_close, random_weights
 def test_spec_from_weights_and_counts():
     ws = random_weights(jax.random.PRNGKey(0), CNN_ZOO_SPEC)
     assert NetworkSpec.from_weights(ws) == CNN_ZOO_SPEC
-    assert CNN_ZOO_SPEC.num_params == 4970  # 160 + 2320 + 2320 + 170 (magep_nfn.md §1)
+    assert CNN_ZOO_SPEC.num_params == 4970  # 160 + 2320 + 2320 + 170 (docs/magep.md §1)
     assert CNN_ZOO_SPEC.feature_channels == (9, 9, 9, 1)
     assert NetworkSpec.mlp((2, 32, 32, 1)).num_params == 1185
     assert NetworkSpec.mlp((2, 32, 32, 3)).num_params == 1251

@@ -12,7 +12,7 @@ from magep import (MLP, FourierFeatures, GeneralizationPredictor, INRClassifier,
                    PolynomialInvariant)
 from magep.baselines import (HNPLinear, HNPPool, IOEncoding, MonomialLinear, MonomialPool, NPLinear, NPPool,
                              StatNN)
-from tests.test_magep_support import random_features
+from tests.magep_fixtures import random_features
 from transformer_nfn import (AccuracyPredictor, TransformerEquivariant, TransformerInvariant, TransformerSpec,
                              ZooTransformer, nets)
 from transformer_nfn.testing import random_features as transformer_features

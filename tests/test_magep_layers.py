@@ -82,7 +82,7 @@ def test_frozen_phi_is_not_a_param_and_gets_no_update():
 
 @pytest.mark.parametrize("widths", [(2, 3, 4), (3, 4, 5, 2), (2, 3, 4, 3, 5)])
 def test_parameter_counts_match_closed_forms(widths):
-    """magep_nfn.md §4 and §6 (anchors §7) with d = 2 input and e = 3 output channels."""
+    """docs/magep.md §4 and §6 with d = 2 input and e = 3 output channels."""
     spec = NetworkSpec.mlp(widths)
     L, n0, nL, d, e = len(widths) - 1, widths[0], widths[-1], 2, 3
     eq = PolynomialEquivariant(spec, d, e, rngs=nnx.Rngs(0), freeze_phi=True)

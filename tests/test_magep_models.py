@@ -23,7 +23,7 @@ def n_params(module) -> int:
 
 
 def test_official_cnn_zoo_parameter_counts():
-    """Instantiated counts vs the reference counts of anchors.md §7 (MAGEP: 998,121 with the authors' frozen
+    """Instantiated counts vs the authors' reference configurations (docs/magep.md §9.1) (MAGEP: 998,121 with the authors' frozen
     Phi; learned Phi add (3L-2) pairs x d (n_0 n_L + n_L) per equivariant layer; Monomial-NFN: 254,619)."""
     spec = SPECS["cnn"]
     frozen = GeneralizationPredictor(spec, nfn="magep", freeze_phi=True, rngs=nnx.Rngs(0))

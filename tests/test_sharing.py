@@ -15,7 +15,7 @@ from magep import GeneralizationPredictor, INRClassifier, PolynomialEquivariant,
 from magep.baselines import HNPLinear, MonomialLinear, NPLinear, linear_plan
 from magep.equivariant import equivariant_plan
 from magep.invariant import invariant_plan
-from tests.test_magep_support import random_features
+from tests.magep_fixtures import random_features
 
 GATE = np.load(pathlib.Path(__file__).parent / "data" / "sharing_gate.npz")
 SPEC3, SPEC2 = NetworkSpec.mlp((3, 4, 5, 2)), NetworkSpec.mlp((3, 4, 2))

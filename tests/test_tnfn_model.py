@@ -37,7 +37,7 @@ def _model(ffn_scaling=False, branch="mlp", dtype=jnp.float32, seed=0, hidden_ch
 
 
 def test_parameter_count_authors_configuration():
-    """README configuration, MNIST zoo: 1,812,181; AG-News zoo (no embedding branch): 1,806,721 (spec §5)."""
+    """README configuration, MNIST zoo: 1,812,181; AG-News zoo (no embedding branch): 1,806,721 (docs/transformer_nfn.md §5)."""
     d, b, c, f, m = 32, 2, 10, 10, 10
     equivariant = b * (1 * c * (2 * d**3 + 12 * d**2 + 15 * d + 12) + c * (2 * d + 2))
     invariant = b * (c * f * (d**2 + 3 * d + 2) + f + 2 * f)  # + LayerNorm(f) per block

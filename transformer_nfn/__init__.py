@@ -1,5 +1,5 @@
 """Transformer-NFN: the zoo transformer's weight space and forward pass, its symmetry group, the equivariant
-and invariant Transformer-NFN layers and the accuracy-prediction model (spec: transformer_nfn.md)."""
+and invariant Transformer-NFN layers and the accuracy-prediction model (math: docs/transformer_nfn.md)."""
 from transformer_nfn import groups, nets
 from transformer_nfn.equivariant import TransformerEquivariant, equivariant_apply, relu_ffn
 from transformer_nfn.flax_model import ZooTransformer, from_flax_params, to_flax_params

@@ -1,4 +1,4 @@
-"""`TransformerEquivariant`: the Transformer-NFN equivariant layer (transformer_nfn.md §3).
+"""`TransformerEquivariant`: the Transformer-NFN equivariant layer (docs/transformer_nfn.md §3).
 
 Per block, with input channels d and output channels e (coefficients shared across heads):
 

@@ -1,4 +1,4 @@
-"""`TransformerInvariant`: the Transformer-NFN invariant layer (transformer_nfn.md §4).
+"""`TransformerInvariant`: the Transformer-NFN invariant layer (docs/transformer_nfn.md §4).
 
 Per block and output feature e:
 

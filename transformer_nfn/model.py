@@ -1,4 +1,4 @@
-"""`AccuracyPredictor`: predict a zoo transformer's test accuracy from its weights (transformer_nfn.md §6).
+"""`AccuracyPredictor`: predict a zoo transformer's test accuracy from its weights (docs/transformer_nfn.md §6).
 
 Branches (authors' README configuration by default; any number of blocks):
 

@@ -1,4 +1,4 @@
-"""The zoo transformer's pure forward pass and initialisation (transformer_nfn.md §1, §7).
+"""The zoo transformer's pure forward pass and initialisation (docs/transformer_nfn.md §1, §7).
 
 One block (pre-LN, no residual connections, LayerNorm without affine parameters):
 

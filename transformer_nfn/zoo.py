@@ -1,4 +1,4 @@
-"""Small Transformer Zoo recipe (transformer_nfn.md §1, §7): generation, loading and command line.
+"""Small Transformer Zoo recipe (docs/transformer_nfn.md §1, §7): generation, loading and command line.
 
     python -m transformer_nfn.zoo --dataset mnist|ag_news --models N --epochs E --out DIR
                                   [--train-limit n] [--test-limit n]
