@@ -20,8 +20,9 @@ $(VENV)/.installed-%: setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e '.[$*]'
 	touch $@
 
+# The suite is compile-bound: one pytest worker per core (tests dealt one at a time, so neither worker idles at the end).
 test: $(VENV)/.installed-test
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -n 2 --dist load
 
 demo: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.demo

@@ -49,16 +49,25 @@ LAYERS = {
 }
 
 
+def assert_same_draw(got, want, err_msg):
+    """Equal up to a few ulps: the values were frozen from the old code under the default XLA flags, and the
+    test session compiles at a lower optimisation level (tests/conftest.py), which may round the last bit of a
+    random draw differently; a changed draw (other key, order or scale) differs by far more."""
+    eps = 16 * np.finfo(np.asarray(want).dtype).eps
+    np.testing.assert_allclose(got, want, rtol=eps, atol=eps * float(np.max(np.abs(want), initial=0.0)), err_msg=err_msg)
+
+
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_weight_space_layers_unchanged(name):
-    """Same initial parameters (bit for bit: the draws moved from host numpy to jax) and same outputs (1e-12)."""
+    """Same initial parameters (up to the last bits: the draws moved from host numpy to jax) and same outputs
+    (1e-12)."""
     make, spec = LAYERS[name]
     with jax.enable_x64(True):
         layer = make()
         state, want = flat_state(layer), frozen(f"{name}/param/")
         assert state.keys() == want.keys()
         for k in want:
-            np.testing.assert_array_equal(state[k], want[k], err_msg=k)
+            assert_same_draw(state[k], want[k], err_msg=k)
         out = jax.tree.leaves(layer(random_features(10, spec, channels=2)))
         want_out = frozen(f"{name}/out/")
         assert len(out) == len(want_out)
@@ -75,7 +84,7 @@ def test_model_initial_parameters_unchanged():
         state, want = flat_state(make()), frozen(f"{name}/param/")
         assert state.keys() == want.keys()
         for k in want:
-            np.testing.assert_array_equal(state[k], want[k], err_msg=f"{name}: {k}")
+            assert_same_draw(state[k], want[k], err_msg=f"{name}: {k}")
 
 
 PERM = ("A", "B", "C", "D")

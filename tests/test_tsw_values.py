@@ -89,4 +89,8 @@ def test_values_unchanged_by_the_new_signatures(name):
     with jax.enable_x64(True):
         got = fn()
         assert got.dtype == jnp.float64
-        assert float(got) == want, (name, repr(float(got)), want)
+        # a few ulps: the literals come from the old code under the default XLA flags; the tests compile at a
+        # lower optimisation level (tests/conftest.py), which may round the last bits differently (the learned
+        # splitting's network has float32 parameters, so its ulps are float32 ones)
+        rtol = 1e-6 if name == "tree learned splitting" else 1e-13
+        np.testing.assert_allclose(float(got), want, rtol=rtol, atol=0, err_msg=name)

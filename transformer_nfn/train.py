@@ -40,16 +40,10 @@ def train_accuracy_predictor(model: nnx.Module, tw: TransformerWeights, accuraci
                              num_steps: int, **options) -> tuple[nnx.Module, list[dict]]:
     """Train a `transformer_nfn.AccuracyPredictor` on raw weights of R networks and their accuracies [R].
 
-    Args:
-      model: the predictor (not modified; a trained copy is returned).
-      tw: raw `TransformerWeights` with leaves ``[R, ...]``.
-      accuracies: [R] in [0, 1].
-      key, num_steps, options: ``batch_size``, ``optimizer``, ``run_dir``, ``checkpoint_every``, ``mesh``,
-        ``progress`` of `common.accuracy_prediction.fit_predictor`.
-    Returns:
-      ``(trained model, history)``.
-    Raises:
-      ValueError: ``tw`` is not raw `TransformerWeights` with one leading row axis.
+    ``tw`` is raw `TransformerWeights` with leaves ``[R, ...]``; the other arguments and the result
+    ``(trained copy of model, history)`` are those of `common.accuracy_prediction.fit_predictor` (options:
+    ``batch_size``, ``optimizer``, ``run_dir``, ``checkpoint_every``, ``mesh``, ``progress``). ValueError when
+    ``tw`` is not raw `TransformerWeights` with one leading row axis.
     """
     if not isinstance(tw, TransformerWeights) or tw.is_features:
         raise ValueError("train_accuracy_predictor: tw must be raw TransformerWeights [R, ...], got "
