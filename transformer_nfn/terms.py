@@ -86,15 +86,16 @@ def block_plan(spec: TransformerSpec, ffn_scaling: bool, layer: str) -> SharingP
 def statistics(f: BlockWeights, names) -> dict[str, jax.Array]:
     """The input slots ``names`` (fields and statistics of the module docstring) of a features block (any leading
     batch axes), each ``[..., *axes, d]``."""
-    ab = lambda: jnp.einsum("...jkd,...kqd->...jqd", f.w_a, f.w_b)
-    vo = lambda: jnp.einsum("...hprd,...hrqd->...pqd", f.v, f.o)
     make = dict(
-        qk=lambda: jnp.einsum("...hprd,...hqrd->...pqd", f.q, f.k), vo=vo, AB=ab,
+        qk=lambda: jnp.einsum("...hprd,...hqrd->...pqd", f.q, f.k),
+        vo=lambda: jnp.einsum("...hprd,...hrqd->...pqd", f.v, f.o),
+        AB=lambda: jnp.einsum("...jkd,...kqd->...jqd", f.w_a, f.w_b),
         aB=lambda: jnp.einsum("...kd,...kqd->...qd", f.b_a, f.w_b),
-        voab=lambda: jnp.einsum("...pjd,...jqd->...pqd", vo(), ab()),
+        voab=lambda: jnp.einsum("...pjd,...jqd->...pqd", stat("vo"), stat("AB")),
         **{slot: (lambda field=field: getattr(f, field)) for field, slot in FIELD_SLOTS.items()},
     )
-    return {name: make[name]() for name in names}
+    stat = functools.cache(lambda name: make[name]())  # voab reuses vo and AB when those are inputs too
+    return {name: stat(name) for name in names}
 
 
 def init(key: jax.Array, plan: SharingPlan, num_blocks: int, c_in: int, c_out: int, dtype=jnp.float32) -> dict:
