@@ -4,11 +4,14 @@ Family-agnostic: the model is any Flax NNX module with ``model.logits(inputs) ->
 as `magep.GeneralizationPredictor` on features or `transformer_nfn.AccuracyPredictor` on transformer weights; the
 inputs are any pytree whose leaves have a leading row axis ``[R, ...]``. Training minimises the binary cross-entropy
 between ``sigmoid(logits)`` and the accuracies with `common.training.fit`; models are ranked by Kendall's tau, the
-metric of the accuracy-prediction papers. `magep.train` and `transformer_nfn.train` add each family's zoo loading
+metric of the accuracy-prediction papers, and with a validation split the returned model is the one with the best
+validation tau (the papers' early stopping), kept across a resumed run. `magep.train` and `transformer_nfn.train` add each family's zoo loading
 and input checks.
 """
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -19,9 +22,9 @@ import scipy.stats
 from flax import nnx
 from jax.sharding import Mesh
 
-from common import training
+from common import checkpointing, training
 
-__all__ = ["random_batches", "bce_loss", "fit_predictor", "kendall_tau"]
+__all__ = ["random_batches", "bce_loss", "predict_logits", "fit_predictor", "kendall_tau"]
 
 
 def _rows(inputs: Any, targets: Any, fn: str) -> int:
@@ -64,10 +67,66 @@ def bce_loss(model: nnx.Module, batch: dict, key: jax.Array) -> tuple[jax.Array,
     return optax.sigmoid_binary_cross_entropy(model.logits(batch["x"]), batch["y"]).mean(), {}
 
 
+def predict_logits(model: nnx.Module, inputs: Any, chunk_size: int = 128) -> np.ndarray:
+    """``model.logits`` on ``inputs`` (leaves ``[R, ...]``) in jitted chunks of ``chunk_size`` rows -> float32 [R]
+    (every chunk zero-padded to ``chunk_size`` rows: one compiled program for any R)."""
+    graphdef, state = nnx.split(model)
+    return _chunked_logits(graphdef, (state,), inputs, chunk_size)
+
+
+def _chunked_logits(graphdef: nnx.GraphDef, states: tuple, inputs: Any, chunk_size: int) -> np.ndarray:
+    """Logits in chunks of ``chunk_size`` rows; the last chunk is zero-padded, so one program serves every chunk."""
+    n = int(np.shape(jax.tree.leaves(inputs)[0])[0])
+    size = chunk_size
+    out = []
+    for i in range(0, n, size):
+        rows = min(size, n - i)
+        chunk = jax.tree.map(lambda a: np.pad(np.asarray(a[i:i + rows]), [(0, size - rows)] + [(0, 0)] * (a.ndim - 1)),
+                             inputs)
+        out.append(np.asarray(_jit_logits(graphdef, states, chunk))[:rows])
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0,), np.float32)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _jit_logits(graphdef: nnx.GraphDef, states: tuple, inputs: Any) -> jax.Array:
+    return nnx.merge(graphdef, *states).logits(inputs)
+
+
+class _BestByValidation:
+    """``eval_fn`` of `common.training.fit` that scores the parameters by Kendall tau on a validation split and
+    keeps the best ones (on host, and in ``run_dir/best`` when given, so a resumed run keeps its best model)."""
+
+    def __init__(self, graphdef, frozen, inputs, targets, params, run_dir, eval_every):
+        self.graphdef, self.frozen, self.inputs, self.targets = graphdef, tuple(frozen), inputs, np.asarray(targets)
+        self.eval_every, self.step = eval_every, 0
+        self.best = {"params": jax.device_get(params), "tau": np.float64(-np.inf), "step": np.int64(0)}
+        self.manager = None
+        if run_dir is not None:
+            with checkpointing.open_manager(run_dir) as runs:  # fit resumes from this step
+                self.step = runs.latest_step() or 0
+            self.manager = checkpointing.open_manager(os.path.join(run_dir, "best"), 1)
+            restored = checkpointing.restore_latest(self.manager, jax.tree.map(jax.numpy.asarray, self.best))
+            self.best = self.best if restored is None else jax.device_get(restored)
+
+    def __call__(self, params: nnx.State, step: int | None = None) -> dict:
+        # fit evaluates at multiples of eval_every; the last step is scored explicitly
+        self.step = (self.step // self.eval_every + 1) * self.eval_every if step is None else step
+        logits = _chunked_logits(self.graphdef, (params,) + self.frozen, self.inputs, 128)
+        tau = kendall_tau(logits, self.targets) if np.ptp(logits) > 0 else 0.0
+        tau = tau if np.isfinite(tau) else 0.0
+        if tau > self.best["tau"]:
+            self.best = {"params": jax.device_get(params), "tau": np.float64(tau), "step": np.int64(self.step)}
+            if self.manager is not None:
+                checkpointing.save(self.manager, self.step, self.best)
+                self.manager.wait_until_finished()
+        return {"tau": tau}
+
+
 def fit_predictor(model: nnx.Module, inputs: Any, targets: Any, *, key: jax.Array, num_steps: int,
                   batch_size: int = 32, optimizer: optax.GradientTransformation | None = None,
                   run_dir: str | None = None, checkpoint_every: int | None = None, mesh: Mesh | None = None,
-                  progress: bool = False) -> tuple[nnx.Module, list[dict]]:
+                  progress: bool = False, validation: tuple[Any, Any] | None = None,
+                  eval_every: int | None = None) -> tuple[nnx.Module, list[dict]]:
     """Train ``model`` by `bce_loss` on `random_batches` with `common.training.fit`.
 
     Args:
@@ -77,24 +136,50 @@ def fit_predictor(model: nnx.Module, inputs: Any, targets: Any, *, key: jax.Arra
       key: PRNG key of the run; num_steps: optimizer steps; batch_size: rows per step.
       optimizer: default ``optax.adam(1e-3)``.
       run_dir, checkpoint_every, mesh, progress: as in `common.training.fit` (``checkpoint_every`` defaults to
-        ``num_steps``: one checkpoint at the end when ``run_dir`` is set).
+        ``num_steps``: one checkpoint at the end when ``run_dir`` is set, and to ``eval_every`` with a validation
+        split).
+      validation: ``(inputs [V, ...], accuracies [V])``: score Kendall tau on them every ``eval_every`` steps
+        (logged as ``eval/tau``) and return the parameters with the best score (ties: the earliest), not the last.
+      eval_every: steps between validation scores (default: one pass over the training rows, ``R // batch_size``).
     Returns:
-      ``(trained model, history)``, history as returned by `common.training.fit`.
+      ``(trained model, history)``, history as returned by `common.training.fit`; with ``validation``, the model
+      holds the best validation parameters (the last step is always scored) and a last record
+      ``{"step", "best/tau", "best/step"}`` is appended.
     Raises:
       ValueError: row counts differ, or targets leave [0, 1].
     """
-    targets_np = np.asarray(targets)
-    if targets_np.size and not (np.all(targets_np >= 0) and np.all(targets_np <= 1)):
-        raise ValueError(f"fit_predictor: targets must lie in [0, 1] (accuracies); got range "
-                         f"[{targets_np.min()}, {targets_np.max()}]")
+    for name, values in (("targets", targets), ("validation accuracies", None if validation is None else validation[1])):
+        values = np.asarray([] if values is None else values)
+        if values.size and not (np.all(values >= 0) and np.all(values <= 1)):
+            raise ValueError(f"fit_predictor: {name} must lie in [0, 1] (accuracies); got range "
+                             f"[{values.min()}, {values.max()}]")
     batches = random_batches(inputs, targets, batch_size)
     graphdef, params, *frozen = nnx.split(model, nnx.Param, ...)
-    state, history = training.fit(training.nnx_loss_fn(graphdef, bce_loss, *frozen), params,
-                                  optax.adam(1e-3) if optimizer is None else optimizer, batches, key=key,
-                                  num_steps=num_steps, run_dir=run_dir,
-                                  checkpoint_every=num_steps if checkpoint_every is None else checkpoint_every,
-                                  mesh=mesh, progress=progress)
-    return nnx.merge(graphdef, state.params, *frozen), history
+    scorer = None
+    if validation is not None:
+        _rows(*validation, "fit_predictor (validation)")
+        eval_every = max(_rows(inputs, targets, "fit_predictor") // batch_size, 1) if eval_every is None else eval_every
+        if eval_every < 1:
+            raise ValueError(f"fit_predictor: eval_every must be >= 1, got {eval_every}")
+        scorer = _BestByValidation(graphdef, frozen, *validation, params, run_dir, eval_every)
+        checkpoint_every = eval_every if checkpoint_every is None else checkpoint_every
+    try:
+        state, history = training.fit(
+            training.nnx_loss_fn(graphdef, bce_loss, *frozen), params,
+            optax.adam(1e-3) if optimizer is None else optimizer, batches, key=key, num_steps=num_steps,
+            run_dir=run_dir, checkpoint_every=num_steps if checkpoint_every is None else checkpoint_every,
+            mesh=mesh, progress=progress, eval_fn=scorer, eval_every=eval_every if scorer else None)
+        if scorer is not None and int(state.step) % eval_every:
+            history = history + [{"step": int(state.step),
+                                  **{f"eval/{k}": v for k, v in scorer(state.params, int(state.step)).items()}}]
+    finally:
+        if scorer is not None and scorer.manager is not None:
+            scorer.manager.close()
+    if scorer is None:
+        return nnx.merge(graphdef, state.params, *frozen), history
+    history = history + [{"step": int(state.step), "best/tau": float(scorer.best["tau"]),
+                          "best/step": int(scorer.best["step"])}]
+    return nnx.merge(graphdef, scorer.best["params"], *frozen), history
 
 
 def kendall_tau(predicted: Any, targets: Any) -> float:

@@ -4,6 +4,10 @@
     model = GeneralizationPredictor(spec, nfn="magep", rngs=nnx.Rngs(0))
     model, history = train_generalization_predictor(model, feats, acc, key=jax.random.key(0), num_steps=300)
     tau = kendall_tau(model(test_feats), test_acc)          # common.accuracy_prediction.kendall_tau
+
+`augment_with_group` builds the papers' robustness-study splits (every network plus one permuted-and-scaled copy);
+`train_generalization_predictor(..., validation=(val_feats, val_acc))` returns the model with the best validation
+tau (the papers' early stopping).
 """
 from __future__ import annotations
 
@@ -14,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from common import NetworkSpec, WeightSpace, zoo_store
+from common import NetworkSpec, WeightSpace, groups, zoo_store
 from common.accuracy_prediction import fit_predictor
 
-__all__ = ["zoo_features", "train_generalization_predictor"]
+__all__ = ["zoo_features", "augment_with_group", "train_generalization_predictor"]
 
 
 def zoo_features(zoo_dir: str, split: str | None = None, *, target: str = "test_accuracy",
@@ -37,6 +41,40 @@ def zoo_features(zoo_dir: str, split: str | None = None, *, target: str = "test_
     return feats, jnp.asarray(targets, jnp.float32), NetworkSpec.from_weights(ws)
 
 
+def augment_with_group(feats: WeightSpace, targets: Any, spec: NetworkSpec, key: jax.Array, *, scaling: str,
+                       max_scale: float = 1.0, copies: int = 1) -> tuple[WeightSpace, jax.Array]:
+    """Every network followed by ``copies`` random group transforms of it (docs/magep.md §9.1 robustness study).
+
+    Each copy applies its own random element of the monomial group of ``spec``: a permutation of every hidden
+    layer's neurons times, for ``scaling="positive"``, scales d ~ U[1, max_scale] per hidden neuron (the papers'
+    d ~ U[1, 10^k]) or, for ``"sign"``, random sign flips. The function a network computes, hence its accuracy,
+    is unchanged, so the targets are repeated.
+
+    Args:
+      feats: features (``ws.to_features()``) of R networks, leaves ``[R, ...]``; targets: [R].
+      spec: the networks' `NetworkSpec`; key: PRNG key.
+      scaling: "positive" (ReLU nets) or "sign" (tanh nets); max_scale: upper end of d (>= 1; "positive" only).
+      copies: transformed copies per network (>= 1).
+    Returns:
+      ``(feats, targets)`` with R * (1 + copies) rows: the R originals first, then the copies, copy-major.
+    Raises:
+      ValueError: bad ``scaling``, ``max_scale`` < 1 or ``copies`` < 1.
+    """
+    if scaling not in ("positive", "sign"):
+        raise ValueError(f"augment_with_group: scaling must be 'positive' or 'sign', got {scaling!r}")
+    if not max_scale >= 1.0:
+        raise ValueError(f"augment_with_group: max_scale must be >= 1, got {max_scale}")
+    if copies < 1:
+        raise ValueError(f"augment_with_group: copies must be >= 1, got {copies}")
+    rows = int(feats.batch_shape[0]) if feats.batch_shape else 0
+    keys = jax.random.split(key, (copies, rows))
+    sample = lambda k: groups.sample_monomial(k, spec, scaling, scale_range=(1.0, max_scale),
+                                              scale_distribution="uniform")
+    moved = [jax.vmap(lambda k, f: groups.act(sample(k), f))(keys[c], feats) for c in range(copies)]
+    stacked = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), feats, *moved)
+    return stacked, jnp.tile(jnp.asarray(targets, jnp.float32), 1 + copies)
+
+
 def train_generalization_predictor(model: nnx.Module, feats: WeightSpace, accuracies: Any, *, key: jax.Array,
                                    num_steps: int, **options) -> tuple[nnx.Module, list[dict]]:
     """Train a `magep.GeneralizationPredictor` (any ``nfn``) on features [R, ...] and accuracies [R].
@@ -46,7 +84,8 @@ def train_generalization_predictor(model: nnx.Module, feats: WeightSpace, accura
       feats: NFN features of R networks (``ws.to_features()``, leaves ``[R, ...]``).
       accuracies: [R] in [0, 1].
       key, num_steps, options: ``batch_size``, ``optimizer``, ``run_dir``, ``checkpoint_every``, ``mesh``,
-        ``progress`` of `common.accuracy_prediction.fit_predictor`.
+        ``progress``, ``validation`` (features and accuracies: keep the best-validation-tau model) and
+        ``eval_every`` of `common.accuracy_prediction.fit_predictor`.
     Returns:
       ``(trained model, history)``.
     Raises:

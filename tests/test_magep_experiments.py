@@ -1,0 +1,84 @@
+"""The generalisation-prediction study: group augmentation, best-validation model selection, and the
+`benchmarks.magep_experiments generalization --quick` pipeline end to end (pipeline, not numbers)."""
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from benchmarks import magep_experiments
+from common import NetworkSpec, WeightSpace
+from common.accuracy_prediction import fit_predictor, kendall_tau, predict_logits
+from common.nets import mlp_apply
+from magep import GeneralizationPredictor
+from magep.train import augment_with_group
+from tests.common_fixtures import random_weights
+
+SPEC = NetworkSpec.mlp((3, 5, 4, 2))
+ROWS = 6
+
+
+@pytest.mark.parametrize("scaling, activation, top", [("positive", "relu", 1e3), ("sign", "tanh", 1.0)])
+def test_augmented_copies_compute_the_same_function(scaling, activation, top):
+    ws = random_weights(jax.random.key(0), SPEC, batch=(ROWS,))
+    targets = np.linspace(0.1, 0.6, ROWS)
+    feats, tiled = augment_with_group(ws.to_features(), targets, SPEC, jax.random.key(1), scaling=scaling,
+                                      max_scale=top, copies=2)
+    assert feats.batch_shape == (3 * ROWS,)
+    np.testing.assert_allclose(np.asarray(tiled), np.tile(targets, 3), rtol=1e-6)
+    raw = WeightSpace.from_features(feats, SPEC)
+    x = jax.random.normal(jax.random.key(2), (7, 3))
+    outputs = jax.vmap(lambda w: mlp_apply(w, x, activation))(raw)  # [3R, 7, 2]
+    for copy in (1, 2):
+        np.testing.assert_allclose(outputs[copy * ROWS:(copy + 1) * ROWS], outputs[:ROWS], rtol=1e-4, atol=1e-5)
+        moved = jax.tree.map(lambda a: a[copy * ROWS:(copy + 1) * ROWS], feats.weights[0])
+        assert not np.allclose(moved, ws.to_features().weights[0])  # the copies are transformed, not repeated
+    if scaling == "positive":  # scales drawn in [1, top]: the first layer's rows grow, never shrink
+        ratio = np.abs(np.asarray(feats.biases[0][ROWS:2 * ROWS])).max() / np.abs(np.asarray(ws.biases[0])).max()
+        assert 1.0 <= ratio <= top
+
+
+def test_augment_rejects_bad_arguments():
+    feats = random_weights(jax.random.key(0), SPEC, batch=(ROWS,)).to_features()
+    with pytest.raises(ValueError, match="scaling must be"):
+        augment_with_group(feats, np.zeros(ROWS), SPEC, jax.random.key(0), scaling="none")
+    with pytest.raises(ValueError, match="max_scale must be >= 1"):
+        augment_with_group(feats, np.zeros(ROWS), SPEC, jax.random.key(0), scaling="positive", max_scale=0.5)
+    with pytest.raises(ValueError, match="copies must be >= 1"):
+        augment_with_group(feats, np.zeros(ROWS), SPEC, jax.random.key(0), scaling="positive", copies=0)
+
+
+def test_fit_predictor_returns_the_best_validation_model_and_keeps_it_on_resume(tmp_path):
+    ws = random_weights(jax.random.key(0), SPEC, batch=(24,))
+    feats, acc = ws.to_features(), np.linspace(0.1, 0.9, 24).astype(np.float32)
+    train, val = jax.tree.map(lambda a: a[:16], feats), jax.tree.map(lambda a: a[16:], feats)
+    model = GeneralizationPredictor(SPEC, nfn="statnn", head=8, rngs=nnx.Rngs(0))
+    options = dict(key=jax.random.key(0), batch_size=8, validation=(val, acc[16:]), eval_every=3,
+                   run_dir=str(tmp_path), optimizer=optax.adam(1e-2))
+    best, history = fit_predictor(model, train, acc[:16], num_steps=10, **options)
+    scores = {r["step"]: r["eval/tau"] for r in history if "eval/tau" in r}
+    assert sorted(scores) == [3, 6, 9, 10]  # every eval_every steps, and the last step
+    summary = history[-1]
+    assert summary["best/tau"] == max(scores.values()) and scores[summary["best/step"]] == summary["best/tau"]
+    assert kendall_tau(predict_logits(best, val), acc[16:]) == pytest.approx(summary["best/tau"], abs=1e-6)
+    resumed, history = fit_predictor(model, train, acc[:16], num_steps=16, **options)
+    assert history[-1]["best/tau"] >= summary["best/tau"] - 1e-6  # the earlier best survived the restart
+    assert kendall_tau(predict_logits(resumed, val), acc[16:]) == pytest.approx(history[-1]["best/tau"], abs=1e-6)
+
+
+def test_quick_generalization_pipeline_runs_and_resumes(tmp_path):
+    argv = ["generalization", "--quick", "--activations", "relu", "--methods", "magep", "statnn", "--out",
+            str(tmp_path)]
+    result = magep_experiments.main(argv)
+    cells = {(c["activation"], c["augmentation"], c["method"]) for c in result["cells"]}
+    assert cells == {("relu", aug, m) for aug in ("none", "k4") for m in ("magep", "statnn")}
+    for cell in result["cells"]:
+        assert -1.0 <= cell["test_tau_mean"] <= 1.0 and cell["seeds"] == 1 and cell["test_networks"] >= 2
+    augmented = {c["augmentation"]: c["train_networks"] for c in result["cells"] if c["activation"] == "relu"}
+    assert augmented["k4"] == 2 * augmented["none"]  # one transformed copy per network
+    for name in ("magep_generalization.json", "magep_generalization.md", "magep_generalization_scatter.png",
+                 "magep_generalization_augmentation.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "MAGEP-NFN" in (tmp_path / "magep_generalization.md").read_text()
+    again = magep_experiments.main(argv)  # every cell is done: read back, not retrained
+    assert [c["test_taus"] for c in again["cells"]] == [c["test_taus"] for c in result["cells"]]
