@@ -10,10 +10,10 @@ import pytest
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
-from common import NetworkSpec, testing
+from common import NetworkSpec, WeightSpace, testing
 from common.groups import MonomialGroup
 from magep.baselines import (HNPLinear, HNPPool, IOEmbedding, MonomialLinear, MonomialPool, NPLinear, NPPool, StatNN,
-                             hnp_pool, linear_plan, sharing_linear, statistics)
+                             hnp_pool, linear_plan, sharing_linear, standardization_stats, standardize, statistics)
 from tests.magep_fixtures import CHECK_X64, IO_PERMUTATION, SPECS, jitted, random_features
 
 TINY = NetworkSpec.mlp((2, 3, 2, 2))
@@ -223,3 +223,32 @@ def test_statnn_statistics_and_symmetry():
         model = StatNN(spec, spec.feature_channels, 3, hidden=(8,), rngs=nnx.Rngs(0))
         testing.assert_invariant(jitted(model), MonomialGroup(spec, "none"), jax.random.key(7), feats,
                                  check_uncoupled=False, broken=(MonomialGroup(spec, "positive"),), **CHECK_X64)
+
+
+def test_standardization_per_entry_and_per_tensor():
+    """np_inv's input standardisation: per entry (authors) the training features get mean 0 and std 1 entry by
+    entry (a constant entry: std counted as 1) but hidden permutations no longer commute with it; per tensor it
+    commutes with them (and not with scalings)."""
+    spec = SPECS["cnn"]
+    with jax.enable_x64(True):
+        feats = random_features(8, spec, batch=(6,))
+        constant = feats.weights[-1].at[:, 0, 0, 0].set(0.25)  # one entry equal in every network
+        feats = WeightSpace(feats.weights[:-1] + (constant,), feats.biases, is_features=True)
+        stats = standardization_stats(feats)
+        z = standardize(feats, stats)
+        for x in jax.tree.leaves(z):
+            np.testing.assert_allclose(np.asarray(x).mean(0), 0.0, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(z.weights[1]).std(0), 1.0, rtol=1e-10)
+        assert float(stats[1].weights[-1][0, 0, 0]) == 1.0 and np.all(np.asarray(z.weights[-1][:, 0, 0, 0]) == 0.0)
+        group = MonomialGroup(spec, "none")
+        one = jax.tree.map(lambda x: x[0], feats)
+        g = group.sample(jax.random.key(10))
+        flat = lambda ws: ravel_pytree(ws)[0]
+        gap = flat(standardize(group.act(g, one), stats)) - flat(group.act(g, standardize(one, stats)))
+        assert float(jnp.max(jnp.abs(gap))) > 1e-3
+        per_tensor = standardization_stats(feats, per="tensor")
+        assert per_tensor[0].weights[0].shape == (1, 1, spec.feature_channels[0])
+        testing.assert_equivariant(lambda x: standardize(x, per_tensor), group, jax.random.key(11), one,
+                                   check_uncoupled=False, broken=(MonomialGroup(spec, "positive"),), **CHECK_X64)
+    with pytest.raises(ValueError, match="per must be one of"):
+        standardization_stats(feats, per="layer")
