@@ -197,8 +197,8 @@ def test_io_embedding_breaks_only_io_permutations(name):
         embedded, group = jitted(embed), MonomialGroup(spec, "none")
         testing.assert_equivariant(lambda x: np_layer(embedded(x)), group, jax.random.key(9), feats,
                                    broken=(IO_PERMUTATION,), **CHECK_X64)
-        n0, nL = spec.widths[0], spec.widths[-1]
-        assert sum(x.size for x in jax.tree.leaves(nnx.state(embed, nnx.Param))) == n0 * spec.feature_channels[0] + 2 * nL
+        n0, nL, size = spec.widths[0], spec.widths[-1], sum(x.size for x in jax.tree.leaves(nnx.state(embed, nnx.Param)))
+        assert size == n0 * spec.feature_channels[0] + 2 * nL
 
 
 def test_hnp_pool_layout():

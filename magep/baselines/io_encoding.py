@@ -41,7 +41,8 @@ class IOEncoding(nnx.Module):
         check_features(feats, self.spec, self.in_channels, "IOEncoding")
         e_in = sinusoidal_embedding(self.spec.widths[0], self.max_freq, self.num_bands)
         e_out = sinusoidal_embedding(self.spec.widths[-1], self.max_freq, self.num_bands)
-        return add_io_embedding(feats, e_in @ self.proj_in[...], e_out @ self.proj_out[...], e_out @ self.proj_bias[...])
+        return add_io_embedding(feats, e_in @ self.proj_in[...], e_out @ self.proj_out[...],
+                                e_out @ self.proj_bias[...])
 
 
 def add_io_embedding(feats: WeightSpace, e_in: jax.Array, e_out: jax.Array, e_bias: jax.Array) -> WeightSpace:

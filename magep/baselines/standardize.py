@@ -11,7 +11,8 @@ from common import WeightSpace
 PER = ("entry", "tensor")
 
 
-def standardization_stats(feats: WeightSpace, per: str = "entry", min_std: float = 1e-5) -> tuple[WeightSpace, WeightSpace]:
+def standardization_stats(feats: WeightSpace, per: str = "entry",
+                          min_std: float = 1e-5) -> tuple[WeightSpace, WeightSpace]:
     """Means and standard deviations of training features.
 
     Args:
