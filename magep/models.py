@@ -2,7 +2,8 @@
 
 - `GeneralizationPredictor`: features -> body -> MLP head -> sigmoid; body chosen by ``nfn``:
   "magep" (MonomialLinear -> sigma -> K x [PolynomialEquivariant -> sigma] -> PolynomialInvariant),
-  "monomial" / "hnp" / "np" ([linear layer -> sigma] x K -> pool) or "statnn" (statistics).
+  "monomial" / "hnp" / "np" ([linear layer -> sigma] x K -> pool), "statnn" (statistics) or "mlp"
+  (flattened weights).
 - `INRClassifier`: optional Fourier features -> MAGEP body -> MLP head (logits).
 - `INREditor`: U' = U + gamma * NFN(U), gamma learned (initialised 0.01).
 
@@ -18,8 +19,8 @@ from flax import nnx
 
 from common import NetworkSpec, WeightSpace
 from common.nets import get_activation
-from magep.baselines import (HNPLinear, HNPPool, IOEncoding, MonomialLinear, MonomialPool, NPLinear, NPPool,
-                             statistics)
+from magep.baselines import (HNPLinear, HNPPool, IOEmbedding, IOEncoding, MonomialLinear, MonomialPool, NPLinear,
+                             NPPool, statistics)
 from magep.baselines.statnn import QUANTILES
 from common.draws import normal_arrays
 from magep.equivariant import PolynomialEquivariant
@@ -29,11 +30,12 @@ from magep.validation import check_features, check_spec, resolve_channels
 
 GROUP_ACTIVATIONS = {"positive": ("relu", "leaky_relu", "identity"), "sign": ("tanh", "sin", "identity")}
 DEFAULT_ACTIVATION = {"positive": "relu", "sign": "tanh", "none": "relu"}
-NFNS = ("magep", "monomial", "hnp", "np", "statnn")
+NFNS = ("magep", "monomial", "hnp", "np", "statnn", "mlp")
 OFFICIAL = {  # CNN-zoo configurations (docs/magep.md §9.1): channels, head width
     "magep": (20, 500), "monomial": ((16, 16, 5), 200), "hnp": ((16, 16, 5), 1000), "np": ((16, 16, 5), 1000),
-    "statnn": (None, 1000),
+    "statnn": (None, 1000), "mlp": (None, 1000),
 }
+VARIANTS = ("paper", "compact")  # of "hnp" / "np" (LinearBody)
 
 
 def check_activation(scaling: str, activation: str, model: str) -> None:
@@ -105,32 +107,62 @@ class MagepBody(nnx.Module):
 
 
 class LinearBody(nnx.Module):
-    """[optional IOEncoding] -> [linear layer -> sigma] x K -> pool, for "monomial", "hnp" and "np"."""
+    """[IO-encoding] -> [linear layer -> sigma] x K -> pool, for "monomial", "hnp" and "np".
+
+    variant "paper" (hnp/np, the authors' np_inv / hnp_inv): conv kernel positions kept as channels (c k_l
+    on W^(l)), the authors' term sets (``terms="paper"``), a learned `IOEmbedding` before every NP layer,
+    HNP pool without redundant means. "compact": c channels on every tensor, complete term sets, one
+    sinusoidal `IOEncoding` before the first NP layer, HNP pool with means (hnp) or NP pool (np).
+    """
 
     def __init__(self, spec: NetworkSpec, in_channels, channels: tuple, nfn: str, *, scaling: str, activation: str,
-                 rngs: nnx.Rngs, io_encoding: bool):
+                 rngs: nnx.Rngs, io_encoding: bool, variant: str = "paper"):
         self.activation = activation
-        self.io = IOEncoding(spec, in_channels, rngs=rngs) if io_encoding else None
-        if nfn == "monomial":  # Monomial-NFN keeps kernel positions: c channels per position on conv layers
+        paper = variant == "paper" and nfn in ("hnp", "np")
+        self.io = IOEncoding(spec, in_channels, rngs=rngs) if io_encoding and not paper else None
+        if nfn == "monomial" or paper:  # kernel positions as channels: c channels per position on conv layers
             widths = [tuple(c * k for k in spec.feature_channels) for c in channels]
-            make = lambda a, b: MonomialLinear(spec, a, b, scaling=scaling, rngs=rngs)
         else:
             widths = list(channels)
-            make = lambda a, b: (HNPLinear if nfn == "hnp" else NPLinear)(spec, a, b, rngs=rngs)
+        if nfn == "monomial":
+            make = lambda a, b: MonomialLinear(spec, a, b, scaling=scaling, rngs=rngs)
+        else:
+            terms = "paper" if paper else "complete"
+            make = lambda a, b: (HNPLinear if nfn == "hnp" else NPLinear)(spec, a, b, rngs=rngs, terms=terms)
         ins = [in_channels] + widths[:-1]
         self.layers = nnx.List([make(a, b) for a, b in zip(ins, widths)])
+        embed = io_encoding and paper
+        self.embeddings = nnx.List([IOEmbedding(spec, a, rngs=rngs) for a in ins]) if embed else None
         if nfn == "monomial":
             self.pool = MonomialPool(spec, widths[-1], scaling=scaling)
+        elif nfn == "hnp" or paper:
+            self.pool = HNPPool(spec, widths[-1], redundant_means=not paper)
         else:
-            self.pool = (HNPPool if nfn == "hnp" else NPPool)(spec, widths[-1])
+            self.pool = NPPool(spec, widths[-1])
         self.out_features = self.pool.out_features
 
     def __call__(self, feats: WeightSpace) -> jax.Array:
         act = get_activation(self.activation)
         h = feats if self.io is None else self.io(feats)
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            h = h if self.embeddings is None else self.embeddings[i](h)
             h = map_features(act, layer(h))
         return self.pool(h)
+
+
+class FlattenBody(nnx.Module):
+    """Every weight and bias feature flattened and concatenated (the MLP baseline; no parameters):
+    features -> [..., sum of tensor sizes] (`NetworkSpec.num_params` for raw weights' features)."""
+
+    def __init__(self, spec: NetworkSpec, in_channels):
+        self.spec, self.in_channels = spec, resolve_channels(in_channels, spec, "FlattenBody", "in_channels")
+        n, c = spec.widths, self.in_channels
+        self.out_features = sum(n[l + 1] * (n[l] * c.weights[l] + c.biases[l]) for l in range(spec.num_layers))
+
+    def __call__(self, feats: WeightSpace) -> jax.Array:
+        check_features(feats, self.spec, self.in_channels, "FlattenBody")
+        weights = [w.reshape(w.shape[:-3] + (-1,)) for w in feats.weights]
+        return jnp.concatenate(weights + [b.reshape(b.shape[:-2] + (-1,)) for b in feats.biases], -1)
 
 
 class StatBody(nnx.Module):
@@ -150,25 +182,32 @@ class GeneralizationPredictor(nnx.Module):
 
     Args:
       spec: spec of the input networks (raw, with kernel shapes: conv kernels are folded into channels).
-      nfn: "magep", "monomial", "hnp", "np" or "statnn".
+      nfn: "magep", "monomial", "hnp", "np", "statnn" or "mlp" (flattened weights, no symmetry).
       scaling: group of the input networks, "positive" (ReLU nets) or "sign" (tanh nets); "magep" and
-        "monomial" are invariant under it, the others only under hidden-neuron permutations.
+        "monomial" are invariant under it, "hnp", "np" and "statnn" only under hidden-neuron permutations,
+        "mlp" under none.
       activation: sigma between NFN layers (default ReLU for positive, tanh for sign); checked against
         `scaling` for "magep" and "monomial".
       channels: "magep": an int c (default 20); "monomial"/"hnp"/"np": per-layer channels (default (16, 16, 5)).
-      head: hidden width of the 3-layer MLP head (defaults 500 / 200 / 1000 / 1000 / 1000).
+      head: hidden width of the 3-layer MLP head (defaults 500 / 200 / 1000 / 1000 / 1000 / 1000).
       num_equivariant: K, the number of PolynomialEquivariant layers ("magep").
       freeze_phi, normalize: options of the polynomial layers.
-      io_encoding: positional IO-encoding before the first NP layer (default on for "np").
+      io_encoding: IO-encoding of the NP layers (default on for "np"): a learned `IOEmbedding` before every
+        layer (variant "paper") or one sinusoidal `IOEncoding` before the first ("compact").
       dropout: dropout in the head.
+      variant: "hnp" / "np" only: "paper" (default; Zhou et al.'s np_inv / hnp_inv, 2,031,390 / 2,811,743
+        parameters on the CNN zoo) or "compact" (kernel positions collapsed, complete terms; `LinearBody`).
     Call: features -> [...] probabilities; `logits` gives the pre-sigmoid values.
     """
 
     def __init__(self, spec: NetworkSpec, *, nfn: str = "magep", scaling: str = "positive", activation: str | None = None,
                  channels=None, head: int | None = None, num_equivariant: int = 2, rngs: nnx.Rngs,
-                 freeze_phi: bool = False, normalize: bool = False, io_encoding: bool | None = None, dropout: float = 0.0):
+                 freeze_phi: bool = False, normalize: bool = False, io_encoding: bool | None = None, dropout: float = 0.0,
+                 variant: str = "paper"):
         if nfn not in NFNS:
             raise ValueError(f"GeneralizationPredictor: nfn must be one of {NFNS}, got {nfn!r}")
+        if variant not in VARIANTS:
+            raise ValueError(f"GeneralizationPredictor: variant must be one of {VARIANTS}, got {variant!r}")
         check_spec(spec, "GeneralizationPredictor", 2)
         activation = DEFAULT_ACTIVATION[scaling] if activation is None and scaling in DEFAULT_ACTIVATION else activation
         check_activation(scaling if nfn in ("magep", "monomial") else "none", activation, "GeneralizationPredictor")
@@ -182,12 +221,13 @@ class GeneralizationPredictor(nnx.Module):
             self.body = MagepBody(spec, in_channels, channels, channels, num_equivariant, scaling=scaling,
                                   activation=activation, rngs=rngs, freeze_phi=freeze_phi, normalize=normalize)
             width = channels
-        elif nfn == "statnn":
-            self.body = StatBody(spec, in_channels)
+        elif nfn in ("statnn", "mlp"):
+            self.body = (StatBody if nfn == "statnn" else FlattenBody)(spec, in_channels)
             width = self.body.out_features
         else:
             self.body = LinearBody(spec, in_channels, tuple(channels), nfn, scaling=scaling, activation=activation,
-                                   rngs=rngs, io_encoding=(nfn == "np") if io_encoding is None else io_encoding)
+                                   rngs=rngs, io_encoding=(nfn == "np") if io_encoding is None else io_encoding,
+                                   variant=variant)
             width = self.body.out_features
         self.head = MLP(width, (head, head), 1, rngs=rngs, dropout=dropout)
 

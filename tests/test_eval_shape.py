@@ -10,8 +10,8 @@ from flax import nnx
 from common import NetworkSpec, normal_arrays
 from magep import (MLP, FourierFeatures, GeneralizationPredictor, INRClassifier, INREditor, PolynomialEquivariant,
                    PolynomialInvariant)
-from magep.baselines import (HNPLinear, HNPPool, IOEncoding, MonomialLinear, MonomialPool, NPLinear, NPPool,
-                             StatNN)
+from magep.baselines import (HNPLinear, HNPPool, IOEmbedding, IOEncoding, MonomialLinear, MonomialPool, NPLinear,
+                             NPPool, StatNN)
 from tests.magep_fixtures import random_features
 from transformer_nfn import (AccuracyPredictor, TransformerEquivariant, TransformerInvariant, TransformerSpec,
                              ZooTransformer, nets)
@@ -48,14 +48,21 @@ MODELS = {  # name -> (constructor, input); MagepBody, LinearBody, StatBody insi
     "MLP": (lambda: MLP(4, (3,), 2, rngs=nnx.Rngs(0)), lambda: jnp.ones((2, 4))),
     **{f"GeneralizationPredictor_{nfn}": (
         lambda nfn=nfn, c=c: GeneralizationPredictor(SPEC, nfn=nfn, channels=c, head=4, rngs=nnx.Rngs(0)), raw_features)
-       for nfn, c in (("magep", 2), ("monomial", (2, 2, 2)), ("hnp", (2, 2, 2)), ("np", (2, 2, 2)), ("statnn", None))},
+       for nfn, c in (("magep", 2), ("monomial", (2, 2, 2)), ("hnp", (2, 2, 2)), ("np", (2, 2, 2)), ("statnn", None),
+                      ("mlp", None))},
+    **{f"GeneralizationPredictor_{nfn}_compact": (
+        lambda nfn=nfn: GeneralizationPredictor(SPEC, nfn=nfn, channels=(2, 2, 2), head=4, variant="compact",
+                                                rngs=nnx.Rngs(0)), raw_features) for nfn in ("hnp", "np")},
     "INRClassifier": (lambda: INRClassifier(SPEC, 3, channels=2, num_equivariant=1, head=4, fourier_features="full",
                                             n_frequencies=2, rngs=nnx.Rngs(0)), raw_features),
     "INREditor_library": (lambda: INREditor(SPEC, channels=2, rngs=nnx.Rngs(0)), raw_features),
     "MonomialLinear": (lambda: MonomialLinear(SPEC, 2, 3, scaling="sign", rngs=nnx.Rngs(0)), features),
     "HNPLinear": (lambda: HNPLinear(SPEC, 2, 3, rngs=nnx.Rngs(0)), features),
     "NPLinear": (lambda: NPLinear(SPEC, 2, 3, rngs=nnx.Rngs(0)), features),
+    "HNPLinear_paper": (lambda: HNPLinear(SPEC, 2, 3, terms="paper", rngs=nnx.Rngs(0)), features),
+    "NPLinear_paper": (lambda: NPLinear(SPEC, 2, 3, terms="paper", rngs=nnx.Rngs(0)), features),
     "IOEncoding": (lambda: IOEncoding(SPEC, 2, rngs=nnx.Rngs(0)), features),
+    "IOEmbedding": (lambda: IOEmbedding(SPEC, 2, rngs=nnx.Rngs(0)), features),
     "MonomialPool": (lambda: MonomialPool(SPEC, 2), features),
     "NPPool": (lambda: NPPool(SPEC, 2), features),
     "HNPPool": (lambda: HNPPool(SPEC, 2), features),

@@ -34,6 +34,19 @@ def test_official_cnn_zoo_parameter_counts():
     assert n_params(GeneralizationPredictor(spec, nfn="monomial", rngs=nnx.Rngs(0))) == 254_619
 
 
+def test_baseline_parameter_counts():
+    """NP / HNP at Zhou et al.'s np_inv / hnp_inv size (their InvariantNFN instantiated on this spec; breakdown in
+    docs/magep.md §8), the compact variants, and the MLP on flattened weights (P -> 1000 -> 1000 -> 1)."""
+    spec = SPECS["cnn"]
+    counts = {(nfn, variant): n_params(GeneralizationPredictor(spec, nfn=nfn, variant=variant, rngs=nnx.Rngs(0)))
+              for nfn in ("np", "hnp") for variant in ("paper", "compact")}
+    assert counts == {("np", "paper"): 2_031_390, ("hnp", "paper"): 2_811_743,
+                      ("np", "compact"): 1_084_144, ("hnp", "compact"): 1_457_955}
+    P = spec.num_params
+    assert P == 4970
+    assert n_params(GeneralizationPredictor(spec, nfn="mlp", rngs=nnx.Rngs(0))) == (P + 1) * 1000 + 1001 * 1000 + 1001
+
+
 @pytest.mark.parametrize("scaling", ["positive", "sign"])
 @pytest.mark.parametrize("name", ["mlp", "cnn", "siren"])
 def test_magep_predictor_invariant(name, scaling):
@@ -59,16 +72,45 @@ def test_monomial_predictor_invariant(scaling):
                                  **CHECK_X64)
 
 
-@pytest.mark.parametrize("nfn", ["hnp", "np", "statnn"])
-def test_permutation_baseline_predictors_invariant(nfn):
+@pytest.mark.parametrize("nfn,variant", [("hnp", "paper"), ("np", "paper"), ("hnp", "compact"), ("np", "compact"),
+                                         ("statnn", "paper")])
+def test_permutation_baseline_predictors_invariant(nfn, variant):
     spec = SPECS["cnn"]
     with jax.enable_x64(True):
         feats = random_features(6, spec)
-        model = GeneralizationPredictor(spec, nfn=nfn, channels=(2, 2), head=16, rngs=nnx.Rngs(7))
-        io = (IO_PERMUTATION,) if nfn == "hnp" else ()
+        model = GeneralizationPredictor(spec, nfn=nfn, channels=(2, 2), head=16, variant=variant, rngs=nnx.Rngs(7))
+        io = () if nfn == "statnn" else (IO_PERMUTATION,)  # NP: broken by its IO-encoding
         testing.assert_invariant(jitted(model, "logits"), MonomialGroup(spec, "none"), jax.random.key(8), feats,
                                  check_uncoupled=nfn != "statnn", broken=io + (MonomialGroup(spec, "positive"),),
                                  **CHECK_X64, min_change=1e-6)  # mean-pooled cross-layer terms: weak but exact-zero-free sensitivity
+
+
+def test_mlp_baseline_sees_permutations_and_trains():
+    """nfn="mlp": no symmetry (a hidden-neuron permutation changes the prediction), and Adam steps on a tiny batch
+    lower the loss."""
+    spec = SPECS["cnn"]
+    model = GeneralizationPredictor(spec, nfn="mlp", head=32, rngs=nnx.Rngs(0))
+    feats = random_features(40, spec, batch=(4,), dtype=jnp.float32)
+    group = MonomialGroup(spec, "none")
+    logits = jitted(model, "logits")
+    moved = group.act(group.sample(jax.random.key(1)), feats)
+    assert float(jnp.max(jnp.abs(logits(moved) - logits(feats)))) > 1e-3
+    target = jnp.asarray([0.1, 0.4, 0.6, 0.9])
+    graphdef, params = nnx.split(model, nnx.Param)
+    loss = lambda p: jnp.mean(optax.sigmoid_binary_cross_entropy(nnx.merge(graphdef, p).logits(feats), target))
+    opt = optax.adam(1e-3)
+
+    @jax.jit
+    def step(p, opt_state):
+        value, grads = jax.value_and_grad(loss)(p)
+        updates, opt_state = opt.update(grads, opt_state, p)
+        return optax.apply_updates(p, updates), opt_state, value
+
+    opt_state, losses = opt.init(params), []
+    for _ in range(5):
+        params, opt_state, value = step(params, opt_state)
+        losses.append(float(value))
+    assert losses[-1] < losses[0]
 
 
 def test_only_magep_sees_cross_layer_coupling():

@@ -77,7 +77,8 @@ def test_weight_space_layers_unchanged(name):
 
 def test_model_initial_parameters_unchanged():
     """MLP heads, IO-encoding, Fourier bases and the shared terms draw the same float32 values as before."""
-    models = {"pred_np": lambda: GeneralizationPredictor(SPEC3, nfn="np", channels=(2, 2, 2), head=4, rngs=nnx.Rngs(7)),
+    models = {"pred_np": lambda: GeneralizationPredictor(SPEC3, nfn="np", channels=(2, 2, 2), head=4, variant="compact",
+                                                         rngs=nnx.Rngs(7)),
               "inr_fourier": lambda: INRClassifier(SPEC3, 3, channels=2, num_equivariant=1, head=4,
                                                    fourier_features="odd", n_frequencies=2, rngs=nnx.Rngs(8))}
     for name, make in models.items():

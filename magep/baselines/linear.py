@@ -6,7 +6,8 @@
   (E(W)^(L) += V b^(L-1), E(b)^(L-1) += X W^(L); for L = 2 also W^(1) <-> W^(2)).
 - ``HNPLinear``: hidden-neuron permutations only, complete orbit sharing (Zhou et al. Tables 8-11, DWSNet).
 - ``NPLinear``: all neurons permuted (inputs and outputs too), Zhou et al. Eq. 2 with Table 7 biases.
-In-layer channels may differ per tensor (conv kernel positions as channels).
+In-layer channels may differ per tensor (conv kernel positions as channels). HNP and NP also come with the
+term set of the authors' own layers (``terms="paper"``, `magep.baselines.paper_terms`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from flax import nnx
 
 from common import NetworkSpec, SharingPlan, WeightSpace
 from magep.base import values
+from magep.baselines.paper_terms import io_mean_channels, io_mean_slots, io_means, paper_plan
 from magep.slots import from_slots, slot_channels, to_slots, weight_space_slots
 from magep.validation import check_features, check_spec, resolve_channels
 
@@ -26,48 +28,71 @@ GROUPS = {  # name -> (permuted layers as a function of L, sharing rule)
     "hnp": (lambda L: range(1, L), "full"),
     "np": (lambda L: range(0, L + 1), "full"),
 }
+TERM_SETS = ("complete", "paper")
+
+
+def _reads_io_means(group: str, terms: str) -> bool:
+    return terms == "paper" and group == "hnp"
 
 
 @functools.lru_cache(maxsize=None)
-def linear_plan(spec: NetworkSpec, group: str) -> SharingPlan:
-    """All admissible W/b -> W/b terms (and constants) of `group` (a key of GROUPS)."""
+def linear_plan(spec: NetworkSpec, group: str, terms: str = "complete") -> SharingPlan:
+    """The W/b -> W/b terms (and constants) of `group` (a key of GROUPS).
+
+    terms: "complete" (every admissible term once: the whole equivariant space) or "paper" (Zhou et al.'s
+    own layers, "hnp" and "np" only: same space, their redundant terms; `magep.baselines.paper_terms`).
+    """
+    if terms not in TERM_SETS:
+        raise ValueError(f"linear_plan: terms must be one of {TERM_SETS}, got {terms!r}")
+    if terms == "paper" and group not in ("hnp", "np"):
+        raise ValueError(f"linear_plan: terms='paper' exists for groups 'hnp' and 'np' only, got {group!r}")
     permuted, rule = GROUPS[group]
     slots = weight_space_slots(spec)
-    return SharingPlan.build(slots, slots, permuted(spec.num_layers), rule)
+    inputs = {**slots, **io_mean_slots(spec)} if _reads_io_means(group, terms) else slots
+    plan = SharingPlan.build(slots, inputs, permuted(spec.num_layers), rule)
+    return plan if terms == "complete" else paper_plan(plan, spec, group)
 
 
-def sharing_linear(coeffs: dict, feats: WeightSpace, spec: NetworkSpec, group: str) -> WeightSpace:
+def sharing_linear(coeffs: dict, feats: WeightSpace, spec: NetworkSpec, group: str,
+                   terms: str = "complete") -> WeightSpace:
     """Equivariant linear map of `group` on features.
 
     Args:
-      coeffs: term name -> coefficient (`linear_plan(spec, group).init`).
+      coeffs: term name -> coefficient (`linear_plan(spec, group, terms).init`).
       feats: features of `spec`, weights [..., n_l, n_{l-1}, C_l], biases [..., n_l, C'_l].
+      terms: "complete" or "paper" (`linear_plan`).
     Returns:
       features of `spec` with the layer's output channels.
     """
-    return from_slots(linear_plan(spec, group).apply(coeffs, to_slots(feats)), spec.num_layers)
+    inputs = to_slots(feats)
+    if _reads_io_means(group, terms):
+        inputs.update(io_means(feats))
+    return from_slots(linear_plan(spec, group, terms).apply(coeffs, inputs), spec.num_layers)
 
 
 class SharingLinear(nnx.Module):
     """nnx wrapper of `sharing_linear`; ``in_channels`` / ``out_channels`` as for `PolynomialEquivariant`
-    (int, per-layer tuple, or (weight, bias) pairs)."""
+    (int, per-layer tuple, or (weight, bias) pairs); ``terms`` as for `linear_plan`."""
 
     group: str = ""
 
-    def __init__(self, spec: NetworkSpec, in_channels, out_channels, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+    def __init__(self, spec: NetworkSpec, in_channels, out_channels, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
+                 terms: str = "complete"):
         name = type(self).__name__
         check_spec(spec, name, min_layers=2)
-        self.spec = spec
+        self.spec, self.terms = spec, terms
         self.in_channels = resolve_channels(in_channels, spec, name, "in_channels")
         self.out_channels = resolve_channels(out_channels, spec, name, "out_channels")
-        plan = linear_plan(spec, self.group)
+        plan = linear_plan(spec, self.group, terms)
         c_in = slot_channels(self.in_channels.weights, self.in_channels.biases)
+        if _reads_io_means(self.group, terms):
+            c_in = io_mean_channels(c_in, spec.num_layers)
         c_out = slot_channels(self.out_channels.weights, self.out_channels.biases)
         self.coeffs = nnx.Dict({k: nnx.Param(v) for k, v in plan.init(rngs.params(), c_in, c_out, param_dtype).items()})
 
     def __call__(self, feats: WeightSpace) -> WeightSpace:
         check_features(feats, self.spec, self.in_channels, type(self).__name__)
-        return sharing_linear(values(self.coeffs), feats, self.spec, self.group)
+        return sharing_linear(values(self.coeffs), feats, self.spec, self.group, self.terms)
 
 
 class MonomialLinear(SharingLinear):
@@ -82,12 +107,14 @@ class MonomialLinear(SharingLinear):
 
 
 class HNPLinear(SharingLinear):
-    """Hidden-neuron-permutation equivariant linear layer (complete parameter sharing)."""
+    """Hidden-neuron-permutation equivariant linear layer (complete parameter sharing; ``terms="paper"``:
+    the authors' redundant term set, which omits W^(L) <- b^(L-1))."""
 
     group = "hnp"
 
 
 class NPLinear(SharingLinear):
-    """Neuron-permutation equivariant linear layer (all layers permuted, including inputs and outputs)."""
+    """Neuron-permutation equivariant linear layer (all layers permuted, including inputs and outputs;
+    ``terms="paper"``: one constant per broadcast pattern, as in the authors' layer)."""
 
     group = "np"

@@ -54,16 +54,18 @@ class NPPool(nnx.Module):
 
 
 class HNPPool(nnx.Module):
-    """`hnp_pool` as a layer; output [..., `hnp_pool_size`]."""
+    """`hnp_pool` as a layer; output [..., `hnp_pool_size`]. ``redundant_means=False`` is the authors' code
+    (their HNPPool keeps W^(1)_{*,:}, W^(L)_{:,*} and b^(L) but not their means)."""
 
-    def __init__(self, spec: NetworkSpec, in_channels):
+    def __init__(self, spec: NetworkSpec, in_channels, *, redundant_means: bool = True):
         check_spec(spec, "HNPPool", 2)
         self.spec, self.in_channels = spec, resolve_channels(in_channels, spec, "HNPPool", "in_channels")
-        self.out_features = hnp_pool_size(spec, self.in_channels)
+        self.redundant_means = redundant_means
+        self.out_features = hnp_pool_size(spec, self.in_channels, redundant_means)
 
     def __call__(self, feats: WeightSpace) -> jax.Array:
         check_features(feats, self.spec, self.in_channels, "HNPPool")
-        return hnp_pool(feats)
+        return hnp_pool(feats, self.redundant_means)
 
 
 def scale_normalize(params: dict, feats: WeightSpace, scaling: str, eps: float = 1e-6) -> WeightSpace:
