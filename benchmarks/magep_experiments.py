@@ -31,6 +31,7 @@ from flax import nnx
 from benchmarks import harness
 from common.accuracy_prediction import kendall_tau, predict_logits
 from magep import GeneralizationPredictor
+from magep.baselines import standardization_stats, standardize
 from magep.train import augment_with_group, train_generalization_predictor, zoo_features
 from magep.zoo import generate_cnn_zoo
 
@@ -38,6 +39,7 @@ DEFAULT_OUT = "benchmarks/results"
 METHODS = ("magep", "monomial", "np", "hnp", "statnn", "mlp")
 LABELS = {"magep": "MAGEP-NFN", "monomial": "Monomial-NFN", "np": "NP", "hnp": "HNP", "statnn": "STATNN",
           "mlp": "MLP"}
+STANDARDIZED = ("np",)  # methods whose inputs are standardised (np_inv's normalize: true, docs/magep.md §8)
 SCALING = {"relu": "positive", "tanh": "sign"}
 AUGMENTATIONS = {"relu": ("none", "k1", "k2", "k3", "k4"), "tanh": ("none", "sign")}
 SPLIT_FRACTIONS = (0.4, 0.1, 0.5)  # train / validation / test networks
@@ -94,6 +96,9 @@ def run_cell(splits: dict, method: str, activation: str, seed: int, run_dir: str
     if done is not None:
         return done
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = splits["train"], splits["val"], splits["test"]
+    if method in STANDARDIZED:  # the authors' np_inv standardises its inputs with training statistics per entry
+        stats = standardization_stats(x_train, per="entry")
+        x_train, x_val, x_test = (standardize(x, stats) for x in (x_train, x_val, x_test))
     model = GeneralizationPredictor(splits["spec"], nfn=method, scaling=SCALING[activation], rngs=nnx.Rngs(seed),
                                     **sizes.get(method, {}))
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
