@@ -1,8 +1,9 @@
 """Splitting maps alpha: R^d -> simplex over the k lines of a tree (how a point's mass is shared).
 
 * "uniform": alpha_i = 1/k (the TSW-SL paper).
-* "distance" (Db-TSW): alpha_i(z) = softmax_i(-delta * dist(z, line i)), with
-  dist^2 = ||z - x_i||^2 - <z - x_i, theta_i>^2 evaluated from inner products, never from [L, k, N, d] arrays.
+* "distance" (Db-TSW): alpha_i(z) = softmax_i(-delta * dist(z, line i)), dist = ||(z - x_i) - s theta_i|| with
+  s = <z - x_i, theta_i>, from the perpendicular vector itself: the expanded form ||z||^2 - 2 <z, x_i> +
+  ||x_i||^2 - s^2 cancels near a line (float32 gradient errors of several per cent; docs/tsw_sl.md §15).
 * any callable (z [N, d], trees) -> [L or 1, k, N], e.g. `LearnedSplitting` (the paper's learnable map).
 """
 from __future__ import annotations
@@ -26,20 +27,17 @@ def safe_sqrt(v: jax.Array) -> jax.Array:
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, v, 1.0)), 0.0)
 
 
-def distance_to_lines(zc: jax.Array, sources: jax.Array, proj: jax.Array, kind: str) -> jax.Array:
-    """Euclidean distance from each point to each line.
+def distance_to_lines(zc: jax.Array, sources: jax.Array, directions: jax.Array, proj: jax.Array) -> jax.Array:
+    """Euclidean distance from each point to each line, ||(z - x_i) - proj_i(z) theta_i||.
 
     Args:
-      zc: [N, d] points; sources: [L, k, d] line sources (same origin as zc);
-      proj: [L, k, N] coordinates <z - x_i, theta_i>; kind: tree kind (concurrent trees share one source).
+      zc: [N, d] points; sources: [L, k, d] line sources (same origin as zc); directions: [L, k, d] unit
+      directions; proj: [L, k, N] coordinates <z - x_i, theta_i>.
     Returns:
-      [L, k, N] distances.
+      [L, k, N] distances (the [L, k, N, d] perpendicular vectors are reduced inside one fusion).
     """
-    if kind == "concurrent":
-        sources = sources[..., :1, :]
-    cross = jnp.einsum("nd,lkd->lkn", zc, sources)
-    sq = jnp.sum(zc * zc, -1) - 2.0 * cross + jnp.sum(sources * sources, -1)[..., None]
-    return safe_sqrt(sq - proj * proj)
+    perp = zc - sources[..., None, :] - proj[..., None] * directions[..., None, :]
+    return safe_sqrt(jnp.sum(perp * perp, axis=-1))
 
 
 def line_weights(splitting: SplittingMap, z: jax.Array, zc: jax.Array, sources: jax.Array, proj: jax.Array,
@@ -58,7 +56,7 @@ def line_weights(splitting: SplittingMap, z: jax.Array, zc: jax.Array, sources: 
         return splitting(z, trees)
     if splitting == "uniform":
         return jnp.full((1, 1, 1), 1.0 / proj.shape[-2], proj.dtype)
-    dist = distance_to_lines(zc, sources, proj, trees.kind)  # "distance"
+    dist = distance_to_lines(zc, sources, trees.directions, proj)  # "distance"
     return jax.nn.softmax(-delta * dist, axis=-2)
 
 
