@@ -4,7 +4,7 @@ with a finite gradient at 0.
 
 Costs |v|^p overflow or underflow for large p or extreme magnitudes (p = 50 with masses 0.1, p = 2 with
 coordinates 1e20 in float32), so the functions computing them return scaled costs with a power-of-two scale:
-the costs are scale^p * scaled (docs/tsw_sl.md §15). The scale is 1 whenever max |v|^p is safely
+the costs are scale^p * scaled (docs/tsw_sl.md §8). The scale is 1 whenever max |v|^p is safely
 representable, so ordinary inputs are computed exactly as without scaling.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 * "uniform": alpha_i = 1/k (the TSW-SL paper).
 * "distance" (Db-TSW): alpha_i(z) = softmax_i(-delta * dist(z, line i)), dist = ||(z - x_i) - s theta_i|| with
   s = <z - x_i, theta_i>, from the perpendicular vector itself: the expanded form ||z||^2 - 2 <z, x_i> +
-  ||x_i||^2 - s^2 cancels near a line (float32 gradient errors of several per cent; docs/tsw_sl.md §15).
+  ||x_i||^2 - s^2 cancels near a line (float32 gradient errors up to tens of per cent; docs/tsw_sl.md §6).
 * any callable (z [N, d], trees) -> [L or 1, k, N], e.g. `LearnedSplitting` (the paper's learnable map).
 """
 from __future__ import annotations
