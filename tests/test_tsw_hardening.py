@@ -58,31 +58,31 @@ def test_large_p_tree_matches_brute_force_tree(kind, splitting):
     """Tree costs sum w_e |mass|^p with masses ~0.1: 0.1^50 underflows float32 without the scale."""
     p = 50
     x, y, a, b = random_measures(seed=3)
-    trees64 = tsw_sl.sample_trees(jax.random.key(3), 3, 4, 3, kind, root_std=0.7)
-    x32, y32, a32, b32 = (jnp.asarray(v, jnp.float32) for v in (x, y, a, b))
-    got = tsw_sl.tree_wasserstein(x32, y32, a32, b32, trees=trees64, splitting=splitting, delta=1.5, p=p,
-                                  normalize_weights=True)
-    alpha_fn = uniform_alpha if splitting == "uniform" else distance_alpha
-    src, th = (np.asarray(v, np.float64) for v in (trees64.sources, trees64.directions))
-    costs = []
-    for l in range(src.shape[0]):  # brute force in float64 with the masses scaled, so 0.1^50 is representable
-        one = tsw_sl.TreeSystem(src[l:l + 1], th[l:l + 1], kind)
-        costs.append(brute_distance(np.float32(x), np.float32(y), np.float32(a) / np.float32(a).sum(),
-                                    np.float32(b) / np.float32(b).sum(), one, alpha_fn, p, delta=1.5) ** p)
-    want = np.mean(costs) ** (1 / p)
-    assert 0 < want and np.isfinite(want)
+    with jax.enable_x64(True):
+        trees = tsw_sl.sample_trees(jax.random.key(3), 3, 4, 3, kind, root_std=0.7, dtype=jnp.float64)
+        alpha_fn = uniform_alpha if splitting == "uniform" else distance_alpha
+        want = brute_distance(x, y, a, b, trees, alpha_fn, p, delta=1.5)  # float64: 0.1^50 is representable
+    trees32 = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), trees)
+    got = tsw_sl.tree_wasserstein(*(jnp.asarray(v, jnp.float32) for v in (x, y, a, b)), trees=trees32,
+                                  splitting=splitting, delta=1.5, p=p)
+    assert 0 < want < 1
     np.testing.assert_allclose(float(got), want, rtol=1e-4)
 
 
 @pytest.mark.parametrize("scale", [1e20, 1e-20])
 def test_extreme_magnitudes_scale_the_distance(scale):
-    """Before: max_sliced_wasserstein on 1e20 coordinates returned 0.0 (W_2^2 overflowed float32)."""
+    """Before: max_sliced_wasserstein on 1e20 coordinates returned 0.0 (W_2^2 overflowed float32). SW is
+    1-homogeneous; a tree distance scales as scale^(1/p) when the trees scale with the data."""
     x, y = _pair()
-    for name in ("sliced", "max_sliced", "tsw_sl"):
-        kw = dict(p=2)
-        base = DISTANCES[name](x, y, **kw)
-        got = DISTANCES[name](x * scale, y * scale, **kw)
+    for name in ("sliced", "max_sliced"):
+        base, got = DISTANCES[name](x, y, p=2), DISTANCES[name](x * scale, y * scale, p=2)
         np.testing.assert_allclose(float(got) / scale, float(base), rtol=2e-3, err_msg=name)
+    trees = tsw_sl.sample_trees(KEY, 3, 3, 3, "chain")
+    scaled_trees = tsw_sl.TreeSystem(trees.sources * scale, trees.directions, "chain")
+    base = tsw_sl.tree_wasserstein(x, y, trees=trees, splitting="distance", p=2)
+    got = tsw_sl.tree_wasserstein(x * scale, y * scale, trees=scaled_trees, splitting="distance",
+                                  delta=1 / scale, p=2)
+    np.testing.assert_allclose(float(got) / np.sqrt(scale), float(base), rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", sorted(DISTANCES))

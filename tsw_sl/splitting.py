@@ -27,6 +27,12 @@ def safe_sqrt(v: jax.Array) -> jax.Array:
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, v, 1.0)), 0.0)
 
 
+def _perpendicular(zc: jax.Array, sources: jax.Array, directions: jax.Array, proj: jax.Array) -> jax.Array:
+    """(z - x_i) - proj_i(z) theta_i: [L, k, N, d] (only ever inside a fused reduction)."""
+    return zc - sources[..., None, :] - proj[..., None] * directions[..., None, :]
+
+
+@jax.custom_vjp
 def distance_to_lines(zc: jax.Array, sources: jax.Array, directions: jax.Array, proj: jax.Array) -> jax.Array:
     """Euclidean distance from each point to each line, ||(z - x_i) - proj_i(z) theta_i||.
 
@@ -34,10 +40,37 @@ def distance_to_lines(zc: jax.Array, sources: jax.Array, directions: jax.Array, 
       zc: [N, d] points; sources: [L, k, d] line sources (same origin as zc); directions: [L, k, d] unit
       directions; proj: [L, k, N] coordinates <z - x_i, theta_i>.
     Returns:
-      [L, k, N] distances (the [L, k, N, d] perpendicular vectors are reduced inside one fusion).
+      [L, k, N] distances, with a zero gradient at distance 0. The forward pass is one broadcast-and-reduce
+      that XLA fuses and the gradient runs one tree at a time, so the [L, k, N, d] perpendicular vectors are
+      never stored (plain autodiff of the same expression stores them: 2 L k N d floats).
     """
-    perp = zc - sources[..., None, :] - proj[..., None] * directions[..., None, :]
-    return safe_sqrt(jnp.sum(perp * perp, axis=-1))
+    return safe_sqrt(jnp.sum(jnp.square(_perpendicular(zc, sources, directions, proj)), axis=-1))
+
+
+def _distance_fwd(zc, sources, directions, proj):
+    dist = distance_to_lines(zc, sources, directions, proj)
+    return dist, (zc, sources, directions, proj, dist)
+
+
+def _distance_bwd(residuals, g):
+    """d dist / d perp = perp / dist, contracted one tree at a time (lax.scan over L): [k, N, d] temporaries
+    instead of the [L, k, N, d] ones XLA stores when the four gradients share one broadcast."""
+    zc, sources, directions, proj, dist = residuals
+    pos = dist > 0
+    c = jnp.where(pos, g / jnp.where(pos, dist, 1.0), 0.0)
+
+    def tree(d_zc, per_tree):
+        s, theta, coords, weight = per_tree  # [k, d], [k, d], [k, N], [k, N]
+        cp = weight[..., None] * _perpendicular(zc, s, theta, coords)  # [k, N, d]
+        grads = (-jnp.sum(cp, axis=-2), -jnp.einsum("kn,knd->kd", coords, cp), -jnp.einsum("knd,kd->kn", cp, theta))
+        return d_zc + jnp.sum(cp, axis=0), grads
+
+    d_zc, (d_sources, d_directions, d_proj) = jax.lax.scan(tree, jnp.zeros_like(zc),
+                                                           (sources, directions, proj, c))
+    return d_zc, d_sources, d_directions, d_proj
+
+
+distance_to_lines.defvjp(_distance_fwd, _distance_bwd)
 
 
 def line_weights(splitting: SplittingMap, z: jax.Array, zc: jax.Array, sources: jax.Array, proj: jax.Array,

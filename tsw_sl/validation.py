@@ -72,6 +72,7 @@ def weights(name: str, w: ArrayLike | None, pts: jax.Array, normalize: bool = Fa
     if w is None:
         n = pts.shape[-2]
         return jnp.full(pts.shape[:-1], 1.0 / n, pts.dtype)
+    eps = float(jnp.finfo(jnp.asarray(w).dtype).eps) if jnp.issubdtype(jnp.asarray(w).dtype, jnp.floating) else 0.0
     w = _float(name, w).astype(pts.dtype)
     if w.shape != pts.shape[:-1]:
         raise ValueError(f"{name} must have shape {pts.shape[:-1]} (one weight per support point); "
@@ -85,9 +86,9 @@ def weights(name: str, w: ArrayLike | None, pts: jax.Array, normalize: bool = Fa
         sums = c.astype(np.float64).sum(-1)
         if normalize and np.any(sums <= 0):
             raise ValueError(f"{name} must have a positive total to be normalised; shape {w.shape}")
-        tol = max(SUM_TOL, 2 * float(jnp.finfo(w.dtype).eps))  # 1/n rounds to within eps/2 in float16
+        tol = max(SUM_TOL, 2 * eps)  # the given dtype's: 1/n rounds to within eps/2 in float16
         if not normalize and np.any(np.abs(sums - 1.0) > tol):
-            raise ValueError(f"{name} must sum to 1 (tolerance {tol:.3g} in {w.dtype}); got sums "
+            raise ValueError(f"{name} must sum to 1 (tolerance {tol:.3g}); got sums "
                              f"{np.ravel(sums)[:4]} for shape {w.shape}; pass normalize_weights=True to rescale")
     if normalize:
         w = w / jnp.sum(w, axis=-1, keepdims=True)
