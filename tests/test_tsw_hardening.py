@@ -82,7 +82,7 @@ def test_extreme_magnitudes_scale_the_distance(scale):
     base = tsw_sl.tree_wasserstein(x, y, trees=trees, splitting="distance", p=2)
     got = tsw_sl.tree_wasserstein(x * scale, y * scale, trees=scaled_trees, splitting="distance",
                                   delta=1 / scale, p=2)
-    np.testing.assert_allclose(float(got) / np.sqrt(scale), float(base), rtol=1e-4)
+    np.testing.assert_allclose(float(got) / np.sqrt(scale), float(base), rtol=1e-3)  # subnormal squares at 1e-20
 
 
 @pytest.mark.parametrize("name", sorted(DISTANCES))
