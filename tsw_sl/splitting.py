@@ -28,7 +28,7 @@ def safe_sqrt(v: jax.Array) -> jax.Array:
 
 
 def _perpendicular(zc: jax.Array, sources: jax.Array, directions: jax.Array, proj: jax.Array) -> jax.Array:
-    """(z - x_i) - proj_i(z) theta_i: [L, k, N, d] (only ever inside a fused reduction)."""
+    """(z - x_i) - proj_i(z) theta_i: [L, k, N, d], or [k, N, d] for one tree (reduced over d right away)."""
     return zc - sources[..., None, :] - proj[..., None] * directions[..., None, :]
 
 
@@ -42,7 +42,8 @@ def distance_to_lines(zc: jax.Array, sources: jax.Array, directions: jax.Array, 
     Returns:
       [L, k, N] distances, with a zero gradient at distance 0. The forward pass is one broadcast-and-reduce
       that XLA fuses and the gradient runs one tree at a time, so the [L, k, N, d] perpendicular vectors are
-      never stored (plain autodiff of the same expression stores them: 2 L k N d floats).
+      never stored (plain autodiff of the same expression stores them: 2 L k N d floats). Reverse mode only
+      (jax.grad / vjp); forward mode (jvp, jacfwd) is not defined.
     """
     return safe_sqrt(jnp.sum(jnp.square(_perpendicular(zc, sources, directions, proj)), axis=-1))
 

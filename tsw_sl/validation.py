@@ -64,15 +64,16 @@ def weights(name: str, w: ArrayLike | None, pts: jax.Array, normalize: bool = Fa
     """Checks weights w: [..., n] of supports pts: [..., n, d]; None -> uniform. Returns float weights.
 
     Raises ValueError on a shape mismatch, non-finite or negative entries, or (unless `normalize`) sums
-    farther than max(1e-5, 2 eps of the dtype) from one, and TypeError when w is a PRNG key (a key passed by position in the old
-    `f(x, y, key, ...)` order). With `normalize`, w / w.sum(-1) is returned (also under jit).
+    farther than max(1e-5, 2 eps of w's dtype) from one, and TypeError when w is a PRNG key (a key passed by
+    position in the old `f(x, y, key, ...)` order). With `normalize`, w / w.sum(-1) is returned (also under jit).
     """
     if isinstance(w, jax.Array) and jax.dtypes.issubdtype(w.dtype, jax.dtypes.prng_key):
         raise TypeError(f"{name} is a PRNG key: only x, y, a, b are positional; pass the key as key=key")
     if w is None:
         n = pts.shape[-2]
         return jnp.full(pts.shape[:-1], 1.0 / n, pts.dtype)
-    eps = float(jnp.finfo(jnp.asarray(w).dtype).eps) if jnp.issubdtype(jnp.asarray(w).dtype, jnp.floating) else 0.0
+    given = jnp.asarray(w).dtype
+    eps = float(jnp.finfo(given).eps) if jnp.issubdtype(given, jnp.floating) else 0.0
     w = _float(name, w).astype(pts.dtype)
     if w.shape != pts.shape[:-1]:
         raise ValueError(f"{name} must have shape {pts.shape[:-1]} (one weight per support point); "
