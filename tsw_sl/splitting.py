@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import ArrayLike
 
+from tsw_sl.one_dim import power_scale
 from tsw_sl.trees import TreeSystem
 
 # "uniform", "distance" or a map (z [N, d], trees) -> mass fractions [L or 1, k, N] (e.g. `LearnedSplitting`).
@@ -90,7 +91,10 @@ def line_weights(splitting: SplittingMap, z: jax.Array, zc: jax.Array, sources: 
         return splitting(z, trees)
     if splitting == "uniform":
         return jnp.full((1, 1, 1), 1.0 / proj.shape[-2], proj.dtype)
-    dist = distance_to_lines(zc, sources, trees.directions, proj)  # "distance"
+    # "distance": in units of a power of two near the largest coordinate, so that squares neither overflow
+    # nor underflow (exactly 1 for coordinates within 2^-16..2^16 in float32)
+    unit = power_scale(jnp.stack([jnp.max(jnp.abs(zc)), jnp.max(jnp.abs(sources))]), 2)
+    dist = unit * distance_to_lines(zc / unit, sources / unit, trees.directions, proj / unit)
     return jax.nn.softmax(-delta * dist, axis=-2)
 
 
