@@ -91,8 +91,9 @@ def weights(name: str, w: ArrayLike | None, pts: jax.Array, normalize: bool = Fa
         if not normalize and np.any(np.abs(sums - 1.0) > tol):
             raise ValueError(f"{name} must sum to 1 (tolerance {tol:.3g}); got sums "
                              f"{np.ravel(sums)[:4]} for shape {w.shape}; pass normalize_weights=True to rescale")
-    if normalize or jnp.finfo(given).bits < 32 if jnp.issubdtype(given, jnp.floating) else False:
-        w = w / jnp.sum(w, axis=-1, keepdims=True)  # half-precision weights sum to 1 only to half precision
+    half = jnp.issubdtype(given, jnp.floating) and jnp.finfo(given).bits < 32
+    if normalize or half:  # half-precision weights sum to 1 only to half precision
+        w = w / jnp.sum(w, axis=-1, keepdims=True)
     return w
 
 
