@@ -117,7 +117,7 @@ def test_model_bad_inputs():
         model(_zoo(2, spec=TransformerSpec(3, 1, 4, 6, 2, 5)))
     with pytest.raises(ValueError, match=r"AccuracyPredictor: tw.classifier: weights\[0\] has shape"):
         model(tw.replace(classifier=type(tw.classifier)(
-            (jnp.ones((2, 3, 4)), jnp.ones((3, 3, 3))), (jnp.ones((2, 3)), jnp.ones((2, 3))))))
+            (jnp.ones((2, 3, 4)), jnp.ones((2, 3, 3))), (jnp.ones((2, 3)), jnp.ones((2, 3))))))
     with pytest.raises(ValueError, match="tw.embedding has None parameters per network but embedding_size is 20"):
         model(tw.replace(embedding=None))
     with pytest.raises(ValueError, match="tw must be raw TransformerWeights"):
