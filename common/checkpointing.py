@@ -6,6 +6,8 @@ is part of the state.
 from __future__ import annotations
 
 import os
+import shutil
+import warnings
 from typing import Any
 
 import jax
@@ -32,16 +34,49 @@ def save(manager: ocp.CheckpointManager, step: int, tree: Any) -> None:
     manager.save(step, args=ocp.args.StandardSave(_to_savable(tree)))
 
 
+CORRUPT_DIR = "checkpoints_corrupt"
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
+    """Move the folder of checkpoint ``step`` to ``<run_dir>/checkpoints_corrupt/<step>[-n]`` (process 0;
+    every process then reloads the manager's step list); returns the new path."""
+    source = os.path.join(str(manager.directory), str(step))
+    target = os.path.join(os.path.dirname(str(manager.directory)), CORRUPT_DIR, str(step))
+    n = 0
+    while os.path.exists(target + (f"-{n}" if n else "")):
+        n += 1
+    target += f"-{n}" if n else ""
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.move(source, target)
+    manager.reload()
+    return target
+
+
 def restore_latest(manager: ocp.CheckpointManager, like: Any) -> Any | None:
-    """The latest checkpoint restored with the structure, shapes, dtypes and shardings of pytree
-    ``like`` (typed PRNG keys come back typed, with ``like``'s key implementation), or ``None`` if
-    the directory holds no finished checkpoint."""
-    step = manager.latest_step()
-    if step is None:
-        return None
+    """The newest readable checkpoint restored with the structure, shapes, dtypes and shardings of pytree
+    ``like`` (typed PRNG keys come back typed, with ``like``'s key implementation), or ``None`` if the
+    directory holds no finished, readable checkpoint.
+
+    A checkpoint that cannot be read (truncated array file or metadata, a different structure) is moved
+    to ``<run_dir>/checkpoints_corrupt/`` with a warning naming it and the error, and the next older one
+    is tried (docs/common.md §5); the run then redoes the lost steps, which, batches and keys being
+    functions of the step, gives the same result.
+    """
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), _to_savable(like))
-    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    return jax.tree.map(
-        lambda x, r: jax.random.wrap_key_data(r, impl=jax.random.key_impl(x)) if is_typed_key(x)
-        else r, like, restored)
+    for step in sorted(manager.all_steps(), reverse=True):
+        path = os.path.join(str(manager.directory), str(step))
+        try:
+            restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as err:  # orbax/tensorstore raise many types for a damaged checkpoint
+            message = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+            moved = _set_aside(manager, step)
+            warnings.warn(f"checkpoint {path} (step {step}) cannot be read ({type(err).__name__}: {message}); "
+                          f"moved to {moved}; falling back to the previous checkpoint", RuntimeWarning,
+                          stacklevel=2)
+            continue
+        return jax.tree.map(
+            lambda x, r: jax.random.wrap_key_data(r, impl=jax.random.key_impl(x)) if is_typed_key(x)
+            else r, like, restored)
+    return None

@@ -120,12 +120,19 @@ def _check(g: MonomialElement, ws: WeightSpace) -> None:
             raise ValueError(f"groups.act: hidden layer {l} of g has {p.shape[-1]} neurons but ws has {n}")
 
 
+def _floating(x: jax.Array, like: jax.Array) -> jax.Array:
+    """x unchanged if floating, else (integers, bools) converted to the floating dtype of `like`."""
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(like.dtype)
+
+
 def act(g: MonomialElement, ws: WeightSpace) -> WeightSpace:
     """Apply g to raw weights or to features (any leading batch axes; any trailing channels).
 
     Args:
       g: monomial element for the network's spec (unbatched; vmap over g and ws for batches).
-      ws: WeightSpace of raw weights or features.
+      ws: WeightSpace of raw weights or features. Floating leaves keep their dtype (the scales are cast to
+        it); integer and bool leaves are promoted to the scales' dtype, since scaling an integer weight is not
+        an integer (docs/input_policy.md).
     Returns:
       the transformed WeightSpace, same shapes.
     """
@@ -134,6 +141,9 @@ def act(g: MonomialElement, ws: WeightSpace) -> WeightSpace:
     weights, biases = [], []
     for i in range(L):
         w, b, a = ws.weights[i], ws.biases[i], ws.out_axis(i)
+        if L > 1:
+            d_ref = g.scales[0]
+            w, b = _floating(jnp.asarray(w), d_ref), _floating(jnp.asarray(b), d_ref)
         if i < L - 1:  # output neurons of layer i are hidden layer i+1
             p, d = g.perms[i], g.scales[i]
             w = jnp.take(w, p, axis=a) * _along(d, a, w.ndim).astype(w.dtype)

@@ -45,12 +45,17 @@ def mlp_apply(ws: WeightSpace, x: jax.Array, activation: str | Callable = "relu"
     Returns:
       outputs [..., n_L].
     """
-    _require_raw(ws, "mlp_apply")
+    return _dense_apply(ws, x, get_activation(activation), "mlp_apply", "x")
+
+
+def _dense_apply(ws: WeightSpace, x: jax.Array, s: Callable[[jax.Array], jax.Array], fn: str, x_name: str
+                 ) -> jax.Array:
+    """`mlp_apply` with activation function s; errors name the public function `fn` and its input `x_name`."""
+    _require_raw(ws, fn)
     if ws.weights[0].ndim != 2:
-        raise ValueError(f"mlp_apply: weights[0] has shape {tuple(ws.weights[0].shape)}; expected one dense MLP [n_1, n_0]")
+        raise ValueError(f"{fn}: weights[0] has shape {tuple(ws.weights[0].shape)}; expected one dense network [n_1, n_0]")
     if x.shape[-1] != ws.weights[0].shape[1]:
-        raise ValueError(f"mlp_apply: x has shape {tuple(x.shape)} but the network takes n_0 = {ws.weights[0].shape[1]} inputs")
-    s = get_activation(activation)
+        raise ValueError(f"{fn}: {x_name} has shape {tuple(x.shape)} but the network takes n_0 = {ws.weights[0].shape[1]} inputs")
     h = x
     for i, (w, b) in enumerate(zip(ws.weights, ws.biases)):
         h = h @ w.T + b
@@ -147,4 +152,4 @@ def siren_apply(ws: WeightSpace, coords: jax.Array, w0: float = 30.0) -> jax.Arr
     Returns:
       [..., n_L] predicted values.
     """
-    return mlp_apply(ws, coords, activation=lambda z: jnp.sin(w0 * z))
+    return _dense_apply(ws, coords, lambda z: jnp.sin(w0 * z), "siren_apply", "coords")

@@ -29,7 +29,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from common import checkpointing
+from common import checkpointing, checks
 from common.distributed import (batch_sharding, initialize_distributed, make_mesh, replicate,
                                 replicated, shard_batch)
 from common.progress import progress_bar
@@ -125,15 +125,17 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
         arrays ``[b, ...]`` (on several hosts: this host's rows); ``b`` divisible by the number of
         local devices in ``mesh``.
       key: PRNG key of the run.
-      num_steps: total number of steps, counting those already done by a resumed run.
+      num_steps: total number of steps, counting those already done by a resumed run (a ValueError
+        if the checkpoint to resume is already past it).
       run_dir: directory for ``metrics.jsonl`` and ``checkpoints/``; ``None``: keep nothing. If it
-        holds a checkpoint, training continues from the latest one (params, optimizer state, step
-        and key), and ``metrics.jsonl`` is cut back to the restored step.
+        holds a checkpoint, training continues from the latest readable one (params, optimizer state,
+        step and key; unreadable ones are set aside with a warning, see
+        `common.checkpointing.restore_latest`), and ``metrics.jsonl`` is cut back to the restored step.
       checkpoint_every: save a checkpoint every this many steps (and always after the last step,
-        when ``run_dir`` is set).
+        when ``run_dir`` is set); ``None`` or 0: only after the last step.
       eval_fn: ``eval_fn(params) -> dict of scalars``, called after step ``s`` if
         ``s % eval_every == 0``; logged with an ``eval/`` prefix.
-      eval_every: see ``eval_fn``.
+      eval_every: see ``eval_fn`` (``None`` or 0: never).
       log_every: log the step metrics every this many steps (and after the last step).
       mesh: device mesh with a ``"data"`` axis; default :func:`make_mesh` over all devices.
       progress: show a progress bar (on process 0, when tqdm is installed: `common.progress.progress_bar`).
@@ -145,6 +147,11 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
       a ``run_dir``, the lines of ``metrics.jsonl`` (including those of the runs it resumed), on
       other processes only this call's steps.
     """
+    checks.count("num_steps", num_steps, minimum=0)
+    checks.count("log_every", log_every)
+    checks.count("checkpoint_every", checkpoint_every, minimum=0, allow_none=True)  # None, 0: never
+    checks.count("eval_every", eval_every, minimum=0, allow_none=True)
+    checks.count("max_to_keep", max_to_keep, allow_none=True)
     mesh = make_mesh() if mesh is None else mesh
     state = replicate(init_train_state(params, optimizer, key), mesh)
     manager = log_path = None
@@ -158,6 +165,9 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
         if manager is not None:
             state = checkpointing.restore_latest(manager, state) or state
         start = int(state.step)
+        if start > num_steps:
+            raise ValueError(f"fit: num_steps={num_steps} but the checkpoint in {run_dir} is at step {start}; "
+                             f"pass num_steps >= {start} or use another run_dir")
         history = [] if log_path is None else _load_history(log_path, start)
         bar = progress_bar(range(start + 1, num_steps + 1), total=num_steps, initial=start,
                            enabled=progress and jax.process_index() == 0)

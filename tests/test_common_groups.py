@@ -151,3 +151,19 @@ def test_io_permutation_and_uncoupled_permutation_break_the_function_on_weights_
                         groups.uncoupled_permutation(key, ws, 2).to_features(), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"layer must be in 1..3, got 4"):
         groups.uncoupled_permutation(key, ws, 4)
+
+
+def test_act_promotes_integer_weights_to_the_scales_dtype():
+    """Issue 15: integer weights were scaled by int-cast scales (first layer zeroed, the next one inf)."""
+    spec = NetworkSpec.mlp((3, 4, 5, 2))
+    g = groups.sample_monomial(jax.random.PRNGKey(0), spec, scale_range=(0.25, 0.75))  # all scales cast to 0
+    ws = random_weights(jax.random.PRNGKey(1), spec)
+    ints = jax.tree.map(lambda a: jnp.round(4 * a).astype(jnp.int32), ws)
+    moved = groups.act(g, ints)
+    want = groups.act(g, jax.tree.map(lambda a: a.astype(g.scales[0].dtype), ints))
+    for got, ref in zip(jax.tree.leaves(moved), jax.tree.leaves(want)):
+        assert got.dtype == g.scales[0].dtype and np.all(np.isfinite(got))
+        np.testing.assert_array_equal(got, ref)
+    assert np.abs(np.asarray(moved.weights[0])).max() > 0
+    # floating weights keep their dtype
+    assert groups.act(g, jax.tree.map(lambda a: a.astype(jnp.float32), ws)).weights[1].dtype == jnp.float32

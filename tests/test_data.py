@@ -312,3 +312,28 @@ def test_digits_need_no_data_folder(monkeypatch):
     assert images.shape == (1797, 8, 8) and images.dtype == np.uint8
     assert images.max() == 16 and labels.dtype == np.int64
     assert np.bincount(labels).min() >= 170 and np.bincount(labels).size == 10
+
+
+# ---- damaged files (issue 15) -----------------------------------------------------------------------------
+
+
+def test_truncated_gzip_without_a_manifest_names_the_file(tmp_path):
+    """Without a manifest the md5 cannot catch a truncated file; the reader used to raise a bare EOFError."""
+    for name in ("mnist/t10k-images-idx3-ubyte.gz", "mnist/t10k-labels-idx1-ubyte.gz"):
+        path = copy_into(tmp_path, name)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(data.CorruptDataError, match=r"t10k-images-idx3-ubyte.gz is truncated or damaged \(EOFError"):
+        data.load_mnist("test", data_dir=tmp_path)
+    assert issubclass(data.CorruptDataError, ValueError)
+
+
+def test_truncated_files_of_other_formats_name_the_file(tmp_path):
+    copy_into(tmp_path, "pointclouds/pyvista/sphere.ply")
+    ply = tmp_path / "pointclouds/pyvista/sphere.ply"
+    ply.write_bytes(ply.read_bytes()[:600])  # header and a few vertices
+    with pytest.raises(data.CorruptDataError, match=r"sphere.ply is truncated: .* bytes of vertex data"):
+        data.load_mesh_vertices("pyvista/sphere.ply", data_dir=tmp_path)
+    image = copy_into(tmp_path, "images/pot/ocean_day.jpg")
+    image.write_bytes(image.read_bytes()[:200])
+    with pytest.raises(data.CorruptDataError, match=r"ocean_day.jpg is truncated or damaged"):
+        data.load_image("pot/ocean_day.jpg", data_dir=tmp_path)

@@ -108,8 +108,20 @@ def test_layer_bad_inputs():
                                      for b in feats.blocks))
     with pytest.raises(ValueError, match="TransformerInvariant: feats must be TransformerWeights features .* of raw weights"):
         inv(raw)
-    with pytest.raises(ValueError, match="TransformerEquivariant: feats has 1 blocks but the layer was built for 2"):
+    with pytest.raises(ValueError, match=r"TransformerEquivariant: the weights have num_blocks=1 \(expected 2\)"):
         eq(feats.replace(blocks=feats.blocks[:1]))
     wide = random_features(jax.random.key(8), TransformerSpec(2, 2, 6, 3, 2, 5), 2)
-    with pytest.raises(ValueError, match=r"TransformerInvariant: blocks\[0\] field b_b has shape \(6, 2\); D must be 4"):
+    with pytest.raises(ValueError, match=r"TransformerInvariant: the weights have d_model=6 \(expected 4\)"):
         inv(wide)
+
+
+def test_layers_reject_another_head_layout():
+    """Issue 15: weights with h=4, Dk=4 were accepted by layers built for h=2, Dk=8 (same D)."""
+    spec = TransformerSpec(1, 2, 8, 8, 8, 4)
+    other = TransformerSpec(1, 4, 8, 4, 8, 4)
+    feats = random_features(jax.random.key(9), other, 1)
+    for layer, name in ((TransformerEquivariant(spec, 1, 2, rngs=nnx.Rngs(0)), "TransformerEquivariant"),
+                        (TransformerInvariant(spec, 1, 2, rngs=nnx.Rngs(0)), "TransformerInvariant")):
+        with pytest.raises(ValueError, match=rf"{name}: the weights have num_heads=4 \(expected 2\), d_k=4 \(expected 8\)"):
+            layer(feats)
+    assert TransformerInvariant(other, 1, 2, rngs=nnx.Rngs(0))(feats).shape == (1, 2)

@@ -110,8 +110,14 @@ def test_training_step_compiles_once_and_learns():
 def test_model_bad_inputs():
     tw = _zoo(2)
     model = _model()
-    with pytest.raises(ValueError, match="tw has 2 blocks but the model was built for 3"):
+    with pytest.raises(ValueError, match=r"AccuracyPredictor: the weights have num_blocks=2 \(expected 3\)"):
         model(_zoo(2, spec=TransformerSpec(2, 2, 4, 3, 2, 5)))
+    # issue 15: another head layout with the same D and blocks was accepted
+    with pytest.raises(ValueError, match=r"AccuracyPredictor: the weights have num_heads=1 \(expected 2\), d_k=6 "):
+        model(_zoo(2, spec=TransformerSpec(3, 1, 4, 6, 2, 5)))
+    with pytest.raises(ValueError, match=r"AccuracyPredictor: tw.classifier: weights\[0\] has shape"):
+        model(tw.replace(classifier=type(tw.classifier)(
+            (jnp.ones((2, 3, 4)), jnp.ones((2, 3, 3))), (jnp.ones((2, 3)), jnp.ones((2, 3))))))
     with pytest.raises(ValueError, match="tw.embedding has None parameters per network but embedding_size is 20"):
         model(tw.replace(embedding=None))
     with pytest.raises(ValueError, match="tw must be raw TransformerWeights"):

@@ -1,6 +1,7 @@
 """The shared data-parallel training loop (common.training) on 4 simulated CPU devices."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -264,3 +265,57 @@ def test_nnx_model_through_fit(tmp_path):
     assert history[-1]["loss"] < history[0]["loss"]
     trained = nnx.merge(graphdef, state.params)
     np.testing.assert_allclose(trained(jnp.asarray(batches(3)["x"])).shape, (8, 1))
+
+
+# ---- damaged checkpoints and inconsistent arguments (issue 15) ---------------------------------------------
+
+
+def _truncate(paths):
+    for path in paths:
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+
+
+@pytest.mark.parametrize("damage", ["array files", "metadata"])
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
+    """Before: a deep orbax / tensorstore error stopped the run."""
+    kwargs = dict(key=jax.random.key(3), checkpoint_every=2, progress=False)
+    params = init_params(jax.random.key(2))
+    full, full_history = training.fit(dropout_loss, params, optimizer, batches, num_steps=8, **kwargs)
+    run = tmp_path / "run"
+    training.fit(dropout_loss, params, optimizer, batches, num_steps=6, run_dir=str(run), **kwargs)
+    latest = run / "checkpoints" / "6"
+    if damage == "array files":
+        _truncate(p for p in latest.rglob("*") if p.is_file() and p.parent.name == "d")
+    else:
+        _truncate([latest / "default" / "_METADATA"])
+    requested = []
+    moved = run / "checkpoints_corrupt" / "6"
+    with pytest.warns(RuntimeWarning, match=rf"checkpoint {re.escape(str(latest))} \(step 6\) cannot be read "
+                                            rf".*moved to {re.escape(str(moved))}"):
+        resumed, history = training.fit(dropout_loss, params, optimizer,
+                                        lambda step: requested.append(step) or batches(step),
+                                        num_steps=8, run_dir=str(run), **kwargs)
+    assert requested == [4, 5, 6, 7]  # restarted from the intact checkpoint of step 4
+    assert_trees_equal(resumed.params, full.params)
+    assert history == read_log(str(run)) and [r["step"] for r in history] == list(range(1, 9))
+    assert (run / "checkpoints_corrupt" / "6").is_dir() and (run / "checkpoints" / "8").is_dir()
+
+
+def test_smaller_num_steps_than_the_checkpoint_raises(tmp_path):
+    """Before: the later state was returned silently."""
+    kwargs = dict(key=jax.random.key(3), progress=False, run_dir=str(tmp_path))
+    params = init_params(jax.random.key(2))
+    training.fit(loss_fn, params, optimizer, batches, num_steps=4, **kwargs)
+    with pytest.raises(ValueError, match=r"num_steps=3 but the checkpoint in .* is at step 4"):
+        training.fit(loss_fn, params, optimizer, batches, num_steps=3, **kwargs)
+    state, _ = training.fit(loss_fn, params, optimizer, batches, num_steps=4, **kwargs)  # equal: nothing to do
+    assert int(state.step) == 4
+
+
+@pytest.mark.parametrize("option, value", [("num_steps", -1), ("num_steps", 2.5), ("log_every", 0),
+                                           ("checkpoint_every", -2), ("eval_every", True), ("max_to_keep", 0)])
+def test_fit_rejects_bad_counts(option, value):
+    kwargs = dict(key=jax.random.key(0), num_steps=2, progress=False) | {option: value}
+    with pytest.raises(ValueError, match=rf"{option} must be an int >= .*; got {value!r}"):
+        training.fit(loss_fn, init_params(jax.random.key(0)), optimizer, batches, **kwargs)

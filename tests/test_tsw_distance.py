@@ -405,7 +405,9 @@ def _good():
      r"trees.sources and trees.directions"),
     (dict(trees=np.zeros((2, 3, 3))), r"trees must be a tsw_sl.TreeSystem"),
     (dict(splitting="soft"), r"splitting must be one of"),
-    (dict(p=0.5), r"p must be a Python number >= 1"),
+    (dict(p=0.5), r"p must be a finite Python number >= 1"),
+    (dict(p=np.inf), r"p must be a finite Python number >= 1.*got inf"),
+    (dict(splitting="distance", delta=np.nan), r"delta must be a finite number; got nan"),
 ])
 def test_bad_inputs_raise(change, match):
     x, y, a, b, trees = _good()

@@ -46,3 +46,12 @@ def test_stored_weights_render_the_image_at_the_stored_psnr(siren_zoo):
         init_mse = float(np.mean((np.asarray(siren_apply(init, coords)) - image) ** 2))
         assert recipes.psnr(mse) > recipes.psnr(init_mse) + 5
     assert labels.tolist() == [r["label"] for r in rows]
+
+
+def test_siren_apply_errors_name_siren_apply_and_coords():
+    """Issue 15: the messages used to say `mlp_apply: x ...`."""
+    ws = recipes.init_siren(jax.random.key(0), {}, 3)
+    with pytest.raises(ValueError, match=r"siren_apply: coords has shape \(5, 3\) but the network takes n_0 = 2"):
+        siren_apply(ws, np.zeros((5, 3), np.float32))
+    with pytest.raises(ValueError, match=r"siren_apply: `ws` holds NFN features"):
+        siren_apply(ws.to_features(), np.zeros((5, 2), np.float32))

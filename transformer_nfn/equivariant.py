@@ -64,7 +64,8 @@ class TransformerEquivariant(nnx.Module):
     """Equivariant Transformer-NFN layer: features (C = in_channels) -> features (C = out_channels).
 
     One coefficient set per block (stored with a leading block axis). Coefficients do not depend on h, Dk,
-    Dv or DA, so any block shapes with the spec's D and number of blocks are accepted.
+    Dv or DA, but the layer accepts only features of its own spec (`TransformerSpec.check`): build a layer
+    for the other spec and copy the coefficients to apply them to another head layout.
 
     Args:
       tw_spec: TransformerSpec of the input networks.

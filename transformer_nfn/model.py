@@ -95,6 +95,7 @@ class AccuracyPredictor(nnx.Module):
         self.encoder_mlp = _mlp((concat, width, width), rngs, norm=True)
         self.encoder_out = nnx.Linear(width, width, rngs=rngs)
         self.classifier_branch = classifier_branch
+        self.classifier_spec = None if classifier_widths is None else NetworkSpec.mlp(classifier_widths)
         head_in = width
         if classifier_branch == "mlp":
             n = NetworkSpec.mlp(classifier_widths).num_params
@@ -116,10 +117,11 @@ class AccuracyPredictor(nnx.Module):
     def _check(self, tw: TransformerWeights) -> None:
         if not isinstance(tw, TransformerWeights) or tw.is_features:
             raise ValueError(f"AccuracyPredictor: tw must be raw TransformerWeights, got {type(tw).__name__}")
-        if tw.num_blocks != self.spec.num_blocks:
-            raise ValueError(f"AccuracyPredictor: tw has {tw.num_blocks} blocks but the model was built for {self.spec.num_blocks}")
-        if self.classifier_branch is not None and tw.classifier is None:
-            raise ValueError("AccuracyPredictor: tw.classifier is None but the model has a classifier branch")
+        self.spec.check(tw, "AccuracyPredictor")
+        if self.classifier_branch is not None:
+            if tw.classifier is None:
+                raise ValueError("AccuracyPredictor: tw.classifier is None but the model has a classifier branch")
+            tw.classifier.check_spec(self.classifier_spec, "AccuracyPredictor: tw.classifier")
         if self.embedding_size is not None:
             n_nets = math.prod(tw.batch_shape)
             got = None if tw.embedding is None else sum(x.size for x in tw.embedding.weights + tw.embedding.biases) // n_nets

@@ -127,11 +127,8 @@ def check_features(feats: TransformerWeights, spec: TransformerSpec, channels: i
     if not isinstance(feats, TransformerWeights) or not feats.is_features:
         raise ValueError(f"{layer}: feats must be TransformerWeights features (tw.to_features()), got {type(feats).__name__}"
                          f"{'' if not isinstance(feats, TransformerWeights) else ' of raw weights'}")
-    if feats.num_blocks != spec.num_blocks:
-        raise ValueError(f"{layer}: feats has {feats.num_blocks} blocks but the layer was built for {spec.num_blocks}")
+    spec.check(feats, layer)
     for i, b in enumerate(feats.blocks):
-        if b.b_b.shape[-2] != spec.d_model:
-            raise ValueError(f"{layer}: blocks[{i}] field b_b has shape {tuple(b.b_b.shape)}; D must be {spec.d_model}")
         if b.channels != channels:
             raise ValueError(f"{layer}: blocks[{i}] field b_b has shape {tuple(b.b_b.shape)} with {b.channels} "
                              f"channels but the layer takes in_channels = {channels}")

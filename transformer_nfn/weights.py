@@ -57,6 +57,20 @@ class TransformerSpec:
         n = len(q) - c
         return cls(len(tw.blocks), q[n - 3], q[n - 2], q[n - 1], v[n - 1], w_a[len(w_a) - c - 1])
 
+    def check(self, tw: "TransformerWeights", name: str) -> None:
+        """ValueError naming `name` and every differing size unless `tw` (raw or features) has this spec.
+
+        Layers and models are built for one spec: their coefficients would accept another head layout of the
+        same D (their shapes depend only on D and the number of blocks), and silently give the output of a
+        different network family (docs/input_policy.md).
+        """
+        got = TransformerSpec.from_weights(tw)
+        if got != self:
+            diff = ", ".join(f"{f.name}={getattr(got, f.name)} (expected {getattr(self, f.name)})"
+                             for f in dataclasses.fields(self) if getattr(got, f.name) != getattr(self, f.name))
+            raise ValueError(f"{name}: the weights have {diff}; built for {self}, got blocks[0] q of shape "
+                             f"{tuple(tw.blocks[0].q.shape)} and w_a {tuple(tw.blocks[0].w_a.shape)}")
+
     def field_shapes(self, channels: int | None = None) -> dict[str, tuple[int, ...]]:
         """Shapes of one block's eight leaves (no batch axes); a trailing ``channels`` axis if given."""
         h, d, dk, dv, da = self.num_heads, self.d_model, self.d_k, self.d_v, self.d_ffn

@@ -24,15 +24,17 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from tsw_sl import sorting, splitting as splitting_lib, validation
-from tsw_sl.one_dim import abs_pow, projected_costs, root_p
+from tsw_sl.one_dim import abs_pow, power_scale, projected_costs, scaled_root, unscale
 from tsw_sl.splitting import SplittingMap
 from tsw_sl.trees import TreeSystem, sample_trees
 
 Distance = jax.Array | tuple[jax.Array, jax.Array]  # the distance, or (distance, costs) with return_costs=True
 
 
-def line_costs(coords: jax.Array, mass: jax.Array, p: float, sort_method: str = "auto") -> jax.Array:
-    """Transport cost on rooted lines: coords, mass [..., M] (each line's root at coordinate 0) -> [...].
+def line_costs(coords: jax.Array, mass: jax.Array, p: float, sort_method: str = "auto"
+               ) -> tuple[jax.Array, jax.Array]:
+    """Transport cost on rooted lines: coords, mass [..., M] (each line's root at coordinate 0) -> scaled
+    costs [...] and one power-of-two scale (cost = scale^p * scaled; `one_dim.power_scale` of the masses).
 
     After sorting, the segment between consecutive nodes s_j <= s_{j+1} carries the mass at or below s_j
     (CL_j) on its part left of the root and the mass above (total - CL_j) on its part right of the root; the
@@ -41,20 +43,24 @@ def line_costs(coords: jax.Array, mass: jax.Array, p: float, sort_method: str = 
     s, m = sorting.sort_with(coords, mass, method=sort_method)
     below = sorting.cumsum(m)
     s, below = jax.lax.optimization_barrier((s, below))  # keeps XLA from re-gathering s in every fusion
+    scale = power_scale(below, p)  # |CL_j|, |total| <= max |below|, |CL_j - total| <= 2 max |below|
+    below = below / scale
     total = below[..., -1:]
     lo, hi, cl = s[..., :-1], s[..., 1:], below[..., :-1]
     left = (jnp.minimum(hi, 0.0) - jnp.minimum(lo, 0.0)) * abs_pow(cl, p)
     right = (jnp.maximum(hi, 0.0) - jnp.maximum(lo, 0.0)) * abs_pow(cl - total, p)
     ends = (jnp.maximum(s[..., 0], 0.0) - jnp.minimum(s[..., -1], 0.0)) * abs_pow(total[..., 0], p)
-    return jnp.sum(left + right, axis=-1) + ends
+    return jnp.sum(left + right, axis=-1) + ends, scale
 
 
 def tree_costs(x: jax.Array, y: jax.Array, a: jax.Array, b: jax.Array, trees: TreeSystem, splitting: SplittingMap,
-               delta: ArrayLike, p: float, sort_method: str = "auto", uniform_equal: bool = False) -> jax.Array:
-    """Per-tree cost sum_edges w_e |Delta mass|^p for one pair of measures (validated inputs).
+               delta: ArrayLike, p: float, sort_method: str = "auto", uniform_equal: bool = False
+               ) -> tuple[jax.Array, jax.Array]:
+    """Per-tree cost sum_edges w_e |Delta mass|^p for one pair of measures (validated inputs), as scaled costs
+    and a power-of-two scale: cost = scale^p * scaled (`one_dim.power_scale`; the scale is 1 for p = 1).
 
-    x: [n, d], y: [m, d], a: [n], b: [m], trees: sources/directions [L, k, d] -> [L]. `uniform_equal`
-    (static): a and b are uniform and n == m.
+    x: [n, d], y: [m, d], a: [n], b: [m], trees: sources/directions [L, k, d] -> scaled [L], scale [].
+    `uniform_equal` (static): a and b are uniform and n == m.
 
     With the constant "uniform" splitting every line carries mass (sum a - sum b) / k = 0 in total, so the
     chain's pseudo-points carry none and are left out (docs/tsw_sl.md §7); for p = 1 each line's cost is then
@@ -62,7 +68,8 @@ def tree_costs(x: jax.Array, y: jax.Array, a: jax.Array, b: jax.Array, trees: Tr
     values instead of one sort of n + m + 1.
     """
     if splitting == "uniform" and p == 1 and uniform_equal:
-        return jnp.mean(projected_costs(x, y, a, b, trees.directions, 1, sort_method, uniform_equal=True), axis=-1)
+        scaled, scale = projected_costs(x, y, a, b, trees.directions, 1, sort_method, uniform_equal=True)
+        return jnp.mean(scaled, axis=-1), scale
     z = jnp.concatenate([x, y], axis=0)
     w = jnp.concatenate([a, -b], axis=0)
     origin = jax.lax.stop_gradient(jnp.mean(z, axis=0))  # any common origin gives the same values
@@ -77,7 +84,8 @@ def tree_costs(x: jax.Array, y: jax.Array, a: jax.Array, b: jax.Array, trees: Tr
         attach = jnp.pad(attach, [(0, 0)] * (attach.ndim - 1) + [(0, 1)])  # node (0, 0) on line k
         proj = jnp.concatenate([proj, attach[..., None]], axis=-1)
         mass = jnp.concatenate([mass, below[..., None]], axis=-1)
-    return jnp.sum(line_costs(proj, mass, p, sort_method), axis=-1)
+    scaled, scale = line_costs(proj, mass, p, sort_method)
+    return jnp.sum(scaled, axis=-1), scale
 
 
 def tree_wasserstein(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b: ArrayLike | None = None, *,
@@ -105,13 +113,16 @@ def tree_wasserstein(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b: 
       Deterministic; jit/vmap/grad-safe.
     Raises:
       ValueError on mismatched shapes, negative / non-normalised / non-finite weights, non-finite or empty
-      points (value checks only on concrete inputs); TypeError when a PRNG key is passed as a weight.
+      points, non-finite trees or delta, p not a finite number >= 1 (value checks only on concrete inputs;
+      under jit a NaN or inf input gives a NaN distance and gradient, docs/input_policy.md); TypeError when a
+      PRNG key is passed as a weight.
     """
     uniform_equal = validation.uniform_equal(x, y, a, b)
     x, y, a, b = validation.measures(x, y, a, b, normalize_weights)
     validation.trees(trees, x)
     p = validation.power(p)
     validation.splitting(splitting)
+    validation.scalar("delta", delta)
     return_costs = validation.flag("return_costs", return_costs)
     fn = _averaged_jit if isinstance(splitting, str) else _averaged
     return fn(x, y, a, b, trees, delta, splitting=splitting, p=p, sort_method=sort_method,
@@ -123,9 +134,10 @@ def _averaged(x, y, a, b, trees, delta, *, splitting, p, sort_method, uniform_eq
     validated inputs."""
 
     def one(x, y, a, b, trees):
-        costs = tree_costs(x, y, a, b, trees, splitting, delta, p, sort_method, uniform_equal)
-        distance = root_p(jnp.mean(costs), p)
-        return (distance, costs) if return_costs else distance
+        scaled, scale = tree_costs(x, y, a, b, trees, splitting, delta, p, sort_method, uniform_equal)
+        distance = scaled_root(scaled, scale, p)
+        out = (distance, unscale(scaled, scale, p)) if return_costs else distance
+        return validation.nonfinite_to_nan(out, x, y, a, b, trees, delta)
 
     n_batch = x.ndim - 2
     in_axes = (0, 0, 0, 0, 0 if trees.sources.ndim > 3 else None)

@@ -20,13 +20,14 @@ from jax.typing import ArrayLike
 
 from tsw_sl import validation
 from tsw_sl.distance import Distance, tree_costs
-from tsw_sl.one_dim import projected_costs, root_p
+from tsw_sl.one_dim import projected_costs, scaled_root, unscale
 from tsw_sl.splitting import SplittingMap
 from tsw_sl.trees import TreeSystem, normalize, random_directions, sample_trees
 
 
 def _ascend(objective, params, n_steps, lr, project):
-    """Maximises objective(params) with Adam, step size cosine-decayed from lr to 0 over n_steps (lax.scan),
+    """Maximises objective(params) (the mean scaled cost: the mean cost up to a power-of-two factor, 1 for
+    ordinary inputs; `one_dim.power_scale`) with Adam, step size cosine-decayed from lr to 0 over n_steps (lax.scan),
     applying `project` after each step; returns the final params (no gradient)."""
     opt = optax.adam(optax.cosine_decay_schedule(lr, max(n_steps, 1)))
 
@@ -58,10 +59,11 @@ def _max_sliced(x, y, a, b, theta0, lr, *, n_steps, p, sort_method, uniform_equa
         return projected_costs(x, y, a, b, normalize(theta), p, sort_method, uniform_equal)
 
     fixed = jax.lax.stop_gradient((x, y, a, b))
-    theta = _ascend(lambda q: jnp.mean(costs(q, *fixed)), theta0, n_steps, lr, normalize)
-    final = costs(theta, x, y, a, b)
-    distance = root_p(jnp.mean(final), p)
-    return (distance, final) if return_costs else distance
+    theta = _ascend(lambda q: jnp.mean(costs(q, *fixed)[0]), theta0, n_steps, lr, normalize)
+    scaled, scale = costs(theta, x, y, a, b)
+    distance = scaled_root(scaled, scale, p)
+    out = (distance, unscale(scaled, scale, p)) if return_costs else distance
+    return validation.nonfinite_to_nan(out, x, y, a, b, theta0, lr)
 
 
 def max_sliced_wasserstein(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b: ArrayLike | None = None, *,
@@ -83,6 +85,8 @@ def max_sliced_wasserstein(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = Non
     uniform_equal = validation.uniform_equal(x, y, a, b)
     x, y, a, b = _one_pair("max_sliced_wasserstein", x, y, a, b, normalize_weights)
     p = validation.power(p)
+    validation.count("n_projections", n_projections)
+    validation.scalar("lr", lr, positive=True)
     return_costs = validation.flag("return_costs", return_costs)
     theta0 = random_directions(key, (n_projections,), x.shape[-1], x.dtype)
     return _max_sliced(x, y, a, b, theta0, lr, n_steps=n_steps, p=p, sort_method=sort_method,
@@ -102,10 +106,11 @@ def _max_tree(x, y, a, b, trees0, lr, delta, t_low, t_high, *, n_steps, splittin
         return root, jnp.clip(t, t_low, t_high), normalize(theta)
 
     fixed = jax.lax.stop_gradient((x, y, a, b))
-    params = _ascend(lambda q: jnp.mean(costs(q, *fixed)), trees0.params(), n_steps, lr, project)
-    final = costs(params, x, y, a, b)
-    distance = root_p(jnp.mean(final), p)
-    return (distance, final) if return_costs else distance
+    params = _ascend(lambda q: jnp.mean(costs(q, *fixed)[0]), trees0.params(), n_steps, lr, project)
+    scaled, scale = costs(params, x, y, a, b)
+    distance = scaled_root(scaled, scale, p)
+    out = (distance, unscale(scaled, scale, p)) if return_costs else distance
+    return validation.nonfinite_to_nan(out, x, y, a, b, trees0, lr, delta)
 
 
 _max_tree_jit = jax.jit(_max_tree, static_argnames=("n_steps", "splitting", "p", "sort_method", "uniform_equal",
@@ -136,6 +141,8 @@ def max_tsw_sl(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b: ArrayL
     x, y, a, b = _one_pair("max_tsw_sl", x, y, a, b, normalize_weights)
     p = validation.power(p)
     validation.splitting(splitting)
+    validation.scalar("lr", lr, positive=True)
+    validation.scalar("delta", delta)
     return_costs = validation.flag("return_costs", return_costs)
     trees0 = sample_trees(key, n_trees, n_lines, x.shape[-1], kind, dtype=x.dtype, **tree_options)
     t_low, t_high = tree_options.get("t_range", (-1.0, 1.0))

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from tsw_sl import validation
-from tsw_sl.one_dim import projected_costs, root_p
+from tsw_sl.one_dim import projected_costs, scaled_root, unscale
 from tsw_sl.trees import random_directions
 
 Distance = jax.Array | tuple[jax.Array, jax.Array]  # the distance, or (distance, costs) with return_costs=True
@@ -38,19 +38,19 @@ def sliced_wasserstein(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b
       [...] (mean_theta W_p^p(theta # mu, theta # nu))^(1/p); one set of directions shared by the batch. With
       `return_costs`, (distances, costs [..., P]) where costs[i] = W_p^p along direction i.
     Raises:
-      TypeError without key and projections, or when a PRNG key is passed as a weight.
+      TypeError without key and projections, or when a PRNG key is passed as a weight; ValueError as in
+      `tree_wasserstein`, and for n_projections < 1 or empty / non-finite projections.
     """
     uniform_equal = validation.uniform_equal(x, y, a, b)
     x, y, a, b = validation.measures(x, y, a, b, normalize_weights)
     p = validation.power(p)
     return_costs = validation.flag("return_costs", return_costs)
-    d = x.shape[-1]
     if projections is None and key is None:
         raise TypeError("sliced_wasserstein needs the keyword argument key= (or explicit projections=)")
     if projections is not None:
-        projections = jnp.asarray(projections, x.dtype)
-        if projections.ndim != 2 or projections.shape[1] != d:
-            raise ValueError(f"projections must have shape [P, {d}]; got {projections.shape} for x {x.shape}")
+        projections = validation.projections(projections, x)
+    else:
+        validation.count("n_projections", n_projections)
     return _sliced(x, y, a, b, key, projections, n_projections=n_projections, p=p, sort_method=sort_method,
                    uniform_equal=uniform_equal, return_costs=return_costs)
 
@@ -61,8 +61,9 @@ def _sliced(x, y, a, b, key, projections, *, n_projections, p, sort_method, unif
         projections = random_directions(key, (n_projections,), x.shape[-1], x.dtype)
 
     def one(x, y, a, b):
-        costs = projected_costs(x, y, a, b, projections, p, sort_method, uniform_equal)
-        distance = root_p(jnp.mean(costs), p)
-        return (distance, costs) if return_costs else distance
+        scaled, scale = projected_costs(x, y, a, b, projections, p, sort_method, uniform_equal)
+        distance = scaled_root(scaled, scale, p)
+        out = (distance, unscale(scaled, scale, p)) if return_costs else distance
+        return validation.nonfinite_to_nan(out, x, y, a, b, projections)
 
     return validation.vmap_leading(one, x.ndim - 2, 0)(x, y, a, b)

@@ -1,8 +1,9 @@
 """Splitting maps alpha: R^d -> simplex over the k lines of a tree (how a point's mass is shared).
 
 * "uniform": alpha_i = 1/k (the TSW-SL paper).
-* "distance" (Db-TSW): alpha_i(z) = softmax_i(-delta * dist(z, line i)), with
-  dist^2 = ||z - x_i||^2 - <z - x_i, theta_i>^2 evaluated from inner products, never from [L, k, N, d] arrays.
+* "distance" (Db-TSW): alpha_i(z) = softmax_i(-delta * dist(z, line i)), dist = ||(z - x_i) - s theta_i|| with
+  s = <z - x_i, theta_i>, from the perpendicular vector itself: the expanded form ||z||^2 - 2 <z, x_i> +
+  ||x_i||^2 - s^2 cancels near a line (float32 gradient errors up to tens of per cent; docs/tsw_sl.md §6).
 * any callable (z [N, d], trees) -> [L or 1, k, N], e.g. `LearnedSplitting` (the paper's learnable map).
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import ArrayLike
 
+from tsw_sl.one_dim import power_scale
 from tsw_sl.trees import TreeSystem
 
 # "uniform", "distance" or a map (z [N, d], trees) -> mass fractions [L or 1, k, N] (e.g. `LearnedSplitting`).
@@ -26,20 +28,51 @@ def safe_sqrt(v: jax.Array) -> jax.Array:
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, v, 1.0)), 0.0)
 
 
-def distance_to_lines(zc: jax.Array, sources: jax.Array, proj: jax.Array, kind: str) -> jax.Array:
-    """Euclidean distance from each point to each line.
+def _perpendicular(zc: jax.Array, sources: jax.Array, directions: jax.Array, proj: jax.Array) -> jax.Array:
+    """(z - x_i) - proj_i(z) theta_i: [L, k, N, d], or [k, N, d] for one tree (reduced over d right away)."""
+    return zc - sources[..., None, :] - proj[..., None] * directions[..., None, :]
+
+
+@jax.custom_vjp
+def distance_to_lines(zc: jax.Array, sources: jax.Array, directions: jax.Array, proj: jax.Array) -> jax.Array:
+    """Euclidean distance from each point to each line, ||(z - x_i) - proj_i(z) theta_i||.
 
     Args:
-      zc: [N, d] points; sources: [L, k, d] line sources (same origin as zc);
-      proj: [L, k, N] coordinates <z - x_i, theta_i>; kind: tree kind (concurrent trees share one source).
+      zc: [N, d] points; sources: [L, k, d] line sources (same origin as zc); directions: [L, k, d] unit
+      directions; proj: [L, k, N] coordinates <z - x_i, theta_i>.
     Returns:
-      [L, k, N] distances.
+      [L, k, N] distances, with a zero gradient at distance 0. The forward pass is one broadcast-and-reduce
+      that XLA fuses and the gradient runs one tree at a time, so the [L, k, N, d] perpendicular vectors are
+      never stored (plain autodiff of the same expression stores them: 2 L k N d floats). Reverse mode only
+      (jax.grad / vjp); forward mode (jvp, jacfwd) is not defined.
     """
-    if kind == "concurrent":
-        sources = sources[..., :1, :]
-    cross = jnp.einsum("nd,lkd->lkn", zc, sources)
-    sq = jnp.sum(zc * zc, -1) - 2.0 * cross + jnp.sum(sources * sources, -1)[..., None]
-    return safe_sqrt(sq - proj * proj)
+    return safe_sqrt(jnp.sum(jnp.square(_perpendicular(zc, sources, directions, proj)), axis=-1))
+
+
+def _distance_fwd(zc, sources, directions, proj):
+    dist = distance_to_lines(zc, sources, directions, proj)
+    return dist, (zc, sources, directions, proj, dist)
+
+
+def _distance_bwd(residuals, g):
+    """d dist / d perp = perp / dist, contracted one tree at a time (lax.scan over L): [k, N, d] temporaries
+    instead of the [L, k, N, d] ones XLA stores when the four gradients share one broadcast."""
+    zc, sources, directions, proj, dist = residuals
+    pos = dist > 0
+    c = jnp.where(pos, g / jnp.where(pos, dist, 1.0), 0.0)
+
+    def tree(d_zc, per_tree):
+        s, theta, coords, weight = per_tree  # [k, d], [k, d], [k, N], [k, N]
+        cp = weight[..., None] * _perpendicular(zc, s, theta, coords)  # [k, N, d]
+        grads = (-jnp.sum(cp, axis=-2), -jnp.einsum("kn,knd->kd", coords, cp), -jnp.einsum("knd,kd->kn", cp, theta))
+        return d_zc + jnp.sum(cp, axis=0), grads
+
+    d_zc, (d_sources, d_directions, d_proj) = jax.lax.scan(tree, jnp.zeros_like(zc),
+                                                           (sources, directions, proj, c))
+    return d_zc, d_sources, d_directions, d_proj
+
+
+distance_to_lines.defvjp(_distance_fwd, _distance_bwd)
 
 
 def line_weights(splitting: SplittingMap, z: jax.Array, zc: jax.Array, sources: jax.Array, proj: jax.Array,
@@ -58,7 +91,10 @@ def line_weights(splitting: SplittingMap, z: jax.Array, zc: jax.Array, sources: 
         return splitting(z, trees)
     if splitting == "uniform":
         return jnp.full((1, 1, 1), 1.0 / proj.shape[-2], proj.dtype)
-    dist = distance_to_lines(zc, sources, proj, trees.kind)  # "distance"
+    # "distance": in units of a power of two near the largest coordinate, so that squares neither overflow
+    # nor underflow (exactly 1 for coordinates within 2^-16..2^16 in float32)
+    unit = power_scale(jnp.stack([jnp.max(jnp.abs(zc)), jnp.max(jnp.abs(sources))]), 2)
+    dist = unit * distance_to_lines(zc / unit, sources / unit, trees.directions, proj / unit)
     return jax.nn.softmax(-delta * dist, axis=-2)
 
 

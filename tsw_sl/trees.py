@@ -90,7 +90,8 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
 
 
-def _check_count(name, value):
+def check_count(name: str, value: int) -> None:
+    """ValueError unless `value` is a positive Python int (a static count)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive Python int (static under jit); got {value!r}")
 
@@ -148,7 +149,7 @@ def sample_trees(key: jax.Array, n_trees: int, n_lines: int, dim: int, kind: str
     """
     _check_kind(kind)
     for name, value in (("n_trees", n_trees), ("n_lines", n_lines), ("dim", dim)):
-        _check_count(name, value)
+        check_count(name, value)
     if root_std is not None and root_box is not None:
         raise ValueError(f"give at most one of root_std and root_box; got root_std={root_std}, "
                          f"root_box={root_box}")

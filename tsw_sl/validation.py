@@ -11,7 +11,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from tsw_sl.splitting import SplittingMap
-from tsw_sl.trees import KINDS, TreeSystem
+from tsw_sl.trees import KINDS, TreeSystem, check_count
 
 SUM_TOL = 1e-5
 SPLITTINGS = ("uniform", "distance")
@@ -22,11 +22,16 @@ def _concrete(v: ArrayLike) -> np.ndarray | None:
 
 
 def _float(name: str, v: ArrayLike) -> jax.Array:
+    """v as a real floating array of at least float32: integers and bools become the default float dtype,
+    float16 / bfloat16 become float32 (sorting and prefix sums of masses in half precision lose most digits;
+    docs/input_policy.md)."""
     v = jnp.asarray(v)
     if jnp.issubdtype(v.dtype, jnp.complexfloating):
         raise ValueError(f"{name} must be real; got dtype {v.dtype}")
     if not jnp.issubdtype(v.dtype, jnp.floating):
         v = v.astype(jnp.zeros(()).dtype)
+    elif jnp.finfo(v.dtype).bits < 32:
+        v = v.astype(jnp.float32)
     return v
 
 
@@ -59,14 +64,16 @@ def weights(name: str, w: ArrayLike | None, pts: jax.Array, normalize: bool = Fa
     """Checks weights w: [..., n] of supports pts: [..., n, d]; None -> uniform. Returns float weights.
 
     Raises ValueError on a shape mismatch, non-finite or negative entries, or (unless `normalize`) sums
-    farther than 1e-5 from one, and TypeError when w is a PRNG key (a key passed by position in the old
-    `f(x, y, key, ...)` order). With `normalize`, w / w.sum(-1) is returned (also under jit).
+    farther than max(1e-5, 2 eps of w's dtype) from one, and TypeError when w is a PRNG key (a key passed by
+    position in the old `f(x, y, key, ...)` order). With `normalize`, w / w.sum(-1) is returned (also under jit).
     """
     if isinstance(w, jax.Array) and jax.dtypes.issubdtype(w.dtype, jax.dtypes.prng_key):
         raise TypeError(f"{name} is a PRNG key: only x, y, a, b are positional; pass the key as key=key")
     if w is None:
         n = pts.shape[-2]
         return jnp.full(pts.shape[:-1], 1.0 / n, pts.dtype)
+    given = jnp.asarray(w).dtype
+    eps = float(jnp.finfo(given).eps) if jnp.issubdtype(given, jnp.floating) else 0.0
     w = _float(name, w).astype(pts.dtype)
     if w.shape != pts.shape[:-1]:
         raise ValueError(f"{name} must have shape {pts.shape[:-1]} (one weight per support point); "
@@ -80,10 +87,12 @@ def weights(name: str, w: ArrayLike | None, pts: jax.Array, normalize: bool = Fa
         sums = c.astype(np.float64).sum(-1)
         if normalize and np.any(sums <= 0):
             raise ValueError(f"{name} must have a positive total to be normalised; shape {w.shape}")
-        if not normalize and np.any(np.abs(sums - 1.0) > SUM_TOL):
-            raise ValueError(f"{name} must sum to 1 (tolerance {SUM_TOL}); got sums {np.ravel(sums)[:4]} for "
-                             f"shape {w.shape}; pass normalize_weights=True to rescale")
-    if normalize:
+        tol = max(SUM_TOL, 2 * eps)  # the given dtype's: 1/n rounds to within eps/2 in float16
+        if not normalize and np.any(np.abs(sums - 1.0) > tol):
+            raise ValueError(f"{name} must sum to 1 (tolerance {tol:.3g}); got sums "
+                             f"{np.ravel(sums)[:4]} for shape {w.shape}; pass normalize_weights=True to rescale")
+    half = jnp.issubdtype(given, jnp.floating) and jnp.finfo(given).bits < 32
+    if normalize or half:  # half-precision weights sum to 1 only to half precision
         w = w / jnp.sum(w, axis=-1, keepdims=True)
     return w
 
@@ -123,6 +132,12 @@ def trees(t: TreeSystem, x: jax.Array) -> None:
     _finite("trees.directions", th)
 
 
+def count(name: str, value: int) -> int:
+    """Checks a static count (n_projections, ...): a positive Python int. Returns it."""
+    check_count(name, value)
+    return value
+
+
 def flag(name: str, value: bool) -> bool:
     """Checks a static boolean option (a Python or numpy bool, not a traced value); returns it as a bool."""
     if not isinstance(value, (bool, np.bool_)):
@@ -131,10 +146,33 @@ def flag(name: str, value: bool) -> bool:
 
 
 def power(p: float) -> float:
-    """Checks the exponent p >= 1 (a static Python number); returns it as a float."""
-    if isinstance(p, jax.core.Tracer) or not np.isscalar(p) or not p >= 1:
-        raise ValueError(f"p must be a Python number >= 1; got {p!r}")
+    """Checks the exponent: a static, finite Python number p >= 1; returns it as a float."""
+    if isinstance(p, jax.core.Tracer) or not np.isscalar(p) or not 1 <= p < np.inf:
+        raise ValueError(f"p must be a finite Python number >= 1 (static under jit); got {p!r}")
     return float(p)
+
+
+def scalar(name: str, value: ArrayLike, positive: bool = False) -> ArrayLike:
+    """Checks a real scalar option that may be traced (delta, lr): when concrete, finite (and > 0 if
+    `positive`). Returns it unchanged."""
+    c = _concrete(value)
+    if c is None:
+        return value
+    if c.ndim != 0 or not np.issubdtype(c.dtype, np.number) or np.iscomplexobj(c):
+        raise ValueError(f"{name} must be a real scalar; got {value!r}")
+    if not np.isfinite(c) or (positive and not c > 0):
+        raise ValueError(f"{name} must be a finite{' positive' if positive else ''} number; got {value!r}")
+    return value
+
+
+def projections(v: ArrayLike, x: jax.Array) -> jax.Array:
+    """Checks given directions v: [P, d] (P >= 1, finite when concrete) for supports x: [..., n, d]."""
+    v = _float("projections", v).astype(x.dtype)
+    d = x.shape[-1]
+    if v.ndim != 2 or v.shape[1] != d or v.shape[0] == 0:
+        raise ValueError(f"projections must have shape [P, {d}] with P >= 1; got {v.shape} for x {x.shape}")
+    _finite("projections", v)
+    return v
 
 
 def splitting(s: SplittingMap) -> SplittingMap:
@@ -142,6 +180,17 @@ def splitting(s: SplittingMap) -> SplittingMap:
     if not (callable(s) or (isinstance(s, str) and s in SPLITTINGS)):
         raise ValueError(f"splitting must be one of {SPLITTINGS} or a callable; got {s!r}")
     return s
+
+
+def nonfinite_to_nan(out: Any, *inputs: Any) -> Any:
+    """`out` (a pytree) made NaN, value and gradient, when a leaf of `inputs` holds NaN or inf; exactly `out`
+    otherwise (multiplied by 1 + sum(0 * inputs) = 1).
+
+    For traced inputs, whose values cannot be checked: sorting, min/max and selects would otherwise turn a NaN
+    point into a plausible finite distance with a zero gradient (docs/input_policy.md).
+    """
+    zero = sum(jnp.sum(leaf * 0) for leaf in jax.tree.leaves(inputs))
+    return jax.tree.map(lambda o: o * (1 + zero).astype(o.dtype), out)
 
 
 def vmap_leading(fn: Callable, n_batch: int, in_axes: Any) -> Callable:

@@ -3,7 +3,7 @@ and checked against its ``MANIFEST.tsv``. ``load_digits`` needs no data folder."
 from .ag_news import AG_NEWS_CLASSES, load_ag_news, normalize_ag_news_text
 from .cifar import CIFAR10_CLASSES, cifar_grayscale, load_cifar10_test
 from .digits import load_digits
-from .files import DATA_DIR_ENV, ChecksumMismatchError, DataNotFoundError, data_file, data_root
+from .files import DATA_DIR_ENV, ChecksumMismatchError, CorruptDataError, DataNotFoundError, data_file, data_root
 from .idx import load_fashion_mnist, load_mnist, read_idx
 from .images import load_image
 from .meshes import load_mesh_vertices, read_obj_vertices, read_ply_vertices
@@ -14,6 +14,7 @@ __all__ = [
     "CIFAR10_CLASSES",
     "DATA_DIR_ENV",
     "ChecksumMismatchError",
+    "CorruptDataError",
     "DataNotFoundError",
     "cifar_grayscale",
     "data_file",

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-from .files import data_file
+from .files import data_file, decoding
 
 AG_NEWS_CLASSES = ("World", "Sports", "Business", "Sci/Tech")
 
@@ -69,12 +69,14 @@ def load_ag_news(
 
 
 def _read_test(data_dir, verify: bool) -> tuple[list[int], list[str]]:
-    with open(data_file("ag_news/test.csv", data_dir, verify), newline="", encoding="utf-8") as f:
+    path = data_file("ag_news/test.csv", data_dir, verify)
+    with decoding(path), open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     return [int(label) - 1 for label, _title, _description in rows], [row[2] for row in rows]
 
 
 def _read_train_sample(data_dir, verify: bool) -> tuple[list[int], list[str]]:
-    with open(data_file("ag_news/train_sample_8000.csv", data_dir, verify), newline="", encoding="utf-8") as f:
+    path = data_file("ag_news/train_sample_8000.csv", data_dir, verify)
+    with decoding(path), open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     return [int(row["label"]) - 1 for row in rows], [row["content"] for row in rows]

@@ -6,7 +6,7 @@ import zipfile
 import numpy as np
 from PIL import Image
 
-from .files import data_file
+from .files import data_file, decoding
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -25,7 +25,8 @@ def load_cifar10_test(data_dir=None, grayscale: bool = False, verify: bool = Tru
         labels: int64 [10000], 0-9 in the order of ``CIFAR10_CLASSES``.
     """
     path = data_file("cifar10/test_jpg.zip", data_dir, verify)
-    images, labels = _decode_zip(str(path.resolve()), path.stat().st_mtime_ns)
+    with decoding(path):
+        images, labels = _decode_zip(str(path.resolve()), path.stat().st_mtime_ns)
     return (cifar_grayscale(images) if grayscale else images.copy()), labels.copy()
 
 

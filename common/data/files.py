@@ -5,9 +5,12 @@ implicit default (``make test`` exports ``NFN_DATA_DIR=../shared/data``). Every 
 md5 listed for it in ``<root>/MANIFEST.tsv`` when that manifest exists and lists the file; a digest is computed
 once per (path, mtime, size) and reused by later loads in the same process.
 """
+import contextlib
 import functools
 import hashlib
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 DATA_DIR_ENV = "NFN_DATA_DIR"
@@ -21,6 +24,24 @@ class DataNotFoundError(FileNotFoundError):
 
 class ChecksumMismatchError(ValueError):
     """A data file's md5 differs from the one recorded in ``MANIFEST.tsv``."""
+
+
+class CorruptDataError(ValueError):
+    """A data file cannot be decoded: truncated or damaged (without a manifest entry, the md5 cannot tell)."""
+
+
+@contextlib.contextmanager
+def decoding(path):
+    """Context for reading data file ``path``: the errors a truncated or damaged file raises while it is decoded
+    (``EOFError`` from gzip, ``zlib.error``, ``zipfile.BadZipFile``, ``OSError`` such as PIL's "image file is
+    truncated", ``UnicodeDecodeError``) become a ``CorruptDataError`` naming the file."""
+    try:
+        yield
+    except (EOFError, OSError, zlib.error, zipfile.BadZipFile, UnicodeDecodeError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise CorruptDataError(f"Data file {path} is truncated or damaged ({type(err).__name__}: {err}); restore it "
+                               f"(its md5 is listed in {MANIFEST_NAME} when the data folder has one)") from err
 
 
 def data_root(data_dir=None) -> Path:

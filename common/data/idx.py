@@ -3,7 +3,7 @@ import gzip
 
 import numpy as np
 
-from .files import data_file
+from .files import data_file, decoding
 
 _FILE_PREFIX = {"train": "train", "test": "t10k"}
 _UINT8_TYPE_CODE = 0x08
@@ -13,9 +13,10 @@ def read_idx(path) -> np.ndarray:
     """The uint8 array stored in a gzipped IDX file (big-endian header: 0, 0, type, ndim, then ndim uint32 sizes).
 
     Raises:
-        ValueError: not a uint8 IDX file, or the payload size does not match the header.
+        ValueError: not a uint8 IDX file, or the payload size does not match the header;
+            `CorruptDataError` (a ValueError) for a truncated or damaged gzip stream.
     """
-    with gzip.open(path, "rb") as f:
+    with decoding(path), gzip.open(path, "rb") as f:
         raw = f.read()
     if raw[:2] != b"\x00\x00" or raw[2] != _UINT8_TYPE_CODE:
         raise ValueError(f"{path} is not a uint8 IDX file (header bytes {raw[:4].hex()})")

@@ -2,7 +2,7 @@
 import numpy as np
 from PIL import Image
 
-from .files import data_file
+from .files import data_file, decoding
 
 
 def load_image(name: str, as_float: bool = False, data_dir=None, verify: bool = True) -> np.ndarray:
@@ -16,6 +16,7 @@ def load_image(name: str, as_float: bool = False, data_dir=None, verify: bool = 
     Returns:
         uint8 [H, W, 3] (or float32 [H, W, 3] in [0, 1]), rows top to bottom.
     """
-    with Image.open(data_file(f"images/{name}", data_dir, verify)) as image:
+    path = data_file(f"images/{name}", data_dir, verify)
+    with decoding(path), Image.open(path) as image:
         pixels = np.asarray(image.convert("RGB"))
     return (pixels / np.float32(255)).astype(np.float32) if as_float else pixels.copy()

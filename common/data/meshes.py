@@ -3,7 +3,7 @@ import gzip
 
 import numpy as np
 
-from .files import data_file
+from .files import CorruptDataError, data_file, decoding
 
 _PLY_SCALAR_TYPES = {
     "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
@@ -35,7 +35,7 @@ def read_ply_vertices(path) -> np.ndarray:
     Returns:
         float32 [n_vertices, 3].
     """
-    with open(path, "rb") as f:
+    with decoding(path), open(path, "rb") as f:
         header = _read_ply_header(f)
         n_vertices, properties = header["n_vertices"], header["vertex_properties"]
         if header["format"] == "ascii":
@@ -44,7 +44,11 @@ def read_ply_vertices(path) -> np.ndarray:
             columns = {name: table[:, i] for i, (name, _) in enumerate(properties)}
         elif header["format"] == "binary_little_endian":
             record = np.dtype([(name, "<" + kind) for name, kind in properties])
-            columns = np.frombuffer(f.read(n_vertices * record.itemsize), record, count=n_vertices)
+            data = f.read(n_vertices * record.itemsize)
+            if len(data) < n_vertices * record.itemsize:
+                raise CorruptDataError(f"Data file {path} is truncated: {len(data)} bytes of vertex data, the "
+                                       f"header announces {n_vertices} vertices of {record.itemsize} bytes")
+            columns = np.frombuffer(data, record, count=n_vertices)
         else:
             raise ValueError(f"{path}: unsupported PLY format {header['format']!r}")
     return np.stack([columns["x"], columns["y"], columns["z"]], axis=1).astype(np.float32)
@@ -84,6 +88,6 @@ def read_obj_vertices(path) -> np.ndarray:
         float32 [n_vertices, 3] (a fourth weight column, if present, is dropped).
     """
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="ascii") as f:
+    with decoding(path), opener(path, "rt", encoding="ascii") as f:
         rows = [line.split()[1:4] for line in f if line.startswith("v ")]
     return np.array(rows, np.float32).reshape(-1, 3)

@@ -2,7 +2,7 @@
 import numpy as np
 from PIL import Image
 
-from .files import data_file
+from .files import data_file, decoding
 
 
 def load_density(name: str, data_dir=None, verify: bool = True) -> np.ndarray:
@@ -11,7 +11,8 @@ def load_density(name: str, data_dir=None, verify: bool = True) -> np.ndarray:
     Returns:
         float32 [H, W], 1 - gray / 255 (1 = black shape, 0 = white background), row 0 at the top, unnormalised.
     """
-    with Image.open(data_file(f"pointclouds/{name}", data_dir, verify)) as image:
+    path = data_file(f"pointclouds/{name}", data_dir, verify)
+    with decoding(path), Image.open(path) as image:
         gray = np.asarray(image.convert("L"), np.float32)
     return 1.0 - gray / 255.0
 
