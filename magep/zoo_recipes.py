@@ -42,6 +42,7 @@ CNN_W_INITS = ("glorot_uniform", "he_normal", "orthogonal", "random_normal", "tr
 CNN_TRAIN_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 CNN_WIDTHS = (1, 16, 16, 16, 10)
 CNN_BATCH_SIZE = 512
+CNN_MICRO_BATCH = 128  # rows per gradient pass (common.population.PopulationTask.micro_batch): 3x faster on CPU
 CNN_EPOCHS = 86
 _ORIGINAL_MARKS = (20, 40, 60, 80)  # later checkpoints of the 86-epoch original, scaled with the run length
 
@@ -155,7 +156,8 @@ def cnn_task(activation: str) -> PopulationTask:
     keras = dict(eps=1e-7)  # Keras defaults: Adam(0.9, 0.999, 1e-7), RMSprop(rho 0.9, eps 1e-7), plain SGD
     optimizers = (optax.scale_by_adam(**keras), optax.scale_by_rms(decay=0.9, eps_in_sqrt=False, **keras),
                   optax.identity())
-    return PopulationTask(init_cnn, loss, evaluate, lambda hp, epoch: hp["learning_rate"], optimizers)
+    return PopulationTask(init_cnn, loss, evaluate, lambda hp, epoch: hp["learning_rate"], optimizers,
+                          micro_batch=CNN_MICRO_BATCH)
 
 
 def _stratified_split(labels: np.ndarray, test_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
