@@ -59,7 +59,7 @@ from common.progress import progress_bar
 __all__ = ["PopulationTask", "Checkpoint", "train_population", "resolve_chunk_size", "REQUIRED_HPARAMS", "CPU_CHUNK"]
 
 REQUIRED_HPARAMS = ("seed", "optimizer", "train_fraction")
-CPU_CHUNK = 8  # models vmapped together per step on a single CPU device (see "Chunks" above)
+CPU_CHUNK = 4  # models vmapped together per step on a single CPU device (see "Chunks" above)
 _INIT, _SUBSET, _SHUFFLE, _STEP = range(4)  # fold_in tags of a model's key streams
 
 
