@@ -12,7 +12,9 @@ stratified, seed 0, ink 0..16 mapped to [-1, 1] and upsampled 2x to 16 x 16 so t
 
 Training and evaluation use `nets.cnn_apply(..., conv="patches")`: each conv as patch extraction + one matmul,
 the same function as lax.conv, but under `jax.vmap` over networks lax.conv becomes a grouped convolution that
-is several times slower on CPU, while the matmul form batches over networks cleanly.
+is several times slower on CPU, while the matmul form batches over networks cleanly. Dropout masks are
+`common.nets.hash_uniform` draws and each step's gradient is accumulated over micro-batches of
+``CNN_MICRO_BATCH`` rows (docs/magep.md §10.1): implementation choices for speed, not part of the recipe.
 
 SIREN zoo (Zhou et al.): one SIREN 2 -> 32 -> 32 -> c (w0 = 30) per image, pixel grid coordinates in [-1, 1]^2
 (``coords[..., 0]`` = row, ``[..., 1]`` = column), targets scaled to [-1, 1], 5,000 full-grid Adam steps at lr
