@@ -30,7 +30,8 @@ population is padded to a multiple of the number of devices and trimmed back); d
 Micro-batches. ``task.micro_batch`` rows per gradient pass: a step's gradient is accumulated over the batch's
 micro-batches (a `jax.lax.scan`) before the one update. On a CPU core the working set of a pass (activations,
 patches, dropout masks and their gradients) then stays in cache: a Small-CNN-Zoo step on 28 x 28 images at
-batch 512 ran 3x faster in micro-batches of 128 (`benchmarks/results/zoo_throughput.md`).
+batch 512 ran 1.5x (one model) to 3x (a chunk of 4 models) faster in micro-batches of 128, measured on a
+loaded 2-core machine (`benchmarks/results/zoo_throughput.md`).
 
 Chunks. On one CPU device a vmapped population is stepped ``chunk_size`` models at a time (a `jax.lax.scan`
 over chunks, each chunk vmapped; ``CPU_CHUNK``): a large population vmapped at once no longer fits in cache.
