@@ -1,17 +1,25 @@
-"""Zoo generation throughput: a vmapped population against the same code training one model at a time.
+"""Zoo generation throughput: the population training step of MNIST-sized Small-CNN-Zoo networks, and SIREN fits.
 
-    python -m benchmarks.zoo_throughput [--dataset digits] [--epochs 3] [--populations 64 256] [--single 8]
-                                        [--siren-images 64] [--siren-steps 5000] [--out benchmarks/results]
-                                        [--quick]
+    python -m benchmarks.zoo_throughput [--dataset mnist] [--populations 8 32] [--chunks 1 8] [--steps 8]
+                                        [--activations relu tanh] [--siren-images 16] [--siren-steps 200]
+                                        [--out benchmarks/results] [--quick]
 
-CNN: Small-CNN-Zoo networks (recipe hyperparameters, but relu and train fraction 1 for all) trained with
-`common.population.train_population`; models per second = P / wall time for a population of P, and
-K / wall time for K models trained one after another with P = 1 (the same function). Each timing follows a
-warm-up call with the same shapes, so compilation is excluded. SIREN: the recipe's fits (5,000 Adam steps at
-lr 5e-5) of the first MNIST test images, vmapped; PSNR distribution, and the same fits-per-second comparison
-at a shorter run. Timing, CPU use, load and matmul calibration: `benchmarks.harness`. ``--quick`` is a smoke
-run (populations of 2, one epoch, 2 SIREN fits of 2 steps); explicit size flags still override it.
-Writes ``zoo_throughput.json`` and ``zoo_throughput.md``.
+Population step. ``common.population.train_population`` with the recipe's task (`magep.zoo_recipes.cnn_task`:
+hyperparameters as sampled, train fraction 1 so every member does every step) on the first ``steps * batch``
+training images; the step time is the difference of two calls, ``epochs=2`` minus ``epochs=1`` (each with one
+initialisation and one final evaluation on 512 test images, which cancel), divided by ``steps * P``: ms per
+model-step, everything the engine does per step included (data gathering, dropout draws, forward and backward,
+all optimizers, freezing). Compile time apart: the first call (which compiles) minus the same call again.
+
+FLOPs counted: 3 x the forward pass's multiply-adds x 2 (forward, gradient w.r.t. the weights, gradient w.r.t.
+the inputs; the last is not needed for the first layer, so the true count is about 7% lower), at the batch
+size: 0.358 GFLOP per model-step for 28 x 28 x 1 inputs at batch 512. GFLOP/s are set against the run's matmul
+calibration (``benchmarks.harness``). Components: one model's gradient at batch 512 (``harness.measure_jitted``),
+lax.conv against the patch matmul, Threefry against hashed dropout masks, whole batch against micro-batches.
+
+SIREN: the recipe's fits (Adam, lr 5e-5, full 28 x 28 grid) of the first MNIST test images, vmapped; fit-steps
+per second from the same two-call difference, FLOPs 3 x 2 x multiply-adds of the 2-32-32-1 network per pixel.
+``--quick`` is a smoke run (tiny sizes). Writes ``zoo_throughput.json`` and ``zoo_throughput.md``.
 """
 from __future__ import annotations
 
@@ -19,134 +27,183 @@ import argparse
 import os
 from dataclasses import asdict
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 from benchmarks import harness
 from common.distributed import make_mesh
-from common.population import CPU_CHUNK, resolve_chunk_size, train_population
+from common.nets import cnn_apply, hash_uniform
+from common.population import CPU_CHUNK, train_population
 from magep import zoo_recipes as recipes
 
-
-QUICK = dict(epochs=1, populations=[2], single=1, siren_images=2, siren_steps=2, siren_timing_steps=2)
-
-
-def _timed(fn, warmup: bool) -> dict:
-    """Wall-clock and process CPU seconds of one call of ``fn()`` (after a warm-up call when ``warmup``), and
-    the CPU use of the machine meanwhile (``harness.CpuUse``)."""
-    timing = harness.time_calls(fn, repeats=1, warmup=warmup)
-    return {"wall_s": timing.median_s, "cpu_s": timing.cpu.process_cpu_s, "cpu": asdict(timing.cpu)}
+QUICK = dict(populations=[2], chunks=[1], steps=1, activations=["relu"], siren_images=2, siren_steps=2,
+             components=False)
+EVAL_ROWS = 512
 
 
-def _rate(run, configs, population_sizes, single) -> dict:
-    """Models per (wall / CPU) second for each population size (the engine's default chunking, and the largest
-    also vmapped whole, ``chunk_size=None``) and for ``single`` models one at a time."""
-    out = {}
-    for p in population_sizes:  # each warm-up call compiles for its population size
-        out[f"vmapped_P{p}"] = {"models": p, **_timed(lambda: run(configs[:p]), warmup=True)}
-    if resolve_chunk_size("auto", make_mesh()) is not None:
-        p = max(population_sizes)
-        out[f"vmapped_P{p}_unchunked"] = {"models": p, **_timed(lambda: run(configs[:p], None), warmup=True)}
-    run(configs[:1])  # warm-up of the one-at-a-time loop
-    out["one_at_a_time"] = {"models": single, **_timed(lambda: [run([c]) for c in configs[:single]], warmup=False)}
-    for r in out.values():
-        r["per_wall_s"], r["per_cpu_s"] = r["models"] / r["wall_s"], r["models"] / r["cpu_s"]
-    return out
+def cnn_step_flops(height: int, width: int, batch: int, widths=recipes.CNN_WIDTHS) -> float:
+    """FLOPs of one forward + backward pass of a Small-CNN-Zoo network at ``batch``: 3 x 2 x multiply-adds."""
+    macs, h, w = 0, height, width
+    for c_in, c_out in zip(widths[:3], widths[1:4]):
+        h, w = (h - 3) // 2 + 1, (w - 3) // 2 + 1
+        macs += h * w * c_out * 9 * c_in
+    macs += widths[3] * widths[4]
+    return 6.0 * macs * batch
 
 
-def _speedup(rates: dict) -> dict:
-    base = rates["one_at_a_time"]
-    return {k: {"cpu": v["per_cpu_s"] / base["per_cpu_s"], "wall": v["per_wall_s"] / base["per_wall_s"]}
-            for k, v in rates.items() if k != "one_at_a_time"}
+def siren_step_flops(pixels: int, out_channels: int = 1) -> float:
+    """FLOPs of one full-grid forward + backward pass of a 2-32-32-c SIREN: 3 x 2 x multiply-adds."""
+    widths = recipes.SIREN_WIDTHS + (out_channels,)
+    return 6.0 * pixels * sum(a * b for a, b in zip(widths[:-1], widths[1:]))
 
 
-def cnn_benchmark(dataset: str, epochs: int, population_sizes, single: int, batch_size: int) -> dict:
-    """Models/s of Small-CNN-Zoo training, vmapped and one at a time."""
+def _step_time(run, steps_per_epoch: int, models: int) -> dict:
+    """Seconds per model-step from ``run(epochs)``: (2 epochs - 1 epoch) / (steps * models); the first call
+    compiles, and its excess over the same call again is the compile time."""
+    _, first = harness.measure_cpu(lambda: run(1))
+    _, one = harness.measure_cpu(lambda: run(1))
+    _, two = harness.measure_cpu(lambda: run(2))
+    step_s = max(two.wall_s - one.wall_s, 1e-9) / (steps_per_epoch * models)
+    return {"step_s": step_s, "compile_s": max(first.wall_s - one.wall_s, 0.0), "one_epoch_s": one.wall_s,
+            "two_epochs_s": two.wall_s, "cpu": asdict(two)}
+
+
+def population_step(dataset: str, activations, population_sizes, chunks, steps: int, batch_size: int,
+                    peak: float) -> list[dict]:
+    """ms per model-step of the recipe's population training, per activation, population size and chunk size."""
     train, test, _ = recipes.cnn_dataset(dataset)
-    configs = recipes.sample_cnn_configs(max(population_sizes), seed=0, dataset=dataset, epochs=epochs)
-    for c in configs:  # one activation and full training sets: every member does the same number of steps
-        c["activation"], c["train_fraction"] = "relu", 1.0
-    mesh = make_mesh()
-    run = lambda cs, chunk="auto": train_population(recipes.cnn_task("relu"), recipes.cnn_hparams(cs), train, test,
-                                                    epochs=epochs, batch_size=batch_size, mesh=mesh,
-                                                    chunk_size=chunk, progress=False)
-    rates = _rate(run, configs, population_sizes, single)
-    return {"dataset": dataset, "epochs": epochs, "batch_size": batch_size, "models_per_second": rates,
-            "speedup": _speedup(rates)}
+    train = {k: v[:steps * batch_size] for k, v in train.items()}
+    test = {k: v[:EVAL_ROWS] for k, v in test.items()}
+    flops = cnn_step_flops(*train["x"].shape[1:3], batch_size)
+    mesh = make_mesh(jax.devices()[:1])
+    rows = []
+    for activation in activations:
+        configs = recipes.sample_cnn_configs(max(population_sizes), seed=0, dataset=dataset, epochs=2)
+        for c in configs:
+            c["activation"], c["train_fraction"] = activation, 1.0
+        for p in population_sizes:
+            for chunk in chunks:
+                hp = recipes.cnn_hparams(configs[:p])
+                run = lambda e: train_population(recipes.cnn_task(activation), hp, train, test, epochs=e,
+                                                 batch_size=batch_size, mesh=mesh, chunk_size=chunk, progress=False)
+                timing = _step_time(run, steps, p)
+                rows.append({"activation": activation, "models": p, "chunk_size": chunk, **timing,
+                             "ms_per_model_step": 1e3 * timing["step_s"], "gflops": flops / timing["step_s"] / 1e9,
+                             "percent_of_peak": 100 * flops / timing["step_s"] / 1e9 / peak})
+    return rows
 
 
-def siren_benchmark(images: int, steps: int, timing_steps: int, single: int) -> dict:
-    """PSNR of recipe SIREN fits of MNIST test images, and fits/s vmapped vs one at a time."""
+def components(batch_size: int, peak: float) -> list[dict]:
+    """One model's jitted gradient at ``batch_size`` MNIST-sized images: conv form, dropout draw, micro-batches."""
+    key = jax.random.key(0)
+    ws = recipes.init_cnn(key, {"w_init": jnp.int32(0), "init_std": jnp.float32(0.1)})
+    x = jax.random.uniform(key, (batch_size, 28, 28, 1), minval=-1.0, maxval=1.0)
+    y = jnp.arange(batch_size, dtype=jnp.int32) % 10
+    flops = cnn_step_flops(28, 28, batch_size)
+
+    def gradient(conv, dropout_uniform, micro):
+        def loss(w, xb, yb, k):
+            logits = cnn_apply(w, xb, "relu", conv=conv, dropout=0.3 if dropout_uniform else 0.0,
+                               dropout_key=k if dropout_uniform else None, dropout_uniform=dropout_uniform)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).sum() / batch_size
+
+        def grad(w, xb, yb, k):
+            parts = batch_size // micro
+            split = lambda a: a.reshape((parts, micro) + a.shape[1:])
+            body = lambda total, xs: (jax.tree.map(jnp.add, total, jax.grad(loss)(w, xs[0], xs[1], xs[2])), None)
+            keys = jax.vmap(lambda j: jax.random.fold_in(k, j))(jnp.arange(parts))
+            return jax.lax.scan(body, jax.tree.map(jnp.zeros_like, w), (split(xb), split(yb), keys))[0]
+        return grad
+
+    cases = [("lax.conv, no dropout", "lax", None, batch_size),
+             ("patches, no dropout", "patches", None, batch_size),
+             ("patches, Threefry dropout", "patches", jax.random.uniform, batch_size),
+             ("patches, hashed dropout", "patches", hash_uniform, batch_size),
+             (f"patches, hashed dropout, micro-batches of {recipes.CNN_MICRO_BATCH}", "patches", hash_uniform,
+              recipes.CNN_MICRO_BATCH)]
+    rows = []
+    for name, conv, uniform, micro in cases:
+        m = harness.measure_jitted(gradient(conv, uniform, micro), ws, x, y, key, repeats=5)
+        rows.append({"case": name, "ms": 1e3 * m["median_s"], "compile_s": m["compile_s"], "cpu": m["cpu"],
+                     "gflops": flops / m["median_s"] / 1e9, "percent_of_peak": 100 * flops / m["median_s"] / 1e9 / peak})
+    return rows
+
+
+def siren_benchmark(images: int, steps: int, chunks, peak: float) -> dict:
+    """Fit-steps per second of recipe SIREN fits of MNIST test images (vmapped), GFLOP/s and final PSNR."""
     pixels, _ = recipes.siren_images("mnist", "test", images)
     h, w, c = pixels.shape[1:]
     grid = {"coords": recipes.siren_grid(h, w), "pixel": np.arange(h * w, dtype=np.int32)}
     task = recipes.siren_task(c)
-    mesh = make_mesh()
-
-    def run(idx, n_steps, chunk="auto"):
-        hp = {"seed": np.asarray(idx, np.int32), "optimizer": np.zeros(len(idx), np.int32),
-              "train_fraction": np.ones(len(idx), np.float32),
-              "learning_rate": np.full(len(idx), recipes.SIREN_LEARNING_RATE, np.float32),
-              "image": pixels[idx].reshape(len(idx), h * w, c)}
-        return train_population(task, hp, grid, grid, epochs=n_steps, batch_size=h * w, mesh=mesh,
-                                chunk_size=chunk, progress=False)[-1]
-
-    every = list(range(images))
-    final, full_run = harness.measure_cpu(lambda: run(every, steps))
-    psnr = recipes.psnr(final.metrics["test_mse"])
-    rates = _rate(lambda idx, chunk="auto": run(idx, timing_steps, chunk), every, [images], single)
-    return {"images": images, "steps": steps, "learning_rate": recipes.SIREN_LEARNING_RATE,
-            "psnr_db": {"median": float(np.median(psnr)), "min": float(psnr.min()),
-                        "q25": float(np.quantile(psnr, 0.25)), "q75": float(np.quantile(psnr, 0.75)),
-                        "max": float(psnr.max())},
-            "full_run_seconds_incl_compile": full_run.wall_s, "full_run_cpu": asdict(full_run), "timing_steps": timing_steps, "fits_per_second": rates,
-            "speedup": _speedup(rates)}
+    mesh = make_mesh(jax.devices()[:1])
+    hp = {"seed": np.arange(images, dtype=np.int32), "optimizer": np.zeros(images, np.int32),
+          "train_fraction": np.ones(images, np.float32),
+          "learning_rate": np.full(images, recipes.SIREN_LEARNING_RATE, np.float32),
+          "image": pixels.reshape(images, h * w, c)}
+    flops = siren_step_flops(h * w, c)
+    rows = []
+    for chunk in chunks:
+        run = lambda e: train_population(task, hp, grid, grid, epochs=e * steps, batch_size=h * w, mesh=mesh,
+                                         chunk_size=chunk, progress=False)[-1].metrics
+        timing = _step_time(run, steps, images)
+        rows.append({"chunk_size": chunk, **timing, "ms_per_fit_step": 1e3 * timing["step_s"],
+                     "gflops": flops / timing["step_s"] / 1e9, "percent_of_peak": 100 * flops / timing["step_s"] / 1e9 / peak})
+    final = run(2)
+    psnr = recipes.psnr(final["test_mse"])
+    return {"images": images, "steps": steps, "flops_per_fit_step": flops, "rows": rows,
+            "psnr_db_after_2x_steps": {"median": float(np.median(psnr)), "min": float(psnr.min()),
+                                       "max": float(psnr.max())}}
 
 
 def _markdown(result: dict) -> str:
     cnn, siren = result["cnn"], result["siren"]
-    cpus = [r.get("cpu") for part in (cnn["models_per_second"], siren["fits_per_second"]) for r in part.values()]
-    lines = ["# Zoo generation throughput", "",
-             f"Device: {result['device']} x{result['device_count']} ({result['machine']}). Timed after a warm-up "
-             "call (compilation excluded); one-at-a-time = the same `train_population` with P = 1. Rates per "
-             "process CPU second (robust on a shared machine) and per wall-clock second.", "",
-             *harness.run_markdown(result["run"]),
+    cpus = [r.get("cpu") for r in cnn["population"] + cnn["components"] + siren["rows"]]
+    chunk = lambda c: "all" if c is None else str(c)
+    lines = ["# Zoo generation throughput", "", *harness.run_markdown(result["run"]),
              f"Contention: {harness.contention_line(cpus)}", "",
-             f"## Small CNN Zoo ({cnn['dataset']}, {cnn['epochs']} epochs, batch {cnn['batch_size']}, relu)", "",
-             *_table(cnn["models_per_second"], cnn["speedup"], "models"), "",
-             "Target: vmapped >= 10x one at a time. vmap pays off where one small model leaves the device idle "
-             "(accelerators). On a CPU a single model's step is already compute-bound and a population does the "
-             "same arithmetic per model, so the most it can reach is parity; vmapping a whole large population "
-             "at once is slower still (per-network activations no longer fit in cache: the `_unchunked` row), "
-             "which is why the engine steps a single CPU device's population in vmapped chunks of "
-             f"{CPU_CHUNK} models (`chunk_size=\"auto\"`)."]
-    p = siren["psnr_db"]
-    lines += ["", f"## SIREN fits of MNIST test images ({siren['images']} images, {siren['steps']} Adam steps, "
-              f"lr {siren['learning_rate']})", "",
-              f"PSNR (dB): median {p['median']:.2f}, min {p['min']:.2f}, q25 {p['q25']:.2f}, q75 {p['q75']:.2f}, "
-              f"max {p['max']:.2f} (target: median >= 25 dB).", "",
-              f"Throughput at {siren['timing_steps']} steps:", "",
-              *_table(siren["fits_per_second"], siren["speedup"], "fits")]
+             f"## Small CNN Zoo population step ({cnn['dataset']}, 28 x 28 x 1, batch {cnn['batch_size']})", "",
+             f"FLOPs per model-step: {cnn['flops_per_model_step'] / 1e9:.3f} GFLOP (3 x 2 x the forward "
+             "multiply-adds); % of the run's jitted matmul calibration. Step time = (2 epochs - 1 epoch) / "
+             f"({cnn['steps']} steps x P), everything the engine does per step included; compile apart.", "",
+             *harness.markdown_table(
+                 ["activation", "P", "chunk", "ms / model-step", "GFLOP/s", "% of peak", "compile s"],
+                 [[r["activation"], r["models"], chunk(r["chunk_size"]), f"{r['ms_per_model_step']:.1f}",
+                   f"{r['gflops']:.1f}", f"{r['percent_of_peak']:.0f}%", f"{r['compile_s']:.0f}"]
+                  for r in cnn["population"]])]
+    if cnn["components"]:
+        lines += ["", f"### One model's gradient at batch {cnn['batch_size']} (jitted, relu)", "",
+                  *harness.markdown_table(["case", "ms", "GFLOP/s", "% of peak"],
+                                          [[r["case"], f"{r['ms']:.1f}", f"{r['gflops']:.1f}",
+                                            f"{r['percent_of_peak']:.0f}%"] for r in cnn["components"]])]
+    p = siren["psnr_db_after_2x_steps"]
+    lines += ["", f"## SIREN fits ({siren['images']} MNIST test images, full 28 x 28 grid, Adam)", "",
+              f"FLOPs per fit-step: {siren['flops_per_fit_step'] / 1e6:.2f} MFLOP. PSNR after "
+              f"{2 * siren['steps']} steps: median {p['median']:.1f} dB (min {p['min']:.1f}, max {p['max']:.1f}).", "",
+              *harness.markdown_table(["chunk", "ms / fit-step", "GFLOP/s", "% of peak", "compile s"],
+                                      [[chunk(r["chunk_size"]), f"{r['ms_per_fit_step']:.2f}", f"{r['gflops']:.1f}",
+                                        f"{r['percent_of_peak']:.0f}%", f"{r['compile_s']:.0f}"]
+                                       for r in siren["rows"]])]
     return "\n".join(lines) + "\n"
 
 
-def _table(rates: dict, speedup: dict, unit: str) -> list[str]:
-    lines = [f"| run | {unit} / CPU s | {unit} / wall s | speed-up (CPU) | speed-up (wall) |", "|---|---|---|---|---|"]
-    for k, v in rates.items():
-        s = speedup.get(k, {"cpu": 1.0, "wall": 1.0})
-        lines.append(f"| {k} | {v['per_cpu_s']:.3g} | {v['per_wall_s']:.3g} | {s['cpu']:.2f}x | {s['wall']:.2f}x |")
-    return lines
+def _chunk(value: str):
+    return None if value == "all" else int(value)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="digits", choices=recipes.CNN_DATASETS)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--populations", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--single", type=int, default=8, help="models timed one at a time")
-    parser.add_argument("--siren-images", type=int, default=64)
-    parser.add_argument("--siren-steps", type=int, default=recipes.SIREN_STEPS)
-    parser.add_argument("--siren-timing-steps", type=int, default=500)
+    parser.add_argument("--dataset", default="mnist", choices=("mnist", "fashion_mnist"))
+    parser.add_argument("--batch-size", type=int, default=recipes.CNN_BATCH_SIZE)
+    parser.add_argument("--steps", type=int, default=8, help="steps per timed epoch")
+    parser.add_argument("--activations", nargs="+", default=list(recipes.CNN_ACTIVATIONS))
+    parser.add_argument("--populations", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--chunks", type=_chunk, nargs="+", default=[1, CPU_CHUNK],
+                        help="models vmapped together per step ('all': the whole population)")
+    parser.add_argument("--siren-images", type=int, default=16)
+    parser.add_argument("--siren-steps", type=int, default=200)
+    parser.add_argument("--no-components", dest="components", action="store_false")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     args = parser.parse_args(argv)
@@ -154,12 +211,13 @@ def main(argv=None) -> None:
         parser.set_defaults(**QUICK)
         args = parser.parse_args(argv)
     record = harness.start_run()
-    env = record.environment
-    result = {"device": env["device_kind"], "device_count": env["device_count"],
-              "machine": f"{env['machine']}, {env['cpu_count']} CPUs",
-              "cnn": cnn_benchmark(args.dataset, args.epochs, args.populations, args.single, args.batch_size),
-              "siren": siren_benchmark(args.siren_images, args.siren_steps, args.siren_timing_steps,
-                                       min(args.single, args.siren_images))}
+    peak = record.calibration["jax_gflops"]
+    cnn = {"dataset": args.dataset, "batch_size": args.batch_size, "steps": args.steps,
+           "flops_per_model_step": cnn_step_flops(28, 28, args.batch_size),
+           "components": components(args.batch_size, peak) if args.components else [],
+           "population": population_step(args.dataset, args.activations, args.populations, args.chunks, args.steps,
+                                         args.batch_size, peak)}
+    result = {"cnn": cnn, "siren": siren_benchmark(args.siren_images, args.siren_steps, args.chunks, peak)}
     result["run"] = record.finish()
     markdown = _markdown(result)
     harness.write_results(args.out, "zoo_throughput", result, markdown)

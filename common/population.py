@@ -27,10 +27,20 @@ partitionable Threefry compiles about 20x slower on CPU, and the population axis
 Devices. The population axis is sharded over the ``"data"`` axis of a `common.distributed.make_mesh` mesh (the
 population is padded to a multiple of the number of devices and trimmed back); data sets are replicated.
 
-Chunks. On one CPU device a step of a large vmapped population runs slower per model than a single model's step
-(its activations no longer fit in cache: 2.8 ms against 1.9 ms per model-step for P = 64 small CNNs at batch 128
-on the project machine), so there the step maps over chunks of ``CPU_CHUNK`` models (`jax.lax.map` with
-``batch_size``), each chunk vmapped; accelerators and sharded meshes vmap the whole population at once.
+Micro-batches. ``task.micro_batch`` rows per gradient pass: a step's gradient is accumulated over the batch's
+micro-batches (a `jax.lax.scan`) before the one update. On a CPU core the working set of a pass (activations,
+patches, dropout masks and their gradients) then stays in cache: a Small-CNN-Zoo step on 28 x 28 images at
+batch 512 ran 1.5x (one model) to 3x (a chunk of 4 models) faster in micro-batches of 128, measured on a
+loaded 2-core machine (`benchmarks/results/zoo_throughput.md`).
+
+Chunks. On one CPU device a vmapped population is stepped ``chunk_size`` models at a time (a `jax.lax.scan`
+over chunks, each chunk vmapped; ``CPU_CHUNK``): a large population vmapped at once no longer fits in cache.
+A chunk whose members are all past their epoch is skipped, so a population ordered by train fraction (as
+`magep.zoo_recipes.sample_cnn_configs` orders it) does not pay the longest member's epoch for every member.
+Accelerators and sharded meshes vmap the whole population at once.
+
+Evaluation reads each model's own rows only (its training subset, or the whole test set), in chunks of
+``eval_batch_size`` rows, models chunked as in training.
 """
 from __future__ import annotations
 
@@ -50,7 +60,7 @@ from common.progress import progress_bar
 __all__ = ["PopulationTask", "Checkpoint", "train_population", "resolve_chunk_size", "REQUIRED_HPARAMS", "CPU_CHUNK"]
 
 REQUIRED_HPARAMS = ("seed", "optimizer", "train_fraction")
-CPU_CHUNK = 8  # models vmapped together per step on a single CPU device (see "Chunks" above)
+CPU_CHUNK = 4  # models vmapped together per step on a single CPU device (see "Chunks" above)
 _INIT, _SUBSET, _SHUFFLE, _STEP = range(4)  # fold_in tags of a model's key streams
 
 
@@ -67,6 +77,10 @@ class PopulationTask(NamedTuple):
       learning_rate: ``learning_rate(hp, epoch) -> scalar``; ``epoch`` is the model's float epoch count
         (updates done / its steps per epoch), for warm-up and decay schedules.
       optimizers: learning-rate-free optax transformations; ``hp["optimizer"]`` indexes them.
+      micro_batch: rows per gradient pass (None: the whole batch at once). A step's gradient is accumulated
+        over micro-batches of this many rows (the batch padded with invalid rows to a multiple), micro-batch j
+        getting the key ``fold_in(step_key, j)``: the same update up to float rounding and dropout draws, with
+        a working set that stays in a CPU core's cache (see "Micro-batches" above).
     """
 
     init: Callable[[jax.Array, Mapping[str, jax.Array]], Any]
@@ -74,6 +88,7 @@ class PopulationTask(NamedTuple):
     evaluate: Callable[..., Mapping[str, jax.Array]]
     learning_rate: Callable[[Mapping[str, jax.Array], jax.Array], jax.Array]
     optimizers: tuple[optax.GradientTransformation, ...]
+    micro_batch: int | None = None
 
 
 class Checkpoint(NamedTuple):
@@ -108,16 +123,37 @@ def _membership(hp, n: int) -> jax.Array:
     return rank < n_m
 
 
-def _model_step(task, batch_size, params, opt_states, count, hp, batch, valid, n_m):
-    """One update of one model; frozen when no row of its batch is valid."""
+def _gradient(task, params, hp, batch, valid, key):
+    """Gradient of (mean loss over the valid rows + penalty), accumulated over ``task.micro_batch`` rows at a time."""
+    rows = valid.shape[0]
+    micro = min(task.micro_batch or rows, rows)
+    parts = -(-rows // micro)
+    n_valid = jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
+
+    def objective(p, part, weight, part_key):
+        per_example, penalty = task.loss(p, hp, part, part_key)
+        w = weight.astype(per_example.dtype)
+        return jnp.sum(per_example * w) / n_valid.astype(per_example.dtype) + penalty / parts
+
+    if parts == 1:
+        return jax.grad(objective)(params, batch, valid, key)
+    pad = parts * micro - rows
+    split = lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape((parts, micro) + a.shape[1:])
+
+    def accumulate(total, xs):
+        part, weight, j = xs
+        g = jax.grad(objective)(params, part, weight, jax.random.fold_in(key, j))
+        return jax.tree.map(jnp.add, total, g), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    return jax.lax.scan(accumulate, zeros, (jax.tree.map(split, batch), split(valid), jnp.arange(parts)))[0]
+
+
+def _model_step(task, batch_size, train, params, opt_states, count, hp, rows, valid, n_m):
+    """One update of one model on the training rows ``rows`` int [B]; frozen when no row is valid."""
     key = jax.random.fold_in(_model_key(hp, _STEP), count)
-
-    def objective(p):
-        per_example, penalty = task.loss(p, hp, batch, key)
-        w = valid.astype(per_example.dtype)
-        return jnp.sum(per_example * w) / jnp.maximum(jnp.sum(w), 1.0) + penalty
-
-    grads = jax.grad(objective)(params)
+    batch = jax.tree.map(lambda a: a[rows], train)
+    grads = _gradient(task, params, hp, batch, valid, key)
     results = [opt.update(grads, s, params) for opt, s in zip(task.optimizers, opt_states)]
     directions = [r[0] for r in results]
     direction = jax.tree.map(lambda *d: jax.lax.select_n(hp["optimizer"], *d), *directions)
@@ -128,6 +164,26 @@ def _model_step(task, batch_size, params, opt_states, count, hp, batch, valid, n
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)
     return (keep(new_params, params), keep(tuple(r[1] for r in results), opt_states),
             count + active.astype(count.dtype))
+
+
+def _in_chunks(fn, chunk_size, carried, *args):
+    """``jax.vmap(fn)(*carried, *args)`` computed ``chunk_size`` models at a time (a `jax.lax.scan` over chunks;
+    the population padded with copies of its last model), returning ``carried``'s structure. A chunk whose
+    models all have ``args[-2]`` (valid rows, bool [P, B]) all False is skipped (`jax.lax.cond`): its models
+    are frozen anyway, and populations are ordered so that such chunks are common late in an epoch."""
+    p = jax.tree.leaves(carried)[0].shape[0]
+    chunk_size = min(chunk_size, p)
+    chunks = -(-p // chunk_size)
+    take = jnp.minimum(jnp.arange(chunks * chunk_size), p - 1)
+    split = lambda a: a[take].reshape((chunks, chunk_size) + a.shape[1:])
+
+    def body(_, xs):
+        c, a = xs
+        active = jnp.any(a[-2])
+        return None, jax.lax.cond(active, lambda: jax.vmap(fn)(*c, *a), lambda: c)
+
+    out = jax.lax.scan(body, None, (jax.tree.map(split, carried), jax.tree.map(split, args)))[1]
+    return jax.tree.map(lambda a: a.reshape((chunks * chunk_size,) + a.shape[2:])[:p], out)
 
 
 def _shard_population(tree, mesh):
@@ -153,11 +209,11 @@ def _run_epochs(task, batch_size, mesh, chunk_size, state, hp, member, train, st
     n = member.shape[1]
     n_m = jnp.sum(member, axis=1)
     padded = math.ceil(n / batch_size) * batch_size
-    model_step = lambda *a: _model_step(task, batch_size, *a)
+    model_step = lambda *a: _model_step(task, batch_size, train, *a)
     if chunk_size is None:
-        step_fn = jax.vmap(model_step)
+        step_fn = lambda carried, *a: jax.vmap(model_step)(*carried, *a)
     else:
-        step_fn = lambda *a: jax.lax.map(lambda args: model_step(*args), a, batch_size=chunk_size)
+        step_fn = lambda carried, *a: _in_chunks(model_step, chunk_size, carried, *a)
 
     def epoch(e, state):
         def order(hp_m, member_m):
@@ -168,38 +224,44 @@ def _run_epochs(task, batch_size, mesh, chunk_size, state, hp, member, train, st
         orders = jax.vmap(order)(hp, member)
 
         def step(t, state):
-            idx = jax.lax.dynamic_slice_in_dim(orders, t * batch_size, batch_size, axis=1)  # [P, B]
+            rows = jax.lax.dynamic_slice_in_dim(orders, t * batch_size, batch_size, axis=1)  # [P, B]
             valid = (t * batch_size + jnp.arange(batch_size))[None, :] < n_m[:, None]
-            batch = jax.tree.map(lambda a: a[idx], train)
-            return _State(*step_fn(state.params, state.opt_states, state.count, hp, batch, valid, n_m))
+            return _State(*step_fn(tuple(state), hp, rows, valid, n_m))
 
         return jax.lax.fori_loop(0, steps, step, state)
 
     return _shard_population(jax.lax.fori_loop(first_epoch, last_epoch, epoch, state), mesh)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _evaluate(task, eval_batch_size, params, hp, data, member):
-    """Mean of ``task.evaluate`` over ``data`` per model; rows weighted by ``member`` bool [P, n]."""
-    n = jax.tree.leaves(data)[0].shape[0]
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _evaluate(task, eval_batch_size, chunk_size, params, hp, data, member):
+    """Mean of ``task.evaluate`` per model over its rows of ``data`` (``member`` bool [P, n]).
+
+    Each model reads its own rows, in order, ``eval_batch_size`` at a time, for as many chunks as the largest
+    row count needs (a traced loop bound: a 10% subset costs a tenth of the full set); ``chunk_size`` models
+    at a time as in training (None: all)."""
+    n = member.shape[1]
     chunks = math.ceil(n / eval_batch_size)
-    pad = chunks * eval_batch_size - n
-    chunked = jax.tree.map(lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(
-        (chunks, eval_batch_size) + a.shape[1:]), data)
-    p = jax.tree.leaves(hp)[0].shape[0]
-    weight = member.astype(jnp.float32)
-    weight = jnp.pad(weight, ((0, 0), (0, pad))).reshape(p, chunks, eval_batch_size).transpose(1, 0, 2)
-    apply = jax.vmap(task.evaluate, in_axes=(0, 0, None))
+    rows = jnp.argsort(~member, axis=1, stable=True)  # [P, n]: each model's rows first, in order
+    rows = jnp.pad(rows, ((0, 0), (0, chunks * eval_batch_size - n)))
+    n_rows = jnp.sum(member, axis=1)
+    apply = lambda p, h, r: task.evaluate(p, h, jax.tree.map(lambda a: a[r], data))
+    if chunk_size is None:
+        apply_all = jax.vmap(apply)
+    else:
+        apply_all = lambda *a: jax.lax.map(lambda x: apply(*x), a, batch_size=chunk_size)
 
-    def body(sums, chunk):
-        batch, w = chunk
-        values = apply(params, hp, batch)
-        return {k: sums[k] + jnp.sum(values[k] * w, axis=1) for k in sums}, None
+    def body(c, sums):
+        r = jax.lax.dynamic_slice_in_dim(rows, c * eval_batch_size, eval_batch_size, axis=1)  # [P, E]
+        w = ((c * eval_batch_size + jnp.arange(eval_batch_size))[None, :] < n_rows[:, None]).astype(jnp.float32)
+        values = apply_all(params, hp, r)
+        return {k: sums[k] + jnp.sum(values[k] * w, axis=1) for k in sums}
 
-    names = jax.eval_shape(apply, params, hp, jax.tree.map(lambda a: a[0], chunked))
+    p = n_rows.shape[0]
+    names = jax.eval_shape(apply, jax.tree.map(lambda a: a[0], params), jax.tree.map(lambda a: a[0], hp), rows[0, :1])
     sums = {k: jnp.zeros((p,), jnp.float32) for k in names}
-    sums = jax.lax.scan(body, sums, (chunked, weight))[0]
-    total = jnp.maximum(jnp.sum(weight, axis=(0, 2)), 1.0)
+    sums = jax.lax.fori_loop(0, (jnp.max(n_rows) + eval_batch_size - 1) // eval_batch_size, body, sums)
+    total = jnp.maximum(n_rows, 1).astype(jnp.float32)
     return {k: v / total for k, v in sums.items()}
 
 
@@ -241,11 +303,11 @@ def train_population(task: PopulationTask, hparams: Mapping[str, Any], train: An
       batch_size: rows per step (per model).
       checkpoint_epochs: epochs (0..epochs) after which to record weights and metrics; ``epochs`` is always
         recorded.
-      eval_batch_size: rows per evaluation chunk.
+      eval_batch_size: rows of a model's data per evaluation pass.
       mesh: mesh with a ``"data"`` axis to shard the population over; default all devices.
-      chunk_size: models vmapped together in a training step (the rest of the population waits its turn in a
-        `jax.lax.map`); None vmaps all of them; "auto" is ``CPU_CHUNK`` on a single CPU device, else None.
-        Results do not depend on it.
+      chunk_size: models vmapped together in a training step and in evaluation (the chunks follow one another;
+        a chunk whose models are all past their epoch is skipped); None vmaps all of them; "auto" is
+        ``CPU_CHUNK`` on a single CPU device, else None. Results do not depend on it (up to float rounding).
       epochs_per_call: epochs per compiled call (progress granularity); default about 1% of ``epochs``.
       progress: show a progress bar over epochs (`common.progress.progress_bar`: shown when tqdm is installed).
       desc: the bar's label.
@@ -283,7 +345,8 @@ def train_population(task: PopulationTask, hparams: Mapping[str, Any], train: An
                     done = stop
                 sets = (("train", train, member), ("test", test, all_rows))
                 metrics = {f"{name}_{k}": v for name, data, weight in sets
-                           for k, v in _evaluate(task, eval_batch_size, state.params, hp, data, weight).items()}
+                           for k, v in _evaluate(task, eval_batch_size, chunk_size, state.params, hp, data,
+                                                      weight).items()}
                 trim = lambda a: np.asarray(a)[:p]
                 out.append(Checkpoint(mark, jax.tree.map(trim, state.params), jax.tree.map(trim, metrics)))
     return out

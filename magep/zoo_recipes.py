@@ -12,7 +12,9 @@ stratified, seed 0, ink 0..16 mapped to [-1, 1] and upsampled 2x to 16 x 16 so t
 
 Training and evaluation use `nets.cnn_apply(..., conv="patches")`: each conv as patch extraction + one matmul,
 the same function as lax.conv, but under `jax.vmap` over networks lax.conv becomes a grouped convolution that
-is several times slower on CPU, while the matmul form batches over networks cleanly.
+is several times slower on CPU, while the matmul form batches over networks cleanly. Dropout masks are
+`common.nets.hash_uniform` draws and each step's gradient is accumulated over micro-batches of
+``CNN_MICRO_BATCH`` rows (docs/magep.md §10.1): implementation choices for speed, not part of the recipe.
 
 SIREN zoo (Zhou et al.): one SIREN 2 -> 32 -> 32 -> c (w0 = 30) per image, pixel grid coordinates in [-1, 1]^2
 (``coords[..., 0]`` = row, ``[..., 1]`` = column), targets scaled to [-1, 1], 5,000 full-grid Adam steps at lr
@@ -42,6 +44,7 @@ CNN_W_INITS = ("glorot_uniform", "he_normal", "orthogonal", "random_normal", "tr
 CNN_TRAIN_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 CNN_WIDTHS = (1, 16, 16, 16, 10)
 CNN_BATCH_SIZE = 512
+CNN_MICRO_BATCH = 128  # rows per gradient pass (common.population.PopulationTask.micro_batch): faster on CPU
 CNN_EPOCHS = 86
 _ORIGINAL_MARKS = (20, 40, 60, 80)  # later checkpoints of the 86-epoch original, scaled with the run length
 
@@ -155,7 +158,8 @@ def cnn_task(activation: str) -> PopulationTask:
     keras = dict(eps=1e-7)  # Keras defaults: Adam(0.9, 0.999, 1e-7), RMSprop(rho 0.9, eps 1e-7), plain SGD
     optimizers = (optax.scale_by_adam(**keras), optax.scale_by_rms(decay=0.9, eps_in_sqrt=False, **keras),
                   optax.identity())
-    return PopulationTask(init_cnn, loss, evaluate, lambda hp, epoch: hp["learning_rate"], optimizers)
+    return PopulationTask(init_cnn, loss, evaluate, lambda hp, epoch: hp["learning_rate"], optimizers,
+                          micro_batch=CNN_MICRO_BATCH)
 
 
 def _stratified_split(labels: np.ndarray, test_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

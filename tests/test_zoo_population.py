@@ -43,7 +43,9 @@ def test_population_equals_members_trained_alone(digits):
         alone = _train([config], digits, one_device)
         for ck_pop, ck_alone in zip(population, alone):
             for a, b in zip(jax.tree.leaves(ck_pop.params), jax.tree.leaves(ck_alone.params)):
-                np.testing.assert_allclose(a[m], b[0], rtol=1e-4, atol=1e-6)
+                # float rounding of the two batched layouts, amplified by Adam (seen: 4e-6 on one weight of
+                # 2304); another member's update or other dropout draws differ by orders of magnitude more
+                np.testing.assert_allclose(a[m], b[0], rtol=1e-4, atol=2e-5)
             for k in ck_pop.metrics:
                 np.testing.assert_allclose(ck_pop.metrics[k][m], ck_alone.metrics[k][0], rtol=1e-4, atol=1e-6)
     # training changed the weights, and differently per member (the hyperparameters are really per model)
@@ -65,6 +67,24 @@ def test_chunked_population_equals_fully_vmapped(digits):
     assert resolve_chunk_size("auto", one_device) == CPU_CHUNK and resolve_chunk_size("auto", make_mesh()) is None
     with pytest.raises(ValueError, match="chunk_size must be"):
         run(0)
+
+
+def test_micro_batches_give_the_whole_batch_update(digits):
+    """Gradients accumulated over micro-batches of 48 rows (128 = 48 + 48 + 32 valid + 16 padding rows) give the
+    whole-batch update; without dropout only float rounding differs."""
+    configs, one_device = _configs(), make_mesh(jax.devices()[:1])
+    for c in configs:
+        c["dropout"] = 0.0
+    task = recipes.cnn_task("relu")
+    run = lambda micro: train_population(task._replace(micro_batch=micro), recipes.cnn_hparams(configs), *digits,
+                                         epochs=1, batch_size=BATCH, mesh=one_device, progress=False)[-1]
+    parts, whole = run(48), run(None)
+    for a, b in zip(jax.tree.leaves(parts.params), jax.tree.leaves(whole.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    first = train_population(task, recipes.cnn_hparams(configs), *digits, epochs=1, batch_size=BATCH,
+                             checkpoint_epochs=[0], mesh=one_device, progress=False)[0]
+    moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(parts.params), jax.tree.leaves(first.params))]
+    assert max(moved) > 1e-3  # the comparison above is between trained networks
 
 
 def test_recorded_metrics_match_the_reference_forward_pass(digits):
