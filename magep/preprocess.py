@@ -35,41 +35,47 @@ def log_sq_norm(x: jax.Array, axes: tuple) -> jax.Array:
     return safe_log(jnp.sum(x * x, axis=axes))
 
 
-def invariant_log_scale(weights: tuple, biases: tuple) -> jax.Array:
-    """log nu per channel [..., c], nu = (||W^(L,0)||_F^2 + sum_{t=1..L} ||W^(L,t) b^(t)||^2)^(1/2) (W^(L,L) = I),
-    the norm of the linearised network's end-to-end map and of its bias paths; 0 where nu = 0.
+def invariant_log_scales(weights: tuple, biases: tuple) -> tuple[jax.Array, jax.Array]:
+    """(log r, log s) per channel [..., c] of the scale normalisation (`normalize_scale`):
 
-    nu is invariant under every monomial g (§3: W^(L,t) b^(t) and W^(L,0) are), and it scales by a^L under
-    the ReLU rescaling W^(l) -> a W^(l), b^(l) -> a^l b^(l). Evaluated on max-scaled tensors with the scales
-    added back as logs, so no product or square overflows or underflows in float32."""
+        r = ||W^(L,0)||_F^(1/L)   (r = 1 where W^(L,0) = 0),
+        s = (1 + P^2)^(1/2),   P = (sum_{t=1..L} ||W^(L,t) b^(t)||^2)^(1/2) / r^L   (W^(L,L) = I).
+
+    W^(L,0) and the bias paths W^(L,t) b^(t) are invariant under every monomial g (§3), so r and s are; under the
+    ReLU rescaling W^(l) -> a W^(l), b^(l) -> a^l b^(l), r -> a r and s is unchanged. Evaluated on max-scaled
+    tensors with the scales added back as logs, so no product or square overflows or underflows in float32.
+    """
     scaled_w, log_mw = zip(*(max_scaled(w, (-3, -2)) for w in weights))
     scaled_b, log_mb = zip(*(max_scaled(b, (-2,)) for b in biases))
     log_mw = [m[..., 0, 0, :] for m in log_mw]
     log_mb = [m[..., 0, :] for m in log_mb]
     B = suffix_products(scaled_w)  # B_t = W^(L,t) / prod_{k>t} m_k
     L = len(weights)
-    terms = [log_sq_norm(B[0], (-3, -2)) + 2 * sum(log_mw)]
+    log_a2 = log_sq_norm(B[0], (-3, -2)) + 2 * sum(log_mw)  # log ||W^(L,0)||^2
+    log_r = jnp.where(jnp.isfinite(log_a2), log_a2, 0.0) / (2 * L)
+    paths = []
     for t in range(1, L + 1):
         path = scaled_b[t - 1] if t == L else jnp.einsum("...abc,...bc->...ac", B[t], scaled_b[t - 1])
-        terms.append(log_sq_norm(path, (-2,)) + 2 * (sum(log_mw[t:], jnp.zeros_like(log_mb[0])) + log_mb[t - 1]))
-    terms = jnp.stack(terms)
-    nonzero = jnp.any(jnp.isfinite(terms), axis=0)
-    safe_terms = jnp.where(nonzero, terms, 0.0)  # an all -inf column would give a NaN gradient
-    return jnp.where(nonzero, 0.5 * jax.nn.logsumexp(safe_terms, axis=0), 0.0)
+        paths.append(log_sq_norm(path, (-2,)) + 2 * (sum(log_mw[t:], jnp.zeros_like(log_r)) + log_mb[t - 1]))
+    paths = jnp.stack(paths)
+    any_path = jnp.any(jnp.isfinite(paths), axis=0)
+    log_p2 = jax.nn.logsumexp(jnp.where(any_path, paths, 0.0), axis=0)  # all -inf would give a NaN gradient
+    log_p2 = jnp.where(any_path, log_p2 - 2 * L * log_r, -jnp.inf)
+    return log_r, 0.5 * jnp.logaddexp(0.0, log_p2)
 
 
 def normalize_scale(weights: tuple, biases: tuple) -> tuple[tuple, tuple]:
-    """Divide W^(l) by r and b^(l) by r^l, per channel, with r = nu^(1/L) (`invariant_log_scale`; r = 1 where
-    nu = 0): the normalised network has ||W^(L,0)||^2 + sum_t ||W^(L,t) b^(t)||^2 = 1.
+    """Divide W^(l) by r and b^(l) by r^l s, per channel (r, s of `invariant_log_scales`).
 
-    r is a function of group invariants, so this commutes with every monomial g (positive or sign), and the
-    result is exactly invariant to the ReLU-function-preserving rescaling W^(l) -> a W^(l), b^(l) -> a^l b^(l).
-    Every invariant block of the layers (W^(L,0), S^(L), b^(L), the path biases and the traces) is then bounded
-    by the coupling norms whatever the weight scale (docs/magep.md §4, §11 pitfall 2). Scale-free (no eps);
-    computed in the log domain, so float32 inputs of any finite scale give finite outputs and gradients.
+    Afterwards ||W^(L,0)||_F = 1 (or W^(L,0) = 0) and the bias paths have joint norm P / (1 + P^2)^(1/2) < 1,
+    where P, their size relative to W^(L,0), is unchanged. r and s are functions of group invariants, so this
+    commutes with every monomial g (positive or sign), and the result is exactly invariant to the
+    ReLU-function-preserving rescaling W^(l) -> a W^(l), b^(l) -> a^l b^(l). Every invariant block of the layers
+    (W^(L,0), [WW]^(L,0), [bW]^(L,0), S^(L), b^(L), the traces) is then bounded by the coupling norms whatever the
+    weight scale (docs/magep.md §4, §11 pitfall 2). Scale-free (no eps); computed in the log domain, so float32
+    inputs of any finite scale give finite outputs and gradients (zero channels stay zero, gradient finite).
     """
-    L = len(weights)
-    log_r = invariant_log_scale(weights, biases) / L  # [..., c]
+    log_r, log_s = invariant_log_scales(weights, biases)
     out_w = []
     for w in weights:
         x, log_m = max_scaled(w, (-3, -2))
@@ -77,5 +83,5 @@ def normalize_scale(weights: tuple, biases: tuple) -> tuple[tuple, tuple]:
     out_b = []
     for l, b in enumerate(biases, 1):
         x, log_m = max_scaled(b, (-2,))
-        out_b.append(x * jnp.exp(log_m - l * log_r[..., None, :]))
+        out_b.append(x * jnp.exp(log_m - (l * log_r + log_s)[..., None, :]))
     return tuple(out_w), tuple(out_b)

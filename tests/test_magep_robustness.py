@@ -16,7 +16,7 @@ from common.groups import MonomialGroup
 from magep import GeneralizationPredictor, normalize_scale
 from magep import zoo_recipes
 from magep.baselines.pools import unit_channels
-from magep.preprocess import invariant_log_scale
+from magep.preprocess import invariant_log_scales
 from tests.common_fixtures import CNN_ZOO_SPEC
 from tests.magep_fixtures import IO_PERMUTATION, jitted, random_features
 
@@ -52,17 +52,17 @@ def predictor(nfn: str, scaling: str) -> GeneralizationPredictor:
     return GeneralizationPredictor(SPEC, nfn=nfn, scaling=scaling, head=16, rngs=nnx.Rngs(0), **small)
 
 
-def finite_grads(model, feats, targets) -> list[str]:
-    """Names of the parameter leaves whose BCE gradient has a non-finite entry."""
+def nonfinite_grads(model, targets):
+    """features -> names of the parameter leaves whose BCE gradient has a non-finite entry (one compile)."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-    def loss(p):
+    def loss(p, feats):
         z = nnx.merge(graphdef, p, rest).logits(feats)
         return jnp.mean(jnp.maximum(z, 0) - z * targets + jnp.log1p(jnp.exp(-jnp.abs(z))))
 
-    grads = jax.jit(jax.grad(loss))(params)
-    return [jax.tree_util.keystr(k) for k, g in jax.tree_util.tree_flatten_with_path(grads)[0]
-            if not np.all(np.isfinite(np.asarray(g)))]
+    grad = jax.jit(jax.grad(loss))
+    return lambda feats: [jax.tree_util.keystr(k) for k, g in jax.tree_util.tree_flatten_with_path(grad(params, feats))[0]
+                          if not np.all(np.isfinite(np.asarray(g)))]
 
 
 @pytest.mark.parametrize("nfn", ["magep", "monomial"])
@@ -71,7 +71,7 @@ def test_predictor_float32_robust_across_weight_scales(nfn, scaling):
     model = predictor(nfn, scaling)
     logits = jitted(model, "logits")
     nets = zoo_networks()
-    targets = jnp.linspace(0.2, 0.8, nets.batch_shape[0])
+    bad_grads = nonfinite_grads(model, jnp.linspace(0.2, 0.8, nets.batch_shape[0]))
     group = UniformMonomialGroup(SPEC, scaling)
     for i, scale in enumerate(SCALES):
         feats = jax.tree.map(lambda x: x * scale, nets).to_features()
@@ -80,7 +80,7 @@ def test_predictor_float32_robust_across_weight_scales(nfn, scaling):
         assert np.all(np.isfinite(z)), (scale, z)
         assert np.all((p > 0) & (p < 1)), f"saturated predictions at scale {scale}: logits {z}"
         assert np.ptp(z) > 1e-4 * (1 + np.max(np.abs(z))), f"predictions do not vary at scale {scale}: {z}"
-        assert finite_grads(model, feats, targets) == [], f"non-finite gradients at scale {scale}"
+        assert bad_grads(feats) == [], f"non-finite gradients at scale {scale}"
         # Monomial-NFN never couples neighbouring layers' hidden indices, so uncoupled permutations are
         # invisible to it (tests/test_magep_models.py); the input/output permutation must change it. The wrong
         # group is checked at scale 1 (tanh saturates on 1e4-scale features, where no positive scaling shows).
@@ -89,9 +89,10 @@ def test_predictor_float32_robust_across_weight_scales(nfn, scaling):
                                  broken=broken, n_trials=2, rtol=1e-3, atol=1e-3 * float(np.max(np.abs(z))))
 
 
-def test_normalize_scale_unit_invariant_scale_any_float32_scale():
-    """After normalisation nu = 1 per channel (0 for an all-zero channel, which stays zero), for inputs from
-    1e-20 to 1e20 in float32; outputs and gradients finite, also at the zero channel (double where)."""
+def test_normalize_scale_bounds_invariants_at_any_float32_scale():
+    """After normalisation ||W^(L,0)|| = 1 and the bias paths' norm P' < 1 (P / sqrt(1 + P^2)) per channel, for
+    inputs from 1e-20 to 1e20 in float32, and an all-zero channel stays zero; outputs and gradients finite,
+    also at the zero channel (double where)."""
     feats = random_features(0, SPEC, channels=3, dtype=jnp.float32)
     zero_channel = jnp.asarray([1.0, 1.0, 0.0], jnp.float32)
     feats = jax.tree.map(lambda x: x * zero_channel, feats)
@@ -100,21 +101,22 @@ def test_normalize_scale_unit_invariant_scale_any_float32_scale():
         b = tuple(scale * x for x in feats.biases)
         nw, nb = jax.jit(normalize_scale)(w, b)
         assert all(np.all(np.isfinite(np.asarray(x))) for x in nw + nb)
-        log_nu = np.asarray(invariant_log_scale(nw, nb))
-        np.testing.assert_allclose(log_nu, 0.0, atol=1e-4)  # zero channel: nu = 0, reported as log 1
+        log_r, log_s = (np.asarray(x) for x in invariant_log_scales(nw, nb))
+        np.testing.assert_allclose(log_r, 0.0, atol=1e-5)  # zero channel: W^(L,0) = 0, reported as r = 1
+        assert np.all(log_s >= 0) and np.all(log_s <= 0.5 * np.log(2.0) + 1e-5) and np.all(log_s[..., 2] == 0)
         assert all(np.all(np.asarray(x)[..., 2] == 0) for x in nw + nb)
         grads = jax.jit(jax.grad(lambda w, b: sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(normalize_scale(w, b))),
                                  argnums=(0, 1)))(w, b)
         assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads)), scale
 
 
-def test_normalize_scale_is_exactly_group_invariant_in_scale():
-    """nu is invariant: float32 features moved by d ~ U[1, 1e4] keep log nu within 1e-5."""
+def test_normalisation_scales_are_group_invariant():
+    """r and s are invariants: float32 features moved by d ~ U[1, 1e4] keep log r and log s within 1e-5."""
     feats = random_features(1, SPEC, channels=2, dtype=jnp.float32)
     g = UniformMonomialGroup(SPEC, "positive").sample(jax.random.key(3))
     moved = groups.act(g, feats)
-    np.testing.assert_allclose(invariant_log_scale(moved.weights, moved.biases),
-                               invariant_log_scale(feats.weights, feats.biases), atol=1e-5)
+    for got, want in zip(invariant_log_scales(moved.weights, moved.biases), invariant_log_scales(feats.weights, feats.biases)):
+        np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_unit_channels_scale_free_with_finite_gradient_at_zero():
