@@ -15,13 +15,15 @@ def map_channels(maps: dict, weights: tuple, biases: tuple) -> tuple[tuple, tupl
 
 
 def safe_log(x: jax.Array) -> jax.Array:
-    """log x for x > 0 and -inf at x = 0, with a zero (not NaN) gradient at 0 (the double-where form)."""
+    """Elementwise log x for x > 0 and -inf at x = 0 (same shape), with a zero (not NaN) gradient at 0 (the
+    double-where form; values below the smallest normal float count as 0)."""
     positive = x > jnp.finfo(x.dtype).tiny
     return jnp.where(positive, jnp.log(jnp.where(positive, x, 1.0)), -jnp.inf)
 
 
 def max_scaled(x: jax.Array, axes: tuple) -> tuple[jax.Array, jax.Array]:
-    """(x / m, log m) with m = max |x| over `axes` (kept as size-1 axes), 1 where x is 0 there.
+    """(x / m, log m) with m = max |x| over `axes`: x/m has x's shape, log m keeps `axes` as size-1 axes;
+    m = 1 where x is 0 there.
 
     m carries no gradient: every use below rescales by exactly m again, so the result does not depend on it
     and stopping its gradient leaves the gradient exact."""
@@ -31,7 +33,7 @@ def max_scaled(x: jax.Array, axes: tuple) -> tuple[jax.Array, jax.Array]:
 
 
 def log_sq_norm(x: jax.Array, axes: tuple) -> jax.Array:
-    """log ||x||^2 over `axes` (-inf where x is 0 there), finite gradient; x should be max-scaled."""
+    """log ||x||^2 over `axes` (removed; -inf where x is 0 there), finite gradient; x should be max-scaled."""
     return safe_log(jnp.sum(x * x, axis=axes))
 
 
