@@ -18,13 +18,13 @@ def values(d) -> dict:
     return {k: values(v) if isinstance(v, nnx.Dict) else v[...] for k, v in d.items()}
 
 
-def prepare(params: dict, feats: WeightSpace, normalize: bool, eps: float) -> tuple[tuple, tuple]:
+def prepare(params: dict, feats: WeightSpace, normalize: bool) -> tuple[tuple, tuple]:
     """Channel maps (when present) then optional scale normalisation; returns (weights, biases)."""
     weights, biases = feats.weights, feats.biases
     if "channel_map" in params:
         weights, biases = map_channels(params["channel_map"], weights, biases)
     if normalize:
-        weights, biases = normalize_scale(weights, biases, eps)
+        weights, biases = normalize_scale(weights, biases)
     return weights, biases
 
 
@@ -34,12 +34,12 @@ class PolynomialLayer(nnx.Module):
     ``channel_factors``)."""
 
     def __init__(self, spec: NetworkSpec, in_channels, out_channels: int, pairs_fn, plan_fn,
-                 *, rngs: nnx.Rngs, freeze_phi: bool, normalize: bool, eps: float, param_dtype):
+                 *, rngs: nnx.Rngs, freeze_phi: bool, normalize: bool, param_dtype):
         name = type(self).__name__
         check_spec(spec, name, min_layers=2)
         if not isinstance(out_channels, int) or out_channels < 1:
             raise ValueError(f"{name}: out_channels must be a positive int, got {out_channels!r}")
-        self.spec, self.normalize, self.eps = spec, normalize, eps
+        self.spec, self.normalize = spec, normalize
         self.in_channels = resolve_channels(in_channels, spec, name, "in_channels")
         distinct = set(self.in_channels.weights + self.in_channels.biases)
         if len(distinct) == 1:  # one channel count: products run on the input channels directly

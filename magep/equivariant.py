@@ -37,8 +37,7 @@ def equivariant_plan(spec: NetworkSpec) -> SharingPlan:
                              channel_factors=factors)
 
 
-def polynomial_equivariant(params: dict, feats: WeightSpace, spec: NetworkSpec, *, normalize: bool = False,
-                           eps: float = 1e-3) -> WeightSpace:
+def polynomial_equivariant(params: dict, feats: WeightSpace, spec: NetworkSpec, *, normalize: bool = False) -> WeightSpace:
     """MAGEP equivariant layer.
 
     Args:
@@ -50,7 +49,7 @@ def polynomial_equivariant(params: dict, feats: WeightSpace, spec: NetworkSpec, 
     Returns:
       features of `spec` with ``out_channels`` channels on every weight and bias.
     """
-    weights, biases = prepare(params, feats, normalize, eps)
+    weights, biases = prepare(params, feats, normalize)
     out = equivariant_plan(spec).apply(params["coeffs"], equivariant_blocks(weights, biases, params["couplings"]))
     return from_slots(out, spec.num_layers)
 
@@ -69,11 +68,11 @@ class PolynomialEquivariant(PolynomialLayer):
     """
 
     def __init__(self, spec: NetworkSpec, in_channels, out_channels: int, *, rngs: nnx.Rngs,
-                 freeze_phi: bool = False, normalize: bool = False, eps: float = 1e-3, param_dtype=jnp.float32):
+                 freeze_phi: bool = False, normalize: bool = False, param_dtype=jnp.float32):
         super().__init__(spec, in_channels, out_channels, coupling_pairs,
                          equivariant_plan, rngs=rngs, freeze_phi=freeze_phi, normalize=normalize,
-                         eps=eps, param_dtype=param_dtype)
+                         param_dtype=param_dtype)
 
     def __call__(self, feats: WeightSpace) -> WeightSpace:
         self.check(feats)
-        return polynomial_equivariant(self.params_tree(), feats, self.spec, normalize=self.normalize, eps=self.eps)
+        return polynomial_equivariant(self.params_tree(), feats, self.spec, normalize=self.normalize)

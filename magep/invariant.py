@@ -22,8 +22,7 @@ def invariant_plan(spec: NetworkSpec) -> SharingPlan:
     return SharingPlan.build({"out": ()}, blocks, range(1, L), "positive", channel_factors={"M": 3, "S": 2, "T": 2})
 
 
-def polynomial_invariant(params: dict, feats: WeightSpace, spec: NetworkSpec, *, normalize: bool = False,
-                         eps: float = 1e-3) -> jax.Array:
+def polynomial_invariant(params: dict, feats: WeightSpace, spec: NetworkSpec, *, normalize: bool = False) -> jax.Array:
     """MAGEP invariant layer.
 
     Args:
@@ -33,7 +32,7 @@ def polynomial_invariant(params: dict, feats: WeightSpace, spec: NetworkSpec, *,
     Returns:
       [..., out_features], invariant under the monomial group (positive and sign scalings).
     """
-    weights, biases = prepare(params, feats, normalize, eps)
+    weights, biases = prepare(params, feats, normalize)
     return invariant_plan(spec).apply(params["coeffs"], invariant_blocks(weights, biases, params["couplings"]))["out"]
 
 
@@ -42,11 +41,11 @@ class PolynomialInvariant(PolynomialLayer):
     `PolynomialEquivariant` (Phi/phi learned by default, as in the authors' code)."""
 
     def __init__(self, spec: NetworkSpec, in_channels, out_features: int, *, rngs: nnx.Rngs,
-                 freeze_phi: bool = False, normalize: bool = False, eps: float = 1e-3, param_dtype=jnp.float32):
+                 freeze_phi: bool = False, normalize: bool = False, param_dtype=jnp.float32):
         super().__init__(spec, in_channels, out_features, invariant_pairs,
                          invariant_plan, rngs=rngs, freeze_phi=freeze_phi, normalize=normalize,
-                         eps=eps, param_dtype=param_dtype)
+                         param_dtype=param_dtype)
 
     def __call__(self, feats: WeightSpace) -> jax.Array:
         self.check(feats)
-        return polynomial_invariant(self.params_tree(), feats, self.spec, normalize=self.normalize, eps=self.eps)
+        return polynomial_invariant(self.params_tree(), feats, self.spec, normalize=self.normalize)

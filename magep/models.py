@@ -191,7 +191,9 @@ class GeneralizationPredictor(nnx.Module):
       channels: "magep": an int c (default 20); "monomial"/"hnp"/"np": per-layer channels (default (16, 16, 5)).
       head: hidden width of the 3-layer MLP head (defaults 500 / 200 / 1000 / 1000 / 1000 / 1000).
       num_equivariant: K, the number of PolynomialEquivariant layers ("magep").
-      freeze_phi, normalize: options of the polynomial layers.
+      freeze_phi, normalize: options of the polynomial layers ("magep"); normalize (default on) divides each
+        layer's input by a group-invariant scale (`magep.normalize_scale`), which keeps the predictor finite and
+        unsaturated for weights of any scale (docs/magep.md §4, §11 pitfall 2).
       io_encoding: IO-encoding of the NP layers (default on for "np"): a learned `IOEmbedding` before every
         layer (variant "paper") or one sinusoidal `IOEncoding` before the first ("compact").
       dropout: dropout in the head.
@@ -202,7 +204,7 @@ class GeneralizationPredictor(nnx.Module):
 
     def __init__(self, spec: NetworkSpec, *, nfn: str = "magep", scaling: str = "positive", activation: str | None = None,
                  channels=None, head: int | None = None, num_equivariant: int = 2, rngs: nnx.Rngs,
-                 freeze_phi: bool = False, normalize: bool = False, io_encoding: bool | None = None, dropout: float = 0.0,
+                 freeze_phi: bool = False, normalize: bool = True, io_encoding: bool | None = None, dropout: float = 0.0,
                  variant: str = "paper"):
         if nfn not in NFNS:
             raise ValueError(f"GeneralizationPredictor: nfn must be one of {NFNS}, got {nfn!r}")

@@ -1,9 +1,10 @@
 """Group-commuting input maps of the polynomial layers: per-layer channel maps and scale normalisation."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
-from magep.terms import prefix_products
+from magep.terms import suffix_products
 
 
 def map_channels(maps: dict, weights: tuple, biases: tuple) -> tuple[tuple, tuple]:
@@ -13,16 +14,76 @@ def map_channels(maps: dict, weights: tuple, biases: tuple) -> tuple[tuple, tupl
             tuple(jnp.einsum("...d,de->...e", b, maps[f"b{l}"]) for l, b in enumerate(biases, 1)))
 
 
-def normalize_scale(weights: tuple, biases: tuple, eps: float = 1e-3) -> tuple[tuple, tuple]:
-    """Divide W^(l) by r and b^(l) by r^l, per channel, with r = (eps + ||W^(L,0)||_F)^(1/L).
+def safe_log(x: jax.Array) -> jax.Array:
+    """Elementwise log x for x > 0 and -inf at x = 0 (same shape), with a zero (not NaN) gradient at 0 (the
+    double-where form; values below the smallest normal float count as 0)."""
+    positive = x > jnp.finfo(x.dtype).tiny
+    return jnp.where(positive, jnp.log(jnp.where(positive, x, 1.0)), -jnp.inf)
 
-    r is a function of the group-invariant end-to-end product W^(L,0), so this commutes with every monomial
-    g (positive or sign). The result is invariant to the ReLU-function-preserving rescaling
-    W^(l) -> a W^(l), b^(l) -> a^l b^(l) (a > 0) up to eps, which keeps the degree-(L+1) products at O(1)
-    for deep or large-norm networks.
+
+def max_scaled(x: jax.Array, axes: tuple) -> tuple[jax.Array, jax.Array]:
+    """(x / m, log m) with m = max |x| over `axes`: x/m has x's shape, log m keeps `axes` as size-1 axes;
+    m = 1 where x is 0 there.
+
+    m carries no gradient: every use below rescales by exactly m again, so the result does not depend on it
+    and stopping its gradient leaves the gradient exact."""
+    log_m = jax.lax.stop_gradient(safe_log(jnp.max(jnp.abs(x), axis=axes, keepdims=True)))
+    log_m = jnp.where(jnp.isfinite(log_m), log_m, 0.0)
+    return x * jnp.exp(-log_m), log_m
+
+
+def log_sq_norm(x: jax.Array, axes: tuple) -> jax.Array:
+    """log ||x||^2 over `axes` (removed; -inf where x is 0 there), finite gradient; x should be max-scaled."""
+    return safe_log(jnp.sum(x * x, axis=axes))
+
+
+def invariant_log_scales(weights: tuple, biases: tuple) -> tuple[jax.Array, jax.Array]:
+    """(log r, log s) per channel [..., c] of the scale normalisation (`normalize_scale`):
+
+        r = ||W^(L,0)||_F^(1/L)   (r = 1 where W^(L,0) = 0),
+        s = (1 + P^2)^(1/2),   P = (sum_{t=1..L} ||W^(L,t) b^(t)||^2)^(1/2) / r^L   (W^(L,L) = I).
+
+    W^(L,0) and the bias paths W^(L,t) b^(t) are invariant under every monomial g (§3), so r and s are; under the
+    ReLU rescaling W^(l) -> a W^(l), b^(l) -> a^l b^(l), r -> a r and s is unchanged. Evaluated on max-scaled
+    tensors with the scales added back as logs, so no product or square overflows or underflows in float32.
     """
+    scaled_w, log_mw = zip(*(max_scaled(w, (-3, -2)) for w in weights))
+    scaled_b, log_mb = zip(*(max_scaled(b, (-2,)) for b in biases))
+    log_mw = [m[..., 0, 0, :] for m in log_mw]
+    log_mb = [m[..., 0, :] for m in log_mb]
+    B = suffix_products(scaled_w)  # B_t = W^(L,t) / prod_{k>t} m_k
     L = len(weights)
-    norm = jnp.sqrt(jnp.sum(prefix_products(weights)[-1] ** 2, axis=(-3, -2)))  # [..., c]
-    r = (eps + norm) ** (1.0 / L)
-    return (tuple(w / r[..., None, None, :] for w in weights),
-            tuple(b / r[..., None, :] ** l for l, b in enumerate(biases, 1)))
+    log_a2 = log_sq_norm(B[0], (-3, -2)) + 2 * sum(log_mw)  # log ||W^(L,0)||^2
+    log_r = jnp.where(jnp.isfinite(log_a2), log_a2, 0.0) / (2 * L)
+    paths = []
+    for t in range(1, L + 1):
+        path = scaled_b[t - 1] if t == L else jnp.einsum("...abc,...bc->...ac", B[t], scaled_b[t - 1])
+        paths.append(log_sq_norm(path, (-2,)) + 2 * (sum(log_mw[t:], jnp.zeros_like(log_r)) + log_mb[t - 1]))
+    paths = jnp.stack(paths)
+    any_path = jnp.any(jnp.isfinite(paths), axis=0)
+    log_p2 = jax.nn.logsumexp(jnp.where(any_path, paths, 0.0), axis=0)  # all -inf would give a NaN gradient
+    log_p2 = jnp.where(any_path, log_p2 - 2 * L * log_r, -jnp.inf)
+    return log_r, 0.5 * jnp.logaddexp(0.0, log_p2)
+
+
+def normalize_scale(weights: tuple, biases: tuple) -> tuple[tuple, tuple]:
+    """Divide W^(l) by r and b^(l) by r^l s, per channel (r, s of `invariant_log_scales`).
+
+    Afterwards ||W^(L,0)||_F = 1 (or W^(L,0) = 0) and the bias paths have joint norm P / (1 + P^2)^(1/2) < 1,
+    where P, their size relative to W^(L,0), is unchanged. r and s are functions of group invariants, so this
+    commutes with every monomial g (positive or sign), and the result is exactly invariant to the
+    ReLU-function-preserving rescaling W^(l) -> a W^(l), b^(l) -> a^l b^(l). Every invariant block of the layers
+    (W^(L,0), [WW]^(L,0), [bW]^(L,0), S^(L), b^(L), the traces) is then bounded by the coupling norms whatever the
+    weight scale (docs/magep.md §4, §11 pitfall 2). Scale-free (no eps); computed in the log domain, so float32
+    inputs of any finite scale give finite outputs and gradients (zero channels stay zero, gradient finite).
+    """
+    log_r, log_s = invariant_log_scales(weights, biases)
+    out_w = []
+    for w in weights:
+        x, log_m = max_scaled(w, (-3, -2))
+        out_w.append(x * jnp.exp(log_m - log_r[..., None, None, :]))
+    out_b = []
+    for l, b in enumerate(biases, 1):
+        x, log_m = max_scaled(b, (-2,))
+        out_b.append(x * jnp.exp(log_m - (l * log_r + log_s)[..., None, :]))
+    return tuple(out_w), tuple(out_b)

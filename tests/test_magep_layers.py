@@ -49,19 +49,19 @@ def test_frozen_phi_and_normalisation_keep_equivariance(scaling):
 
 def test_normalisation_removes_relu_function_scale():
     """W^(l) -> a W^(l), b^(l) -> a^l b^(l) leaves a ReLU net's function up to the factor a^L; the normalised
-    inputs (eps -> 0) do not change, while the raw layer output does."""
+    inputs do not change (the scale is exactly removed), while the raw layer output does."""
     spec = SPECS["mlp"]
     with jax.enable_x64(True):
         feats = random_features(11, spec, channels=2)
         a = 3.0
         scaled = WeightSpace(tuple(a * w for w in feats.weights),
                              tuple(a ** l * b for l, b in enumerate(feats.biases, 1)), is_features=True)
-        n1 = normalize_scale(feats.weights, feats.biases, eps=0.0)
-        n2 = normalize_scale(scaled.weights, scaled.biases, eps=0.0)
+        n1 = normalize_scale(feats.weights, feats.biases)
+        n2 = normalize_scale(scaled.weights, scaled.biases)
         for x, y in zip(jax.tree.leaves(n1), jax.tree.leaves(n2)):
             np.testing.assert_allclose(x, y, rtol=1e-10)
         raw = PolynomialInvariant(spec, 2, 2, rngs=nnx.Rngs(0))
-        normed = PolynomialInvariant(spec, 2, 2, rngs=nnx.Rngs(0), normalize=True, eps=1e-12)
+        normed = PolynomialInvariant(spec, 2, 2, rngs=nnx.Rngs(0), normalize=True)
         np.testing.assert_allclose(normed(scaled), normed(feats), rtol=1e-8)
         assert not np.allclose(raw(scaled), raw(feats), rtol=1e-3)
 

@@ -68,19 +68,31 @@ class HNPPool(nnx.Module):
         return hnp_pool(feats, self.redundant_means)
 
 
-def scale_normalize(params: dict, feats: WeightSpace, scaling: str, eps: float = 1e-6) -> WeightSpace:
-    """I_Delta: x_hat_{..,c} = gamma_c x_{..,c} / sqrt(||x_{..,:}||_2^2 + eps^2) + beta_c on every tensor but b^(L)
-    (taking |x| first for "sign"); b^(L), already invariant, gets the affine map only. (The smooth form has a
-    finite gradient at x = 0 and breaks scale invariance only by O(eps^2 / ||x||^2), unlike ||x|| + eps.)
+def unit_channels(x: jax.Array) -> jax.Array:
+    """x_{..,c} / ||x_{..,:}||_2 over the channel axis (0 where x_{..,:} = 0), scale-free: computed from x / max_c |x|,
+    so no square overflows or underflows, with a finite gradient everywhere (double where)."""
+    m = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=-1, keepdims=True))
+    nonzero = m > jnp.finfo(x.dtype).tiny
+    y = x / jnp.where(nonzero, m, 1.0)
+    sq = jnp.sum(y * y, axis=-1, keepdims=True)
+    return jnp.where(nonzero, y * jax.lax.rsqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
+
+
+def scale_normalize(params: dict, feats: WeightSpace, scaling: str) -> WeightSpace:
+    """I_Delta: x_hat_{..,c} = gamma_c x_{..,c} / ||x_{..,:}||_2 + beta_c on every tensor (taking |x| first for
+    "sign", except on b^(L), which the group fixes), with x / ||x|| = 0 where x_{..,:} = 0 (`unit_channels`).
+
+    Invariant under every monomial g: an entry's channel vector is only multiplied by its d_j / d_k (or d_j),
+    which the division removes exactly; scale-free, so the output is bounded for weights of any scale. The
+    authors' pool normalises with F.normalize (clamped at 1e-12) and passes b^(L) through raw; b^(L) is
+    normalised here too so that the predictor stays bounded for large-scale networks (docs/magep.md §8).
 
     Args:
       params: ``{"gamma": {"W{l}"/"b{l}": [C]}, "beta": {...}}``.
     """
     def norm(x, name, last=False):
-        if not last:
-            x = jnp.abs(x) if scaling == "sign" else x
-            x = x / jnp.sqrt(jnp.sum(x**2, axis=-1, keepdims=True) + eps**2)
-        return params["gamma"][name] * x + params["beta"][name]
+        x = jnp.abs(x) if scaling == "sign" and not last else x
+        return params["gamma"][name] * unit_channels(x) + params["beta"][name]
 
     L = feats.num_layers
     return WeightSpace(tuple(norm(w, f"W{l}") for l, w in enumerate(feats.weights, 1)),
@@ -96,12 +108,11 @@ class MonomialPool(nnx.Module):
       scaling: "positive" or "sign".
     """
 
-    def __init__(self, spec: NetworkSpec, in_channels, *, scaling: str = "positive", eps: float = 1e-6,
-                 param_dtype=jnp.float32):
+    def __init__(self, spec: NetworkSpec, in_channels, *, scaling: str = "positive", param_dtype=jnp.float32):
         check_spec(spec, "MonomialPool", 2)
         if scaling not in ("positive", "sign"):
             raise ValueError(f"MonomialPool: scaling must be 'positive' or 'sign', got {scaling!r}")
-        self.spec, self.scaling, self.eps = spec, scaling, eps
+        self.spec, self.scaling = spec, scaling
         self.in_channels = resolve_channels(in_channels, spec, "MonomialPool", "in_channels")
         sizes = {**{f"W{l}": c for l, c in enumerate(self.in_channels.weights, 1)},
                  **{f"b{l}": c for l, c in enumerate(self.in_channels.biases, 1)}}
@@ -112,4 +123,4 @@ class MonomialPool(nnx.Module):
     def __call__(self, feats: WeightSpace) -> jax.Array:
         check_features(feats, self.spec, self.in_channels, "MonomialPool")
         params = {"gamma": {k: v[...] for k, v in self.gamma.items()}, "beta": {k: v[...] for k, v in self.beta.items()}}
-        return hnp_pool(scale_normalize(params, feats, self.scaling, self.eps), redundant_means=False)
+        return hnp_pool(scale_normalize(params, feats, self.scaling), redundant_means=False)
