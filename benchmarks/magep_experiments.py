@@ -60,13 +60,15 @@ def max_scale(augmentation: str) -> float:
 
 
 def load_splits(zoo_dir: str, activation: str, epoch: int) -> dict:
-    """Train / val / test features and accuracies of one activation subset at checkpoint ``epoch``:
-    ``{split: (feats, accuracies)}`` and ``"spec"``."""
+    """Train / val / test features and accuracies of one activation subset at checkpoint ``epoch``, without
+    diverged networks: ``{split: (feats, accuracies)}`` and ``"spec"``."""
     out = {}
     for split in ("train", "val", "test"):
         feats, acc, spec = zoo_features(zoo_dir, split, fractions=SPLIT_FRACTIONS, seed=0, epochs=[epoch],
                                         where={"activation": activation})
-        out[split], out["spec"] = (feats, acc), spec
+        finite = np.isfinite(np.asarray(acc)) & np.all(  # diverged networks (NaN weights or metrics) are dropped
+            [np.isfinite(np.asarray(leaf)).reshape(len(acc), -1).all(1) for leaf in jax.tree.leaves(feats)], axis=0)
+        out[split], out["spec"] = (jax.tree.map(lambda a: a[finite], feats), acc[finite]), spec
     return out
 
 
@@ -108,7 +110,7 @@ def run_cell(splits: dict, method: str, activation: str, seed: int, run_dir: str
         model, x_train, y_train, key=jax.random.key(seed), num_steps=train_epochs * steps_per_epoch,
         batch_size=batch_size, optimizer=optax.adam(1e-3), run_dir=run_dir, validation=(x_val, y_val),
         eval_every=steps_per_epoch)
-    predicted = 1.0 / (1.0 + np.exp(-predict_logits(model, x_test)))
+    predicted = np.asarray(jax.nn.sigmoid(predict_logits(model, x_test)))
     record = {"method": method, "activation": activation, "seed": seed, "params": n_params,
               "train_networks": len(y_train), "val_networks": len(y_val), "test_networks": len(y_test),
               "steps": train_epochs * steps_per_epoch, "batch_size": batch_size, "best_step": history[-1]["best/step"],
