@@ -111,7 +111,12 @@ def checkpoint_rows(configs: Sequence[Mapping[str, Any]], checkpoints: Iterable[
 def atomic_write(path: str, write: Callable[[io.IOBase], None], mode: str = "wb") -> None:
     """Write ``path`` via ``write(file)`` into a temp file in the same folder, fsync, then ``os.replace``.
 
-    The file gets the permissions of a plain ``open``: ``0666`` less the process umask."""
+    The file gets the permissions of a plain ``open``: ``0666`` less the process umask.
+
+    Raises:
+      OSError: the write failed (a full disk, a file-size limit); the message names ``path``, ``path`` is
+        untouched and the temp file removed.
+    """
     folder = os.path.dirname(path)
     tmp = os.path.join(folder, f".tmp_{secrets.token_hex(6)}_{os.path.basename(path)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -121,6 +126,9 @@ def atomic_write(path: str, write: Callable[[io.IOBase], None], mode: str = "wb"
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        os.unlink(tmp)
+        raise OSError(err.errno, f"could not write {path}: {err.strerror or err}") from err
     except BaseException:
         os.unlink(tmp)
         raise

@@ -1,5 +1,6 @@
-"""Zoo writers as real processes (docs/input_policy.md, docs/common.md §7): two concurrent writers, and a
-writer SIGKILLed in the middle of a shard write; after the fault, the resumed zoo equals an uninterrupted one."""
+"""Zoo writers as real processes (docs/input_policy.md, docs/common.md §7): two concurrent writers, a writer
+SIGKILLed in the middle of a shard write, a full disk (a file-size limit); after the fault, the resumed zoo
+equals an uninterrupted one."""
 import os
 import signal
 import subprocess
@@ -38,6 +39,10 @@ if mode == "killed":  # SIGKILL half-way through writing the second shard
             os.kill(os.getpid(), signal.SIGKILL)
         savez(f, **arrays)
     np.savez = half_then_kill
+
+if mode == "small_disk":  # a file-size limit that layout.json fits but no shard does
+    import resource
+    resource.setrlimit(resource.RLIMIT_FSIZE, (300, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
 zoo_store.generate_zoo(zoo_dir, LAYOUT, CONFIGS, 2, train_shard, progress=False)
 '''
@@ -93,6 +98,17 @@ def test_sigkill_during_a_shard_write_then_resume_equals_uninterrupted(tmp_path)
     assert code == 0, err
     _assert_same_zoo(zoo, reference)
     assert not (zoo / "shards_corrupt").exists()
+
+
+def test_full_disk_names_the_file_then_resume_equals_uninterrupted(tmp_path):
+    reference, zoo = tmp_path / "reference", tmp_path / "zoo"
+    assert _run(reference, "plain")[0] == 0
+    code, err = _run(zoo, "small_disk")
+    assert code == 1 and f"could not write {zoo}/shards/shard_00000.npz: File too large" in err, err
+    assert os.listdir(zoo / "shards") == []  # no partial shard, no temp file
+    code, err = _run(zoo, "plain")  # the limit lifted: resume
+    assert code == 0, err
+    _assert_same_zoo(zoo, reference)
 
 
 def _assert_same_zoo(zoo, reference):
