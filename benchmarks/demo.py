@@ -10,6 +10,8 @@ import importlib
 import os
 import time
 
+from common.cli import non_negative_int
+
 SECTIONS = [
     ("Foundation: data-parallel loop and monomial group on a trained MLP", "benchmarks.demo_foundation"),
     ("MAGEP-NFN: CNN zoo on digits and accuracy prediction from weights", "benchmarks.demo_magep"),
@@ -21,7 +23,7 @@ SECTIONS = [
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="demo_out", help="folder for run directories and pictures")
-    parser.add_argument("--cpu-devices", type=int, default=4,
+    parser.add_argument("--cpu-devices", type=non_negative_int, default=4,
                         help="simulated CPU devices for the data-parallel sections (0: leave JAX's default)")
     args = parser.parse_args(argv)
     if args.cpu_devices:

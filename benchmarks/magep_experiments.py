@@ -29,6 +29,7 @@ import optax
 from flax import nnx
 
 from benchmarks import harness
+from common.cli import positive_int
 from common.accuracy_prediction import kendall_tau, predict_logits
 from magep import GeneralizationPredictor
 from magep.baselines import standardization_stats, standardize
@@ -248,14 +249,6 @@ def generalization(args: argparse.Namespace) -> dict:
     harness.write_results(args.out, "magep_generalization", result, markdown(rows, settings, zoos, record))
     figures(records, rows, args.out)
     return result
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def parser() -> argparse.ArgumentParser:

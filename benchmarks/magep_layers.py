@@ -27,6 +27,7 @@ from flax import nnx
 
 from benchmarks import harness
 from common import NetworkSpec, WeightSpace
+from common.cli import positive_int
 from magep import GeneralizationPredictor
 
 CNN_ZOO = NetworkSpec((1, 16, 16, 16, 10), ((3, 3), (3, 3), (3, 3), ()))
@@ -163,7 +164,7 @@ def write_markdown(results: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=positive_int, default=2)
     parser.add_argument("--quick", action="store_true", help="smoke run: small spec, batch 2, two models, L = 2, 3")
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)

@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 
 from benchmarks import harness
+from common.cli import positive_int
 from transformer_nfn import AccuracyPredictor, TransformerEquivariant, TransformerInvariant, TransformerSpec, nets, relu_ffn
 
 ZOO = TransformerSpec(num_blocks=2, num_heads=2, d_model=32, d_k=16, d_v=16, d_ffn=64)
@@ -136,7 +137,7 @@ def to_markdown(result: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=positive_int, default=10)
     parser.add_argument("--quick", action="store_true", help="smoke run: one tiny block, batch 2, one predictor")
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)

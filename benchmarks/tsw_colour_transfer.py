@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from benchmarks import harness
 from benchmarks import tsw_report as report
+from common.cli import positive_int
 from common.data import load_image
 from tsw_sl import colour_transfer as ct
 
@@ -71,8 +72,8 @@ def main(argv=None):
     p = report.parser("Colour transfer with SW and TSW-SL palette flows (TSW-SL paper, sec. 6.2).")
     p.add_argument("--source", default="pot/ocean_day.jpg", help="image under images/ of the data folder")
     p.add_argument("--target", default="pot/ocean_sunset.jpg")
-    p.add_argument("--colours", type=int, default=None, help="palette size K (default 1000, quick 200)")
-    p.add_argument("--steps", type=int, default=None, help="Euler steps (default 2000, quick 500)")
+    p.add_argument("--colours", type=positive_int, default=None, help="palette size K (default 1000, quick 200)")
+    p.add_argument("--steps", type=positive_int, default=None, help="Euler steps (default 2000, quick 500)")
     p.add_argument("--methods", nargs="+", default=list(ct.PAPER_STEP), choices=list(ct.PAPER_STEP))
     args = p.parse_args(argv)
     n_colours = args.colours or (200 if args.quick else 1000)

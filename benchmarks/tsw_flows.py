@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from benchmarks import harness
 from benchmarks import tsw_report as report
+from common.cli import positive_int
 from tsw_sl import flows, targets
 
 N_POINTS = 100
@@ -175,8 +176,8 @@ def main(argv=None):
     p.add_argument("--targets", nargs="+", default=None, help=f"default: {' '.join(LOW_DIM + HIGH_DIM)}")
     p.add_argument("--methods", nargs="+", default=None,
                    help=f"default: {' '.join(ALL_METHODS)} (quick: sw tsw_sl db_tsw)")
-    p.add_argument("--runs", type=int, default=None, help="runs per cell (default 10, quick 3)")
-    p.add_argument("--steps", type=int, default=None, help="iterations (default 2500, quick 500)")
+    p.add_argument("--runs", type=positive_int, default=None, help="runs per cell (default 10, quick 3)")
+    p.add_argument("--steps", type=positive_int, default=None, help="iterations (default 2500, quick 500)")
     args = p.parse_args(argv)
     quick = args.quick
     runs = args.runs or (3 if quick else 10)

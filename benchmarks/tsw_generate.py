@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from benchmarks import harness
 from benchmarks import tsw_report as report
+from common.cli import positive_int
 from common.data import load_fashion_mnist, load_mnist
 from common.training import fit
 from tsw_sl import flows
@@ -203,10 +204,10 @@ def main(argv=None):
     p = report.parser("MLP generators trained with SW and TSW-SL losses (TSW-SL paper, sec. 6.3, reduced scale).")
     p.add_argument("--datasets", nargs="+", default=None, choices=list(DATASETS),
                    help="default: mnist fashion_mnist (quick: mnist)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default 3, quick 1)")
-    p.add_argument("--steps", type=int, default=None, help="generator steps (default 2000, quick 200)")
-    p.add_argument("--classifier-steps", type=int, default=None, help="default 2000, quick 300")
-    p.add_argument("--n-eval", type=int, default=None, help="samples per Frechet distance (default 5000, quick 1000)")
+    p.add_argument("--seeds", type=positive_int, default=None, help="seeds per configuration (default 3, quick 1)")
+    p.add_argument("--steps", type=positive_int, default=None, help="generator steps (default 2000, quick 200)")
+    p.add_argument("--classifier-steps", type=positive_int, default=None, help="default 2000, quick 300")
+    p.add_argument("--n-eval", type=positive_int, default=None, help="samples per Frechet distance (default 5000, quick 1000)")
     p.add_argument("--run-dir", default=None,
                    help="checkpoints, resumed if present (default runs/tsw_generate; quick: OUT/tsw_generate_runs)")
     args = p.parse_args(argv)

@@ -8,6 +8,8 @@ import argparse
 import numpy as np
 import ot
 
+from common.cli import non_negative_int
+
 DEFAULT_OUT = "benchmarks/results"
 LABELS = {"sw": "SW", "max_sw": "Max-SW", "tsw_sl": "TSW-SL", "tsw_sl_distance": "TSW-SL (distance)",
           "max_tsw_sl": "Max-TSW-SL", "db_tsw": "Db-TSW"}  # tsw_sl.flows.METHODS -> label in tables and plots
@@ -18,7 +20,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="small settings (under 2 minutes on 2 CPU cores)")
-    p.add_argument("--seed", type=int, default=0, help="master PRNG seed")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="master PRNG seed")
     return p
 
 

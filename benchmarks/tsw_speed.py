@@ -42,6 +42,7 @@ import ot
 
 import tsw_sl
 from benchmarks import harness
+from common.cli import positive_int
 
 try:
     from ott.tools import sliced as ott_sliced
@@ -237,7 +238,7 @@ def main(argv=None):
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--render", action="store_true", help="only rewrite the .md from the existing .json")
     for axis in ("directions", "n", "d"):
-        parser.add_argument(f"--{axis}", type=int, nargs="+", help=f"override the grid's {axis} values")
+        parser.add_argument(f"--{axis}", type=positive_int, nargs="+", help=f"override the grid's {axis} values")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.render:

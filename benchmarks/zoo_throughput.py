@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from benchmarks import harness
+from common.cli import positive_int
 from common.distributed import make_mesh
 from common.nets import cnn_apply, hash_uniform
 from common.population import CPU_CHUNK, train_population
@@ -189,20 +190,20 @@ def _markdown(result: dict) -> str:
 
 
 def _chunk(value: str):
-    return None if value == "all" else int(value)
+    return None if value == "all" else positive_int(value)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist", choices=("mnist", "fashion_mnist"))
-    parser.add_argument("--batch-size", type=int, default=recipes.CNN_BATCH_SIZE)
-    parser.add_argument("--steps", type=int, default=8, help="steps per timed epoch")
+    parser.add_argument("--batch-size", type=positive_int, default=recipes.CNN_BATCH_SIZE)
+    parser.add_argument("--steps", type=positive_int, default=8, help="steps per timed epoch")
     parser.add_argument("--activations", nargs="+", default=list(recipes.CNN_ACTIVATIONS))
-    parser.add_argument("--populations", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--populations", type=positive_int, nargs="+", default=[8, 32])
     parser.add_argument("--chunks", type=_chunk, nargs="+", default=[1, CPU_CHUNK],
                         help="models vmapped together per step ('all': the whole population)")
-    parser.add_argument("--siren-images", type=int, default=16)
-    parser.add_argument("--siren-steps", type=int, default=200)
+    parser.add_argument("--siren-images", type=positive_int, default=16)
+    parser.add_argument("--siren-steps", type=positive_int, default=200)
     parser.add_argument("--no-components", dest="components", action="store_false")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")

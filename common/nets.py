@@ -139,6 +139,9 @@ def cnn_apply(
         is the Threefry draw).
     Returns:
       logits [..., n_L].
+    Raises:
+      ValueError: wrong channel count or layer order, or an image too small for a layer's kernel with VALID
+        padding (its output would be empty and the pooled mean NaN).
     """
     _require_raw(ws, "cnn_apply")
     if x.shape[-1] != ws.weights[0].shape[1]:
@@ -152,10 +155,19 @@ def cnn_apply(
     batch = x.shape[:-3]
     h = x.reshape((-1,) + x.shape[-3:])
     n_conv = sum(w.ndim == 4 for w in ws.weights)
+    size = tuple(x.shape[-3:-1])  # spatial size of layer i's input
     for i in range(n_conv):
         w, b = ws.weights[i], ws.biases[i]
         if w.ndim != 4:
             raise ValueError(f"cnn_apply: weights[{i}] {tuple(w.shape)}: conv layers must come before dense layers")
+        if padding == "VALID":
+            if size[0] < w.shape[2] or size[1] < w.shape[3]:
+                raise ValueError(f"cnn_apply: images of {x.shape[-3]}x{x.shape[-2]} pixels are too small: conv layer "
+                                 f"{i} gets {size[0]}x{size[1]} inputs but has a {w.shape[2]}x{w.shape[3]} kernel "
+                                 f"(VALID padding, stride {stride})")
+            size = tuple((n - k) // stride + 1 for n, k in zip(size, w.shape[2:]))
+        else:
+            size = tuple(-(-n // stride) for n in size)
         if conv == "patches":
             h = _conv_patches(h, w, stride)
         else:

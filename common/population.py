@@ -6,8 +6,8 @@ population axis ``[P, ...]`` that is vmapped alongside the parameters. Three key
     seed            int    [P]  the model's PRNG seed: init, train subset, shuffling and dropout all derive
                                 from it alone, so a model trained in a population and the same model trained
                                 alone see the same random numbers (and agree to float rounding)
-    optimizer       int    [P]  index into ``task.optimizers``
-    train_fraction  float  [P]  fraction of the training set the model learns from (a seeded subset)
+    optimizer       int    [P]  index into ``task.optimizers`` (0 .. len - 1)
+    train_fraction  float  [P]  fraction of the training set the model learns from (a seeded subset), in (0, 1]
 
 any other entry (learning rate, weight decay, dropout, init std, a target image ...) is the task's business.
 
@@ -39,6 +39,10 @@ A chunk whose members are all past their epoch is skipped, so a population order
 `magep.zoo_recipes.sample_cnn_configs` orders it) does not pay the longest member's epoch for every member.
 Accelerators and sharded meshes vmap the whole population at once.
 
+Divergence. A model whose parameters hold a NaN or inf at a checkpoint is flagged there (``Checkpoint.diverged``,
+the ``diverged`` column of a zoo's metadata) and its metrics are NaN: argmax of NaN logits would otherwise
+report a plausible chance-level accuracy.
+
 Evaluation reads each model's own rows only (its training subset, or the whole test set), in chunks of
 ``eval_batch_size`` rows, models chunked as in training.
 """
@@ -54,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
+from common.checks import count
 from common.distributed import DATA_AXIS, batch_sharding, make_mesh, replicated
 from common.progress import progress_bar
 
@@ -98,12 +103,14 @@ class Checkpoint(NamedTuple):
       epoch: epochs completed (0 = initialisation).
       params: parameter pytree, leaves ``[P, ...]``.
       metrics: ``{"train_<name>": [P], "test_<name>": [P]}`` for every name of ``task.evaluate``; train
-        metrics are over each model's own training subset.
+        metrics are over each model's own training subset; NaN for a diverged model.
+      diverged: bool [P], True where a parameter is NaN or inf.
     """
 
     epoch: int
     params: Any
     metrics: dict[str, np.ndarray]
+    diverged: np.ndarray
 
 
 class _State(NamedTuple):
@@ -277,14 +284,34 @@ def _memberships(hp, n):
     return jax.vmap(lambda h: _membership(h, n))(hp)
 
 
-def _check_hparams(hparams: Mapping[str, Any]) -> int:
+def _check_hparams(hparams: Mapping[str, Any], n_optimizers: int) -> int:
+    """P, after checking the engine's entries of ``hparams`` model by model (ValueError naming the first bad one)."""
     missing = [k for k in REQUIRED_HPARAMS if k not in hparams]
     if missing:
         raise ValueError(f"hparams: missing {missing}; the engine needs {list(REQUIRED_HPARAMS)}")
     sizes = {k: np.shape(v)[0] if np.ndim(v) else None for k, v in hparams.items()}
     if len(set(sizes.values())) != 1 or None in sizes.values():
         raise ValueError(f"hparams: every entry needs the same leading population axis, got {sizes}")
+    checks = (("optimizer", lambda v: (v == np.round(v)) & (v >= 0) & (v < n_optimizers),
+               f"an integer index in 0..{n_optimizers - 1} (task.optimizers has {n_optimizers})"),
+              ("train_fraction", lambda v: (v > 0) & (v <= 1), "a fraction in (0, 1]"))
+    for name, ok, expected in checks:
+        values = np.asarray(hparams[name], np.float64)
+        bad = np.flatnonzero(~ok(values))
+        if bad.size:
+            raise ValueError(f"hparams[{name!r}] of model {bad[0]} is {np.asarray(hparams[name])[bad[0]].item()!r}; "
+                             f"expected {expected} "
+                             f"({bad.size} of {values.size} models are out of range)")
     return next(iter(sizes.values()))
+
+
+def _diverged(params: Any) -> np.ndarray:
+    """bool [P]: models with a NaN or inf parameter (params: numpy leaves [P, ...])."""
+    leaves = jax.tree.leaves(params)
+    finite = np.ones(leaves[0].shape[0], bool)
+    for leaf in leaves:
+        finite &= np.isfinite(leaf.reshape(leaf.shape[0], -1)).all(axis=1)
+    return ~finite
 
 
 def train_population(task: PopulationTask, hparams: Mapping[str, Any], train: Any, test: Any, *,
@@ -313,9 +340,17 @@ def train_population(task: PopulationTask, hparams: Mapping[str, Any], train: An
       desc: the bar's label.
 
     Returns:
-      The `Checkpoint` list in epoch order; parameters and metrics as numpy arrays ``[P, ...]``.
+      The `Checkpoint` list in epoch order; parameters and metrics as numpy arrays ``[P, ...]``; a diverged
+      model (a NaN/inf parameter) is flagged in ``diverged`` and has NaN metrics.
+    Raises:
+      ValueError: a missing or out-of-range hyperparameter (an ``optimizer`` index outside
+        ``task.optimizers``, a ``train_fraction`` outside (0, 1]), naming the first bad model; ``epochs`` < 0,
+        ``batch_size`` or ``eval_batch_size`` < 1.
     """
-    p = _check_hparams(hparams)
+    count("epochs", epochs, 0)
+    count("batch_size", batch_size)
+    count("eval_batch_size", eval_batch_size)
+    p = _check_hparams(hparams, len(task.optimizers))
     marks = sorted({int(e) for e in checkpoint_epochs} | {int(epochs)})
     if marks[0] < 0 or marks[-1] > epochs:
         raise ValueError(f"checkpoint_epochs must lie in 0..{epochs}, got {list(checkpoint_epochs)}")
@@ -348,5 +383,8 @@ def train_population(task: PopulationTask, hparams: Mapping[str, Any], train: An
                            for k, v in _evaluate(task, eval_batch_size, chunk_size, state.params, hp, data,
                                                       weight).items()}
                 trim = lambda a: np.asarray(a)[:p]
-                out.append(Checkpoint(mark, jax.tree.map(trim, state.params), jax.tree.map(trim, metrics)))
+                params = jax.tree.map(trim, state.params)
+                diverged = _diverged(params)
+                metrics = {k: np.where(diverged, np.nan, trim(v)) for k, v in metrics.items()}
+                out.append(Checkpoint(mark, params, metrics, diverged))
     return out

@@ -1,6 +1,7 @@
 """Model-zoo folders: sharded weights + one metadata row per checkpoint, resumable generation, loaders, splits.
 
-Folder layout (every file written atomically: temp file + ``os.replace``)::
+Folder layout (every file written atomically: temp file + ``os.replace``, with the usual ``0666 & ~umask``
+permissions)::
 
     DIR/layout.json             kind, the flat layout of one model's parameters (leaf name, shape, offset),
                                 and the generation settings (a resumed run must use the same ones)
@@ -11,32 +12,48 @@ Folder layout (every file written atomically: temp file + ``os.replace``)::
                                 hyperparameters, metrics (rebuilt after every shard)
 
 Generation (`generate_zoo`) trains the missing shards in order; killed at any moment, a rerun trains exactly
-the shards whose file is absent, so no model is lost or duplicated.
+the shards whose file is absent, so no model is lost or duplicated. One writer at a time: a generation holds
+an exclusive ``fcntl.flock`` on ``DIR/.lock`` (released by the OS when the process ends, even on SIGKILL), and a
+second writer on the same folder stops with `ZooLockedError`. A shard file that cannot be read (truncated or
+damaged) is moved to ``DIR/shards_corrupt/`` with a warning naming it, and trained again.
 
 Family-specific readers live with their family (`magep.small_cnn_zoo` reads the original Small CNN Zoo
 release); this module knows nothing of a model family.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
-import tempfile
+import secrets
+import shutil
+import warnings
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
+from common.checks import count
+from common.data.files import CorruptDataError
 from common.progress import progress_bar
 from common.weight_space import WeightSpace
 
-__all__ = ["atomic_write", "leaf_layout", "flatten_params", "unflatten_params", "checkpoint_rows", "generate_zoo",
+__all__ = ["ZooLockedError", "atomic_write", "leaf_layout", "flatten_params", "unflatten_params", "checkpoint_rows", "generate_zoo",
            "load_zoo", "split_models", "select_rows", "select_split", "select_weights", "load_weight_space_zoo",
            "describe"]
 
 LAYOUT_FILE, METADATA_FILE, SHARD_DIR = "layout.json", "metadata.csv", "shards"
+LOCK_FILE, CORRUPT_DIR = ".lock", "shards_corrupt"
+
+
+class ZooLockedError(RuntimeError):
+    """Another process is writing the same zoo folder."""
 
 
 # ----------------------------------------------------------------------------------------- flat layout
@@ -75,30 +92,43 @@ def checkpoint_rows(configs: Sequence[Mapping[str, Any]], checkpoints: Iterable[
 
     Args:
       configs: one metadata dict per model (must hold ``model_id``).
-      checkpoints: `common.population.Checkpoint`-like objects (``epoch``, ``params`` [P, ...], ``metrics``).
+      checkpoints: `common.population.Checkpoint`-like objects (``epoch``, ``params`` [P, ...], ``metrics``,
+        ``diverged`` bool [P]).
     Returns:
-      ``(weights float32 [R, D], rows)`` with ``rows[r] = {**config, "epoch": e, **metrics}``.
+      ``(weights float32 [R, D], rows)`` with ``rows[r] = {**config, "epoch": e, "diverged": bool, **metrics}``
+      (a diverged model's metrics are NaN).
     """
     weights, rows = [], []
     for ckpt in checkpoints:
         weights.append(flatten_params(ckpt.params))
         for m, config in enumerate(configs):
-            rows.append({**config, "epoch": int(ckpt.epoch),
+            rows.append({**config, "epoch": int(ckpt.epoch), "diverged": bool(ckpt.diverged[m]),
                          **{k: float(v[m]) for k, v in ckpt.metrics.items()}})
     return np.concatenate(weights, axis=0), rows
 
 
 # ----------------------------------------------------------------------------------- atomic writing
 def atomic_write(path: str, write: Callable[[io.IOBase], None], mode: str = "wb") -> None:
-    """Write ``path`` via ``write(file)`` into a temp file in the same folder, fsync, then ``os.replace``."""
+    """Write ``path`` via ``write(file)`` into a temp file in the same folder, fsync, then ``os.replace``.
+
+    The file gets the permissions of a plain ``open``: ``0666`` less the process umask.
+
+    Raises:
+      OSError: the write failed (a full disk, a file-size limit); the message names ``path``, ``path`` is
+        untouched and the temp file removed.
+    """
     folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
+    tmp = os.path.join(folder, f".tmp_{secrets.token_hex(6)}_{os.path.basename(path)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": "", "encoding": "utf-8"})) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        os.unlink(tmp)
+        raise OSError(err.errno, f"could not write {path}: {err.strerror or err}") from err
     except BaseException:
         os.unlink(tmp)
         raise
@@ -115,15 +145,71 @@ def _shard_path(zoo_dir: str, index: int) -> str:
     return os.path.join(zoo_dir, SHARD_DIR, f"shard_{index:05d}.npz")
 
 
+@contextlib.contextmanager
+def _reading_shard(path: str):
+    """The errors of a truncated or damaged shard become a `CorruptDataError` naming the file."""
+    try:
+        yield
+    except (EOFError, OSError, zlib.error, zipfile.BadZipFile, KeyError, ValueError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise CorruptDataError(f"zoo shard {path} is truncated or damaged ({type(err).__name__}: {err}); "
+                               "rerunning the generation moves it aside and trains it again") from err
+
+
 def _read_shard(path: str) -> tuple[np.ndarray, list[dict]]:
-    with np.load(path) as z:
+    with _reading_shard(path), np.load(path) as z:
         return z["weights"], json.loads(str(z["rows"]))
 
 
 def _read_rows(path: str) -> list[dict]:
     """A shard's metadata rows without loading its weights."""
-    with np.load(path) as z:
+    with _reading_shard(path), np.load(path) as z:
         return json.loads(str(z["rows"]))
+
+
+@contextlib.contextmanager
+def _writer_lock(zoo_dir: str):
+    """Hold an exclusive ``flock`` on ``zoo_dir/.lock`` (holding the writer's pid) for the block.
+
+    Raises:
+      ZooLockedError: another process holds it."""
+    fd = os.open(os.path.join(zoo_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ZooLockedError(f"zoo_dir {zoo_dir} is being written by another process (pid {holder}); "
+                                 "wait for it to finish, or write another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _set_aside(zoo_dir: str, path: str, err: Exception) -> None:
+    """Move an unreadable shard to ``zoo_dir/shards_corrupt/`` (never overwriting) with a warning naming it."""
+    target = os.path.join(zoo_dir, CORRUPT_DIR, os.path.basename(path))
+    n = 0
+    while os.path.exists(target + (f".{n}" if n else "")):
+        n += 1
+    target += f".{n}" if n else ""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.move(path, target)
+    warnings.warn(f"{err} Moved to {target}; its models are trained again.", stacklevel=3)
+
+
+def _stored_rows(zoo_dir: str) -> dict[str, list[dict]]:
+    """``{shard path: rows}`` of the readable shards; unreadable ones are set aside (`_set_aside`)."""
+    stored = {}
+    for path in _shard_files(zoo_dir):
+        try:
+            stored[path] = _read_rows(path)
+        except CorruptDataError as err:
+            _set_aside(zoo_dir, path, err)
+    return stored
 
 
 def generate_zoo(zoo_dir: str, layout: Mapping[str, Any], configs: Sequence[Mapping[str, Any]], shard_size: int,
@@ -143,9 +229,21 @@ def generate_zoo(zoo_dir: str, layout: Mapping[str, Any], configs: Sequence[Mapp
     Returns:
       All metadata rows of the zoo.
     Raises:
-      ValueError: ``layout.json`` exists with other settings (use a fresh folder).
+      ValueError: ``layout.json`` exists with other settings (use a fresh folder); no configs; ``shard_size`` < 1.
+      ZooLockedError: another process is generating into ``zoo_dir``.
+    Warns:
+      A stored shard that cannot be read is named, moved to ``zoo_dir/shards_corrupt/`` and trained again.
     """
+    count("shard_size", shard_size)
+    if not configs:
+        raise ValueError(f"configs: no models to generate into {zoo_dir}")
     os.makedirs(os.path.join(zoo_dir, SHARD_DIR), exist_ok=True)
+    with _writer_lock(zoo_dir):
+        return _generate_locked(zoo_dir, layout, configs, shard_size, train_shard, progress)
+
+
+def _generate_locked(zoo_dir, layout, configs, shard_size, train_shard, progress) -> list[dict]:
+    """`generate_zoo` once the writer lock is held."""
     layout = json.loads(json.dumps(dict(layout)))
     layout_path = os.path.join(zoo_dir, LAYOUT_FILE)
     if os.path.exists(layout_path):
@@ -161,9 +259,9 @@ def generate_zoo(zoo_dir: str, layout: Mapping[str, Any], configs: Sequence[Mapp
         for name in os.listdir(folder):
             if name.startswith(".tmp_"):
                 os.unlink(os.path.join(folder, name))
+    stored = _stored_rows(zoo_dir)  # metadata only, not the weights; unreadable shards set aside
     n_shards = -(-len(configs) // shard_size)
     todo = [k for k in range(n_shards) if not os.path.exists(_shard_path(zoo_dir, k))]
-    stored = {path: _read_rows(path) for path in _shard_files(zoo_dir)}  # metadata only, not the weights
     for k in progress_bar(todo, desc="shards", enabled=progress):
         weights, rows = train_shard([dict(c) for c in configs[k * shard_size:(k + 1) * shard_size]])
         if len(rows) != weights.shape[0]:

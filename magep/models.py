@@ -38,11 +38,17 @@ OFFICIAL = {  # CNN-zoo configurations (docs/magep.md §9.1): channels, head wid
 VARIANTS = ("paper", "compact")  # of "hnp" / "np" (LinearBody)
 
 
-def check_activation(scaling: str, activation: str, model: str) -> None:
-    """Raise ValueError unless `activation` commutes with the scalings of `scaling` ("none": any name)."""
-    get_activation(activation)
-    if scaling not in ("positive", "sign", "none"):
+def check_scaling(scaling: str, model: str) -> None:
+    """Raise ValueError naming `model` unless `scaling` is "positive", "sign" or "none"."""
+    if not isinstance(scaling, str) or scaling not in ("positive", "sign", "none"):
         raise ValueError(f"{model}: scaling must be 'positive', 'sign' or 'none', got {scaling!r}")
+
+
+def check_activation(scaling: str, activation: str, model: str) -> None:
+    """Raise ValueError unless `scaling` is valid (checked first) and `activation` commutes with its scalings
+    ("none": any name)."""
+    check_scaling(scaling, model)
+    get_activation(activation)
     if scaling != "none" and activation not in GROUP_ACTIVATIONS[scaling]:
         raise ValueError(
             f"{model}: activation {activation!r} breaks the {scaling!r} group; use one of {GROUP_ACTIVATIONS[scaling]}"
@@ -211,6 +217,7 @@ class GeneralizationPredictor(nnx.Module):
         if variant not in VARIANTS:
             raise ValueError(f"GeneralizationPredictor: variant must be one of {VARIANTS}, got {variant!r}")
         check_spec(spec, "GeneralizationPredictor", 2)
+        check_scaling(scaling, "GeneralizationPredictor")
         activation = DEFAULT_ACTIVATION[scaling] if activation is None and scaling in DEFAULT_ACTIVATION else activation
         check_activation(scaling if nfn in ("magep", "monomial") else "none", activation, "GeneralizationPredictor")
         if nfn in ("magep", "monomial") and scaling == "none":

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from common import zoo_store
+from common.cli import non_negative_int, positive_float, positive_int
 from common.population import train_population
 from magep import zoo_recipes as recipes
 
@@ -110,20 +111,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="kind", required=True)
     cnn = sub.add_parser("cnn", help="Small CNN Zoo recipe")
     cnn.add_argument("--dataset", choices=recipes.CNN_DATASETS, required=True)
-    cnn.add_argument("--epochs", type=int, default=recipes.CNN_EPOCHS)
-    cnn.add_argument("--batch-size", type=int, default=recipes.CNN_BATCH_SIZE)
-    cnn.add_argument("--shard-size", type=int, default=64)
+    cnn.add_argument("--epochs", type=positive_int, default=recipes.CNN_EPOCHS)
+    cnn.add_argument("--batch-size", type=positive_int, default=recipes.CNN_BATCH_SIZE)
+    cnn.add_argument("--shard-size", type=positive_int, default=64)
     siren = sub.add_parser("siren", help="one SIREN per image")
     siren.add_argument("--dataset", choices=recipes.SIREN_DATASETS, required=True)
     siren.add_argument("--split", choices=("train", "test"), default="train")
-    siren.add_argument("--offset", type=int, default=0, help="index of the first image")
-    siren.add_argument("--epochs", type=int, default=recipes.SIREN_STEPS, help="full-grid Adam steps")
-    siren.add_argument("--lr", type=float, default=recipes.SIREN_LEARNING_RATE)
-    siren.add_argument("--shard-size", type=int, default=256)
+    siren.add_argument("--offset", type=non_negative_int, default=0, help="index of the first image")
+    siren.add_argument("--epochs", type=positive_int, default=recipes.SIREN_STEPS, help="full-grid Adam steps")
+    siren.add_argument("--lr", type=positive_float, default=recipes.SIREN_LEARNING_RATE)
+    siren.add_argument("--shard-size", type=positive_int, default=256)
     for p in (cnn, siren):
-        p.add_argument("--models", type=int, required=True)
+        p.add_argument("--models", type=positive_int, required=True)
         p.add_argument("--out", required=True)
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=non_negative_int, default=0)
         p.add_argument("--data-dir", default=None, help="data root (default $NFN_DATA_DIR)")
     args = parser.parse_args(argv)
     if args.kind == "cnn":

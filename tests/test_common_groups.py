@@ -167,3 +167,17 @@ def test_act_promotes_integer_weights_to_the_scales_dtype():
     assert np.abs(np.asarray(moved.weights[0])).max() > 0
     # floating weights keep their dtype
     assert groups.act(g, jax.tree.map(lambda a: a.astype(jnp.float32), ws)).weights[1].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("size, message", [(2, "images of 2x2 pixels are too small: conv layer 0 gets 2x2 inputs but has "
+                                                "a 3x3 kernel"),
+                                           (8, "images of 8x8 pixels are too small: conv layer 2 gets 1x1 inputs")])
+def test_cnn_rejects_images_smaller_than_a_kernel(size, message):
+    ws = random_weights(jax.random.PRNGKey(4), CNN_ZOO_SPEC, dtype=jnp.float32)
+    x = jnp.ones((2, size, size, 1), jnp.float32)
+    with pytest.raises(ValueError, match=message):  # was NaN: the pooled mean of an empty feature map
+        nets.cnn_apply(ws, x)
+    with pytest.raises(ValueError, match=message):  # shapes are static: checked while tracing too
+        jax.jit(nets.cnn_apply)(ws, x)
+    assert np.isfinite(nets.cnn_apply(ws, jnp.ones((2, 15, 15, 1), jnp.float32))).all()  # 15 -> 7 -> 3 -> 1: the smallest
+    assert nets.cnn_apply(ws, x, padding="SAME").shape == (2, 10)

@@ -217,3 +217,14 @@ def test_training_step_does_not_retrace(small_predictor):
         state, metrics = step(state, training.shard_batch(batch, mesh))
         losses.append(float(metrics["loss"]))
     assert int(state.step) == 3 and all(np.isfinite(losses))
+
+
+@pytest.mark.parametrize("build", [
+    lambda: GeneralizationPredictor(SPECS["cnn"], scaling="bogus", rngs=nnx.Rngs(0)),  # was: "activation ... got None"
+    lambda: GeneralizationPredictor(SPECS["cnn"], nfn="monomial", scaling="bogus", rngs=nnx.Rngs(0)),
+    lambda: GeneralizationPredictor(SPECS["cnn"], nfn="hnp", scaling="bogus", rngs=nnx.Rngs(0)),
+    lambda: INRClassifier(SPECS["siren"], 10, scaling="bogus", activation="bogus", rngs=nnx.Rngs(0)),
+])
+def test_invalid_scaling_is_reported_as_a_scaling_error(build):
+    with pytest.raises(ValueError, match="scaling must be 'positive', 'sign' or 'none', got 'bogus'"):
+        build()

@@ -44,6 +44,7 @@ import scipy.sparse
 
 from common import data as zoo_data
 from common import zoo_store
+from common.cli import non_negative_int, positive_int
 from common.population import PopulationTask, train_population
 from transformer_nfn import nets
 from transformer_nfn.weights import TransformerSpec, TransformerWeights
@@ -284,13 +285,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Command line entry point (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m transformer_nfn.zoo", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=sorted(DATASETS), required=True)
-    parser.add_argument("--models", type=int, required=True)
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--models", type=positive_int, required=True)
+    parser.add_argument("--epochs", type=positive_int, default=EPOCHS)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--shard-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0, help="grid sampling seed (the runs' own seed is 3)")
-    parser.add_argument("--train-limit", type=int, default=None, help="use the first n training rows")
-    parser.add_argument("--test-limit", type=int, default=None, help="use the first n test rows")
+    parser.add_argument("--shard-size", type=positive_int, default=64)
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="grid sampling seed (the runs' own seed is 3)")
+    parser.add_argument("--train-limit", type=positive_int, default=None, help="use the first n training rows")
+    parser.add_argument("--test-limit", type=positive_int, default=None, help="use the first n test rows")
     parser.add_argument("--data-dir", default=None, help="data root (default $NFN_DATA_DIR)")
     args = parser.parse_args(argv)
     rows = generate_transformer_zoo(args.out, args.dataset, args.models, epochs=args.epochs,
