@@ -251,38 +251,47 @@ def generalization(args: argparse.Namespace) -> dict:
     return result
 
 
+FULL = dict(datasets=["mnist", "fashion_mnist", "cifar10_gs"], models=1000, zoo_epochs=8, train_epochs=50, seeds=3,
+            augmentations=["none", "k1", "k2", "k3", "k4", "sign"])
+QUICK = dict(datasets=["digits"], models=96, zoo_epochs=3, train_epochs=4, seeds=1,
+             augmentations=["none", "k4", "sign"])  # the miniature: defaults of --quick (explicit options win)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.magep_experiments", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="experiment", required=True)
     g = sub.add_parser("generalization", help="CNN generalisation prediction (docs/magep.md §9.1)")
-    g.add_argument("--datasets", nargs="+", default=["mnist", "fashion_mnist", "cifar10_gs"],
-                   choices=("mnist", "fashion_mnist", "cifar10_gs", "digits"))
+    g.add_argument("--datasets", nargs="+", default=None, choices=("mnist", "fashion_mnist", "cifar10_gs", "digits"),
+                   help=f"default {FULL['datasets']} ({QUICK['datasets']} with --quick)")
     g.add_argument("--activations", nargs="+", default=["relu", "tanh"], choices=tuple(SCALING))
     g.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    g.add_argument("--augmentations", nargs="+", default=["none", "k1", "k2", "k3", "k4", "sign"],
-                   choices=("none", "k1", "k2", "k3", "k4", "sign"))
-    g.add_argument("--models", type=positive_int, default=1000, help="networks per dataset (both activations)")
-    g.add_argument("--zoo-epochs", type=positive_int, default=8, help="epochs of every zoo network")
+    g.add_argument("--augmentations", nargs="+", default=None, choices=("none", "k1", "k2", "k3", "k4", "sign"),
+                   help=f"default {FULL['augmentations']} ({QUICK['augmentations']} with --quick)")
+    g.add_argument("--models", type=positive_int, default=None,
+                   help=f"networks per dataset, both activations (default {FULL['models']}; "
+                        f"{QUICK['models']} with --quick)")
+    g.add_argument("--zoo-epochs", type=positive_int, default=None,
+                   help=f"epochs of every zoo network (default {FULL['zoo_epochs']}; "
+                        f"{QUICK['zoo_epochs']} with --quick)")
     g.add_argument("--shard-size", type=positive_int, default=64)
-    g.add_argument("--train-epochs", type=positive_int, default=50, help="predictor training epochs")
+    g.add_argument("--train-epochs", type=positive_int, default=None,
+                   help=f"predictor training epochs (default {FULL['train_epochs']}; "
+                        f"{QUICK['train_epochs']} with --quick)")
     g.add_argument("--batch-size", type=positive_int, default=8)
-    g.add_argument("--seeds", type=positive_int, default=3)
+    g.add_argument("--seeds", type=positive_int, default=None,
+                   help=f"seeds per cell (default {FULL['seeds']}; {QUICK['seeds']} with --quick)")
     g.add_argument("--quick", action="store_true", help="a miniature on digits (pipeline check, < 3 minutes)")
     g.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
     g.add_argument("--work", default=None, help="zoos and run folders (default <out>/magep_runs)")
     return p
 
 
-QUICK = dict(datasets=["digits"], models=96, zoo_epochs=3, train_epochs=4, seeds=1,
-             augmentations=["none", "k4", "sign"])
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     """Command line entry point (see the module docstring)."""
     args = parser().parse_args(argv)
     harness.enable_compilation_cache()
-    if args.quick:
-        for name, value in QUICK.items():
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
             setattr(args, name, value)
     return generalization(args)
 
