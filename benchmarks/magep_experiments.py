@@ -217,7 +217,8 @@ def generalization(args: argparse.Namespace) -> dict:
                                     seed=0, progress=not args.quick)
         final = [r for r in zoo_rows if int(r["epoch"]) == args.zoo_epochs]
         for activation in args.activations:
-            acc = np.asarray([r["test_accuracy"] for r in final if r["activation"] == activation])
+            acc = np.asarray([r["test_accuracy"] for r in final if r["activation"] == activation], np.float64)
+            acc = acc[np.isfinite(acc)]  # diverged networks carry NaN metrics and are left out
             if len(acc) < 10:
                 raise ValueError(f"zoo {dataset}: only {len(acc)} {activation} networks; raise --models")
             zoos[f"{dataset} {activation}"] = (

@@ -5,8 +5,8 @@ as `magep.GeneralizationPredictor` on features or `transformer_nfn.AccuracyPredi
 inputs are any pytree whose leaves have a leading row axis ``[R, ...]``. Training minimises the binary cross-entropy
 between ``sigmoid(logits)`` and the accuracies with `common.training.fit`; models are ranked by Kendall's tau, the
 metric of the accuracy-prediction papers, and with a validation split the returned model is the one with the best
-validation tau (the papers' early stopping), kept across a resumed run. `magep.train` and `transformer_nfn.train` add each family's zoo loading
-and input checks.
+validation tau (the papers' early stopping), kept across a resumed run. `magep.train` and `transformer_nfn.train`
+add each family's zoo loading and input checks.
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from jax.sharding import Mesh
 from common import checkpointing, training
 
 __all__ = ["random_batches", "bce_loss", "predict_logits", "fit_predictor", "kendall_tau"]
+
+CHUNK_ROWS = 128  # rows per compiled evaluation chunk (`predict_logits`, validation scoring)
 
 
 def _rows(inputs: Any, targets: Any, fn: str) -> int:
@@ -67,7 +69,7 @@ def bce_loss(model: nnx.Module, batch: dict, key: jax.Array) -> tuple[jax.Array,
     return optax.sigmoid_binary_cross_entropy(model.logits(batch["x"]), batch["y"]).mean(), {}
 
 
-def predict_logits(model: nnx.Module, inputs: Any, chunk_size: int = 128) -> np.ndarray:
+def predict_logits(model: nnx.Module, inputs: Any, chunk_size: int = CHUNK_ROWS) -> np.ndarray:
     """``model.logits`` on ``inputs`` (leaves ``[R, ...]``) in jitted chunks of ``chunk_size`` rows -> float32 [R]
     (every chunk zero-padded to ``chunk_size`` rows: one compiled program for any R)."""
     graphdef, state = nnx.split(model)
@@ -77,12 +79,11 @@ def predict_logits(model: nnx.Module, inputs: Any, chunk_size: int = 128) -> np.
 def _chunked_logits(graphdef: nnx.GraphDef, states: tuple, inputs: Any, chunk_size: int) -> np.ndarray:
     """Logits in chunks of ``chunk_size`` rows; the last chunk is zero-padded, so one program serves every chunk."""
     n = int(np.shape(jax.tree.leaves(inputs)[0])[0])
-    size = chunk_size
     out = []
-    for i in range(0, n, size):
-        rows = min(size, n - i)
-        chunk = jax.tree.map(lambda a: np.pad(np.asarray(a[i:i + rows]), [(0, size - rows)] + [(0, 0)] * (a.ndim - 1)),
-                             inputs)
+    for i in range(0, n, chunk_size):
+        rows = min(chunk_size, n - i)
+        pad = lambda a: np.pad(np.asarray(a[i:i + rows]), [(0, chunk_size - rows)] + [(0, 0)] * (a.ndim - 1))
+        chunk = jax.tree.map(pad, inputs)
         out.append(np.asarray(_jit_logits(graphdef, states, chunk))[:rows])
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0,), np.float32)
 
@@ -111,7 +112,7 @@ class _BestByValidation:
     def __call__(self, params: nnx.State, step: int | None = None) -> dict:
         # fit evaluates at multiples of eval_every; the last step is scored explicitly
         self.step = (self.step // self.eval_every + 1) * self.eval_every if step is None else step
-        logits = _chunked_logits(self.graphdef, (params,) + self.frozen, self.inputs, 128)
+        logits = _chunked_logits(self.graphdef, (params,) + self.frozen, self.inputs, CHUNK_ROWS)
         tau = kendall_tau(logits, self.targets) if np.ptp(logits) > 0 else 0.0
         tau = tau if np.isfinite(tau) else 0.0
         if tau > self.best["tau"]:
@@ -148,7 +149,8 @@ def fit_predictor(model: nnx.Module, inputs: Any, targets: Any, *, key: jax.Arra
     Raises:
       ValueError: row counts differ, or targets leave [0, 1].
     """
-    for name, values in (("targets", targets), ("validation accuracies", None if validation is None else validation[1])):
+    checked = (("targets", targets), ("validation accuracies", None if validation is None else validation[1]))
+    for name, values in checked:
         values = np.asarray([] if values is None else values)
         if values.size and not (np.all(values >= 0) and np.all(values <= 1)):
             raise ValueError(f"fit_predictor: {name} must lie in [0, 1] (accuracies); got range "
