@@ -5,7 +5,9 @@ is part of the state.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import warnings
 from typing import Any
@@ -28,10 +30,53 @@ def _to_savable(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.random.key_data(x) if is_typed_key(x) else x, tree)
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a file-size limit, no permission)."""
+
+
+def _write_error(manager: ocp.CheckpointManager, err: Exception) -> CheckpointWriteError:
+    """CheckpointWriteError naming the checkpoint folder, the cause (the OS error when there is one: orbax
+    reports it as a tensorstore ValueError whose message ends in ``os_error_code=N``) and how to resume."""
+    code = re.search(r"os_error_code='?(\d+)", str(err))
+    if isinstance(err, OSError) and err.errno:
+        reason = os.strerror(err.errno)
+    elif code:
+        reason = os.strerror(int(code.group(1)))
+    else:
+        reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
+    latest = manager.latest_step()
+    return CheckpointWriteError(
+        f"could not write a checkpoint in {manager.directory} ({reason}); the finished checkpoints are intact: "
+        f"once the cause is fixed, run again with the same run_dir to resume from "
+        f"{'step ' + str(latest) if latest is not None else 'the start'}")
+
+
 def save(manager: ocp.CheckpointManager, step: int, tree: Any) -> None:
     """Start saving pytree ``tree`` of ``jax.Array`` as checkpoint ``step`` (asynchronously: the
-    arrays are copied to host before returning, so they may be donated afterwards)."""
-    manager.save(step, args=ocp.args.StandardSave(_to_savable(tree)))
+    arrays are copied to host before returning, so they may be donated afterwards).
+
+    Raises CheckpointWriteError when this save or the previous one (whose failure, in orbax's background
+    thread, surfaces here) could not be written."""
+    try:
+        manager.save(step, args=ocp.args.StandardSave(_to_savable(tree)))
+    except Exception as err:
+        raise _write_error(manager, err) from err
+
+
+@contextlib.contextmanager
+def closing(manager: ocp.CheckpointManager):
+    """Context that waits for the pending saves of ``manager`` and closes it on exit. A failed background
+    save raises CheckpointWriteError; when the body raised, its exception is the one reported."""
+    try:
+        yield manager
+    except BaseException:
+        with contextlib.suppress(Exception):
+            manager.close()
+        raise
+    try:
+        manager.close()
+    except Exception as err:
+        raise _write_error(manager, err) from err
 
 
 CORRUPT_DIR = "checkpoints_corrupt"

@@ -108,6 +108,15 @@ def _load_history(path: str, upto: int) -> list[dict[str, float]]:
     return history
 
 
+def _append(path: str, line: str) -> None:
+    """Append ``line`` to the file ``path``; an OSError names the file (a write error alone does not)."""
+    try:
+        with open(path, "a") as f:
+            f.write(line)
+    except OSError as err:
+        raise OSError(err.errno, f"fit: could not append to {path}: {err.strerror}") from err
+
+
 def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
         batches: Callable[[int], Any], *, key: jax.Array, num_steps: int,
         run_dir: str | os.PathLike | None = None, checkpoint_every: int | None = None,
@@ -146,6 +155,12 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
       dict per logged step (``{"step": s, "loss": ..., ..., "eval/...": ...}``); on process 0 with
       a ``run_dir``, the lines of ``metrics.jsonl`` (including those of the runs it resumed), on
       other processes only this call's steps.
+
+    Raises:
+      ValueError for bad counts or a checkpoint past ``num_steps``; `common.checkpointing.CheckpointWriteError`
+      (an OSError) when a checkpoint cannot be written, e.g. on a full disk, naming the folder and the
+      cause (the finished checkpoints stay intact, so a rerun resumes); an OSError naming ``metrics.jsonl``
+      when a record cannot be appended.
     """
     checks.count("num_steps", num_steps, minimum=0)
     checks.count("log_every", log_every)
@@ -161,7 +176,7 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
         if jax.process_index() == 0:
             log_path = os.path.join(run_dir, "metrics.jsonl")
     train_step = make_train_step(loss_fn, optimizer, mesh)
-    with contextlib.nullcontext() if manager is None else manager:  # exit waits for pending saves
+    with contextlib.nullcontext() if manager is None else checkpointing.closing(manager):  # waits for saves
         if manager is not None:
             state = checkpointing.restore_latest(manager, state) or state
         start = int(state.step)
@@ -182,8 +197,7 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
                 history.append({"step": step, **record})
                 bar.set_postfix(record, refresh=False)
                 if log_path is not None:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(history[-1]) + "\n")
+                    _append(log_path, json.dumps(history[-1]) + "\n")
             if manager is not None and (step == num_steps
                                         or (checkpoint_every and step % checkpoint_every == 0)):
                 checkpointing.save(manager, step, state)

@@ -7,6 +7,10 @@ The suite is dominated by XLA compiles of small programs (each eager op or jitte
 compiles once per process). The cache is keyed by the compiled program, so the pytest-xdist workers and the
 subprocesses that tests start (which inherit these environment variables) reuse each other's compiles. It lives
 in a fresh temporary folder per run (set ``JAX_COMPILATION_CACHE_DIR`` to keep one across runs).
+
+Hypothesis (the fuzz tests, docs/input_policy.md): the default profile "ci" runs few examples, derandomised
+(the same examples every run) and without deadlines (first calls compile); ``HYPOTHESIS_PROFILE=long`` runs
+many more, randomised, for a nightly-style search.
 """
 import os
 import tempfile
@@ -18,5 +22,11 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="nfn_
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import jax  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
+
+_NO_DEADLINE = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=12, derandomize=True, database=None, print_blob=True, **_NO_DEADLINE)
+settings.register_profile("long", max_examples=500, **_NO_DEADLINE)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -74,7 +74,11 @@ def tree_costs(x: jax.Array, y: jax.Array, a: jax.Array, b: jax.Array, trees: Tr
     w = jnp.concatenate([a, -b], axis=0)
     origin = jax.lax.stop_gradient(jnp.mean(z, axis=0))  # any common origin gives the same values
     zc, src, theta = z - origin, trees.sources - origin, trees.directions
-    proj = jnp.einsum("nd,lkd->lkn", zc, theta) - jnp.einsum("lkd,lkd->lk", src, theta)[..., None]
+    proj = jnp.einsum("nd,lkd->lkn", zc, theta)
+    if splitting != "uniform":  # uniform: no line carries net mass, so its cost does not depend on where its
+        # source lies; coordinates from the common origin keep the data's precision (sources at distance 1
+        # would round data of size 1e-10 to one point)
+        proj = proj - jnp.einsum("lkd,lkd->lk", src, theta)[..., None]
     alpha = splitting_lib.line_weights(splitting, z, zc, src, proj, delta, trees)
     mass = alpha * w
     if trees.kind == "chain" and splitting != "uniform":
