@@ -44,6 +44,9 @@ class NetworkSpec:
                 f"NetworkSpec: {len(self.widths) - 1} layers from widths {self.widths} but "
                 f"{len(self.kernel_shapes)} kernel shapes {self.kernel_shapes}"
             )
+        if min(self.widths) < 1 or any(min(k, default=1) < 1 for k in self.kernel_shapes):
+            raise ValueError(f"NetworkSpec: widths and kernel sizes must be >= 1 (an empty layer is not a network); "
+                             f"got widths {self.widths}, kernel shapes {self.kernel_shapes}")
 
     @classmethod
     def mlp(cls, widths: Sequence[int]) -> "NetworkSpec":
@@ -141,6 +144,11 @@ class WeightSpace:
                 raise ValueError(
                     f"WeightSpace: weights[{i}] has shape {tuple(w.shape)} and biases[{i}] shape "
                     f"{tuple(b.shape)}: wrong rank, expected weights {expect} with the bias's batch axes"
+                )
+            if 0 in w.shape[out_axis:] or 0 in b.shape[out_axis:]:
+                raise ValueError(
+                    f"WeightSpace: weights[{i}] {tuple(w.shape)} and biases[{i}] {tuple(b.shape)} have an empty "
+                    "neuron, kernel or channel axis; every layer needs at least one of each (batch axes may be empty)"
                 )
             if w.shape[:out_axis] != b.shape[:out_axis]:
                 raise ValueError(

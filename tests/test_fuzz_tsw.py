@@ -9,6 +9,7 @@ support points and within the diameter bound. Under jit a non-finite input gives
 """
 import jax
 import numpy as np
+import pytest
 from hypothesis import example, given, strategies as st
 
 import tsw_sl
@@ -195,7 +196,7 @@ def test_max_sliced_distances_are_bounded_symmetric_discrepancies(measure, p, na
     _nan_under_jit(fn, x, y, a, b)
 
 
-@given(st.sampled_from(POWERS))
+@pytest.mark.parametrize("p", POWERS)
 def test_uniform_splitting_keeps_the_precision_of_tiny_data(p):
     """Found by the fuzzer. Before: line coordinates were measured from the tree sources, drawn in [-1, 1]^d
     whatever the data's size, so float32 rounded data of size 1e-10 to one point per line (tsw_sl gave 0, and
