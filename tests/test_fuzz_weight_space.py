@@ -12,12 +12,13 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 from hypothesis import given, strategies as st
 
 from common import NetworkSpec, WeightSpace, groups
-from magep import PolynomialInvariant
-from tests.fuzz_strategies import DTYPES, NONFINITE, Drawn, arrays, outcome
+from magep import PolynomialInvariant, normalize_scale
+from tests.fuzz_strategies import DTYPES, NONFINITE, Drawn, arrays, cast, outcome
 from tests.magep_fixtures import jitted
 from transformer_nfn import TransformerInvariant, TransformerSpec, TransformerWeights, invariant_apply
 from transformer_nfn import groups as transformer_groups
@@ -76,6 +77,19 @@ def test_weight_space_constructs_or_names_the_mismatch(structure):
     if not features:
         back = WeightSpace.from_features(ws.to_features(), spec)
         assert [w.shape for w in back.weights] == [w.shape for w in weights]
+
+
+def test_empty_layers_are_rejected_but_not_empty_batches():
+    """Found by the fuzzer. Before: a WeightSpace or NetworkSpec with a zero width was accepted, and failed later
+    with numpy's "cannot reshape array of size 0" (`to_features`) or gave empty or NaN features."""
+    with pytest.raises(ValueError, match=r"WeightSpace: weights\[0\] \(0, 2\) and biases\[0\] \(0,\) have an empty "
+                                         r"neuron, kernel or channel axis"):
+        WeightSpace((np.zeros((0, 2)),), (np.zeros(0),))
+    with pytest.raises(ValueError, match=r"WeightSpace: weights\[0\] \(1, 2, 0, 3\) .* empty"):
+        WeightSpace((np.zeros((1, 2, 0, 3)),), (np.zeros(1),))
+    with pytest.raises(ValueError, match=r"NetworkSpec: widths and kernel sizes must be >= 1 .*\(2, 0, 1\)"):
+        NetworkSpec.mlp((2, 0, 1))
+    assert WeightSpace((np.zeros((0, 3, 2)),), (np.zeros((0, 3)),)).batch_shape == (0,)  # no networks: fine
 
 
 # ---- the monomial group on raw weights --------------------------------------------------------------------------
@@ -179,6 +193,23 @@ def test_magep_normalised_invariant_layer_is_finite_and_invariant(drawn, seed, l
     rescaled = _relu_rescale(x32, 10.0 ** log_a)
     if _all_finite(rescaled) and all(np.all((np.abs(v) >= 1e-37) | (v == 0)) for v in jax.tree.leaves(rescaled)):
         np.testing.assert_allclose(np.asarray(layer(rescaled)), base, **tol, err_msg=f"ReLU rescaling by 1e{log_a}")
+
+
+@pytest.mark.parametrize("dtype, scale", [("float16", 1e-5), ("bfloat16", 1e-30), ("int32", 3.0)])
+def test_normalize_scale_computes_integers_and_half_precision_in_float32(dtype, scale):
+    """Found by the fuzzer. Before: float16 features of size 1e-5 gave NaN (exp(-log m) of the max scaling
+    overflowed float16), and integer features raised numpy's "data type int32 not inexact"."""
+    rng = np.random.default_rng(0)
+    L = MAGEP_SPEC.num_layers
+    shapes = [(MAGEP_SPEC.widths[i + 1], MAGEP_SPEC.widths[i], 1) for i in range(L)]
+    shapes += [(n, 1) for n in MAGEP_SPEC.widths[1:]]
+    given_leaves = [cast(rng.normal(size=s) * scale, dtype) for s in shapes]
+    got = normalize_scale(tuple(given_leaves[:L]), tuple(given_leaves[L:]))
+    want = normalize_scale(*(tuple(np.asarray(v, np.float32) for v in part)
+                             for part in (given_leaves[:L], given_leaves[L:])))
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert g.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(g)))
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6)
 
 
 # ---- Transformer-NFN invariant layer ---------------------------------------------------------------------------
