@@ -66,7 +66,7 @@ def invariant_log_scales(weights: tuple, biases: tuple) -> tuple[jax.Array, jax.
     return log_r, 0.5 * jnp.logaddexp(0.0, log_p2)
 
 
-def at_least_float32(x: jax.Array) -> jax.Array:
+def _at_least_float32(x: jax.Array) -> jax.Array:
     """x as float32 when it holds integers, bools, float16 or bfloat16; unchanged otherwise (same shape)."""
     x = jnp.asarray(x)
     if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits >= 32:
@@ -87,7 +87,7 @@ def normalize_scale(weights: tuple, biases: tuple) -> tuple[tuple, tuple]:
     Integer and half-precision inputs are computed and returned in float32 (in float16, exp(-log m) of the max
     scaling overflows for entries below 1.5e-5; docs/input_policy.md).
     """
-    weights, biases = (tuple(at_least_float32(v) for v in leaves) for leaves in (weights, biases))
+    weights, biases = (tuple(_at_least_float32(v) for v in leaves) for leaves in (weights, biases))
     log_r, log_s = invariant_log_scales(weights, biases)
     out_w = []
     for w in weights:
