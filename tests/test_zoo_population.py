@@ -77,12 +77,11 @@ def test_micro_batches_give_the_whole_batch_update(digits):
         c["dropout"] = 0.0
     task = recipes.cnn_task("relu")
     run = lambda micro: train_population(task._replace(micro_batch=micro), recipes.cnn_hparams(configs), *digits,
-                                         epochs=1, batch_size=BATCH, mesh=one_device, progress=False)[-1]
-    parts, whole = run(48), run(None)
+                                         epochs=1, batch_size=BATCH, checkpoint_epochs=[0, 1], mesh=one_device,
+                                         progress=False)
+    parts, (first, whole) = run(48)[-1], run(None)
     for a, b in zip(jax.tree.leaves(parts.params), jax.tree.leaves(whole.params)):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
-    first = train_population(task, recipes.cnn_hparams(configs), *digits, epochs=1, batch_size=BATCH,
-                             checkpoint_epochs=[0], mesh=one_device, progress=False)[0]
     moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(parts.params), jax.tree.leaves(first.params))]
     assert max(moved) > 1e-3  # the comparison above is between trained networks
 
