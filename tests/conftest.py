@@ -27,6 +27,6 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 jax.config.update("jax_num_cpu_devices", 4)
 
 _NO_DEADLINE = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("ci", max_examples=12, derandomize=True, database=None, print_blob=True, **_NO_DEADLINE)
+settings.register_profile("ci", max_examples=6, derandomize=True, database=None, print_blob=True, **_NO_DEADLINE)
 settings.register_profile("long", max_examples=500, **_NO_DEADLINE)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
