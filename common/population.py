@@ -18,7 +18,7 @@ the state of all of them, all are updated, and ``lax.select_n`` picks the model'
 backward passes, so one mixed population (one compilation, one vmapped group) beats one group per family.
 
 Epochs. Model m with n_m training examples does ceil(n_m / batch_size) steps per epoch over a fresh seeded
-shuffle of its subset (last batch partial, as Keras and PyTorch do). The population steps in lockstep for the
+shuffle of its subset (its subset in data order if ``task.shuffle`` is False) (last batch partial, as Keras and PyTorch do). The population steps in lockstep for the
 longest epoch; a model whose epoch is over is frozen (no parameter, optimizer-state or step-count change).
 
 Random numbers are drawn with ``jax.threefry_partitionable(False)``: under `jax.vmap` over per-model keys the
@@ -86,6 +86,9 @@ class PopulationTask(NamedTuple):
         over micro-batches of this many rows (the batch padded with invalid rows to a multiple), micro-batch j
         getting the key ``fold_in(step_key, j)``: the same update up to float rounding and dropout draws, with
         a working set that stays in a CPU core's cache (see "Micro-batches" above).
+      shuffle: draw a fresh seeded order of the model's subset every epoch (True), or visit it in data order
+        every epoch (False: no per-epoch draw and sort; for full-batch tasks whose loss is a mean over the
+        rows and draws no randomness from their order, e.g. SIREN fits, where it changes only float rounding).
     """
 
     init: Callable[[jax.Array, Mapping[str, jax.Array]], Any]
@@ -94,6 +97,7 @@ class PopulationTask(NamedTuple):
     learning_rate: Callable[[Mapping[str, jax.Array], jax.Array], jax.Array]
     optimizers: tuple[optax.GradientTransformation, ...]
     micro_batch: int | None = None
+    shuffle: bool = True
 
 
 class Checkpoint(NamedTuple):
@@ -222,13 +226,16 @@ def _run_epochs(task, batch_size, mesh, chunk_size, state, hp, member, train, st
     else:
         step_fn = lambda carried, *a: _in_chunks(model_step, chunk_size, carried, *a)
 
-    def epoch(e, state):
-        def order(hp_m, member_m):
-            noise = jax.random.uniform(jax.random.fold_in(_model_key(hp_m, _SHUFFLE), e), (n,))
-            perm = jnp.argsort(noise + jnp.where(member_m, 0.0, 2.0))  # subset first, shuffled
-            return jnp.pad(perm, (0, padded - n))
+    def order(e, hp_m, member_m):
+        rank = jnp.where(member_m, 0.0, 2.0)  # subset first
+        if task.shuffle:
+            rank = rank + jax.random.uniform(jax.random.fold_in(_model_key(hp_m, _SHUFFLE), e), (n,))
+        return jnp.pad(jnp.argsort(rank, stable=True), (0, padded - n))
 
-        orders = jax.vmap(order)(hp, member)
+    data_order = None if task.shuffle else jax.vmap(lambda h, m: order(0, h, m))(hp, member)
+
+    def epoch(e, state):
+        orders = jax.vmap(lambda h, m: order(e, h, m))(hp, member) if task.shuffle else data_order
 
         def step(t, state):
             rows = jax.lax.dynamic_slice_in_dim(orders, t * batch_size, batch_size, axis=1)  # [P, B]

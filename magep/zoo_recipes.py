@@ -242,7 +242,8 @@ def init_siren(key: jax.Array, hp: dict, out_channels: int) -> WeightSpace:
 @functools.cache
 def siren_task(out_channels: int) -> PopulationTask:
     """Per-image SIREN fitting: ``hp["image"]`` [H*W, c] is the model's target; batches are
-    ``{"coords": [B, 2], "pixel": [B]}`` rows of the grid; metric ``mse`` per pixel (mean over channels)."""
+    ``{"coords": [B, 2], "pixel": [B]}`` rows of the grid; metric ``mse`` per pixel (mean over channels).
+    Full-grid steps in grid order (``shuffle=False``: the loss is a mean over pixels, so order is rounding)."""
 
     def mse(ws, hp, batch):
         pred = siren_apply(ws, batch["coords"], w0=SIREN_W0)
@@ -251,7 +252,7 @@ def siren_task(out_channels: int) -> PopulationTask:
     return PopulationTask(lambda key, hp: init_siren(key, hp, out_channels),
                           lambda ws, hp, batch, key: (mse(ws, hp, batch), jnp.zeros(())),
                           lambda ws, hp, batch: {"mse": mse(ws, hp, batch)},
-                          lambda hp, epoch: hp["learning_rate"], (optax.scale_by_adam(),))
+                          lambda hp, epoch: hp["learning_rate"], (optax.scale_by_adam(),), shuffle=False)
 
 
 def psnr(mse: np.ndarray) -> np.ndarray:
