@@ -18,8 +18,9 @@ the state of all of them, all are updated, and ``lax.select_n`` picks the model'
 backward passes, so one mixed population (one compilation, one vmapped group) beats one group per family.
 
 Epochs. Model m with n_m training examples does ceil(n_m / batch_size) steps per epoch over a fresh seeded
-shuffle of its subset (its subset in data order if ``task.shuffle`` is False) (last batch partial, as Keras and PyTorch do). The population steps in lockstep for the
-longest epoch; a model whose epoch is over is frozen (no parameter, optimizer-state or step-count change).
+shuffle of its subset (in data order if ``task.shuffle`` is False; last batch partial, as Keras and PyTorch
+do). The population steps in lockstep for the longest epoch; a model whose epoch is over is frozen (no
+parameter, optimizer-state or step-count change).
 
 Random numbers are drawn with ``jax.threefry_partitionable(False)``: under `jax.vmap` over per-model keys the
 partitionable Threefry compiles about 20x slower on CPU, and the population axis is what gets sharded anyway.
