@@ -50,14 +50,25 @@ def mlp_apply(ws: WeightSpace, x: jax.Array, activation: str | Callable = "relu"
     return _dense_apply(ws, x, get_activation(activation), "mlp_apply", "x")
 
 
-def _dense_apply(ws: WeightSpace, x: jax.Array, s: Callable[[jax.Array], jax.Array], fn: str, x_name: str
-                 ) -> jax.Array:
-    """`mlp_apply` with activation function s; errors name the public function `fn` and its input `x_name`."""
+def _dense_apply(ws: WeightSpace, x: jax.Array, s: Callable[[jax.Array], jax.Array], fn: str, x_name: str,
+                 features_major: bool = False) -> jax.Array:
+    """`mlp_apply` with activation function s; errors name the public function `fn` and its input `x_name`.
+
+    ``features_major``: compute with activations laid out [n_i, rows] (``W @ h``) instead of [rows, n_i]: the
+    same function up to float rounding; for narrow layers over many rows (a SIREN's 32 units over a pixel grid)
+    the weight gradients then contract over the contiguous axis, which ran about 3x faster on CPU."""
     _require_raw(ws, fn)
     if ws.weights[0].ndim != 2:
         raise ValueError(f"{fn}: weights[0] has shape {tuple(ws.weights[0].shape)}; expected one dense network [n_1, n_0]")
     if x.shape[-1] != ws.weights[0].shape[1]:
         raise ValueError(f"{fn}: {x_name} has shape {tuple(x.shape)} but the network takes n_0 = {ws.weights[0].shape[1]} inputs")
+    if features_major:
+        h = x.reshape(-1, x.shape[-1]).T
+        for i, (w, b) in enumerate(zip(ws.weights, ws.biases)):
+            h = w @ h + b[:, None]
+            if i < ws.num_layers - 1:
+                h = s(h)
+        return h.T.reshape(x.shape[:-1] + h.shape[:1])
     h = x
     for i, (w, b) in enumerate(zip(ws.weights, ws.biases)):
         h = h @ w.T + b
@@ -190,7 +201,8 @@ def siren_apply(ws: WeightSpace, coords: jax.Array, w0: float = 30.0) -> jax.Arr
     """SIREN: h <- sin(w0 (W h + b)) on every layer but the last, which is linear.
 
     The sine is `common.sine.sin` (float32: vectorised polynomial, within two ulp of 1 of ``jnp.sin`` and
-    about 14x faster on CPU; other dtypes: ``jnp.sin``).
+    about 14x faster on CPU; other dtypes: ``jnp.sin``); activations are laid out [units, points] (`W @ h`),
+    whose weight gradients ran about 3x faster on CPU than the [points, units] layout's.
 
     Args:
       ws: one SIREN, e.g. widths 2 -> 32 -> 32 -> c.
@@ -199,4 +211,5 @@ def siren_apply(ws: WeightSpace, coords: jax.Array, w0: float = 30.0) -> jax.Arr
     Returns:
       [..., n_L] predicted values.
     """
-    return _dense_apply(ws, coords, lambda z: sin(w0 * z), "siren_apply", "coords")
+    return _dense_apply(ws, coords, lambda z: sin(w0 * z), "siren_apply", "coords",
+                        features_major=True)

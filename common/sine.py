@@ -34,14 +34,14 @@ def sin_cos(x: jax.Array) -> tuple[jax.Array, jax.Array]:
         return jnp.sin(x), jnp.cos(x)
     ax = jnp.abs(x)
     j = jnp.floor(ax * _FOUR_OVER_PI)
-    j = j + jnp.mod(j, 2.0)  # even octant index: r lies in [-pi/4, pi/4]
+    j = j + (j - 2.0 * jnp.floor(0.5 * j))  # even octant index (j >= 0: floor, not jnp.mod's sign fixes)
     r = ((ax - j * _PI4_A) - j * _PI4_B) - j * _PI4_C
     z = r * r
     s1, s2, s3 = _SIN_COEFFS
     c1, c2, c3 = _COS_COEFFS
     poly_sin = ((s1 * z + s2) * z + s3) * z * r + r
     poly_cos = ((c1 * z + c2) * z + c3) * z * z - 0.5 * z + 1.0
-    octant = jnp.mod(j, 8.0)  # 0, 2, 4 or 6: x = octant * pi / 4 + r (mod 2 pi)
+    octant = j - 8.0 * jnp.floor(0.125 * j)  # 0, 2, 4 or 6: x = octant * pi / 4 + r (mod 2 pi)
     swap = (octant == 2.0) | (octant == 6.0)
     sin_sign = jnp.where(octant >= 4.0, -1.0, 1.0) * jnp.where(x < 0, -1.0, 1.0)
     cos_sign = jnp.where((octant == 2.0) | (octant == 4.0), -1.0, 1.0)
