@@ -113,12 +113,20 @@ def _conv_patches(h: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     """VALID convolution as patch extraction + one matmul: h [B, H, W, C], w [O, C, kh, kw] -> [B, H', W', O].
 
     Patches are laid out (kh, kw, C) on the last axis, each shifted view written as one contiguous block of C
-    (a (C, kh * kw) layout interleaves the views and ran about 1.5x slower on CPU)."""
+    (a (C, kh * kw) layout interleaves the views and ran about 1.5x slower on CPU). The views are unit-stride
+    slices of the input's stride x stride phases (space-to-depth: h split by row and column parity for stride
+    2): the same patches as strided slices of h, but their gradient is a few plain pads instead of interior
+    (strided) pads, about 10% of a Small-CNN-Zoo training step faster on CPU."""
     kh, kw = w.shape[2:]
     ho, wo = (h.shape[1] - kh) // stride + 1, (h.shape[2] - kw) // stride + 1
-    patches = jnp.concatenate([h[:, u:u + stride * (ho - 1) + 1:stride, v:v + stride * (wo - 1) + 1:stride, :]
-                               for u in range(kh) for v in range(kw)], axis=-1)  # [B, H', W', kh * kw * C]
-    return patches @ w.transpose(2, 3, 1, 0).reshape(kh * kw * w.shape[1], w.shape[0])
+    hp, wp = -(-h.shape[1] // stride) * stride, -(-h.shape[2] // stride) * stride
+    h = jnp.pad(h, ((0, 0), (0, hp - h.shape[1]), (0, wp - h.shape[2]), (0, 0)))
+    b, c = h.shape[0], h.shape[3]
+    phases = h.reshape(b, hp // stride, stride, wp // stride, stride, c).transpose(2, 4, 0, 1, 3, 5)
+    views = [phases[u % stride, v % stride, :, u // stride:u // stride + ho, v // stride:v // stride + wo, :]
+             for u in range(kh) for v in range(kw)]
+    patches = jnp.concatenate(views, axis=-1)  # [B, H', W', kh * kw * C]
+    return patches @ w.transpose(2, 3, 1, 0).reshape(kh * kw * c, w.shape[0])
 
 
 def cnn_apply(

@@ -135,37 +135,38 @@ def _membership(hp, n: int) -> jax.Array:
     return rank < n_m
 
 
-def _gradient(task, params, hp, batch, valid, key):
-    """Gradient of (mean loss over the valid rows + penalty), accumulated over ``task.micro_batch`` rows at a time."""
-    rows = valid.shape[0]
-    micro = min(task.micro_batch or rows, rows)
-    parts = -(-rows // micro)
+def _gradient(task, params, hp, train, rows, valid, key):
+    """Gradient of (mean loss over the valid rows + penalty) on the training rows ``rows`` int [B], accumulated
+    over ``task.micro_batch`` rows at a time; each micro-batch is gathered from ``train`` inside its pass (no
+    whole-batch copy, no transpose of it under `jax.vmap`)."""
+    n_rows = valid.shape[0]
+    micro = min(task.micro_batch or n_rows, n_rows)
+    parts = -(-n_rows // micro)
     n_valid = jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
 
-    def objective(p, part, weight, part_key):
-        per_example, penalty = task.loss(p, hp, part, part_key)
+    def objective(p, part_rows, weight, part_key):
+        per_example, penalty = task.loss(p, hp, jax.tree.map(lambda a: a[part_rows], train), part_key)
         w = weight.astype(per_example.dtype)
         return jnp.sum(per_example * w) / n_valid.astype(per_example.dtype) + penalty / parts
 
     if parts == 1:
-        return jax.grad(objective)(params, batch, valid, key)
-    pad = parts * micro - rows
+        return jax.grad(objective)(params, rows, valid, key)
+    pad = parts * micro - n_rows
     split = lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape((parts, micro) + a.shape[1:])
 
     def accumulate(total, xs):
-        part, weight, j = xs
-        g = jax.grad(objective)(params, part, weight, jax.random.fold_in(key, j))
+        part_rows, weight, j = xs
+        g = jax.grad(objective)(params, part_rows, weight, jax.random.fold_in(key, j))
         return jax.tree.map(jnp.add, total, g), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    return jax.lax.scan(accumulate, zeros, (jax.tree.map(split, batch), split(valid), jnp.arange(parts)))[0]
+    return jax.lax.scan(accumulate, zeros, (split(rows), split(valid), jnp.arange(parts)))[0]
 
 
 def _model_step(task, batch_size, train, params, opt_states, count, hp, rows, valid, n_m):
     """One update of one model on the training rows ``rows`` int [B]; frozen when no row is valid."""
     key = jax.random.fold_in(_model_key(hp, _STEP), count)
-    batch = jax.tree.map(lambda a: a[rows], train)
-    grads = _gradient(task, params, hp, batch, valid, key)
+    grads = _gradient(task, params, hp, train, rows, valid, key)
     results = [opt.update(grads, s, params) for opt, s in zip(task.optimizers, opt_states)]
     directions = [r[0] for r in results]
     direction = jax.tree.map(lambda *d: jax.lax.select_n(hp["optimizer"], *d), *directions)
