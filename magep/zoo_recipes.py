@@ -21,6 +21,9 @@ SIREN zoo (Zhou et al.): one SIREN 2 -> 32 -> 32 -> c (w0 = 30) per image, pixel
 5e-5; init: first layer U(-1/n_in, 1/n_in), others U(-sqrt(6/n_in)/w0, sqrt(6/n_in)/w0), biases
 U(-1/sqrt(n_in), 1/sqrt(n_in)) (PyTorch's Linear default, which the SIREN reference keeps). Stored weights are
 the raw (W, b) of ``nets.siren_apply(ws, coords, w0=30)``; PSNR = 10 log10(2^2 / MSE) for the [-1, 1] range.
+Fits visit the grid in data order (``shuffle=False``), and ``siren_apply`` uses the vectorised
+`common.sine.sin` in a [units, pixels] layout: implementation choices for speed (docs/magep.md §10.2) that
+change results only by float rounding.
 """
 from __future__ import annotations
 
