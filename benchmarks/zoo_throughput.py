@@ -1,8 +1,9 @@
 """Zoo generation throughput: the population training step of MNIST-sized Small-CNN-Zoo networks, and SIREN fits.
 
-    python -m benchmarks.zoo_throughput [--dataset mnist] [--populations 8 32] [--chunks 1 8] [--steps 8]
-                                        [--activations relu tanh] [--siren-images 16] [--siren-steps 200]
-                                        [--out benchmarks/results] [--quick]
+    python -m benchmarks.zoo_throughput [--dataset mnist] [--populations 8 32] [--chunks 1 4] [--steps 8]
+                                        [--activations relu tanh] [--siren-images 64] [--siren-steps 200]
+                                        [--siren-chunks 1 4 16] [--no-components] [--out benchmarks/results]
+                                        [--quick]
 
 Population step. ``common.population.train_population`` with the recipe's task (`magep.zoo_recipes.cnn_task`:
 hyperparameters as sampled, train fraction 1 so every member does every step) on the first ``steps * batch``
@@ -15,10 +16,15 @@ FLOPs counted: 3 x the forward pass's multiply-adds x 2 (forward, gradient w.r.t
 the inputs; the last is not needed for the first layer, so the true count is about 7% lower), at the batch
 size: 0.358 GFLOP per model-step for 28 x 28 x 1 inputs at batch 512. GFLOP/s are set against the run's matmul
 calibration (``benchmarks.harness``). Components: one model's gradient at batch 512 (``harness.measure_jitted``),
-lax.conv against the patch matmul, Threefry against hashed dropout masks, whole batch against micro-batches.
+lax.conv against the patch matmul, Threefry against hashed dropout masks, whole batch against micro-batches of
+64, 128 and 256 rows; a ceiling: the conv layers' patch matmuls alone (forward, input and weight gradients at
+the layers' shapes, in micro-batches of 128), without patch extraction, activations, dropout or pooling.
 
 SIREN: the recipe's fits (Adam, lr 5e-5, full 28 x 28 grid) of the first MNIST test images, vmapped; fit-steps
 per second from the same two-call difference, FLOPs 3 x 2 x multiply-adds of the 2-32-32-1 network per pixel.
+Ceilings per fit-step: the fit's 2 x 784 x 64 sines and cosines alone, by ``jnp.sin`` (a scalar library call
+per entry on CPU) and by `common.sine.sin` (what ``siren_apply`` uses), and the bare vmapped fit (gradient +
+Adam in a `jax.lax.scan` over steps, no engine).
 ``--quick`` is a smoke run (tiny sizes). Writes ``zoo_throughput.json`` and ``zoo_throughput.md``.
 """
 from __future__ import annotations
