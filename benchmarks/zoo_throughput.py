@@ -201,8 +201,8 @@ def _siren_ceilings(images: int, pixels: int, out_channels: int, flops: float, p
     from common.sine import sin
     steps = 20
     z = jax.random.normal(jax.random.key(0), (images, sum(recipes.SIREN_WIDTHS[1:]), pixels)) * 10.0
-    sines = lambda f: lambda z: jax.lax.scan(lambda a, _: (jax.grad(lambda v: jnp.sum(f(v)))(a) + a, None),
-                                             z, None, length=steps)[0]
+    sines = lambda f: lambda z: jax.lax.scan(lambda a, _: (a + f(a) + jax.grad(lambda v: jnp.sum(f(v)))(a), None),
+                                             z, None, length=steps)[0]  # sin(a) and its derivative cos(a)
     coords = jnp.asarray(recipes.siren_grid(28, 28)) if pixels == 784 else jnp.zeros((pixels, 2))
     ws = jax.vmap(lambda k: recipes.init_siren(k, {}, out_channels))(jax.random.split(jax.random.key(1), images))
     target = jnp.zeros((images, pixels, out_channels))
