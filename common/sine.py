@@ -2,7 +2,7 @@
 
 XLA's CPU backend lowers ``jnp.sin`` / ``jnp.cos`` to one scalar library call per entry (about 15 ns each,
 against about 1 ns for ``jnp.exp``, measured in ``benchmarks/results/zoo_throughput.md``), which bounds a
-SIREN fit: its forward and backward passes take 2 x 64 sines or cosines per pixel against 2 x 1,120
+SIREN fit: its forward and backward passes take 64 sines and 64 cosines per pixel against 3 x 1,120
 multiply-adds. `sin` computes float32 sines with the Cephes ``sinf`` method instead (reduction to an octant
 by a three-part Cody-Waite split of pi / 4, then the Cephes minimax polynomials of sin and cos on
 [-pi / 4, pi / 4]), a few dozen elementwise operations that XLA fuses and vectorises; its derivative is the
