@@ -1,7 +1,8 @@
 """Sine as plain vectorisable XLA operations: SIREN layers on CPU without a scalar libm call per entry.
 
 XLA's CPU backend lowers ``jnp.sin`` / ``jnp.cos`` to one scalar library call per entry (about 15 ns each,
-against about 1 ns for ``jnp.exp``, measured in ``benchmarks/results/zoo_throughput.md``), which bounds a
+against about 1 ns for ``jnp.exp``; per SIREN fit-step in the ceiling rows of
+``benchmarks/results/zoo_throughput.md``), which bounds a
 SIREN fit: its forward and backward passes take 64 sines and 64 cosines per pixel against 3 x 1,120
 multiply-adds. `sin` computes float32 sines with the Cephes ``sinf`` method instead (reduction to an octant
 by a three-part Cody-Waite split of pi / 4, then the Cephes minimax polynomials of sin and cos on
