@@ -1,8 +1,9 @@
 """Zoo generation throughput: the population training step of MNIST-sized Small-CNN-Zoo networks, and SIREN fits.
 
-    python -m benchmarks.zoo_throughput [--dataset mnist] [--populations 8 32] [--chunks 1 8] [--steps 8]
-                                        [--activations relu tanh] [--siren-images 16] [--siren-steps 200]
-                                        [--out benchmarks/results] [--quick]
+    python -m benchmarks.zoo_throughput [--dataset mnist] [--populations 8 32] [--chunks 1 4] [--steps 8]
+                                        [--activations relu tanh] [--siren-images 64] [--siren-steps 200]
+                                        [--siren-chunks 1 4 16] [--no-components] [--out benchmarks/results]
+                                        [--quick]
 
 Population step. ``common.population.train_population`` with the recipe's task (`magep.zoo_recipes.cnn_task`:
 hyperparameters as sampled, train fraction 1 so every member does every step) on the first ``steps * batch``
@@ -15,10 +16,15 @@ FLOPs counted: 3 x the forward pass's multiply-adds x 2 (forward, gradient w.r.t
 the inputs; the last is not needed for the first layer, so the true count is about 7% lower), at the batch
 size: 0.358 GFLOP per model-step for 28 x 28 x 1 inputs at batch 512. GFLOP/s are set against the run's matmul
 calibration (``benchmarks.harness``). Components: one model's gradient at batch 512 (``harness.measure_jitted``),
-lax.conv against the patch matmul, Threefry against hashed dropout masks, whole batch against micro-batches.
+lax.conv against the patch matmul, Threefry against hashed dropout masks, whole batch against micro-batches of
+64, 128 and 256 rows; a ceiling: the conv layers' patch matmuls alone (forward, input and weight gradients at
+the layers' shapes, in micro-batches of 128), without patch extraction, activations, dropout or pooling.
 
 SIREN: the recipe's fits (Adam, lr 5e-5, full 28 x 28 grid) of the first MNIST test images, vmapped; fit-steps
 per second from the same two-call difference, FLOPs 3 x 2 x multiply-adds of the 2-32-32-1 network per pixel.
+Ceilings per fit-step: the fit's 2 x 784 x 64 sines and cosines alone, by ``jnp.sin`` (a scalar library call
+per entry on CPU) and by `common.sine.sin` (what ``siren_apply`` uses), and the bare vmapped fit (gradient +
+Adam in a `jax.lax.scan` over steps, no engine).
 ``--quick`` is a smoke run (tiny sizes). Writes ``zoo_throughput.json`` and ``zoo_throughput.md``.
 """
 from __future__ import annotations
@@ -40,7 +46,7 @@ from common.population import CPU_CHUNK, train_population
 from magep import zoo_recipes as recipes
 
 QUICK = dict(populations=[2], chunks=[1], steps=1, activations=["relu"], siren_images=2, siren_steps=2,
-             components=False)
+             siren_chunks=[1], components=False)
 EVAL_ROWS = 512
 
 
@@ -122,17 +128,45 @@ def components(batch_size: int, peak: float) -> list[dict]:
              ("patches, no dropout", "patches", None, batch_size),
              ("patches, Threefry dropout", "patches", jax.random.uniform, batch_size),
              ("patches, hashed dropout", "patches", hash_uniform, batch_size),
-             (f"patches, hashed dropout, micro-batches of {recipes.CNN_MICRO_BATCH}", "patches", hash_uniform,
-              recipes.CNN_MICRO_BATCH)]
+             *[(f"patches, hashed dropout, micro-batches of {m}", "patches", hash_uniform, m)
+               for m in (64, recipes.CNN_MICRO_BATCH, 256) if batch_size % m == 0]]
     rows = []
     for name, conv, uniform, micro in cases:
         m = harness.measure_jitted(gradient(conv, uniform, micro), ws, x, y, key, repeats=5)
-        rows.append({"case": name, "ms": 1e3 * m["median_s"], "compile_s": m["compile_s"], "cpu": m["cpu"],
-                     "gflops": flops / m["median_s"] / 1e9, "percent_of_peak": 100 * flops / m["median_s"] / 1e9 / peak})
+        rows.append(_component_row(name, m, flops, peak))
+    rows.append(_component_row(f"ceiling: the conv layers' patch matmuls alone (forward, dX, dW), micro-batches of "
+                               f"{recipes.CNN_MICRO_BATCH}", _conv_matmuls(batch_size, recipes.CNN_MICRO_BATCH),
+                               flops, peak))
     return rows
 
 
-def siren_benchmark(images: int, steps: int, chunks, peak: float) -> dict:
+def _component_row(name: str, m: dict, flops: float, peak: float) -> dict:
+    return {"case": name, "ms": 1e3 * m["median_s"], "compile_s": m["compile_s"], "cpu": m["cpu"],
+            "gflops": flops / m["median_s"] / 1e9, "percent_of_peak": 100 * flops / m["median_s"] / 1e9 / peak}
+
+
+def _conv_matmuls(batch_size: int, micro: int) -> dict:
+    """The three patch matmuls per conv layer of a step (forward [R, 9C] x [9C, O], input gradient, weight
+    gradient; none for the first layer's input) at the layers' shapes, in micro-batches: a practical ceiling
+    for the gradient (no patch extraction, activation, dropout or pooling)."""
+    shapes, (h, w) = [], (28, 28)
+    for c_in, c_out in zip(recipes.CNN_WIDTHS[:3], recipes.CNN_WIDTHS[1:4]):
+        h, w = (h - 3) // 2 + 1, (w - 3) // 2 + 1
+        shapes.append((micro * h * w, 9 * c_in, c_out))
+    keys = jax.random.split(jax.random.key(1), 3 * len(shapes))
+    args = [(jax.random.normal(k1, (r, k)), jax.random.normal(k2, (k, o)), jax.random.normal(k3, (r, o)))
+            for (r, k, o), k1, k2, k3 in zip(shapes, keys[0::3], keys[1::3], keys[2::3])]
+
+    def step(args):
+        def body(total, _):
+            for i, (p, wt, g) in enumerate(args):
+                total = total + jnp.sum(p @ wt) + jnp.sum(p.T @ g) + (jnp.sum(g @ wt.T) if i else 0.0)
+            return total, None
+        return jax.lax.scan(body, jnp.zeros(()), None, length=batch_size // micro)[0]
+    return harness.measure_jitted(step, args, repeats=5)
+
+
+def siren_benchmark(images: int, steps: int, chunks, peak: float, ceilings: bool = True) -> dict:
     """Fit-steps per second of recipe SIREN fits of MNIST test images (vmapped), GFLOP/s and final PSNR."""
     pixels, _ = recipes.siren_images("mnist", "test", images)
     h, w, c = pixels.shape[1:]
@@ -154,13 +188,47 @@ def siren_benchmark(images: int, steps: int, chunks, peak: float) -> dict:
     final = run(2)
     psnr = recipes.psnr(final["test_mse"])
     return {"images": images, "steps": steps, "flops_per_fit_step": flops, "rows": rows,
+            "ceilings": _siren_ceilings(images, h * w, c, flops, peak) if ceilings else [],
             "psnr_db_after_2x_steps": {"median": float(np.median(psnr)), "min": float(psnr.min()),
                                        "max": float(psnr.max())}}
 
 
+def _siren_ceilings(images: int, pixels: int, out_channels: int, flops: float, peak: float) -> list[dict]:
+    """Per fit-step: the sines and cosines of a fit-step alone (2 x pixels x 64: forward sines, backward
+    cosines), by ``jnp.sin`` and by `common.sine.sin` (the one SIREN layers use), and the whole vmapped
+    gradient + Adam step in a bare `jax.lax.scan` (no engine)."""
+    from common.nets import siren_apply
+    from common.sine import sin
+    steps = 20
+    z = jax.random.normal(jax.random.key(0), (images, sum(recipes.SIREN_WIDTHS[1:]), pixels)) * 10.0
+    sines = lambda f: lambda z: jax.lax.scan(lambda a, _: (a + f(a) + jax.grad(lambda v: jnp.sum(f(v)))(a), None),
+                                             z, None, length=steps)[0]  # sin(a) and its derivative cos(a)
+    coords = jnp.asarray(recipes.siren_grid(28, 28)) if pixels == 784 else jnp.zeros((pixels, 2))
+    ws = jax.vmap(lambda k: recipes.init_siren(k, {}, out_channels))(jax.random.split(jax.random.key(1), images))
+    target = jnp.zeros((images, pixels, out_channels))
+    adam = optax.scale_by_adam()
+
+    def fit(ws, target):
+        def step(carry, _):
+            w, state = carry
+            g = jax.vmap(jax.grad(lambda w, t: jnp.mean((siren_apply(w, coords) - t) ** 2)))(w, target)
+            d, state = jax.vmap(adam.update)(g, state, w)
+            return (jax.tree.map(lambda p, u: p - recipes.SIREN_LEARNING_RATE * u, w, d), state), None
+        return jax.lax.scan(step, (ws, jax.vmap(adam.init)(ws)), None, length=steps)[0][0]
+    cases = [("jnp.sin + cos alone", sines(jnp.sin), (z,)), ("common.sine.sin + cos alone", sines(sin), (z,)),
+             ("bare vmapped fit (gradient + Adam, lax.scan over steps)", fit, (ws, target))]
+    rows = []
+    for name, fn, args in cases:
+        m = harness.measure_jitted(fn, *args, repeats=3)
+        step_s = m["median_s"] / (steps * images)
+        rows.append({"case": name, "ms_per_fit_step": 1e3 * step_s, "cpu": m["cpu"],
+                     "percent_of_peak": 100 * flops / step_s / 1e9 / peak})
+    return rows
+
+
 def _markdown(result: dict) -> str:
     cnn, siren = result["cnn"], result["siren"]
-    cpus = [r.get("cpu") for r in cnn["population"] + cnn["components"] + siren["rows"]]
+    cpus = [r.get("cpu") for r in cnn["population"] + cnn["components"] + siren["rows"] + siren["ceilings"]]
     chunk = lambda c: "all" if c is None else str(c)
     lines = ["# Zoo generation throughput", "", *harness.run_markdown(result["run"]),
              f"Contention: {harness.contention_line(cpus)}", "",
@@ -186,6 +254,12 @@ def _markdown(result: dict) -> str:
                                       [[chunk(r["chunk_size"]), f"{r['ms_per_fit_step']:.2f}", f"{r['gflops']:.1f}",
                                         f"{r['percent_of_peak']:.0f}%", f"{r['compile_s']:.0f}"]
                                        for r in siren["rows"]])]
+    if siren["ceilings"]:
+        lines += ["", "Ceilings per fit-step (same FLOP count; a sine-only row's % is the rate the fit would reach "
+                  "if the sines and cosines were all it did):", "",
+                  *harness.markdown_table(["case", "ms / fit-step", "% of peak"],
+                                          [[r["case"], f"{r['ms_per_fit_step']:.3f}", f"{r['percent_of_peak']:.0f}%"]
+                                           for r in siren["ceilings"]])]
     return "\n".join(lines) + "\n"
 
 
@@ -202,9 +276,11 @@ def main(argv=None) -> None:
     parser.add_argument("--populations", type=positive_int, nargs="+", default=[8, 32])
     parser.add_argument("--chunks", type=_chunk, nargs="+", default=[1, CPU_CHUNK],
                         help="models vmapped together per step ('all': the whole population)")
-    parser.add_argument("--siren-images", type=positive_int, default=16)
+    parser.add_argument("--siren-images", type=positive_int, default=64)
+    parser.add_argument("--siren-chunks", type=_chunk, nargs="+", default=[1, CPU_CHUNK, 16])
     parser.add_argument("--siren-steps", type=positive_int, default=200)
-    parser.add_argument("--no-components", dest="components", action="store_false")
+    parser.add_argument("--no-components", dest="components", action="store_false",
+                        help="skip the component and ceiling rows")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     args = parser.parse_args(argv)
@@ -218,7 +294,8 @@ def main(argv=None) -> None:
            "components": components(args.batch_size, peak) if args.components else [],
            "population": population_step(args.dataset, args.activations, args.populations, args.chunks, args.steps,
                                          args.batch_size, peak)}
-    result = {"cnn": cnn, "siren": siren_benchmark(args.siren_images, args.siren_steps, args.chunks, peak)}
+    result = {"cnn": cnn, "siren": siren_benchmark(args.siren_images, args.siren_steps, args.siren_chunks, peak,
+                                                             args.components)}
     result["run"] = record.finish()
     markdown = _markdown(result)
     harness.write_results(args.out, "zoo_throughput", result, markdown)

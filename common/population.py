@@ -18,8 +18,9 @@ the state of all of them, all are updated, and ``lax.select_n`` picks the model'
 backward passes, so one mixed population (one compilation, one vmapped group) beats one group per family.
 
 Epochs. Model m with n_m training examples does ceil(n_m / batch_size) steps per epoch over a fresh seeded
-shuffle of its subset (last batch partial, as Keras and PyTorch do). The population steps in lockstep for the
-longest epoch; a model whose epoch is over is frozen (no parameter, optimizer-state or step-count change).
+shuffle of its subset (in data order if ``task.shuffle`` is False; last batch partial, as Keras and PyTorch
+do). The population steps in lockstep for the longest epoch; a model whose epoch is over is frozen (no
+parameter, optimizer-state or step-count change).
 
 Random numbers are drawn with ``jax.threefry_partitionable(False)``: under `jax.vmap` over per-model keys the
 partitionable Threefry compiles about 20x slower on CPU, and the population axis is what gets sharded anyway.
@@ -86,6 +87,9 @@ class PopulationTask(NamedTuple):
         over micro-batches of this many rows (the batch padded with invalid rows to a multiple), micro-batch j
         getting the key ``fold_in(step_key, j)``: the same update up to float rounding and dropout draws, with
         a working set that stays in a CPU core's cache (see "Micro-batches" above).
+      shuffle: draw a fresh seeded order of the model's subset every epoch (True), or visit it in data order
+        every epoch (False: no per-epoch draw and sort; for full-batch tasks whose loss is a mean over the
+        rows and draws no randomness from their order, e.g. SIREN fits, where it changes only float rounding).
     """
 
     init: Callable[[jax.Array, Mapping[str, jax.Array]], Any]
@@ -94,6 +98,7 @@ class PopulationTask(NamedTuple):
     learning_rate: Callable[[Mapping[str, jax.Array], jax.Array], jax.Array]
     optimizers: tuple[optax.GradientTransformation, ...]
     micro_batch: int | None = None
+    shuffle: bool = True
 
 
 class Checkpoint(NamedTuple):
@@ -130,37 +135,38 @@ def _membership(hp, n: int) -> jax.Array:
     return rank < n_m
 
 
-def _gradient(task, params, hp, batch, valid, key):
-    """Gradient of (mean loss over the valid rows + penalty), accumulated over ``task.micro_batch`` rows at a time."""
-    rows = valid.shape[0]
-    micro = min(task.micro_batch or rows, rows)
-    parts = -(-rows // micro)
+def _gradient(task, params, hp, train, rows, valid, key):
+    """Gradient of (mean loss over the valid rows + penalty) on the training rows ``rows`` int [B], accumulated
+    over ``task.micro_batch`` rows at a time; each micro-batch is gathered from ``train`` inside its pass (no
+    whole-batch copy, no transpose of it under `jax.vmap`)."""
+    n_rows = valid.shape[0]
+    micro = min(task.micro_batch or n_rows, n_rows)
+    parts = -(-n_rows // micro)
     n_valid = jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
 
-    def objective(p, part, weight, part_key):
-        per_example, penalty = task.loss(p, hp, part, part_key)
+    def objective(p, part_rows, weight, part_key):
+        per_example, penalty = task.loss(p, hp, jax.tree.map(lambda a: a[part_rows], train), part_key)
         w = weight.astype(per_example.dtype)
         return jnp.sum(per_example * w) / n_valid.astype(per_example.dtype) + penalty / parts
 
     if parts == 1:
-        return jax.grad(objective)(params, batch, valid, key)
-    pad = parts * micro - rows
+        return jax.grad(objective)(params, rows, valid, key)
+    pad = parts * micro - n_rows
     split = lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape((parts, micro) + a.shape[1:])
 
     def accumulate(total, xs):
-        part, weight, j = xs
-        g = jax.grad(objective)(params, part, weight, jax.random.fold_in(key, j))
+        part_rows, weight, j = xs
+        g = jax.grad(objective)(params, part_rows, weight, jax.random.fold_in(key, j))
         return jax.tree.map(jnp.add, total, g), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    return jax.lax.scan(accumulate, zeros, (jax.tree.map(split, batch), split(valid), jnp.arange(parts)))[0]
+    return jax.lax.scan(accumulate, zeros, (split(rows), split(valid), jnp.arange(parts)))[0]
 
 
 def _model_step(task, batch_size, train, params, opt_states, count, hp, rows, valid, n_m):
     """One update of one model on the training rows ``rows`` int [B]; frozen when no row is valid."""
     key = jax.random.fold_in(_model_key(hp, _STEP), count)
-    batch = jax.tree.map(lambda a: a[rows], train)
-    grads = _gradient(task, params, hp, batch, valid, key)
+    grads = _gradient(task, params, hp, train, rows, valid, key)
     results = [opt.update(grads, s, params) for opt, s in zip(task.optimizers, opt_states)]
     directions = [r[0] for r in results]
     direction = jax.tree.map(lambda *d: jax.lax.select_n(hp["optimizer"], *d), *directions)
@@ -222,13 +228,16 @@ def _run_epochs(task, batch_size, mesh, chunk_size, state, hp, member, train, st
     else:
         step_fn = lambda carried, *a: _in_chunks(model_step, chunk_size, carried, *a)
 
-    def epoch(e, state):
-        def order(hp_m, member_m):
-            noise = jax.random.uniform(jax.random.fold_in(_model_key(hp_m, _SHUFFLE), e), (n,))
-            perm = jnp.argsort(noise + jnp.where(member_m, 0.0, 2.0))  # subset first, shuffled
-            return jnp.pad(perm, (0, padded - n))
+    def order(e, hp_m, member_m):
+        rank = jnp.where(member_m, 0.0, 2.0)  # subset first
+        if task.shuffle:
+            rank = rank + jax.random.uniform(jax.random.fold_in(_model_key(hp_m, _SHUFFLE), e), (n,))
+        return jnp.pad(jnp.argsort(rank, stable=True), (0, padded - n))
 
-        orders = jax.vmap(order)(hp, member)
+    data_order = None if task.shuffle else jax.vmap(lambda h, m: order(0, h, m))(hp, member)
+
+    def epoch(e, state):
+        orders = jax.vmap(lambda h, m: order(e, h, m))(hp, member) if task.shuffle else data_order
 
         def step(t, state):
             rows = jax.lax.dynamic_slice_in_dim(orders, t * batch_size, batch_size, axis=1)  # [P, B]

@@ -21,6 +21,9 @@ SIREN zoo (Zhou et al.): one SIREN 2 -> 32 -> 32 -> c (w0 = 30) per image, pixel
 5e-5; init: first layer U(-1/n_in, 1/n_in), others U(-sqrt(6/n_in)/w0, sqrt(6/n_in)/w0), biases
 U(-1/sqrt(n_in), 1/sqrt(n_in)) (PyTorch's Linear default, which the SIREN reference keeps). Stored weights are
 the raw (W, b) of ``nets.siren_apply(ws, coords, w0=30)``; PSNR = 10 log10(2^2 / MSE) for the [-1, 1] range.
+Fits visit the grid in data order (``shuffle=False``), and ``siren_apply`` uses the vectorised
+`common.sine.sin` in a [units, pixels] layout: implementation choices for speed (docs/magep.md §10.2) that
+change results only by float rounding.
 """
 from __future__ import annotations
 
@@ -242,7 +245,8 @@ def init_siren(key: jax.Array, hp: dict, out_channels: int) -> WeightSpace:
 @functools.cache
 def siren_task(out_channels: int) -> PopulationTask:
     """Per-image SIREN fitting: ``hp["image"]`` [H*W, c] is the model's target; batches are
-    ``{"coords": [B, 2], "pixel": [B]}`` rows of the grid; metric ``mse`` per pixel (mean over channels)."""
+    ``{"coords": [B, 2], "pixel": [B]}`` rows of the grid; metric ``mse`` per pixel (mean over channels).
+    Full-grid steps in grid order (``shuffle=False``: the loss is a mean over pixels, so order is rounding)."""
 
     def mse(ws, hp, batch):
         pred = siren_apply(ws, batch["coords"], w0=SIREN_W0)
@@ -251,7 +255,7 @@ def siren_task(out_channels: int) -> PopulationTask:
     return PopulationTask(lambda key, hp: init_siren(key, hp, out_channels),
                           lambda ws, hp, batch, key: (mse(ws, hp, batch), jnp.zeros(())),
                           lambda ws, hp, batch: {"mse": mse(ws, hp, batch)},
-                          lambda hp, epoch: hp["learning_rate"], (optax.scale_by_adam(),))
+                          lambda hp, epoch: hp["learning_rate"], (optax.scale_by_adam(),), shuffle=False)
 
 
 def psnr(mse: np.ndarray) -> np.ndarray:

@@ -55,3 +55,19 @@ def test_siren_apply_errors_name_siren_apply_and_coords():
         siren_apply(ws, np.zeros((5, 3), np.float32))
     with pytest.raises(ValueError, match=r"siren_apply: `ws` holds NFN features"):
         siren_apply(ws.to_features(), np.zeros((5, 2), np.float32))
+
+
+def test_fits_in_data_order_equal_shuffled_fits_to_rounding():
+    """siren_task visits the grid in data order (shuffle=False): full-batch steps of a pixel mean, so the
+    engine's per-epoch shuffle would change only float rounding."""
+    from common.population import train_population
+    grid = {"coords": recipes.siren_grid(6, 6), "pixel": np.arange(36, dtype=np.int32)}
+    hp = {"seed": np.arange(2, dtype=np.int32), "optimizer": np.zeros(2, np.int32),
+          "train_fraction": np.ones(2, np.float32), "learning_rate": np.full(2, 1e-3, np.float32),
+          "image": np.random.default_rng(0).uniform(-1, 1, (2, 36, 1)).astype(np.float32)}
+    task = recipes.siren_task(1)
+    assert not task.shuffle
+    fit = lambda t: train_population(t, hp, grid, grid, epochs=10, batch_size=36, progress=False)[-1]
+    ordered, shuffled = fit(task), fit(task._replace(shuffle=True))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), ordered.params, shuffled.params)
+    assert ordered.metrics["test_mse"] == pytest.approx(shuffled.metrics["test_mse"], rel=1e-4)
