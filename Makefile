@@ -22,7 +22,7 @@ $(VENV)/.installed-%: setup.cfg pyproject.toml
 
 # The suite is compile-bound: one pytest worker per core (tests dealt one at a time, so neither worker idles at the end).
 test: $(VENV)/.installed-test
-	$(PY) -m pytest tests -q -n 2 --dist worksteal
+	$(PY) -m pytest tests -q -n 2 --dist worksteal --durations=25
 
 demo: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.demo
