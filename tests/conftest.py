@@ -30,3 +30,17 @@ _NO_DEADLINE = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, 
 settings.register_profile("ci", max_examples=6, derandomize=True, database=None, print_blob=True, **_NO_DEADLINE)
 settings.register_profile("long", max_examples=500, **_NO_DEADLINE)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Scheduling: pytest-xdist's worksteal deals each worker a contiguous share of the collection and steals from the
+# end of a queue, so the modules with the longest tests (measured with `make test`'s --durations) run first and the
+# run ends on short tests instead of one worker finishing a long test alone. Order within a module is kept (module
+# fixtures are set up once); modules not listed follow in their usual order.
+LONGEST_MODULES_FIRST = ("test_magep_experiments", "test_zoo_cnn", "test_zoo_population", "test_tsw_experiments",
+                         "test_magep_robustness", "test_readme", "test_tnfn_train", "test_tnfn_model",
+                         "test_magep_models", "test_zoo_transformer", "test_training", "test_checkpoint_faults",
+                         "test_common_groups", "test_magep_baselines")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
