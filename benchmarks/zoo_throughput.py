@@ -41,8 +41,9 @@ import optax
 from benchmarks import harness
 from common.cli import positive_int
 from common.distributed import make_mesh
-from common.nets import cnn_apply, hash_uniform
+from common.nets import cnn_apply, hash_uniform, siren_apply
 from common.population import CPU_CHUNK, train_population
+from common.sine import sin
 from magep import zoo_recipes as recipes
 
 QUICK = dict(populations=[2], chunks=[1], steps=1, activations=["relu"], siren_images=2, siren_steps=2,
@@ -197,8 +198,6 @@ def _siren_ceilings(images: int, pixels: int, out_channels: int, flops: float, p
     """Per fit-step: the sines and cosines of a fit-step alone (2 x pixels x 64: forward sines, backward
     cosines), by ``jnp.sin`` and by `common.sine.sin` (the one SIREN layers use), and the whole vmapped
     gradient + Adam step in a bare `jax.lax.scan` (no engine)."""
-    from common.nets import siren_apply
-    from common.sine import sin
     steps = 20
     z = jax.random.normal(jax.random.key(0), (images, sum(recipes.SIREN_WIDTHS[1:]), pixels)) * 10.0
     sines = lambda f: lambda z: jax.lax.scan(lambda a, _: (a + f(a) + jax.grad(lambda v: jnp.sum(f(v)))(a), None),

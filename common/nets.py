@@ -63,18 +63,14 @@ def _dense_apply(ws: WeightSpace, x: jax.Array, s: Callable[[jax.Array], jax.Arr
     if x.shape[-1] != ws.weights[0].shape[1]:
         raise ValueError(f"{fn}: {x_name} has shape {tuple(x.shape)} but the network takes n_0 = {ws.weights[0].shape[1]} inputs")
     if features_major:
-        h = x.reshape(-1, x.shape[-1]).T
-        for i, (w, b) in enumerate(zip(ws.weights, ws.biases)):
-            h = w @ h + b[:, None]
-            if i < ws.num_layers - 1:
-                h = s(h)
-        return h.T.reshape(x.shape[:-1] + h.shape[:1])
-    h = x
+        h, layer = x.reshape(-1, x.shape[-1]).T, lambda h, w, b: w @ h + b[:, None]
+    else:
+        h, layer = x, lambda h, w, b: h @ w.T + b
     for i, (w, b) in enumerate(zip(ws.weights, ws.biases)):
-        h = h @ w.T + b
+        h = layer(h, w, b)
         if i < ws.num_layers - 1:
             h = s(h)
-    return h
+    return h.T.reshape(x.shape[:-1] + h.shape[:1]) if features_major else h
 
 
 def _mix32(h: jax.Array) -> jax.Array:

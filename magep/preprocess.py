@@ -4,6 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from common import checks
 from magep.terms import suffix_products
 
 
@@ -66,14 +67,6 @@ def invariant_log_scales(weights: tuple, biases: tuple) -> tuple[jax.Array, jax.
     return log_r, 0.5 * jnp.logaddexp(0.0, log_p2)
 
 
-def _at_least_float32(x: jax.Array) -> jax.Array:
-    """x as float32 when it holds integers, bools, float16 or bfloat16; unchanged otherwise (same shape)."""
-    x = jnp.asarray(x)
-    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits >= 32:
-        return x
-    return x.astype(jnp.float32)
-
-
 def normalize_scale(weights: tuple, biases: tuple) -> tuple[tuple, tuple]:
     """Divide W^(l) by r and b^(l) by r^l s, per channel (r, s of `invariant_log_scales`).
 
@@ -87,7 +80,7 @@ def normalize_scale(weights: tuple, biases: tuple) -> tuple[tuple, tuple]:
     Integer and half-precision inputs are computed and returned in float32 (in float16, exp(-log m) of the max
     scaling overflows for entries below 1.5e-5; docs/input_policy.md).
     """
-    weights, biases = (tuple(_at_least_float32(v) for v in leaves) for leaves in (weights, biases))
+    weights, biases = (tuple(checks.at_least_float32(v, jnp.float32) for v in leaves) for leaves in (weights, biases))
     log_r, log_s = invariant_log_scales(weights, biases)
     out_w = []
     for w in weights:

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from common import checks
 from tsw_sl.splitting import SplittingMap
 from tsw_sl.trees import KINDS, TreeSystem, check_count
 
@@ -28,11 +29,7 @@ def _float(name: str, v: ArrayLike) -> jax.Array:
     v = jnp.asarray(v)
     if jnp.issubdtype(v.dtype, jnp.complexfloating):
         raise ValueError(f"{name} must be real; got dtype {v.dtype}")
-    if not jnp.issubdtype(v.dtype, jnp.floating):
-        v = v.astype(jnp.zeros(()).dtype)
-    elif jnp.finfo(v.dtype).bits < 32:
-        v = v.astype(jnp.float32)
-    return v
+    return checks.at_least_float32(v)
 
 
 def _finite(name: str, v: jax.Array) -> None:
