@@ -6,8 +6,10 @@ Per network: activation (relu / tanh: one population per activation), optimizer 
 Keras defaults: selected as data), learning rate log-U[5e-4, 5e-2], l2reg log-U[1e-8, 1e-2], dropout U[0, 0.7],
 kernel init (glorot uniform, he normal, orthogonal, random normal, truncated normal; the last two with
 init_std log-U[1e-3, 0.5]), zero biases, train fraction {0.1, 0.25, 0.5, 1}, batch 512. Ranges **unverified**
-(docs/magep.md §10.1). Data: MNIST and Fashion-MNIST (full splits); CIFAR-10 grayscale from the 10k test JPEGs split
-8k/2k stratified (seed 0; documented deviation); scikit-learn digits (1,797 8 x 8 images, split 1,437/360
+(docs/magep.md §10.1). Data: MNIST and Fashion-MNIST (full splits); CIFAR-10 grayscale from the official python
+release's 50k train / 10k test splits when the data root holds ``cifar10/cifar-10-python.tar.gz`` (``python -m
+common.data fetch cifar10``), else from the 10k test JPEGs split 8k/2k stratified (seed 0; documented deviation);
+scikit-learn digits (1,797 8 x 8 images, split 1,437/360
 stratified, seed 0, ink 0..16 mapped to [-1, 1] and upsampled 2x to 16 x 16 so three stride-2 VALID convs fit).
 
 Training and evaluation use `nets.cnn_apply(..., conv="patches")`: each conv as patch extraction + one matmul,
@@ -185,6 +187,11 @@ def cnn_dataset(name: str, data_dir=None) -> tuple[dict, dict, str]:
         scale = lambda x: x.astype(np.float32) / 127.5 - 1.0
         pack = lambda x, y: {"x": scale(x)[..., None], "y": y.astype(np.int32)}
         return pack(xtr, ytr), pack(xte, yte), "official train / test splits"
+    if name == "cifar10_gs" and zoo_data.cifar10_python_available(data_dir):
+        (xtr, ytr), (xte, yte) = (zoo_data.load_cifar10(split, data_dir, grayscale=True) for split in ("train", "test"))
+        pack = lambda x, y: {"x": x[..., None], "y": y.astype(np.int32)}
+        note = f"official CIFAR-10 python release: {len(ytr):,} train / {len(yte):,} test"
+        return pack(xtr, ytr), pack(xte, yte), note
     if name == "cifar10_gs":
         images, labels = zoo_data.load_cifar10_test(data_dir, grayscale=True)
         train, test = _stratified_split(labels, 200, seed=0)

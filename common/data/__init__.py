@@ -1,7 +1,8 @@
 """Data loaders returning numpy arrays; files are read from the data root (``data_dir=`` or ``$NFN_DATA_DIR``)
-and checked against its ``MANIFEST.tsv``. ``load_digits`` needs no data folder."""
+and checked against its ``MANIFEST.tsv``. ``load_digits`` needs no data folder. ``python -m common.data fetch
+NAME ...`` downloads the data sets with checksums (`common.data.fetch`)."""
 from .ag_news import AG_NEWS_CLASSES, load_ag_news, normalize_ag_news_text
-from .cifar import CIFAR10_CLASSES, cifar_grayscale, load_cifar10_test
+from .cifar import CIFAR10_CLASSES, cifar10_python_available, cifar_grayscale, load_cifar10, load_cifar10_test
 from .digits import load_digits
 from .files import DATA_DIR_ENV, ChecksumMismatchError, CorruptDataError, DataNotFoundError, data_file, data_root
 from .idx import load_fashion_mnist, load_mnist, read_idx
@@ -16,10 +17,12 @@ __all__ = [
     "ChecksumMismatchError",
     "CorruptDataError",
     "DataNotFoundError",
+    "cifar10_python_available",
     "cifar_grayscale",
     "data_file",
     "data_root",
     "load_ag_news",
+    "load_cifar10",
     "load_cifar10_test",
     "load_density",
     "load_density_points",

@@ -1,5 +1,6 @@
-"""AG News: ``ag_news/test.csv`` (7,600 rows, no header: label 1-4, title, description) and
-``ag_news/train_sample_8000.csv`` (8,000 rows, header ``label,content``, content = description only)."""
+"""AG News: ``ag_news/test.csv`` (7,600 rows, no header: label 1-4, title, description),
+``ag_news/train_sample_8000.csv`` (8,000 rows, header ``label,content``, content = description only) and, once
+fetched (``python -m common.data fetch ag_news``), the full ``ag_news/train.csv`` (120,000 rows, as test.csv)."""
 import csv
 import html
 import re
@@ -9,6 +10,7 @@ import numpy as np
 from .files import data_file, decoding
 
 AG_NEWS_CLASSES = ("World", "Sports", "Business", "Sci/Tech")
+_OFFICIAL_FILES = {"test": "ag_news/test.csv", "train_full": "ag_news/train.csv"}  # no header: label, title, description
 
 # An HTML entity whose "&" the source replaced by a space, e.g. "doesn #39;t", "Johnson  amp; Johnson".
 _BROKEN_ENTITY = re.compile(r"(?<!&) ?(#\d+|quot|amp|lt|gt|nbsp|hellip|mdash|rsquo|eacute);")
@@ -41,35 +43,35 @@ def load_ag_news(
     """AG News descriptions (titles are not returned: the train sample has none).
 
     Args:
-        split: ``"test"`` (official test split, 1,900 per class) or ``"train"`` (8,000-row sample of the official
-            training split, 2,000 per class).
+        split: ``"test"`` (official test split, 1,900 per class), ``"train"`` (8,000-row sample of the official
+            training split, 2,000 per class) or ``"train_full"`` (the official training split, 30,000 per class).
         normalize: apply ``normalize_ag_news_text`` to every description.
-        drop_test_overlap: for ``"train"``, drop the descriptions that also occur in the test split, compared
+        drop_test_overlap: for the train splits, drop the descriptions that also occur in the test split, compared
             after the same normalization: the 16 verbatim duplicates (7,984 rows left), and with ``normalize``
             one more that differs from its test copy only in quirks (``\\`` vs a space, ``'`` vs `` #39;``):
-            7,983 rows left.
+            7,983 rows left (from ``"train_full"``, whatever occurs in the test split).
 
     Returns:
         labels: int64 [N], 0-3 in the order of ``AG_NEWS_CLASSES`` (files store 1-4).
         texts: list of N str.
     """
-    if split == "test":
-        labels, texts = _read_test(data_dir, verify)
+    if split in _OFFICIAL_FILES:
+        labels, texts = _read_official(_OFFICIAL_FILES[split], data_dir, verify)
     elif split == "train":
         labels, texts = _read_train_sample(data_dir, verify)
     else:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise ValueError(f"split must be 'train', 'train_full' or 'test', got {split!r}")
     if normalize:
         texts = [normalize_ag_news_text(text) for text in texts]
-    if split == "train" and drop_test_overlap:
+    if split != "test" and drop_test_overlap:
         test_texts = set(load_ag_news("test", data_dir, normalize, verify=verify)[1])
         keep = [i for i, text in enumerate(texts) if text not in test_texts]
         labels, texts = [labels[i] for i in keep], [texts[i] for i in keep]
     return np.array(labels, np.int64), texts
 
 
-def _read_test(data_dir, verify: bool) -> tuple[list[int], list[str]]:
-    path = data_file("ag_news/test.csv", data_dir, verify)
+def _read_official(name: str, data_dir, verify: bool) -> tuple[list[int], list[str]]:
+    path = data_file(name, data_dir, verify)
     with decoding(path), open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     return [int(label) - 1 for label, _title, _description in rows], [row[2] for row in rows]
