@@ -178,6 +178,9 @@ def _stratified_split(labels: np.ndarray, test_per_class: int, seed: int) -> tup
 def cnn_dataset(name: str, data_dir=None) -> tuple[dict, dict, str]:
     """Train and test sets of a CNN zoo: ``{"x": float32 [N, H, W, 1] in [-1, 1], "y": int32 [N]}``.
 
+    ``cifar10_gs``: the official python release's train / test splits when the data root holds it
+    (`common.data.cifar10_python_available`), else the 8,000 / 2,000 split of the 10k test JPEGs.
+
     Returns:
       ``(train, test, note)``; ``note`` describes the split (stored in the zoo's layout).
     """
