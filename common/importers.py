@@ -94,7 +94,11 @@ def _weight_space(layers, to_torch_orientation) -> WeightSpace:
         w = to_torch_orientation(w)
         weights.append(w)
         biases.append(np.zeros(w.shape[0], w.dtype) if b is None else b)
-    return WeightSpace(tuple(weights), tuple(biases))
+    try:
+        return WeightSpace(tuple(weights), tuple(biases))
+    except ValueError as err:
+        raise ValueError(f"{err} (layers taken in the order {[name for name, _, _ in layers]}; pass layer_names= "
+                         "if the network's order differs)") from err
 
 
 def from_torch(state_dict: Mapping[str, object], layer_names: Sequence[str] | None = None) -> WeightSpace:
