@@ -239,3 +239,12 @@ def test_cnn_zoo_uses_the_official_train_split_when_present(tmp_path):
     assert train["x"].shape == (30, 32, 32, 1) and test["x"].shape == (6, 32, 32, 1)
     np.testing.assert_array_equal(train["x"][..., 0], data.cifar_grayscale(truth["train"][0]))
     np.testing.assert_array_equal(test["y"], truth["test"][1])
+
+
+def test_ag_news_full_train_split_reads_train_csv_and_drops_test_overlap(tmp_path):
+    (tmp_path / "ag_news").mkdir()
+    (tmp_path / "ag_news/test.csv").write_text('"3","T","shared text"\n"1","T","only in test"\n')
+    (tmp_path / "ag_news/train.csv").write_text('"2","A","shared  text"\n"4","B","doesn #39;t"\n"1","C","x"\n')
+    labels, texts = data.load_ag_news("train_full", tmp_path)
+    assert texts == ["doesn't", "x"] and labels.tolist() == [3, 0]
+    assert len(data.load_ag_news("train_full", tmp_path, drop_test_overlap=False)[1]) == 3
