@@ -1,7 +1,8 @@
 """MAGEP-NFN experiments on zoos generated here (docs/magep.md §9-§10).
 
     python -m benchmarks.magep_experiments generalization [--datasets mnist fashion_mnist cifar10_gs]
-        [--methods magep monomial np hnp statnn mlp] [--models N] [--zoo-epochs E] [--seeds S] [--quick] [--out DIR]
+        [--methods magep monomial np hnp statnn mlp] [--models N] [--zoo-epochs [DATASET=]E ...] [--seeds S]
+        [--quick] [--out DIR]
 
 ``generalization`` (§9.1): CNN zoos (Small CNN Zoo recipe, `magep.zoo`) per dataset, split by network id (last 50%
 test, first 50% split 80/20 train/validation, as the authors' code), one predictor per method, activation subset
@@ -37,6 +38,7 @@ from magep.train import augment_with_group, train_generalization_predictor, zoo_
 from magep.zoo import generate_cnn_zoo
 
 DEFAULT_OUT = "benchmarks/results"
+DATASETS = ("mnist", "fashion_mnist", "cifar10_gs", "digits")
 METHODS = ("magep", "monomial", "np", "hnp", "statnn", "mlp")
 LABELS = {"magep": "MAGEP-NFN", "monomial": "Monomial-NFN", "np": "NP", "hnp": "HNP", "statnn": "STATNN",
           "mlp": "MLP"}
@@ -213,18 +215,19 @@ def generalization(args: argparse.Namespace) -> dict:
     records, zoos = [], {}
     for dataset in args.datasets:
         zoo_dir = os.path.join(work, "zoos", f"{dataset}_cnn")
-        zoo_rows = generate_cnn_zoo(zoo_dir, dataset, args.models, epochs=args.zoo_epochs, shard_size=args.shard_size,
+        zoo_epochs = args.zoo_epochs[dataset]
+        zoo_rows = generate_cnn_zoo(zoo_dir, dataset, args.models, epochs=zoo_epochs, shard_size=args.shard_size,
                                     seed=0, progress=not args.quick)
-        final = [r for r in zoo_rows if int(r["epoch"]) == args.zoo_epochs]
+        final = [r for r in zoo_rows if int(r["epoch"]) == zoo_epochs]
         for activation in args.activations:
             acc = np.asarray([r["test_accuracy"] for r in final if r["activation"] == activation], np.float64)
             acc = acc[np.isfinite(acc)]  # diverged networks carry NaN metrics and are left out
             if len(acc) < 10:
                 raise ValueError(f"zoo {dataset}: only {len(acc)} {activation} networks; raise --models")
             zoos[f"{dataset} {activation}"] = (
-                f"{len(acc)} networks, {args.zoo_epochs} epochs, final checkpoint; test accuracy {acc.min():.2f} .. "
+                f"{len(acc)} networks, {zoo_epochs} epochs, final checkpoint; test accuracy {acc.min():.2f} .. "
                 f"{acc.max():.2f} (median {np.median(acc):.2f})")
-            base = load_splits(zoo_dir, activation, args.zoo_epochs)
+            base = load_splits(zoo_dir, activation, zoo_epochs)
             for augmentation in AUGMENTATIONS[activation]:
                 if augmentation not in args.augmentations:
                     continue
@@ -239,11 +242,13 @@ def generalization(args: argparse.Namespace) -> dict:
                             print(f"{dataset} {activation} {augmentation} {method} seed {seed}: "
                                   f"test tau {record['test_tau']:.3f}", flush=True)
     rows = summarise(records)
-    settings = {"scale": (f"{args.models} networks per dataset (both activations), {args.zoo_epochs} zoo epochs; "
+    epochs = ", ".join(f"{d} {args.zoo_epochs[d]}" for d in args.datasets)
+    settings = {"scale": (f"{args.models} networks per dataset (both activations), zoo epochs {epochs}; "
                           f"{args.train_epochs} training epochs at batch {args.batch_size}; {args.seeds} seed(s)"
                           + ("; --quick miniature (small predictors)" if args.quick else "")),
                 "datasets": list(args.datasets), "methods": list(args.methods), "seeds": args.seeds,
-                "models": args.models, "zoo_epochs": args.zoo_epochs, "train_epochs": args.train_epochs,
+                "models": args.models, "zoo_epochs": {d: args.zoo_epochs[d] for d in args.datasets},
+                "train_epochs": args.train_epochs,
                 "batch_size": args.batch_size, "augmentations": list(args.augmentations), "quick": args.quick}
     record = run.finish()
     result = {"settings": settings, "zoos": zoos, "cells": rows, "run": record}
@@ -252,17 +257,38 @@ def generalization(args: argparse.Namespace) -> dict:
     return result
 
 
-FULL = dict(datasets=["mnist", "fashion_mnist", "cifar10_gs"], models=1000, zoo_epochs=8, train_epochs=50, seeds=3,
+FULL = dict(datasets=["mnist", "fashion_mnist", "cifar10_gs"], models=1000,
+            zoo_epochs={"mnist": 3, "fashion_mnist": 3, "cifar10_gs": 10}, train_epochs=50, seeds=3,
             augmentations=["none", "k1", "k2", "k3", "k4", "sign"])
-QUICK = dict(datasets=["digits"], models=96, zoo_epochs=3, train_epochs=4, seeds=1,
+QUICK = dict(datasets=["digits"], models=96, zoo_epochs={"digits": 3}, train_epochs=4, seeds=1,
              augmentations=["none", "k4", "sign"])  # the miniature: defaults of --quick (explicit options win)
+
+
+def zoo_epochs_entry(text: str) -> tuple[str | None, int]:
+    """One ``--zoo-epochs`` entry: ``"E"`` (every dataset) or ``"DATASET=E"`` -> (dataset or None, E)."""
+    dataset, _, epochs = text.rpartition("=")
+    if dataset and dataset not in DATASETS:
+        raise argparse.ArgumentTypeError(f"unknown dataset {dataset!r} in {text!r}; choose from {DATASETS}")
+    return dataset or None, positive_int(epochs)
+
+
+def resolve_zoo_epochs(entries, datasets: Sequence[str], defaults: dict) -> dict:
+    """Zoo epochs per dataset from ``--zoo-epochs`` entries over ``defaults`` (a bare E sets every dataset);
+    raises ValueError naming a dataset left without epochs."""
+    epochs = dict(defaults)
+    for dataset, e in entries or ():
+        epochs.update({dataset: e} if dataset else dict.fromkeys(datasets, e))
+    missing = [d for d in datasets if d not in epochs]
+    if missing:
+        raise ValueError(f"--zoo-epochs: no epochs for {missing}; give DATASET=E or a bare E")
+    return epochs
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.magep_experiments", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="experiment", required=True)
     g = sub.add_parser("generalization", help="CNN generalisation prediction (docs/magep.md §9.1)")
-    g.add_argument("--datasets", nargs="+", default=None, choices=("mnist", "fashion_mnist", "cifar10_gs", "digits"),
+    g.add_argument("--datasets", nargs="+", default=None, choices=DATASETS,
                    help=f"default {FULL['datasets']} ({QUICK['datasets']} with --quick)")
     g.add_argument("--activations", nargs="+", default=["relu", "tanh"], choices=tuple(SCALING))
     g.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -271,9 +297,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--models", type=positive_int, default=None,
                    help=f"networks per dataset, both activations (default {FULL['models']}; "
                         f"{QUICK['models']} with --quick)")
-    g.add_argument("--zoo-epochs", type=positive_int, default=None,
-                   help=f"epochs of every zoo network (default {FULL['zoo_epochs']}; "
-                        f"{QUICK['zoo_epochs']} with --quick)")
+    g.add_argument("--zoo-epochs", type=zoo_epochs_entry, nargs="+", default=None, metavar="[DATASET=]E",
+                   help=f"epochs of the zoo networks: E for every dataset, or DATASET=E entries (default "
+                        f"{FULL['zoo_epochs']}; {QUICK['zoo_epochs']} with --quick)")
     g.add_argument("--shard-size", type=positive_int, default=64)
     g.add_argument("--train-epochs", type=positive_int, default=None,
                    help=f"predictor training epochs (default {FULL['train_epochs']}; "
@@ -291,9 +317,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Command line entry point (see the module docstring)."""
     args = parser().parse_args(argv)
     harness.enable_compilation_cache()
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
+    defaults = QUICK if args.quick else FULL
+    for name, value in defaults.items():
+        if getattr(args, name) is None and name != "zoo_epochs":
             setattr(args, name, value)
+    args.zoo_epochs = resolve_zoo_epochs(args.zoo_epochs, args.datasets, defaults["zoo_epochs"])
     return generalization(args)
 
 
