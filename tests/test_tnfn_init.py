@@ -25,7 +25,8 @@ AUTHORS_FANS = {
     "psi1": ("hDD", "111"), "psi2": ("hDD", "111"), "psi3": ("DA", "11"), "psi4": ("DA", "10"), "psi5": ("AD", "11"),
     "psi6": ("AD", "01"), "psi7": ("A", "1"), "psi8": ("A", "0"), "psi9": ("D", "1"), "gamma": ("e", "c"),
     "lam1": ("hDD", "111"), "lam2": ("hDD", "111"), "lam3": ("DA", "11"), "lam4": ("DA", "10"), "lam5": ("AD", "11"),
-    "lam6": ("AD", "01"), "lam7": ("A", "1"), "lam8": ("A", "0"), "lam9": ("D", "1"), "lam10": ("eD", "cc"),
+    "lam6": ("AD", "01"), "lam7": ("A", "1"), "lam8": ("A", "0"), "lam9": ("D", "1"),
+    "lam10": ("eD", "cc"),
     "omg1": ("hDD", "111"), "omg2": ("hDD", "111"), "omg3": ("DA", "11"), "omg4": ("AD", "11"), "omg5": ("A", "1"),
     "omg6": ("D", "1"), "omg7": ("eD", "cc"),
     "th1": ("hDD", "111"), "th2": ("hDD", "111"), "th3": ("DA", "11"), "th4": ("AD", "11"), "th5": ("A", "1"),
@@ -41,7 +42,8 @@ AUTHORS_CALLS = {
                     (True, ["psi3", "psi4", "psi5", "psi6", "psi7"]),
                     (False, ["lam8", "lam9", "lam10"]), (True, ["lam1", "lam2"]),
                     (True, ["lam3", "lam4", "lam5", "lam6", "lam7"]),
-                    (False, ["omg5", "omg6", "omg7"]), (True, ["omg1", "omg2"]), (True, ["omg3", "omg4", "omg4", "omg5"])],
+                    (False, ["omg5", "omg6", "omg7"]), (True, ["omg1", "omg2"]),
+                    (True, ["omg3", "omg4", "omg4", "omg5"])],
     "invariant": [(False, ["th5", "th6", "th7"]), (True, ["th1", "th2"]), (True, ["th3", "th4"])],
 }
 
@@ -97,8 +99,9 @@ def test_authors_init_ffn_scaling_variant():
     """The ffn_scaling layers keep the paper terms' stds; their extra terms take those of omg1 / th1."""
     eq = _coeffs(TransformerEquivariant(SPEC, 5, 6, ffn_scaling=True, rngs=nnx.Rngs(4), init="authors"))
     inv = _coeffs(TransformerInvariant(SPEC, 6, 7, ffn_scaling=True, rngs=nnx.Rngs(4), init="authors"))
-    for coeffs, (c_in, c_out, layer), extra, ref in ((eq, (5, 6, "equivariant"), ("omg_ab", "omg_ab2", "omg_voab"), "omg1"),
-                                                     (inv, (6, 7, "invariant"), ("th8", "th9", "th10"), "th1")):
+    cases = ((eq, (5, 6, "equivariant"), ("omg_ab", "omg_ab2", "omg_voab"), "omg1"),
+             (inv, (6, 7, "invariant"), ("th8", "th9", "th10"), "th1"))
+    for coeffs, (c_in, c_out, layer), extra, ref in cases:
         want = _expected_stds(SPEC, c_in, c_out, layer)
         want |= {t: want[ref] for t in extra}
         pooled = np.concatenate([coeffs[t].ravel() / want[t] for t in coeffs])
@@ -141,7 +144,8 @@ def test_predictor_threads_authors_init():
     """AccuracyPredictor(init="authors") initialises its NFN layers with the authors' scheme (constants
     non-zero) and leaves the branch MLPs as under the default."""
     authors, default = _predictor(1, init="authors"), _predictor(1)
-    assert np.all(np.asarray(authors.equivariant[0].beta[...]) != 0) and np.all(np.asarray(authors.invariant.th7[...]) != 0)
+    assert np.all(np.asarray(authors.equivariant[0].beta[...]) != 0)
+    assert np.all(np.asarray(authors.invariant.th7[...]) != 0)
     assert np.all(np.asarray(default.equivariant[0].beta[...]) == 0)
     assert not np.allclose(np.asarray(authors.equivariant[0].phi1[...]), np.asarray(default.equivariant[0].phi1[...]))
     assert np.array_equal(np.asarray(authors.head.kernel[...]), np.asarray(default.head.kernel[...]))

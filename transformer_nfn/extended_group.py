@@ -1,4 +1,5 @@
-"""Exact symmetries of the zoo transformer beyond the paper's group, and canonicalisations (docs/transformer_nfn.md §10).
+"""Exact symmetries of the zoo transformer beyond the paper's group, and canonicalisations
+(docs/transformer_nfn.md §10).
 
 Raw weights only (any leading batch axes); conventions of `transformer_nfn.weights`. Three factors:
 
@@ -53,7 +54,8 @@ def center(tw: TransformerWeights) -> TransformerWeights:
     the network's function is unchanged."""
     _raw(tw, "center")
     sub = lambda x, axis: x - x.mean(axis, keepdims=True)
-    blocks = tuple(b.replace(**{f: sub(getattr(b, f), a) for f, a in (_READS_LN | _FEEDS_LN).items()}) for b in tw.blocks)
+    axes = _READS_LN | _FEEDS_LN
+    blocks = tuple(b.replace(**{f: sub(getattr(b, f), a) for f, a in axes.items()}) for b in tw.blocks)
     e = tw.embedding
     embedding = None if e is None else WeightSpace((sub(e.weights[0], -4),), (sub(e.biases[0], -1),))
     return TransformerWeights(blocks, embedding, _map_classifier_fc1(tw, lambda w: sub(w, -1)))
@@ -161,7 +163,7 @@ def _shift_like(tw: TransformerWeights, key: jax.Array, scale: float, dtype) -> 
     draw = lambda shape: scale * jax.random.normal(next(keys), shape, dtype)
     blocks = []
     for b in tw.blocks:
-        h, d, dk = b.q.shape
+        h, _, dk = b.q.shape
         dv, da = b.v.shape[-1], b.w_a.shape[-1]
         blocks.append(b.replace(
             q=jnp.broadcast_to(draw((h, 1, dk)), b.q.shape), k=jnp.broadcast_to(draw((h, 1, dk)), b.k.shape),
@@ -175,13 +177,15 @@ def _shift_like(tw: TransformerWeights, key: jax.Array, scale: float, dtype) -> 
                                 (jnp.broadcast_to(draw((1,)), tw.embedding.biases[0].shape),))
     if tw.classifier is not None:
         c = tw.classifier
-        classifier = WeightSpace((jnp.broadcast_to(draw(c.weights[0].shape[:1] + (1,)), c.weights[0].shape),
-                                  jnp.zeros_like(c.weights[1], dtype)), tuple(jnp.zeros_like(x, dtype) for x in c.biases))
+        fc1 = jnp.broadcast_to(draw(c.weights[0].shape[:1] + (1,)), c.weights[0].shape)
+        classifier = WeightSpace((fc1, jnp.zeros_like(c.weights[1], dtype)),
+                                 tuple(jnp.zeros_like(x, dtype) for x in c.biases))
     return TransformerWeights(tuple(blocks), embedding, classifier)
 
 
-def _add(x: TransformerWeights, t: TransformerWeights, sign: float = 1.0) -> TransformerWeights:
-    return jax.tree.map(lambda a, b: a + sign * b.astype(a.dtype), x, t)
+def _add(x: TransformerWeights, t: TransformerWeights) -> TransformerWeights:
+    """x + t leaf by leaf (t without batch axes broadcasts over x's)."""
+    return jax.tree.map(lambda a, b: a + b.astype(a.dtype), x, t)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +196,11 @@ class LayerNormShiftGroup:
 
     like: TransformerWeights
     scale: float = 1.0
+
+    def __post_init__(self):
+        _raw(self.like, "LayerNormShiftGroup")
+        if self.like.batch_shape:
+            raise ValueError(f"LayerNormShiftGroup: like must be one network, got batch axes {self.like.batch_shape}")
 
     @property
     def name(self) -> str:
@@ -217,13 +226,14 @@ class LayerNormShiftGroup:
         u = jax.random.normal(key, (d,), jnp.zeros(()).dtype) * self.scale
 
         def move(field, shift):
-            return lambda x: x.replace(blocks=tuple(b.replace(**{field: getattr(b, field) + shift.astype(getattr(b, field).dtype)})
-                                                    for b in x.blocks))
+            add = lambda b: b.replace(**{field: getattr(b, field) + shift.astype(getattr(b, field).dtype)})
+            return lambda x: x.replace(blocks=tuple(add(b) for b in x.blocks))
 
         return (BrokenAction("q rows shifted by u 1^T (varying along D)", move("q", u[:, None])),
                 BrokenAction("w_a rows shifted by u 1^T (varying along D)", move("w_a", u[:, None])),
                 BrokenAction("o columns shifted by 1 u^T (varying along D)", move("o", u)),
-                BrokenAction("b_a shifted (it feeds a ReLU, not a LayerNorm)", move("b_a", jnp.ones((), u.dtype) * self.scale)))
+                BrokenAction("b_a shifted (it feeds a ReLU, not a LayerNorm)",
+                             move("b_a", jnp.full((), self.scale, u.dtype))))
 
 
 # ---------------------------------------------------------------------------------------------------------------
