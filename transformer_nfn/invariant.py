@@ -47,13 +47,15 @@ class TransformerInvariant(nnx.Module):
       ffn_scaling: the variant also invariant under FFN hidden-unit scaling (module docstring).
       rngs: nnx.Rngs with a "params" stream.
       param_dtype: dtype of the coefficients.
+      init: "default" (the sharing engine's "unit" rule: every output starts at unit scale, constants zero) or
+        "authors" (the authors' grouped xavier scheme, `transformer_nfn.authors_init`; docs/transformer_nfn.md §3).
     """
 
     def __init__(self, tw_spec: TransformerSpec, in_channels: int, out_features: int, *, ffn_scaling: bool = False,
-                 rngs: nnx.Rngs, param_dtype=jnp.float32):
+                 rngs: nnx.Rngs, param_dtype=jnp.float32, init: str = "default"):
         self.spec, self.in_channels, self.ffn_scaling = tw_spec, in_channels, ffn_scaling
         self.plan = terms.block_plan(tw_spec, ffn_scaling, "invariant")
-        terms.register_coefficients(self, self.plan, tw_spec, in_channels, out_features, rngs, param_dtype)
+        terms.register_coefficients(self, self.plan, tw_spec, in_channels, out_features, rngs, param_dtype, init)
 
     def __call__(self, feats: TransformerWeights) -> jax.Array:
         """feats: features [..., C_in] per block leaf -> [..., num_blocks, out_features]."""

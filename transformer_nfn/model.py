@@ -59,6 +59,8 @@ class AccuracyPredictor(nnx.Module):
       classifier_branch: "mlp", "hnp" or None.
       hnp_channels: channels of the HNP layer of the "hnp" branch.
       ffn_scaling: use the layers that also respect FFN hidden-unit scaling.
+      init: initialisation of the Transformer-NFN layers' coefficients, "default" or "authors"
+        (`TransformerEquivariant`); the branch MLPs keep Flax's default initialisation under both.
       rngs: nnx.Rngs with a "params" stream.
     """
 
@@ -74,6 +76,7 @@ class AccuracyPredictor(nnx.Module):
         classifier_branch: str | None = "mlp",
         hnp_channels: int = 8,
         ffn_scaling: bool = False,
+        init: str = "default",
         rngs: nnx.Rngs,
     ):
         if classifier_branch not in ("mlp", "hnp", None):
@@ -83,10 +86,11 @@ class AccuracyPredictor(nnx.Module):
         self.spec, self.embedding_size = tw_spec, embedding_size
         channels = (1,) + tuple(hidden_channels)
         self.equivariant = nnx.List([
-            TransformerEquivariant(tw_spec, c_in, c_out, ffn_scaling=ffn_scaling, rngs=rngs)
+            TransformerEquivariant(tw_spec, c_in, c_out, ffn_scaling=ffn_scaling, rngs=rngs, init=init)
             for c_in, c_out in zip(channels[:-1], channels[1:])
         ])
-        self.invariant = TransformerInvariant(tw_spec, channels[-1], invariant_features, ffn_scaling=ffn_scaling, rngs=rngs)
+        self.invariant = TransformerInvariant(tw_spec, channels[-1], invariant_features, ffn_scaling=ffn_scaling,
+                                              rngs=rngs, init=init)
         shape = (tw_spec.num_blocks, invariant_features)
         self.block_norm_scale = nnx.Param(jnp.ones(shape))
         self.block_norm_bias = nnx.Param(jnp.zeros(shape))

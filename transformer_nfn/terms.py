@@ -19,7 +19,8 @@ and, with "A" scaled, exactly the scaling-respecting subset plus the terms of th
 omg_ab2, omg_voab; th8, th9, th10). omg_voab ties voab's column axis to the output axis of b_b (a diagonal,
 coefficient [e, d, D, D]); th10 is the dense term. `NAMES` maps the engine's term keys to those names.
 Coefficients are ``[num_blocks, c_out, c_in, *out_fixed, *in_fixed]`` (constants ``[num_blocks, c_out,
-*out_fixed]``), drawn with the engine's "unit" rule.
+*out_fixed]``), drawn with the engine's "unit" rule (the default) or the authors' scheme
+(`transformer_nfn.authors_init`).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from common import SharingPlan
+from transformer_nfn import authors_init
 from transformer_nfn.weights import BlockWeights, TransformerSpec, TransformerWeights
 
 FIELD_SLOTS = dict(q="q", k="k", v="v", o="o", w_a="A", b_a="a", w_b="B", b_b="b")  # BlockWeights field -> slot
@@ -105,9 +107,17 @@ def init(key: jax.Array, plan: SharingPlan, num_blocks: int, c_in: int, c_out: i
 
 
 def register_coefficients(module: nnx.Module, plan: SharingPlan, tw_spec: TransformerSpec, c_in: int, c_out: int,
-                          rngs: nnx.Rngs, dtype=jnp.float32) -> None:
-    """Attach `init`'s coefficients of `plan` to `module` as nnx.Params named after the terms."""
-    for name, value in init(rngs.params(), plan, tw_spec.num_blocks, c_in, c_out, dtype).items():
+                          rngs: nnx.Rngs, dtype=jnp.float32, scheme: str = "default") -> None:
+    """Attach the initial coefficients of `plan` to `module` as nnx.Params named after the terms: `init`'s
+    for ``scheme="default"``, the authors' (`transformer_nfn.authors_init`) for ``scheme="authors"``."""
+    if scheme not in authors_init.INITS:
+        raise ValueError(f"{type(module).__name__}: init must be one of {authors_init.INITS}, got {scheme!r}")
+    if scheme == "default":
+        coeffs = init(rngs.params(), plan, tw_spec.num_blocks, c_in, c_out, dtype)
+    else:
+        layer = "invariant" if dict(plan.out_slots).keys() == {"I"} else "equivariant"
+        coeffs = authors_init.init(rngs.params(), plan, tw_spec, c_in, c_out, layer, dtype)
+    for name, value in coeffs.items():
         setattr(module, name, nnx.Param(value))
 
 
