@@ -34,7 +34,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # Scheduling: pytest-xdist's worksteal deals each worker a contiguous share of the collection and steals from the
 # end of a queue, so the modules with the longest tests (measured with `make test`'s --durations) run first and the
 # run ends on short tests instead of one worker finishing a long test alone. Order within a module is kept (module
-# fixtures are set up once); modules not listed follow in their usual order.
+# fixtures are set up once); modules not listed follow in their usual order. The first three run back to back on one
+# worker and train digits CNN populations of one shape (tests/magep_fixtures.py DIGITS_ZOO_BATCH_SIZE): the first
+# compiles the population programs, the other two reuse them in-process.
 LONGEST_MODULES_FIRST = ("test_magep_experiments", "test_zoo_cnn", "test_zoo_population", "test_tsw_experiments",
                          "test_magep_robustness", "test_readme", "test_tnfn_train", "test_tnfn_model",
                          "test_magep_models", "test_zoo_transformer", "test_training", "test_checkpoint_faults",

@@ -11,6 +11,10 @@ MLP_SPEC = NetworkSpec.mlp((3, 4, 5, 2))
 SPECS = {"mlp": MLP_SPEC, "cnn": CNN_ZOO_SPEC, "siren": SIREN_SPEC}
 CHECK_X64 = dict(n_trials=2, rtol=1e-6, atol=1e-8)  # symmetry-check settings on float64 features
 IO_PERMUTATION = BrokenAction("input/output permutation", io_permutation)
+# Digits CNN populations in the tests (test_zoo_cnn, test_zoo_population, the generalisation pipeline) train at one
+# batch size, in populations padded to the 4 test devices: one set of compiled programs serves them all
+# (in-process, or across pytest workers through the persistent compilation cache of tests/conftest.py).
+DIGITS_ZOO_BATCH_SIZE = 128
 
 
 def random_features(seed: int, spec: NetworkSpec, channels=None, batch=(), dtype=None) -> WeightSpace:

@@ -1,5 +1,7 @@
 """The generalisation-prediction study: group augmentation, best-validation model selection, and the
 `benchmarks.magep_experiments generalization --quick` pipeline end to end (pipeline, not numbers)."""
+import functools
+
 import jax
 import numpy as np
 import optax
@@ -12,7 +14,9 @@ from common.accuracy_prediction import fit_predictor, kendall_tau, predict_logit
 from common.nets import mlp_apply
 from magep import GeneralizationPredictor
 from magep.train import augment_with_group
+from magep.zoo import generate_cnn_zoo
 from tests.common_fixtures import random_weights
+from tests.magep_fixtures import DIGITS_ZOO_BATCH_SIZE
 
 SPEC = NetworkSpec.mlp((3, 5, 4, 2))
 ROWS = 6
@@ -66,10 +70,14 @@ def test_fit_predictor_returns_the_best_validation_model_and_keeps_it_on_resume(
     assert kendall_tau(predict_logits(resumed, val), acc[16:]) == pytest.approx(history[-1]["best/tau"], abs=1e-6)
 
 
-def test_quick_generalization_pipeline_runs_and_resumes(tmp_path):
-    # the body that compiles fastest: the pipeline is under test here; the NFN bodies are tested elsewhere
+def test_quick_generalization_pipeline_runs_and_resumes(tmp_path, monkeypatch):
+    # the body that compiles fastest: the pipeline is under test here; the NFN bodies are tested elsewhere.
+    # The zoo is trained at tests/test_zoo_cnn.py's shapes (DIGITS_ZOO_BATCH_SIZE, shards of 4 networks, so every
+    # population pads to 4 on the 4 test devices): its compiled programs serve, not two more compiles per activation
+    monkeypatch.setattr(magep_experiments, "generate_cnn_zoo",
+                        functools.partial(generate_cnn_zoo, batch_size=DIGITS_ZOO_BATCH_SIZE))
     argv = ["generalization", "--quick", "--models", "48", "--zoo-epochs", "1", "--activations", "relu",
-            "--augmentations", "none", "k4", "--methods", "statnn", "--out", str(tmp_path)]
+            "--augmentations", "none", "k4", "--methods", "statnn", "--shard-size", "4", "--out", str(tmp_path)]
     result = magep_experiments.main(argv)
     cells = {(c["activation"], c["augmentation"], c["method"]) for c in result["cells"]}
     assert cells == {("relu", aug, "statnn") for aug in ("none", "k4")}

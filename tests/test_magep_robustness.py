@@ -4,6 +4,7 @@ multiplied by 1e-3, 1 and 1e4, and moved by group elements with scalings d ~ U[1
 of §9.1): finite logits and gradients, predictions that differ across networks and are not saturated, and
 invariance within 1e-3 relative, with the two-sided check (broken actions change the output)."""
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,7 @@ class UniformMonomialGroup(MonomialGroup):
                                       scale_distribution="uniform", dtype=self.dtype)
 
 
+@functools.cache  # the same networks for every parametrisation: built (and compiled) once per process
 def zoo_networks(n: int = 5) -> WeightSpace:
     """n raw Small-CNN-Zoo networks, one per kernel initialiser (init_std from 1e-3 up), with small biases."""
     hp = {"w_init": jnp.arange(n, dtype=jnp.int32) % len(zoo_recipes.CNN_W_INITS),

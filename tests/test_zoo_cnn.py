@@ -16,9 +16,10 @@ from common.nets import cnn_apply
 from magep import small_cnn_zoo
 from magep import zoo_recipes as recipes
 from magep.zoo import generate_cnn_zoo, main
+from tests.magep_fixtures import DIGITS_ZOO_BATCH_SIZE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARGS = dict(n_models=8, epochs=6, seed=0, batch_size=128)
+ARGS = dict(n_models=8, epochs=6, seed=0, batch_size=DIGITS_ZOO_BATCH_SIZE)
 MARKS = recipes.cnn_checkpoint_epochs(ARGS["epochs"])
 
 

@@ -7,8 +7,9 @@ from common.distributed import make_mesh
 from common.nets import cnn_apply
 from common.population import CPU_CHUNK, resolve_chunk_size, train_population
 from magep import zoo_recipes as recipes
+from tests.magep_fixtures import DIGITS_ZOO_BATCH_SIZE as BATCH
 
-EPOCHS, BATCH = 2, 128
+EPOCHS = 2
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +77,12 @@ def test_micro_batches_give_the_whole_batch_update(digits):
     for c in configs:
         c["dropout"] = 0.0
     task = recipes.cnn_task("relu")
-    run = lambda micro: train_population(task._replace(micro_batch=micro), recipes.cnn_hparams(configs), *digits,
-                                         epochs=1, batch_size=BATCH, checkpoint_epochs=[0, 1], mesh=one_device,
-                                         progress=False)
-    parts, (first, whole) = run(48)[-1], run(None)
+    # the recipe's task takes a batch of BATCH rows in one gradient pass, the whole-batch update (and, with the
+    # chunking of the test above, the program it compiled)
+    assert task.micro_batch is None or task.micro_batch >= BATCH
+    run = lambda t: train_population(t, recipes.cnn_hparams(configs), *digits, epochs=1, batch_size=BATCH,
+                                     checkpoint_epochs=[0, 1], mesh=one_device, chunk_size=None, progress=False)
+    parts, (first, whole) = run(task._replace(micro_batch=48))[-1], run(task)
     for a, b in zip(jax.tree.leaves(parts.params), jax.tree.leaves(whole.params)):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
     moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(parts.params), jax.tree.leaves(first.params))]
