@@ -67,7 +67,6 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -186,19 +185,16 @@ def job_command(job: dict, options) -> tuple[list[str] | None, str | None]:
 
 
 def run_job(command: list[str], mem_gb: float, timeout_s: float) -> dict:
-    """Runs one job's process (address space capped at ``mem_gb``, killed after ``timeout_s``) from the project
-    root; returns its ``RESULT`` record, or a record with status timeout / oom / killed / error."""
-    limit = int(mem_gb * 2**30)
-
-    def cap_memory():
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
+    """Runs one job's process (its address space capped at ``mem_gb`` by the job itself, killed after
+    ``timeout_s``) from the project root; returns its ``RESULT`` record, or a record with status timeout / oom /
+    killed / error."""
+    command = command + ["--mem-gb", str(mem_gb)]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                PYTHONDONTWRITEBYTECODE="1")
     start = time.time()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, preexec_fn=cap_memory,
-                              cwd=ROOT, env=env)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, cwd=ROOT,
+                              env=env)
     except subprocess.TimeoutExpired:
         return dict(status="timeout", error=f"killed after {timeout_s} s", wall_s=time.time() - start)
     record = None
@@ -479,7 +475,8 @@ def parse_args(argv=None):
     parser.add_argument("--mem-gb", type=float, default=20.0, help="address-space limit per job")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per job")
     parser.add_argument("--resume", action="store_true",
-                        help="keep the records in the existing result and run only jobs without a clean one")
+                        help="keep the records of the existing result; run only the jobs without an undisturbed ok / slow / "
+                        "oom record")
     parser.add_argument("--no-calibration", dest="calibration", action="store_false",
                         help="skip the driver's jitted matmul calibration (each job still calibrates)")
     parser.add_argument("--smoke", action="store_true", help=f"smoke run, NOT evidence: {SMOKE}")
@@ -498,7 +495,7 @@ def main(argv=None) -> dict:
     run = harness.start_run(calibrate=options.calibration)
     previous = harness.read_json(os.path.join(options.out, f"{NAME}.json"), {}) if options.resume else {}
     records = list(previous.get("records", []))
-    done = {job_key(r) for r in records if is_clean(r, options.contended) and r.get("status") != "skipped"}
+    done = {job_key(r) for r in records if is_clean(r, options.contended) and r.get("status") in ("ok", "slow", "oom")}
     jobs = select_jobs(options)
     for i, job in enumerate(jobs):
         if job_key(job) in done:

@@ -176,8 +176,9 @@ def emit(record: dict) -> dict:
 
 
 def job_arguments(description: str, choices, argv=None):
-    """The command line every job script takes: ``--job`` (one of ``choices``), ``--mode`` fwd / fwdbwd, the
-    shape options, ``--threads`` and ``--repeats``."""
+    """The command line every job script takes: ``--job`` (one of ``choices``), ``--mode`` fwd / fwdbwd / train,
+    the shape options, ``--threads``, ``--repeats``, ``--reference-dir`` and ``--mem-gb`` (applied here, as
+    ``RLIMIT_AS``, before the job imports anything large)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=description)
@@ -194,7 +195,13 @@ def job_arguments(description: str, choices, argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=None, help="fixed number of timed calls (smoke runs)")
     parser.add_argument("--reference-dir", default=None, help="folder of the authors' checkouts")
-    return parser.parse_args(argv)
+    parser.add_argument("--mem-gb", type=float, default=None,
+                        help="address-space limit of this process: a bigger request fails as an allocation error")
+    args = parser.parse_args(argv)
+    if args.mem_gb is not None:
+        limit = int(args.mem_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return args
 
 
 def base_record(args) -> dict:
