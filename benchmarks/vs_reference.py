@@ -404,6 +404,10 @@ def markdown(result: dict) -> str:
     skipped = sorted({(r["job"], r.get("error", "")) for r in best.values() if r.get("status") == "skipped"})
     if skipped:
         lines += ["Skipped:", "", *[f"- `{job}`: {why}" for job, why in skipped], ""]
+    missing = [key for key in result.get("planned", []) if key not in best]
+    if missing:
+        lines += [f"Not run ({len(missing)} planned jobs; the run stopped before them):", "",
+                  *[f"- `{key}`" for key in missing], ""]
     failed = sorted({(r["job"], r.get("status"), r.get("error", "")[:160]) for r in best.values()
                      if r.get("status") not in ("ok", "skipped")})
     if failed:
@@ -497,6 +501,15 @@ def main(argv=None) -> dict:
     records = list(previous.get("records", []))
     done = {job_key(r) for r in records if is_clean(r, options.contended) and r.get("status") in ("ok", "slow", "oom")}
     jobs = select_jobs(options)
+    smoke = options.smoke or options.repeats is not None or not options.wait or previous.get("smoke", False)
+
+    def write() -> tuple[dict, str]:  # after every job, so a stopped run keeps what it measured
+        result = {"records": records, "smoke": smoke, "run": run.finish(), "planned": [job_key(j) for j in jobs],
+                  "options": {k: v for k, v in vars(options).items()}}
+        text = markdown(result)
+        harness.write_results(options.out, NAME, result, text)
+        return result, text
+
     for i, job in enumerate(jobs):
         if job_key(job) in done:
             continue
@@ -507,11 +520,8 @@ def main(argv=None) -> dict:
         print(f"[{i + 1}/{len(jobs)}] {job_key(job)} -> {last['status']}"
               f"{'' if median is None else f', median {1e3 * median:.3g} ms'}"
               f"{'' if is_clean(last, options.contended) else ' (disturbed)'}", flush=True)
-    smoke = options.smoke or options.repeats is not None or not options.wait or previous.get("smoke", False)
-    result = {"records": records, "smoke": smoke, "run": run.finish(),
-              "options": {k: v for k, v in vars(options).items()}}
-    text = markdown(result)
-    harness.write_results(options.out, NAME, result, text)
+        write()
+    result, text = write()
     print(text)
     return result
 

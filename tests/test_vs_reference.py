@@ -141,3 +141,16 @@ def test_zoo_throughput_pytorch_section():
     assert cnn == "| Small CNN Zoo step | 80.00 | 4.5 (9%) | 20.00 | 4.00 | 0.01 |"
     siren = next(line for line in lines if line.startswith("| SIREN fit-step"))
     assert siren == "| SIREN fit-step | error | - | 0.50 | - | - |"
+
+
+def test_report_lists_planned_jobs_that_did_not_run():
+    record = _record("ours_magep", 0.004, 0.0, batch=8)
+    run = dict(environment=dict(device="cpu", device_kind="cpu", device_count=1, cpu_count=2, machine="x", jax="0",
+                                backend="cpu"),
+               started_utc="t", wall_s=1.0, load_average_start=[1, 1, 1], load_average_end=[1, 1, 1],
+               calibration=None, timing_definition="t", memory_definition="m")
+    planned = [vs.job_key(dict(job="magep", mode="fwdbwd", batch=8)), vs.job_key(record)]
+    text = vs.markdown(dict(records=[record], smoke=False, run=run, planned=planned,
+                            options=dict(contended=vs.CONTENDED)))
+    assert "Not run (1 planned jobs" in text and '"job": "magep"' in text
+    assert "SMOKE" not in text
