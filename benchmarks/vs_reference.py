@@ -307,7 +307,8 @@ def _other(r) -> str:
 
 def nfn_table(best) -> list[str]:
     rows = []
-    batches = sorted({r["batch"] for r in best.values() if r["job"] in NFN_MODELS})
+    nfn_names = set(NFN_MODELS) | {ours for ours, _ in NFN_MODELS.values()}
+    batches = sorted({r["batch"] for r in best.values() if r["job"] in nfn_names})
     for ref, (ours, name) in NFN_MODELS.items():
         for batch in batches:
             for mode in MODES:
@@ -412,7 +413,7 @@ def markdown(result: dict) -> str:
                      if r.get("status") not in ("ok", "skipped")})
     if failed:
         lines += ["Failed:", "", *[f"- `{job}` ({status}): {why}" for job, status, why in failed], ""]
-    if any(r["job"] in NFN_MODELS or r["job"].startswith("ours_") and "batch" in r for r in best.values()):
+    if any("batch" in r for r in best.values()):
         lines += ["## NFN predictors: median ms per batch", "",
                   "fwd = forward; fwdbwd = forward + BCE loss + gradient w.r.t. all parameters. Goal: ours / "
                   "authors <= 0.33 and our first call <= 2 s.", "", *nfn_table(best), ""]
