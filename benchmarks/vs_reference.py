@@ -5,8 +5,8 @@ the authors' PyTorch implementations, POT and OTT-JAX, and plain one-model-at-a-
         [--groups nfn tsw zoo large] [--only JOB ...] [--resume] [--max-load 0.10 | --no-wait] [--repeats R]
         [--out benchmarks/results]
 
-The full quiet measurement (after the set-up below; about 30-40 min on 2 quiet cores; ``--resume`` makes a rerun
-redo only the jobs whose records were disturbed):
+The full quiet measurement (after the set-up below; about 300 jobs, roughly an hour on 2 quiet cores;
+``--resume`` makes a rerun redo only the jobs whose records were disturbed, and starts afresh over a smoke run):
 
     python -m benchmarks.vs_reference --reference-dir $SCRATCH/peers \
         --reference-python $SCRATCH/torchvenv/bin/python --groups nfn tsw zoo --resume
@@ -501,8 +501,8 @@ def parse_args(argv=None):
     parser.add_argument("--mem-gb", type=float, default=20.0, help="address-space limit per job")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per job")
     parser.add_argument("--resume", action="store_true",
-                        help="keep the records of the existing result; run only the jobs without an undisturbed ok / slow / "
-                        "oom record")
+                        help="keep the records of the existing result; run only the jobs without an undisturbed "
+                        "ok / slow / oom record")
     parser.add_argument("--no-calibration", dest="calibration", action="store_false",
                         help="skip the driver's jitted matmul calibration (each job still calibrates)")
     parser.add_argument("--smoke", action="store_true", help=f"smoke run, NOT evidence: {SMOKE}")
@@ -519,11 +519,13 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     options = parse_args(argv)
     run = harness.start_run(calibrate=options.calibration)
+    smoke = options.smoke or options.repeats is not None or not options.wait
     previous = harness.read_json(os.path.join(options.out, f"{NAME}.json"), {}) if options.resume else {}
+    if previous.get("smoke", False) != smoke:  # a measurement never mixes smoke and quiet records
+        previous = {}
     records = list(previous.get("records", []))
     done = {job_key(r) for r in records if is_clean(r, options.contended) and r.get("status") in ("ok", "slow", "oom")}
     jobs = select_jobs(options)
-    smoke = options.smoke or options.repeats is not None or not options.wait or previous.get("smoke", False)
 
     def write() -> tuple[dict, str]:  # after every job, so a stopped run keeps what it measured
         result = {"records": records, "smoke": smoke, "run": run.finish(), "planned": [job_key(j) for j in jobs],
