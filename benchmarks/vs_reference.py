@@ -427,10 +427,11 @@ def markdown(result: dict) -> str:
         lines += ["Skipped:", "", *[f"- `{job}`: {why}" for job, why in skipped], ""]
     missing = [key for key in result.get("planned", []) if key not in best]
     if missing:
-        lines += [f"Not run ({len(missing)} planned jobs; the run stopped before them):", "",
+        lines += [f"Not run ({len(missing)} planned jobs: the run stopped, or is still running, before them):", "",
                   *[f"- `{key}`" for key in missing], ""]
-    failed = sorted({(r["job"], r.get("status"), r.get("error", "")[:160]) for r in best.values()
-                     if r.get("status") not in ("ok", "skipped")})
+    failed = sorted({(r["job"], r.get("status"),
+                      (r.get("error") or f"first call {r.get('first_call_s') or 0:.0f} s")[:160])
+                     for r in best.values() if r.get("status") not in ("ok", "skipped")})
     if failed:
         lines += ["Failed:", "", *[f"- `{job}` ({status}): {why}" for job, status, why in failed], ""]
     if any("batch" in r for r in best.values()):

@@ -152,5 +152,5 @@ def test_report_lists_planned_jobs_that_did_not_run():
     planned = [vs.job_key(dict(job="magep", mode="fwdbwd", batch=8)), vs.job_key(record)]
     text = vs.markdown(dict(records=[record], smoke=False, run=run, planned=planned,
                             options=dict(contended=vs.CONTENDED)))
-    assert "Not run (1 planned jobs" in text and '"job": "magep"' in text
+    assert "Not run (1 planned jobs:" in text and '"job": "magep"' in text
     assert "SMOKE" not in text
