@@ -97,7 +97,7 @@ NEEDS_CHECKOUT = ("magep", "monomial", "nfn_hnp", "nfn_np", "tnfn", "tsw_chain",
 TORCH_JOBS = NEEDS_CHECKOUT + ("torch_cnn_zoo", "torch_siren")
 CONTENDED = 0.10
 SMOKE = dict(repeats=2, wait=False, reruns=0, batches=[8], tnfn_batches=[16], tsw_n=[100], tsw_d=[2],
-             tsw_trees=[25], zoo_models=2, zoo_steps=1, large_n=[])
+             tsw_trees=[25], zoo_models=2, zoo_steps=3, large_n=[])
 SHAPE_FIELDS = ("batch", "n", "d", "trees", "lines", "models", "steps")
 KEY_FIELDS = ("job", "mode", "batch", "n", "d", "trees", "lines")
 

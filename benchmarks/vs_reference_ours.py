@@ -179,9 +179,12 @@ def zoo_record(job: str, models: int, steps: int) -> dict:
             row = zoo_throughput.siren_benchmark(models, steps, [chunk], peak=1.0, ceilings=False)["rows"][0]
             config = (f"common.population.train_population, SIREN recipe (2-32-32-1, full 28 x 28 MNIST grid, "
                       f"Adam lr {recipes.SIREN_LEARNING_RATE}), {models} fits vmapped in chunks of {chunk}")
+    resolved = row["two_epochs_s"] > row["one_epoch_s"]  # else the step time drowned in noise (too few steps)
     return dict(config=config, median_s=row["step_s"], min_s=row["step_s"], first_call_s=row["compile_s"],
-                reps=1, other_cpu_frac=None if c.other_cpu_frac is None else round(c.other_cpu_frac, 3),
-                status="ok")
+                one_epoch_s=row["one_epoch_s"], two_epochs_s=row["two_epochs_s"], reps=1,
+                other_cpu_frac=None if c.other_cpu_frac is None else round(c.other_cpu_frac, 3),
+                status="ok" if resolved else "error",
+                **({} if resolved else {"error": "2 epochs took no longer than 1: raise --zoo-steps"}))
 
 
 def _git_commit() -> str:
