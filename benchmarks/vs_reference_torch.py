@@ -162,11 +162,10 @@ def build_nfn_job(args):
 
 def build_tsw_job(args):
     """(call, info) of a TSW / SW job: the distance, or distance + gradient w.r.t. Y."""
-    if args.job == "pot":
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            return build_pot_numpy(args)
+    import importlib.util
+
+    if args.job == "pot" and importlib.util.find_spec("torch") is None:
+        return build_pot_numpy(args)
     import torch
 
     gen = torch.Generator().manual_seed(0)
