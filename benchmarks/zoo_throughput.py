@@ -25,6 +25,10 @@ per second from the same two-call difference, FLOPs 3 x 2 x multiply-adds of the
 Ceilings per fit-step: the fit's 2 x 784 x 64 sines and cosines alone, by ``jnp.sin`` (a scalar library call
 per entry on CPU) and by `common.sine.sin` (what ``siren_apply`` uses), and the bare vmapped fit (gradient +
 Adam in a `jax.lax.scan` over steps, no engine).
+Against plain PyTorch (``--reference-python PY``, a Python with torch): the same recipes written the way the
+original zoos were made, one model at a time with 2 threads (`benchmarks.vs_reference_zoo_torch`, each in its own
+process), ms per model-step and the recipe's FLOP rate beside our best population row, and the speed-up (target
+>= 3x). Skipped without ``--reference-python``.
 ``--quick`` is a smoke run (tiny sizes). Writes ``zoo_throughput.json`` and ``zoo_throughput.md``.
 """
 from __future__ import annotations
@@ -225,6 +229,49 @@ def _siren_ceilings(images: int, pixels: int, out_channels: int, flops: float, p
     return rows
 
 
+def pytorch_reference(python: str, cnn_steps: int, siren_steps: int, flops: dict, peak: float) -> list[dict]:
+    """The recipes in plain PyTorch, one model at a time (``benchmarks.vs_reference_zoo_torch`` run by
+    ``python``, 2 threads, each recipe in its own process): ms per model-step, GFLOP/s and % of ``peak`` of
+    the recipe's per-step FLOPs ``flops`` ({"cnn", "siren"}); a failed job keeps its status and error."""
+    from benchmarks import vs_reference
+
+    options = argparse.Namespace(reference_python=python, reference_dir=None, ott_python=None, threads=2,
+                                 repeats=None)
+    rows = []
+    for recipe, job, steps in (("cnn", "torch_cnn_zoo", cnn_steps), ("siren", "torch_siren", siren_steps)):
+        command, _ = vs_reference.job_command(dict(job=job, mode="train", models=1, steps=steps), options)
+        record = vs_reference.run_job(command, mem_gb=20.0, timeout_s=600.0)
+        row = {"recipe": recipe, "steps_per_call": steps, "status": record.get("status"),
+               "error": record.get("error"), "torch": record.get("torch"),
+               "other_cpu_frac": record.get("other_cpu_frac")}
+        if record.get("status") == "ok":
+            step_s = record["median_s"] / steps
+            row.update(ms_per_model_step=1e3 * step_s, gflops=flops[recipe] / step_s / 1e9,
+                       percent_of_peak=100 * flops[recipe] / step_s / 1e9 / peak)
+        rows.append(row)
+    return rows
+
+
+def _pytorch_markdown(result: dict) -> list[str]:
+    ours = {"cnn": min((r["ms_per_model_step"] for r in result["cnn"]["population"]), default=None),
+            "siren": min((r["ms_per_fit_step"] for r in result["siren"]["rows"]), default=None)}
+    rows = []
+    for r in result["pytorch"]:
+        torch_ms, our_ms = r.get("ms_per_model_step"), ours[r["recipe"]]
+        rows.append([{"cnn": "Small CNN Zoo step", "siren": "SIREN fit-step"}[r["recipe"]],
+                     r["status"] if torch_ms is None else f"{torch_ms:.2f}",
+                     "-" if torch_ms is None else f"{r['gflops']:.1f} ({r['percent_of_peak']:.0f}%)",
+                     "-" if our_ms is None else f"{our_ms:.2f}",
+                     "-" if torch_ms is None or our_ms is None else f"{torch_ms / our_ms:.2f}",
+                     "-" if r["other_cpu_frac"] is None else f"{r['other_cpu_frac']:.2f}"])
+    return ["", "## Against plain PyTorch, one model at a time (2 threads)", "",
+            "PyTorch ms per model-step (median of timed calls of several steps each, "
+            "`benchmarks.vs_reference_zoo_torch`) against our best population row above; speed-up = PyTorch / "
+            "ours (target >= 3); `other CPU` = share of the CPUs other processes used while PyTorch was timed.", "",
+            *harness.markdown_table(["recipe", "PyTorch ms / model-step", "PyTorch GFLOP/s (% of peak)",
+                                     "ours ms / model-step", "speed-up", "other CPU"], rows)]
+
+
 def _markdown(result: dict) -> str:
     cnn, siren = result["cnn"], result["siren"]
     cpus = [r.get("cpu") for r in cnn["population"] + cnn["components"] + siren["rows"] + siren["ceilings"]]
@@ -259,6 +306,8 @@ def _markdown(result: dict) -> str:
                   *harness.markdown_table(["case", "ms / fit-step", "% of peak"],
                                           [[r["case"], f"{r['ms_per_fit_step']:.3f}", f"{r['percent_of_peak']:.0f}%"]
                                            for r in siren["ceilings"]])]
+    if result.get("pytorch"):
+        lines += _pytorch_markdown(result)
     return "\n".join(lines) + "\n"
 
 
@@ -280,6 +329,8 @@ def main(argv=None) -> None:
     parser.add_argument("--siren-steps", type=positive_int, default=200)
     parser.add_argument("--no-components", dest="components", action="store_false",
                         help="skip the component and ceiling rows")
+    parser.add_argument("--reference-python", default=None,
+                        help="a Python with torch: adds the recipes in plain PyTorch, one model at a time")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     args = parser.parse_args(argv)
@@ -295,6 +346,10 @@ def main(argv=None) -> None:
                                          args.batch_size, peak)}
     result = {"cnn": cnn, "siren": siren_benchmark(args.siren_images, args.siren_steps, args.siren_chunks, peak,
                                                              args.components)}
+    if args.reference_python:
+        flops = {"cnn": cnn["flops_per_model_step"], "siren": result["siren"]["flops_per_fit_step"]}
+        result["pytorch"] = pytorch_reference(args.reference_python, min(args.steps, 20), min(args.siren_steps, 20),
+                                              flops, peak)
     result["run"] = record.finish()
     markdown = _markdown(result)
     harness.write_results(args.out, "zoo_throughput", result, markdown)

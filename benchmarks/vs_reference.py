@@ -1,0 +1,555 @@
+"""Side by side with the authors' code: our NFN training steps, TSW-SL / SW distances and zoo generation against
+the authors' PyTorch implementations, POT and OTT-JAX, and plain one-model-at-a-time PyTorch training.
+
+    python -m benchmarks.vs_reference [--reference-dir DIR] [--reference-python PY] [--ott-python PY]
+        [--groups nfn tsw zoo large] [--only JOB ...] [--resume] [--max-load 0.10 | --no-wait] [--repeats R]
+        [--out benchmarks/results]
+
+The full quiet measurement (after the set-up below; about 300 jobs, roughly an hour on 2 quiet cores;
+``--resume`` makes a rerun redo only the jobs whose records were disturbed, and starts afresh over a smoke run):
+
+    python -m benchmarks.vs_reference --reference-dir $SCRATCH/peers \
+        --reference-python $SCRATCH/torchvenv/bin/python --groups nfn tsw zoo --resume
+
+A smoke run under load (every job once, 2 timed calls, no waiting for a quiet machine; NOT evidence):
+
+    python -m benchmarks.vs_reference --reference-dir $SCRATCH/peers \
+        --reference-python $SCRATCH/torchvenv/bin/python --smoke
+
+Protocol (``benchmarks.vs_reference_protocol``). Every job (one model or distance, one shape, one mode) runs in
+its own fresh process, under an address-space limit (``--mem-gb``) and a timeout; the authors' job and ours of
+the same shape run one after the other (interleaved), so both see the machine in the same state. Before each job
+the driver waits (at most ``--max-wait`` s) until other processes use at most ``--max-load`` of the CPUs. In the
+job: a 512 x 512 numpy matmul calibration, the first call timed apart (it includes ``jax.jit`` /
+``torch.compile``), 2 warm-up calls, then at least 5 timed calls (more while the timed window is under 1 s and
+the total under 4 s); the median and min; peak RSS of the process; ``other_cpu_frac``, the share of all CPUs
+other processes used during the timed calls. A record above ``--contended`` (0.10) is disturbed: the job is rerun
+(``--reruns`` times); the report takes the best undisturbed record and marks a cell with only disturbed records
+with a dagger. The driver's own record (``benchmarks.harness``): load averages at start and end and a jitted
+matmul calibration. Results: ``vs_reference.json`` (every record) and ``vs_reference.md``.
+
+Modes. NFNs: ``fwd`` = forward only; ``fwdbwd`` = forward + BCE loss + gradient w.r.t. every parameter (a
+training step without the optimizer update), random-normal inputs shaped like the zoos (CNN zoo: conv 1-16-16-16
+3x3 + dense 16-10; MNIST small-transformer zoo: D=32, 2 heads, Dk=Dv=16, DA=64, 2 blocks). TSW / SW: the distance
+between two clouds of N points in R^d, or distance + gradient w.r.t. the moving cloud; L trees x k = 4 lines
+(SW: L k projections), frames drawn once outside the timed calls. Zoo (``train``): ms per model-step of the
+Small CNN Zoo recipe (batch 512, MNIST) and of SIREN fits (full 28 x 28 grid), plain PyTorch one model at a time
+(``benchmarks.vs_reference_zoo_torch``) against our vmapped populations (``benchmarks.zoo_throughput``).
+
+The authors' code is not part of this project: it is imported at run time from checkouts under
+``--reference-dir``, one folder per repository, at these commits (the record of each job carries the commit it
+found: ``git rev-parse HEAD`` or a ``.peer_commit`` file written when the tree was exported):
+
+    folder            repository                          commit
+    MAGEP-NFN         Fsoft-AIC/MAGEP-NFN                 d3298f5105d99f0b970ba7c7296f3b96f3963834
+    Monomial-NFN      MathematicalAI-NUS/Monomial-NFN     43aa468faa7a323e5ae666688c73e275258bf01b
+    nfn               AllanYangZhou/nfn                   ce783221fd7c511596220d805c7a5beccd764ee8
+    Transformer-NFN   Fsoft-AIC/Transformer-NFN           c1520e2c6067e20565062300a87acf1c426a8fce
+    DbTSW             Fsoft-AIC/DbTSW                     c8c124d009368cb9ae41fa792ed642424f31e17d
+    TS-Sobolev        thanhquangtran/TS-Sobolev           8cb1ec6070698807b8cb4d9265b5ce351a4bee89
+
+Set-up (once): clone or export each repository into ``$SCRATCH/peers/<folder>`` (``git archive HEAD | tar -x``;
+for DbTSW and TS-Sobolev, whose snapshots may lack a data file no job uses, extract file by file), write the
+commit to ``<folder>/.peer_commit``. One local fix in the Transformer-NFN checkout (it moves a tensor to the GPU
+unconditionally): in ``nfn_transformer/model.py``, ``InvariantNFN.forward``, replace
+``embedding = embedding.cuda()`` by ``embedding = embedding.to(self.final_classifier_head[0].weight.device)``.
+The reference Python: ``python3 -m venv $SCRATCH/torchvenv && $SCRATCH/torchvenv/bin/pip install torch numpy
+einops pot`` (CPU torch; ``torch.compile`` for DbTSW needs a C++ compiler). OTT-JAX (optional): a venv with
+``jax ott-jax`` named by ``--ott-python``, or the project's Python when it has ``ott``.
+
+Without ``--reference-dir`` / ``--reference-python`` the benchmark still runs our jobs, POT (torch backend in the
+reference Python, else numpy backend, value only) and OTT-JAX where available, and the report lists what it
+skipped and why.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from benchmarks import harness
+from benchmarks.vs_reference_protocol import RESULT_PREFIX, machine_busy_frac
+from common.cli import positive_int
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAME = "vs_reference"
+MODES = ("fwd", "fwdbwd")
+# authors' job -> our job, display name
+NFN_MODELS = {"magep": ("ours_magep", "MAGEP-NFN"), "monomial": ("ours_monomial", "Monomial-NFN"),
+              "nfn_hnp": ("ours_nfn_hnp", "HNP (nfn)"), "nfn_np": ("ours_nfn_np", "NP (nfn)"),
+              "tnfn": ("ours_tnfn", "Transformer-NFN")}
+CNN_BATCHES = (8, 64, 256)
+TNFN_BATCHES = (16, 64, 256)
+REFERENCE_TSW = ("tsw_chain", "dbtsw", "dbtsw_compiled", "pot", "ott")
+OURS_TSW = ("ours_tsw_chain", "ours_dbtsw", "ours_tsw_weighted", "ours_sw", "ours_tsw_distance")
+TSW_N, TSW_D, TSW_TREES, TSW_LINES = (100, 1000, 5000), (2, 100), (25, 100), 4
+LARGE_N, LARGE_JOBS = (100_000, 1_000_000), ("pot", "ours_tsw_chain", "ours_sw")
+# zoo: (plain PyTorch job, our job, display name, models ours trains together, steps per timed call or epoch,
+#       optimizer steps one model takes in the recipe)
+ZOO = {"cnn": ("torch_cnn_zoo", "ours_cnn_zoo", "Small CNN Zoo (MNIST, batch 512)", 32, 8, 86 * 118),
+       "siren": ("torch_siren", "ours_siren", "SIREN fit (28 x 28 grid)", 64, 200, 5000)}
+NEEDS_CHECKOUT = ("magep", "monomial", "nfn_hnp", "nfn_np", "tnfn", "tsw_chain", "dbtsw", "dbtsw_compiled")
+TORCH_JOBS = NEEDS_CHECKOUT + ("torch_cnn_zoo", "torch_siren")
+CONTENDED = 0.10
+SMOKE = dict(repeats=2, wait=False, reruns=0, batches=[8], tnfn_batches=[16], tsw_n=[100], tsw_d=[2],
+             tsw_trees=[25], zoo_models=2, zoo_steps=3, large_n=[])
+SHAPE_FIELDS = ("batch", "n", "d", "trees", "lines", "models", "steps")
+KEY_FIELDS = ("job", "mode", "batch", "n", "d", "trees", "lines")
+
+
+# ------------------------------------------------------------------------------------------------ jobs
+
+
+def nfn_jobs(batches, tnfn_batches, modes=MODES) -> list[dict]:
+    """Authors' and our NFN jobs, interleaved: each authors' job is followed by ours of the same shape."""
+    jobs = []
+    for ref, (ours, _) in NFN_MODELS.items():
+        for batch in (tnfn_batches if ref == "tnfn" else batches):
+            for mode in modes:
+                jobs += [dict(job=ref, mode=mode, batch=batch), dict(job=ours, mode=mode, batch=batch)]
+    return jobs
+
+
+def tsw_jobs(ns, ds, trees_list, modes=MODES, references=REFERENCE_TSW, ours=OURS_TSW) -> list[dict]:
+    """TSW / SW jobs of the grid, references and ours interleaved per cell and mode."""
+    jobs = []
+    for trees in trees_list:
+        for d in ds:
+            for n in ns:
+                for mode in modes:
+                    order = [j for pair in zip(references, ours) for j in pair]
+                    order += list(references[len(ours):]) + list(ours[len(references):])
+                    jobs += [dict(job=j, mode=mode, n=n, d=d, trees=trees, lines=TSW_LINES) for j in order]
+    return jobs
+
+
+def large_jobs(ns, modes=MODES) -> list[dict]:
+    """n = 1e5, 1e6 at d = 2, 25 trees x 4 lines: POT against our TSW-SL fast path and SW."""
+    return [dict(job=j, mode=mode, n=n, d=2, trees=25, lines=TSW_LINES) for n in ns for mode in modes
+            for j in LARGE_JOBS]
+
+
+def zoo_jobs(models: int | None, steps: int | None) -> list[dict]:
+    """Plain PyTorch (one model) and our population (``models`` together) per recipe."""
+    jobs = []
+    for torch_job, ours_job, _, default_models, default_steps, _ in ZOO.values():
+        s = default_steps if steps is None else steps
+        jobs += [dict(job=torch_job, mode="train", models=1, steps=max(1, min(s, 20))),
+                 dict(job=ours_job, mode="train", models=default_models if models is None else models, steps=s)]
+    return jobs
+
+
+def job_key(record: dict) -> str:
+    """The identity of a job (same shape, same mode, same code)."""
+    return json.dumps({k: record[k] for k in KEY_FIELDS if k in record}, sort_keys=True)
+
+
+def job_command(job: dict, options) -> tuple[list[str] | None, str | None]:
+    """(command, None) that runs ``job`` in a fresh process, or (None, reason) when it cannot run here."""
+    name = job["job"]
+    if name in NEEDS_CHECKOUT:
+        if not options.reference_dir:
+            return None, "no --reference-dir (the authors' checkouts)"
+    if name in TORCH_JOBS and not options.reference_python:
+        return None, "no --reference-python (a Python with torch)"
+    if name == "ott":
+        python = options.ott_python or (sys.executable if importlib.util.find_spec("ott") else None)
+        if not python:
+            return None, "no --ott-python and the project's Python has no ott-jax"
+        module = "benchmarks.vs_reference_ott"
+    elif name == "pot":
+        python = options.reference_python or sys.executable
+        if options.reference_python is None and job["mode"] != "fwd":
+            return None, "POT's value and gradient need its torch backend: no --reference-python"
+        module = "benchmarks.vs_reference_torch"
+    elif name in ("torch_cnn_zoo", "torch_siren"):
+        python, module = options.reference_python, "benchmarks.vs_reference_zoo_torch"
+    elif name in TORCH_JOBS:
+        python, module = options.reference_python, "benchmarks.vs_reference_torch"
+    else:
+        python, module = sys.executable, "benchmarks.vs_reference_ours"
+    command = [python, "-m", module, "--job", name, "--mode", job["mode"], "--threads", str(options.threads)]
+    for field in SHAPE_FIELDS:
+        if field in job:
+            command += [f"--{field}", str(job[field])]
+    if options.reference_dir:
+        command += ["--reference-dir", os.path.abspath(options.reference_dir)]
+    if options.repeats is not None:
+        command += ["--repeats", str(options.repeats)]
+    return command, None
+
+
+def run_job(command: list[str], mem_gb: float, timeout_s: float) -> dict:
+    """Runs one job's process (its address space capped at ``mem_gb`` by the job itself, killed after
+    ``timeout_s``) from the project root; returns its ``RESULT`` record, or a record with status timeout / oom /
+    killed / error."""
+    command = command + ["--mem-gb", str(mem_gb)]
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               PYTHONDONTWRITEBYTECODE="1")
+    start = time.time()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, cwd=ROOT,
+                              env=env)
+    except subprocess.TimeoutExpired:
+        return dict(status="timeout", error=f"killed after {timeout_s} s", wall_s=time.time() - start)
+    record = None
+    for line in done.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            record = json.loads(line[len(RESULT_PREFIX):])
+    if record is None:
+        tail = (done.stderr or "")[-400:]
+        status = "killed" if done.returncode < 0 else "oom" if "MemoryError" in tail else "error"
+        return dict(status=status, error=f"rc={done.returncode}: {tail}", wall_s=time.time() - start)
+    record["wall_s"] = time.time() - start
+    return record
+
+
+def is_clean(record: dict, contended: float = CONTENDED) -> bool:
+    """Undisturbed: a failure that is not about time (oom, error, skipped), or timed with other processes
+    using at most ``contended`` of the CPUs."""
+    if record.get("status") in ("oom", "error", "skipped"):
+        return True
+    other = record.get("other_cpu_frac")
+    return record.get("status") in ("ok", "slow") and other is not None and other <= contended
+
+
+def wait_quiet(max_load: float, max_wait_s: float) -> float | None:
+    """Waits until other processes use at most ``max_load`` of the CPUs (at most ``max_wait_s``); returns the
+    last reading."""
+    start = time.time()
+    while True:
+        busy = machine_busy_frac()
+        if busy is None or busy <= max_load or time.time() - start > max_wait_s:
+            return busy
+        time.sleep(10)
+
+
+def measure_job(job: dict, options) -> list[dict]:
+    """The records of one job: a skipped record, or one run plus up to ``options.reruns`` reruns while the runs
+    are disturbed."""
+    command, reason = job_command(job, options)
+    if command is None:
+        return [dict(job, status="skipped", error=reason)]
+    records = []
+    for attempt in range(1 + options.reruns):
+        busy = wait_quiet(options.max_load, options.max_wait) if options.wait else machine_busy_frac(0.5)
+        record = run_job(command, options.mem_gb, options.timeout)
+        for field in SHAPE_FIELDS:  # the job script's defaults for fields this job does not have
+            if field not in job:
+                record.pop(field, None)
+        record.update(job, busy_before=busy, attempt=attempt, mem_limit_gb=options.mem_gb)
+        if "steps" in job and job["job"].startswith("torch_") and record.get("median_s") is not None:
+            record["model_step_s"] = record["median_s"] / job["steps"]
+        elif job["job"].startswith("ours_") and job["mode"] == "train" and record.get("median_s") is not None:
+            record["model_step_s"] = record["median_s"]
+        records.append(record)
+        if is_clean(record, options.contended):
+            break
+    return records
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def best_records(records: list[dict], contended: float = CONTENDED) -> dict[str, dict]:
+    """Per job key the record the tables use: the lowest median among undisturbed records, else among all
+    (marked ``disturbed``)."""
+    by_key: dict[str, list[dict]] = {}
+    for r in records:
+        by_key.setdefault(job_key(r), []).append(r)
+    best = {}
+    for key, rs in by_key.items():
+        clean = [r for r in rs if is_clean(r, contended)]
+        pool = sorted(clean or rs, key=lambda r: (r.get("median_s") is None, r.get("median_s") or 0.0))
+        best[key] = dict(pool[0], disturbed=not clean, n_records=len(rs))
+    return best
+
+
+def _get(best, **fields):
+    return best.get(job_key(fields))
+
+
+def _ms(r) -> str:
+    if r is None:
+        return "n/a"
+    status = r.get("status")
+    if status == "slow":
+        return f"> 60 s ({r.get('first_call_s') or 0:.0f} s, 1 call)"
+    if status != "ok":
+        return {"skipped": "skipped", "oom": "OOM"}.get(status, status)
+    x = 1e3 * r["median_s"]
+    return (f"{x:.3g}" if x < 100 else f"{x:.0f}") + ("†" if r.get("disturbed") else "")
+
+
+def _ratio(ours, ref) -> str:
+    if not ours or not ref or ours.get("status") != "ok" or ref.get("status") != "ok":
+        return "-"
+    r = ours["median_s"] / ref["median_s"]
+    return f"{r:.2f}" if r >= 0.095 else f"{r:.2g}"
+
+
+def _first(r) -> str:
+    return "-" if not r or r.get("first_call_s") is None else f"{r['first_call_s']:.2f}"
+
+
+def _rss(r) -> str:
+    return "-" if not r or r.get("status") not in ("ok", "slow") else f"{r['peak_rss_mb']:.0f}"
+
+
+def _other(r) -> str:
+    return "-" if not r or r.get("other_cpu_frac") is None else f"{r['other_cpu_frac']:.2f}"
+
+
+def nfn_table(best) -> list[str]:
+    rows = []
+    nfn_names = set(NFN_MODELS) | {ours for ours, _ in NFN_MODELS.values()}
+    batches = sorted({r["batch"] for r in best.values() if r["job"] in nfn_names})
+    for ref, (ours, name) in NFN_MODELS.items():
+        for batch in batches:
+            for mode in MODES:
+                a, o = _get(best, job=ref, mode=mode, batch=batch), _get(best, job=ours, mode=mode, batch=batch)
+                if a is None and o is None:
+                    continue
+                params = f"{(a or {}).get('n_params', '-')} / {(o or {}).get('n_params', '-')}"
+                rows.append([name, batch, mode, _ms(a), _ms(o), _ratio(o, a), _first(o), _first(a), params,
+                             f"{_rss(a)} / {_rss(o)}", f"{_other(a)} / {_other(o)}"])
+    return harness.markdown_table(["model", "batch", "mode", "authors ms", "ours ms", "ours / authors",
+                                   "our first call s", "authors' first call s", "params authors / ours",
+                                   "peak RSS MB a / o", "other CPU a / o"], rows)
+
+
+TSW_NAMES = {"tsw_chain": "TS-Sobolev TSWChain", "dbtsw": "DbTSW eager", "dbtsw_compiled": "DbTSW compiled",
+             "pot": "POT SW", "ott": "OTT-JAX SW", "ours_tsw_chain": "ours TSW-SL fast (p=1)",
+             "ours_tsw_weighted": "ours TSW-SL a,b (p=2)", "ours_tsw_distance": "ours TSW-SL distance (p=2)",
+             "ours_dbtsw": "ours Db-TSW (p=2)", "ours_sw": "ours SW (p=2)"}
+TSW_RATIOS = (("ours_tsw_chain", "tsw_chain"), ("ours_dbtsw", "dbtsw"), ("ours_dbtsw", "dbtsw_compiled"),
+              ("ours_sw", "pot"), ("ours_sw", "ott"), ("ours_tsw_chain", "pot"))
+
+
+def tsw_tables(best) -> list[str]:
+    cells = sorted({(r["trees"], r["lines"], r["d"], r["n"]) for r in best.values()
+                    if r["job"] in TSW_NAMES and r.get("mode") in MODES})
+    if not cells:
+        return []
+    lines = []
+    columns = list(TSW_NAMES)
+    for mode in [m for m in MODES if any(r.get("mode") == m and r["job"] in TSW_NAMES for r in best.values())]:
+        rows = []
+        for trees, k, d, n in cells:
+            get = lambda j: _get(best, job=j, mode=mode, n=n, d=d, trees=trees, lines=k)  # noqa: E731
+            rows.append([f"{trees} x {k}", d, n, *[_ms(get(j)) for j in columns],
+                         *[_ratio(get(a), get(b)) for a, b in TSW_RATIOS]])
+        header = ["L x k", "d", "N", *[TSW_NAMES[j] for j in columns],
+                  *[f"{TSW_NAMES[a].split(' (')[0]} / {TSW_NAMES[b]}" for a, b in TSW_RATIOS]]
+        lines += [f"### TSW / SW {mode}: median ms per call (ratios ours / theirs)", "",
+                  *harness.markdown_table(header, rows), ""]
+    rows = []
+    for trees, k, d, n in cells:
+        get = lambda j, m: _get(best, job=j, mode=m, n=n, d=d, trees=trees, lines=k)  # noqa: E731
+        rows.append([f"{trees} x {k}", d, n, *[f"{_rss(get(j, 'fwd'))} / {_rss(get(j, 'fwdbwd'))}" for j in columns],
+                     *[f"{_first(get(j, 'fwd'))} / {_first(get(j, 'fwdbwd'))}" for j in ("dbtsw_compiled", "ott")
+                       + OURS_TSW]])
+    header = ["L x k", "d", "N", *[f"RSS MB {TSW_NAMES[j]}" for j in columns],
+              *[f"first call s {TSW_NAMES[j]}" for j in ("dbtsw_compiled", "ott") + OURS_TSW]]
+    lines += ["### TSW / SW: peak RSS MB (fwd / fwd+bwd) and first calls, s (fwd / fwd+bwd)", "",
+              *harness.markdown_table(header, rows), ""]
+    return lines
+
+
+def zoo_table(best) -> list[str]:
+    rows = []
+    for torch_job, ours_job, name, _, _, recipe_steps in ZOO.values():
+        t = next((r for r in best.values() if r["job"] == torch_job), None)
+        o = next((r for r in best.values() if r["job"] == ours_job), None)
+        if t is None and o is None:
+            continue
+        step = lambda r: None if not r or r.get("model_step_s") is None else r["model_step_s"]  # noqa: E731
+        fmt = lambda s: "-" if s is None else f"{1e3 * s:.3g}"  # noqa: E731
+        per_s = lambda s: "-" if s is None else f"{1 / s:.1f}"  # noqa: E731
+        models_h = lambda s: "-" if s is None else f"{3600 / (s * recipe_steps):.2f}"  # noqa: E731
+        ts, os_ = step(t), step(o)
+        speedup = "-" if ts is None or os_ is None else f"{ts / os_:.2f}"
+        status = lambda r: "" if not r or r.get("status") == "ok" else f" ({r.get('status')})"  # noqa: E731
+        rows.append([name, fmt(ts) + status(t), f"{fmt(os_)}{status(o)} ({(o or {}).get('models', '-')} models)",
+                     f"{per_s(ts)} / {per_s(os_)}", f"{models_h(ts)} / {models_h(os_)}", speedup,
+                     f"{_other(t)} / {_other(o)}"])
+    if not rows:
+        return []
+    return ["## Zoo generation: plain PyTorch, one model at a time, against our vmapped populations", "",
+            "ms per model-step (one optimizer step of one model); models per hour at the recipe's length "
+            f"(CNN {ZOO['cnn'][5]} steps: 86 epochs x 118 steps; SIREN {ZOO['siren'][5]} steps); speed-up = "
+            "PyTorch ms / our ms (target >= 3).", "",
+            *harness.markdown_table(["recipe", "PyTorch ms / model-step", "ours ms / model-step",
+                                     "model-steps/s PyTorch / ours", "models/hour PyTorch / ours", "speed-up",
+                                     "other CPU t / o"], rows), ""]
+
+
+def contention_table(best) -> list[str]:
+    """Per job: the share of the CPUs other processes used while it was timed, the load before it started, its
+    numpy matmul calibration and how many records it has."""
+    rows = [[f"`{key}`", r.get("status"), _other(r),
+             "-" if r.get("busy_before") is None else f"{r['busy_before']:.2f}",
+             "-" if r.get("calib_ms") is None else f"{r['calib_ms']:.2f}", r["n_records"],
+             "yes" if r.get("disturbed") and r.get("status") in ("ok", "slow") else ""]
+            for key, r in sorted(best.items()) if r.get("status") != "skipped"]
+    if not rows:
+        return []
+    return ["## Contention per job", "",
+            "`other CPU` = share of all CPUs other processes used during the timed calls; `busy before` = share "
+            "of all CPUs busy just before the job started; calibration = median ms of a 512 x 512 float32 numpy "
+            "matmul in the job's process.", "",
+            *harness.markdown_table(["job", "status", "other CPU", "busy before", "calibration ms", "records",
+                                     "disturbed"], rows), ""]
+
+
+def markdown(result: dict) -> str:
+    best = best_records(result["records"], result["options"]["contended"])
+    lines = ["# Side by side with the authors' code (CPU)", ""]
+    if result.get("note"):
+        lines += [result["note"], ""]
+    if result["smoke"]:
+        lines += ["**SMOKE RUN under load: NOT evidence.** Every job ran with a fixed small number of timed calls "
+                  "and without waiting for a quiet machine; the figures only show that each job runs and the "
+                  "report renders. The quiet measurement is the command in `benchmarks/vs_reference.py`.", ""]
+    lines += [*harness.run_markdown(result["run"]),
+              f"Jobs: {len(best)} ({len(result['records'])} records); each in its own process, interleaved "
+              "authors / ours, protocol in `benchmarks/vs_reference.py`. Contention: `other CPU` = share of "
+              "all CPUs other processes used while a job was timed; above "
+              f"{result['options']['contended']:.2f} a record is disturbed (rerun; † = only disturbed records). "
+              f"Numpy 512 x 512 matmul calibration per job: median {_calib(best)} ms.", ""]
+    skipped = sorted({(r["job"], r.get("error", "")) for r in best.values() if r.get("status") == "skipped"})
+    if skipped:
+        lines += ["Skipped:", "", *[f"- `{job}`: {why}" for job, why in skipped], ""]
+    missing = [key for key in result.get("planned", []) if key not in best]
+    if missing:
+        lines += [f"Not run ({len(missing)} planned jobs: the run stopped, or is still running, before them):", "",
+                  *[f"- `{key}`" for key in missing], ""]
+    failed = sorted({(r["job"], r.get("status"),
+                      (r.get("error") or f"first call {r.get('first_call_s') or 0:.0f} s")[:160])
+                     for r in best.values() if r.get("status") not in ("ok", "skipped")})
+    if failed:
+        lines += ["Failed:", "", *[f"- `{job}` ({status}): {why}" for job, status, why in failed], ""]
+    if any("batch" in r for r in best.values()):
+        lines += ["## NFN predictors: median ms per batch", "",
+                  "fwd = forward; fwdbwd = forward + BCE loss + gradient w.r.t. all parameters. Goal: ours / "
+                  "authors <= 0.33 and our first call <= 2 s.", "", *nfn_table(best), ""]
+    tables = tsw_tables(best)
+    if tables:
+        lines += ["## Tree-sliced and sliced Wasserstein", "", *tables]
+    lines += zoo_table(best)
+    lines += contention_table(best)
+    commits = sorted({(r["repo"], r["commit"]) for r in best.values() if r.get("repo") and r.get("commit")})
+    if commits:
+        lines += ["Code measured: " + "; ".join(f"{repo} @ {commit[:10]}" for repo, commit in commits) + ".", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _calib(best) -> str:
+    values = [r["calib_ms"] for r in best.values() if r.get("calib_ms") is not None]
+    return "-" if not values else f"{statistics.median(values):.2f} (range {min(values):.2f}-{max(values):.2f})"
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def select_jobs(options) -> list[dict]:
+    """The jobs of the selected groups, filtered by ``--only``."""
+    jobs = []
+    if "nfn" in options.groups:
+        jobs += nfn_jobs(options.batches, options.tnfn_batches, options.modes)
+    if "tsw" in options.groups:
+        jobs += tsw_jobs(options.tsw_n, options.tsw_d, options.tsw_trees, options.modes)
+    if "large" in options.groups:
+        jobs += large_jobs(options.large_n, options.modes)
+    if "zoo" in options.groups:
+        jobs += zoo_jobs(options.zoo_models, options.zoo_steps)
+    if options.only:
+        jobs = [j for j in jobs if j["job"] in options.only]
+    return jobs
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference-dir", default=None, help="folder holding the authors' checkouts")
+    parser.add_argument("--reference-python", default=None, help="a Python with torch, numpy, einops, POT")
+    parser.add_argument("--ott-python", default=None, help="a Python with jax and ott-jax")
+    parser.add_argument("--groups", nargs="+", default=["nfn", "tsw", "zoo"],
+                        choices=("nfn", "tsw", "zoo", "large"))
+    parser.add_argument("--only", nargs="+", default=None, help="only these jobs (e.g. magep ours_magep)")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="NFN and TSW modes")
+    parser.add_argument("--batches", type=positive_int, nargs="+", default=list(CNN_BATCHES))
+    parser.add_argument("--tnfn-batches", type=positive_int, nargs="+", default=list(TNFN_BATCHES))
+    parser.add_argument("--tsw-n", type=positive_int, nargs="+", default=list(TSW_N))
+    parser.add_argument("--tsw-d", type=positive_int, nargs="+", default=list(TSW_D))
+    parser.add_argument("--tsw-trees", type=positive_int, nargs="+", default=list(TSW_TREES))
+    parser.add_argument("--large-n", type=positive_int, nargs="+", default=list(LARGE_N))
+    parser.add_argument("--zoo-models", type=positive_int, default=None, help="models our population trains")
+    parser.add_argument("--zoo-steps", type=positive_int, default=None, help="steps per timed epoch / call")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch threads")
+    parser.add_argument("--repeats", type=positive_int, default=None, help="fixed timed calls per job (smoke)")
+    parser.add_argument("--max-load", type=float, default=CONTENDED,
+                        help="wait before each job until other processes use at most this share of the CPUs")
+    parser.add_argument("--max-wait", type=float, default=1800.0, help="seconds to wait for a quiet machine")
+    parser.add_argument("--no-wait", dest="wait", action="store_false", help="do not wait for a quiet machine")
+    parser.add_argument("--contended", type=float, default=CONTENDED, help="other processes' CPU share above "
+                        "which a record is disturbed")
+    parser.add_argument("--reruns", type=int, default=2, help="reruns of a disturbed job")
+    parser.add_argument("--mem-gb", type=float, default=20.0, help="address-space limit per job")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per job")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the records of the existing result; run only the jobs without an undisturbed "
+                        "ok / slow / oom record")
+    parser.add_argument("--no-calibration", dest="calibration", action="store_false",
+                        help="skip the driver's jitted matmul calibration (each job still calibrates)")
+    parser.add_argument("--smoke", action="store_true", help=f"smoke run, NOT evidence: {SMOKE}")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    options = parser.parse_args(argv)
+    if options.smoke:
+        parser.set_defaults(**SMOKE)
+        options = parser.parse_args(argv)
+    if options.reruns < 0:
+        raise ValueError(f"--reruns must be >= 0, got {options.reruns}")
+    return options
+
+
+def main(argv=None) -> dict:
+    options = parse_args(argv)
+    run = harness.start_run(calibrate=options.calibration)
+    smoke = options.smoke or options.repeats is not None or not options.wait
+    previous = harness.read_json(os.path.join(options.out, f"{NAME}.json"), {}) if options.resume else {}
+    if previous.get("smoke", False) != smoke:  # a measurement never mixes smoke and quiet records
+        previous = {}
+    records = list(previous.get("records", []))
+    done = {job_key(r) for r in records if is_clean(r, options.contended) and r.get("status") in ("ok", "slow", "oom")}
+    jobs = select_jobs(options)
+
+    def write() -> tuple[dict, str]:  # after every job, so a stopped run keeps what it measured
+        result = {"records": records, "smoke": smoke, "run": run.finish(), "planned": [job_key(j) for j in jobs],
+                  "options": {k: v for k, v in vars(options).items()}}
+        text = markdown(result)
+        harness.write_results(options.out, NAME, result, text)
+        return result, text
+
+    for i, job in enumerate(jobs):
+        if job_key(job) in done:
+            continue
+        new = measure_job(job, options)
+        records += new
+        last = new[-1]
+        median = last.get("median_s")
+        print(f"[{i + 1}/{len(jobs)}] {job_key(job)} -> {last['status']}"
+              f"{'' if median is None else f', median {1e3 * median:.3g} ms'}"
+              f"{'' if is_clean(last, options.contended) else ' (disturbed)'}", flush=True)
+        write()
+    result, text = write()
+    print(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()

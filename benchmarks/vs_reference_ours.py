@@ -1,0 +1,229 @@
+"""One job of ``benchmarks.vs_reference`` on this library, in its own process (the project's Python).
+
+    python -m benchmarks.vs_reference_ours --job ours_magep --batch 64 --mode fwdbwd
+    python -m benchmarks.vs_reference_ours --job ours_sw --n 1000 --d 100 --trees 25 --lines 4 --mode fwd
+    python -m benchmarks.vs_reference_ours --job ours_cnn_zoo --models 8 --steps 4 --mode train
+
+Same protocol as the reference jobs (``benchmarks.vs_reference_protocol``); every call ends with
+``jax.block_until_ready``; the first call includes the ``jax.jit`` trace and XLA compile.
+NFNs: ``fwd`` the jitted logits, parameters and inputs as jit arguments; ``fwdbwd`` the jitted
+``jax.value_and_grad`` of the BCE loss (``optax.sigmoid_binary_cross_entropy`` on the logits, uniform random
+targets) w.r.t. every ``nnx.Param``; inputs random normal with the CNN-zoo / small-transformer-zoo shapes, the
+configurations the authors published (docs/magep.md, docs/transformer_nfn.md). TSW / SW: the jitted distance,
+or value and gradient w.r.t. Y; tree frames / projections drawn once and passed as arguments.
+Zoo jobs (``train``): ms per model-step of the recipe's population training (`benchmarks.zoo_throughput`):
+one record per run, ``median_s`` = seconds per model-step, ``first_call_s`` = compile seconds.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+
+from benchmarks import vs_reference_protocol as protocol
+
+NFN_JOBS = {"ours_magep": "magep", "ours_monomial": "monomial", "ours_nfn_hnp": "hnp", "ours_nfn_np": "np",
+            "ours_tnfn": None}
+TSW_JOBS = ("ours_tsw_chain", "ours_tsw_weighted", "ours_tsw_distance", "ours_dbtsw", "ours_sw")
+ZOO_JOBS = ("ours_cnn_zoo", "ours_siren")
+JOBS = tuple(NFN_JOBS) + TSW_JOBS + ZOO_JOBS
+CNN_SHAPES_W = ((16, 1, 3, 3), (16, 16, 3, 3), (16, 16, 3, 3), (10, 16))
+CNN_SHAPES_B = ((16,), (16,), (16,), (10,))
+
+
+def _jit_pair(forward, loss, args, target):
+    """(fwd, fwdbwd) callables of a model's jitted logits and jitted BCE value-and-gradient."""
+    import jax
+
+    fwd_jit, step_jit = jax.jit(forward), jax.jit(jax.value_and_grad(loss))
+
+    def fwd():
+        return jax.block_until_ready(fwd_jit(*args))
+
+    def fwdbwd():
+        value, grads = step_jit(*args, target)
+        jax.block_until_ready(grads)
+        return value
+
+    return fwd, fwdbwd
+
+
+def build_cnn_nfn(job: str, batch: int):
+    """(fwd, fwdbwd, info) of a `magep.GeneralizationPredictor` on a CNN-zoo batch."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from flax import nnx
+
+    from common import NetworkSpec, WeightSpace
+    from magep import GeneralizationPredictor
+
+    nfn = NFN_JOBS[job]
+    rng = np.random.default_rng(0)
+    draw = lambda shapes: tuple(jnp.asarray(rng.standard_normal((batch,) + s), jnp.float32) for s in shapes)
+    ws = WeightSpace(draw(CNN_SHAPES_W), draw(CNN_SHAPES_B))
+    spec = NetworkSpec.from_weights(ws)
+    feats = ws.to_features()
+    extra = {"freeze_phi": True} if nfn == "magep" else {}  # the authors' couplings are fixed random buffers
+    model = GeneralizationPredictor(spec, nfn=nfn, rngs=nnx.Rngs(0), **extra)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    target = jnp.asarray(rng.uniform(size=(batch,)), jnp.float32)
+
+    def forward(p, r, w, b):
+        return nnx.merge(graphdef, p, r).logits(WeightSpace(w, b, is_features=True))
+
+    def loss(p, r, w, b, t):
+        return optax.sigmoid_binary_cross_entropy(forward(p, r, w, b), t).mean()
+
+    fwd, fwdbwd = _jit_pair(forward, loss, (params, rest, feats.weights, feats.biases), target)
+    info = dict(config=f"magep.GeneralizationPredictor(nfn={nfn!r}, default channels and head"
+                       f"{', freeze_phi=True' if nfn == 'magep' else ''})",
+                n_params=int(sum(x.size for x in jax.tree.leaves(params))))
+    return fwd, fwdbwd, info
+
+
+def build_tnfn(batch: int):
+    """(fwd, fwdbwd, info) of a `transformer_nfn.AccuracyPredictor` on a small-transformer-zoo batch."""
+    import jax
+    import optax
+    from flax import nnx
+
+    from transformer_nfn import AccuracyPredictor, TransformerSpec, nets
+
+    zoo = TransformerSpec(num_blocks=2, num_heads=2, d_model=32, d_k=16, d_v=16, d_ffn=64)
+    weights = jax.vmap(lambda k: nets.init_weights(k, zoo, 10))(jax.random.split(jax.random.key(batch), batch))
+    leaves, treedef = jax.tree.flatten(weights)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    leaves = [jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves)]
+    target = jax.random.uniform(jax.random.key(2), (batch,))
+    model = AccuracyPredictor(zoo, classifier_widths=(32, 32, 10), embedding_size=544, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def forward(p, r, xs):
+        return nnx.merge(graphdef, p, r).logits(jax.tree.unflatten(treedef, xs))
+
+    def loss(p, r, xs, t):
+        return optax.sigmoid_binary_cross_entropy(forward(p, r, xs), t).mean()
+
+    fwd, fwdbwd = _jit_pair(forward, loss, (params, rest, leaves), target)
+    info = dict(config="transformer_nfn.AccuracyPredictor(zoo D=32 h=2 Dk=Dv=16 DA=64 2 blocks, classifier_widths "
+                       "(32, 32, 10), embedding_size 544, defaults otherwise)",
+                n_params=int(sum(x.size for x in jax.tree.leaves(params))))
+    return fwd, fwdbwd, info
+
+
+def build_tsw(job: str, n: int, d: int, trees: int, lines: int, p: int):
+    """(fwd, fwdbwd, info) of one of our TSW / SW distances between two random clouds of n points in R^d."""
+    import jax
+    import jax.numpy as jnp
+
+    import tsw_sl
+
+    kx, ky, kt = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (n, d))
+    y = jax.random.normal(ky, (n, d)) + 0.5
+    mean_x = jnp.mean(x, axis=0)
+    uniform = jnp.full((n,), 1.0 / n)
+    if job in ("ours_tsw_chain", "ours_tsw_weighted", "ours_tsw_distance"):
+        frames = tsw_sl.sample_trees(kt, trees, lines, d, "chain", root_mean=mean_x, root_std=0.1,
+                                     t_range=(-0.1, 0.1))
+    elif job == "ours_dbtsw":
+        frames = tsw_sl.sample_trees(kt, trees, lines, d, "concurrent", root_mean=mean_x, root_std=0.1)
+    else:
+        frames = tsw_sl.trees.random_directions(kt, (trees * lines,), d, jnp.float32)
+    distances = {
+        "ours_tsw_chain": (1, lambda x, y, t: tsw_sl.tree_wasserstein(x, y, trees=t),
+                           "tree_wasserstein(chain, uniform splitting, p=1, default weights): the fast path"),
+        "ours_tsw_weighted": (p, lambda x, y, t: tsw_sl.tree_wasserstein(x, y, uniform, uniform, trees=t, p=p),
+                              f"tree_wasserstein(chain, uniform splitting, p={p}, explicit uniform weights)"),
+        "ours_tsw_distance": (p, lambda x, y, t: tsw_sl.tree_wasserstein(x, y, trees=t, splitting="distance",
+                                                                         delta=2.0, p=p),
+                              f"tree_wasserstein(chain, splitting='distance', delta=2, p={p})"),
+        "ours_dbtsw": (p, lambda x, y, t: tsw_sl.tree_wasserstein(x, y, trees=t, splitting="distance", delta=2.0,
+                                                                  p=p),
+                       f"Db-TSW: tree_wasserstein(concurrent trees, splitting='distance', delta=2, p={p})"),
+        "ours_sw": (p, lambda x, y, t: tsw_sl.sliced_wasserstein(x, y, projections=t, n_projections=trees * lines,
+                                                                 p=p),
+                    f"sliced_wasserstein(p={p}, {trees * lines} projections drawn once)"),
+    }
+    power, distance, config = distances[job]
+    fwd_jit, grad_jit = jax.jit(distance), jax.jit(jax.value_and_grad(distance, argnums=1))
+
+    def fwd():
+        return jax.block_until_ready(fwd_jit(x, y, frames))
+
+    def fwdbwd():
+        value, grad = grad_jit(x, y, frames)
+        jax.block_until_ready(grad)
+        return value
+
+    return fwd, fwdbwd, dict(config=config, p=power)
+
+
+def zoo_record(job: str, models: int, steps: int) -> dict:
+    """Our population training of the recipe: ms per model-step (``benchmarks.zoo_throughput``) as a record:
+    ``median_s`` = ``min_s`` = seconds per model-step, ``first_call_s`` = compile seconds, and the contention of
+    the timed epochs."""
+    from benchmarks import zoo_throughput
+    from common.population import CPU_CHUNK
+    from magep import zoo_recipes as recipes
+
+    chunk = min(models, CPU_CHUNK)
+    with protocol.Contention() as c:
+        if job == "ours_cnn_zoo":
+            row = zoo_throughput.population_step("mnist", ["relu"], [models], [chunk], steps,
+                                                 recipes.CNN_BATCH_SIZE, peak=1.0)[0]
+            config = (f"common.population.train_population, Small CNN Zoo recipe (relu, batch "
+                      f"{recipes.CNN_BATCH_SIZE}, MNIST), {models} models vmapped in chunks of {chunk}")
+        else:
+            row = zoo_throughput.siren_benchmark(models, steps, [chunk], peak=1.0, ceilings=False)["rows"][0]
+            config = (f"common.population.train_population, SIREN recipe (2-32-32-1, full 28 x 28 MNIST grid, "
+                      f"Adam lr {recipes.SIREN_LEARNING_RATE}), {models} fits vmapped in chunks of {chunk}")
+    resolved = row["two_epochs_s"] > row["one_epoch_s"]  # else the step time drowned in noise (too few steps)
+    return dict(config=config, median_s=row["step_s"], min_s=row["step_s"], first_call_s=row["compile_s"],
+                one_epoch_s=row["one_epoch_s"], two_epochs_s=row["two_epochs_s"], reps=1,
+                other_cpu_frac=None if c.other_cpu_frac is None else round(c.other_cpu_frac, 3),
+                status="ok" if resolved else "error",
+                **({} if resolved else {"error": "2 epochs took no longer than 1: raise --zoo-steps"}))
+
+
+def _git_commit() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        out = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def main(argv=None) -> dict:
+    args = protocol.job_arguments(__doc__.splitlines()[0], JOBS, argv)
+    record = protocol.base_record(args)
+    import flax
+    import jax
+
+    record.update(jax=jax.__version__, flax=flax.__version__, repo="nfn_tsw", commit=_git_commit())
+    if args.job in ZOO_JOBS:
+        def run():
+            record["calib_ms"] = protocol.calibrate()
+            record.update(zoo_record(args.job, args.models, args.steps))
+        try:
+            run()
+        except Exception as e:  # noqa: BLE001 - reported in the record
+            record.update(status="error", error=f"{type(e).__name__}: {str(e)[:300]}")
+        return protocol.emit(record)
+
+    def build():
+        if args.job == "ours_tnfn":
+            fwd, fwdbwd, info = build_tnfn(args.batch)
+        elif args.job in NFN_JOBS:
+            fwd, fwdbwd, info = build_cnn_nfn(args.job, args.batch)
+        else:
+            fwd, fwdbwd, info = build_tsw(args.job, args.n, args.d, args.trees, args.lines, args.p)
+        return (fwd if args.mode == "fwd" else fwdbwd), info
+
+    return protocol.measure(record, build, args.repeats)
+
+
+if __name__ == "__main__":
+    main()

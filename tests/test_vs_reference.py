@@ -1,0 +1,156 @@
+"""benchmarks.vs_reference (side by side with the authors' code): the driver end to end on one tiny job of ours
+without reference checkouts, and its job selection, record choice and report on made-up records. No assertion on
+a measured time."""
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from benchmarks import vs_reference as vs
+from benchmarks import vs_reference_protocol as protocol
+
+
+def _options(**overrides):
+    base = dict(reference_dir=None, reference_python=None, ott_python=None, threads=2, repeats=None)
+    return SimpleNamespace(**{**base, **overrides})
+
+
+def test_driver_runs_our_job_and_reports_what_it_skipped(tmp_path):
+    """One of our jobs in its own process and two reference jobs that cannot run here: the JSON holds the
+    measured record and the skipped ones with their reasons; the Markdown says it is a smoke run, what it skipped
+    and why."""
+    result = vs.main(["--groups", "tsw", "--only", "ours_sw", "tsw_chain", "dbtsw_compiled", "--modes", "fwd",
+                      "--tsw-n", "16", "--tsw-d", "2", "--tsw-trees", "2", "--repeats", "1", "--no-wait",
+                      "--reruns", "0", "--no-calibration", "--out", str(tmp_path)])
+    records = {r["job"]: r for r in json.load(open(tmp_path / "vs_reference.json"))["records"]}
+    assert set(records) == {"ours_sw", "tsw_chain", "dbtsw_compiled"}
+    ours = records["ours_sw"]
+    assert ours["status"] == "ok", ours.get("error")
+    assert (ours["n"], ours["d"], ours["trees"], ours["lines"], ours["reps"]) == (16, 2, 2, 4, 1)
+    assert "batch" not in ours and "models" not in ours  # the job script's defaults for other shapes are dropped
+    assert ours["median_s"] > 0 and ours["first_call_s"] > 0 and ours["calib_ms"] > 0 and ours["peak_rss_mb"] > 0
+    assert ours["value"] > 0  # the sliced distance between two shifted clouds
+    assert records["tsw_chain"]["status"] == records["dbtsw_compiled"]["status"] == "skipped"
+    assert "--reference-dir" in records["tsw_chain"]["error"]
+    text = (tmp_path / "vs_reference.md").read_text()
+    assert "SMOKE RUN" in text and result["smoke"]
+    skipped = text.split("Skipped:")[1].split("##")[0]
+    assert "`tsw_chain`: no --reference-dir" in skipped and "`dbtsw_compiled`" in skipped
+    assert "ours_sw" not in skipped
+    assert "| 2 x 4 | 2 | 16 |" in text
+
+
+def test_job_selection_interleaves_authors_and_ours():
+    jobs = vs.nfn_jobs([8], [16])
+    names = [j["job"] for j in jobs]
+    assert names[:4] == ["magep", "ours_magep", "magep", "ours_magep"]
+    assert [j["mode"] for j in jobs[:4]] == ["fwd", "fwd", "fwdbwd", "fwdbwd"]
+    assert {j["batch"] for j in jobs if j["job"] in ("tnfn", "ours_tnfn")} == {16}
+    tsw = vs.tsw_jobs([100], [2], [25], modes=("fwd",))
+    assert [j["job"] for j in tsw][:4] == ["tsw_chain", "ours_tsw_chain", "dbtsw", "ours_dbtsw"]
+    assert sorted(j["job"] for j in tsw) == sorted(vs.REFERENCE_TSW + vs.OURS_TSW)
+    zoo = vs.zoo_jobs(models=3, steps=2)
+    assert [(j["job"], j["models"]) for j in zoo] == [("torch_cnn_zoo", 1), ("ours_cnn_zoo", 3),
+                                                     ("torch_siren", 1), ("ours_siren", 3)]
+
+
+@pytest.mark.parametrize("job, options, reason", [
+    (dict(job="magep", mode="fwd", batch=8), {}, "--reference-dir"),
+    (dict(job="magep", mode="fwd", batch=8), dict(reference_dir="x"), "--reference-python"),
+    (dict(job="torch_siren", mode="train", models=1, steps=1), {}, "--reference-python"),
+    (dict(job="pot", mode="fwdbwd", n=10, d=2, trees=1, lines=4), {}, "torch backend"),
+])
+def test_job_command_names_what_is_missing(job, options, reason):
+    command, why = vs.job_command(job, _options(**options))
+    assert command is None and reason in why
+
+
+def test_job_command_picks_the_python_and_module():
+    opts = _options(reference_dir="/refs", reference_python="/ref/python", repeats=2)
+    command, _ = vs.job_command(dict(job="dbtsw", mode="fwdbwd", n=10, d=2, trees=1, lines=4), opts)
+    assert command[:3] == ["/ref/python", "-m", "benchmarks.vs_reference_torch"]
+    assert command[command.index("--reference-dir") + 1] == "/refs" and command[-2:] == ["--repeats", "2"]
+    command, _ = vs.job_command(dict(job="ours_magep", mode="fwd", batch=8), opts)
+    assert command[1:3] == ["-m", "benchmarks.vs_reference_ours"] and "--batch" in command
+    command, _ = vs.job_command(dict(job="pot", mode="fwd", n=10, d=2, trees=1, lines=4), _options())
+    assert command[2] == "benchmarks.vs_reference_torch"  # POT's numpy backend in the project's Python
+
+
+def _record(job, median, other, **shape):
+    return dict(job=job, mode="fwdbwd", status="ok", median_s=median, other_cpu_frac=other, first_call_s=1.0,
+                peak_rss_mb=300.0, **shape)
+
+
+def test_best_record_prefers_undisturbed_then_lowest_median():
+    records = [_record("magep", 0.010, 0.5, batch=8), _record("magep", 0.030, 0.0, batch=8),
+               _record("magep", 0.020, 0.05, batch=8), _record("ours_magep", 0.004, 0.9, batch=8)]
+    best = vs.best_records(records)
+    magep = best[vs.job_key(dict(job="magep", mode="fwdbwd", batch=8))]
+    assert magep["median_s"] == 0.020 and not magep["disturbed"] and magep["n_records"] == 3
+    ours = best[vs.job_key(dict(job="ours_magep", mode="fwdbwd", batch=8))]
+    assert ours["disturbed"]
+    table = "\n".join(vs.nfn_table(best))
+    assert "| MAGEP-NFN | 8 | fwdbwd | 20 | 4† | 0.20 |" in table
+
+
+def test_zoo_table_sets_pytorch_against_our_population():
+    records = [dict(job="torch_cnn_zoo", mode="train", models=1, steps=4, status="ok", median_s=0.4,
+                    model_step_s=0.1, other_cpu_frac=0.0),
+               dict(job="ours_cnn_zoo", mode="train", models=32, steps=8, status="ok", median_s=0.025,
+                    model_step_s=0.025, other_cpu_frac=0.0)]
+    text = "\n".join(vs.zoo_table(vs.best_records(records)))
+    row = next(line for line in text.splitlines() if line.startswith("| Small CNN Zoo"))
+    assert "| 100 |" in row and "25 (32 models)" in row and "| 10.0 / 40.0 |" in row and "| 4.00 |" in row
+
+
+def test_protocol_fixed_repeats_and_failure_records(capsys):
+    calls = []
+    timing = protocol.time_calls(lambda: calls.append(1), warmup=2, min_reps=3, max_reps=3, min_window_s=0.0)
+    assert len(calls) == 5 and timing["reps"] == 3 and len(timing["times_s"]) == 3
+    assert timing["min_s"] <= timing["median_s"]
+
+    def broken():
+        raise RuntimeError("no such layer")
+    record = protocol.measure({"job": "x"}, broken)
+    assert record["status"] == "error" and "no such layer" in record["error"]
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith(protocol.RESULT_PREFIX)][-1]
+    assert json.loads(line[len(protocol.RESULT_PREFIX):])["status"] == "error"
+
+
+def test_parse_args_smoke_defaults_and_bad_reruns():
+    options = vs.parse_args(["--smoke"])
+    assert (options.repeats, options.wait, options.reruns, options.batches) == (2, False, 0, [8])
+    with pytest.raises(ValueError, match="--reruns"):
+        vs.parse_args(["--reruns", "-1"])
+    assert os.path.basename(options.out) == "results"
+
+
+def test_zoo_throughput_pytorch_section():
+    """benchmarks.zoo_throughput's comparison with plain PyTorch: our best population row against PyTorch's
+    model-step, the speed-up, and a failed PyTorch job shown by its status."""
+    from benchmarks import zoo_throughput
+
+    result = {"cnn": {"population": [{"ms_per_model_step": 30.0}, {"ms_per_model_step": 20.0}]},
+              "siren": {"rows": [{"ms_per_fit_step": 0.5}]},
+              "pytorch": [dict(recipe="cnn", status="ok", ms_per_model_step=80.0, gflops=4.5, percent_of_peak=9.0,
+                               other_cpu_frac=0.01),
+                          dict(recipe="siren", status="error", other_cpu_frac=None)]}
+    lines = zoo_throughput._pytorch_markdown(result)
+    cnn = next(line for line in lines if line.startswith("| Small CNN Zoo step"))
+    assert cnn == "| Small CNN Zoo step | 80.00 | 4.5 (9%) | 20.00 | 4.00 | 0.01 |"
+    siren = next(line for line in lines if line.startswith("| SIREN fit-step"))
+    assert siren == "| SIREN fit-step | error | - | 0.50 | - | - |"
+
+
+def test_report_lists_planned_jobs_that_did_not_run():
+    record = _record("ours_magep", 0.004, 0.0, batch=8)
+    run = dict(environment=dict(device="cpu", device_kind="cpu", device_count=1, cpu_count=2, machine="x", jax="0",
+                                backend="cpu"),
+               started_utc="t", wall_s=1.0, load_average_start=[1, 1, 1], load_average_end=[1, 1, 1],
+               calibration=None, timing_definition="t", memory_definition="m")
+    planned = [vs.job_key(dict(job="magep", mode="fwdbwd", batch=8)), vs.job_key(record)]
+    text = vs.markdown(dict(records=[record], smoke=False, run=run, planned=planned,
+                            options=dict(contended=vs.CONTENDED)))
+    assert "Not run (1 planned jobs:" in text and '"job": "magep"' in text
+    assert "SMOKE" not in text
