@@ -190,7 +190,7 @@ def markdown(results, config, profile="library", library_results=None):
         lines += side_by_side(results, library_results)
     describe = authors.describe_target if profile == "authors" else targets.describe
     for target, cells in results.items():
-        steps = next(iter(cells.values()))["steps"]
+        steps = next(iter(cells.values())).get("steps", config["steps"])
         its = [steps * i // 5 for i in range(1, 6)]
         lines += [f"## {describe(target)}", "",
                   f"| method | W_2^2 at {' / '.join(map(str, its))} (std at the end) | s/it | paper (500 / ... / 2500) "
