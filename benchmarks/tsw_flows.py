@@ -260,7 +260,7 @@ ABLATION = (
     ("TSW-SL p = 1, narrow trees", "tsw_sl", dict(p_tree=1), 5e-3),
     ("TSW-SL p = 1, wide trees (library's)", "tsw_sl", dict(p_tree=1, **WIDE), 5e-3),
     ("SW, loss n L SW_2^2, lr 5e-2", "sw", {}, 5e-2),
-    ("TSW-SL p = 2, narrow trees, lr 5e-4", "tsw_sl", {}, 5e-4),
+    ("TSW-SL p = 1, narrow trees, lr 5e-4", "tsw_sl", dict(p_tree=1), 5e-4),
 )
 
 
