@@ -162,12 +162,17 @@ def _scale(config, profile):
 
 
 def _final(cell):
-    return f"{cell['w2_mean'][-1]:.2e} ({cell['steps']} its)" if cell else "-"
+    """'mean [median] (steps its)' of a cell's last W_2^2 ('-' for a missing cell; no median in older cells)."""
+    if not cell:
+        return "-"
+    median = f" [{np.median(cell['w2_final']):.1e}]" if "w2_final" in cell else ""
+    return f"{cell['w2_mean'][-1]:.2e}{median} ({cell['steps']} its)"
 
 
 def side_by_side(results, library_results):
     """Markdown table: final W_2^2 per target and method, authors' profile | library profile | paper (2,500 its)."""
-    lines = ["## Side by side: final W_2^2 (mean over runs)", "",
+    lines = ["## Side by side: final W_2^2, mean over runs [median]", "",
+             "A mean over runs can be set by one stuck run: the median says what a typical run reaches.", "",
              "| target | method | authors' settings | library settings | paper (2,500 its) |", "|---|---|---|---|---|"]
     for target, cells in results.items():
         for method, c in cells.items():
