@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from benchmarks import tsw_colour_transfer, tsw_flows, tsw_generate
+from benchmarks import tsw_authors, tsw_colour_transfer, tsw_flows, tsw_generate
 from benchmarks.tsw_report import wasserstein2_squared
 from common.data import DATA_DIR_ENV, load_image
 from tsw_sl import colour_transfer as ct
@@ -107,6 +107,63 @@ def test_flow_driver_writes_its_results(tmp_path):
     assert set(saved["results"]["swiss_roll"]) == {"sw", "tsw_sl"}
     assert len(saved["results"]["swiss_roll"]["sw"]["w2_mean"]) == 26
     assert (tmp_path / "tsw_flows.md").exists() and (tmp_path / "tsw_flows.png").exists()
+
+
+def test_authors_profile_report_sits_beside_the_library_profile(tmp_path):
+    library = dict(w2_mean=[1.0, 2.5e-3], steps=2500)
+    (tmp_path / "tsw_flows.json").write_text(json.dumps({"results": {"swiss_roll": {"sw": library}}}))
+    tsw_flows.main(["--settings", "authors", "--out", str(tmp_path), "--targets", "swiss_roll", "--methods", "sw",
+                    "--runs", "1", "--steps", "25"])
+    saved = json.loads((tmp_path / "tsw_flows_authors.json").read_text())
+    cell = saved["results"]["swiss_roll"]["sw"]
+    assert "p_tree=2" in saved["config"]["settings"] and cell["w2_mean"][-1] < cell["w2_mean"][0]
+    report = (tmp_path / "tsw_flows_authors.md").read_text()
+    median = f"{np.median(cell['w2_final']):.1e}"
+    assert f"| swiss_roll | SW | {cell['w2_mean'][-1]:.2e} [{median}] (25 its) | 2.50e-03 (2500 its) | - |" in report
+    assert "swiss_roll (authors)" in report and (tmp_path / "tsw_flows_authors.png").exists()
+
+
+@pytest.mark.parametrize("name", ["swiss_roll", "25_gaussians", "8_gaussians", "gaussian_10", "heart"])
+def test_authors_targets_are_centred_and_rescaled(name):
+    points = tsw_authors.authors_target(name, jax.random.key(0), 100)
+    assert points.dtype == np.float32 and points.shape[0] == 100
+    np.testing.assert_allclose(points.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_array_equal(points, tsw_authors.authors_target(name, jax.random.key(0), 100))
+    if name == "swiss_roll":  # scaled to max |coordinate| 1 before centring
+        assert 0.5 < np.abs(points).max() < 2.0 and np.ptp(points, axis=0).max() <= 2.0
+    if name == "25_gaussians":  # four points per centre of the grid 2 {-2..2}^2 / 2.828
+        centres = np.round((points + points.mean(0)) * 2.828 / 2)
+        assert len(np.unique(centres, axis=0, return_counts=True)[1]) == 25
+
+
+def test_authors_tsw_sl_does_not_depend_on_the_tree_spread():
+    """Uniform splitting: each line carries no net mass, so narrow and wide trees with the same directions give the
+    same loss for any p (docs/tsw_sl.md §13.1); the distance splitting (Db-TSW) does depend on it."""
+    k_x, k_y, k_trees = jax.random.split(jax.random.key(3), 3)
+    x, y = jax.random.normal(k_x, (30, 2)), 0.5 * jax.random.normal(k_y, (30, 2)) + 0.3
+    narrow, wide = tsw_authors.AuthorsSettings(), tsw_authors.AuthorsSettings(**tsw_flows.WIDE)
+    values = [tsw_authors.LOSSES["tsw_sl"](x, y, k_trees, s) for s in (narrow, wide)]  # p = 2
+    np.testing.assert_allclose(*values, rtol=1e-5)
+    db = [tsw_authors.LOSSES["db_tsw"](x, y, k_trees, tsw_authors.AuthorsSettings(root_scale=r)) for r in (1e-3, 1.0)]
+    assert abs(float(db[0]) - float(db[1])) > 1e-3 * float(db[0])
+    with pytest.raises(ValueError, match="root_law"):
+        tsw_authors.AuthorsSettings(root_law="sphere")
+
+
+def test_authors_colour_flow_stays_non_negative_and_moves_towards_the_target():
+    k_src, k_tgt, k_flow = jax.random.split(jax.random.key(0), 3)
+    source, target = jax.random.uniform(k_src, (20, 3)), 0.5 * jax.random.uniform(k_tgt, (20, 3)) + 0.5
+    snaps = np.asarray(tsw_authors.transfer_palette(k_flow, source, target, "db_tsw", 20, 2))
+    assert snaps.shape == (3, 20, 3) and snaps.min() >= 0.0
+    np.testing.assert_allclose(snaps[0], source, rtol=1e-6)
+    assert wasserstein2_squared(snaps[-1], target) < wasserstein2_squared(snaps[0], target)
+
+
+def test_ablation_report_lists_every_variant():
+    cell = dict(w2_mean=[5.0, 4.0, 3.0, 2.0, 1.0, 0.5], w2_final=[0.4, 0.6])
+    text = tsw_flows.ablation_markdown({"SW": cell}, dict(target="swiss_roll", runs=2, steps=25))
+    assert "| SW | 5.00e-01 (1.0e-01) | 5.00e-01 | 4.00e+00 |" in text
+    assert len({label for label, *_ in tsw_flows.ABLATION}) == len(tsw_flows.ABLATION)
 
 
 def test_vmapped_runs_equal_single_runs():
