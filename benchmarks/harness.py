@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.vs_reference_protocol import system_busy_s
 from common.zoo_store import atomic_write
 
 MEMORY_DEFINITION = (
@@ -58,16 +59,6 @@ MIN_CPU_WINDOW_S = 0.2
 def load_average() -> tuple[float, float, float]:
     """The 1-, 5- and 15-minute load averages of the machine."""
     return tuple(round(x, 2) for x in os.getloadavg())
-
-
-def _system_busy_s() -> float | None:
-    """CPU seconds all processes of the machine have spent busy since boot (``/proc/stat``), None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
-    except (OSError, ValueError):
-        return None
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -94,11 +85,11 @@ class CpuUse:
 
 def measure_cpu(block: Callable[[], Any]) -> tuple[Any, CpuUse]:
     """Runs ``block()``; returns its result and the ``CpuUse`` of the run."""
-    load_start, busy_start = os.getloadavg()[0], _system_busy_s()
+    load_start, busy_start = os.getloadavg()[0], system_busy_s()
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     result = block()
     wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
-    busy_end = _system_busy_s()
+    busy_end = system_busy_s()
     wall_div = max(wall, 1e-9)
     resolved = busy_start is not None and busy_end is not None and wall >= MIN_CPU_WINDOW_S
     others = max(busy_end - busy_start - cpu, 0.0) / wall_div if resolved else None

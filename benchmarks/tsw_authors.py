@@ -32,7 +32,8 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from tsw_sl import max_sliced_wasserstein, max_tsw_sl, sample_trees, sliced_wasserstein, targets, tree_wasserstein
+from tsw_sl import (flows, max_sliced_wasserstein, max_tsw_sl, sample_trees, sliced_wasserstein, targets,
+                    tree_wasserstein)
 
 ROOT_LAWS = ("normal", "box")
 
@@ -117,24 +118,9 @@ def run_flows(key: jax.Array, sources: jax.Array, targets: jax.Array, method: st
         raise ValueError(f"unknown method {method!r}; choose from {sorted(LOSSES)}")
     if n_steps % snapshot_every:
         raise ValueError(f"n_steps ({n_steps}) must be a multiple of snapshot_every ({snapshot_every})")
-    opt = optax.adam(lr)
-
     def one(key, source, target):
         loss = lambda x, k: LOSSES[method](x, target, k, settings)  # noqa: E731
-
-        def step(carry, k):
-            x, state = carry
-            value, grad = jax.value_and_grad(loss)(x, k)
-            updates, state = opt.update(grad, state, x)
-            return (optax.apply_updates(x, updates), state), value
-
-        def chunk(carry, keys):
-            carry, values = jax.lax.scan(step, carry, keys)
-            return carry, (carry[0], values)
-
-        keys = jax.random.split(key, n_steps).reshape(n_steps // snapshot_every, snapshot_every)
-        _, (snaps, values) = jax.lax.scan(chunk, (source, opt.init(source)), keys)
-        return jnp.concatenate([source[None], snaps]), values.reshape(-1)
+        return flows.descend(loss, optax.adam(lr), key, source, n_steps, snapshot_every)
 
     return jax.vmap(one)(jax.random.split(key, sources.shape[0]), sources, targets)
 

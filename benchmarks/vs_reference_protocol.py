@@ -27,7 +27,7 @@ SLOW_S = 60.0
 RESULT_PREFIX = "RESULT "
 
 
-def _busy_cpu_s() -> float | None:
+def system_busy_s() -> float | None:
     """Busy CPU seconds of the whole machine since boot (``/proc/stat``), None off Linux."""
     try:
         with open("/proc/stat") as f:
@@ -39,9 +39,9 @@ def _busy_cpu_s() -> float | None:
 
 def machine_busy_frac(interval_s: float = 2.0) -> float | None:
     """Share of all CPUs busy over the next ``interval_s`` seconds (this process sleeps meanwhile)."""
-    start = _busy_cpu_s()
+    start = system_busy_s()
     time.sleep(interval_s)
-    end = _busy_cpu_s()
+    end = system_busy_s()
     return None if start is None or end is None else (end - start) / (interval_s * (os.cpu_count() or 1))
 
 
@@ -50,13 +50,13 @@ class Contention:
     the block; 0 on a quiet machine, 0.5 when another process kept one of two cores busy."""
 
     def __enter__(self):
-        self._wall, self._busy, self._own = time.perf_counter(), _busy_cpu_s(), time.process_time()
+        self._wall, self._busy, self._own = time.perf_counter(), system_busy_s(), time.process_time()
         return self
 
     def __exit__(self, *exc):
         wall = max(time.perf_counter() - self._wall, 1e-9)
         own = time.process_time() - self._own
-        busy = _busy_cpu_s()
+        busy = system_busy_s()
         self.wall_s, self.own_cores = wall, own / wall
         self.other_cpu_frac = (None if busy is None or self._busy is None else
                                max(busy - self._busy - own, 0.0) / (wall * (os.cpu_count() or 1)))

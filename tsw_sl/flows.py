@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -134,8 +135,19 @@ def run_flow(key: jax.Array, source: jax.Array, target: jax.Array, method: str, 
     if n_steps % snapshot_every:
         raise ValueError(f"n_steps ({n_steps}) must be a multiple of snapshot_every ({snapshot_every})")
     loss = lambda x, k: METHODS[method](x, target, k, settings)  # noqa: E731
-    opt = OPTIMIZERS[optimizer](lr)
+    return descend(loss, OPTIMIZERS[optimizer](lr), key, source, n_steps, snapshot_every)
 
+
+def descend(loss: Callable[[jax.Array, jax.Array], jax.Array], opt: optax.GradientTransformation, key: jax.Array,
+            source: jax.Array, n_steps: int, snapshot_every: int) -> tuple[jax.Array, jax.Array]:
+    """Particles moved by ``opt`` on ``loss(x, key)`` (a fresh key per iteration), the loop of every flow.
+
+    Args:
+      loss: ``loss(x [n, d], key) -> scalar``; opt: an optax transformation; key: PRNG key; source: [n, d];
+      n_steps, snapshot_every: static ints, n_steps a multiple of snapshot_every.
+    Returns:
+      (snapshots [n_steps // snapshot_every + 1, n, d], losses [n_steps]) as `run_flow`.
+    """
     def step(carry, k):
         x, state = carry
         value, grad = jax.value_and_grad(loss)(x, k)
