@@ -214,11 +214,11 @@ def sample_spherical_trees(key: jax.Array, n_trees: int, n_lines: int, dim: int,
         check_count(name, value)
     if dim < 2:
         raise ValueError(f"dim must be >= 2 (points on the sphere S^(dim-1) of R^dim); got {dim}")
-    return _sample(key, n_trees=n_trees, n_lines=n_lines, dim=dim, dtype=dtype)
+    return _sample_spherical(key, n_trees=n_trees, n_lines=n_lines, dim=dim, dtype=dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("n_trees", "n_lines", "dim", "dtype"))
-def _sample(key, *, n_trees, n_lines, dim, dtype):
+def _sample_spherical(key, *, n_trees, n_lines, dim, dtype):
     k_root, k_dir = jax.random.split(key)
     roots = normalize(jax.random.normal(k_root, (n_trees, dim), dtype))
     g = jax.random.normal(k_dir, (n_trees, n_lines, dim), dtype)
