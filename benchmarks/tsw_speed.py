@@ -188,7 +188,8 @@ def sharded_markdown(sharded):
            f"{run['environment']['cpu_count']} cores, so the ratio measures the overhead of the split (collectives, "
            "smaller per-device programs), not a speed-up; values and gradients agree to rtol 1e-6 "
            "(tests/test_tsw_sharded.py).", "",
-           f"| n | method | 1 device (ms) | {many} devices (ms) | {many} / 1 (fastest repeats) |", "|---|---|---|---|---|"]
+           f"| n | method | 1 device (ms) | {many} devices (ms) | {many} / 1 (fastest repeats) |",
+           "|---|---|---|---|---|"]
     for (n, method, devices), r in sorted(index.items()):
         if devices != 1 or (n, method, many) not in index:
             continue

@@ -74,11 +74,11 @@ def spherical_tsw(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b: Arr
     """Spherical tree-sliced Wasserstein distance ((1/L) sum_trees cost)^(1/p) between measures on the sphere.
 
     Args:
-      x: [..., n, D], y: [..., m, D] unit vectors (norms within `validation.sphere_tolerance` of 1; D >= 2); a: [..., n],
-        b: [..., m] weights (default uniform), each summing to one (or any positive total with
+      x: [..., n, D], y: [..., m, D] unit vectors (norms within `validation.sphere_tolerance` of 1; D >= 2);
+        a: [..., n], b: [..., m] weights (default uniform), each summing to one (or any positive total with
         `normalize_weights=True`).
-      key: PRNG key of L = n_trees trees of k = n_lines edges (`sample_spherical_trees`); unused when `trees`
-        are given (then required unless trees are given).
+      key: PRNG key of L = n_trees trees of k = n_lines edges (`sample_spherical_trees`); required unless
+        `trees` are given, then unused.
       trees: optional SphericalTrees, roots [L, D] / directions [L, k, D] (or with x's batch axes).
       delta: inverse temperature of the splitting (scalar, may be traced; 0 splits every mass evenly).
       p: static exponent >= 1 (p > 1: the convention of docs/tsw_sl.md §8).
