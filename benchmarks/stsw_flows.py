@@ -13,6 +13,7 @@ arrays in place) and torch is not installed.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -91,8 +92,8 @@ def flow_cell(seed, method, n_runs, n_steps, snapshot_every, n_dirs, lr, delta):
     start = time.perf_counter()
     compiled = run_flows.lower(key, src, tgt, lr, delta, **static).compile()
     compiled_at = time.perf_counter()
-    snaps = np.asarray(jax.block_until_ready(compiled(key, src, tgt, lr, delta)), np.float64)
-    seconds = time.perf_counter() - compiled_at
+    snaps, cpu = harness.measure_cpu(lambda: jax.block_until_ready(compiled(key, src, tgt, lr, delta)))
+    snaps = np.asarray(snaps, np.float64)
     snaps /= np.linalg.norm(snaps, axis=-1, keepdims=True)
     w2 = np.array([[report.geodesic_wasserstein2_squared(s, t) for s in run] for run, t in zip(snaps, tgt)])
     ssw = np.array([[ot.sliced_wasserstein_sphere(s, t.astype(np.float64), n_projections=n_dirs, p=2, seed=i) ** 2
@@ -100,7 +101,7 @@ def flow_cell(seed, method, n_runs, n_steps, snapshot_every, n_dirs, lr, delta):
     shown = [0, len(snaps[0]) // 5, len(snaps[0]) - 1]
     return dict(iterations=list(range(0, n_steps + 1, snapshot_every)), w2_mean=w2.mean(0).tolist(),
                 w2_std=w2.std(0).tolist(), ssw_mean=ssw.mean(0).tolist(), ssw_std=ssw.std(0).tolist(),
-                s_per_it=seconds / n_steps, compile_s=compiled_at - start,
+                s_per_it=cpu.wall_s / n_steps, compile_s=compiled_at - start, cpu=dataclasses.asdict(cpu),
                 snapshot_iterations=[snapshot_every * i for i in shown], snapshots=snaps[0, shown].round(4).tolist(),
                 target=tgt[0].round(4).tolist())
 
@@ -121,6 +122,7 @@ def markdown(results, config, run):
              "differentiated with JAX and torch is not installed. s/it: wall seconds per iteration of the compiled, "
              "vmapped flow of all runs together (compile time apart).", ""]
     lines += harness.run_markdown(run)
+    lines += [f"Contention: {harness.contention_line(c.get('cpu') for c in results.values())}", ""]
     lines += ["| method | W_2^2 (geodesic) | SSW_2^2 (POT) | s/it | compile s |", "|---|---|---|---|---|"]
     for method, c in results.items():
         idx = [c["iterations"].index(it) for it in its]
