@@ -111,3 +111,17 @@ def test_bad_meshes_raise(mesh):
         tsw_sl.tsw_sl(x, y, key=KEY, n_trees=8, n_lines=2, mesh=Mesh(np.array(jax.devices()), ("model",)))
     with pytest.raises(ValueError, match="jax.sharding.Mesh"):
         tsw_sl.sliced_wasserstein(x, y, key=KEY, mesh="data")
+
+
+def test_speed_benchmark_sharded_rows_and_report(monkeypatch):
+    from benchmarks import harness, tsw_speed
+
+    every = tsw_speed.sharded_methods
+    monkeypatch.setattr(tsw_speed, "sharded_methods", lambda mesh: {"sw_ours": every(mesh)["sw_ours"]})
+    monkeypatch.setattr(tsw_speed, "SHARDED_N", (32,))
+    monkeypatch.setattr(tsw_speed, "repeats_for", lambda n_dirs, n: 1)
+    record = harness.start_run(calibrate=False)
+    rows = tsw_speed.run_sharded()
+    assert [(r["method"], r["devices"]) for r in rows] == [("sw_ours", 1), ("sw_ours", 4)]
+    text = "\n".join(tsw_speed.sharded_markdown(dict(rows=rows, run=record.finish())))
+    assert "trees split over 4 simulated CPU devices" in text and "| 32 | sw_ours |" in text
