@@ -12,7 +12,8 @@ from common.cli import non_negative_int
 
 DEFAULT_OUT = "benchmarks/results"
 LABELS = {"sw": "SW", "max_sw": "Max-SW", "tsw_sl": "TSW-SL", "tsw_sl_distance": "TSW-SL (distance)",
-          "max_tsw_sl": "Max-TSW-SL", "db_tsw": "Db-TSW"}  # tsw_sl.flows.METHODS -> label in tables and plots
+          "max_tsw_sl": "Max-TSW-SL", "db_tsw": "Db-TSW",  # tsw_sl.flows.METHODS -> label in tables and plots
+          "stsw": "STSW", "sw_projected": "SW (projected)"}  # benchmarks.stsw_flows
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -31,4 +32,12 @@ def wasserstein2_squared(x, y) -> float:
     """
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     cost = ot.dist(x, y, metric="sqeuclidean")
+    return float(ot.emd2(np.full(len(x), 1.0 / len(x)), np.full(len(y), 1.0 / len(y)), cost))
+
+
+def geodesic_wasserstein2_squared(x, y) -> float:
+    """Exact W_2^2 on the unit sphere between uniform empirical measures: POT's network simplex with the squared
+    geodesic cost arccos(<x, y>)^2. x: [n, D], y: [m, D] unit vectors -> float."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    cost = np.arccos(np.clip(x @ y.T, -1.0, 1.0)) ** 2
     return float(ot.emd2(np.full(len(x), 1.0 / len(x)), np.full(len(y), 1.0 / len(y)), cost))

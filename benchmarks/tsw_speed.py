@@ -23,7 +23,14 @@ compile time, the median and min wall time of `repeats` calls after a warm-up, m
 of host allocations during the warm-up call, numpy's argsort inside the sort callback; for POT its float64
 arguments plus that host peak) and the CPU use of the cell; the run records the load and a matmul calibration.
 
-Run: python -m benchmarks.tsw_speed [--quick | --full] [--merge] [--out benchmarks/results]
+Trees split over devices (docs/tsw_sl.md §16.1): `--sharded` runs, in a process with 4 simulated CPU devices,
+tsw_chain, db_tsw and sw_ours at 128 directions (32 trees of 4 lines) with `mesh=None` against
+`mesh=common.distributed.make_mesh()` (both with XLA's sort, which `sort_method="auto"` picks when there are
+several devices), value+grad, and stores the rows under "sharded" in the existing tsw_speed.json. On the 2-core
+machine the four devices share two cores: the ratio shows the overhead of the split and the use of the second
+core, not a speed-up from more hardware.
+
+Run: python -m benchmarks.tsw_speed [--quick | --full | --sharded] [--merge] [--out benchmarks/results]
 The default grid (100 directions, n in {1e3, 1e4}, d in {2, 100}) runs in a few minutes on the shared 2-core
 machine; --full runs the whole grid (about an hour there); --merge replaces only the rerun cells in an
 existing tsw_speed.json and keeps the other rows (marked with the run they come from).
@@ -43,6 +50,7 @@ import ot
 import tsw_sl
 from benchmarks import harness
 from common.cli import positive_int
+from common.distributed import make_mesh
 
 try:
     from ott.tools import sliced as ott_sliced
@@ -140,6 +148,59 @@ def run(grid):
     return rows
 
 
+SHARDED_DEVICES = 4
+SHARDED_DIRECTIONS = 128
+SHARDED_N = (1_000, 10_000)
+
+
+def sharded_methods(mesh):
+    """Name -> f(x, y) of the distances compared on one device and split over `mesh` (SHARDED_DIRECTIONS)."""
+    key = jax.random.key(0)
+    n_trees = SHARDED_DIRECTIONS // K_LINES
+    return {"tsw_chain": lambda x, y: tsw_sl.tsw_sl(x, y, key=key, n_trees=n_trees, n_lines=K_LINES, mesh=mesh),
+            "db_tsw": lambda x, y: tsw_sl.db_tsw(x, y, key=key, n_trees=n_trees, n_lines=K_LINES, mesh=mesh),
+            "sw_ours": lambda x, y: tsw_sl.sliced_wasserstein(x, y, key=key, n_projections=SHARDED_DIRECTIONS,
+                                                              mesh=mesh)}
+
+
+def run_sharded(d=2):
+    """Rows (n, method, devices) of value+grad timings with the trees on one device and split over all."""
+    rows = []
+    for n in SHARDED_N:
+        kx, ky = jax.random.split(jax.random.key(n + d))
+        x, y = jax.random.normal(kx, (n, d)), jax.random.normal(ky, (n, d)) + 1.0
+        for devices, mesh in ((1, None), (jax.device_count(), make_mesh())):
+            for name, fn in sharded_methods(mesh).items():
+                row = time_jax(fn, x, y, "value+grad", repeats_for(SHARDED_DIRECTIONS, n))
+                rows.append(dict(n=n, d=d, directions=SHARDED_DIRECTIONS, method=name, devices=devices, **row))
+                print(rows[-1], flush=True)
+    return rows
+
+
+def sharded_markdown(sharded):
+    """The section of the split-over-devices rows (value+grad, median ms and the min-time ratio)."""
+    rows, run = sharded["rows"], sharded["run"]
+    index = {(r["n"], r["method"], r["devices"]): r for r in rows}
+    many = max(r["devices"] for r in rows)
+    out = [f"## trees split over {many} simulated CPU devices (value+grad, {SHARDED_DIRECTIONS} directions, d = 2)",
+           "", f"`python -m benchmarks.tsw_speed --sharded`, run started {run['started_utc']}, load (1 min) "
+           f"{run['load_average_start'][0]:.1f} / {run['load_average_end'][0]:.1f}; both columns use XLA's sort "
+           f"(several devices in the process). The {many} simulated devices share this machine's "
+           f"{run['environment']['cpu_count']} cores: no hardware is added, and a ratio below 1 only means that the "
+           "split program keeps both cores busy (each simulated device runs on its own thread, while one device's "
+           "sort runs on one), net of the split's overhead (collectives, one program per device). Times under this "
+           "load are noisy; values and gradients agree to rtol 1e-6 (tests/test_tsw_sharded.py).", "",
+           f"| n | method | 1 device (ms) | {many} devices (ms) | {many} / 1 (fastest repeats) |",
+           "|---|---|---|---|---|"]
+    for (n, method, devices), r in sorted(index.items()):
+        if devices != 1 or (n, method, many) not in index:
+            continue
+        s = index[(n, method, many)]
+        out.append(f"| {n} | {method} | {_fmt_ms(r['time_s'])} | {_fmt_ms(s['time_s'])} | "
+                   f"{s['min_s'] / r['min_s']:.2f} |")
+    return out + [""]
+
+
 def _fmt_ms(v):
     return f"{1e3 * v:.1f}" if v is not None else "-"
 
@@ -187,6 +248,8 @@ def markdown(rows, meta):
         out.append(f"| {c[0]} | {c[1]} | {c[2]} | " + " | ".join(vals) + " |")
     out.append("")
     out += summary(rows, index)
+    if meta.get("sharded"):
+        out += sharded_markdown(meta["sharded"])
     return "\n".join(out)
 
 
@@ -226,7 +289,8 @@ def merge(old, rows, meta):
     runs = {k: v for k, v in runs.items() if any(r["run"] == k for r in kept)}
     runs[stamp] = (f"cells (directions, n, d) {sorted(cells)}; load {meta['load']}; "
                    f"OTT-JAX {'included' if meta['ott'] else 'not installed'}")
-    return kept + new, dict(meta, runs=runs, run_tag=stamp)
+    sharded = {"sharded": old["meta"]["sharded"]} if "sharded" in old["meta"] else {}  # from a --sharded run
+    return kept + new, dict(meta, runs=runs, run_tag=stamp, **sharded)
 
 
 def main(argv=None):
@@ -237,10 +301,20 @@ def main(argv=None):
                         help="replace only the rerun cells in the existing tsw_speed.json, keep the other rows")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--render", action="store_true", help="only rewrite the .md from the existing .json")
+    parser.add_argument("--sharded", action="store_true",
+                        help=f"only the 1 vs {SHARDED_DEVICES} simulated-device rows, stored in the existing .json")
     for axis in ("directions", "n", "d"):
         parser.add_argument(f"--{axis}", type=positive_int, nargs="+", help=f"override the grid's {axis} values")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    if args.sharded:
+        jax.config.update("jax_num_cpu_devices", SHARDED_DEVICES)  # before the first computation
+        data = harness.read_results(out, "tsw_speed")
+        record = harness.start_run(calibrate=False)
+        rows = run_sharded()
+        data["meta"]["sharded"] = dict(rows=rows, run=record.finish())
+        harness.write_results(out, "tsw_speed", data, markdown(data["rows"], data["meta"]))
+        return
     if args.render:
         data = harness.read_results(out, "tsw_speed")
         harness.write_results(out, "tsw_speed", data, markdown(data["rows"], data["meta"]))

@@ -21,10 +21,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
-from tsw_sl import sorting, splitting as splitting_lib, validation
-from tsw_sl.one_dim import abs_pow, power_scale, projected_costs, scaled_root, unscale
+from tsw_sl import sharding, sorting, splitting as splitting_lib, validation
+from tsw_sl.one_dim import abs_pow, power_scale, projected_costs
 from tsw_sl.splitting import SplittingMap
 from tsw_sl.trees import TreeSystem, sample_trees
 
@@ -41,6 +42,12 @@ def line_costs(coords: jax.Array, mass: jax.Array, p: float, sort_method: str = 
     segments between the root and the extreme nodes carry the total. The cost is sum length * |mass|^p.
     """
     s, m = sorting.sort_with(coords, mass, method=sort_method)
+    return sorted_line_costs(s, m, p)
+
+
+def sorted_line_costs(s: jax.Array, m: jax.Array, p: float) -> tuple[jax.Array, jax.Array]:
+    """`line_costs` of coordinates already sorted along the last axis: s [..., M] (or broadcastable to m's
+    shape, e.g. [L, 1, M] for k lines sharing their coordinates) and the masses m [..., M] in that order."""
     below = sorting.cumsum(m)
     s, below = jax.lax.optimization_barrier((s, below))  # keeps XLA from re-gathering s in every fusion
     scale = power_scale(below, p)  # |CL_j|, |total| <= max |below|, |CL_j - total| <= 2 max |below|
@@ -95,7 +102,7 @@ def tree_costs(x: jax.Array, y: jax.Array, a: jax.Array, b: jax.Array, trees: Tr
 def tree_wasserstein(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b: ArrayLike | None = None, *,
                      trees: TreeSystem, splitting: SplittingMap = "uniform", delta: ArrayLike = 1.0, p: float = 1,
                      normalize_weights: bool = False, sort_method: str = "auto",
-                     return_costs: bool = False) -> Distance:
+                     return_costs: bool = False, mesh: Mesh | None = None) -> Distance:
     """Tree Wasserstein distance between mu = sum a_i delta_{x_i} and nu = sum b_j delta_{y_j}, projected
     onto the given tree systems and averaged over trees: ((1/L) sum_l TW_l^p-cost)^(1/p).
 
@@ -111,6 +118,8 @@ def tree_wasserstein(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b: 
       p: static exponent >= 1; p = 1 is the paper's metric, p > 1 the authors' code convention.
       sort_method: "auto" (numpy on CPU, XLA elsewhere), "numpy" or "xla".
       return_costs: static; also return the per-tree costs.
+      mesh: optional `jax.sharding.Mesh` with an axis "data" whose size divides L: the trees are split over its
+        devices, the points replicated, and one all-reduce sums the per-tree costs (docs/tsw_sl.md §16.1).
     Returns:
       [...] distances (a scalar for unbatched inputs); with `return_costs`, (distances, costs [..., L]) where
       costs[l] = sum_edges w_e |Delta mass|^p on tree l and distance = mean_l(costs)^(1/p).
@@ -128,40 +137,48 @@ def tree_wasserstein(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b: 
     validation.splitting(splitting)
     validation.scalar("delta", delta)
     return_costs = validation.flag("return_costs", return_costs)
+    mesh = sharding.check_mesh(mesh, trees.n_trees, "the number of trees")
     fn = _averaged_jit if isinstance(splitting, str) else _averaged
-    return fn(x, y, a, b, trees, delta, splitting=splitting, p=p, sort_method=sort_method,
-              uniform_equal=uniform_equal, return_costs=return_costs)
+    return fn(x, y, a, b, trees, jnp.asarray(delta), splitting=splitting, p=p, sort_method=sort_method,
+              uniform_equal=uniform_equal, return_costs=return_costs, mesh=mesh)
 
 
-def _averaged(x, y, a, b, trees, delta, *, splitting, p, sort_method, uniform_equal, return_costs):
+def _averaged(x, y, a, b, trees, delta, *, splitting, p, sort_method, uniform_equal, return_costs, mesh):
     """((1/L) sum_l cost_l)^(1/p) (and the costs [L] when `return_costs`) over the leading batch axes of
-    validated inputs."""
-
-    def one(x, y, a, b, trees):
-        scaled, scale = tree_costs(x, y, a, b, trees, splitting, delta, p, sort_method, uniform_equal)
-        distance = scaled_root(scaled, scale, p)
-        out = (distance, unscale(scaled, scale, p)) if return_costs else distance
-        return validation.nonfinite_to_nan(out, x, y, a, b, trees, delta)
-
+    validated inputs, with the trees split over the devices of `mesh` when one is given (tsw_sl.sharding)."""
     n_batch = x.ndim - 2
-    in_axes = (0, 0, 0, 0, 0 if trees.sources.ndim > 3 else None)
-    return validation.vmap_leading(one, n_batch, in_axes)(x, y, a, b, trees)
+    batched_trees = trees.sources.ndim > 3
+
+    def costs(shared, trees):
+        x, y, a, b, delta = shared
+
+        def one(x, y, a, b, trees):
+            return tree_costs(x, y, a, b, trees, splitting, delta, p, sort_method, uniform_equal)
+
+        return validation.vmap_leading(one, n_batch, in_axes)(x, y, a, b, trees)
+
+    in_axes = (0, 0, 0, 0, 0 if batched_trees else None)
+    mean, scale, scaled = sharding.mean_costs(costs, (x, y, a, b, delta), trees, n_batch=n_batch,
+                                              tree_axis=n_batch if batched_trees else 0, p=p, mesh=mesh)
+    out = sharding.finish(mean, scale, scaled, p, return_costs)
+    guard = validation.vmap_leading(validation.nonfinite_to_nan, n_batch, (0, 0, 0, 0, 0, in_axes[-1], None))
+    return guard(out, x, y, a, b, trees, delta)
 
 
 _averaged_jit = jax.jit(_averaged,
-                        static_argnames=("splitting", "p", "sort_method", "uniform_equal", "return_costs"))
+                        static_argnames=("splitting", "p", "sort_method", "uniform_equal", "return_costs", "mesh"))
 
 
 def tsw_sl(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b: ArrayLike | None = None, *, key: jax.Array,
            n_trees: int, n_lines: int, kind: str = "chain", splitting: SplittingMap = "uniform",
            delta: ArrayLike = 1.0, p: float = 1, normalize_weights: bool = False, sort_method: str = "auto",
-           return_costs: bool = False, **tree_options) -> Distance:
+           return_costs: bool = False, mesh: Mesh | None = None, **tree_options) -> Distance:
     """Monte Carlo TSW-SL: samples L tree systems of k lines (`sample_trees`) and returns `tree_wasserstein`.
 
     Args:
       x: [..., n, d], y: [..., m, d]; a: [..., n], b: [..., m] weights (default uniform).
       key: PRNG key; n_trees: L; n_lines: k (static ints).
-      kind, splitting, delta, p, normalize_weights, sort_method, return_costs: as in `sample_trees` /
+      kind, splitting, delta, p, normalize_weights, sort_method, return_costs, mesh: as in `sample_trees` /
         `tree_wasserstein`.
       tree_options: root_mean, root_std, root_box, t_range, orthogonal (see `sample_trees`).
     Returns:
@@ -172,13 +189,14 @@ def tsw_sl(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b: ArrayLike 
     x, y = validation.points(x, y)
     trees = sample_trees(key, n_trees, n_lines, x.shape[-1], kind, dtype=x.dtype, **tree_options)
     return tree_wasserstein(x, y, a, b, trees=trees, splitting=splitting, delta=delta, p=p,
-                            normalize_weights=normalize_weights, sort_method=sort_method, return_costs=return_costs)
+                            normalize_weights=normalize_weights, sort_method=sort_method, return_costs=return_costs,
+                            mesh=mesh)
 
 
 def db_tsw(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b: ArrayLike | None = None, *, key: jax.Array,
            n_trees: int, n_lines: int, delta: ArrayLike = 1.0, p: float = 1, root_mean: ArrayLike | None = None,
            root_std: float = 0.1, orthogonal: bool = False, normalize_weights: bool = False,
-           sort_method: str = "auto", return_costs: bool = False) -> Distance:
+           sort_method: str = "auto", return_costs: bool = False, mesh: Mesh | None = None) -> Distance:
     """Distance-based TSW (Db-TSW): concurrent trees rooted near the data, "distance" splitting.
 
     Roots ~ N(root_mean, root_std^2 I); root_mean defaults to the mean of the mixture (mu + nu) / 2 (no
@@ -187,7 +205,7 @@ def db_tsw(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b: ArrayLike 
 
     Args:
       x: [..., n, d], y: [..., m, d]; a: [..., n], b: [..., m]; key: PRNG key; n_trees: L; n_lines: k.
-      delta, p, normalize_weights, sort_method, return_costs: as in `tree_wasserstein`.
+      delta, p, normalize_weights, sort_method, return_costs, mesh: as in `tree_wasserstein`.
       root_mean: [d] (or batched [..., d]) root mean; None -> mixture mean.
     Returns:
       [...] distances (with `return_costs`, also the per-tree costs [..., L]).
@@ -202,4 +220,4 @@ def db_tsw(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b: ArrayLike 
                                 orthogonal=orthogonal, dtype=x.dtype)
     trees = validation.vmap_leading(lambda r: sampler(root_mean=r), root_mean.ndim - 1, 0)(root_mean)
     return tree_wasserstein(x, y, a, b, trees=trees, splitting="distance", delta=delta, p=p,
-                            sort_method=sort_method, return_costs=return_costs)
+                            sort_method=sort_method, return_costs=return_costs, mesh=mesh)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
+from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
-from tsw_sl import validation
-from tsw_sl.one_dim import projected_costs, scaled_root, unscale
+from tsw_sl import sharding, validation
+from tsw_sl.one_dim import projected_costs
 from tsw_sl.trees import random_directions
 
 Distance = jax.Array | tuple[jax.Array, jax.Array]  # the distance, or (distance, costs) with return_costs=True
@@ -22,7 +22,7 @@ Distance = jax.Array | tuple[jax.Array, jax.Array]  # the distance, or (distance
 def sliced_wasserstein(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b: ArrayLike | None = None, *,
                        key: jax.Array | None = None, n_projections: int = 50, p: float = 2,
                        projections: ArrayLike | None = None, normalize_weights: bool = False,
-                       sort_method: str = "auto", return_costs: bool = False) -> Distance:
+                       sort_method: str = "auto", return_costs: bool = False, mesh: Mesh | None = None) -> Distance:
     """Sliced p-Wasserstein distance with directions uniform on S^{d-1}.
 
     Args:
@@ -34,6 +34,8 @@ def sliced_wasserstein(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b
       projections: optional [P, d] directions (rows; unit norm for the usual definition). POT's
         `projections` argument is the transpose, [d, P].
       return_costs: static; also return the per-direction costs.
+      mesh: optional `jax.sharding.Mesh` with an axis "data" whose size divides P: the directions are split over
+        its devices (as the trees of `tree_wasserstein`; docs/tsw_sl.md §16.1).
     Returns:
       [...] (mean_theta W_p^p(theta # mu, theta # nu))^(1/p); one set of directions shared by the batch. With
       `return_costs`, (distances, costs [..., P]) where costs[i] = W_p^p along direction i.
@@ -51,19 +53,27 @@ def sliced_wasserstein(x: ArrayLike, y: ArrayLike, a: ArrayLike | None = None, b
         projections = validation.projections(projections, x)
     else:
         validation.count("n_projections", n_projections)
+    count = n_projections if projections is None else projections.shape[0]
+    mesh = sharding.check_mesh(mesh, count, "the number of projections")
     return _sliced(x, y, a, b, key, projections, n_projections=n_projections, p=p, sort_method=sort_method,
-                   uniform_equal=uniform_equal, return_costs=return_costs)
+                   uniform_equal=uniform_equal, return_costs=return_costs, mesh=mesh)
 
 
-@functools.partial(jax.jit, static_argnames=("n_projections", "p", "sort_method", "uniform_equal", "return_costs"))
-def _sliced(x, y, a, b, key, projections, *, n_projections, p, sort_method, uniform_equal, return_costs):
+@functools.partial(jax.jit, static_argnames=("n_projections", "p", "sort_method", "uniform_equal", "return_costs",
+                                             "mesh"))
+def _sliced(x, y, a, b, key, projections, *, n_projections, p, sort_method, uniform_equal, return_costs, mesh):
     if projections is None:
         projections = random_directions(key, (n_projections,), x.shape[-1], x.dtype)
+    n_batch = x.ndim - 2
 
-    def one(x, y, a, b):
-        scaled, scale = projected_costs(x, y, a, b, projections, p, sort_method, uniform_equal)
-        distance = scaled_root(scaled, scale, p)
-        out = (distance, unscale(scaled, scale, p)) if return_costs else distance
-        return validation.nonfinite_to_nan(out, x, y, a, b, projections)
+    def costs(shared, projections):
+        def one(x, y, a, b):
+            return projected_costs(x, y, a, b, projections, p, sort_method, uniform_equal)
 
-    return validation.vmap_leading(one, x.ndim - 2, 0)(x, y, a, b)
+        return validation.vmap_leading(one, n_batch, 0)(*shared)
+
+    mean, scale, scaled = sharding.mean_costs(costs, (x, y, a, b), projections, n_batch=n_batch, tree_axis=0, p=p,
+                                              mesh=mesh)
+    out = sharding.finish(mean, scale, scaled, p, return_costs)
+    guard = validation.vmap_leading(validation.nonfinite_to_nan, n_batch, (0, 0, 0, 0, 0, None))
+    return guard(out, x, y, a, b, projections)

@@ -5,6 +5,9 @@ of k lines joined into a tree:
 
 * "chain": line i+1's source lies on line i (x_{i+1} = x_i + t_{i+1} theta_i); the root is line 1's source.
 * "concurrent": every line starts at one root point r (the trees of Db-TSW).
+
+`SphericalTrees` are the trees of the spherical TSW (docs/tsw_sl.md §11): a root on the unit sphere and k unit
+tangent directions at it, each spanning a half great circle from the root.
 """
 from __future__ import annotations
 
@@ -176,3 +179,48 @@ def _sample(key, root_mean, scale, lo, hi, *, n_trees, n_lines, dim, kind, law, 
     theta = random_directions(k_dir, (n_trees, n_lines), dim, dtype, orthogonal)
     t = jax.random.uniform(k_t, (n_trees, n_lines - 1), dtype, lo, hi)
     return TreeSystem.from_params(root_mean + noise, t, theta, kind)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SphericalTrees:
+    """L spherical trees of k edges on the unit sphere of R^D (any leading batch axes allowed).
+
+    Attributes:
+      roots: [..., L, D] unit roots r.
+      directions: [..., L, k, D] unit tangent directions y_l at the roots (<y_l, r> = 0).
+    """
+
+    roots: jax.Array
+    directions: jax.Array
+
+    @property
+    def n_trees(self) -> int:
+        return self.roots.shape[-2]
+
+
+def sample_spherical_trees(key: jax.Array, n_trees: int, n_lines: int, dim: int,
+                           dtype: DTypeLike = jnp.float32) -> SphericalTrees:
+    """Samples L spherical trees: roots uniform on S^{D-1}, and k directions uniform on the unit sphere of the
+    tangent space at each root (normalised Gaussians with their component along the root removed).
+
+    Args:
+      key: PRNG key; n_trees: L; n_lines: k; dim: D, the dimension of the points (static ints, D >= 2).
+      dtype: floating dtype of the trees.
+    Returns:
+      SphericalTrees with roots [L, D] and directions [L, k, D].
+    """
+    for name, value in (("n_trees", n_trees), ("n_lines", n_lines), ("dim", dim)):
+        check_count(name, value)
+    if dim < 2:
+        raise ValueError(f"dim must be >= 2 (points on the sphere S^(dim-1) of R^dim); got {dim}")
+    return _sample_spherical(key, n_trees=n_trees, n_lines=n_lines, dim=dim, dtype=dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("n_trees", "n_lines", "dim", "dtype"))
+def _sample_spherical(key, *, n_trees, n_lines, dim, dtype):
+    k_root, k_dir = jax.random.split(key)
+    roots = normalize(jax.random.normal(k_root, (n_trees, dim), dtype))
+    g = jax.random.normal(k_dir, (n_trees, n_lines, dim), dtype)
+    tangent = g - jnp.einsum("lkd,ld->lk", g, roots)[..., None] * roots[:, None, :]
+    return SphericalTrees(roots, normalize(tangent))

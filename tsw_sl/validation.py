@@ -8,11 +8,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
 from common import checks
 from tsw_sl.splitting import SplittingMap
-from tsw_sl.trees import KINDS, TreeSystem, check_count
+from tsw_sl.trees import KINDS, SphericalTrees, TreeSystem, check_count
 
 SUM_TOL = 1e-5
 SPLITTINGS = ("uniform", "distance")
@@ -127,6 +127,45 @@ def trees(t: TreeSystem, x: jax.Array) -> None:
         raise ValueError(f"trees' leading axes {s.shape[:-3]} must be () or the points' batch shape {batch}")
     _finite("trees.sources", s)
     _finite("trees.directions", th)
+
+
+def spherical_trees(trees: SphericalTrees, x: jax.Array) -> None:
+    """Checks SphericalTrees against unit points x: [..., n, D] (trees unbatched or with x's batch axes)."""
+    if not isinstance(trees, SphericalTrees):
+        raise ValueError(f"trees must be a tsw_sl.SphericalTrees (sample_spherical_trees); got {type(trees).__name__}")
+    r, ys = trees.roots, trees.directions
+    if r.ndim < 2 or ys.ndim != r.ndim + 1 or ys.shape[:-2] != r.shape[:-1] or ys.shape[-1] != r.shape[-1]:
+        raise ValueError(f"trees.roots must have shape [..., L, D] and trees.directions [..., L, k, D]; got "
+                         f"{r.shape} and {ys.shape}")
+    if r.shape[-1] != x.shape[-1]:
+        raise ValueError(f"trees have dimension {r.shape[-1]} but the points have D = {x.shape[-1]}: "
+                         f"trees.roots {r.shape}, x {x.shape}")
+    if 0 in ys.shape[-3:-1]:
+        raise ValueError(f"trees are empty: directions shape {ys.shape}")
+    if r.shape[:-2] not in ((), x.shape[:-2]):
+        raise ValueError(f"trees' leading axes {r.shape[:-2]} must be () or the points' batch shape {x.shape[:-2]}")
+    _finite("trees.roots", r)
+    _finite("trees.directions", ys)
+
+
+def sphere_tolerance(dtype: DTypeLike) -> float:
+    """How far from 1 a point's norm may be: max(1e-5, 100 eps of the dtype)."""
+    return max(1e-5, 100 * float(jnp.finfo(dtype).eps))
+
+
+def on_sphere(name: str, v: jax.Array) -> None:
+    """Checks points v: [..., n, D] on the unit sphere: D >= 2 and, when concrete, every norm within
+    `sphere_tolerance` of 1."""
+    if v.shape[-1] < 2:
+        raise ValueError(f"{name} must have D >= 2 coordinates (points on the sphere of R^D); got shape {v.shape}")
+    c = _concrete(v)
+    if c is None:
+        return
+    err = np.abs(np.linalg.norm(c.astype(np.float64), axis=-1) - 1.0)
+    tol = sphere_tolerance(v.dtype)
+    if np.any(err > tol):
+        raise ValueError(f"{name} must lie on the unit sphere (| |x| - 1 | <= {tol:.1e}); the largest deviation is "
+                         f"{err.max():.3g} for shape {v.shape}")
 
 
 def count(name: str, value: int) -> int:
