@@ -38,6 +38,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # worker and train digits CNN populations of one shape (tests/magep_fixtures.py DIGITS_ZOO_BATCH_SIZE): the first
 # compiles the population programs, the other two reuse them in-process.
 LONGEST_MODULES_FIRST = ("test_magep_experiments", "test_zoo_cnn", "test_zoo_population", "test_tsw_experiments",
+                         "test_tsw_sharded", "test_tsw_spherical",
                          "test_magep_robustness", "test_readme", "test_tnfn_train", "test_tnfn_model",
                          "test_magep_models", "test_zoo_transformer", "test_training", "test_checkpoint_faults",
                          "test_common_groups", "test_magep_baselines")

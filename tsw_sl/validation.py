@@ -117,16 +117,7 @@ def trees(t: TreeSystem, x: jax.Array) -> None:
     if s.shape != th.shape or s.ndim < 3:
         raise ValueError(f"trees.sources and trees.directions must both have shape [..., L, k, d]; "
                          f"got {s.shape} and {th.shape}")
-    if s.shape[-1] != x.shape[-1]:
-        raise ValueError(f"trees have dimension {s.shape[-1]} but the points have d = {x.shape[-1]}: "
-                         f"trees.sources {s.shape}, x {x.shape}")
-    if 0 in s.shape[-3:-1]:
-        raise ValueError(f"trees are empty: sources shape {s.shape}")
-    batch = x.shape[:-2]
-    if s.shape[:-3] not in ((), batch):
-        raise ValueError(f"trees' leading axes {s.shape[:-3]} must be () or the points' batch shape {batch}")
-    _finite("trees.sources", s)
-    _finite("trees.directions", th)
+    _against_points(x, "d", ("sources", s), ("directions", th), s.shape[:-3])
 
 
 def spherical_trees(trees: SphericalTrees, x: jax.Array) -> None:
@@ -137,15 +128,24 @@ def spherical_trees(trees: SphericalTrees, x: jax.Array) -> None:
     if r.ndim < 2 or ys.ndim != r.ndim + 1 or ys.shape[:-2] != r.shape[:-1] or ys.shape[-1] != r.shape[-1]:
         raise ValueError(f"trees.roots must have shape [..., L, D] and trees.directions [..., L, k, D]; got "
                          f"{r.shape} and {ys.shape}")
-    if r.shape[-1] != x.shape[-1]:
-        raise ValueError(f"trees have dimension {r.shape[-1]} but the points have D = {x.shape[-1]}: "
-                         f"trees.roots {r.shape}, x {x.shape}")
-    if 0 in ys.shape[-3:-1]:
-        raise ValueError(f"trees are empty: directions shape {ys.shape}")
-    if r.shape[:-2] not in ((), x.shape[:-2]):
-        raise ValueError(f"trees' leading axes {r.shape[:-2]} must be () or the points' batch shape {x.shape[:-2]}")
-    _finite("trees.roots", r)
-    _finite("trees.directions", ys)
+    _against_points(x, "D", ("roots", r), ("directions", ys), r.shape[:-2])
+
+
+def _against_points(x: jax.Array, dim_name: str, first: tuple[str, jax.Array], lines: tuple[str, jax.Array],
+                    lead: tuple[int, ...]) -> None:
+    """Checks shared by every tree system against points x [..., n, dim]: ``first`` (name, array [..., dim]) has
+    the points' dimension, ``lines`` (name, array [..., L, k, dim]) has trees and lines, the trees' leading axes
+    ``lead`` are () or the points' batch shape, and both arrays are finite (when concrete)."""
+    (first_name, a), (lines_name, b) = first, lines
+    if a.shape[-1] != x.shape[-1]:
+        raise ValueError(f"trees have dimension {a.shape[-1]} but the points have {dim_name} = {x.shape[-1]}: "
+                         f"trees.{first_name} {a.shape}, x {x.shape}")
+    if 0 in b.shape[-3:-1]:
+        raise ValueError(f"trees are empty: {lines_name} shape {b.shape}")
+    if lead not in ((), x.shape[:-2]):
+        raise ValueError(f"trees' leading axes {lead} must be () or the points' batch shape {x.shape[:-2]}")
+    _finite(f"trees.{first_name}", a)
+    _finite(f"trees.{lines_name}", b)
 
 
 def sphere_tolerance(dtype: DTypeLike) -> float:
