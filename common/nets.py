@@ -97,9 +97,14 @@ def inverted_dropout(x: jax.Array, rate: float | jax.Array, key: jax.Array,
                      uniform: Callable[[jax.Array, tuple[int, ...]], jax.Array] = jax.random.uniform) -> jax.Array:
     """Training dropout: zeroes each entry of x [...] with probability `rate`, scales the rest by 1 / (1 - rate).
 
-    ``uniform(key, shape)`` draws the mask's uniforms (`jax.random.uniform`, or the cheaper `hash_uniform`)."""
+    ``uniform(key, shape)`` draws the mask's uniforms (`jax.random.uniform`, or the cheaper `hash_uniform`).
+    Computed as x times a factor (0 or 1 / (1 - rate)): a select of x itself after a matmul kept XLA's CPU
+    fusions from vectorising: a Small-CNN-Zoo forward pass at batch 512 took 9.5 ms with it, 5.3 ms without, and
+    its gradient 14.4 ms against 13.0 ms (docs/magep.md §10.1).
+    So a dropped non-finite entry stays non-finite, and kept entries may differ from x / (1 - rate) by one ulp."""
     keep = uniform(key, x.shape) >= rate
-    return jnp.where(keep, x / (1.0 - rate), 0.0)
+    factor = jnp.where(keep, 1.0 / (1.0 - jnp.asarray(rate, x.dtype)), jnp.zeros((), x.dtype))
+    return x * factor
 
 
 CONV_METHODS = ("lax", "patches")
