@@ -8,7 +8,6 @@ Standard library only (urllib).
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import urllib.error
@@ -16,7 +15,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from .files import DATA_DIR_ENV, MANIFEST_NAME, ChecksumMismatchError
+from .files import DATA_DIR_ENV, MANIFEST_NAME, ChecksumMismatchError, hash_file
 from .sources import SOURCES, Download
 
 PART_SUFFIX = ".part"
@@ -33,13 +32,8 @@ class _ShortTransfer(ConnectionError):
 
 
 def file_digests(path: Path) -> dict[str, str]:
-    """{"md5": hex, "sha256": hex} of a file, read in 1 MiB blocks."""
-    digests = {"md5": hashlib.md5(), "sha256": hashlib.sha256()}
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            for digest in digests.values():
-                digest.update(block)
-    return {name: digest.hexdigest() for name, digest in digests.items()}
+    """{"md5": hex, "sha256": hex} of a file, read once."""
+    return hash_file(path, ("md5", "sha256"))
 
 
 def _mismatches(digests: Mapping[str, str], source: Download) -> list[str]:

@@ -115,8 +115,14 @@ def _manifest_md5s(manifest_path: str, mtime_ns: int, size: int) -> dict[str, st
 
 @functools.lru_cache(maxsize=None)
 def _md5(path: str, mtime_ns: int, size: int) -> str:
-    digest = hashlib.md5()
+    return hash_file(path, ("md5",))["md5"]
+
+
+def hash_file(path, algorithms: tuple[str, ...]) -> dict[str, str]:
+    """{algorithm: hex digest} of a file for hashlib names such as "md5", "sha256", read once in 1 MiB blocks."""
+    digests = {name: hashlib.new(name) for name in algorithms}
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+            for digest in digests.values():
+                digest.update(block)
+    return {name: digest.hexdigest() for name, digest in digests.items()}
