@@ -89,10 +89,6 @@ class ChannelElement:
     perms: tuple
 
 
-def _gather(x: jax.Array, perm: jax.Array, axis: int) -> jax.Array:
-    return jnp.take(x, perm, axis=axis)
-
-
 def _permute_channels(g: ChannelElement, tw: TransformerWeights, outputs: bool = True, inputs: bool = True
                       ) -> TransformerWeights:
     """Apply g to the output side (w_b, b_b) and/or the input side (next q, k, v; fc1) of every boundary."""
@@ -100,13 +96,13 @@ def _permute_channels(g: ChannelElement, tw: TransformerWeights, outputs: bool =
     for l, perm in enumerate(g.perms):
         if outputs:
             b = blocks[l]
-            blocks[l] = b.replace(w_b=_gather(b.w_b, perm, -1), b_b=_gather(b.b_b, perm, -1))
+            blocks[l] = b.replace(w_b=jnp.take(b.w_b, perm, axis=-1), b_b=jnp.take(b.b_b, perm, axis=-1))
         if inputs and l + 1 < len(blocks):
             b = blocks[l + 1]
-            blocks[l + 1] = b.replace(**{f: _gather(getattr(b, f), perm, -2) for f in ("q", "k", "v")})
+            blocks[l + 1] = b.replace(**{f: jnp.take(getattr(b, f), perm, axis=-2) for f in ("q", "k", "v")})
     classifier = tw.classifier
     if inputs and len(g.perms) == len(blocks):
-        classifier = _map_classifier_fc1(tw, lambda w: _gather(w, g.perms[-1], -1))
+        classifier = _map_classifier_fc1(tw, lambda w: jnp.take(w, g.perms[-1], axis=-1))
     return TransformerWeights(tuple(blocks), tw.embedding, classifier)
 
 
