@@ -5,11 +5,11 @@ DIR/stsw_flows.md (tables) and DIR/stsw_flows.png (W_2^2 curves and the STSW flo
 
 Particles start in a cap around the north pole and follow projected Adam steps (an Adam step in R^3, then back
 onto the sphere by normalising) on D(X, Y), for D the spherical TSW (`tsw_sl.spherical_tsw`, L trees of k = 4
-edges) or the sliced W_2 of the points seen in R^3 (`tsw_sl.sliced_wasserstein`, L k directions). Progress is
-measured by the exact W_2^2 with the squared geodesic cost (POT's `ot.emd2`) and by POT's spherical sliced
-Wasserstein SSW_2^2 (`ot.sliced_wasserstein_sphere`, L k great circles) of the particles at each snapshot. POT's
-SSW is not itself a flow here: POT 0.9.7 cannot be differentiated with JAX (its circle solver assigns into
-arrays in place) and torch is not installed.
+edges), the spherical sliced W_2 (`tsw_sl.spherical_sliced_wasserstein`, L k great circles; it equals POT's
+`ot.sliced_wasserstein_sphere` given the same circles, which POT 0.9.7 cannot differentiate with JAX) or the
+sliced W_2 of the points seen in R^3 (`tsw_sl.sliced_wasserstein`, L k directions). Progress is measured by the
+exact W_2^2 with the squared geodesic cost (POT's `ot.emd2`) and by POT's SSW_2^2 (L k great circles of its own
+seed) of the particles at each snapshot.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from scipy.stats import vonmises_fisher
 from benchmarks import harness
 from benchmarks import tsw_report as report
 from common.cli import positive_int
-from tsw_sl import sliced_wasserstein, spherical_tsw
+from tsw_sl import sliced_wasserstein, spherical_sliced_wasserstein, spherical_tsw
 from tsw_sl.trees import normalize
 
 N_POINTS = 200
@@ -36,7 +36,7 @@ N_LINES = 4
 MODES = np.array([[1, 1, 1], [-1, 1, -1], [1, -1, -1], [-1, -1, 1]]) / np.sqrt(3.0)  # a tetrahedron
 KAPPA = 50.0
 SOURCE_KAPPA = 10.0  # the initial cap around the north pole
-METHODS = ("stsw", "sw_projected")
+METHODS = ("stsw", "ssw", "sw_projected")
 
 
 def vmf_mixture(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -51,6 +51,8 @@ def vmf_mixture(rng: np.random.Generator, n: int) -> np.ndarray:
 def _loss(method, x, y, key, n_dirs, delta):
     if method == "stsw":
         return spherical_tsw(x, y, key=key, n_trees=n_dirs // N_LINES, n_lines=N_LINES, delta=delta, p=2)
+    if method == "ssw":
+        return spherical_sliced_wasserstein(x, y, key=key, n_projections=n_dirs, p=2)
     return sliced_wasserstein(x, y, key=key, n_projections=n_dirs, p=2)
 
 
@@ -114,12 +116,14 @@ def markdown(results, config, run):
              f"{SOURCE_KAPPA:g}) towards {N_POINTS} points of an equal mixture of vMF(m_i, {KAPPA:g}), m_i the "
              f"vertices of a regular tetrahedron; projected Adam (lr {config['lr']:g}; each step is normalised back "
              f"onto the sphere). STSW: {config['directions'] // N_LINES} trees x {N_LINES} edges, delta = "
-             f"{config['delta']:g}, p = 2; SW (projected): sliced W_2 of the points in R^3 with "
-             f"{config['directions']} directions. Metrics at iterations {' / '.join(map(str, its))}: exact W_2^2 with "
+             f"{config['delta']:g}, p = 2; SSW: spherical sliced W_2 (`tsw_sl.spherical_sliced_wasserstein`, equal to "
+             f"POT's `ot.sliced_wasserstein_sphere` given the same circles) with {config['directions']} great circles; "
+             f"SW (projected): sliced W_2 of the points in R^3 with {config['directions']} directions. All three are "
+             "flows (gradients by JAX). "
+             f"Metrics at iterations {' / '.join(map(str, its))}: exact W_2^2 with "
              "the squared geodesic cost (POT `ot.emd2`) and POT's spherical sliced Wasserstein SSW_2^2 "
              f"(`ot.sliced_wasserstein_sphere`, {config['directions']} great circles, the same number of directions) "
-             "as mean (std at the end) over runs. POT's SSW is a metric only, not a flow: POT 0.9.7 cannot be "
-             "differentiated with JAX and torch is not installed. s/it: wall seconds per iteration of the compiled, "
+             "as mean (std at the end) over runs. s/it: wall seconds per iteration of the compiled, "
              "vmapped flow of all runs together (compile time apart).", ""]
     lines += harness.run_markdown(run)
     lines += [f"Contention: {harness.contention_line(c.get('cpu') for c in results.values())}", ""]
@@ -167,7 +171,7 @@ def plot(results, path):
 
 
 def main(argv=None):
-    p = report.parser("Gradient flows on S^2: spherical TSW against sliced W_2 (projected), POT's SSW as a metric.")
+    p = report.parser("Gradient flows on S^2: spherical TSW against spherical sliced W_2 and sliced W_2 (projected).")
     p.add_argument("--runs", type=positive_int, default=None, help="runs (default 10, quick 2)")
     p.add_argument("--steps", type=positive_int, default=None, help="iterations (default 500, quick 50)")
     p.add_argument("--directions", type=positive_int, default=100, help="SW directions = STSW trees x 4 edges")

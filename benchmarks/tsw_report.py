@@ -13,7 +13,7 @@ from common.cli import non_negative_int
 DEFAULT_OUT = "benchmarks/results"
 LABELS = {"sw": "SW", "max_sw": "Max-SW", "tsw_sl": "TSW-SL", "tsw_sl_distance": "TSW-SL (distance)",
           "max_tsw_sl": "Max-TSW-SL", "db_tsw": "Db-TSW",  # tsw_sl.flows.METHODS -> label in tables and plots
-          "stsw": "STSW", "sw_projected": "SW (projected)"}  # benchmarks.stsw_flows
+          "stsw": "STSW", "ssw": "SSW", "sw_projected": "SW (projected)"}  # benchmarks.stsw_flows
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -64,6 +64,13 @@ def sample_monomial(
         raise ValueError(f"sample_monomial: scale_range must satisfy 0 < low <= high, got {scale_range}")
     if scale_distribution not in ("log_uniform", "uniform"):
         raise ValueError(f"sample_monomial: scale_distribution must be 'log_uniform' or 'uniform', got {scale_distribution!r}")
+    return _sample_monomial(key, spec, scaling, (float(low), float(high)), scale_distribution, jnp.dtype(dtype))
+
+
+# Group operations run as one compiled program each (per structure), not as dozens of eagerly dispatched ops.
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+def _sample_monomial(key, spec, scaling, scale_range, scale_distribution, dtype):
+    low, high = scale_range
     perms, scales = [], []
     for n, k in zip(spec.widths[1:-1], jax.random.split(key, max(spec.num_layers - 1, 1))):
         k_perm, k_scale = jax.random.split(k)
@@ -89,12 +96,14 @@ def identity(spec: NetworkSpec, dtype=jnp.float32) -> MonomialElement:
     )
 
 
+@jax.jit
 def inverse(g: MonomialElement) -> MonomialElement:
     """g^{-1}: from (gx)_j = d_j x_{perm[j]}, x_i = (gx)_{inv[i]} / d_{inv[i]} with inv = argsort(perm)."""
     inv = tuple(jnp.argsort(p).astype(jnp.int32) for p in g.perms)
     return MonomialElement(inv, tuple(1.0 / d[i] for d, i in zip(g.scales, inv)))
 
 
+@jax.jit
 def compose(g: MonomialElement, h: MonomialElement) -> MonomialElement:
     """g h (apply h first): perm = perm_h[perm_g], scale = d_g * d_h[perm_g]."""
     return MonomialElement(
@@ -137,6 +146,11 @@ def act(g: MonomialElement, ws: WeightSpace) -> WeightSpace:
       the transformed WeightSpace, same shapes.
     """
     _check(g, ws)
+    return _act(g, ws)
+
+
+@jax.jit
+def _act(g: MonomialElement, ws: WeightSpace) -> WeightSpace:
     L = ws.num_layers
     weights, biases = [], []
     for i in range(L):

@@ -102,5 +102,7 @@ def test_traced_draws_equal_concrete_draws():
     concrete = normal_arrays(jax.random.key(3), shapes, scales)
     traced = jax.jit(lambda k: normal_arrays(k, shapes, scales))(jax.random.key(3))
     for c, t in zip(concrete, traced, strict=True):
-        np.testing.assert_array_equal(c, t)
+        # bit-equal with XLA's default CPU emitters; within a few ulps under the suite's faster-compiling elemental
+        # emitters (tests/conftest.py), which contract the normal draw's polynomial differently inside a larger program
+        np.testing.assert_array_max_ulp(c, t, maxulp=4)  # a wrong slice differs by far more
     assert not np.asarray(concrete[2]).any()

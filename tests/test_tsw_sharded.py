@@ -41,6 +41,7 @@ DISTANCES = {
     "max_tsw_sl": functools.partial(tsw_sl.max_tsw_sl, key=KEY, n_trees=4, n_lines=3, n_steps=3,
                                     splitting="distance"),
     "spherical_tsw": functools.partial(tsw_sl.spherical_tsw, key=KEY, n_trees=8, n_lines=3, delta=2.0, p=2),
+    "spherical_sliced_wasserstein": functools.partial(tsw_sl.spherical_sliced_wasserstein, key=KEY, n_projections=8),
 }
 
 
@@ -48,7 +49,7 @@ DISTANCES = {
 def test_value_costs_and_gradient_equal_one_device(name, mesh):
     fn = DISTANCES[name]
     with jax.enable_x64(True):
-        x, y, a, b = clouds(sphere=name == "spherical_tsw")
+        x, y, a, b = clouds(sphere=name.startswith("spherical"))
         one, costs_one = fn(x, y, a, b, return_costs=True)
         split, costs_split = fn(x, y, a, b, return_costs=True, mesh=mesh)
         np.testing.assert_allclose(split, one, rtol=1e-6)
@@ -85,7 +86,7 @@ def test_large_p_scales_agree_across_devices(mesh):
 @pytest.mark.parametrize("name", ["tsw_sl", "sliced_wasserstein", "spherical_tsw"])
 def test_compiled_program_reduces_costs_without_gathering_points(name, mesh):
     fn = DISTANCES[name]
-    x, y, a, b = (v if v is None else v.astype(jnp.float32) for v in clouds(sphere=name == "spherical_tsw"))
+    x, y, a, b = (v if v is None else v.astype(jnp.float32) for v in clouds(sphere=name.startswith("spherical")))
     value = jax.jit(lambda x, y: fn(x, y, a, b, mesh=mesh))
     grad = jax.jit(jax.grad(lambda x, y: fn(x, y, a, b, mesh=mesh)))
     for program in (value, grad):

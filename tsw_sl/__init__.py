@@ -9,12 +9,14 @@ Public API (docs/api.md); every distance takes the measures in POT / OTT-JAX ord
   max_tsw_sl                                     ascent over tree parameters
   SphericalTrees, sample_spherical_trees         spherical trees (root and tangent directions on S^{D-1})
   spherical_tsw                                  spherical TSW between measures on the unit sphere
+  spherical_sliced_wasserstein                   spherical sliced baseline (SSW, great circles)
   LearnedSplitting                               learnable splitting map (nnx module)
 """
 from tsw_sl.distance import db_tsw, tree_wasserstein, tsw_sl
 from tsw_sl.max_sliced import max_sliced_wasserstein, max_tsw_sl
 from tsw_sl.sliced import sliced_wasserstein
 from tsw_sl.spherical import spherical_tsw
+from tsw_sl.spherical_sliced import spherical_sliced_wasserstein
 from tsw_sl.splitting import LearnedSplitting
 from tsw_sl.trees import SphericalTrees, TreeSystem, random_directions, sample_spherical_trees, sample_trees
 
@@ -29,6 +31,7 @@ __all__ = [
     "sample_spherical_trees",
     "sample_trees",
     "sliced_wasserstein",
+    "spherical_sliced_wasserstein",
     "spherical_tsw",
     "tree_wasserstein",
     "tsw_sl",

@@ -211,6 +211,17 @@ def projections(v: ArrayLike, x: jax.Array) -> jax.Array:
     return v
 
 
+def circle_planes(v: ArrayLike, x: jax.Array) -> jax.Array:
+    """Checks given great circles v: [P, 2, D] (P >= 1, finite when concrete) for points x: [..., n, D]."""
+    v = _float("projections", v).astype(x.dtype)
+    d = x.shape[-1]
+    if v.ndim != 3 or v.shape[1:] != (2, d) or v.shape[0] == 0:
+        raise ValueError(f"projections must have shape [P, 2, {d}] (orthonormal bases of the circles' planes) with "
+                         f"P >= 1; got {v.shape} for x {x.shape}")
+    _finite("projections", v)
+    return v
+
+
 def splitting(s: SplittingMap) -> SplittingMap:
     """Checks a splitting map: "uniform", "distance" or a callable (z [N, d], trees) -> [L or 1, k, N]."""
     if not (callable(s) or (isinstance(s, str) and s in SPLITTINGS)):
