@@ -10,16 +10,7 @@ import pytest
 from scipy.stats import ortho_group
 
 import tsw_sl
-
-
-def sphere_points(rng, n, dim):
-    v = rng.normal(size=(n, dim))
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
-
-
-def weights(rng, n):
-    w = rng.uniform(0.2, 1.0, n)
-    return w / w.sum()
+from tests.sphere_fixtures import sphere_points, weights
 
 
 def brute_splitting(z, root, directions, delta):

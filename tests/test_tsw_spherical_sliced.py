@@ -11,18 +11,9 @@ import pytest
 from scipy.stats import ortho_group
 
 import tsw_sl
+from tests.sphere_fixtures import sphere_points, weights
 from tsw_sl.spherical_sliced import circle_coordinates, circle_wasserstein_pow
 from tsw_sl.trees import random_directions
-
-
-def sphere_points(rng, n, dim):
-    v = rng.normal(size=(n, dim))
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
-
-
-def weights(rng, n):
-    w = rng.uniform(0.2, 1.0, n)
-    return w / w.sum()
 
 
 def circle_cost(u, v, a, b, p):

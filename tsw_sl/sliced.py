@@ -72,8 +72,20 @@ def _sliced(x, y, a, b, key, projections, *, n_projections, p, sort_method, unif
 
         return validation.vmap_leading(one, n_batch, 0)(*shared)
 
-    mean, scale, scaled = sharding.mean_costs(costs, (x, y, a, b), projections, n_batch=n_batch, tree_axis=0, p=p,
+    return mean_over_slices(costs, x, y, a, b, projections, p=p, return_costs=return_costs, mesh=mesh)
+
+
+def mean_over_slices(costs: sharding.CostsFn, x: jax.Array, y: jax.Array, a: jax.Array, b: jax.Array,
+                     slices: jax.Array, *, p: float, return_costs: bool, mesh: Mesh | None) -> Distance:
+    """A sliced distance from its per-slice costs (shared by the Euclidean and spherical sliced distances).
+
+    costs: ((x, y, a, b), slices [P_local, ...]) -> (scaled [..., P_local], scale [...]); x: [..., n, d],
+    y: [..., m, d], a: [..., n], b: [..., m]; slices [P, ...] one set for the batch, split over `mesh`.
+    Returns the distances [...] (NaN where an input is not finite), with `return_costs` also the costs [..., P].
+    """
+    n_batch = x.ndim - 2
+    mean, scale, scaled = sharding.mean_costs(costs, (x, y, a, b), slices, n_batch=n_batch, tree_axis=0, p=p,
                                               mesh=mesh)
     out = sharding.finish(mean, scale, scaled, p, return_costs)
     guard = validation.vmap_leading(validation.nonfinite_to_nan, n_batch, (0, 0, 0, 0, 0, None))
-    return guard(out, x, y, a, b, projections)
+    return guard(out, x, y, a, b, slices)

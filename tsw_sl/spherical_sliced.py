@@ -31,7 +31,7 @@ from jax.typing import ArrayLike
 
 from tsw_sl import sharding, sorting, validation
 from tsw_sl.one_dim import abs_pow, wasserstein_1d_pow
-from tsw_sl.sliced import Distance
+from tsw_sl.sliced import Distance, mean_over_slices
 from tsw_sl.trees import normalize, random_directions
 
 
@@ -148,8 +148,4 @@ def _spherical_sliced(x, y, a, b, planes, *, p, sort_method, return_costs, mesh)
 
         return validation.vmap_leading(one, n_batch, 0)(*shared)
 
-    mean, scale, scaled = sharding.mean_costs(costs, (x, y, a, b), planes, n_batch=n_batch, tree_axis=0, p=p,
-                                              mesh=mesh)
-    out = sharding.finish(mean, scale, scaled, p, return_costs)
-    guard = validation.vmap_leading(validation.nonfinite_to_nan, n_batch, (0, 0, 0, 0, 0, None))
-    return guard(out, x, y, a, b, planes)
+    return mean_over_slices(costs, x, y, a, b, planes, p=p, return_costs=return_costs, mesh=mesh)
