@@ -1,8 +1,9 @@
 """Gradient-flow benchmark: W_2^2 curves of every method on every target, beside the TSW-SL paper's numbers.
 
 ``python -m benchmarks.tsw_flows [--settings library|authors] [--quick] [--out DIR] [--targets ...] [--methods ...]
-[--runs R] [--steps N] [--high-dim-steps N]`` writes DIR/<stem>.json (every finished (target, method) cell, saved
-as it completes; a rerun with the same settings skips finished cells), DIR/<stem>.md (tables), DIR/<stem>.png
+[--runs R] [--steps N] [--high-dim-steps N] [--fresh]`` writes DIR/<stem>.json (every finished (target, method) cell,
+saved as it completes; a rerun with the same settings skips finished cells and adds the new ones, and a rerun with
+other settings is refused unless ``--fresh`` replaces the stored cells), DIR/<stem>.md (tables), DIR/<stem>.png
 (curves, log scale) and DIR/<stem>.snapshots.png (particles of the first run); <stem> is ``tsw_flows`` for the
 library profile and ``tsw_flows_authors`` for the authors' one.
 
@@ -320,6 +321,8 @@ def main(argv=None):
     p.add_argument("--high-dim-steps", type=positive_int, default=None,
                    help="iterations for the Gaussians in d >= 10 (default: --steps)")
     p.add_argument("--ablation", action="store_true", help="run the swiss-roll ablation instead (module docstring)")
+    p.add_argument("--fresh", action="store_true",
+                   help="replace stored results of other settings (without it, a settings mismatch is an error)")
     args = p.parse_args(argv)
     quick = args.quick
     runs = args.runs or (3 if quick else 10)
@@ -339,7 +342,12 @@ def main(argv=None):
     if profile == "authors":
         config["settings"] = repr(authors.AuthorsSettings())
     saved = harness.read_json(stem + ".json", {})
-    results = saved.get("results", {}) if saved.get("config") == config else {}
+    old = saved.get("config", {})
+    if saved.get("results") and old != config and not args.fresh:
+        changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        p.error(f"{stem}.json holds results of other settings ({', '.join(changed)} differ): pass the same options "
+                "to add cells to it, --fresh to replace it, or another --out")
+    results = saved.get("results", {}) if old == config else {}
     default_methods = AUTHORS_METHODS if profile == "authors" else ALL_METHODS
     todo = [(t, m) for t in names
             for m in (args.methods or (("sw", "tsw_sl", "db_tsw") if quick else default_methods))

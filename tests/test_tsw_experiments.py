@@ -100,13 +100,18 @@ def test_flow_report_names_only_the_cells_not_run():
     assert "Not run yet" not in complete
 
 
-def test_flow_driver_writes_its_results(tmp_path):
+def test_flow_driver_writes_its_results(tmp_path, capsys):
     tsw_flows.main(["--out", str(tmp_path), "--targets", "swiss_roll", "--methods", "sw", "tsw_sl", "--runs", "1",
                     "--steps", "25"])
     saved = json.loads((tmp_path / "tsw_flows.json").read_text())
     assert set(saved["results"]["swiss_roll"]) == {"sw", "tsw_sl"}
     assert len(saved["results"]["swiss_roll"]["sw"]["w2_mean"]) == 26
     assert (tmp_path / "tsw_flows.md").exists() and (tmp_path / "tsw_flows.png").exists()
+    stored = (tmp_path / "tsw_flows.json").read_text()
+    with pytest.raises(SystemExit):  # other settings would silently replace the stored cells
+        tsw_flows.main(["--out", str(tmp_path), "--targets", "swiss_roll", "--methods", "sw", "--runs", "1",
+                        "--steps", "50"])
+    assert "steps" in capsys.readouterr().err and (tmp_path / "tsw_flows.json").read_text() == stored
 
 
 def test_authors_profile_report_sits_beside_the_library_profile(tmp_path):
