@@ -33,7 +33,7 @@ def _reference_rows() -> list[tuple[str, str]]:
 def run(out_dir: str) -> list[tuple[str, str]]:
     """Returns rows (quantity, value) for the results table."""
     rows = _reference_rows()
-    tsw_flows.main(["--quick", "--out", out_dir])
+    tsw_flows.main(["--quick", "--fresh", "--out", out_dir])  # the demo's own folder: replace cells of older settings
     flows = read_json(os.path.join(out_dir, "tsw_flows.json"), None)
     steps = flows["config"]["steps"]
     for target, methods in flows["results"].items():

@@ -112,6 +112,10 @@ def test_flow_driver_writes_its_results(tmp_path, capsys):
         tsw_flows.main(["--out", str(tmp_path), "--targets", "swiss_roll", "--methods", "sw", "--runs", "1",
                         "--steps", "50"])
     assert "steps" in capsys.readouterr().err and (tmp_path / "tsw_flows.json").read_text() == stored
+    tsw_flows.main(["--out", str(tmp_path), "--targets", "swiss_roll", "--methods", "sw", "--runs", "1", "--steps", "50",
+                    "--fresh"])
+    saved = json.loads((tmp_path / "tsw_flows.json").read_text())
+    assert saved["config"]["steps"] == 50 and set(saved["results"]["swiss_roll"]) == {"sw"}
 
 
 def test_authors_profile_report_sits_beside_the_library_profile(tmp_path):
