@@ -83,7 +83,7 @@ def test_large_p_scales_agree_across_devices(mesh):
     np.testing.assert_allclose(fn(mesh=mesh), fn(), rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["tsw_sl", "sliced_wasserstein", "spherical_tsw"])
+@pytest.mark.parametrize("name", ["tsw_sl", "sliced_wasserstein", "spherical_tsw", "spherical_sliced_wasserstein"])
 def test_compiled_program_reduces_costs_without_gathering_points(name, mesh):
     fn = DISTANCES[name]
     x, y, a, b = (v if v is None else v.astype(jnp.float32) for v in clouds(sphere=name.startswith("spherical")))
