@@ -189,7 +189,7 @@ def sharded_markdown(sharded):
            f"{run['environment']['cpu_count']} cores: no hardware is added, and a ratio below 1 only means that the "
            "split program keeps both cores busy (each simulated device runs on its own thread, while one device's "
            "sort runs on one), net of the split's overhead (collectives, one program per device). Times are noisy "
-           "when the load exceeds the 2 cores; values and gradients agree to rtol 1e-6 (tests/test_tsw_sharded.py).", "",
+           f"when the load exceeds the {run['environment']['cpu_count']} cores; values and gradients agree to rtol 1e-6 (tests/test_tsw_sharded.py).", "",
            f"| n | method | 1 device (ms) | {many} devices (ms) | {many} / 1 (fastest repeats) |",
            "|---|---|---|---|---|"]
     for (n, method, devices), r in sorted(index.items()):

@@ -17,7 +17,8 @@ import tempfile
 
 # Most test programs are tiny, so XLA's compile time dominates; backend optimisation level 0 compiles them
 # ~3x faster (matmuls and convolutions still run in the optimised runtime kernels), and XLA CPU's older elemental
-# emitters compile ~40% faster than its MLIR fusion emitters (same numerics contract; measured on tiny programs).
+# emitters compile ~40% faster than its MLIR fusion emitters (measured on tiny programs; results may differ from the
+# default emitters' in the last bits, see tests/test_eval_shape.py).
 os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0",
                                                   "--xla_cpu_use_fusion_emitters=false"]))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="nfn_tsw_jax_cache_"))

@@ -122,7 +122,7 @@ def spherical_sliced_wasserstein(x: ArrayLike, y: ArrayLike, a: ArrayLike | None
     p = validation.power(p)
     return_costs = validation.flag("return_costs", return_costs)
     if projections is not None:
-        projections = validation.circle_planes(projections, x)
+        projections = validation.projections(projections, x, per_slice=(2,))
     elif key is None:
         raise TypeError("spherical_sliced_wasserstein needs the keyword argument key= (or explicit projections=)")
     else:

@@ -201,23 +201,14 @@ def scalar(name: str, value: ArrayLike, positive: bool = False) -> ArrayLike:
     return value
 
 
-def projections(v: ArrayLike, x: jax.Array) -> jax.Array:
-    """Checks given directions v: [P, d] (P >= 1, finite when concrete) for supports x: [..., n, d]."""
+def projections(v: ArrayLike, x: jax.Array, per_slice: tuple[int, ...] = ()) -> jax.Array:
+    """Checks given slices v: [P, *per_slice, d] (P >= 1, finite when concrete) for supports x: [..., n, d]:
+    directions [P, d] (per_slice = ()), or great circles' planes [P, 2, d] (per_slice = (2,))."""
     v = _float("projections", v).astype(x.dtype)
-    d = x.shape[-1]
-    if v.ndim != 2 or v.shape[1] != d or v.shape[0] == 0:
-        raise ValueError(f"projections must have shape [P, {d}] with P >= 1; got {v.shape} for x {x.shape}")
-    _finite("projections", v)
-    return v
-
-
-def circle_planes(v: ArrayLike, x: jax.Array) -> jax.Array:
-    """Checks given great circles v: [P, 2, D] (P >= 1, finite when concrete) for points x: [..., n, D]."""
-    v = _float("projections", v).astype(x.dtype)
-    d = x.shape[-1]
-    if v.ndim != 3 or v.shape[1:] != (2, d) or v.shape[0] == 0:
-        raise ValueError(f"projections must have shape [P, 2, {d}] (orthonormal bases of the circles' planes) with "
-                         f"P >= 1; got {v.shape} for x {x.shape}")
+    shape = tuple(per_slice) + (x.shape[-1],)
+    if v.shape[1:] != shape or v.shape[0] == 0:
+        raise ValueError(f"projections must have shape [P, {', '.join(map(str, shape))}] with P >= 1; got {v.shape} "
+                         f"for x {x.shape}")
     _finite("projections", v)
     return v
 
