@@ -102,14 +102,15 @@ def cnn_hparams(configs: list[dict]) -> dict[str, np.ndarray]:
 def _gram_schmidt(a: jax.Array) -> jax.Array:
     """Orthonormal columns of a [m, n] (m >= n): the Q of a QR factorisation with positive diag(R).
 
-    Plain XLA ops: the LAPACK QR custom call was seen to hang on CPU for 256 vmapped networks."""
-    columns = []
-    for j in range(a.shape[1]):
-        v = a[:, j]
-        for q in columns:
-            v = v - jnp.dot(q, v) * q
-        columns.append(v / jnp.linalg.norm(v))
-    return jnp.stack(columns, axis=1)
+    Modified Gram-Schmidt in plain XLA loops (the LAPACK QR custom call was seen to hang on CPU for 256 vmapped
+    networks; unrolled in Python, the n(n-1)/2 projections took seconds to compile)."""
+
+    def column(j, q):
+        project = lambda i, v: v - jnp.dot(q[:, i], v) * q[:, i]
+        v = jax.lax.fori_loop(0, j, project, a[:, j])
+        return q.at[:, j].set(v / jnp.linalg.norm(v))
+
+    return jax.lax.fori_loop(0, a.shape[1], column, jnp.zeros_like(a))
 
 
 def _cnn_kernel(key, shape_oihw, scheme, std):

@@ -36,6 +36,25 @@ def test_checkpoint_epochs_follow_the_original():
     assert recipes.cnn_checkpoint_epochs(172) == [0, 1, 2, 3, 40, 80, 120, 160, 172]
 
 
+def test_initialisers_follow_keras():
+    # one uniform draw per kernel feeds every scheme, so "random_normal" at std 1 is the normal draw that
+    # "orthogonal" orthonormalises: the reference is numpy's QR of it with diag(R) made positive
+    schemes = {name: i for i, name in enumerate(recipes.CNN_W_INITS)}
+    init = jax.jit(recipes.init_cnn)
+    draw = lambda name: init(jax.random.key(4), {"w_init": schemes[name], "init_std": 1.0}).weights
+    normal, orthogonal, he = draw("random_normal"), draw("orthogonal"), draw("he_normal")
+    keras = lambda w: np.asarray(w).transpose(2, 3, 1, 0).reshape(-1, w.shape[0]) if w.ndim == 4 else np.asarray(w).T
+    for n, q in zip(normal, orthogonal):  # Keras layout: [kh * kw * in, out]
+        tall = keras(n).shape[0] >= keras(n).shape[1]
+        ref, r = np.linalg.qr(keras(n) if tall else keras(n).T)
+        ref = ref * np.sign(np.diag(r))
+        np.testing.assert_allclose(keras(q), ref if tall else ref.T, atol=2e-5)
+    w = np.asarray(he[1])  # 16 x 16 x 3 x 3: fan_in 144; Keras's 2-sigma truncated normal of std sqrt(2 / fan_in)
+    std = np.sqrt(2.0 / 144)
+    assert np.abs(w).max() <= 2 * std / 0.87962566103423978 * (1 + 1e-6)
+    assert np.std(w) == pytest.approx(std, rel=0.06)
+
+
 def test_digits_zoo_is_far_above_chance_and_diverse(zoo):
     _, rows = zoo
     final = np.array([r["test_accuracy"] for r in rows if r["epoch"] == ARGS["epochs"]])
