@@ -29,23 +29,36 @@ ALLOWED = {  # package -> project packages it may import (besides itself)
     "benchmarks": set(LIBRARY),
 }
 
+# One fresh interpreter imports every module of the packages one package after another and reports the top-level
+# modules each package loads that were not loaded before it. A heavy module is then reported under the first package
+# that imports it (the later ones find it loaded), and one never loaded is imported by none of them.
 _IMPORT_ALL = """
 import importlib, json, pkgutil, sys
-package = importlib.import_module({name!r})
-modules = [package.__name__] + [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
-for module in modules:
-    importlib.import_module(module)
-print(json.dumps({{"modules": modules, "loaded": sorted({{k.split(".")[0] for k in sys.modules}})}}))
+report, before = {{}}, set(sys.modules)
+for name in {names!r}:
+    package = importlib.import_module(name)
+    modules = [package.__name__] + [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
+    for module in modules:
+        importlib.import_module(module)
+    report[name] = {{"modules": modules, "loaded": sorted({{k.split(".")[0] for k in set(sys.modules) - before}})}}
+    before = set(sys.modules)
+print(json.dumps(report))
 """
 
 
-@pytest.mark.parametrize("package", LIBRARY)
-def test_importing_a_package_loads_no_heavy_dependency(package):
+@pytest.fixture(scope="module")
+def imported():
+    """``{package: {"modules": every module of it, "loaded": top-level modules it loaded first}}``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", _IMPORT_ALL.format(name=package)], cwd=ROOT, env=env,
+    result = subprocess.run([sys.executable, "-c", _IMPORT_ALL.format(names=LIBRARY)], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("package", LIBRARY)
+def test_importing_a_package_loads_no_heavy_dependency(package, imported):
+    report = imported[package]
     assert len(report["modules"]) > 1, report["modules"]  # the walk found the submodules
     heavy = sorted(set(HEAVY) & set(report["loaded"]))
     assert not heavy, f"importing every module of {package} imports {heavy}"
