@@ -10,6 +10,7 @@ import importlib
 import os
 import time
 
+from common import compilation_cache
 from common.cli import non_negative_int
 
 SECTIONS = [
@@ -25,7 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="demo_out", help="folder for run directories and pictures")
     parser.add_argument("--cpu-devices", type=non_negative_int, default=4,
                         help="simulated CPU devices for the data-parallel sections (0: leave JAX's default)")
+    compilation_cache.add_arguments(parser)
     args = parser.parse_args(argv)
+    compilation_cache.configure(args)
     if args.cpu_devices:
         import jax
 

@@ -310,21 +310,6 @@ def start_run(calibrate: bool = True, matmul_size: int | None = None) -> Run:
                started=time.perf_counter())
 
 
-def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
-    """Turns on JAX's persistent compilation cache in ``path`` (default ``$JAX_COMPILATION_CACHE_DIR`` or
-    ``~/.cache/nfn_tsw/jax``), for every program that takes over 0.5 s to compile, so a rerun or a resumed
-    experiment skips compiles it has done before. Call before the first compile. A cache configured already
-    (e.g. by the test session) is kept as it is. Returns the folder."""
-    if jax.config.jax_compilation_cache_dir:
-        return jax.config.jax_compilation_cache_dir
-    folder = os.fspath(path or os.environ.get("JAX_COMPILATION_CACHE_DIR")
-                       or os.path.join(os.path.expanduser("~"), ".cache", "nfn_tsw", "jax"))
-    os.makedirs(folder, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    return folder
-
-
 # ------------------------------------------------------------------------------------------------ reports
 
 

@@ -30,6 +30,7 @@ import optax
 from flax import nnx
 
 from benchmarks import harness
+from common import compilation_cache
 from common.cli import positive_int
 from common.accuracy_prediction import kendall_tau, predict_logits
 from magep import GeneralizationPredictor
@@ -310,13 +311,14 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--quick", action="store_true", help="a miniature on digits (pipeline check, < 3 minutes)")
     g.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
     g.add_argument("--work", default=None, help="zoos and run folders (default <out>/magep_runs)")
+    compilation_cache.add_arguments(g)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Command line entry point (see the module docstring)."""
     args = parser().parse_args(argv)
-    harness.enable_compilation_cache()
+    compilation_cache.configure(args)
     defaults = QUICK if args.quick else FULL
     for name, value in defaults.items():
         if getattr(args, name) is None and name != "zoo_epochs":

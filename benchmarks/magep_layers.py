@@ -27,6 +27,7 @@ from flax import nnx
 
 from benchmarks import harness
 from common import NetworkSpec, WeightSpace
+from common import compilation_cache
 from common.cli import positive_int
 from magep import GeneralizationPredictor
 
@@ -162,6 +163,7 @@ def write_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+@compilation_cache.disabled()  # first calls are measured: compiled afresh, never read from a cache
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=positive_int, default=2)

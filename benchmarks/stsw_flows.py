@@ -177,7 +177,7 @@ def main(argv=None):
     p.add_argument("--directions", type=positive_int, default=100, help="SW directions = STSW trees x 4 edges")
     p.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
     p.add_argument("--delta", type=float, default=1.0, help="STSW splitting inverse temperature")
-    args = p.parse_args(argv)
+    args = report.parse_args(p, argv)
     runs = args.runs or (2 if args.quick else 10)
     steps = args.steps or (50 if args.quick else 500)
     if steps % 25 or args.directions % N_LINES:

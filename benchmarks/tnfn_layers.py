@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 
 from benchmarks import harness
+from common import compilation_cache
 from common.cli import positive_int
 from transformer_nfn import AccuracyPredictor, TransformerEquivariant, TransformerInvariant, TransformerSpec, nets, relu_ffn
 
@@ -135,6 +136,7 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@compilation_cache.disabled()  # first calls are measured: compiled afresh, never read from a cache
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=positive_int, default=10)

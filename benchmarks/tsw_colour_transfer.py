@@ -110,7 +110,7 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", default=None,
                    choices=sorted(set(ct.PAPER_STEP) | set(authors.COLOUR_STEP)),
                    help="default: every method of the profile")
-    args = p.parse_args(argv)
+    args = report.parse_args(p, argv)
     step_sizes = PROFILES[args.settings][0]
     methods = args.methods or list(step_sizes)
     if set(methods) - set(step_sizes):

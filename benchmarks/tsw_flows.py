@@ -323,7 +323,7 @@ def main(argv=None):
     p.add_argument("--ablation", action="store_true", help="run the swiss-roll ablation instead (module docstring)")
     p.add_argument("--fresh", action="store_true",
                    help="replace stored results of other settings (without it, a settings mismatch is an error)")
-    args = p.parse_args(argv)
+    args = report.parse_args(p, argv)
     quick = args.quick
     runs = args.runs or (3 if quick else 10)
     steps = args.steps or (500 if quick else 2500)

@@ -213,7 +213,7 @@ def main(argv=None):
     p.add_argument("--n-eval", type=positive_int, default=None, help="samples per Frechet distance (default 5000, quick 1000)")
     p.add_argument("--run-dir", default=None,
                    help="checkpoints, resumed if present (default runs/tsw_generate; quick: OUT/tsw_generate_runs)")
-    args = p.parse_args(argv)
+    args = report.parse_args(p, argv)
     q = args.quick
     args.datasets = args.datasets or (["mnist"] if q else list(DATASETS))
     args.seeds = args.seeds or (1 if q else 3)

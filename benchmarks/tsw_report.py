@@ -1,6 +1,7 @@
 """Shared plumbing of the TSW-SL experiment drivers (`benchmarks.tsw_flows`, `tsw_colour_transfer`,
-`tsw_generate`): argument parser, the methods' display labels and the exact W_2^2 (POT) that the reports
-measure progress with. Result files and figures go through `benchmarks.harness`."""
+`tsw_generate`, `stsw_flows`): argument parser (with the compilation-cache options), the methods' display labels
+and the exact W_2^2 (POT) that the reports measure progress with. Result files and figures go through
+`benchmarks.harness`."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,7 @@ import argparse
 import numpy as np
 import ot
 
+from common import compilation_cache
 from common.cli import non_negative_int
 
 DEFAULT_OUT = "benchmarks/results"
@@ -22,7 +24,15 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="small settings (under 2 minutes on 2 CPU cores)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="master PRNG seed")
+    compilation_cache.add_arguments(p)
     return p
+
+
+def parse_args(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """``p.parse_args(argv)``, then JAX's persistent compilation cache as the options say (on by default)."""
+    args = p.parse_args(argv)
+    compilation_cache.configure(args)
+    return args
 
 
 def wasserstein2_squared(x, y) -> float:

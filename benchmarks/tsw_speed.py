@@ -49,6 +49,7 @@ import ot
 
 import tsw_sl
 from benchmarks import harness
+from common import compilation_cache
 from common.cli import positive_int
 from common.distributed import make_mesh
 
@@ -293,6 +294,7 @@ def merge(old, rows, meta):
     return kept + new, dict(meta, runs=runs, run_tag=stamp, **sharded)
 
 
+@compilation_cache.disabled()  # first calls are measured: compiled afresh, never read from a cache
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smallest grid (a smoke run; d = 2 only)")

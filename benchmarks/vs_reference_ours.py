@@ -20,6 +20,7 @@ import os
 import subprocess
 
 from benchmarks import vs_reference_protocol as protocol
+from common import compilation_cache
 
 NFN_JOBS = {"ours_magep": "magep", "ours_monomial": "monomial", "ours_nfn_hnp": "hnp", "ours_nfn_np": "np",
             "ours_tnfn": None}
@@ -196,6 +197,7 @@ def _git_commit() -> str:
         return "unknown"
 
 
+@compilation_cache.disabled()  # first calls are measured: compiled afresh, never read from a cache
 def main(argv=None) -> dict:
     args = protocol.job_arguments(__doc__.splitlines()[0], JOBS, argv)
     record = protocol.base_record(args)

@@ -43,6 +43,7 @@ import numpy as np
 import optax
 
 from benchmarks import harness
+from common import compilation_cache
 from common.cli import positive_int
 from common.distributed import make_mesh
 from common.nets import cnn_apply, hash_uniform, siren_apply
@@ -315,6 +316,7 @@ def _chunk(value: str):
     return None if value == "all" else positive_int(value)
 
 
+@compilation_cache.disabled()  # first calls are measured: compiled afresh, never read from a cache
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist", choices=("mnist", "fashion_mnist"))

@@ -43,7 +43,7 @@ import optax
 import scipy.sparse
 
 from common import data as zoo_data
-from common import zoo_store
+from common import compilation_cache, zoo_store
 from common.cli import non_negative_int, positive_int
 from common.population import PopulationTask, train_population
 from transformer_nfn import nets
@@ -293,7 +293,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--train-limit", type=positive_int, default=None, help="use the first n training rows")
     parser.add_argument("--test-limit", type=positive_int, default=None, help="use the first n test rows")
     parser.add_argument("--data-dir", default=None, help="data root (default $NFN_DATA_DIR)")
+    compilation_cache.add_arguments(parser)
     args = parser.parse_args(argv)
+    compilation_cache.configure(args)
     rows = generate_transformer_zoo(args.out, args.dataset, args.models, epochs=args.epochs,
                                     shard_size=args.shard_size, seed=args.seed, train_limit=args.train_limit,
                                     test_limit=args.test_limit, data_dir=args.data_dir)
