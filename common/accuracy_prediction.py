@@ -70,8 +70,9 @@ def bce_loss(model: nnx.Module, batch: dict, key: jax.Array) -> tuple[jax.Array,
 
 
 def predict_logits(model: nnx.Module, inputs: Any, chunk_size: int = CHUNK_ROWS) -> np.ndarray:
-    """``model.logits`` on ``inputs`` (leaves ``[R, ...]``) in jitted chunks of ``chunk_size`` rows -> float32 [R]
-    (every chunk zero-padded to ``chunk_size`` rows: one compiled program for any R)."""
+    """``model.logits`` in eval mode (no dropout) on ``inputs`` (leaves ``[R, ...]``) in jitted chunks of
+    ``chunk_size`` rows -> float32 [R] (every chunk zero-padded to ``chunk_size`` rows: one compiled program for
+    any R)."""
     graphdef, state = nnx.split(model)
     return _chunked_logits(graphdef, (state,), inputs, chunk_size)
 
@@ -90,7 +91,9 @@ def _chunked_logits(graphdef: nnx.GraphDef, states: tuple, inputs: Any, chunk_si
 
 @functools.partial(jax.jit, static_argnums=0)
 def _jit_logits(graphdef: nnx.GraphDef, states: tuple, inputs: Any) -> jax.Array:
-    return nnx.merge(graphdef, *states).logits(inputs)
+    model = nnx.merge(graphdef, *states, copy=True)
+    model.eval()  # deterministic: no dropout when predicting or scoring
+    return model.logits(inputs)
 
 
 class _BestByValidation:

@@ -34,7 +34,7 @@ from common.distributed import (batch_sharding, initialize_distributed, make_mes
                                 replicated, shard_batch)
 from common.progress import progress_bar
 
-__all__ = ["TrainState", "init_train_state", "make_train_step", "fit", "nnx_loss_fn", "make_mesh",
+__all__ = ["TrainState", "init_train_state", "make_train_step", "fit", "nnx_loss_fn", "reseed_streams", "make_mesh",
            "shard_batch", "initialize_distributed"]
 
 LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, Mapping[str, jax.Array]]]
@@ -87,12 +87,24 @@ def nnx_loss_fn(graphdef: nnx.GraphDef, loss: Callable[..., Any], *frozen: nnx.S
 
     Split the module first, ``graphdef, params, *frozen = nnx.split(model, nnx.Param, ...)``, and
     train ``params`` (an ``nnx.State``); ``frozen`` states (e.g. batch statistics, RNG streams) are
-    merged back unchanged at every step. Get the trained module with
+    merged back unchanged at every step. Every RNG stream of the module (e.g. the one ``nnx.Dropout`` draws
+    from) is reseeded from the step's ``key`` inside the step (`reseed_streams`), so dropout masks differ from step
+    to step and follow the run's key (a resumed run draws the same ones). Get the trained module with
     ``nnx.merge(graphdef, state.params, *frozen)``.
     """
     def loss_fn(params: nnx.State, batch: Any, key: jax.Array):
-        return loss(nnx.merge(graphdef, params, *frozen), batch, key)
+        model = nnx.merge(graphdef, params, *frozen, copy=True)  # fresh variables: the streams may advance
+        return loss(reseed_streams(model, key), batch, key)
     return loss_fn
+
+
+def reseed_streams(model: nnx.Module, key: jax.Array) -> nnx.Module:
+    """Reseed every RNG stream of ``model`` in place, stream i (in graph order) with ``fold_in(key, i)``;
+    returns ``model``."""
+    tags = list(dict.fromkeys(node.tag for _, node in nnx.iter_graph(model) if isinstance(node, nnx.RngStream)))
+    if tags:
+        nnx.reseed(model, **{tag: jax.random.fold_in(key, i) for i, tag in enumerate(tags)})
+    return model
 
 
 def _load_history(path: str, upto: int) -> list[dict[str, float]]:

@@ -267,6 +267,31 @@ def test_nnx_model_through_fit(tmp_path):
     np.testing.assert_allclose(trained(jnp.asarray(batches(3)["x"])).shape, (8, 1))
 
 
+def test_nnx_dropout_draws_new_masks_every_step_and_none_when_predicting(tmp_path):
+    """Before: the frozen RNG stream made `fit` fail with a TraceContextError, and `predict_logits` kept dropout on."""
+    from common.accuracy_prediction import fit_predictor, predict_logits
+    from magep.mlp import MLP
+
+    class Scorer(nnx.Module):
+        def __init__(self):
+            self.mlp = MLP(3, (64,), 1, dropout=0.5, rngs=nnx.Rngs(0))
+
+        def logits(self, x):
+            return self.mlp(x)[..., 0]
+
+    x = np.random.default_rng(0).standard_normal((16, 3)).astype(np.float32)
+    y = np.linspace(0.1, 0.9, 16).astype(np.float32)
+    run = lambda key: fit_predictor(Scorer(), x, y, key=key, num_steps=4, batch_size=16, optimizer=optax.sgd(0.0))[1]
+    losses = [r["loss"] for r in run(jax.random.key(0))]  # lr 0: same parameters and batch, only the masks move
+    assert len(set(losses)) == 4
+    assert [r["loss"] for r in run(jax.random.key(0))] == losses and [r["loss"] for r in run(jax.random.key(1))] != losses
+    model = Scorer()
+    predicted = predict_logits(model, x)
+    model.eval()
+    np.testing.assert_allclose(predicted, model.logits(x), rtol=1e-6)  # no dropout, same every call
+    np.testing.assert_array_equal(predict_logits(Scorer(), x), predicted)
+
+
 # ---- damaged checkpoints and inconsistent arguments (issue 15) ---------------------------------------------
 
 
