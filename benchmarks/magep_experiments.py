@@ -3,6 +3,9 @@
     python -m benchmarks.magep_experiments generalization [--datasets mnist fashion_mnist cifar10_gs]
         [--methods magep monomial np hnp statnn mlp] [--models N] [--zoo-epochs [DATASET=]E ...] [--seeds S]
         [--quick] [--out DIR]
+    python -m benchmarks.magep_experiments inr-classification [--datasets mnist fashion_mnist cifar10]
+        [--methods magep monomial np hnp mlp] [--inrs N] [--test-inrs N] [--fit-steps S] [--steps S] [--seeds S]
+        [--quick] [--out DIR]      (`benchmarks.magep_inr`)
 
 ``generalization`` (§9.1): CNN zoos (Small CNN Zoo recipe, `magep.zoo`) per dataset, split by network id (last 50%
 test, first 50% split 80/20 train/validation, as the authors' code), one predictor per method, activation subset
@@ -29,7 +32,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from benchmarks import harness
+from benchmarks import harness, magep_inr
 from common import compilation_cache
 from common.cli import positive_int
 from common.accuracy_prediction import kendall_tau, predict_logits
@@ -309,9 +312,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--seeds", type=positive_int, default=None,
                    help=f"seeds per cell (default {FULL['seeds']}; {QUICK['seeds']} with --quick)")
     g.add_argument("--quick", action="store_true", help="a miniature on digits (pipeline check, < 3 minutes)")
-    g.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
-    g.add_argument("--work", default=None, help="zoos and run folders (default <out>/magep_runs)")
-    compilation_cache.add_arguments(g)
+    inr = magep_inr.add_parser(sub)
+    inr.add_argument("--quick", action="store_true", help="a miniature on MNIST (pipeline check, < 3 minutes)")
+    for command in (g, inr):
+        command.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
+        command.add_argument("--work", default=None, help="zoos, INR sets and run folders (default <out>/magep_runs)")
+        compilation_cache.add_arguments(command)
     return p
 
 
@@ -319,6 +325,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Command line entry point (see the module docstring)."""
     args = parser().parse_args(argv)
     compilation_cache.configure(args)
+    if args.experiment == "inr-classification":
+        for name, value in (magep_inr.QUICK if args.quick else magep_inr.FULL).items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+        args.work = args.work or os.path.join(args.out, "magep_runs")
+        return magep_inr.classification(args)
     defaults = QUICK if args.quick else FULL
     for name, value in defaults.items():
         if getattr(args, name) is None and name != "zoo_epochs":

@@ -1,12 +1,14 @@
-"""Training and scoring models that predict a network's accuracy (a number in [0, 1]) from its weights.
+"""Training and scoring models that predict a network's accuracy (a number in [0, 1]) from its weights, or,
+with another loss and metric, any other property of it (e.g. the class of an INR).
 
 Family-agnostic: the model is any Flax NNX module with ``model.logits(inputs) -> [R]`` (pre-sigmoid scores), such
 as `magep.GeneralizationPredictor` on features or `transformer_nfn.AccuracyPredictor` on transformer weights; the
 inputs are any pytree whose leaves have a leading row axis ``[R, ...]``. Training minimises the binary cross-entropy
 between ``sigmoid(logits)`` and the accuracies with `common.training.fit`; models are ranked by Kendall's tau, the
 metric of the accuracy-prediction papers, and with a validation split the returned model is the one with the best
-validation tau (the papers' early stopping), kept across a resumed run. `magep.train` and `transformer_nfn.train`
-add each family's zoo loading and input checks.
+validation tau (the papers' early stopping), kept across a resumed run. Classifiers (``logits -> [R, K]``) train
+the same way with ``loss=cross_entropy_loss, metric=("accuracy", top1_accuracy)``. `magep.train` and
+`transformer_nfn.train` add each family's zoo loading and input checks.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from jax.sharding import Mesh
 
 from common import checkpointing, training
 
-__all__ = ["random_batches", "bce_loss", "predict_logits", "fit_predictor", "kendall_tau"]
+__all__ = ["random_batches", "bce_loss", "cross_entropy_loss", "predict_logits", "fit_predictor", "kendall_tau",
+           "top1_accuracy"]
 
 CHUNK_ROWS = 128  # rows per compiled evaluation chunk (`predict_logits`, validation scoring)
 
@@ -69,10 +72,17 @@ def bce_loss(model: nnx.Module, batch: dict, key: jax.Array) -> tuple[jax.Array,
     return optax.sigmoid_binary_cross_entropy(model.logits(batch["x"]), batch["y"]).mean(), {}
 
 
+def cross_entropy_loss(model: nnx.Module, batch: dict, key: jax.Array) -> tuple[jax.Array, dict]:
+    """Mean softmax cross-entropy of ``model.logits(batch["x"])`` [b, K] against integer labels ``batch["y"]`` [b]
+    (``key`` unused; dropout streams are reseeded by `common.training.nnx_loss_fn`)."""
+    del key
+    return optax.softmax_cross_entropy_with_integer_labels(model.logits(batch["x"]), batch["y"]).mean(), {}
+
+
 def predict_logits(model: nnx.Module, inputs: Any, chunk_size: int = CHUNK_ROWS) -> np.ndarray:
     """``model.logits`` in eval mode (no dropout) on ``inputs`` (leaves ``[R, ...]``) in jitted chunks of
-    ``chunk_size`` rows -> float32 [R] (every chunk zero-padded to ``chunk_size`` rows: one compiled program for
-    any R)."""
+    ``chunk_size`` rows -> float32 [R] (or [R, K] for a classifier; every chunk zero-padded to ``chunk_size`` rows:
+    one compiled program for any R)."""
     graphdef, state = nnx.split(model)
     return _chunked_logits(graphdef, (state,), inputs, chunk_size)
 
@@ -97,12 +107,13 @@ def _jit_logits(graphdef: nnx.GraphDef, states: tuple, inputs: Any) -> jax.Array
 
 
 class _BestByValidation:
-    """``eval_fn`` of `common.training.fit` that scores the parameters by Kendall tau on a validation split and
-    keeps the best ones (on host, and in ``run_dir/best`` when given, so a resumed run keeps its best model)."""
+    """``eval_fn`` of `common.training.fit` that scores the parameters by a metric (higher is better) on a
+    validation split and keeps the best ones (on host, and in ``run_dir/best`` when given, so a resumed run keeps
+    its best model)."""
 
-    def __init__(self, graphdef, frozen, inputs, targets, params, run_dir, eval_every):
+    def __init__(self, graphdef, frozen, inputs, targets, params, run_dir, eval_every, metric):
         self.graphdef, self.frozen, self.inputs, self.targets = graphdef, tuple(frozen), inputs, np.asarray(targets)
-        self.eval_every, self.step = eval_every, 0
+        self.eval_every, self.step, (self.name, self.metric) = eval_every, 0, metric
         self.best = {"params": jax.device_get(params), "tau": np.float64(-np.inf), "step": np.int64(0)}
         self.manager = None
         if run_dir is not None:
@@ -116,75 +127,14 @@ class _BestByValidation:
         # fit evaluates at multiples of eval_every; the last step is scored explicitly
         self.step = (self.step // self.eval_every + 1) * self.eval_every if step is None else step
         logits = _chunked_logits(self.graphdef, (params,) + self.frozen, self.inputs, CHUNK_ROWS)
-        tau = kendall_tau(logits, self.targets) if np.ptp(logits) > 0 else 0.0
-        tau = tau if np.isfinite(tau) else 0.0
-        if tau > self.best["tau"]:
-            self.best = {"params": jax.device_get(params), "tau": np.float64(tau), "step": np.int64(self.step)}
+        score = self.metric(logits, self.targets) if np.ptp(logits) > 0 else 0.0
+        score = score if np.isfinite(score) else 0.0
+        if score > self.best["tau"]:  # the stored key keeps its first name, so older runs' best models restore
+            self.best = {"params": jax.device_get(params), "tau": np.float64(score), "step": np.int64(self.step)}
             if self.manager is not None:
                 checkpointing.save(self.manager, self.step, self.best)
                 self.manager.wait_until_finished()
-        return {"tau": tau}
-
-
-def fit_predictor(model: nnx.Module, inputs: Any, targets: Any, *, key: jax.Array, num_steps: int,
-                  batch_size: int = 32, optimizer: optax.GradientTransformation | None = None,
-                  run_dir: str | None = None, checkpoint_every: int | None = None, mesh: Mesh | None = None,
-                  progress: bool = False, validation: tuple[Any, Any] | None = None,
-                  eval_every: int | None = None) -> tuple[nnx.Module, list[dict]]:
-    """Train ``model`` by `bce_loss` on `random_batches` with `common.training.fit`.
-
-    Args:
-      model: NNX module with ``logits(inputs rows) -> [b]``; not modified (a trained copy is returned). Only its
-        ``nnx.Param`` variables are trained; other variables (e.g. frozen bases) are kept.
-      inputs: pytree with leaves ``[R, ...]``; targets: accuracies ``[R]`` in [0, 1].
-      key: PRNG key of the run; num_steps: optimizer steps; batch_size: rows per step.
-      optimizer: default ``optax.adam(1e-3)``.
-      run_dir, checkpoint_every, mesh, progress: as in `common.training.fit` (``checkpoint_every`` defaults to
-        ``num_steps``: one checkpoint at the end when ``run_dir`` is set, and to ``eval_every`` with a validation
-        split).
-      validation: ``(inputs [V, ...], accuracies [V])``: score Kendall tau on them every ``eval_every`` steps
-        (logged as ``eval/tau``) and return the parameters with the best score (ties: the earliest), not the last.
-      eval_every: steps between validation scores (default: one pass over the training rows, ``R // batch_size``).
-    Returns:
-      ``(trained model, history)``, history as returned by `common.training.fit`; with ``validation``, the model
-      holds the best validation parameters (the last step is always scored) and a last record
-      ``{"step", "best/tau", "best/step"}`` is appended.
-    Raises:
-      ValueError: row counts differ, or targets leave [0, 1].
-    """
-    checked = (("targets", targets), ("validation accuracies", None if validation is None else validation[1]))
-    for name, values in checked:
-        values = np.asarray([] if values is None else values)
-        if values.size and not (np.all(values >= 0) and np.all(values <= 1)):
-            raise ValueError(f"fit_predictor: {name} must lie in [0, 1] (accuracies); got range "
-                             f"[{values.min()}, {values.max()}]")
-    batches = random_batches(inputs, targets, batch_size)
-    graphdef, params, *frozen = nnx.split(model, nnx.Param, ...)
-    scorer = None
-    if validation is not None:
-        _rows(*validation, "fit_predictor (validation)")
-        eval_every = max(_rows(inputs, targets, "fit_predictor") // batch_size, 1) if eval_every is None else eval_every
-        if eval_every < 1:
-            raise ValueError(f"fit_predictor: eval_every must be >= 1, got {eval_every}")
-        scorer = _BestByValidation(graphdef, frozen, *validation, params, run_dir, eval_every)
-        checkpoint_every = eval_every if checkpoint_every is None else checkpoint_every
-    try:
-        state, history = training.fit(
-            training.nnx_loss_fn(graphdef, bce_loss, *frozen), params,
-            optax.adam(1e-3) if optimizer is None else optimizer, batches, key=key, num_steps=num_steps,
-            run_dir=run_dir, checkpoint_every=num_steps if checkpoint_every is None else checkpoint_every,
-            mesh=mesh, progress=progress, eval_fn=scorer, eval_every=eval_every if scorer else None)
-        if scorer is not None and int(state.step) % eval_every:
-            history = history + [{"step": int(state.step),
-                                  **{f"eval/{k}": v for k, v in scorer(state.params, int(state.step)).items()}}]
-    finally:
-        if scorer is not None and scorer.manager is not None:
-            scorer.manager.close()
-    if scorer is None:
-        return nnx.merge(graphdef, state.params, *frozen), history
-    history = history + [{"step": int(state.step), "best/tau": float(scorer.best["tau"]),
-                          "best/step": int(scorer.best["step"])}]
-    return nnx.merge(graphdef, scorer.best["params"], *frozen), history
+        return {self.name: score}
 
 
 def kendall_tau(predicted: Any, targets: Any) -> float:
@@ -198,3 +148,78 @@ def kendall_tau(predicted: Any, targets: Any) -> float:
         raise ValueError(f"kendall_tau: predicted and targets must both be [R] with R >= 2; got "
                          f"{predicted.shape} and {targets.shape}")
     return float(scipy.stats.kendalltau(predicted, targets).statistic)
+
+
+def fit_predictor(model: nnx.Module, inputs: Any, targets: Any, *, key: jax.Array, num_steps: int,
+                  batch_size: int = 32, optimizer: optax.GradientTransformation | None = None,
+                  run_dir: str | None = None, checkpoint_every: int | None = None, mesh: Mesh | None = None,
+                  progress: bool = False, validation: tuple[Any, Any] | None = None,
+                  eval_every: int | None = None, loss: Callable = bce_loss,
+                  metric: tuple[str, Callable] = ("tau", kendall_tau)) -> tuple[nnx.Module, list[dict]]:
+    """Train ``model`` by ``loss`` (default `bce_loss`) on `random_batches` with `common.training.fit`.
+
+    Args:
+      model: NNX module with ``logits(inputs rows) -> [b]``; not modified (a trained copy is returned). Only its
+        ``nnx.Param`` variables are trained; other variables (e.g. frozen bases) are kept.
+      inputs: pytree with leaves ``[R, ...]``; targets: accuracies ``[R]`` in [0, 1].
+      key: PRNG key of the run; num_steps: optimizer steps; batch_size: rows per step.
+      optimizer: default ``optax.adam(1e-3)``.
+      run_dir, checkpoint_every, mesh, progress: as in `common.training.fit` (``checkpoint_every`` defaults to
+        ``num_steps``: one checkpoint at the end when ``run_dir`` is set, and to ``eval_every`` with a validation
+        split).
+      validation: ``(inputs [V, ...], targets [V])``: score them every ``eval_every`` steps (logged as
+        ``eval/<metric name>``) and return the parameters with the best score (ties: the earliest), not the last.
+      eval_every: steps between validation scores (default: one pass over the training rows, ``R // batch_size``).
+      loss: ``loss(model, batch, key) -> (scalar, metrics)`` on ``{"x": inputs rows, "y": targets rows}``
+        (`bce_loss`: targets are accuracies in [0, 1]; `cross_entropy_loss`: integer class labels).
+      metric: ``(name, fn)``, ``fn(logits, targets) -> float``, higher is better (default Kendall tau, `kendall_tau`;
+        classifiers: ``("accuracy", top1_accuracy)``).
+    Returns:
+      ``(trained model, history)``, history as returned by `common.training.fit`; with ``validation``, the model
+      holds the best validation parameters (the last step is always scored) and a last record
+      ``{"step", "best/<metric name>", "best/step"}`` is appended.
+    Raises:
+      ValueError: row counts differ, or (with `bce_loss`) targets leave [0, 1].
+    """
+    name, score = metric
+    checked = (("targets", targets), ("validation accuracies", None if validation is None else validation[1]))
+    for what, values in checked if loss is bce_loss else ():
+        values = np.asarray([] if values is None else values)
+        if values.size and not (np.all(values >= 0) and np.all(values <= 1)):
+            raise ValueError(f"fit_predictor: {what} must lie in [0, 1] (accuracies); got range "
+                             f"[{values.min()}, {values.max()}]")
+    batches = random_batches(inputs, targets, batch_size)
+    graphdef, params, *frozen = nnx.split(model, nnx.Param, ...)
+    scorer = None
+    if validation is not None:
+        _rows(*validation, "fit_predictor (validation)")
+        eval_every = max(_rows(inputs, targets, "fit_predictor") // batch_size, 1) if eval_every is None else eval_every
+        if eval_every < 1:
+            raise ValueError(f"fit_predictor: eval_every must be >= 1, got {eval_every}")
+        scorer = _BestByValidation(graphdef, frozen, *validation, params, run_dir, eval_every, (name, score))
+        checkpoint_every = eval_every if checkpoint_every is None else checkpoint_every
+    try:
+        state, history = training.fit(
+            training.nnx_loss_fn(graphdef, loss, *frozen), params,
+            optax.adam(1e-3) if optimizer is None else optimizer, batches, key=key, num_steps=num_steps,
+            run_dir=run_dir, checkpoint_every=num_steps if checkpoint_every is None else checkpoint_every,
+            mesh=mesh, progress=progress, eval_fn=scorer, eval_every=eval_every if scorer else None)
+        if scorer is not None and int(state.step) % eval_every:
+            history = history + [{"step": int(state.step),
+                                  **{f"eval/{k}": v for k, v in scorer(state.params, int(state.step)).items()}}]
+    finally:
+        if scorer is not None and scorer.manager is not None:
+            scorer.manager.close()
+    if scorer is None:
+        return nnx.merge(graphdef, state.params, *frozen), history
+    history = history + [{"step": int(state.step), f"best/{name}": float(scorer.best["tau"]),
+                          "best/step": int(scorer.best["step"])}]
+    return nnx.merge(graphdef, scorer.best["params"], *frozen), history
+
+
+def top1_accuracy(logits: Any, labels: Any) -> float:
+    """Fraction of rows whose largest logit [R, K] is at the label [R] (ties: the first)."""
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"top1_accuracy: logits must be [R, K] and labels [R]; got {logits.shape} and {labels.shape}")
+    return float(np.mean(np.argmax(logits, axis=1) == labels))

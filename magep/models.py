@@ -4,7 +4,7 @@
   "magep" (MonomialLinear -> sigma -> K x [PolynomialEquivariant -> sigma] -> PolynomialInvariant),
   "monomial" / "hnp" / "np" ([linear layer -> sigma] x K -> pool), "statnn" (statistics) or "mlp"
   (flattened weights).
-- `INRClassifier`: optional Fourier features -> MAGEP body -> MLP head (logits).
+- `INRClassifier`: optional Fourier features -> body (MAGEP or a baseline, as above) -> MLP head (logits).
 - `INREditor`: U' = U + gamma * NFN(U), gamma learned (initialised 0.01).
 
 sigma must match the group of the input networks (positive: ReLU-like, sign: odd), so the models are
@@ -183,6 +183,26 @@ class StatBody(nnx.Module):
         return statistics(feats)
 
 
+def make_body(spec: NetworkSpec, in_channels, nfn: str, channels, *, scaling: str, activation: str,
+              num_equivariant: int, rngs: nnx.Rngs, freeze_phi: bool = False, normalize: bool = False,
+              io_encoding: bool | None = None, variant: str = "paper") -> tuple[nnx.Module, int]:
+    """``(body, output width)``: the invariant body of ``nfn`` (`NFNS`) on features with ``in_channels``.
+
+    "magep": `MagepBody` with c = ``channels`` (an int) and K = ``num_equivariant``; "monomial" / "hnp" / "np":
+    `LinearBody` with per-layer ``channels`` (IO-encoding on for "np" unless ``io_encoding`` says otherwise);
+    "statnn" / "mlp": `StatBody` / `FlattenBody` (``channels`` unused). Options as in `GeneralizationPredictor`.
+    """
+    if nfn == "magep":
+        return MagepBody(spec, in_channels, channels, channels, num_equivariant, scaling=scaling, activation=activation,
+                         rngs=rngs, freeze_phi=freeze_phi, normalize=normalize), channels
+    if nfn in ("statnn", "mlp"):
+        body = (StatBody if nfn == "statnn" else FlattenBody)(spec, in_channels)
+    else:
+        body = LinearBody(spec, in_channels, tuple(channels), nfn, scaling=scaling, activation=activation, rngs=rngs,
+                          io_encoding=(nfn == "np") if io_encoding is None else io_encoding, variant=variant)
+    return body, body.out_features
+
+
 class GeneralizationPredictor(nnx.Module):
     """Predict a CNN's test accuracy from its weights (features of ``ws.to_features()``, C_l = kh*kw).
 
@@ -225,19 +245,9 @@ class GeneralizationPredictor(nnx.Module):
         default_channels, default_head = OFFICIAL[nfn]
         channels = default_channels if channels is None else channels
         head = default_head if head is None else head
-        in_channels = spec.feature_channels
-        if nfn == "magep":
-            self.body = MagepBody(spec, in_channels, channels, channels, num_equivariant, scaling=scaling,
-                                  activation=activation, rngs=rngs, freeze_phi=freeze_phi, normalize=normalize)
-            width = channels
-        elif nfn in ("statnn", "mlp"):
-            self.body = (StatBody if nfn == "statnn" else FlattenBody)(spec, in_channels)
-            width = self.body.out_features
-        else:
-            self.body = LinearBody(spec, in_channels, tuple(channels), nfn, scaling=scaling, activation=activation,
-                                   rngs=rngs, io_encoding=(nfn == "np") if io_encoding is None else io_encoding,
-                                   variant=variant)
-            width = self.body.out_features
+        self.body, width = make_body(spec, spec.feature_channels, nfn, channels, scaling=scaling, activation=activation,
+                                     num_equivariant=num_equivariant, rngs=rngs, freeze_phi=freeze_phi,
+                                     normalize=normalize, io_encoding=io_encoding, variant=variant)
         self.head = MLP(width, (head, head), 1, rngs=rngs, dropout=dropout)
 
     def logits(self, feats: WeightSpace) -> jax.Array:
@@ -250,23 +260,28 @@ class GeneralizationPredictor(nnx.Module):
 
 
 class INRClassifier(nnx.Module):
-    """Classify SIREN (or other) INRs from their weights: [FourierFeatures] -> MagepBody -> MLP head.
+    """Classify SIREN (or other) INRs from their weights: [FourierFeatures] -> body -> MLP head.
 
     Args:
       spec: spec of the INRs (e.g. widths (2, 32, 32, 1)).
       num_classes: number of logits.
+      nfn: the body, as in `GeneralizationPredictor` ("magep" default; "monomial", "hnp", "np", "statnn", "mlp":
+        the baselines).
       scaling, activation: group of the INRs ("sign" for SIRENs) and matching sigma ("sin" or "tanh").
-      channels: c of the MAGEP body; num_equivariant: K; head: hidden width; dropout: head dropout.
+      channels: c of the MAGEP body (default 128) or per-layer channels of a linear body (default (16, 16, 5));
+        num_equivariant: K; head: hidden width; dropout: head dropout.
       fourier_features: None (default, equivariant), "odd" (sin half: keeps sign flips, breaks positive
         scaling) or "full" (the authors' choice: permutation-invariant only).
       n_frequencies, fourier_scale: Gaussian Fourier feature settings (authors: 128, 3).
-    Call: features -> [..., num_classes] logits.
+    Call: features -> [..., num_classes] logits (`logits` is the same).
     """
 
-    def __init__(self, spec: NetworkSpec, num_classes: int, *, scaling: str = "sign", activation: str = "sin",
-                 channels: int = 128, num_equivariant: int = 3, head: int = 1000, dropout: float = 0.0,
-                 fourier_features: str | None = None, n_frequencies: int = 128, fourier_scale: float = 3.0,
-                 rngs: nnx.Rngs, freeze_phi: bool = False, normalize: bool = False):
+    def __init__(self, spec: NetworkSpec, num_classes: int, *, nfn: str = "magep", scaling: str = "sign",
+                 activation: str = "sin", channels=None, num_equivariant: int = 3, head: int = 1000,
+                 dropout: float = 0.0, fourier_features: str | None = None, n_frequencies: int = 128,
+                 fourier_scale: float = 3.0, rngs: nnx.Rngs, freeze_phi: bool = False, normalize: bool = False):
+        if nfn not in NFNS:
+            raise ValueError(f"INRClassifier: nfn must be one of {NFNS}, got {nfn!r}")
         check_spec(spec, "INRClassifier", 2)
         check_activation(scaling, activation, "INRClassifier")
         in_channels = spec.feature_channels
@@ -274,13 +289,19 @@ class INRClassifier(nnx.Module):
             spec, in_channels, n_frequencies, scale=fourier_scale, mode=fourier_features, rngs=rngs)
         if self.fourier is not None:
             in_channels = self.fourier.out_channels
-        self.body = MagepBody(spec, in_channels, channels, channels, num_equivariant, scaling=scaling,
-                              activation=activation, rngs=rngs, freeze_phi=freeze_phi, normalize=normalize)
-        self.head = MLP(channels, (head, head), num_classes, rngs=rngs, dropout=dropout)
+        channels = (128 if nfn == "magep" else OFFICIAL[nfn][0]) if channels is None else channels
+        self.body, width = make_body(spec, in_channels, nfn, channels, scaling=scaling, activation=activation,
+                                     num_equivariant=num_equivariant, rngs=rngs, freeze_phi=freeze_phi,
+                                     normalize=normalize)
+        self.head = MLP(width, (head, head), num_classes, rngs=rngs, dropout=dropout)
 
     def __call__(self, feats: WeightSpace) -> jax.Array:
         h = feats if self.fourier is None else self.fourier(feats)
         return self.head(self.body(h))
+
+    def logits(self, feats: WeightSpace) -> jax.Array:
+        """features -> [..., num_classes] logits (for `common.accuracy_prediction.fit_predictor`)."""
+        return self(feats)
 
 
 class INREditor(nnx.Module):

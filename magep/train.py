@@ -7,7 +7,8 @@
 
 `augment_with_group` builds the papers' robustness-study splits (every network plus one permuted-and-scaled copy);
 `train_generalization_predictor(..., validation=(val_feats, val_acc))` returns the model with the best validation
-tau (the papers' early stopping).
+tau (the papers' early stopping); `train_inr_classifier` does the same for INR classification (cross-entropy, best
+validation accuracy).
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ import numpy as np
 from flax import nnx
 
 from common import NetworkSpec, WeightSpace, groups, zoo_store
-from common.accuracy_prediction import fit_predictor
+from common.accuracy_prediction import cross_entropy_loss, fit_predictor, top1_accuracy
 
-__all__ = ["zoo_features", "augment_with_group", "train_generalization_predictor"]
+__all__ = ["zoo_features", "augment_with_group", "train_generalization_predictor", "train_inr_classifier"]
 
 
 def zoo_features(zoo_dir: str, split: str | None = None, *, target: str = "test_accuracy",
@@ -91,10 +92,30 @@ def train_generalization_predictor(model: nnx.Module, feats: WeightSpace, accura
     Raises:
       ValueError: ``feats`` are raw weights (call ``ws.to_features()`` first) or carry no row axis.
     """
+    _check_rows(feats, "train_generalization_predictor")
+    return fit_predictor(model, feats, np.asarray(accuracies, np.float32), key=key, num_steps=num_steps, **options)
+
+
+def train_inr_classifier(model: nnx.Module, feats: WeightSpace, labels: Any, *, key: jax.Array, num_steps: int,
+                         **options) -> tuple[nnx.Module, list[dict]]:
+    """Train a `magep.INRClassifier` (any ``nfn``) by cross-entropy on features [R, ...] and class labels [R].
+
+    Options as in `train_generalization_predictor`; with ``validation=(feats, labels)`` the model with the best
+    validation accuracy is returned (history records ``eval/accuracy`` and a last ``best/accuracy``).
+    Raises:
+      ValueError: ``feats`` are raw weights or carry no row axis; labels are not integers >= 0.
+    """
+    _check_rows(feats, "train_inr_classifier")
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer) or (labels.size and labels.min() < 0):
+        raise ValueError(f"train_inr_classifier: labels must be integers >= 0, got dtype {labels.dtype}")
+    return fit_predictor(model, feats, labels.astype(np.int32), key=key, num_steps=num_steps,
+                         loss=cross_entropy_loss, metric=("accuracy", top1_accuracy), **options)
+
+
+def _check_rows(feats: Any, fn: str) -> None:
     if not isinstance(feats, WeightSpace) or not feats.is_features:
-        raise ValueError("train_generalization_predictor: feats must be NFN features (ws.to_features()), got "
+        raise ValueError(f"{fn}: feats must be NFN features (ws.to_features()), got "
                          f"{'raw weights' if isinstance(feats, WeightSpace) else type(feats).__name__}")
     if len(feats.batch_shape) != 1:
-        raise ValueError(f"train_generalization_predictor: feats need one leading row axis [R, ...]; batch shape "
-                         f"{feats.batch_shape}")
-    return fit_predictor(model, feats, np.asarray(accuracies, np.float32), key=key, num_steps=num_steps, **options)
+        raise ValueError(f"{fn}: feats need one leading row axis [R, ...]; batch shape {feats.batch_shape}")

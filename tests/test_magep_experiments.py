@@ -92,3 +92,19 @@ def test_quick_generalization_pipeline_runs_and_resumes(tmp_path, monkeypatch):
     assert "STATNN" in (tmp_path / "magep_generalization.md").read_text()
     again = magep_experiments.main(argv)  # every cell is done: read back, not retrained
     assert [c["test_taus"] for c in again["cells"]] == [c["test_taus"] for c in result["cells"]]
+
+
+def test_quick_inr_classification_pipeline_runs_and_resumes(tmp_path):
+    # the pipeline is under test (SIREN sets, training, report, resume); the bodies that compile fastest
+    argv = ["inr-classification", "--quick", "--methods", "mlp", "monomial", "--steps", "4", "--out", str(tmp_path)]
+    result = magep_experiments.main(argv)
+    assert [(c["dataset"], c["method"]) for c in result["cells"]] == [("mnist", "monomial"), ("mnist", "mlp")]
+    for cell in result["cells"]:
+        assert 0.0 <= cell["test_accuracy_mean"] <= 1.0 and cell["seeds"] == 1 and cell["test_inrs"] == 20
+        assert (cell["train_inrs"], cell["val_inrs"], cell["steps"]) == (36, 4, 4)
+    fit = result["fits"]["mnist"]
+    assert (fit["train"], fit["test"]) == (40, 20) and all(np.isfinite(v) for v in fit["psnr"].values())
+    text = (tmp_path / "magep_inr_classification.md").read_text()
+    assert "Monomial-NFN" in text and "92.9" in text  # our cells beside the published ones
+    again = magep_experiments.main(argv)  # every cell is done: read back, not retrained
+    assert [c["test_accuracies"] for c in again["cells"]] == [c["test_accuracies"] for c in result["cells"]]

@@ -149,6 +149,22 @@ def test_inr_classifier_invariant_and_editor_equivariant(name, scaling):
         testing.assert_equivariant(jitted(editor), group, jax.random.key(15), feats, broken=wrong, **CHECK_X64)
 
 
+@pytest.mark.parametrize("nfn,group,broken", [("monomial", "sign", "positive"), ("hnp", "none", "sign"),
+                                               ("np", "none", "sign"), ("statnn", "none", "sign")])
+def test_inr_classifier_baselines_invariant_to_their_group(nfn, group, broken):
+    """The baseline bodies of `INRClassifier` (the INR classification table): Monomial-NFN under the SIRENs' group,
+    the NP family and STATNN under hidden-unit permutations only (uncoupled permutations: see the predictor tests)."""
+    spec = SPECS["siren"]
+    with jax.enable_x64(True):
+        feats = random_features(25, spec)
+        clf = INRClassifier(spec, 3, nfn=nfn, channels=(2, 2), head=4, rngs=nnx.Rngs(26))
+        assert clf.logits(feats).shape == feats.weights[0].shape[:-3] + (3,)
+        io = (IO_PERMUTATION,) if nfn in ("monomial", "np") else ()
+        testing.assert_invariant(jitted(clf), MonomialGroup(spec, group), jax.random.key(27), feats,
+                                 check_uncoupled=nfn in ("hnp", "np"), broken=io + (MonomialGroup(spec, broken),),
+                                 **CHECK_X64, min_change=1e-6)
+
+
 def test_group_breaking_options_are_explicit():
     """Fourier features: "odd" keeps sign flips, "full" (authors) only permutations; the authors' editor
     (NP tail) is permutation-equivariant only."""
