@@ -124,3 +124,21 @@ def test_model_bad_inputs():
         model(tw.to_features())
     with pytest.raises(ValueError, match="classifier_branch must be 'mlp', 'hnp' or None"):
         AccuracyPredictor(SPEC, classifier_widths=(4, 4, 3), classifier_branch="deepsets", rngs=nnx.Rngs(0))
+
+
+def test_branch_ablation_models_read_only_their_branches():
+    """encoder_branch=False (the ablation's classifier / embedding branches alone) ignores the blocks; the encoder
+    branch alone ignores the classifier and the embedding."""
+    tw, other = _zoo(2), _zoo(2, key=9)
+    kw = dict(classifier_widths=(4, 4, 3), width=5, rngs=nnx.Rngs(1))
+    alone = {"classifier": AccuracyPredictor(SPEC, encoder_branch=False, **kw),
+             "embedding": AccuracyPredictor(SPEC, encoder_branch=False, classifier_branch=None, embedding_size=20, **kw),
+             "encoder": AccuracyPredictor(SPEC, classifier_branch=None, hidden_channels=(2,), invariant_features=4, **kw)}
+    swapped = {"classifier": tw.replace(blocks=other.blocks, embedding=other.embedding),
+               "embedding": tw.replace(blocks=other.blocks, classifier=other.classifier),
+               "encoder": tw.replace(classifier=other.classifier, embedding=other.embedding)}
+    for name, model in alone.items():
+        np.testing.assert_array_equal(logits(model, swapped[name]), logits(model, tw), err_msg=name)
+        assert float(jnp.max(jnp.abs(logits(model, other) - logits(model, tw)))) > 1e-4, name
+    with pytest.raises(ValueError, match="no branch left"):
+        AccuracyPredictor(SPEC, encoder_branch=False, classifier_branch=None, classifier_widths=None, rngs=nnx.Rngs(0))

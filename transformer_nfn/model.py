@@ -11,6 +11,8 @@ Branches (authors' README configuration by default; any number of blocks):
 3. embedding (if `embedding_size`): flatten -> Linear(-> m), no activation.
 4. head: concat -> Linear(-> 1); `__call__` applies the sigmoid, `logits` does not (use it with a BCE loss).
 
+``encoder_branch=False`` drops branch 1 (the paper's branch ablation: the classifier and/or embedding alone).
+
 Invariant under the transformer group of `transformer_nfn.groups` (and, with ``ffn_scaling=True``, under
 FFN hidden-unit scaling too, since every encoder layer then respects it).
 """
@@ -61,6 +63,8 @@ class AccuracyPredictor(nnx.Module):
       ffn_scaling: use the layers that also respect FFN hidden-unit scaling.
       init: initialisation of the Transformer-NFN layers' coefficients, "default" or "authors"
         (`TransformerEquivariant`); the branch MLPs keep Flax's default initialisation under both.
+      encoder_branch: False drops the encoder branch (for the branch ablation: the classifier and/or embedding
+        branches alone); at least one branch must remain.
       rngs: nnx.Rngs with a "params" stream.
     """
 
@@ -77,30 +81,35 @@ class AccuracyPredictor(nnx.Module):
         hnp_channels: int = 8,
         ffn_scaling: bool = False,
         init: str = "default",
+        encoder_branch: bool = True,
         rngs: nnx.Rngs,
     ):
         if classifier_branch not in ("mlp", "hnp", None):
             raise ValueError(f"AccuracyPredictor: classifier_branch must be 'mlp', 'hnp' or None, got {classifier_branch!r}")
         if classifier_branch is not None and classifier_widths is None:
             raise ValueError(f"AccuracyPredictor: classifier_branch={classifier_branch!r} needs classifier_widths")
-        self.spec, self.embedding_size = tw_spec, embedding_size
-        channels = (1,) + tuple(hidden_channels)
-        self.equivariant = nnx.List([
-            TransformerEquivariant(tw_spec, c_in, c_out, ffn_scaling=ffn_scaling, rngs=rngs, init=init)
-            for c_in, c_out in zip(channels[:-1], channels[1:])
-        ])
-        self.invariant = TransformerInvariant(tw_spec, channels[-1], invariant_features, ffn_scaling=ffn_scaling,
-                                              rngs=rngs, init=init)
-        shape = (tw_spec.num_blocks, invariant_features)
-        self.block_norm_scale = nnx.Param(jnp.ones(shape))
-        self.block_norm_bias = nnx.Param(jnp.zeros(shape))
-        concat = tw_spec.num_blocks * invariant_features
-        self.encoder_norm = nnx.LayerNorm(concat, epsilon=LN_EPS, rngs=rngs)
-        self.encoder_mlp = _mlp((concat, width, width), rngs, norm=True)
-        self.encoder_out = nnx.Linear(width, width, rngs=rngs)
+        if not (encoder_branch or classifier_branch or embedding_size):
+            raise ValueError("AccuracyPredictor: no branch left (encoder_branch=False, classifier_branch=None and "
+                             "no embedding_size)")
+        self.spec, self.embedding_size, self.encoder_branch = tw_spec, embedding_size, encoder_branch
+        if encoder_branch:
+            channels = (1,) + tuple(hidden_channels)
+            self.equivariant = nnx.List([
+                TransformerEquivariant(tw_spec, c_in, c_out, ffn_scaling=ffn_scaling, rngs=rngs, init=init)
+                for c_in, c_out in zip(channels[:-1], channels[1:])
+            ])
+            self.invariant = TransformerInvariant(tw_spec, channels[-1], invariant_features, ffn_scaling=ffn_scaling,
+                                                  rngs=rngs, init=init)
+            shape = (tw_spec.num_blocks, invariant_features)
+            self.block_norm_scale = nnx.Param(jnp.ones(shape))
+            self.block_norm_bias = nnx.Param(jnp.zeros(shape))
+            concat = tw_spec.num_blocks * invariant_features
+            self.encoder_norm = nnx.LayerNorm(concat, epsilon=LN_EPS, rngs=rngs)
+            self.encoder_mlp = _mlp((concat, width, width), rngs, norm=True)
+            self.encoder_out = nnx.Linear(width, width, rngs=rngs)
         self.classifier_branch = classifier_branch
         self.classifier_spec = None if classifier_widths is None else NetworkSpec.mlp(classifier_widths)
-        head_in = width
+        head_in = width if encoder_branch else 0
         if classifier_branch == "mlp":
             n = NetworkSpec.mlp(classifier_widths).num_params
             self.classifier_mlp = _mlp((n, width, width, width), rngs, norm=False)
@@ -149,7 +158,7 @@ class AccuracyPredictor(nnx.Module):
         """Pre-sigmoid score. tw: raw weights with leading batch axes [*batch] -> [*batch]."""
         self._check(tw)
         batch = tw.batch_shape
-        parts = [self.encode(tw)]
+        parts = [self.encode(tw)] if self.encoder_branch else []
         if self.classifier_branch == "mlp":
             y = _flatten(tw.classifier, batch)
         elif self.classifier_branch == "hnp":
