@@ -44,7 +44,8 @@ PUBLISHED = {  # test accuracy %: Zhou et al. 2023 (verified; + 10-20 augmentati
               "monomial": "68.43 +- 0.51 (unverified)"},
     "fashion_mnist": {"np": "75.6 +- 1.1", "hnp": "72.7 +- 1.5", "mlp": "12.5 +- 0.1",
                       "monomial": "61.15 +- 0.55 (unverified)"},
-    "cifar10": {"np": "46.6 +- 0.1", "hnp": "44.1 +- 0.5", "mlp": "16.9 +- 0.3", "monomial": "34.23 +- 0.33 (unverified)"},
+    "cifar10": {"np": "46.6 +- 0.1", "hnp": "44.1 +- 0.5", "mlp": "16.9 +- 0.3",
+                "monomial": "34.23 +- 0.33 (unverified)"},
 }
 FULL = dict(datasets=list(DATASETS), inrs=3000, test_inrs=1000, fit_steps=2000, steps=20000, evals=20, seeds=3)
 QUICK = dict(datasets=["mnist"], inrs=40, test_inrs=20, fit_steps=50, steps=20, evals=2, seeds=1)

@@ -39,12 +39,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # run ends on short tests instead of one worker finishing a long test alone. Order within a module is kept (module
 # fixtures are set up once); modules not listed follow in their usual order. The first three run back to back on one
 # worker and train digits CNN populations of one shape (tests/magep_fixtures.py DIGITS_ZOO_BATCH_SIZE): the first
-# compiles the population programs, the other two reuse them in-process.
+# compiles the population programs, the other two reuse them in-process. test_tnfn_experiments follows
+# test_zoo_transformer for the same reason (transformer populations of one shape).
 LONGEST_MODULES_FIRST = ("test_magep_experiments", "test_zoo_cnn", "test_zoo_population", "test_tsw_experiments",
                          "test_tsw_sharded", "test_tsw_spherical",
                          "test_magep_robustness", "test_readme", "test_tnfn_train", "test_tnfn_model",
-                         "test_magep_models", "test_zoo_transformer", "test_training", "test_checkpoint_faults",
-                         "test_common_groups", "test_magep_baselines")
+                         "test_magep_models", "test_zoo_transformer", "test_tnfn_experiments", "test_training",
+                         "test_checkpoint_faults", "test_common_groups", "test_magep_baselines")
 
 
 def pytest_collection_modifyitems(items):

@@ -1,0 +1,237 @@
+"""Transformer-NFN accuracy prediction on transformer zoos generated here (docs/transformer_nfn.md §7-§8).
+
+    python -m benchmarks.tnfn_experiments [--datasets mnist ag_news] [--models N] [--zoo-epochs E]
+        [--train-limit n] [--test-limit n] [--methods tnfn tnfn_authors_init mlp statnn]
+        [--thresholds 0 0.2 0.4 0.6 0.8] [--no-ablation] [--epochs E] [--seeds S] [--quick] [--out DIR]
+
+Per dataset: a zoo of ``--models`` runs drawn from the recipe's grid (`transformer_nfn.zoo`, ``--zoo-epochs``
+epochs on the first ``--train-limit`` training rows); the checkpoints at 75% of the epochs, split 70/15/15 by run
+id (seed 3); for every accuracy threshold, the runs below it are dropped from each split (after splitting, so no
+run is on two sides). Methods: the Transformer-NFN predictor in the authors' README configuration with the
+library's initialisation (``tnfn``) and with the authors' (``tnfn_authors_init``), and the authors' MLP and STATNN
+baselines (`transformer_nfn.baselines`). Training as the authors' (§8): BCE, Adam 1e-3 with 10% warm-up from 1e-4
+and cosine decay to 1e-5, batch 16, ``--epochs`` epochs, through `transformer_nfn.train.train_accuracy_predictor`,
+kept at the best validation Kendall tau; reported: test tau, mean and std over ``--seeds``. The branch ablation
+(threshold 0, library initialisation): encoder, classifier and embedding branches alone, beside all three (the
+main table's ``tnfn`` cell).
+
+Every stage resumes: zoo shards, each training run (checkpoints, best model) and each finished cell
+(``result.json``) under ``--work``. Results: ``<out>/tnfn_prediction.{json,md}``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+from benchmarks import harness
+from common import compilation_cache
+from common.accuracy_prediction import kendall_tau, predict_logits
+from common.cli import positive_int
+from transformer_nfn import AccuracyPredictor
+from transformer_nfn.baselines import BaselinePredictor
+from transformer_nfn.train import train_accuracy_predictor
+from transformer_nfn.zoo import DATASETS, ZOO_SPEC, generate_transformer_zoo, load_transformer_zoo
+
+DEFAULT_OUT = "benchmarks/results"
+METHODS = ("tnfn", "tnfn_authors_init", "mlp", "statnn")
+LABELS = {"tnfn": "Transformer-NFN", "tnfn_authors_init": "Transformer-NFN (authors' init)", "mlp": "MLP",
+          "statnn": "STATNN"}
+ALL_BRANCHES = (True, True, True)  # (encoder, classifier, embedding): the full predictor, the main table's "tnfn"
+BRANCHES = {"encoder": (True, False, False), "classifier": (False, True, False), "embedding": (False, False, True)}
+SPLIT = dict(fractions=(0.7, 0.15, 0.15), seed=3)
+PUBLISHED = {"mnist": "0.905 +- 0.002", "ag_news": "0.910 +- 0.001"}  # Tran et al. 2025, unverified
+FULL = dict(datasets=["mnist", "ag_news"], models=1000, zoo_epochs=10, train_limit=6000, test_limit=2000,
+            epochs=100, seeds=5, thresholds=[0.0, 0.2, 0.4, 0.6, 0.8])
+QUICK = dict(datasets=["mnist"], models=24, zoo_epochs=2, train_limit=512, test_limit=256, epochs=2, seeds=1,
+             thresholds=[0.0, 0.1])
+QUICK_SIZE = dict(hidden_channels=(2,), invariant_features=4, width=5)
+
+
+def embedding_size(dataset: str) -> int | None:
+    """Numbers in the stored patch embedding (MNIST zoo), None for AG News (its frozen table is not stored)."""
+    return ZOO_SPEC.d_model * (4 * 4 + 1) if dataset == "mnist" else None
+
+
+def build(method: str, dataset: str, seed: int, branches=ALL_BRANCHES, quick: bool = False) -> nnx.Module:
+    """The predictor of one method (README configuration; ``quick``: tiny Transformer-NFN layers)."""
+    classifier = (ZOO_SPEC.d_model, ZOO_SPEC.d_model, 10)  # fc2 has 10 outputs on both tasks (docs §7)
+    emb = embedding_size(dataset)
+    rngs = nnx.Rngs(seed)
+    if method in ("mlp", "statnn"):
+        return BaselinePredictor(ZOO_SPEC, kind=method, classifier_widths=classifier, embedding_size=emb, rngs=rngs)
+    encoder, with_classifier, with_embedding = branches
+    return AccuracyPredictor(ZOO_SPEC, classifier_widths=classifier if with_classifier else None,
+                             classifier_branch="mlp" if with_classifier else None,
+                             embedding_size=emb if with_embedding else None, encoder_branch=encoder,
+                             init="authors" if method == "tnfn_authors_init" else "default", rngs=rngs,
+                             **(QUICK_SIZE if quick else {}))
+
+
+def load_splits(zoo_dir: str, epoch: int, threshold: float) -> dict:
+    """``{split: (weights, accuracies)}`` of the runs at ``epoch`` with test accuracy >= ``threshold``."""
+    out = {}
+    for split in ("train", "val", "test"):
+        tw, acc, _ = load_transformer_zoo(zoo_dir, split, epochs=[epoch], min_accuracy=threshold or None, **SPLIT)
+        keep = np.isfinite(acc)  # diverged runs carry NaN metrics
+        out[split] = (jax.tree.map(lambda a: np.asarray(a)[keep], tw), np.asarray(acc, np.float32)[keep])
+    return out
+
+
+def run_cell(splits: dict, model: nnx.Module, seed: int, run_dir: str, args: argparse.Namespace) -> dict:
+    """Train one predictor (resuming from ``run_dir``) and score it; returns the cell's result record."""
+    done = harness.read_json(os.path.join(run_dir, "result.json"))
+    if done is not None:
+        return done
+    (x_train, y_train), validation, (x_test, y_test) = splits["train"], splits["val"], splits["test"]
+    batch = min(16, len(y_train))
+    steps_per_epoch = max(len(y_train) // batch, 1)
+    steps = args.epochs * steps_per_epoch
+    schedule = optax.warmup_cosine_decay_schedule(1e-4, 1e-3, max(steps // 10, 1), steps, 1e-5)
+    start = time.perf_counter()
+    trained, history = train_accuracy_predictor(model, x_train, y_train, key=jax.random.key(seed), num_steps=steps,
+                                                batch_size=batch, optimizer=optax.adam(schedule), run_dir=run_dir,
+                                                validation=validation, eval_every=steps_per_epoch)
+    record = {"seed": seed, "params": sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param))),
+              "train_runs": len(y_train), "val_runs": len(validation[1]), "test_runs": len(y_test), "steps": steps,
+              "val_tau": history[-1]["best/tau"], "best_step": history[-1]["best/step"],
+              "test_tau": kendall_tau(predict_logits(trained, x_test), y_test), "wall_s": time.perf_counter() - start}
+    harness.write_json(os.path.join(run_dir, "result.json"), record)
+    return record
+
+
+def summarise(records: Sequence[dict]) -> list[dict]:
+    """One row per (dataset, table, threshold, method or branches): test tau mean and std over seeds, scale."""
+    cells = {}
+    for r in records:
+        cells.setdefault((r["dataset"], r["table"], r["threshold"], r["method"]), []).append(r)
+    rows = []
+    for (dataset, table, threshold, method), rs in cells.items():
+        taus = np.asarray([r["test_tau"] for r in rs])
+        rows.append({"dataset": dataset, "table": table, "threshold": threshold, "method": method,
+                     "test_tau_mean": float(taus.mean()), "test_tau_std": float(taus.std()), "seeds": len(rs),
+                     "test_taus": taus.tolist(), **{k: rs[0][k] for k in ("params", "train_runs", "val_runs",
+                                                                           "test_runs", "steps")}})
+    return rows
+
+
+def _cell(r: dict | None) -> str:
+    return "-" if r is None else f"{r['test_tau_mean']:.3f} +- {r['test_tau_std']:.3f} ({r['seeds']})"
+
+
+def markdown(rows: Sequence[dict], settings: dict, zoos: dict, run: dict) -> str:
+    """The report: scale, the main table beside the published tau, the thresholds and the branch ablation."""
+    index = {(r["dataset"], r["table"], r["threshold"], r["method"]): r for r in rows}
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    lines = ["# Transformer-NFN: predicting a transformer's test accuracy from its weights (Kendall tau)", "",
+             f"Scale: {settings['scale']}.", ""] + [f"- zoo {d}: {z}" for d, z in zoos.items()]
+    lines += ["", "## All runs (threshold 0), test tau mean +- std (seeds)", ""]
+    lines += harness.markdown_table(
+        ["dataset", "train/val/test runs"] + [LABELS[m] for m in methods] + ["published Transformer-NFN"],
+        [[d, "/".join(str(index[(d, "main", 0.0, methods[0])][k]) for k in ("train_runs", "val_runs", "test_runs"))]
+         + [_cell(index.get((d, "main", 0.0, m))) for m in methods] + [PUBLISHED[d] + " (unverified)"]
+         for d in datasets if (d, "main", 0.0, methods[0]) in index])
+    thresholds = sorted({r["threshold"] for r in rows if r["table"] == "main"})
+    if len(thresholds) > 1:
+        lines += ["", "## Runs below an accuracy threshold removed (per split, after splitting)", ""]
+        lines += harness.markdown_table(["dataset", "threshold", "test runs"] + [LABELS[m] for m in methods],
+                                        [[d, f"{t:g}", index[(d, "main", t, methods[0])]["test_runs"]]
+                                         + [_cell(index.get((d, "main", t, m))) for m in methods]
+                                         for d in datasets for t in thresholds if (d, "main", t, methods[0]) in index])
+    ablation = [r for r in rows if r["table"] == "ablation"]
+    if ablation:
+        names = [b for b in BRANCHES if any(r["method"] == b for r in ablation)]
+        lines += ["", "## Branch ablation (Transformer-NFN, library initialisation, threshold 0)", "",
+                  "Published (MNIST, unverified): encoder branch alone 0.902.", ""]
+        lines += harness.markdown_table(["dataset"] + [f"{b} branch alone" for b in names] + ["all branches"],
+                                        [[d] + [_cell(index.get((d, "ablation", 0.0, b))) for b in names]
+                                         + [_cell(index.get((d, "main", 0.0, "tnfn")))] for d in datasets])
+    params = {r["method"]: r["params"] for r in rows if r["table"] == "main"}
+    lines += ["", "Trainable parameters (first dataset): " + ", ".join(f"{LABELS[m]} {params[m]:,}" for m in methods)
+              + ".", "", "Our zoos are far smaller and shorter than the published 16,000 runs of 100 epochs per task "
+              "(above): compare methods within this table, not with the published values.", "", "## Run", ""]
+    lines += harness.run_markdown(run)
+    return "\n".join(lines) + "\n"
+
+
+def prediction(args: argparse.Namespace) -> dict:
+    """Run (or resume) the study; writes the report and returns its JSON record."""
+    run = harness.start_run(calibrate=False)
+    records, zoos = [], {}
+    for dataset in args.datasets:
+        zoo_dir = os.path.join(args.work, "zoos", f"{dataset}_transformer")
+        zoo_rows = generate_transformer_zoo(zoo_dir, dataset, args.models, epochs=args.zoo_epochs,
+                                            shard_size=args.shard_size, train_limit=args.train_limit,
+                                            test_limit=args.test_limit, progress=not args.quick)
+        epoch = max(1, round(0.75 * args.zoo_epochs))  # the recipe's epoch-75-of-100 checkpoint
+        acc = np.asarray([r["test_accuracy"] for r in zoo_rows if int(r["epoch"]) == epoch], np.float64)
+        acc = acc[np.isfinite(acc)]
+        counts, edges = np.histogram(acc, bins=10, range=(0.0, 1.0))
+        zoos[dataset] = (f"{len(acc)} runs, {args.zoo_epochs} epochs on {args.train_limit or 'all'} training rows, "
+                         f"checkpoint epoch {epoch}; test accuracy {acc.min():.2f} .. {acc.max():.2f} (median "
+                         f"{np.median(acc):.2f}); histogram over [0, 1] in tenths: {counts.tolist()}")
+        cells = [("main", t, m, ALL_BRANCHES) for t in args.thresholds for m in args.methods]
+        cells += [("ablation", 0.0, b, flags) for b, flags in BRANCHES.items()
+                  if args.ablation and (b != "embedding" or embedding_size(dataset))]
+        for table, threshold, method, flags in cells:
+            splits = load_splits(zoo_dir, epoch, threshold)
+            for seed in range(args.seeds):
+                run_dir = os.path.join(args.work, "runs", dataset, table, f"t{threshold:g}", method, f"seed{seed}")
+                model = build("tnfn" if table == "ablation" else method, dataset, seed, flags, args.quick)
+                record = run_cell(splits, model, seed, run_dir, args)
+                records.append({**record, "dataset": dataset, "table": table, "threshold": threshold, "method": method})
+                if not args.quick:
+                    print(f"{dataset} {table} t{threshold:g} {method} seed {seed}: test tau {record['test_tau']:.3f}",
+                          flush=True)
+    rows = summarise(records)
+    settings = {"scale": (f"{args.models} runs per task, {args.zoo_epochs} zoo epochs on {args.train_limit or 'all'} "
+                          f"training rows; {args.epochs} predictor epochs at batch 16; {args.seeds} seed(s)"
+                          + ("; --quick miniature (tiny Transformer-NFN layers)" if args.quick else "")),
+                **{k: getattr(args, k) for k in ("datasets", "methods", "models", "zoo_epochs", "train_limit",
+                                                  "test_limit", "epochs", "seeds", "thresholds", "ablation",
+                                                  "quick")}}
+    record = run.finish()
+    result = {"settings": settings, "zoos": zoos, "cells": rows, "run": record}
+    harness.write_results(args.out, "tnfn_prediction", result, markdown(rows, settings, zoos, record))
+    return result
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.tnfn_experiments", description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", nargs="+", default=None, choices=tuple(DATASETS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    for name in ("models", "zoo-epochs", "train-limit", "test-limit", "epochs", "seeds"):
+        key = name.replace("-", "_")
+        p.add_argument(f"--{name}", type=positive_int, default=None,
+                       help=f"default {FULL[key]} ({QUICK[key]} with --quick)")
+    p.add_argument("--shard-size", type=positive_int, default=64, help="zoo runs trained as one population")
+    p.add_argument("--thresholds", nargs="+", type=float, default=None,
+                   help=f"test-accuracy thresholds (default {FULL['thresholds']})")
+    p.add_argument("--no-ablation", dest="ablation", action="store_false", help="skip the branch ablation")
+    p.add_argument("--quick", action="store_true", help="a miniature on MNIST (pipeline check, < 3 minutes)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
+    p.add_argument("--work", default=None, help="zoos and run folders (default <out>/tnfn_runs)")
+    compilation_cache.add_arguments(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Command line entry point (see the module docstring)."""
+    args = parser().parse_args(argv)
+    compilation_cache.configure(args)
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.work = args.work or os.path.join(args.out, "tnfn_runs")
+    return prediction(args)
+
+
+if __name__ == "__main__":
+    main()
