@@ -301,6 +301,14 @@ class Run:
                     timing_definition=TIMING_DEFINITION, memory_definition=MEMORY_DEFINITION)
 
 
+def fill_defaults(args, defaults: dict, skip: tuple = ()) -> None:
+    """Set every option of ``args`` (an argparse Namespace) that is still None to its value in ``defaults`` (the
+    drivers' full or --quick settings; explicit options win), except the names in ``skip``."""
+    for name, value in defaults.items():
+        if getattr(args, name) is None and name not in skip:
+            setattr(args, name, value)
+
+
 def start_run(calibrate: bool = True, matmul_size: int | None = None) -> Run:
     """Records the environment and the load, then (when ``calibrate``) measures ``matmul_calibration`` at
     ``matmul_size`` (default ``MATMUL_SIZE``)."""

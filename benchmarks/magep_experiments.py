@@ -326,15 +326,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     compilation_cache.configure(args)
     if args.experiment == "inr-classification":
-        for name, value in (magep_inr.QUICK if args.quick else magep_inr.FULL).items():
-            if getattr(args, name) is None:
-                setattr(args, name, value)
+        harness.fill_defaults(args, magep_inr.QUICK if args.quick else magep_inr.FULL)
         args.work = args.work or os.path.join(args.out, "magep_runs")
         return magep_inr.classification(args)
     defaults = QUICK if args.quick else FULL
-    for name, value in defaults.items():
-        if getattr(args, name) is None and name != "zoo_epochs":
-            setattr(args, name, value)
+    harness.fill_defaults(args, defaults, skip=("zoo_epochs",))
     args.zoo_epochs = resolve_zoo_epochs(args.zoo_epochs, args.datasets, defaults["zoo_epochs"])
     return generalization(args)
 

@@ -226,9 +226,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Command line entry point (see the module docstring)."""
     args = parser().parse_args(argv)
     compilation_cache.configure(args)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    harness.fill_defaults(args, QUICK if args.quick else FULL)
     args.work = args.work or os.path.join(args.out, "tnfn_runs")
     return prediction(args)
 
