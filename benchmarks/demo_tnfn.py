@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from benchmarks import harness
 from common import data
 from transformer_nfn import AccuracyPredictor, TransformerSpec, groups, nets
 
@@ -27,7 +28,7 @@ def run(out_dir: str) -> list[tuple[str, str]]:
     g = groups.sample(keys[1], one, ffn_scaling=True)
     moved = groups.act(g, one)
     predictor = AccuracyPredictor(spec, classifier_widths=(32, 32, 10), embedding_size=544, rngs=nnx.Rngs(0))
-    n_params = sum(int(p.size) for p in jax.tree.leaves(nnx.state(predictor, nnx.Param)))
+    n_params = harness.trainable_parameters(predictor)
     g_batch = jax.vmap(lambda k, tw: groups.sample(k, tw))(jax.random.split(keys[2], 4), tws)
     scores = predictor(tws)
     moved_scores = predictor(jax.vmap(groups.act)(g_batch, tws))

@@ -110,7 +110,7 @@ def run_cell(splits: dict, method: str, activation: str, seed: int, run_dir: str
         x_train, x_val, x_test = (standardize(x, stats) for x in (x_train, x_val, x_test))
     model = GeneralizationPredictor(splits["spec"], nfn=method, scaling=SCALING[activation], rngs=nnx.Rngs(seed),
                                     **sizes.get(method, {}))
-    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    n_params = harness.trainable_parameters(model)
     steps_per_epoch = max(len(y_train) // batch_size, 1)
     start = time.perf_counter()
     model, history = train_generalization_predictor(

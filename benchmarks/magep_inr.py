@@ -75,7 +75,7 @@ def run_cell(sets: dict, spec, method: str, seed: int, run_dir: str, args: argpa
         return done
     sizes = (QUICK_SIZES if args.quick else SIZES)[method]
     model = INRClassifier(spec, CLASSES, nfn=method, scaling="sign", activation="sin", rngs=nnx.Rngs(seed), **sizes)
-    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    n_params = harness.trainable_parameters(model)
     (x_train, y_train), validation, (x_test, y_test) = sets["train"], sets["val"], sets["test"]
     start = time.perf_counter()
     eval_every = max(args.steps // args.evals, 1)  # one validation score and checkpoint each

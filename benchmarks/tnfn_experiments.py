@@ -98,7 +98,7 @@ def run_cell(splits: dict, model: nnx.Module, seed: int, run_dir: str, args: arg
     trained, history = train_accuracy_predictor(model, x_train, y_train, key=jax.random.key(seed), num_steps=steps,
                                                 batch_size=batch, optimizer=optax.adam(schedule), run_dir=run_dir,
                                                 validation=validation, eval_every=steps_per_epoch)
-    record = {"seed": seed, "params": sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param))),
+    record = {"seed": seed, "params": harness.trainable_parameters(model),
               "train_runs": len(y_train), "val_runs": len(validation[1]), "test_runs": len(y_test), "steps": steps,
               "val_tau": history[-1]["best/tau"], "best_step": history[-1]["best/step"],
               "test_tau": kendall_tau(predict_logits(trained, x_test), y_test), "wall_s": time.perf_counter() - start}

@@ -28,7 +28,8 @@ def enable(path: str | os.PathLike | None = None, min_compile_seconds: float = M
     compile. A cache configured already (e.g. by the test session) is kept as it is. Returns the folder."""
     if jax.config.jax_compilation_cache_dir:
         return jax.config.jax_compilation_cache_dir
-    folder = os.path.expanduser(os.fspath(path or os.environ.get("JAX_COMPILATION_CACHE_DIR") or DEFAULT_DIR))
+    # JAX reads $JAX_COMPILATION_CACHE_DIR into its config at import, so a set variable returned above
+    folder = os.path.expanduser(os.fspath(path or DEFAULT_DIR))
     os.makedirs(folder, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
