@@ -12,6 +12,7 @@ Hypothesis (the fuzz tests, docs/input_policy.md): the default profile "ci" runs
 (the same examples every run) and without deadlines (first calls compile); ``HYPOTHESIS_PROFILE=long`` runs
 many more, randomised, for a nightly-style search.
 """
+import gc
 import os
 import tempfile
 
@@ -51,3 +52,12 @@ LONGEST_MODULES_FIRST = ("test_magep_experiments", "test_zoo_cnn", "test_zoo_pop
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_MODULES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
+
+
+def pytest_collection_finish(session):
+    # Tracing allocates many short-lived objects and JAX's caches keep many long-lived ones, so Python's cyclic
+    # collector ran ~3,000 times in two test modules (5% of their time). Freezing what collection imported and
+    # collecting the young generation less often cut that to a third (measured: 8.4 -> 2.8 s in 158 s).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)

@@ -96,7 +96,7 @@ def test_quick_generalization_pipeline_runs_and_resumes(tmp_path, monkeypatch):
 
 def test_quick_inr_classification_pipeline_runs_and_resumes(tmp_path):
     # the pipeline is under test (SIREN sets, training, report, resume); the bodies that compile fastest
-    argv = ["inr-classification", "--quick", "--methods", "mlp", "monomial", "--steps", "4", "--out", str(tmp_path)]
+    argv = ["inr-classification", "--quick", "--methods", "mlp", "monomial", "--steps", "4", "--evals", "1", "--out", str(tmp_path)]
     result = magep_experiments.main(argv)
     assert [(c["dataset"], c["method"]) for c in result["cells"]] == [("mnist", "monomial"), ("mnist", "mlp")]
     for cell in result["cells"]:

@@ -38,7 +38,7 @@ def test_statistics_match_numpy():
 
 def _zoo(n, key=0):
     keys = jax.random.split(jax.random.key(key), n)
-    return jax.vmap(lambda k: nets.init_weights(k, SPEC, 3, w_init_std=0.5, patch_size=2))(keys)
+    return jax.jit(jax.vmap(lambda k: nets.init_weights(k, SPEC, 3, w_init_std=0.5, patch_size=2)))(keys)
 
 
 def _permutations_only(key, tw):
@@ -55,8 +55,9 @@ def test_statnn_sees_no_permutation_but_the_gl_factors_and_the_mlp_sees_both():
     one = jax.tree.map(lambda a: a[0], tw)
     statnn = BaselinePredictor(SPEC, kind="statnn", classifier_widths=(4, 4, 3), embedding_size=20, rngs=nnx.Rngs(1))
     mlp = BaselinePredictor(SPEC, kind="mlp", classifier_widths=(4, 4, 3), embedding_size=20, rngs=nnx.Rngs(2))
-    permuted = groups.act(_permutations_only(jax.random.key(3), one), one)
-    full = groups.act(groups.sample(jax.random.key(4), one), one)
+    act = jax.jit(groups.act)  # one program, not one per operation
+    permuted = act(jax.jit(_permutations_only)(jax.random.key(3), one), one)
+    full = act(jax.jit(groups.sample)(jax.random.key(4), one), one)
     logits = nnx.jit(lambda model, tw: model.logits(tw))  # one program per model, not one per operation
     change = lambda model, moved: float(jnp.abs(logits(model, moved) - logits(model, one)))
     assert change(statnn, permuted) < 1e-5
