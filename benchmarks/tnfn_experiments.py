@@ -1,7 +1,7 @@
 """Transformer-NFN accuracy prediction on transformer zoos generated here (docs/transformer_nfn.md §7-§8).
 
     python -m benchmarks.tnfn_experiments [--datasets mnist ag_news] [--models N] [--zoo-epochs E]
-        [--train-limit n] [--test-limit n] [--methods tnfn tnfn_authors_init mlp statnn]
+        [--train-limit n] [--test-limit n] [--methods tnfn tnfn_authors_init mlp statnn xgboost lightgbm rf]
         [--thresholds 0 0.2 0.4 0.6 0.8] [--no-ablation] [--epochs E] [--seeds S] [--quick] [--out DIR]
 
 Per dataset: a zoo of ``--models`` runs drawn from the recipe's grid (`transformer_nfn.zoo`, ``--zoo-epochs``
@@ -9,7 +9,9 @@ epochs on the first ``--train-limit`` training rows); the checkpoints at 75% of 
 id (seed 3); for every accuracy threshold, the runs below it are dropped from each split (after splitting, so no
 run is on two sides). Methods: the Transformer-NFN predictor in the authors' README configuration with the
 library's initialisation (``tnfn``) and with the authors' (``tnfn_authors_init``), and the authors' MLP and STATNN
-baselines (`transformer_nfn.baselines`). Training as the authors' (§8): BCE, Adam 1e-3 with 10% warm-up from 1e-4
+baselines (`transformer_nfn.baselines`), and the gradient-boosted trees on the flat raw weights (XGBoost, LightGBM,
+LightGBM's random forest: `transformer_nfn.tree_baselines`, the ``trees`` extra; rounds chosen on the validation
+RMSE, seed 3 + the seed index). Training of the neural predictors as the authors' (§8): BCE, Adam 1e-3 with 10% warm-up from 1e-4
 and cosine decay to 1e-5, batch 16, ``--epochs`` epochs, through `transformer_nfn.train.train_accuracy_predictor`,
 kept at the best validation Kendall tau; reported: test tau, mean and std over ``--seeds``. The branch ablation
 (threshold 0, library initialisation): encoder, classifier and embedding branches alone, beside all three (the
@@ -36,13 +38,14 @@ from common.accuracy_prediction import kendall_tau, predict_logits
 from common.cli import positive_int
 from transformer_nfn import AccuracyPredictor
 from transformer_nfn.baselines import BaselinePredictor
+from transformer_nfn.tree_baselines import SEED as TREE_SEED, TREE_KINDS, fit_trees, flat_weights
 from transformer_nfn.train import train_accuracy_predictor
 from transformer_nfn.zoo import DATASETS, ZOO_SPEC, generate_transformer_zoo, load_transformer_zoo
 
 DEFAULT_OUT = "benchmarks/results"
-METHODS = ("tnfn", "tnfn_authors_init", "mlp", "statnn")
+METHODS = ("tnfn", "tnfn_authors_init", "mlp", "statnn", "xgboost", "lightgbm", "rf")
 LABELS = {"tnfn": "Transformer-NFN", "tnfn_authors_init": "Transformer-NFN (authors' init)", "mlp": "MLP",
-          "statnn": "STATNN"}
+          "statnn": "STATNN", "xgboost": "XGBoost", "lightgbm": "LightGBM", "rf": "Random forest"}
 ALL_BRANCHES = (True, True, True)  # (encoder, classifier, embedding): the full predictor, the main table's "tnfn"
 BRANCHES = {"encoder": (True, False, False), "classifier": (False, True, False), "embedding": (False, False, True)}
 SPLIT = dict(fractions=(0.7, 0.15, 0.15), seed=3)
@@ -93,7 +96,8 @@ def run_cell(splits: dict, model: nnx.Module, seed: int, run_dir: str, args: arg
     batch = min(16, len(y_train))
     steps_per_epoch = max(len(y_train) // batch, 1)
     steps = args.epochs * steps_per_epoch
-    schedule = optax.warmup_cosine_decay_schedule(1e-4, 1e-3, max(steps // 10, 1), steps, 1e-5)
+    warmup = max(steps // 10, 1)  # a run of one step still gets a decay phase (optax needs one step of it)
+    schedule = optax.warmup_cosine_decay_schedule(1e-4, 1e-3, warmup, max(steps, warmup + 1), 1e-5)
     start = time.perf_counter()
     trained, history = train_accuracy_predictor(model, x_train, y_train, key=jax.random.key(seed), num_steps=steps,
                                                 batch_size=batch, optimizer=optax.adam(schedule), run_dir=run_dir,
@@ -102,6 +106,24 @@ def run_cell(splits: dict, model: nnx.Module, seed: int, run_dir: str, args: arg
               "train_runs": len(y_train), "val_runs": len(validation[1]), "test_runs": len(y_test), "steps": steps,
               "val_tau": history[-1]["best/tau"], "best_step": history[-1]["best/step"],
               "test_tau": kendall_tau(predict_logits(trained, x_test), y_test), "wall_s": time.perf_counter() - start}
+    harness.write_json(os.path.join(run_dir, "result.json"), record)
+    return record
+
+
+def run_tree_cell(splits: dict, method: str, seed: int, run_dir: str) -> dict:
+    """Fit one tree baseline on the flat raw weights (rounds chosen on validation RMSE) and score it; returns
+    the cell's result record (read back from ``run_dir`` when done before)."""
+    done = harness.read_json(os.path.join(run_dir, "result.json"))
+    if done is not None:
+        return done
+    start = time.perf_counter()
+    feats = {split: flat_weights(x) for split, (x, _) in splits.items()}
+    (_, y_train), (_, y_val), (_, y_test) = splits["train"], splits["val"], splits["test"]
+    predict, info = fit_trees(method, (feats["train"], y_train), (feats["val"], y_val), seed=TREE_SEED + seed)
+    record = {"seed": seed, "params": None, "train_runs": len(y_train), "val_runs": len(y_val),
+              "test_runs": len(y_test), "steps": info["rounds"], "val_tau": kendall_tau(predict(feats["val"]), y_val),
+              "best_step": info["rounds"], "test_tau": kendall_tau(predict(feats["test"]), y_test),
+              "wall_s": time.perf_counter() - start}
     harness.write_json(os.path.join(run_dir, "result.json"), record)
     return record
 
@@ -154,7 +176,8 @@ def markdown(rows: Sequence[dict], settings: dict, zoos: dict, run: dict) -> str
                                         [[d] + [_cell(index.get((d, "ablation", 0.0, b))) for b in names]
                                          + [_cell(index.get((d, "main", 0.0, "tnfn")))] for d in datasets])
     params = {r["method"]: r["params"] for r in rows if r["table"] == "main"}
-    lines += ["", "Trainable parameters (first dataset): " + ", ".join(f"{LABELS[m]} {params[m]:,}" for m in methods)
+    lines += ["", "Trainable parameters (first dataset): " + ", ".join(f"{LABELS[m]} {params[m]:,}" for m in methods
+                                                                     if params[m] is not None)
               + ".", "", "Our zoos are far smaller and shorter than the published 16,000 runs of 100 epochs per task "
               "(above): compare methods within this table, not with the published values.", "", "## Run", ""]
     lines += harness.run_markdown(run)
@@ -184,8 +207,11 @@ def prediction(args: argparse.Namespace) -> dict:
             splits = load_splits(zoo_dir, epoch, threshold)
             for seed in range(args.seeds):
                 run_dir = os.path.join(args.work, "runs", dataset, table, f"t{threshold:g}", method, f"seed{seed}")
-                model = build("tnfn" if table == "ablation" else method, dataset, seed, flags, args.quick)
-                record = run_cell(splits, model, seed, run_dir, args)
+                if method in TREE_KINDS:
+                    record = run_tree_cell(splits, method, seed, run_dir)
+                else:
+                    model = build("tnfn" if table == "ablation" else method, dataset, seed, flags, args.quick)
+                    record = run_cell(splits, model, seed, run_dir, args)
                 records.append({**record, "dataset": dataset, "table": table, "threshold": threshold, "method": method})
                 if not args.quick:
                     print(f"{dataset} {table} t{threshold:g} {method} seed {seed}: test tau {record['test_tau']:.3f}",

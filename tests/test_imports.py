@@ -1,8 +1,8 @@
 """The library packages stay light and layered.
 
 1. Importing any module of `common`, `magep`, `transformer_nfn` or `tsw_sl` (each in a fresh interpreter)
-   imports none of matplotlib, POT, scikit-learn, tqdm, safetensors: those belong to the ``bench`` and
-   ``formats`` extras and to functions that import them when called.
+   imports none of matplotlib, POT, scikit-learn, tqdm, safetensors, xgboost, lightgbm: those belong to the
+   ``bench``, ``formats`` and ``trees`` extras and to functions that import them when called.
 2. The import graph follows the layering rules: `common` imports none of the other packages; `magep` and
    `tsw_sl` import only `common`; `transformer_nfn` imports `common` and `magep`; nothing imports `benchmarks`.
    Checked on the source (every import statement, including those inside functions).
@@ -19,7 +19,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARY = ("common", "magep", "transformer_nfn", "tsw_sl")
-HEAVY = ("matplotlib", "ot", "sklearn", "tqdm", "safetensors")
+HEAVY = ("matplotlib", "ot", "sklearn", "tqdm", "safetensors", "xgboost", "lightgbm")
 PROJECT = LIBRARY + ("benchmarks",)
 ALLOWED = {  # package -> project packages it may import (besides itself)
     "common": set(),

@@ -1,21 +1,43 @@
 """The transformer accuracy-prediction driver end to end on a miniature zoo (pipeline, not numbers)."""
+import jax
+import numpy as np
+
 from benchmarks import tnfn_experiments
+from transformer_nfn import TransformerSpec, nets
+
+SMALL = TransformerSpec(num_blocks=1, num_heads=2, d_model=4, d_k=2, d_v=2, d_ffn=4)
 
 
 def test_quick_prediction_pipeline_runs_and_resumes(tmp_path):
     # populations of 4 on 256 / 128 rows: tests/test_zoo_transformer.py's shapes, so its compiled programs serve
     argv = ["--quick", "--models", "12", "--shard-size", "4", "--zoo-epochs", "1", "--train-limit", "256",
-            "--test-limit", "128",
-            "--methods", "tnfn", "--thresholds", "0", "0.05", "--out", str(tmp_path)]
+            "--test-limit", "128", "--epochs", "1",
+            "--methods", "tnfn", "--thresholds", "0", "--out", str(tmp_path)]
     result = tnfn_experiments.main(argv)
     cells = {(c["table"], c["threshold"], c["method"]) for c in result["cells"]}
-    assert cells == {("main", t, "tnfn") for t in (0.0, 0.05)} | {
-        ("ablation", 0.0, b) for b in ("encoder", "classifier", "embedding")}
+    assert cells == {("main", 0.0, "tnfn")} | {("ablation", 0.0, b) for b in ("encoder", "classifier", "embedding")}
     for cell in result["cells"]:
         assert -1.0 <= cell["test_tau_mean"] <= 1.0 and cell["seeds"] == 1 and cell["test_runs"] >= 2
-    by_threshold = {c["threshold"]: c for c in result["cells"] if c["table"] == "main"}
-    assert by_threshold[0.05]["test_runs"] <= by_threshold[0.0]["test_runs"]  # runs below 5% left out
+    # a threshold leaves out the runs below it (every cell of a threshold trains on these splits)
+    zoo_dir = str(tmp_path / "tnfn_runs" / "zoos" / "mnist_transformer")
+    every, above = (tnfn_experiments.load_splits(zoo_dir, 1, t) for t in (0.0, 0.12))
+    for split in ("train", "val", "test"):
+        assert np.all(above[split][1] >= 0.12) and len(above[split][1]) <= len(every[split][1])
+    assert sum(len(every[s][1]) - len(above[s][1]) for s in every) > 0  # some runs fall below 12%
     text = (tmp_path / "tnfn_prediction.md").read_text()
     assert "0.905" in text and "encoder branch alone" in text and "histogram" in text
     again = tnfn_experiments.main(argv)  # every cell is done: read back, not retrained
     assert sorted(c["test_taus"] for c in again["cells"]) == sorted(c["test_taus"] for c in result["cells"])
+
+
+def test_tree_cell_scores_on_flat_weights_and_reads_back(tmp_path):
+    # runs whose accuracy follows one weight entry: the trees find it (the authors' settings need >= 50 rows a leaf)
+    keys = jax.random.split(jax.random.key(0), 320)  # small transformers: few features, a fast fit
+    tw = jax.jit(jax.vmap(lambda k: nets.init_weights(k, SMALL, 3)))(keys)
+    accuracy = np.asarray(jax.nn.sigmoid(10 * tw.blocks[0].q[:, 0, 0, 0]), np.float32)
+    parts = {"train": slice(0, 220), "val": slice(220, 270), "test": slice(270, 320)}
+    splits = {name: (jax.tree.map(lambda a: np.asarray(a)[rows], tw), accuracy[rows]) for name, rows in parts.items()}
+    record = tnfn_experiments.run_tree_cell(splits, "lightgbm", 0, str(tmp_path))
+    assert (record["train_runs"], record["val_runs"], record["test_runs"]) == (220, 50, 50)
+    assert record["test_tau"] > 0.5 and record["steps"] >= 1 and record["params"] is None
+    assert tnfn_experiments.run_tree_cell({}, "lightgbm", 0, str(tmp_path)) == record  # done: read back

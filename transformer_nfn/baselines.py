@@ -24,7 +24,7 @@ from flax import nnx
 from common.weight_space import WeightSpace
 from transformer_nfn.weights import TransformerSpec, TransformerWeights
 
-__all__ = ["KINDS", "QUANTILES", "tensor_statistics", "BaselinePredictor"]
+__all__ = ["KINDS", "QUANTILES", "tensor_statistics", "layer_tensors", "BaselinePredictor"]
 
 KINDS = {  # kind -> (block field order, encoder widths, classifier widths, embedding width)
     "mlp": (("k", "q", "v", "o", "w_a", "w_b", "b_a", "b_b"), (50, 50), (50, 50, 50), 50),
@@ -42,7 +42,7 @@ def tensor_statistics(x: jax.Array, batch_ndim: int) -> jax.Array:
                             jnp.moveaxis(quantiles, 0, -1)], -1)
 
 
-def _layer_tensors(ws: WeightSpace) -> list[jax.Array]:
+def layer_tensors(ws: WeightSpace) -> list[jax.Array]:
     """W^(1), b^(1), W^(2), b^(2), ... of a classifier or embedding `WeightSpace`."""
     return [t for w, b in zip(ws.weights, ws.biases) for t in (w, b)]
 
@@ -104,7 +104,7 @@ class BaselinePredictor(nnx.Module):
         blocks = [getattr(b, f) for b in tw.blocks for f in self.order]
         parts = [self._relu_mlp(self.encoder, self._features(blocks, nb))]
         if self.classifier is not None:
-            parts.append(self._relu_mlp(self.classifier, self._features(_layer_tensors(tw.classifier), nb)))
+            parts.append(self._relu_mlp(self.classifier, self._features(layer_tensors(tw.classifier), nb)))
         if self.embedding is not None:
             emb = tw.embedding
             flat = [t.reshape(t.shape[:nb] + (-1,)) for t in list(emb.weights) + list(emb.biases)]
