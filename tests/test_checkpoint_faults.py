@@ -1,7 +1,9 @@
 """`common.training.fit` checkpointing under faults, in real processes (docs/input_policy.md, docs/common.md §5):
 a SIGKILL while orbax writes a checkpoint (at two points of the write) and a full disk (a file-size limit) while
 it writes one. Each run then resumes, once the fault is gone, and ends with exactly the parameters of an
-uninterrupted run. (A corrupt latest checkpoint is covered in-process by tests/test_training.py.)"""
+uninterrupted run, metrics log included. (A kill between two checkpoints is the easy case of the first test: the
+finished checkpoints are intact there too. A corrupt latest checkpoint is covered in-process by
+tests/test_training.py.)"""
 import os
 import signal
 import subprocess

@@ -1,31 +1,57 @@
 """The transformer accuracy-prediction driver end to end on a miniature zoo (pipeline, not numbers)."""
+import os
+
 import jax
 import numpy as np
 
-from benchmarks import tnfn_experiments
+from benchmarks import harness, tnfn_experiments
 from transformer_nfn import TransformerSpec, nets
 
 SMALL = TransformerSpec(num_blocks=1, num_heads=2, d_model=4, d_k=2, d_v=2, d_ffn=4)
 
 
-def test_quick_prediction_pipeline_runs_and_resumes(tmp_path):
+def test_quick_prediction_pipeline_runs_and_resumes(tmp_path, monkeypatch):
     # populations of 4 on 256 / 128 rows: tests/test_zoo_transformer.py's shapes, so its compiled programs serve
     argv = ["--quick", "--models", "12", "--shard-size", "4", "--zoo-epochs", "1", "--train-limit", "256",
-            "--test-limit", "128", "--epochs", "1",
-            "--methods", "tnfn", "--thresholds", "0", "--out", str(tmp_path)]
-    result = tnfn_experiments.main(argv)
-    cells = {(c["table"], c["threshold"], c["method"]) for c in result["cells"]}
-    assert cells == {("main", 0.0, "tnfn")} | {("ablation", 0.0, b) for b in ("encoder", "classifier", "embedding")}
-    for cell in result["cells"]:
-        assert -1.0 <= cell["test_tau_mean"] <= 1.0 and cell["seeds"] == 1 and cell["test_runs"] >= 2
+            "--test-limit", "128", "--epochs", "1", "--methods", "tnfn", "--thresholds", "0", "--out", str(tmp_path)]
+    result = tnfn_experiments.main(argv + ["--no-ablation"])
+    [cell] = result["cells"]
+    assert (cell["table"], cell["threshold"], cell["method"]) == ("main", 0.0, "tnfn")
+    assert -1.0 <= cell["test_tau_mean"] <= 1.0 and cell["seeds"] == 1 and cell["test_runs"] >= 2
     # a threshold leaves out the runs below it (every cell of a threshold trains on these splits)
     zoo_dir = str(tmp_path / "tnfn_runs" / "zoos" / "mnist_transformer")
     every, above = (tnfn_experiments.load_splits(zoo_dir, 1, t) for t in (0.0, 0.12))
     for split in ("train", "val", "test"):
         assert np.all(above[split][1] >= 0.12) and len(above[split][1]) <= len(every[split][1])
     assert sum(len(every[s][1]) - len(above[s][1]) for s in every) > 0  # some runs fall below 12%
+
+    # the branch ablation: each cell trains the predictor with one branch (training itself is the main cell's
+    # code path, tested above, so a stand-in scores these models)
+    trained = {}
+
+    def stand_in(splits, model, seed, run_dir, args):
+        done = harness.read_json(os.path.join(run_dir, "result.json"))
+        if done is not None:  # the main cell
+            return done
+        trained[os.path.basename(os.path.dirname(run_dir))] = model  # .../ablation/t0/<branch>/seed0
+        counts = {f"{k}_runs": len(splits[k][1]) for k in ("train", "val", "test")}
+        record = {"seed": seed, "params": harness.trainable_parameters(model), **counts, "steps": 0, "val_tau": 0.0,
+                  "best_step": 0, "test_tau": 0.0, "wall_s": 0.0}
+        harness.write_json(os.path.join(run_dir, "result.json"), record)
+        return record
+
+    monkeypatch.setattr(tnfn_experiments, "run_cell", stand_in)
+    result = tnfn_experiments.main(argv)  # the zoo and the main cell are read back
+    assert {(c["table"], c["method"]) for c in result["cells"]} == {("main", "tnfn")} | {
+        ("ablation", b) for b in ("encoder", "classifier", "embedding")}
+    assert set(trained) == {"encoder", "classifier", "embedding"}
+    for branch, model in trained.items():
+        present = {"encoder": hasattr(model, "invariant"), "classifier": hasattr(model, "classifier_mlp"),
+                   "embedding": hasattr(model, "embedding_linear")}
+        assert present == {b: b == branch for b in present}, branch
     text = (tmp_path / "tnfn_prediction.md").read_text()
     assert "0.905" in text and "encoder branch alone" in text and "histogram" in text
+    monkeypatch.undo()
     again = tnfn_experiments.main(argv)  # every cell is done: read back, not retrained
     assert sorted(c["test_taus"] for c in again["cells"]) == sorted(c["test_taus"] for c in result["cells"])
 
