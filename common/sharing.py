@@ -273,6 +273,11 @@ class SharingPlan:
     def apply(self, coeffs: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         """Evaluate every output slot.
 
+        Terms of one output that keep the same axes (identified and tied labels) run as one contraction: each
+        input is pooled (once per input and pooled axes), its contracted fixed axes and channels are flattened
+        into one feature axis, and the group's inputs and coefficients are concatenated along it. So a layer
+        costs one matrix product per output and axis pattern, not one per term.
+
         Args:
           coeffs: term name -> coefficient (see `coef_shape`).
           inputs: input name -> array ``[..., *sizes, c_in]`` (same leading batch axes for all); the sizes of
@@ -283,54 +288,61 @@ class SharingPlan:
         missing = [t.name for t in self.terms if t.name not in coeffs]
         if missing:
             raise ValueError(f"SharingPlan.apply: coeffs has no entry for the terms {missing} (got {sorted(coeffs)})")
-        in_slots, out = dict(self.in_slots), {}
+        in_slots, out, pooled = dict(self.in_slots), {}, {}
         first = next(iter(inputs))
         batch = inputs[first].shape[: inputs[first].ndim - len(in_slots[first]) - 1]
         sizes = {lab: x.shape[pos - len(in_slots[name]) - 1] for name, x in inputs.items()
                  for pos, (lab, _, _) in enumerate(in_slots[name]) if lab in self.permuted}
         for name, axes in self.out_slots:
-            acc = None
+            groups: dict[tuple, list] = {}
             for t in (t for t in self.terms if t.out == name):
-                y = self._apply_term(t, coeffs[t.name], None if t.inp is None else inputs[t.inp], axes,
-                                     None if t.inp is None else in_slots[t.inp])
+                groups.setdefault((t.identified, t.tied) if t.inp else None, []).append(t)
+            acc = None
+            for key, terms in groups.items():
+                if key is None:  # the constant term: [*out_fixed, c_out]
+                    y = self._broadcast_axes(jnp.moveaxis(coeffs[terms[0].name], 0, -1), axes, ())
+                else:
+                    y = self._apply_group(terms, coeffs, inputs, axes, in_slots, len(batch), pooled)
                 acc = y if acc is None else acc + y
             c_out = next(coeffs[t.name].shape[0] for t in self.terms if t.out == name)
             out[name] = jnp.broadcast_to(acc, batch + tuple(sizes.get(lab, s) for lab, s, _ in axes) + (c_out,))
         return out
 
-    def _apply_term(self, t: Term, coef, x, out_axes, in_axes) -> jax.Array:
-        """One term; permuted output axes that are not identified are left with size 1 (broadcast later)."""
-        letters = iter(string.ascii_lowercase[:24])  # 'y', 'z' are the channel letters
-        shared = {lab: next(letters) for lab in t.identified}
-        out_fixed = [next(letters) for lab, _, _ in out_axes if lab not in self.permuted]
-        out_sub, it = "", iter(out_fixed)
-        broadcast = []
-        for pos, (lab, _, _) in enumerate(out_axes):
-            if lab in shared:
-                out_sub += shared[lab]
-            elif lab not in self.permuted:
-                out_sub += next(it)
-                if lab in t.tied:
-                    shared[lab] = out_sub[-1]
-            else:
-                broadcast.append(pos)
-        if x is None:
-            y = jnp.moveaxis(coef, 0, -1)  # [*out_fixed, c_out]
-        else:
-            n_in = len(in_axes)
-            pooled = tuple(p - n_in - 1 for p, (lab, _, _) in enumerate(in_axes)
-                           if lab in self.permuted and lab not in shared)
-            if pooled:
-                x = x.mean(axis=pooled) if self.pooling == "mean" else x.sum(axis=pooled)
-            in_sub, in_fixed = "", ""
-            for lab, _, _ in in_axes:
-                if lab in shared:
-                    in_sub += shared[lab]
-                elif lab not in self.permuted:
-                    c = next(letters)
-                    in_sub += c
-                    in_fixed += c
-            y = jnp.einsum(f"...{in_sub}y,zy{''.join(out_fixed)}{in_fixed}->...{out_sub}z", x, coef)
-        for pos in reversed(broadcast):
-            y = jnp.expand_dims(y, pos - len(out_axes) - 1)
+    def _broadcast_axes(self, y: jax.Array, out_axes: tuple[Axis, ...], identified: tuple) -> jax.Array:
+        """Insert size-1 axes for the permuted output axes that are not identified (broadcast by `apply`)."""
+        for pos, (lab, _, _) in reversed(list(enumerate(out_axes))):
+            if lab in self.permuted and lab not in identified:
+                y = jnp.expand_dims(y, pos - len(out_axes) - 1)
         return y
+
+    def _apply_group(self, terms: list, coeffs, inputs, out_axes, in_slots, n_batch: int, pooled: dict) -> jax.Array:
+        """Terms of one output with the same identified and tied labels as one einsum (see `apply`)."""
+        identified, tied = terms[0].identified, terms[0].tied
+        kept = [lab for lab, _, _ in out_axes if lab in identified or lab in tied]  # output-axis order
+        xs, cs = [], []
+        for t in terms:
+            in_axes = in_slots[t.inp]
+            pool = tuple(p for p, (lab, _, _) in enumerate(in_axes) if lab in self.permuted and lab not in identified)
+            if (t.inp, pool) not in pooled:
+                x = inputs[t.inp]
+                if pool:
+                    dims = tuple(n_batch + p for p in pool)
+                    x = x.mean(axis=dims) if self.pooling == "mean" else x.sum(axis=dims)
+                pooled[(t.inp, pool)] = x
+            x = pooled[(t.inp, pool)]
+            left = [lab for p, (lab, _, _) in enumerate(in_axes) if p not in pool]
+            order = [left.index(lab) for lab in kept] + [i for i, lab in enumerate(left) if lab not in kept]
+            x = jnp.transpose(x, tuple(range(n_batch)) + tuple(n_batch + i for i in order) + (x.ndim - 1,))
+            xs.append(x.reshape(x.shape[: n_batch + len(kept)] + (-1,)))
+            coef = jnp.moveaxis(coeffs[t.name], 1, -1)  # [c_out, *out_fixed, *in_fixed, c_in]
+            n_out_fixed = len(self._fixed(out_axes))
+            cs.append(coef.reshape(coef.shape[: 1 + n_out_fixed] + (-1,)))
+        x = xs[0] if len(xs) == 1 else jnp.concatenate(xs, -1)
+        coef = cs[0] if len(cs) == 1 else jnp.concatenate(cs, -1)
+        letters = iter(string.ascii_lowercase[:24])  # 'y', 'z' are the feature and channel letters
+        sub = {lab: next(letters) for lab in kept}
+        out_fixed = "".join(sub[lab] if lab in sub else sub.setdefault(lab, next(letters))
+                            for lab, _, _ in out_axes if lab not in self.permuted)
+        out_sub = "".join(sub[lab] for lab, _, _ in out_axes if lab in sub)
+        y = jnp.einsum(f"...{''.join(sub[lab] for lab in kept)}y,z{out_fixed}y->...{out_sub}z", x, coef)
+        return self._broadcast_axes(y, out_axes, identified)

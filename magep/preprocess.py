@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from common import checks
-from magep.terms import suffix_products
+from magep.terms import channels_first, suffix_products
 
 
 def map_channels(maps: dict, weights: tuple, biases: tuple) -> tuple[tuple, tuple]:
@@ -24,18 +24,44 @@ def safe_log(x: jax.Array) -> jax.Array:
 
 def max_scaled(x: jax.Array, axes: tuple) -> tuple[jax.Array, jax.Array]:
     """(x / m, log m) with m = max |x| over `axes`: x/m has x's shape, log m keeps `axes` as size-1 axes;
-    m = 1 where x is 0 there.
+    m = 1 where x is 0 there (or below the smallest normal float).
 
     m carries no gradient: every use below rescales by exactly m again, so the result does not depend on it
     and stopping its gradient leaves the gradient exact."""
-    log_m = jax.lax.stop_gradient(safe_log(jnp.max(jnp.abs(x), axis=axes, keepdims=True)))
-    log_m = jnp.where(jnp.isfinite(log_m), log_m, 0.0)
-    return x * jnp.exp(-log_m), log_m
+    m = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=axes, keepdims=True))
+    m = jnp.where(m > jnp.finfo(x.dtype).tiny, m, 1.0)
+    return x / m, jnp.log(m)
 
 
 def log_sq_norm(x: jax.Array, axes: tuple) -> jax.Array:
     """log ||x||^2 over `axes` (removed; -inf where x is 0 there), finite gradient; x should be max-scaled."""
     return safe_log(jnp.sum(x * x, axis=axes))
+
+
+def _max_scaled_inputs(weights: tuple, biases: tuple) -> tuple[tuple, list, tuple, list]:
+    """(W^(l) / m_l, log m_l [..., c], b^(l) / m'_l, log m'_l [..., c]) per layer (`max_scaled` per channel)."""
+    scaled_w, log_mw = zip(*(max_scaled(w, (-3, -2)) for w in weights))
+    scaled_b, log_mb = zip(*(max_scaled(b, (-2,)) for b in biases))
+    return scaled_w, [m[..., 0, 0, :] for m in log_mw], scaled_b, [m[..., 0, :] for m in log_mb]
+
+
+def _log_scales(scaled_w: tuple, log_mw: list, scaled_b: tuple, log_mb: list) -> tuple[jax.Array, jax.Array]:
+    """(log r, log s) of `invariant_log_scales` from the max-scaled tensors and their log scales."""
+    B = suffix_products([channels_first(w, 2) for w in scaled_w])  # B_t = W^(L,t) / prod_{k>t} m_k, [..., c, n_L, n_t]
+    L = len(scaled_w)
+    log_a2 = log_sq_norm(B[0], (-2, -1)) + 2 * sum(log_mw)  # log ||W^(L,0)||^2
+    log_r = jnp.where(jnp.isfinite(log_a2), log_a2, 0.0) / (2 * L)
+    paths, log_m_above = [], jnp.zeros_like(log_r)  # log_m_above = sum_{k>t} log m_k
+    for t in range(L, 0, -1):
+        b = channels_first(scaled_b[t - 1], 1)
+        path = b if t == L else jnp.einsum("...ab,...b->...a", B[t], b)
+        paths.append(log_sq_norm(path, (-1,)) + 2 * (log_m_above + log_mb[t - 1]))
+        log_m_above = log_m_above + log_mw[t - 1]
+    paths = jnp.stack(paths)
+    any_path = jnp.any(jnp.isfinite(paths), axis=0)
+    log_p2 = jax.nn.logsumexp(jnp.where(any_path, paths, 0.0), axis=0)  # all -inf would give a NaN gradient
+    log_p2 = jnp.where(any_path, log_p2 - 2 * L * log_r, -jnp.inf)
+    return log_r, 0.5 * jnp.logaddexp(0.0, log_p2)
 
 
 def invariant_log_scales(weights: tuple, biases: tuple) -> tuple[jax.Array, jax.Array]:
@@ -48,23 +74,7 @@ def invariant_log_scales(weights: tuple, biases: tuple) -> tuple[jax.Array, jax.
     ReLU rescaling W^(l) -> a W^(l), b^(l) -> a^l b^(l), r -> a r and s is unchanged. Evaluated on max-scaled
     tensors with the scales added back as logs, so no product or square overflows or underflows in float32.
     """
-    scaled_w, log_mw = zip(*(max_scaled(w, (-3, -2)) for w in weights))
-    scaled_b, log_mb = zip(*(max_scaled(b, (-2,)) for b in biases))
-    log_mw = [m[..., 0, 0, :] for m in log_mw]
-    log_mb = [m[..., 0, :] for m in log_mb]
-    B = suffix_products(scaled_w)  # B_t = W^(L,t) / prod_{k>t} m_k
-    L = len(weights)
-    log_a2 = log_sq_norm(B[0], (-3, -2)) + 2 * sum(log_mw)  # log ||W^(L,0)||^2
-    log_r = jnp.where(jnp.isfinite(log_a2), log_a2, 0.0) / (2 * L)
-    paths = []
-    for t in range(1, L + 1):
-        path = scaled_b[t - 1] if t == L else jnp.einsum("...abc,...bc->...ac", B[t], scaled_b[t - 1])
-        paths.append(log_sq_norm(path, (-2,)) + 2 * (sum(log_mw[t:], jnp.zeros_like(log_r)) + log_mb[t - 1]))
-    paths = jnp.stack(paths)
-    any_path = jnp.any(jnp.isfinite(paths), axis=0)
-    log_p2 = jax.nn.logsumexp(jnp.where(any_path, paths, 0.0), axis=0)  # all -inf would give a NaN gradient
-    log_p2 = jnp.where(any_path, log_p2 - 2 * L * log_r, -jnp.inf)
-    return log_r, 0.5 * jnp.logaddexp(0.0, log_p2)
+    return _log_scales(*_max_scaled_inputs(weights, biases))
 
 
 def normalize_scale(weights: tuple, biases: tuple) -> tuple[tuple, tuple]:
@@ -81,13 +91,9 @@ def normalize_scale(weights: tuple, biases: tuple) -> tuple[tuple, tuple]:
     scaling overflows for entries below 1.5e-5; docs/input_policy.md).
     """
     weights, biases = (tuple(checks.at_least_float32(v, jnp.float32) for v in leaves) for leaves in (weights, biases))
-    log_r, log_s = invariant_log_scales(weights, biases)
-    out_w = []
-    for w in weights:
-        x, log_m = max_scaled(w, (-3, -2))
-        out_w.append(x * jnp.exp(log_m - log_r[..., None, None, :]))
-    out_b = []
-    for l, b in enumerate(biases, 1):
-        x, log_m = max_scaled(b, (-2,))
-        out_b.append(x * jnp.exp(log_m - (l * log_r + log_s)[..., None, :]))
-    return tuple(out_w), tuple(out_b)
+    scaled_w, log_mw, scaled_b, log_mb = _max_scaled_inputs(weights, biases)
+    log_r, log_s = _log_scales(scaled_w, log_mw, scaled_b, log_mb)
+    out_w = tuple(x * jnp.exp(m - log_r)[..., None, None, :] for x, m in zip(scaled_w, log_mw))
+    out_b = tuple(x * jnp.exp(m - (l * log_r + log_s))[..., None, :]
+                  for l, (x, m) in enumerate(zip(scaled_b, log_mb), 1))
+    return out_w, out_b
