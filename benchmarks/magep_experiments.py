@@ -6,6 +6,9 @@
     python -m benchmarks.magep_experiments inr-classification [--datasets mnist fashion_mnist cifar10]
         [--methods magep monomial np hnp mlp] [--inrs N] [--test-inrs N] [--fit-steps S] [--steps S] [--seeds S]
         [--quick] [--out DIR]      (`benchmarks.magep_inr`)
+    python -m benchmarks.magep_experiments inr-editing [--datasets mnist cifar10] [--methods magep monomial np hnp mlp]
+        [--inrs N] [--test-inrs N] [--fit-steps S] [--steps S] [--seeds S] [--quick] [--out DIR]
+                                   (`benchmarks.magep_inr_editing`)
 
 ``generalization`` (§9.1): CNN zoos (Small CNN Zoo recipe, `magep.zoo`) per dataset, split by network id (last 50%
 test, first 50% split 80/20 train/validation, as the authors' code), one predictor per method, activation subset
@@ -32,7 +35,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from benchmarks import harness, magep_inr
+from benchmarks import harness, magep_inr, magep_inr_editing
 from common import compilation_cache
 from common.cli import positive_int
 from common.accuracy_prediction import kendall_tau, predict_logits
@@ -313,8 +316,10 @@ def parser() -> argparse.ArgumentParser:
                    help=f"seeds per cell (default {FULL['seeds']}; {QUICK['seeds']} with --quick)")
     g.add_argument("--quick", action="store_true", help="a miniature on digits (pipeline check, < 3 minutes)")
     inr = magep_inr.add_parser(sub)
-    inr.add_argument("--quick", action="store_true", help="a miniature on MNIST (pipeline check, < 3 minutes)")
-    for command in (g, inr):
+    edit = magep_inr_editing.add_parser(sub)
+    for command in (inr, edit):
+        command.add_argument("--quick", action="store_true", help="a miniature on MNIST (pipeline check, < 3 minutes)")
+    for command in (g, inr, edit):
         command.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
         command.add_argument("--work", default=None, help="zoos, INR sets and run folders (default <out>/magep_runs)")
         compilation_cache.add_arguments(command)
@@ -325,10 +330,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Command line entry point (see the module docstring)."""
     args = parser().parse_args(argv)
     compilation_cache.configure(args)
-    if args.experiment == "inr-classification":
-        harness.fill_defaults(args, magep_inr.QUICK if args.quick else magep_inr.FULL)
+    if args.experiment in ("inr-classification", "inr-editing"):
+        driver = magep_inr if args.experiment == "inr-classification" else magep_inr_editing
+        harness.fill_defaults(args, driver.QUICK if args.quick else driver.FULL)
         args.work = args.work or os.path.join(args.out, "magep_runs")
-        return magep_inr.classification(args)
+        return driver.classification(args) if driver is magep_inr else driver.editing(args)
     defaults = QUICK if args.quick else FULL
     harness.fill_defaults(args, defaults, skip=("zoo_epochs",))
     args.zoo_epochs = resolve_zoo_epochs(args.zoo_epochs, args.datasets, defaults["zoo_epochs"])

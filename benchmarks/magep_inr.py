@@ -28,6 +28,7 @@ from common.cli import positive_float, positive_int
 from magep import INRClassifier
 from magep.train import train_inr_classifier, zoo_features
 from magep.zoo import generate_siren_zoo
+from magep.zoo_recipes import siren_images
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
 METHODS = ("magep", "monomial", "np", "hnp", "mlp")
@@ -47,24 +48,42 @@ PUBLISHED = {  # test accuracy %: Zhou et al. 2023 (verified; + 10-20 augmentati
     "cifar10": {"np": "46.6 +- 0.1", "hnp": "44.1 +- 0.5", "mlp": "16.9 +- 0.3",
                 "monomial": "34.23 +- 0.33 (unverified)"},
 }
+CIFAR_IMAGES = 10_000
 FULL = dict(datasets=list(DATASETS), inrs=3000, test_inrs=1000, fit_steps=2000, steps=20000, evals=20, seeds=3)
 QUICK = dict(datasets=["mnist"], inrs=40, test_inrs=20, fit_steps=50, steps=20, evals=2, seeds=1)
 
 
+def image_source(dataset: str, split: str, args: argparse.Namespace) -> tuple[str, int]:
+    """(data split, first image index) of the SIRENs of ``split`` ("train" or "test"). CIFAR-10 has only its test
+    images here: its training SIRENs fit the first ``--inrs`` of them and its test SIRENs the last ``--test-inrs``."""
+    if dataset != "cifar10":
+        return split, 0
+    if args.inrs + args.test_inrs > CIFAR_IMAGES:
+        raise ValueError(f"cifar10: --inrs + --test-inrs = {args.inrs + args.test_inrs} exceeds the {CIFAR_IMAGES} "
+                         "CIFAR-10 test images the SIRENs are fitted to")
+    return "test", 0 if split == "train" else CIFAR_IMAGES - args.test_inrs
+
+
 def siren_sets(dataset: str, args: argparse.Namespace) -> tuple[dict, dict]:
-    """``({split: (feats, labels)}, {"spec", "psnr": median PSNR per set, "fits": counts})`` of one dataset."""
-    sets, psnr = {}, {}
+    """``({split: (feats, labels)}, {"spec", "psnr": median PSNR per set, "images": {split: [N, H, W, c]}})`` of one
+    dataset; the images (in [-1, 1]) are those the SIRENs of each split fit, row for row."""
+    sets, psnr, images = {}, {}, {}
     for split, count in (("train", args.inrs), ("test", args.test_inrs)):
+        source, offset = image_source(dataset, split, args)
         folder = os.path.join(args.work, "inrs", f"{dataset}_{split}")
-        rows = generate_siren_zoo(folder, dataset, count, split=split, steps=args.fit_steps, progress=not args.quick)
+        rows = generate_siren_zoo(folder, dataset, count, split=source, offset=offset, progress=not args.quick,
+                                  steps=args.fit_steps)
         psnr[split] = float(np.median([float(r["psnr"]) for r in rows]))
         feats, labels, spec = zoo_features(folder, None, target="label")
         sets[split] = (feats, np.asarray(labels, np.int32))
+        images[split] = siren_images(dataset, source, count, offset)[0]
     feats, labels = sets.pop("train")
     cut = int(round(0.9 * len(labels)))  # rows are in image order
     sets["train"] = (jax.tree.map(lambda a: a[:cut], feats), labels[:cut])
     sets["val"] = (jax.tree.map(lambda a: a[cut:], feats), labels[cut:])
-    return sets, {"spec": spec, "psnr": psnr}
+    train_images = images.pop("train")
+    images.update(train=train_images[:cut], val=train_images[cut:])
+    return sets, {"spec": spec, "psnr": psnr, "images": images}
 
 
 def run_cell(sets: dict, spec, method: str, seed: int, run_dir: str, args: argparse.Namespace) -> dict:
@@ -92,17 +111,42 @@ def run_cell(sets: dict, spec, method: str, seed: int, run_dir: str, args: argpa
     return record
 
 
-def summarise(records: list[dict]) -> list[dict]:
-    """One row per (dataset, method): test accuracy mean and std over seeds, with the cell's scale."""
+def run_grid(args: argparse.Namespace, dataset: str, study: str, report: str, run_one) -> list[dict]:
+    """``run_one(method, seed, run_dir)`` for every method and seed of ``args`` (run folders under
+    ``<work>/runs/<study>/<dataset>``); prints ``report`` (a format string over the record) unless --quick."""
+    records = []
+    for method in args.methods:
+        for seed in range(args.seeds):
+            record = run_one(method, seed, os.path.join(args.work, "runs", study, dataset, method, f"seed{seed}"))
+            records.append({**record, "dataset": dataset})
+            if not args.quick:
+                print(f"{dataset} {method} seed {seed}: " + report.format(**record), flush=True)
+    return records
+
+
+def scale_settings(args: argparse.Namespace, optimizer_note: str, models: str) -> dict:
+    """The ``settings`` record of an INR study: its scale sentence and its options."""
+    return {"scale": (f"{args.inrs} training-image SIRENs (90% train / 10% validation) and {args.test_inrs} "
+                      f"test-image SIRENs per dataset, {args.fit_steps} fit steps; {args.steps} training steps "
+                      f"at batch {args.batch_size}, Adam {args.lr:g}{optimizer_note}; {args.seeds} seed(s)"
+                      + (f"; --quick miniature (small {models})" if args.quick else "")),
+            **{k: getattr(args, k) for k in ("datasets", "methods", "inrs", "test_inrs", "fit_steps", "steps",
+                                              "batch_size", "lr", "seeds", "quick")}}
+
+
+def summarise(records: list[dict], metric: str = "test_accuracy", plural: str = "test_accuracies",
+              keys: tuple = ()) -> list[dict]:
+    """One row per (dataset, method): ``metric`` mean and std over seeds (and the per-seed values as ``plural``),
+    with the cell's scale and the first record's ``keys``."""
     cells = {}
     for r in records:
         cells.setdefault((r["dataset"], r["method"]), []).append(r)
     rows = []
     for (dataset, method), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], METHODS.index(kv[0][1]))):
-        acc = np.asarray([r["test_accuracy"] for r in rs])
-        rows.append({"dataset": dataset, "method": method, "test_accuracy_mean": float(acc.mean()),
-                     "test_accuracy_std": float(acc.std()), "seeds": len(rs), "test_accuracies": acc.tolist(),
-                     **{k: rs[0][k] for k in ("params", "train_inrs", "val_inrs", "test_inrs", "steps")},
+        values = np.asarray([r[metric] for r in rs])
+        rows.append({"dataset": dataset, "method": method, f"{metric}_mean": float(values.mean()),
+                     f"{metric}_std": float(values.std()), "seeds": len(rs), plural: values.tolist(),
+                     **{k: rs[0][k] for k in ("params", "train_inrs", "val_inrs", "test_inrs", "steps") + keys},
                      "wall_s_mean": float(np.mean([r["wall_s"] for r in rs]))})
     return rows
 
@@ -147,20 +191,10 @@ def classification(args: argparse.Namespace) -> dict:
     for dataset in args.datasets:
         sets, info = siren_sets(dataset, args)
         fits[dataset] = {"train": args.inrs, "test": args.test_inrs, "psnr": info["psnr"]}
-        for method in args.methods:
-            for seed in range(args.seeds):
-                run_dir = os.path.join(args.work, "runs", "inr_classification", dataset, method, f"seed{seed}")
-                record = run_cell(sets, info["spec"], method, seed, run_dir, args)
-                records.append({**record, "dataset": dataset})
-                if not args.quick:
-                    print(f"{dataset} {method} seed {seed}: test accuracy {record['test_accuracy']:.3f}", flush=True)
+        records += run_grid(args, dataset, "inr_classification", "test accuracy {test_accuracy:.3f}",
+                            lambda method, seed, run_dir: run_cell(sets, info["spec"], method, seed, run_dir, args))
     rows = summarise(records)
-    settings = {"scale": (f"{args.inrs} training-image SIRENs (90% train / 10% validation) and {args.test_inrs} "
-                          f"test-image SIRENs per dataset, {args.fit_steps} fit steps; {args.steps} training steps "
-                          f"at batch {args.batch_size}, Adam {args.lr:g}; {args.seeds} seed(s)"
-                          + ("; --quick miniature (small classifiers)" if args.quick else "")),
-                **{k: getattr(args, k) for k in ("datasets", "methods", "inrs", "test_inrs", "fit_steps", "steps",
-                                                  "batch_size", "lr", "seeds", "quick")}}
+    settings = scale_settings(args, "", "classifiers")
     record = run.finish()
     result = {"settings": settings, "fits": fits, "cells": rows, "run": record}
     harness.write_results(args.out, "magep_inr_classification", result, markdown(rows, settings, fits, record))
@@ -173,14 +207,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--datasets", nargs="+", default=None, choices=DATASETS,
                    help=f"default {FULL['datasets']} ({QUICK['datasets']} with --quick)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    add_scale_arguments(p, FULL, QUICK, "classifier")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="Adam learning rate (the papers': 1e-4)")
+    return p
+
+
+def add_scale_arguments(p: argparse.ArgumentParser, full: dict, quick: dict, model: str) -> None:
+    """The SIREN-set and training-scale options shared by the INR sub-commands (defaults from ``full`` /
+    ``quick``)."""
     for name, help_text in (("inrs", "SIRENs of training images (90%% train, 10%% validation)"),
                             ("test-inrs", "SIRENs of test images"), ("fit-steps", "Adam steps per SIREN fit"),
-                            ("steps", "classifier training steps"),
+                            ("steps", f"{model} training steps"),
                             ("evals", "validation scores (and checkpoints) per training run"),
                             ("seeds", "seeds per cell")):
         key = name.replace("-", "_")
         p.add_argument(f"--{name}", type=positive_int, default=None,
-                       help=f"{help_text} (default {FULL[key]}; {QUICK[key]} with --quick)")
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--lr", type=positive_float, default=1e-4, help="Adam learning rate (the papers': 1e-4)")
-    return p
+                       help=f"{help_text} (default {full[key]}; {quick[key]} with --quick)")

@@ -33,9 +33,9 @@ CHUNK_ROWS = 128  # rows per compiled evaluation chunk (`predict_logits`, valida
 
 
 def _rows(inputs: Any, targets: Any, fn: str) -> int:
-    """The common row count R of the leaves of ``inputs`` and of ``targets`` [R]."""
+    """The common row count R of the leaves of ``inputs`` and of ``targets`` [R, ...]."""
     counts = {int(np.shape(leaf)[0]) for leaf in jax.tree.leaves(inputs) if np.ndim(leaf) > 0}
-    if np.ndim(targets) != 1 or len(counts) != 1 or counts != {int(np.shape(targets)[0])}:
+    if np.ndim(targets) < 1 or len(counts) != 1 or counts != {int(np.shape(targets)[0])}:
         shapes = [tuple(np.shape(leaf)) for leaf in jax.tree.leaves(inputs)]
         raise ValueError(f"{fn}: inputs leaves and targets need the same leading row axis; got inputs leaves {shapes} "
                          f"and targets {tuple(np.shape(targets))}")
@@ -46,7 +46,7 @@ def random_batches(inputs: Any, targets: Any, batch_size: int) -> Callable[[int]
     """Deterministic ``batches(step) -> {"x": inputs rows, "y": targets rows}`` for `common.training.fit`.
 
     Args:
-      inputs: pytree with leaves ``[R, ...]``; targets: ``[R]``.
+      inputs: pytree with leaves ``[R, ...]``; targets: ``[R]`` (or ``[R, ...]``, e.g. images).
       batch_size: rows per batch, drawn without replacement by ``np.random.default_rng(step)`` (so a resumed run
         sees the same batches).
     Returns:

@@ -3,7 +3,7 @@
 The math: docs/magep.md. Public API: `PolynomialEquivariant`, `PolynomialInvariant` (nnx) and
 their pure functions, the models, and `magep.baselines`.
 """
-from magep import baselines
+from magep import baselines, editing
 from magep.base import FrozenCoupling
 from magep.equivariant import PolynomialEquivariant, equivariant_plan, polynomial_equivariant
 from magep.invariant import PolynomialInvariant, invariant_plan, polynomial_invariant
@@ -15,7 +15,7 @@ from magep.terms import coupling_pairs, equivariant_blocks, invariant_blocks, in
 
 __all__ = [
     "FourierFeatures", "FrozenCoupling", "GeneralizationPredictor", "INRClassifier", "INREditor", "MLP", "MagepBody",
-    "PolynomialEquivariant", "PolynomialInvariant", "baselines", "check_activation", "coupling_pairs",
+    "PolynomialEquivariant", "PolynomialInvariant", "baselines", "check_activation", "coupling_pairs", "editing",
     "equivariant_blocks", "equivariant_plan", "invariant_blocks", "invariant_pairs", "invariant_plan",
     "normalize_scale", "polynomial_equivariant", "polynomial_invariant",
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from common import NetworkSpec, WeightSpace
@@ -304,38 +305,79 @@ class INRClassifier(nnx.Module):
         return self(feats)
 
 
-class INREditor(nnx.Module):
-    """Equivariant weight editor U' = U + gamma * NFN(U) on the features of raw weights (e.g. SIRENs).
+EDITOR_NFNS = ("magep", "monomial", "hnp", "np", "mlp")
 
-    variant="library" (default, fully equivariant): MonomialLinear(C -> c) -> sigma ->
-    K x [PolynomialEquivariant(c) -> sigma] -> MonomialLinear(c -> C).
-    variant="paper" (authors; permutation-equivariant only): MonomialLinear(C -> c) -> PolynomialEquivariant(c)
-    -> MonomialLinear(c -> 2c) -> FourierFeatures("full") -> IOEncoding -> 3 x [NPLinear(-> 128) -> ReLU]
-    -> NPLinear(-> C).
+
+def unflatten_features(x: jax.Array, spec: NetworkSpec, in_channels) -> WeightSpace:
+    """Inverse of `FlattenBody`: [..., sum of tensor sizes] -> features of ``spec`` with ``in_channels``."""
+    c = resolve_channels(in_channels, spec, "unflatten_features", "in_channels")
+    n, L = spec.widths, spec.num_layers
+    w_sizes = [n[l + 1] * n[l] * c.weights[l] for l in range(L)]
+    b_sizes = [n[l + 1] * c.biases[l] for l in range(L)]
+    if x.shape[-1] != sum(w_sizes) + sum(b_sizes):
+        raise ValueError(f"unflatten_features: x has {x.shape[-1]} features on its last axis; spec widths {n} with "
+                         f"channels {c} need {sum(w_sizes) + sum(b_sizes)}")
+    parts = jnp.split(x, list(np.cumsum(w_sizes + b_sizes)[:-1]), axis=-1)
+    lead = x.shape[:-1]
+    weights = tuple(parts[l].reshape(lead + (n[l + 1], n[l], c.weights[l])) for l in range(L))
+    biases = tuple(parts[L + l].reshape(lead + (n[l + 1], c.biases[l])) for l in range(L))
+    return WeightSpace(weights, biases, is_features=True)
+
+
+class INREditor(nnx.Module):
+    """Weight editor U' = U + gamma * NFN(U) on the features of raw weights (e.g. SIRENs), body chosen by ``nfn``:
+
+    - "magep", variant="library" (default, fully equivariant): MonomialLinear(C -> c) -> sigma ->
+      K x [PolynomialEquivariant(c) -> sigma] -> MonomialLinear(c -> C);
+      variant="paper" (authors; permutation-equivariant only): MonomialLinear(C -> c) -> PolynomialEquivariant(c)
+      -> MonomialLinear(c -> 2c) -> FourierFeatures("full") -> IOEncoding -> 3 x [NPLinear(-> 128) -> ReLU]
+      -> NPLinear(-> C);
+    - "monomial" / "hnp" / "np" (baselines): the same stack with linear layers in place of the polynomial ones:
+      L(C -> c) -> sigma -> K x [L(c -> c) -> sigma] -> L(c -> C), L = MonomialLinear (equivariant under the
+      monomial group), HNPLinear (hidden-neuron permutations) or NPLinear after an `IOEncoding` (all neuron
+      permutations, IO-encoding breaks the input/output ones, as in Zhou et al.);
+    - "mlp" (baseline, no symmetry): the flattened weights through an MLP with two hidden layers of ``head`` units
+      back to the flattened weights (`FlattenBody`, `unflatten_features`).
 
     Args:
-      spec: spec of the edited networks; scaling/activation: their group and the matching sigma.
-      channels: c; num_equivariant: K; gamma_init: initial gamma.
+      spec: spec of the edited networks; scaling/activation: their group and the matching sigma (checked for
+        "magep" and "monomial"; the other bodies only need some sigma).
+      channels: c; num_equivariant: K; gamma_init: initial gamma; head: hidden width of "mlp".
     Call: features of raw weights (``ws.to_features()``: C_l = kernel size, bias channels 1) -> edited
     features, same shapes.
     """
 
-    def __init__(self, spec: NetworkSpec, *, channels: int = 16, num_equivariant: int = 1, scaling: str = "sign",
-                 activation: str = "sin", gamma_init: float = 0.01, variant: str = "library", rngs: nnx.Rngs,
-                 freeze_phi: bool = False, normalize: bool = False, n_frequencies: int = 128, fourier_scale: float = 3.0):
+    def __init__(self, spec: NetworkSpec, *, nfn: str = "magep", channels: int = 16, num_equivariant: int = 1,
+                 scaling: str = "sign", activation: str = "sin", gamma_init: float = 0.01, variant: str = "library",
+                 rngs: nnx.Rngs, freeze_phi: bool = False, normalize: bool = False, n_frequencies: int = 128,
+                 fourier_scale: float = 3.0, head: int = 1000):
         check_spec(spec, "INREditor", 2)
-        check_activation(scaling, activation, "INREditor")
-        if variant not in ("library", "paper"):
-            raise ValueError(f"INREditor: variant must be 'library' or 'paper', got {variant!r}")
-        self.spec, self.activation, self.variant = spec, activation, variant
+        if nfn not in EDITOR_NFNS:
+            raise ValueError(f"INREditor: nfn must be one of {EDITOR_NFNS}, got {nfn!r}")
+        check_activation(scaling if nfn in ("magep", "monomial") else "none", activation, "INREditor")
+        if variant not in ("library", "paper") or (variant == "paper" and nfn != "magep"):
+            raise ValueError(f"INREditor: variant must be 'library' (or 'paper' with nfn='magep'), got {variant!r} "
+                             f"with nfn={nfn!r}")
+        self.spec, self.activation, self.variant, self.nfn = spec, activation, variant, nfn
         self.in_channels = resolve_channels(spec.feature_channels, spec, "INREditor", "feats channels")
         io = spec.feature_channels  # raw weights' features: C_l = kernel size (1 for dense), bias channels 1
         self.gamma = nnx.Param(jnp.asarray(gamma_init, jnp.float32))
+        if nfn == "mlp":
+            self.flatten = FlattenBody(spec, io)
+            self.mlp = MLP(self.flatten.out_features, (head, head), self.flatten.out_features, rngs=rngs)
+            return
         poly = lambda: PolynomialEquivariant(spec, channels, channels, rngs=rngs, freeze_phi=freeze_phi, normalize=normalize)
-        layers = [MonomialLinear(spec, io, channels, scaling=scaling, rngs=rngs)]
+        linear = {"magep": lambda i, o: MonomialLinear(spec, i, o, scaling=scaling, rngs=rngs),
+                  "monomial": lambda i, o: MonomialLinear(spec, i, o, scaling=scaling, rngs=rngs),
+                  "hnp": lambda i, o: HNPLinear(spec, i, o, rngs=rngs),
+                  "np": lambda i, o: NPLinear(spec, i, o, rngs=rngs)}[nfn]
+        hidden = poly if nfn == "magep" else lambda: linear(channels, channels)
+        layers = [IOEncoding(spec, io, rngs=rngs)] if nfn == "np" else []
+        layers.append(linear(io, channels))
         if variant == "library":
-            layers += [poly() for _ in range(num_equivariant)]
-            layers.append(MonomialLinear(spec, channels, io, scaling=scaling, rngs=rngs))
+            layers += [hidden() for _ in range(num_equivariant)]
+            layers.append(linear(channels, io))
+            activated = [not isinstance(layer, IOEncoding) for layer in layers[:-1]] + [False]
         else:
             fourier = FourierFeatures(spec, 2 * channels, n_frequencies, scale=fourier_scale, mode="full", rngs=rngs)
             width = fourier.out_channels
@@ -343,14 +385,21 @@ class INREditor(nnx.Module):
                        IOEncoding(spec, width, rngs=rngs), NPLinear(spec, width, 128, rngs=rngs),
                        NPLinear(spec, 128, 128, rngs=rngs), NPLinear(spec, 128, 128, rngs=rngs),
                        NPLinear(spec, 128, io, rngs=rngs)]
-        self.layers = nnx.List(layers)
+            activated = [isinstance(layer, NPLinear) for layer in layers[:-1]] + [False]
+        self.layers, self.activated = nnx.List(layers), tuple(activated)
+
+    def edit(self, feats: WeightSpace) -> WeightSpace:
+        """NFN(U): the edit direction, same shapes as ``feats``."""
+        if self.nfn == "mlp":
+            return unflatten_features(self.mlp(self.flatten(feats)), self.spec, self.spec.feature_channels)
+        act = get_activation(self.activation if self.variant == "library" else "relu")
+        h = feats
+        for layer, activated in zip(self.layers, self.activated):
+            h = layer(h)
+            if activated:
+                h = map_features(act, h)
+        return h
 
     def __call__(self, feats: WeightSpace) -> WeightSpace:
         check_features(feats, self.spec, self.in_channels, "INREditor")
-        act = get_activation(self.activation if self.variant == "library" else "relu")
-        h = feats
-        for i, layer in enumerate(self.layers):
-            h = layer(h)
-            if i < len(self.layers) - 1 and (self.variant == "library" or isinstance(layer, NPLinear)):
-                h = map_features(act, h)
-        return jax.tree.map(lambda u, d: u + self.gamma[...] * d, feats, h)
+        return jax.tree.map(lambda u, d: u + self.gamma[...] * d, feats, self.edit(feats))

@@ -8,7 +8,8 @@
 `augment_with_group` builds the papers' robustness-study splits (every network plus one permuted-and-scaled copy);
 `train_generalization_predictor(..., validation=(val_feats, val_acc))` returns the model with the best validation
 tau (the papers' early stopping); `train_inr_classifier` does the same for INR classification (cross-entropy, best
-validation accuracy).
+validation accuracy) and `train_inr_editor` for INR editing (pixel MSE of the rendered edited SIRENs, lowest
+validation MSE; `edited_mse` scores a test split).
 """
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ import numpy as np
 from flax import nnx
 
 from common import NetworkSpec, WeightSpace, groups, zoo_store
-from common.accuracy_prediction import cross_entropy_loss, fit_predictor, top1_accuracy
+from common.accuracy_prediction import cross_entropy_loss, fit_predictor, predict_logits, top1_accuracy
+from magep.editing import RenderedEdit
 
-__all__ = ["zoo_features", "augment_with_group", "train_generalization_predictor", "train_inr_classifier"]
+__all__ = ["zoo_features", "augment_with_group", "train_generalization_predictor", "train_inr_classifier",
+           "train_inr_editor", "edited_mse", "pixel_mse_loss", "negative_mse"]
 
 
 def zoo_features(zoo_dir: str, split: str | None = None, *, target: str = "test_accuracy",
@@ -111,6 +114,52 @@ def train_inr_classifier(model: nnx.Module, feats: WeightSpace, labels: Any, *, 
         raise ValueError(f"train_inr_classifier: labels must be integers >= 0, got dtype {labels.dtype}")
     return fit_predictor(model, feats, labels.astype(np.int32), key=key, num_steps=num_steps,
                          loss=cross_entropy_loss, metric=("accuracy", top1_accuracy), **options)
+
+
+def pixel_mse_loss(model: nnx.Module, batch: dict, key: jax.Array) -> tuple[jax.Array, dict]:
+    """Mean squared error of ``model.logits(batch["x"])`` (rendered pixels [b, P]) against ``batch["y"]`` [b, P]
+    (``key`` unused); the editing objective."""
+    del key
+    return jnp.mean((model.logits(batch["x"]) - batch["y"]) ** 2), {}
+
+
+def negative_mse(predicted: Any, targets: Any) -> float:
+    """-mean((predicted - targets)^2): the editing score (higher is better, as `fit_predictor` keeps the best)."""
+    return -float(np.mean((np.asarray(predicted, np.float64) - np.asarray(targets, np.float64)) ** 2))
+
+
+def train_inr_editor(editor: nnx.Module, feats: WeightSpace, targets: Any, coords: Any, *, key: jax.Array,
+                     num_steps: int, w0: float = 30.0, **options) -> tuple[nnx.Module, list[dict]]:
+    """Train a `magep.INREditor` (any ``nfn``) so that its edited SIRENs, rendered on ``coords``, match the edited
+    images (docs/magep.md §9.3): pixel MSE through `magep.editing.RenderedEdit`.
+
+    Args:
+      editor: the editor (not modified; a trained copy is returned).
+      feats: SIREN features [R, ...]; targets: the edited images flattened [R, P * c] (pixel-major, channels
+        last); coords: the pixel grid [P, 2] of the SIRENs (`magep.zoo_recipes.siren_grid`); w0: SIREN frequency.
+      key, num_steps, options: as in `train_generalization_predictor`; with ``validation=(feats, targets)`` the
+        editor with the lowest validation MSE is returned (history: ``eval/neg_mse``, a last ``best/neg_mse``).
+    Returns:
+      ``(trained editor, history)``.
+    Raises:
+      ValueError: ``feats`` are raw weights or carry no row axis; targets are not [R, P * c].
+    """
+    _check_rows(feats, "train_inr_editor")
+    model = RenderedEdit(editor, coords, w0)
+    targets = np.asarray(targets, np.float32)
+    pixels = int(model.coords.shape[0]) * editor.spec.widths[-1]
+    if targets.ndim != 2 or targets.shape[1] != pixels:
+        raise ValueError(f"train_inr_editor: targets must be [R, {pixels}] (the grid's pixels times channels), got "
+                         f"{targets.shape}")
+    model, history = fit_predictor(model, feats, targets, key=key, num_steps=num_steps, loss=pixel_mse_loss,
+                                   metric=("neg_mse", negative_mse), **options)
+    return model.editor, history
+
+
+def edited_mse(editor: nnx.Module, feats: WeightSpace, targets: Any, coords: Any, w0: float = 30.0) -> float:
+    """Mean squared error between the edited SIRENs rendered on ``coords`` and ``targets`` [R, P * c] (the
+    editing table's test metric)."""
+    return -negative_mse(predict_logits(RenderedEdit(editor, coords, w0), feats), targets)
 
 
 def _check_rows(feats: Any, fn: str) -> None:

@@ -108,3 +108,20 @@ def test_quick_inr_classification_pipeline_runs_and_resumes(tmp_path):
     assert "Monomial-NFN" in text and "92.9" in text  # our cells beside the published ones
     again = magep_experiments.main(argv)  # every cell is done: read back, not retrained
     assert [c["test_accuracies"] for c in again["cells"]] == [c["test_accuracies"] for c in result["cells"]]
+
+
+def test_quick_inr_editing_pipeline_runs_and_resumes(tmp_path):
+    # the pipeline is under test (SIREN sets, edit targets, training, report, figure, resume); fast-compiling editors
+    argv = ["inr-editing", "--quick", "--methods", "mlp", "monomial", "--out", str(tmp_path)]
+    result = magep_experiments.main(argv)
+    assert [(c["dataset"], c["method"], c["edit"]) for c in result["cells"]] == [("mnist", "monomial", "dilate"),
+                                                                              ("mnist", "mlp", "dilate")]
+    for cell in result["cells"]:
+        assert 0.0 < cell["test_mse_mean"] < 4.0 and cell["seeds"] == 1
+        assert (cell["train_inrs"], cell["val_inrs"], cell["test_inrs"], cell["steps"]) == (36, 4, 20, 4)
+    assert 0.0 < result["fits"]["mnist"]["unedited_mse"] < 4.0
+    text = (tmp_path / "magep_inr_editing.md").read_text()
+    assert "Monomial-NFN" in text and "0.068" in text  # our cells beside the published ones
+    assert (tmp_path / "magep_inr_editing.png").stat().st_size > 0
+    again = magep_experiments.main(argv)  # every cell is done: read back, not retrained
+    assert [c["test_mses"] for c in again["cells"]] == [c["test_mses"] for c in result["cells"]]

@@ -184,6 +184,44 @@ def test_group_breaking_options_are_explicit():
                                    broken=(MonomialGroup(spec, "sign"),), **CHECK_X64)
 
 
+@pytest.mark.parametrize("nfn,group,broken", [("monomial", "sign", "positive"), ("hnp", "none", "sign"),
+                                               ("np", "none", "sign")])
+def test_editor_baselines_equivariant_to_their_group(nfn, group, broken):
+    """The baseline editors of the INR editing table: Monomial-NFN equivariant under the SIRENs' group, HNP and NP
+    under hidden-unit permutations only (NP's IO-encoding breaks input/output permutations)."""
+    spec = SPECS["siren"]
+    with jax.enable_x64(True):
+        feats = random_features(28, spec)
+        editor = INREditor(spec, nfn=nfn, channels=2, rngs=nnx.Rngs(29), gamma_init=0.5)
+        io = (IO_PERMUTATION,) if nfn in ("monomial", "np") else ()
+        testing.assert_equivariant(jitted(editor), MonomialGroup(spec, group), jax.random.key(30), feats,
+                                   check_uncoupled=nfn == "hnp", broken=io + (MonomialGroup(spec, broken),),
+                                   **CHECK_X64, min_change=1e-6)
+
+
+def test_mlp_editor_round_trips_the_flattened_weights():
+    """The MLP editor's output has the input's shapes; `unflatten_features` inverts `FlattenBody` exactly; and the
+    MLP sees no symmetry: a hidden-unit permutation of the input does not permute its edit."""
+    from magep.models import FlattenBody, unflatten_features
+    spec = SPECS["siren"]
+    feats = random_features(31, spec, dtype=jnp.float32)
+    flat = FlattenBody(spec, spec.feature_channels)(feats)
+    back = unflatten_features(flat, spec, spec.feature_channels)
+    jax.tree.map(np.testing.assert_array_equal, back, feats)
+    with pytest.raises(ValueError, match=r"unflatten_features: x has 5 features .* need"):
+        unflatten_features(flat[..., :5], spec, spec.feature_channels)
+    editor = INREditor(spec, nfn="mlp", head=8, rngs=nnx.Rngs(32), gamma_init=0.5)
+    out = jitted(editor)(feats)
+    jax.tree.map(lambda a, b: np.testing.assert_equal(a.shape, b.shape), out, feats)
+    group = MonomialGroup(spec, "none")
+    g = group.sample(jax.random.key(33))
+    moved_then_edited = jitted(editor)(group.act(g, feats))
+    edited_then_moved = group.act(g, out)
+    gap = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(moved_then_edited),
+                                                           jax.tree.leaves(edited_then_moved)))
+    assert gap > 1e-4
+
+
 def test_editor_is_a_small_residual_at_init():
     spec = SPECS["siren"]
     feats = random_features(23, spec, dtype=jnp.float32)

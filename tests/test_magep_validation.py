@@ -96,5 +96,9 @@ def test_models_reject_activation_that_breaks_the_group():
         INRClassifier(SPEC, 2, scaling="sign", activation="relu", channels=2, head=2, rngs=rngs)
     with pytest.raises(ValueError, match=r"GeneralizationPredictor: nfn must be one of .* got 'gnn'"):
         GeneralizationPredictor(SPEC, nfn="gnn", rngs=rngs)
-    with pytest.raises(ValueError, match="INREditor: variant must be 'library' or 'paper', got 'x'"):
+    with pytest.raises(ValueError, match=r"INREditor: variant must be 'library' \(or 'paper' with nfn='magep'\), got 'x'"):
         INREditor(SPEC, variant="x", rngs=rngs)
+    with pytest.raises(ValueError, match=r"got 'paper' with nfn='hnp'"):
+        INREditor(SPEC, nfn="hnp", variant="paper", rngs=rngs)
+    with pytest.raises(ValueError, match=r"INREditor: nfn must be one of .* got 'gnn'"):
+        INREditor(SPEC, nfn="gnn", rngs=rngs)
