@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from benchmarks import harness
 from common import data
+from common.training import trainable_parameters
 from transformer_nfn import AccuracyPredictor, TransformerSpec, groups, nets
 
 
@@ -28,7 +28,7 @@ def run(out_dir: str) -> list[tuple[str, str]]:
     g = groups.sample(keys[1], one, ffn_scaling=True)
     moved = groups.act(g, one)
     predictor = AccuracyPredictor(spec, classifier_widths=(32, 32, 10), embedding_size=544, rngs=nnx.Rngs(0))
-    n_params = harness.trainable_parameters(predictor)
+    n_params = trainable_parameters(predictor)
     g_batch = jax.vmap(lambda k, tw: groups.sample(k, tw))(jax.random.split(keys[2], 4), tws)
     scores = predictor(tws)
     moved_scores = predictor(jax.vmap(groups.act)(g_batch, tws))

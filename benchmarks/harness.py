@@ -38,7 +38,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from benchmarks.vs_reference_protocol import system_busy_s
 from common.zoo_store import atomic_write
@@ -300,11 +299,6 @@ class Run:
                     wall_s=time.perf_counter() - self.started, load_average_start=list(self.load_start),
                     load_average_end=list(load_average()), calibration=self.calibration,
                     timing_definition=TIMING_DEFINITION, memory_definition=MEMORY_DEFINITION)
-
-
-def trainable_parameters(model) -> int:
-    """Number of scalars in the ``nnx.Param`` variables of a Flax NNX module."""
-    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
 def fill_defaults(args, defaults: dict, skip: tuple = ()) -> None:

@@ -39,6 +39,7 @@ from benchmarks import harness, magep_inr, magep_inr_editing
 from common import compilation_cache
 from common.cli import positive_int
 from common.accuracy_prediction import kendall_tau, predict_logits
+from common.training import trainable_parameters
 from magep import GeneralizationPredictor
 from magep.baselines import standardization_stats, standardize
 from magep.train import augment_with_group, train_generalization_predictor, zoo_features
@@ -113,7 +114,7 @@ def run_cell(splits: dict, method: str, activation: str, seed: int, run_dir: str
         x_train, x_val, x_test = (standardize(x, stats) for x in (x_train, x_val, x_test))
     model = GeneralizationPredictor(splits["spec"], nfn=method, scaling=SCALING[activation], rngs=nnx.Rngs(seed),
                                     **sizes.get(method, {}))
-    n_params = harness.trainable_parameters(model)
+    n_params = trainable_parameters(model)
     steps_per_epoch = max(len(y_train) // batch_size, 1)
     start = time.perf_counter()
     model, history = train_generalization_predictor(

@@ -25,6 +25,7 @@ from flax import nnx
 from benchmarks import harness
 from common.accuracy_prediction import predict_logits, top1_accuracy
 from common.cli import positive_float, positive_int
+from common.training import trainable_parameters
 from magep import INRClassifier
 from magep.train import train_inr_classifier, zoo_features
 from magep.zoo import generate_siren_zoo
@@ -94,7 +95,7 @@ def run_cell(sets: dict, spec, method: str, seed: int, run_dir: str, args: argpa
         return done
     sizes = (QUICK_SIZES if args.quick else SIZES)[method]
     model = INRClassifier(spec, CLASSES, nfn=method, scaling="sign", activation="sin", rngs=nnx.Rngs(seed), **sizes)
-    n_params = harness.trainable_parameters(model)
+    n_params = trainable_parameters(model)
     (x_train, y_train), validation, (x_test, y_test) = sets["train"], sets["val"], sets["test"]
     start = time.perf_counter()
     eval_every = max(args.steps // args.evals, 1)  # one validation score and checkpoint each

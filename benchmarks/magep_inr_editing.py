@@ -32,6 +32,7 @@ from magep.editing import EDITS, RenderedEdit, render_sirens
 from magep.train import edited_mse, negative_mse, train_inr_editor
 from magep.zoo_recipes import SIREN_W0, siren_grid
 from common.accuracy_prediction import predict_logits
+from common.training import trainable_parameters
 
 TASKS = {"mnist": "dilate", "cifar10": "contrast"}
 METHODS, LABELS = magep_inr.METHODS, magep_inr.LABELS
@@ -61,7 +62,7 @@ def run_cell(sets: dict, info: dict, dataset: str, method: str, seed: int, run_d
                for split in ("train", "val", "test")}
     sizes = (QUICK_SIZES if args.quick else SIZES)[method]
     editor = INREditor(spec, nfn=method, scaling="sign", activation="sin", rngs=nnx.Rngs(seed), **sizes)
-    n_params = harness.trainable_parameters(editor)
+    n_params = trainable_parameters(editor)
     warmup = max(min(1000, args.steps // 10), 1)  # the authors' 1k warm-up steps, shortened for short runs
     schedule = optax.linear_schedule(0.0, args.lr, warmup)
     start = time.perf_counter()

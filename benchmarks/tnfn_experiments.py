@@ -36,6 +36,7 @@ from benchmarks import harness
 from common import compilation_cache
 from common.accuracy_prediction import kendall_tau, predict_logits
 from common.cli import positive_int
+from common.training import trainable_parameters
 from transformer_nfn import AccuracyPredictor
 from transformer_nfn.baselines import BaselinePredictor
 from transformer_nfn.tree_baselines import SEED as TREE_SEED, TREE_KINDS, fit_trees, flat_weights
@@ -102,7 +103,7 @@ def run_cell(splits: dict, model: nnx.Module, seed: int, run_dir: str, args: arg
     trained, history = train_accuracy_predictor(model, x_train, y_train, key=jax.random.key(seed), num_steps=steps,
                                                 batch_size=batch, optimizer=optax.adam(schedule), run_dir=run_dir,
                                                 validation=validation, eval_every=steps_per_epoch)
-    record = {"seed": seed, "params": harness.trainable_parameters(model),
+    record = {"seed": seed, "params": trainable_parameters(model),
               "train_runs": len(y_train), "val_runs": len(validation[1]), "test_runs": len(y_test), "steps": steps,
               "val_tau": history[-1]["best/tau"], "best_step": history[-1]["best/step"],
               "test_tau": kendall_tau(predict_logits(trained, x_test), y_test), "wall_s": time.perf_counter() - start}

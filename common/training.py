@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -34,7 +35,7 @@ from common.distributed import (batch_sharding, initialize_distributed, make_mes
                                 replicated, shard_batch)
 from common.progress import progress_bar
 
-__all__ = ["TrainState", "init_train_state", "make_train_step", "fit", "nnx_loss_fn", "reseed_streams", "make_mesh",
+__all__ = ["TrainState", "init_train_state", "make_train_step", "fit", "nnx_loss_fn", "reseed_streams", "trainable_parameters", "make_mesh",
            "shard_batch", "initialize_distributed"]
 
 LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, Mapping[str, jax.Array]]]
@@ -96,6 +97,12 @@ def nnx_loss_fn(graphdef: nnx.GraphDef, loss: Callable[..., Any], *frozen: nnx.S
         model = nnx.merge(graphdef, params, *frozen, copy=True)  # fresh variables: the streams may advance
         return loss(reseed_streams(model, key), batch, key)
     return loss_fn
+
+
+def trainable_parameters(model: nnx.Module) -> int:
+    """Number of scalars in the ``nnx.Param`` variables of a Flax NNX module (works on `nnx.eval_shape` modules:
+    nothing need be allocated)."""
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
 def reseed_streams(model: nnx.Module, key: jax.Array) -> nnx.Module:

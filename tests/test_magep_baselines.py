@@ -12,6 +12,7 @@ from jax.flatten_util import ravel_pytree
 
 from common import NetworkSpec, WeightSpace, testing
 from common.groups import MonomialGroup
+from common.training import trainable_parameters
 from magep.baselines import (HNPLinear, HNPPool, IOEmbedding, MonomialLinear, MonomialPool, NPLinear, NPPool, StatNN,
                              hnp_pool, linear_plan, sharing_linear, standardization_stats, standardize, statistics)
 from tests.magep_fixtures import CHECK_X64, IO_PERMUTATION, SPECS, jitted, random_features
@@ -124,7 +125,7 @@ def test_paper_terms_have_the_authors_layer_sizes(case):
     for cls, want in zip((HNPLinear, NPLinear), AUTHORS_LAYER_SIZES[case]):
         layer = nnx.eval_shape(lambda: cls(spec, per_position(c_in), per_position(c_out), rngs=nnx.Rngs(0),
                                            terms="paper"))  # shapes only, nothing initialised
-        assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(layer, nnx.Param))) == want
+        assert trainable_parameters(layer) == want
 
 
 def test_paper_terms_only_for_permutation_groups():
@@ -198,7 +199,7 @@ def test_io_embedding_breaks_only_io_permutations(name):
         embedded, group = jitted(embed), MonomialGroup(spec, "none")
         testing.assert_equivariant(lambda x: np_layer(embedded(x)), group, jax.random.key(9), feats,
                                    broken=(IO_PERMUTATION,), **CHECK_X64)
-        n0, nL, size = spec.widths[0], spec.widths[-1], sum(x.size for x in jax.tree.leaves(nnx.state(embed, nnx.Param)))
+        n0, nL, size = spec.widths[0], spec.widths[-1], trainable_parameters(embed)
         assert size == n0 * spec.feature_channels[0] + 2 * nL
 
 

@@ -1,7 +1,6 @@
 """INR editing: the image edits against scipy / numpy, the rendered edit against a per-network SIREN loop, and an
 editor that learns (pixel MSE falls, the best validation editor is returned, bad targets are named)."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest

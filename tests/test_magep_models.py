@@ -11,6 +11,7 @@ from flax import nnx
 from common import groups, testing, training
 from common.groups import MonomialGroup
 from common.distributed import replicate
+from common.training import trainable_parameters
 from magep import GeneralizationPredictor, INRClassifier, INREditor
 from tests.magep_fixtures import CHECK_X64, IO_PERMUTATION, SPECS, jitted, random_features
 
@@ -18,13 +19,9 @@ ACTIVATION = {"positive": "relu", "sign": "tanh"}
 WRONG = {"positive": "sign", "sign": "positive"}
 
 
-def n_params(module) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
-
-
 def predictor_params(spec, **options) -> int:
     """Parameter count of a GeneralizationPredictor built with `options` (shapes only: nothing initialised)."""
-    return n_params(nnx.eval_shape(lambda: GeneralizationPredictor(spec, rngs=nnx.Rngs(0), **options)))
+    return trainable_parameters(nnx.eval_shape(lambda: GeneralizationPredictor(spec, rngs=nnx.Rngs(0), **options)))
 
 
 def test_official_cnn_zoo_parameter_counts():

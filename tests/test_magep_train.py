@@ -7,7 +7,7 @@ import scipy.stats
 from flax import nnx
 
 from common import NetworkSpec, training, zoo_store
-from common.accuracy_prediction import bce_loss, fit_predictor, kendall_tau, random_batches
+from common.accuracy_prediction import bce_loss, kendall_tau, random_batches
 from magep import GeneralizationPredictor
 from magep.train import train_generalization_predictor, zoo_features
 from tests.common_fixtures import random_weights

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from benchmarks import harness
+from common.training import trainable_parameters
 from transformer_nfn import TransformerSpec, groups, nets
 from transformer_nfn.baselines import BaselinePredictor, tensor_statistics
 from transformer_nfn.train import train_accuracy_predictor
@@ -19,7 +19,7 @@ SPEC = TransformerSpec(num_blocks=2, num_heads=2, d_model=4, d_k=3, d_v=2, d_ffn
 
 def _count(**options) -> int:
     model = nnx.eval_shape(lambda: BaselinePredictor(ZOO_SPEC, rngs=nnx.Rngs(0), **options))
-    return harness.trainable_parameters(model)
+    return trainable_parameters(model)
 
 
 @pytest.mark.parametrize("kind,mnist,ag_news", [("mlp", 933_251, 905_951), ("statnn", 203_393, 168_449)])

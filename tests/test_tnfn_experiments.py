@@ -5,6 +5,7 @@ import jax
 import numpy as np
 
 from benchmarks import harness, tnfn_experiments
+from common.training import trainable_parameters
 from transformer_nfn import TransformerSpec, nets
 
 SMALL = TransformerSpec(num_blocks=1, num_heads=2, d_model=4, d_k=2, d_v=2, d_ffn=4)
@@ -35,7 +36,7 @@ def test_quick_prediction_pipeline_runs_and_resumes(tmp_path, monkeypatch):
             return done
         trained[os.path.basename(os.path.dirname(run_dir))] = model  # .../ablation/t0/<branch>/seed0
         counts = {f"{k}_runs": len(splits[k][1]) for k in ("train", "val", "test")}
-        record = {"seed": seed, "params": harness.trainable_parameters(model), **counts, "steps": 0, "val_tau": 0.0,
+        record = {"seed": seed, "params": trainable_parameters(model), **counts, "steps": 0, "val_tau": 0.0,
                   "best_step": 0, "test_tau": 0.0, "wall_s": 0.0}
         harness.write_json(os.path.join(run_dir, "result.json"), record)
         return record

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from common.testing import assert_equivariant, assert_invariant
+from common.training import trainable_parameters
 from transformer_nfn import equivariant, invariant
 from transformer_nfn import TransformerEquivariant, TransformerInvariant, TransformerSpec, relu_ffn
 from transformer_nfn.groups import TransformerGroup
@@ -65,7 +66,7 @@ def test_encoder_branch_couples_every_factor():
 def test_parameter_counts_match_spec_formula():
     d, c_in, c_out = 32, 2, 3
     zoo = TransformerSpec(2, 2, d, 16, 16, 64)
-    count = lambda module: sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+    count = trainable_parameters
     eq_formula = c_in * c_out * (2 * d**3 + 12 * d**2 + 15 * d + 12) + c_out * (2 * d + 2)
     assert eq_formula == 78_316 * c_in * c_out + 66 * c_out
     assert count(nnx.eval_shape(lambda: TransformerEquivariant(zoo, c_in, c_out, rngs=nnx.Rngs(0)))) == zoo.num_blocks * eq_formula

@@ -10,7 +10,7 @@ from flax import nnx
 from common.groups import FieldGroup, MonomialGroup
 from common.testing import assert_invariant
 from common.distributed import replicate
-from common.training import init_train_state, make_mesh, make_train_step, nnx_loss_fn, shard_batch
+from common.training import init_train_state, make_mesh, make_train_step, nnx_loss_fn, shard_batch, trainable_parameters
 from common.weight_space import NetworkSpec
 from transformer_nfn import AccuracyPredictor, TransformerSpec, nets
 from transformer_nfn.groups import TransformerGroup
@@ -45,7 +45,7 @@ def test_parameter_count_authors_configuration():
     classifier = NetworkSpec.mlp((d, d, 10)).num_params
     classifier_mlp = (classifier * m + m) + 2 * (m * m + m)
     embedding = (d * 16 + d) * m + m
-    count = lambda model: sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    count = trainable_parameters
     zoo = TransformerSpec(b, 2, d, 16, 16, 64)
     mnist = nnx.eval_shape(lambda: AccuracyPredictor(zoo, classifier_widths=(d, d, 10), embedding_size=d * 16 + d,
                                                      rngs=nnx.Rngs(0)))  # shapes only, nothing allocated
