@@ -58,8 +58,6 @@ SIREN_WIDTHS = (2, 32, 32)
 SIREN_W0 = 30.0
 SIREN_STEPS = 5000
 SIREN_LEARNING_RATE = 5e-5
-SIREN_CPU_CHUNK = 16  # fits vmapped together on one CPU: 0.23 ms per fit-step against 0.37 ms in chunks of 4
-# (benchmarks/results/zoo_throughput.md, one quiet run)
 
 
 # ------------------------------------------------------------------------------------------------ CNN
@@ -268,8 +266,7 @@ def siren_task(out_channels: int) -> PopulationTask:
     return PopulationTask(lambda key, hp: init_siren(key, hp, out_channels),
                           lambda ws, hp, batch, key: (mse(ws, hp, batch), jnp.zeros(())),
                           lambda ws, hp, batch: {"mse": mse(ws, hp, batch)},
-                          lambda hp, epoch: hp["learning_rate"], (optax.scale_by_adam(),), shuffle=False,
-                          cpu_chunk=SIREN_CPU_CHUNK)
+                          lambda hp, epoch: hp["learning_rate"], (optax.scale_by_adam(),), shuffle=False)
 
 
 def psnr(mse: np.ndarray) -> np.ndarray:

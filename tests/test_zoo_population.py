@@ -66,7 +66,6 @@ def test_chunked_population_equals_fully_vmapped(digits):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
     assert chunked.metrics.keys() == whole.metrics.keys()
     assert resolve_chunk_size("auto", one_device) == CPU_CHUNK and resolve_chunk_size("auto", make_mesh()) is None
-    assert resolve_chunk_size("auto", one_device, 16) == 16 and resolve_chunk_size("auto", make_mesh(), 16) is None
     with pytest.raises(ValueError, match="chunk_size must be"):
         run(0)
 
