@@ -331,11 +331,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Command line entry point (see the module docstring)."""
     args = parser().parse_args(argv)
     compilation_cache.configure(args)
-    if args.experiment in ("inr-classification", "inr-editing"):
-        driver = magep_inr if args.experiment == "inr-classification" else magep_inr_editing
+    inr_drivers = {"inr-classification": (magep_inr, magep_inr.classification),
+                   "inr-editing": (magep_inr_editing, magep_inr_editing.editing)}
+    if args.experiment in inr_drivers:
+        driver, study = inr_drivers[args.experiment]
         harness.fill_defaults(args, driver.QUICK if args.quick else driver.FULL)
         args.work = args.work or os.path.join(args.out, "magep_runs")
-        return driver.classification(args) if driver is magep_inr else driver.editing(args)
+        return study(args)
     defaults = QUICK if args.quick else FULL
     harness.fill_defaults(args, defaults, skip=("zoo_epochs",))
     args.zoo_epochs = resolve_zoo_epochs(args.zoo_epochs, args.datasets, defaults["zoo_epochs"])

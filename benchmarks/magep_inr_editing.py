@@ -29,7 +29,7 @@ from common.cli import positive_float, positive_int
 from magep import INREditor
 from common import WeightSpace
 from magep.editing import EDITS, RenderedEdit, render_sirens
-from magep.train import edited_mse, negative_mse, train_inr_editor
+from magep.train import negative_mse, train_inr_editor
 from magep.zoo_recipes import SIREN_W0, siren_grid
 from common.accuracy_prediction import predict_logits
 from common.training import trainable_parameters
@@ -48,18 +48,20 @@ QUICK = dict(datasets=["mnist"], inrs=40, test_inrs=20, fit_steps=50, steps=4, e
 SHOWN = 4  # test images in the figure grid
 
 
-def run_cell(sets: dict, info: dict, dataset: str, method: str, seed: int, run_dir: str,
-             args: argparse.Namespace) -> dict:
+def edit_targets(info: dict, dataset: str) -> dict:
+    """The dataset's edit applied to the images of every split, flattened: {split: [N, H * W * c]}."""
+    return {split: np.asarray(EDITS[TASKS[dataset]](images)).reshape(len(images), -1)
+            for split, images in info["images"].items()}
+
+
+def run_cell(sets: dict, spec, targets: dict, coords: np.ndarray, dataset: str, method: str, seed: int,
+             run_dir: str, args: argparse.Namespace) -> dict:
     """Train one editor (resuming from ``run_dir``) and score it; returns the cell's result record (with the
     first `SHOWN` edited test renderings for the figure)."""
     result_path = os.path.join(run_dir, "result.json")
     done = harness.read_json(result_path)
     if done is not None:
         return done
-    spec, images = info["spec"], info["images"]
-    coords = siren_grid(*images["train"].shape[1:3])
-    targets = {split: np.asarray(EDITS[TASKS[dataset]](images[split])).reshape(len(images[split]), -1)
-               for split in ("train", "val", "test")}
     sizes = (QUICK_SIZES if args.quick else SIZES)[method]
     editor = INREditor(spec, nfn=method, scaling="sign", activation="sin", rngs=nnx.Rngs(seed), **sizes)
     n_params = trainable_parameters(editor)
@@ -70,27 +72,23 @@ def run_cell(sets: dict, info: dict, dataset: str, method: str, seed: int, run_d
         editor, sets["train"][0], targets["train"], coords, key=jax.random.key(seed), num_steps=args.steps,
         w0=SIREN_W0, batch_size=args.batch_size, optimizer=optax.adam(schedule), run_dir=run_dir,
         validation=(sets["val"][0], targets["val"]), eval_every=max(args.steps // args.evals, 1))
-    test_feats = sets["test"][0]
-    shown = jax.tree.map(lambda a: a[:SHOWN], test_feats)
+    rendered = predict_logits(RenderedEdit(editor, coords, SIREN_W0), sets["test"][0])
     record = {"method": method, "seed": seed, "params": n_params, "edit": TASKS[dataset],
               "train_inrs": len(targets["train"]), "val_inrs": len(targets["val"]), "test_inrs": len(targets["test"]),
               "steps": args.steps, "batch_size": args.batch_size, "best_step": history[-1]["best/step"],
               "val_mse": -history[-1]["best/neg_mse"],
-              "test_mse": edited_mse(editor, test_feats, targets["test"], coords, SIREN_W0),
-              "edited": predict_logits(RenderedEdit(editor, coords, SIREN_W0), shown).tolist(),
+              "test_mse": -negative_mse(rendered, targets["test"]), "edited": rendered[:SHOWN].tolist(),
               "wall_s": time.perf_counter() - start}
     harness.write_json(result_path, record)
     return record
 
 
-def unedited_mse(sets: dict, info: dict, dataset: str) -> tuple[float, list]:
-    """(MSE of the unedited test SIRENs against the edited test images, their first `SHOWN` renderings): the
-    floor every editor has to beat."""
-    images = info["images"]["test"]
-    sirens = WeightSpace.from_features(sets["test"][0], info["spec"])
-    rendered = np.asarray(jax.jit(render_sirens, static_argnums=2)(sirens, siren_grid(*images.shape[1:3]), SIREN_W0))
-    rendered = rendered.reshape(len(images), -1)
-    targets = np.asarray(EDITS[TASKS[dataset]](images)).reshape(len(images), -1)
+def unedited_mse(sets: dict, spec, targets: np.ndarray, coords: np.ndarray) -> tuple[float, list]:
+    """(MSE of the unedited test SIRENs against the edited test images ``targets``, their first `SHOWN`
+    renderings): the floor every editor has to beat."""
+    sirens = WeightSpace.from_features(sets["test"][0], spec)
+    rendered = np.asarray(jax.jit(render_sirens, static_argnums=2)(sirens, coords, SIREN_W0))
+    rendered = rendered.reshape(len(targets), -1)
     return -negative_mse(rendered, targets), rendered[:SHOWN].tolist()
 
 
@@ -160,14 +158,14 @@ def editing(args: argparse.Namespace) -> dict:
     records, fits, originals, shapes = [], {}, {}, {}
     for dataset in args.datasets:
         sets, info = magep_inr.siren_sets(dataset, args)
-        floor, unedited = unedited_mse(sets, info, dataset)
-        test_images = info["images"]["test"]
-        shapes[dataset] = test_images.shape[1:]
-        target = np.asarray(EDITS[TASKS[dataset]](test_images[:SHOWN])).reshape(SHOWN, -1)
-        originals[dataset] = {"unedited": unedited, "target": target.tolist()}
+        targets, shapes[dataset] = edit_targets(info, dataset), info["images"]["test"].shape[1:]
+        coords = siren_grid(*shapes[dataset][:2])
+        floor, unedited = unedited_mse(sets, info["spec"], targets["test"], coords)
+        originals[dataset] = {"unedited": unedited, "target": targets["test"][:SHOWN].tolist()}
         fits[dataset] = {"train": args.inrs, "test": args.test_inrs, "psnr": info["psnr"], "unedited_mse": floor}
         records += run_grid(args, dataset, "inr_editing", TASKS[dataset] + ": test MSE {test_mse:.4f}",
-                            lambda method, seed, run_dir: run_cell(sets, info, dataset, method, seed, run_dir, args))
+                            lambda method, seed, run_dir: run_cell(sets, info["spec"], targets, coords, dataset,
+                                                                   method, seed, run_dir, args))
     rows = summarise(records)
     settings = scale_settings(args, " after a linear warm-up", "editors")
     record = run.finish()

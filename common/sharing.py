@@ -319,6 +319,7 @@ class SharingPlan:
         """Terms of one output with the same identified and tied labels as one einsum (see `apply`)."""
         identified, tied = terms[0].identified, terms[0].tied
         kept = [lab for lab, _, _ in out_axes if lab in identified or lab in tied]  # output-axis order
+        n_out_fixed = len(self._fixed(out_axes))
         xs, cs = [], []
         for t in terms:
             in_axes = in_slots[t.inp]
@@ -335,14 +336,13 @@ class SharingPlan:
             x = jnp.transpose(x, tuple(range(n_batch)) + tuple(n_batch + i for i in order) + (x.ndim - 1,))
             xs.append(x.reshape(x.shape[: n_batch + len(kept)] + (-1,)))
             coef = jnp.moveaxis(coeffs[t.name], 1, -1)  # [c_out, *out_fixed, *in_fixed, c_in]
-            n_out_fixed = len(self._fixed(out_axes))
             cs.append(coef.reshape(coef.shape[: 1 + n_out_fixed] + (-1,)))
         x = xs[0] if len(xs) == 1 else jnp.concatenate(xs, -1)
         coef = cs[0] if len(cs) == 1 else jnp.concatenate(cs, -1)
         letters = iter(string.ascii_lowercase[:24])  # 'y', 'z' are the feature and channel letters
-        sub = {lab: next(letters) for lab in kept}
-        out_fixed = "".join(sub[lab] if lab in sub else sub.setdefault(lab, next(letters))
-                            for lab, _, _ in out_axes if lab not in self.permuted)
+        sub = {lab: next(letters) for lab in kept}  # tied fixed labels keep their letter from `kept`
+        sub.update({lab: next(letters) for lab, _, _ in out_axes if lab not in self.permuted and lab not in sub})
+        out_fixed = "".join(sub[lab] for lab, _, _ in out_axes if lab not in self.permuted)
         out_sub = "".join(sub[lab] for lab, _, _ in out_axes if lab in sub)
         y = jnp.einsum(f"...{''.join(sub[lab] for lab in kept)}y,z{out_fixed}y->...{out_sub}z", x, coef)
         return self._broadcast_axes(y, out_axes, identified)

@@ -35,8 +35,8 @@ from common.distributed import (batch_sharding, initialize_distributed, make_mes
                                 replicated, shard_batch)
 from common.progress import progress_bar
 
-__all__ = ["TrainState", "init_train_state", "make_train_step", "fit", "nnx_loss_fn", "reseed_streams", "trainable_parameters", "make_mesh",
-           "shard_batch", "initialize_distributed"]
+__all__ = ["TrainState", "init_train_state", "make_train_step", "fit", "nnx_loss_fn", "reseed_streams",
+           "trainable_parameters", "make_mesh", "shard_batch", "initialize_distributed"]
 
 LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, Mapping[str, jax.Array]]]
 

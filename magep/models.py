@@ -367,10 +367,9 @@ class INREditor(nnx.Module):
             self.mlp = MLP(self.flatten.out_features, (head, head), self.flatten.out_features, rngs=rngs)
             return
         poly = lambda: PolynomialEquivariant(spec, channels, channels, rngs=rngs, freeze_phi=freeze_phi, normalize=normalize)
-        linear = {"magep": lambda i, o: MonomialLinear(spec, i, o, scaling=scaling, rngs=rngs),
-                  "monomial": lambda i, o: MonomialLinear(spec, i, o, scaling=scaling, rngs=rngs),
+        linear = {"monomial": lambda i, o: MonomialLinear(spec, i, o, scaling=scaling, rngs=rngs),
                   "hnp": lambda i, o: HNPLinear(spec, i, o, rngs=rngs),
-                  "np": lambda i, o: NPLinear(spec, i, o, rngs=rngs)}[nfn]
+                  "np": lambda i, o: NPLinear(spec, i, o, rngs=rngs)}["monomial" if nfn == "magep" else nfn]
         hidden = poly if nfn == "magep" else lambda: linear(channels, channels)
         layers = [IOEncoding(spec, io, rngs=rngs)] if nfn == "np" else []
         layers.append(linear(io, channels))
