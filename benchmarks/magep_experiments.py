@@ -19,6 +19,9 @@ Augmentations: "none"; "k1".."k4" (ReLU: every split gets one permuted-and-scale
 
 Every stage resumes: the zoo shards, every training run (checkpoints and its best-validation model) and every
 finished cell (``result.json``) are kept under ``--work`` (default ``<out>/magep_runs``); a rerun skips what is done.
+The un-augmented cells of every activation run first. The finished cells' ``result.json`` and each dataset's zoo
+summary (``runs/<dataset>/zoo.json``) are small and kept in git (zoos and checkpoints are not): a dataset whose cells
+are all done needs no zoo, so the study goes on across machines and sessions without regenerating finished work.
 Results: ``<out>/magep_generalization.{json,md}`` and figures ``magep_generalization_scatter.png`` (predicted vs
 true accuracy per method) and ``magep_generalization_augmentation.png`` (tau against k, one line per method).
 """
@@ -103,11 +106,8 @@ def augmented(splits: dict, activation: str, augmentation: str) -> dict:
 
 def run_cell(splits: dict, method: str, activation: str, seed: int, run_dir: str, *, train_epochs: int,
              batch_size: int, sizes: dict) -> dict:
-    """Train one predictor (resuming from ``run_dir``) and score it; returns the cell's result record."""
-    result_path = os.path.join(run_dir, "result.json")
-    done = harness.read_json(result_path)
-    if done is not None:
-        return done
+    """Train one predictor (resuming from ``run_dir``) and score it; writes ``run_dir/result.json`` and returns
+    the cell's result record."""
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = splits["train"], splits["val"], splits["test"]
     if method in STANDARDIZED:  # the authors' np_inv standardises its inputs with training statistics per entry
         stats = standardization_stats(x_train, per="entry")
@@ -128,8 +128,30 @@ def run_cell(splits: dict, method: str, activation: str, seed: int, run_dir: str
               "val_tau": history[-1]["best/tau"], "test_tau": kendall_tau(predicted, y_test),
               "wall_s": time.perf_counter() - start,
               "predicted": predicted.tolist(), "true": np.asarray(y_test).tolist()}
-    harness.write_json(result_path, record)
+    harness.write_json(os.path.join(run_dir, "result.json"), record)
     return record
+
+
+def cell_order(activations: Sequence[str], augmentations: Sequence[str]) -> list[tuple[str, str]]:
+    """The (activation, augmentation) cells to run, every activation's un-augmented cell first (the table's
+    core, done first when a run is cut short), then the augmented ones in `AUGMENTATIONS` order."""
+    pairs = [(a, g) for a in activations for g in AUGMENTATIONS[a] if g in augmentations]
+    return sorted(pairs, key=lambda pair: pair[1] != "none")
+
+
+def zoo_summary(zoo_rows: Sequence[dict], activations: Sequence[str], epochs: int, dataset: str) -> dict:
+    """``{activation: description}`` of a zoo's final checkpoints (networks, epochs, test accuracy range);
+    raises ValueError when an activation has fewer than 10 finite networks."""
+    final = [r for r in zoo_rows if int(r["epoch"]) == epochs]
+    out = {}
+    for activation in activations:
+        acc = np.asarray([r["test_accuracy"] for r in final if r["activation"] == activation], np.float64)
+        acc = acc[np.isfinite(acc)]  # diverged networks carry NaN metrics and are left out
+        if len(acc) < 10:
+            raise ValueError(f"zoo {dataset}: only {len(acc)} {activation} networks; raise --models")
+        out[activation] = (f"{len(acc)} networks, {epochs} epochs, final checkpoint; test accuracy "
+                           f"{acc.min():.2f} .. {acc.max():.2f} (median {np.median(acc):.2f})")
+    return out
 
 
 def summarise(records: Sequence[dict]) -> dict:
@@ -138,7 +160,9 @@ def summarise(records: Sequence[dict]) -> dict:
     for r in records:
         cells.setdefault((r["dataset"], r["activation"], r["augmentation"], r["method"]), []).append(r)
     rows = []
-    for (dataset, activation, augmentation, method), rs in sorted(cells.items()):
+    order = lambda item: (item[0][0], item[0][1], AUGMENTATIONS[item[0][1]].index(item[0][2]),
+                          METHODS.index(item[0][3]))
+    for (dataset, activation, augmentation, method), rs in sorted(cells.items(), key=order):
         taus = np.asarray([r["test_tau"] for r in rs])
         rows.append({"dataset": dataset, "activation": activation, "augmentation": augmentation, "method": method,
                      "test_tau_mean": float(taus.mean()), "test_tau_std": float(taus.std()), "seeds": len(rs),
@@ -224,31 +248,35 @@ def generalization(args: argparse.Namespace) -> dict:
     for dataset in args.datasets:
         zoo_dir = os.path.join(work, "zoos", f"{dataset}_cnn")
         zoo_epochs = args.zoo_epochs[dataset]
-        zoo_rows = generate_cnn_zoo(zoo_dir, dataset, args.models, epochs=zoo_epochs, shard_size=args.shard_size,
-                                    seed=0, progress=not args.quick)
-        final = [r for r in zoo_rows if int(r["epoch"]) == zoo_epochs]
-        for activation in args.activations:
-            acc = np.asarray([r["test_accuracy"] for r in final if r["activation"] == activation], np.float64)
-            acc = acc[np.isfinite(acc)]  # diverged networks carry NaN metrics and are left out
-            if len(acc) < 10:
-                raise ValueError(f"zoo {dataset}: only {len(acc)} {activation} networks; raise --models")
-            zoos[f"{dataset} {activation}"] = (
-                f"{len(acc)} networks, {zoo_epochs} epochs, final checkpoint; test accuracy {acc.min():.2f} .. "
-                f"{acc.max():.2f} (median {np.median(acc):.2f})")
-            base = load_splits(zoo_dir, activation, zoo_epochs)
-            for augmentation in AUGMENTATIONS[activation]:
-                if augmentation not in args.augmentations:
-                    continue
-                splits = augmented(base, activation, augmentation)
-                for method in args.methods:
-                    for seed in range(args.seeds):
-                        run_dir = os.path.join(work, "runs", dataset, activation, augmentation, method, f"seed{seed}")
-                        record = run_cell(splits, method, activation, seed, run_dir, train_epochs=args.train_epochs,
-                                          batch_size=args.batch_size, sizes=sizes)
-                        records.append({**record, "dataset": dataset, "augmentation": augmentation})
-                        if not args.quick:
-                            print(f"{dataset} {activation} {augmentation} {method} seed {seed}: "
-                                  f"test tau {record['test_tau']:.3f}", flush=True)
+        run_dirs = {(activation, augmentation, method, seed):
+                    os.path.join(work, "runs", dataset, activation, augmentation, method, f"seed{seed}")
+                    for activation, augmentation in cell_order(args.activations, args.augmentations)
+                    for method in args.methods for seed in range(args.seeds)}
+        # Finished cells keep only result.json and the zoo's summary (small files, kept in git by .gitignore):
+        # a dataset whose cells are all done needs no zoo, so a later session need not regenerate it.
+        summary_path = os.path.join(work, "runs", dataset, "zoo.json")
+        summary = harness.read_json(summary_path)
+        done = {cell: harness.read_json(os.path.join(d, "result.json")) for cell, d in run_dirs.items()}
+        splits = {}
+        if summary is None or None in done.values():
+            zoo_rows = generate_cnn_zoo(zoo_dir, dataset, args.models, epochs=zoo_epochs, shard_size=args.shard_size,
+                                        seed=0, progress=not args.quick)
+            summary = zoo_summary(zoo_rows, args.activations, zoo_epochs, dataset)
+            harness.write_json(summary_path, summary)
+        zoos.update({f"{dataset} {activation}": summary[activation] for activation in args.activations})
+        for (activation, augmentation, method, seed), run_dir in run_dirs.items():
+            record = done[activation, augmentation, method, seed]
+            if record is None:
+                if (activation, augmentation) not in splits:
+                    if (activation, "none") not in splits:
+                        splits[activation, "none"] = load_splits(zoo_dir, activation, zoo_epochs)
+                    splits[activation, augmentation] = augmented(splits[activation, "none"], activation, augmentation)
+                record = run_cell(splits[activation, augmentation], method, activation, seed, run_dir,
+                                  train_epochs=args.train_epochs, batch_size=args.batch_size, sizes=sizes)
+                if not args.quick:
+                    print(f"{dataset} {activation} {augmentation} {method} seed {seed}: "
+                          f"test tau {record['test_tau']:.3f}", flush=True)
+            records.append({**record, "dataset": dataset, "augmentation": augmentation})
     rows = summarise(records)
     epochs = ", ".join(f"{d} {args.zoo_epochs[d]}" for d in args.datasets)
     settings = {"scale": (f"{args.models} networks per dataset (both activations), zoo epochs {epochs}; "

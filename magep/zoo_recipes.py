@@ -69,7 +69,9 @@ def cnn_checkpoint_epochs(epochs: int) -> list[int]:
 
 def sample_cnn_configs(n: int, seed: int, dataset: str, epochs: int = CNN_EPOCHS,
                        batch_size: int = CNN_BATCH_SIZE) -> list[dict]:
-    """``n`` network configurations drawn from the recipe's distributions, ordered by activation, then train
+    """``n`` network configurations drawn from the recipe's distributions, the activations balanced (model i of
+    the draw gets activation i mod 2: the recipe's uniform choice without its sampling noise, so a zoo of ``n``
+    networks holds ceil(n/2) ReLU and floor(n/2) Tanh networks), ordered by activation, then train
     fraction: a shard is then (mostly) one activation, one compiled population, and its members' epochs have
     (mostly) the same number of steps, so little lockstep time is wasted on finished members.
 
@@ -79,13 +81,13 @@ def sample_cnn_configs(n: int, seed: int, dataset: str, epochs: int = CNN_EPOCHS
     """
     rng = np.random.default_rng(seed)
     log_u = lambda lo, hi: float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-    configs = [dict(dataset=dataset, activation=str(rng.choice(CNN_ACTIVATIONS)),
+    configs = [dict(dataset=dataset, activation=CNN_ACTIVATIONS[i % len(CNN_ACTIVATIONS)],
                     optimizer=str(rng.choice(CNN_OPTIMIZERS)), learning_rate=log_u(5e-4, 5e-2),
                     l2reg=log_u(1e-8, 1e-2), dropout=float(rng.uniform(0.0, 0.7)),
                     w_init=str(rng.choice(CNN_W_INITS)), init_std=log_u(1e-3, 0.5), b_init="zeros",
                     train_fraction=float(rng.choice(CNN_TRAIN_FRACTIONS)), epochs=int(epochs),
                     batch_size=batch_size, seed=int(rng.integers(2**31 - 1)))
-               for _ in range(n)]
+               for i in range(n)]
     configs.sort(key=lambda c: (CNN_ACTIVATIONS.index(c["activation"]), c["train_fraction"]))
     return [{"model_id": i, **c} for i, c in enumerate(configs)]
 
