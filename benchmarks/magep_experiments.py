@@ -20,8 +20,9 @@ Augmentations: "none"; "k1".."k4" (ReLU: every split gets one permuted-and-scale
 Every stage resumes: the zoo shards, every training run (checkpoints and its best-validation model) and every
 finished cell (``result.json``) are kept under ``--work`` (default ``<out>/magep_runs``); a rerun skips what is done.
 The un-augmented cells of every activation run first. The finished cells' ``result.json`` and each dataset's zoo
-summary (``runs/<dataset>/zoo.json``) are small and kept in git (zoos and checkpoints are not): a dataset whose cells
-are all done needs no zoo, so the study goes on across machines and sessions without regenerating finished work.
+summary (``runs/<dataset>/summary.json``) are small and kept in git (zoos and checkpoints are not): a dataset whose
+cells are all done needs no zoo (`benchmarks.harness.study_inputs`), so the study goes on across machines and
+sessions without regenerating finished work.
 Results: ``<out>/magep_generalization.{json,md}`` and figures ``magep_generalization_scatter.png`` (predicted vs
 true accuracy per method) and ``magep_generalization_augmentation.png`` (tau against k, one line per method).
 """
@@ -252,20 +253,15 @@ def generalization(args: argparse.Namespace) -> dict:
                     os.path.join(work, "runs", dataset, activation, augmentation, method, f"seed{seed}")
                     for activation, augmentation in cell_order(args.activations, args.augmentations)
                     for method in args.methods for seed in range(args.seeds)}
-        # Finished cells keep only result.json and the zoo's summary (small files, kept in git by .gitignore):
-        # a dataset whose cells are all done needs no zoo, so a later session need not regenerate it.
-        summary_path = os.path.join(work, "runs", dataset, "zoo.json")
-        summary = harness.read_json(summary_path)
-        done = {cell: harness.read_json(os.path.join(d, "result.json")) for cell, d in run_dirs.items()}
-        splits = {}
-        if summary is None or None in done.values():
-            zoo_rows = generate_cnn_zoo(zoo_dir, dataset, args.models, epochs=zoo_epochs, shard_size=args.shard_size,
-                                        seed=0, progress=not args.quick)
-            summary = zoo_summary(zoo_rows, args.activations, zoo_epochs, dataset)
-            harness.write_json(summary_path, summary)
+        summary, _ = harness.study_inputs(
+            os.path.join(work, "runs", dataset, "summary.json"), run_dirs.values(),
+            lambda: (zoo_summary(generate_cnn_zoo(zoo_dir, dataset, args.models, epochs=zoo_epochs,
+                                                  shard_size=args.shard_size, seed=0, progress=not args.quick),
+                                 args.activations, zoo_epochs, dataset), None))
         zoos.update({f"{dataset} {activation}": summary[activation] for activation in args.activations})
+        splits = {}
         for (activation, augmentation, method, seed), run_dir in run_dirs.items():
-            record = done[activation, augmentation, method, seed]
+            record = harness.read_json(os.path.join(run_dir, "result.json"))
             if record is None:
                 if (activation, augmentation) not in splits:
                     if (activation, "none") not in splits:

@@ -9,7 +9,9 @@ and kept at its best validation accuracy (``--evals`` scores per run); reported:
 seeds.
 
 Every stage resumes: the SIREN shards, each training run (checkpoints and best model) and each finished cell
-(``result.json``) are kept under ``--work``. Results: ``<out>/magep_inr_classification.{json,md}``.
+(``result.json``) are kept under ``--work``; the finished cells and each dataset's summary (``summary.json``) are
+kept in git, and a dataset whose cells are all done is reported without its SIREN sets (`study_sets`). Results:
+``<out>/magep_inr_classification.{json,md}``.
 """
 from __future__ import annotations
 
@@ -87,12 +89,14 @@ def siren_sets(dataset: str, args: argparse.Namespace) -> tuple[dict, dict]:
     return sets, {"spec": spec, "psnr": psnr, "images": images}
 
 
-def run_cell(sets: dict, spec, method: str, seed: int, run_dir: str, args: argparse.Namespace) -> dict:
-    """Train one classifier (resuming from ``run_dir``) and score it; returns the cell's result record."""
+def run_cell(inputs: tuple | None, method: str, seed: int, run_dir: str, args: argparse.Namespace) -> dict:
+    """Train one classifier (resuming from ``run_dir``) on ``inputs`` = (sets, spec) of `siren_sets` and score it;
+    returns the cell's result record (read back when the cell is done: ``inputs`` may then be None)."""
     result_path = os.path.join(run_dir, "result.json")
     done = harness.read_json(result_path)
     if done is not None:
         return done
+    sets, spec = inputs
     sizes = (QUICK_SIZES if args.quick else SIZES)[method]
     model = INRClassifier(spec, CLASSES, nfn=method, scaling="sign", activation="sin", rngs=nnx.Rngs(seed), **sizes)
     n_params = trainable_parameters(model)
@@ -112,16 +116,29 @@ def run_cell(sets: dict, spec, method: str, seed: int, run_dir: str, args: argpa
     return record
 
 
+def grid_dirs(args: argparse.Namespace, study: str, dataset: str) -> dict:
+    """``{(method, seed): run folder}`` of one dataset of an INR study (``<work>/runs/<study>/<dataset>/...``)."""
+    return {(method, seed): os.path.join(args.work, "runs", study, dataset, method, f"seed{seed}")
+            for method in args.methods for seed in range(args.seeds)}
+
+
+def study_sets(args: argparse.Namespace, study: str, dataset: str, prepare) -> tuple[dict, object]:
+    """``(summary, inputs)`` of one dataset of an INR study (`benchmarks.harness.study_inputs`): the SIREN sets are
+    fitted (or loaded) only while a cell is missing; ``prepare(sets, info) -> (summary, inputs)``."""
+    return harness.study_inputs(os.path.join(args.work, "runs", study, dataset, "summary.json"),
+                                grid_dirs(args, study, dataset).values(),
+                                lambda: prepare(*siren_sets(dataset, args)))
+
+
 def run_grid(args: argparse.Namespace, dataset: str, study: str, report: str, run_one) -> list[dict]:
-    """``run_one(method, seed, run_dir)`` for every method and seed of ``args`` (run folders under
-    ``<work>/runs/<study>/<dataset>``); prints ``report`` (a format string over the record) unless --quick."""
+    """``run_one(method, seed, run_dir)`` for every method and seed of ``args`` (run folders `grid_dirs`); prints
+    ``report`` (a format string over the record) unless --quick."""
     records = []
-    for method in args.methods:
-        for seed in range(args.seeds):
-            record = run_one(method, seed, os.path.join(args.work, "runs", study, dataset, method, f"seed{seed}"))
-            records.append({**record, "dataset": dataset})
-            if not args.quick:
-                print(f"{dataset} {method} seed {seed}: " + report.format(**record), flush=True)
+    for (method, seed), run_dir in grid_dirs(args, study, dataset).items():
+        record = run_one(method, seed, run_dir)
+        records.append({**record, "dataset": dataset})
+        if not args.quick:
+            print(f"{dataset} {method} seed {seed}: " + report.format(**record), flush=True)
     return records
 
 
@@ -190,10 +207,12 @@ def classification(args: argparse.Namespace) -> dict:
     run = harness.start_run(calibrate=False)
     records, fits = [], {}
     for dataset in args.datasets:
-        sets, info = siren_sets(dataset, args)
-        fits[dataset] = {"train": args.inrs, "test": args.test_inrs, "psnr": info["psnr"]}
+        fits[dataset], inputs = study_sets(
+            args, "inr_classification", dataset,
+            lambda sets, info: ({"train": args.inrs, "test": args.test_inrs, "psnr": info["psnr"]},
+                                (sets, info["spec"])))
         records += run_grid(args, dataset, "inr_classification", "test accuracy {test_accuracy:.3f}",
-                            lambda method, seed, run_dir: run_cell(sets, info["spec"], method, seed, run_dir, args))
+                            lambda method, seed, run_dir: run_cell(inputs, method, seed, run_dir, args))
     rows = summarise(records)
     settings = scale_settings(args, "", "classifiers")
     record = run.finish()

@@ -10,7 +10,8 @@ beside the MSE of the unedited SIRENs against the targets, and a figure grid of 
 renderings per method.
 
 Every stage resumes (SIREN shards, each run's checkpoints and best editor, each finished cell's ``result.json``
-under ``--work``). Results: ``<out>/magep_inr_editing.{json,md}`` and ``magep_inr_editing.png``.
+under ``--work``); the finished cells and each dataset's summary (``summary.json``: fits, floor, the figure's
+images) are kept in git, and a dataset whose cells are all done is reported without its SIREN sets. Results: ``<out>/magep_inr_editing.{json,md}`` and ``magep_inr_editing.png``.
 """
 from __future__ import annotations
 
@@ -54,14 +55,16 @@ def edit_targets(info: dict, dataset: str) -> dict:
             for split, images in info["images"].items()}
 
 
-def run_cell(sets: dict, spec, targets: dict, coords: np.ndarray, dataset: str, method: str, seed: int,
-             run_dir: str, args: argparse.Namespace) -> dict:
-    """Train one editor (resuming from ``run_dir``) and score it; returns the cell's result record (with the
-    first `SHOWN` edited test renderings for the figure)."""
+def run_cell(inputs: tuple | None, dataset: str, method: str, seed: int, run_dir: str,
+             args: argparse.Namespace) -> dict:
+    """Train one editor (resuming from ``run_dir``) on ``inputs`` = (sets, spec, targets, coords) of `prepare`
+    and score it; returns the cell's result record (with the first `SHOWN` edited test renderings for the figure;
+    read back when the cell is done: ``inputs`` may then be None)."""
     result_path = os.path.join(run_dir, "result.json")
     done = harness.read_json(result_path)
     if done is not None:
         return done
+    sets, spec, targets, coords = inputs
     sizes = (QUICK_SIZES if args.quick else SIZES)[method]
     editor = INREditor(spec, nfn=method, scaling="sign", activation="sin", rngs=nnx.Rngs(seed), **sizes)
     n_params = trainable_parameters(editor)
@@ -97,6 +100,17 @@ def summarise(records: list[dict]) -> list[dict]:
     return magep_inr.summarise(records, "test_mse", "test_mses", ("edit",))
 
 
+def prepare(sets: dict, info: dict, dataset: str, args: argparse.Namespace) -> tuple[dict, tuple]:
+    """``(summary, inputs)`` of one dataset from its SIREN sets: the summary holds the fits' scale and PSNR, the
+    unedited floor and the figure's unedited and target images; inputs = (sets, spec, targets, coords)."""
+    targets, shape = edit_targets(info, dataset), info["images"]["test"].shape[1:]
+    coords = siren_grid(*shape[:2])
+    floor, unedited = unedited_mse(sets, info["spec"], targets["test"], coords)
+    summary = {"train": args.inrs, "test": args.test_inrs, "psnr": info["psnr"], "unedited_mse": floor,
+               "unedited": unedited, "target": targets["test"][:SHOWN].tolist(), "shape": list(shape)}
+    return summary, (sets, info["spec"], targets, coords)
+
+
 def markdown(rows: list[dict], settings: dict, fits: dict, run: dict) -> str:
     """The report: scale, our table (test MSE mean +- std over seeds) beside the published numbers."""
     lines = ["# MAGEP-NFN: INR editing (test MSE of the rendered edited SIRENs)", "",
@@ -128,10 +142,10 @@ def markdown(rows: list[dict], settings: dict, fits: dict, run: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(records: list[dict], originals: dict, shapes: dict, out: str) -> None:
+def figure(records: list[dict], summaries: dict, out: str) -> None:
     """Grid per dataset: rows = the first `SHOWN` test images; columns = unedited SIREN, target, each method's
-    edited SIREN (first seed)."""
-    datasets = [d for d in TASKS if d in originals]
+    edited SIREN (first seed); ``summaries`` of `prepare` per dataset."""
+    datasets = [d for d in TASKS if d in summaries]
     columns = ["unedited", "target"] + [m for m in METHODS if any(r["method"] == m for r in records)]
     fig, axes = harness.subplots(SHOWN * len(datasets), len(columns), figsize=(1.1 * len(columns),
                                                                                 1.1 * SHOWN * len(datasets)),
@@ -139,13 +153,13 @@ def figure(records: list[dict], originals: dict, shapes: dict, out: str) -> None
     for d_index, dataset in enumerate(datasets):
         first = {r["method"]: r for r in records if r["dataset"] == dataset and r["seed"] == 0}
         for row in range(SHOWN):
-            panels = {"unedited": originals[dataset]["unedited"][row], "target": originals[dataset]["target"][row],
+            panels = {"unedited": summaries[dataset]["unedited"][row], "target": summaries[dataset]["target"][row],
                       **{m: r["edited"][row] for m, r in first.items()}}
             for col, name in enumerate(columns):
                 ax = axes[d_index * SHOWN + row][col]
                 ax.axis("off")
                 if name in panels:
-                    image = np.clip((np.asarray(panels[name]).reshape(shapes[dataset]) + 1) / 2, 0, 1)
+                    image = np.clip((np.asarray(panels[name]).reshape(summaries[dataset]["shape"]) + 1) / 2, 0, 1)
                     ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
                 if row == 0 and d_index == 0:
                     ax.set_title(LABELS.get(name, name), fontsize=6)
@@ -155,24 +169,20 @@ def figure(records: list[dict], originals: dict, shapes: dict, out: str) -> None
 def editing(args: argparse.Namespace) -> dict:
     """Run (or resume) the INR editing study; writes the report and figure and returns its JSON record."""
     run = harness.start_run(calibrate=False)
-    records, fits, originals, shapes = [], {}, {}, {}
+    records, summaries = [], {}
     for dataset in args.datasets:
-        sets, info = magep_inr.siren_sets(dataset, args)
-        targets, shapes[dataset] = edit_targets(info, dataset), info["images"]["test"].shape[1:]
-        coords = siren_grid(*shapes[dataset][:2])
-        floor, unedited = unedited_mse(sets, info["spec"], targets["test"], coords)
-        originals[dataset] = {"unedited": unedited, "target": targets["test"][:SHOWN].tolist()}
-        fits[dataset] = {"train": args.inrs, "test": args.test_inrs, "psnr": info["psnr"], "unedited_mse": floor}
+        summaries[dataset], inputs = magep_inr.study_sets(
+            args, "inr_editing", dataset, lambda sets, info: prepare(sets, info, dataset, args))
         records += run_grid(args, dataset, "inr_editing", TASKS[dataset] + ": test MSE {test_mse:.4f}",
-                            lambda method, seed, run_dir: run_cell(sets, info["spec"], targets, coords, dataset,
-                                                                   method, seed, run_dir, args))
+                            lambda method, seed, run_dir: run_cell(inputs, dataset, method, seed, run_dir, args))
+    fits = {d: {k: summaries[d][k] for k in ("train", "test", "psnr", "unedited_mse")} for d in summaries}
     rows = summarise(records)
     settings = scale_settings(args, " after a linear warm-up", "editors")
     record = run.finish()
     slim = [{k: v for k, v in r.items() if k != "edited"} for r in records]
     result = {"settings": settings, "fits": fits, "cells": rows, "runs": slim, "run": record}
     harness.write_results(args.out, "magep_inr_editing", result, markdown(rows, settings, fits, record))
-    figure(records, originals, shapes, args.out)
+    figure(records, summaries, args.out)
     return result
 
 

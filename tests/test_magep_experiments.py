@@ -110,8 +110,10 @@ def test_quick_inr_classification_pipeline_runs_and_resumes(tmp_path):
     assert (fit["train"], fit["test"]) == (40, 20) and all(np.isfinite(v) for v in fit["psnr"].values())
     text = (tmp_path / "magep_inr_classification.md").read_text()
     assert "Monomial-NFN" in text and "92.9" in text  # our cells beside the published ones
+    shutil.rmtree(tmp_path / "magep_runs" / "inrs")  # finished cells and the dataset summary are all a rerun needs
     again = magep_experiments.main(argv)  # every cell is done: read back, not retrained
     assert [c["test_accuracies"] for c in again["cells"]] == [c["test_accuracies"] for c in result["cells"]]
+    assert again["fits"] == result["fits"]
 
 
 def test_quick_inr_editing_pipeline_runs_and_resumes(tmp_path):
@@ -127,5 +129,8 @@ def test_quick_inr_editing_pipeline_runs_and_resumes(tmp_path):
     text = (tmp_path / "magep_inr_editing.md").read_text()
     assert "Monomial-NFN" in text and "0.068" in text  # our cells beside the published ones
     assert (tmp_path / "magep_inr_editing.png").stat().st_size > 0
+    shutil.rmtree(tmp_path / "magep_runs" / "inrs")  # the report and figure come from the cells and the summary
+    (tmp_path / "magep_inr_editing.png").unlink()
     again = magep_experiments.main(argv)  # every cell is done: read back, not retrained
     assert [c["test_mses"] for c in again["cells"]] == [c["test_mses"] for c in result["cells"]]
+    assert again["fits"] == result["fits"] and (tmp_path / "magep_inr_editing.png").stat().st_size > 0
