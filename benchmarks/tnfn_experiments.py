@@ -18,7 +18,8 @@ kept at the best validation Kendall tau; reported: test tau, mean and std over `
 main table's ``tnfn`` cell).
 
 Every stage resumes: zoo shards, each training run (checkpoints, best model) and each finished cell
-(``result.json``) under ``--work``. Results: ``<out>/tnfn_prediction.{json,md}``.
+(``result.json``) under ``--work``; the finished cells and each dataset's zoo summary (``summary.json``) are kept in
+git, and a dataset whose cells are all done is reported without its zoo (`benchmarks.harness.study_inputs`). Results: ``<out>/tnfn_prediction.{json,md}``.
 """
 from __future__ import annotations
 
@@ -185,34 +186,46 @@ def markdown(rows: Sequence[dict], settings: dict, zoos: dict, run: dict) -> str
     return "\n".join(lines) + "\n"
 
 
+def zoo_summary(zoo_rows: Sequence[dict], epoch: int, args: argparse.Namespace) -> str:
+    """One line on a zoo's checkpoints at ``epoch``: runs, scale, test accuracy range and its histogram."""
+    acc = np.asarray([r["test_accuracy"] for r in zoo_rows if int(r["epoch"]) == epoch], np.float64)
+    acc = acc[np.isfinite(acc)]
+    counts, _ = np.histogram(acc, bins=10, range=(0.0, 1.0))
+    return (f"{len(acc)} runs, {args.zoo_epochs} epochs on {args.train_limit or 'all'} training rows, "
+            f"checkpoint epoch {epoch}; test accuracy {acc.min():.2f} .. {acc.max():.2f} (median "
+            f"{np.median(acc):.2f}); histogram over [0, 1] in tenths: {counts.tolist()}")
+
+
 def prediction(args: argparse.Namespace) -> dict:
     """Run (or resume) the study; writes the report and returns its JSON record."""
     run = harness.start_run(calibrate=False)
     records, zoos = [], {}
     for dataset in args.datasets:
         zoo_dir = os.path.join(args.work, "zoos", f"{dataset}_transformer")
-        zoo_rows = generate_transformer_zoo(zoo_dir, dataset, args.models, epochs=args.zoo_epochs,
-                                            shard_size=args.shard_size, train_limit=args.train_limit,
-                                            test_limit=args.test_limit, progress=not args.quick)
         epoch = max(1, round(0.75 * args.zoo_epochs))  # the recipe's epoch-75-of-100 checkpoint
-        acc = np.asarray([r["test_accuracy"] for r in zoo_rows if int(r["epoch"]) == epoch], np.float64)
-        acc = acc[np.isfinite(acc)]
-        counts, edges = np.histogram(acc, bins=10, range=(0.0, 1.0))
-        zoos[dataset] = (f"{len(acc)} runs, {args.zoo_epochs} epochs on {args.train_limit or 'all'} training rows, "
-                         f"checkpoint epoch {epoch}; test accuracy {acc.min():.2f} .. {acc.max():.2f} (median "
-                         f"{np.median(acc):.2f}); histogram over [0, 1] in tenths: {counts.tolist()}")
         cells = [("main", t, m, ALL_BRANCHES) for t in args.thresholds for m in args.methods]
         cells += [("ablation", 0.0, b, flags) for b, flags in BRANCHES.items()
                   if args.ablation and (b != "embedding" or embedding_size(dataset))]
+        run_dirs = {(table, threshold, method, seed):
+                    os.path.join(args.work, "runs", dataset, table, f"t{threshold:g}", method, f"seed{seed}")
+                    for table, threshold, method, _ in cells for seed in range(args.seeds)}
+        zoos[dataset], _ = harness.study_inputs(
+            os.path.join(args.work, "runs", dataset, "summary.json"), run_dirs.values(),
+            lambda: (zoo_summary(generate_transformer_zoo(zoo_dir, dataset, args.models, epochs=args.zoo_epochs,
+                                                          shard_size=args.shard_size, train_limit=args.train_limit,
+                                                          test_limit=args.test_limit, progress=not args.quick),
+                                 epoch, args), None))
+        splits = {}  # per threshold, loaded only for a cell still to run
         for table, threshold, method, flags in cells:
-            splits = load_splits(zoo_dir, epoch, threshold)
             for seed in range(args.seeds):
-                run_dir = os.path.join(args.work, "runs", dataset, table, f"t{threshold:g}", method, f"seed{seed}")
+                run_dir = run_dirs[table, threshold, method, seed]
+                if threshold not in splits and not os.path.exists(os.path.join(run_dir, "result.json")):
+                    splits[threshold] = load_splits(zoo_dir, epoch, threshold)
                 if method in TREE_KINDS:
-                    record = run_tree_cell(splits, method, seed, run_dir)
+                    record = run_tree_cell(splits.get(threshold), method, seed, run_dir)
                 else:
                     model = build("tnfn" if table == "ablation" else method, dataset, seed, flags, args.quick)
-                    record = run_cell(splits, model, seed, run_dir, args)
+                    record = run_cell(splits.get(threshold), model, seed, run_dir, args)
                 records.append({**record, "dataset": dataset, "table": table, "threshold": threshold, "method": method})
                 if not args.quick:
                     print(f"{dataset} {table} t{threshold:g} {method} seed {seed}: test tau {record['test_tau']:.3f}",

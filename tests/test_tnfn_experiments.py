@@ -1,5 +1,6 @@
 """The transformer accuracy-prediction driver end to end on a miniature zoo (pipeline, not numbers)."""
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -53,7 +54,9 @@ def test_quick_prediction_pipeline_runs_and_resumes(tmp_path, monkeypatch):
     text = (tmp_path / "tnfn_prediction.md").read_text()
     assert "0.905" in text and "encoder branch alone" in text and "histogram" in text
     monkeypatch.undo()
+    shutil.rmtree(tmp_path / "tnfn_runs" / "zoos")  # finished cells and the zoo summary are all a rerun needs
     again = tnfn_experiments.main(argv)  # every cell is done: read back, not retrained
+    assert again["zoos"] == result["zoos"]
     assert sorted(c["test_taus"] for c in again["cells"]) == sorted(c["test_taus"] for c in result["cells"])
 
 
