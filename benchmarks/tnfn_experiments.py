@@ -1,8 +1,9 @@
-"""Transformer-NFN accuracy prediction on transformer zoos generated here (docs/transformer_nfn.md §7-§8).
+"""Transformer-NFN accuracy prediction on transformer zoos generated here (docs/transformer_nfn.md §7-§10).
 
-    python -m benchmarks.tnfn_experiments [--datasets mnist ag_news] [--models N] [--zoo-epochs E]
-        [--train-limit n] [--test-limit n] [--methods tnfn tnfn_authors_init mlp statnn xgboost lightgbm rf]
-        [--thresholds 0 0.2 0.4 0.6 0.8] [--no-ablation] [--epochs E] [--seeds S] [--quick] [--out DIR]
+    python -m benchmarks.tnfn_experiments [all|prediction|thresholds|ablation|robustness] [--datasets mnist ag_news]
+        [--models N] [--zoo-epochs E] [--train-limit n] [--test-limit n]
+        [--methods tnfn tnfn_authors_init mlp statnn xgboost lightgbm rf] [--thresholds 0 0.2 0.4 0.6 0.8]
+        [--epochs E] [--seeds S] [--quick] [--out DIR]
 
 Per dataset: a zoo of ``--models`` runs drawn from the recipe's grid (`transformer_nfn.zoo`, ``--zoo-epochs``
 epochs on the first ``--train-limit`` training rows); the checkpoints at 75% of the epochs, split 70/15/15 by run
@@ -13,19 +14,28 @@ baselines (`transformer_nfn.baselines`), and the gradient-boosted trees on the f
 LightGBM's random forest: `transformer_nfn.tree_baselines`, the ``trees`` extra; rounds chosen on the validation
 RMSE, seed 3 + the seed index). Training of the neural predictors as the authors' (§8): BCE, Adam 1e-3 with 10% warm-up from 1e-4
 and cosine decay to 1e-5, batch 16, ``--epochs`` epochs, through `transformer_nfn.train.train_accuracy_predictor`,
-kept at the best validation Kendall tau; reported: test tau, mean and std over ``--seeds``. The branch ablation
-(threshold 0, library initialisation): encoder, classifier and embedding branches alone, beside all three (the
-main table's ``tnfn`` cell).
+kept at the best validation Kendall tau; reported: test tau, mean and std over ``--seeds``.
+
+Studies (the positional argument; default all; the report also shows the other studies' finished cells):
+``prediction``, every method at threshold 0; ``thresholds``, the
+thresholds above 0; ``ablation``, the encoder, classifier and embedding branches alone (threshold 0, library
+initialisation) beside all three (the main table's ``tnfn`` cell); ``robustness`` (§10), every threshold-0 model
+also scored on the test runs moved by random elements of the extended group (FFN scalings log-U[1, 10^k],
+k = 0..3, with the paper's group, channel permutations and LayerNorm shifts: `moved_tests`), plus two
+extended-group predictors: Transformer-NFN on canonicalised weights and Transformer-NFN trained with one
+extended-group copy of every training run (`method_inputs`).
 
 Every stage resumes: zoo shards, each training run (checkpoints, best model) and each finished cell
 (``result.json``) under ``--work``; the finished cells and each dataset's zoo summary (``summary.json``) are kept in
-git, and a dataset whose cells are all done is reported without its zoo (`benchmarks.harness.study_inputs`). Results: ``<out>/tnfn_prediction.{json,md}``.
+git, and a dataset whose cells are all done is reported without its zoo (`benchmarks.harness.study_inputs`).
+Results: ``<out>/tnfn_prediction.{json,md}``.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import time
+import zlib
 from collections.abc import Sequence
 
 import jax
@@ -40,14 +50,21 @@ from common.cli import positive_int
 from common.training import trainable_parameters
 from transformer_nfn import AccuracyPredictor
 from transformer_nfn.baselines import BaselinePredictor
+from transformer_nfn.extended_group import canonicalize, move_each
 from transformer_nfn.tree_baselines import SEED as TREE_SEED, TREE_KINDS, fit_trees, flat_weights
 from transformer_nfn.train import train_accuracy_predictor
 from transformer_nfn.zoo import DATASETS, ZOO_SPEC, generate_transformer_zoo, load_transformer_zoo
 
 DEFAULT_OUT = "benchmarks/results"
 METHODS = ("tnfn", "tnfn_authors_init", "mlp", "statnn", "xgboost", "lightgbm", "rf")
+ROBUST_METHODS = ("tnfn_canonical", "tnfn_augmented")  # the robustness study's extended-group predictors
 LABELS = {"tnfn": "Transformer-NFN", "tnfn_authors_init": "Transformer-NFN (authors' init)", "mlp": "MLP",
-          "statnn": "STATNN", "xgboost": "XGBoost", "lightgbm": "LightGBM", "rf": "Random forest"}
+          "statnn": "STATNN", "xgboost": "XGBoost", "lightgbm": "LightGBM", "rf": "Random forest",
+          "tnfn_canonical": "Transformer-NFN on canonicalised weights",
+          "tnfn_augmented": "Transformer-NFN trained with extended-group copies"}
+STUDIES = ("all", "prediction", "thresholds", "ablation", "robustness")
+ROBUSTNESS_K = (0, 1, 2, 3)  # test networks moved with FFN scalings d ~ log-U[1, 10^k] (+ the other exact factors)
+AUGMENT_MAX_SCALE = 1e3  # FFN scalings of the training copies of "tnfn_augmented"
 ALL_BRANCHES = (True, True, True)  # (encoder, classifier, embedding): the full predictor, the main table's "tnfn"
 BRANCHES = {"encoder": (True, False, False), "classifier": (False, True, False), "embedding": (False, False, True)}
 SPLIT = dict(fractions=(0.7, 0.15, 0.15), seed=3)
@@ -89,8 +106,10 @@ def load_splits(zoo_dir: str, epoch: int, threshold: float) -> dict:
     return out
 
 
-def run_cell(splits: dict, model: nnx.Module, seed: int, run_dir: str, args: argparse.Namespace) -> dict:
-    """Train one predictor (resuming from ``run_dir``) and score it; returns the cell's result record."""
+def run_cell(splits: dict, model: nnx.Module, seed: int, run_dir: str, args: argparse.Namespace,
+             moved: Sequence | None = None) -> dict:
+    """Train one predictor (resuming from ``run_dir``) and score it, also on the ``moved`` copies of the test
+    runs (`moved_tests`, when given: ``moved_test_taus``); returns the cell's result record."""
     done = harness.read_json(os.path.join(run_dir, "result.json"))
     if done is not None:
         return done
@@ -108,13 +127,16 @@ def run_cell(splits: dict, model: nnx.Module, seed: int, run_dir: str, args: arg
               "train_runs": len(y_train), "val_runs": len(validation[1]), "test_runs": len(y_test), "steps": steps,
               "val_tau": history[-1]["best/tau"], "best_step": history[-1]["best/step"],
               "test_tau": kendall_tau(predict_logits(trained, x_test), y_test), "wall_s": time.perf_counter() - start}
+    if moved is not None:
+        record["moved_test_taus"] = [kendall_tau(predict_logits(trained, m), y_test) for m in moved]
     harness.write_json(os.path.join(run_dir, "result.json"), record)
     return record
 
 
-def run_tree_cell(splits: dict, method: str, seed: int, run_dir: str) -> dict:
-    """Fit one tree baseline on the flat raw weights (rounds chosen on validation RMSE) and score it; returns
-    the cell's result record (read back from ``run_dir`` when done before)."""
+def run_tree_cell(splits: dict, method: str, seed: int, run_dir: str, moved: Sequence | None = None) -> dict:
+    """Fit one tree baseline on the flat raw weights (rounds chosen on validation RMSE) and score it (also on
+    ``moved`` test runs, as `run_cell`); returns the cell's result record (read back from ``run_dir`` when done
+    before)."""
     done = harness.read_json(os.path.join(run_dir, "result.json"))
     if done is not None:
         return done
@@ -126,8 +148,58 @@ def run_tree_cell(splits: dict, method: str, seed: int, run_dir: str) -> dict:
               "test_runs": len(y_test), "steps": info["rounds"], "val_tau": kendall_tau(predict(feats["val"]), y_val),
               "best_step": info["rounds"], "test_tau": kendall_tau(predict(feats["test"]), y_test),
               "wall_s": time.perf_counter() - start}
+    if moved is not None:
+        record["moved_test_taus"] = [kendall_tau(predict(flat_weights(m)), y_test) for m in moved]
     harness.write_json(os.path.join(run_dir, "result.json"), record)
     return record
+
+
+def moved_tests(splits: dict, dataset: str) -> list:
+    """The test runs moved by `transformer_nfn.extended_group.move_each` for every k of `ROBUSTNESS_K` (FFN scalings
+    log-U[1, 10^k], GL elements, permutations, LayerNorm shifts), the same moves for every method and seed."""
+    key = jax.random.key(zlib.crc32(f"robustness {dataset}".encode()))
+    return [move_each(splits["test"][0], jax.random.fold_in(key, k), scale_range=(1.0, 10.0 ** k))
+            for k in ROBUSTNESS_K]
+
+
+def method_inputs(method: str, splits: dict, moved: list | None, dataset: str) -> tuple[dict, list | None]:
+    """The splits and moved test runs as ``method`` sees them: canonicalised (`extended_group.canonicalize`:
+    invariant to FFN scalings and LayerNorm shifts) for "tnfn_canonical"; for "tnfn_augmented" the training split
+    followed by one extended-group copy of every run (FFN scalings up to `AUGMENT_MAX_SCALE`); else unchanged."""
+    if method == "tnfn_canonical":
+        splits = {k: (canonicalize(x), y) for k, (x, y) in splits.items()}
+        return splits, None if moved is None else [canonicalize(m) for m in moved]
+    if method == "tnfn_augmented":
+        x, y = splits["train"]
+        key = jax.random.key(zlib.crc32(f"augment {dataset}".encode()))
+        copies = move_each(x, key, scale_range=(1.0, AUGMENT_MAX_SCALE))
+        train = (jax.tree.map(lambda a, b: np.concatenate([a, b]), x, copies), np.concatenate([y, y]))
+        return {**splits, "train": train}, moved
+    return splits, moved
+
+
+def cell_dir(args: argparse.Namespace, dataset: str, table: str, threshold: float, method: str, seed: int) -> str:
+    """The run folder of one cell and seed."""
+    return os.path.join(args.work, "runs", dataset, table, f"t{threshold:g}", method, f"seed{seed}")
+
+
+def study_cells(args: argparse.Namespace, dataset: str, study: str) -> list[tuple]:
+    """(table, threshold, method, branches, robustness) of the chosen study: "prediction" the main cells at
+    threshold 0, "thresholds" those above it, "ablation" the single-branch predictors beside the main "tnfn" cell
+    (its "all branches" column), "robustness" the main cells at threshold 0 plus `ROBUST_METHODS`; "all" every
+    one. Threshold-0 main cells are always scored on moved test runs too (one record serves both tables)."""
+    chosen = STUDIES[1:] if study == "all" else (study,)
+    main0 = list(args.methods) + [m for m in ROBUST_METHODS if "robustness" in chosen]
+    cells = []
+    if "prediction" in chosen or "robustness" in chosen:
+        cells += [("main", 0.0, m, ALL_BRANCHES, True) for m in main0]
+    if "thresholds" in chosen:
+        cells += [("main", t, m, ALL_BRANCHES, False) for t in args.thresholds if t > 0 for m in args.methods]
+    if "ablation" in chosen:  # beside the full predictor (the main table's "tnfn" cell)
+        cells += [("main", 0.0, "tnfn", ALL_BRANCHES, True)] * all(c[:3] != ("main", 0.0, "tnfn") for c in cells)
+        cells += [("ablation", 0.0, b, flags, False) for b, flags in BRANCHES.items()
+                  if b != "embedding" or embedding_size(dataset)]
+    return cells
 
 
 def summarise(records: Sequence[dict]) -> list[dict]:
@@ -142,6 +214,9 @@ def summarise(records: Sequence[dict]) -> list[dict]:
                      "test_tau_mean": float(taus.mean()), "test_tau_std": float(taus.std()), "seeds": len(rs),
                      "test_taus": taus.tolist(), **{k: rs[0][k] for k in ("params", "train_runs", "val_runs",
                                                                            "test_runs", "steps")}})
+        if all("moved_test_taus" in r for r in rs):
+            moved = np.asarray([r["moved_test_taus"] for r in rs])  # [seeds, k]
+            rows[-1].update(moved_tau_mean=moved.mean(0).tolist(), moved_tau_std=moved.std(0).tolist())
     return rows
 
 
@@ -177,6 +252,18 @@ def markdown(rows: Sequence[dict], settings: dict, zoos: dict, run: dict) -> str
         lines += harness.markdown_table(["dataset"] + [f"{b} branch alone" for b in names] + ["all branches"],
                                         [[d] + [_cell(index.get((d, "ablation", 0.0, b))) for b in names]
                                          + [_cell(index.get((d, "main", 0.0, "tnfn")))] for d in datasets])
+    robust = [r for r in rows if "moved_tau_mean" in r]
+    if robust:
+        lines += ["", "## Robustness: test runs moved by the extended group (docs/transformer_nfn.md §10)", "",
+                  "Every test run moved by its own random element: FFN hidden-unit scalings d ~ log-U[1, 10^k], "
+                  "GL(Dk) / GL(Dv) per head, head, FFN and inter-block channel permutations, LayerNorm shifts; the "
+                  "networks' functions, hence accuracies, are unchanged. Test tau mean +- std (seeds) on unmoved "
+                  "runs and at each k; models trained on unmoved runs except \"trained with extended-group copies\" "
+                  f"(one moved copy per training run, d up to {AUGMENT_MAX_SCALE:g}).", ""]
+        lines += harness.markdown_table(
+            ["dataset", "method", "unmoved"] + [f"k = {k}" for k in ROBUSTNESS_K],
+            [[r["dataset"], LABELS[r["method"]], _cell(r)]
+             + [f"{m:.3f} +- {sd:.3f}" for m, sd in zip(r["moved_tau_mean"], r["moved_tau_std"])] for r in robust])
     params = {r["method"]: r["params"] for r in rows if r["table"] == "main"}
     lines += ["", "Trainable parameters (first dataset): " + ", ".join(f"{LABELS[m]} {params[m]:,}" for m in methods
                                                                      if params[m] is not None)
@@ -203,29 +290,35 @@ def prediction(args: argparse.Namespace) -> dict:
     for dataset in args.datasets:
         zoo_dir = os.path.join(args.work, "zoos", f"{dataset}_transformer")
         epoch = max(1, round(0.75 * args.zoo_epochs))  # the recipe's epoch-75-of-100 checkpoint
-        cells = [("main", t, m, ALL_BRANCHES) for t in args.thresholds for m in args.methods]
-        cells += [("ablation", 0.0, b, flags) for b, flags in BRANCHES.items()
-                  if args.ablation and (b != "embedding" or embedding_size(dataset))]
-        run_dirs = {(table, threshold, method, seed):
-                    os.path.join(args.work, "runs", dataset, table, f"t{threshold:g}", method, f"seed{seed}")
-                    for table, threshold, method, _ in cells for seed in range(args.seeds)}
+        cells = study_cells(args, dataset, args.study)  # then the other studies' finished cells, for the report
+        done = lambda cell: all(os.path.exists(os.path.join(cell_dir(args, dataset, *cell[:3], seed), "result.json"))
+                                for seed in range(args.seeds))
+        cells += [c for c in study_cells(args, dataset, "all") if c not in cells and done(c)]
+        run_dirs = {(table, threshold, method, seed): cell_dir(args, dataset, table, threshold, method, seed)
+                    for table, threshold, method, *_ in cells for seed in range(args.seeds)}
         zoos[dataset], _ = harness.study_inputs(
             os.path.join(args.work, "runs", dataset, "summary.json"), run_dirs.values(),
             lambda: (zoo_summary(generate_transformer_zoo(zoo_dir, dataset, args.models, epochs=args.zoo_epochs,
                                                           shard_size=args.shard_size, train_limit=args.train_limit,
                                                           test_limit=args.test_limit, progress=not args.quick),
                                  epoch, args), None))
-        splits = {}  # per threshold, loaded only for a cell still to run
-        for table, threshold, method, flags in cells:
+        splits, moved = {}, None  # per threshold (and the moved test runs), loaded only for a cell still to run
+        for table, threshold, method, flags, robustness in cells:
             for seed in range(args.seeds):
                 run_dir = run_dirs[table, threshold, method, seed]
-                if threshold not in splits and not os.path.exists(os.path.join(run_dir, "result.json")):
-                    splits[threshold] = load_splits(zoo_dir, epoch, threshold)
+                inputs = (None, None)
+                if not os.path.exists(os.path.join(run_dir, "result.json")):
+                    if threshold not in splits:
+                        splits[threshold] = load_splits(zoo_dir, epoch, threshold)
+                    if robustness and moved is None:
+                        moved = moved_tests(splits[threshold], dataset)
+                    inputs = method_inputs(method, splits[threshold], moved if robustness else None, dataset)
                 if method in TREE_KINDS:
-                    record = run_tree_cell(splits.get(threshold), method, seed, run_dir)
+                    record = run_tree_cell(inputs[0], method, seed, run_dir, inputs[1])
                 else:
-                    model = build("tnfn" if table == "ablation" else method, dataset, seed, flags, args.quick)
-                    record = run_cell(splits.get(threshold), model, seed, run_dir, args)
+                    kind = "tnfn" if table == "ablation" or method in ROBUST_METHODS else method
+                    model = build(kind, dataset, seed, flags, args.quick)
+                    record = run_cell(inputs[0], model, seed, run_dir, args, inputs[1])
                 records.append({**record, "dataset": dataset, "table": table, "threshold": threshold, "method": method})
                 if not args.quick:
                     print(f"{dataset} {table} t{threshold:g} {method} seed {seed}: test tau {record['test_tau']:.3f}",
@@ -234,8 +327,8 @@ def prediction(args: argparse.Namespace) -> dict:
     settings = {"scale": (f"{args.models} runs per task, {args.zoo_epochs} zoo epochs on {args.train_limit or 'all'} "
                           f"training rows; {args.epochs} predictor epochs at batch 16; {args.seeds} seed(s)"
                           + ("; --quick miniature (tiny Transformer-NFN layers)" if args.quick else "")),
-                **{k: getattr(args, k) for k in ("datasets", "methods", "models", "zoo_epochs", "train_limit",
-                                                  "test_limit", "epochs", "seeds", "thresholds", "ablation",
+                **{k: getattr(args, k) for k in ("study", "datasets", "methods", "models", "zoo_epochs",
+                                                  "train_limit", "test_limit", "epochs", "seeds", "thresholds",
                                                   "quick")}}
     record = run.finish()
     result = {"settings": settings, "zoos": zoos, "cells": rows, "run": record}
@@ -245,6 +338,8 @@ def prediction(args: argparse.Namespace) -> dict:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.tnfn_experiments", description=__doc__.splitlines()[0])
+    p.add_argument("study", nargs="?", default="all", choices=STUDIES,
+                   help="which cells to run (default all; see the module docstring)")
     p.add_argument("--datasets", nargs="+", default=None, choices=tuple(DATASETS))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     for name in ("models", "zoo-epochs", "train-limit", "test-limit", "epochs", "seeds"):
@@ -254,7 +349,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=positive_int, default=64, help="zoo runs trained as one population")
     p.add_argument("--thresholds", nargs="+", type=float, default=None,
                    help=f"test-accuracy thresholds (default {FULL['thresholds']})")
-    p.add_argument("--no-ablation", dest="ablation", action="store_false", help="skip the branch ablation")
     p.add_argument("--quick", action="store_true", help="a miniature on MNIST (pipeline check, < 3 minutes)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
     p.add_argument("--work", default=None, help="zoos and run folders (default <out>/tnfn_runs)")

@@ -16,10 +16,13 @@ def test_quick_prediction_pipeline_runs_and_resumes(tmp_path, monkeypatch):
     # populations of 4 on 256 / 128 rows: tests/test_zoo_transformer.py's shapes, so its compiled programs serve
     argv = ["--quick", "--models", "12", "--shard-size", "4", "--zoo-epochs", "1", "--train-limit", "256",
             "--test-limit", "128", "--epochs", "1", "--methods", "tnfn", "--thresholds", "0", "--out", str(tmp_path)]
-    result = tnfn_experiments.main(argv + ["--no-ablation"])
+    result = tnfn_experiments.main(["prediction"] + argv)
     [cell] = result["cells"]
     assert (cell["table"], cell["threshold"], cell["method"]) == ("main", 0.0, "tnfn")
     assert -1.0 <= cell["test_tau_mean"] <= 1.0 and cell["seeds"] == 1 and cell["test_runs"] >= 2
+    # threshold-0 models are also scored on test runs moved by the extended group, one tau per k
+    assert len(cell["moved_tau_mean"]) == len(tnfn_experiments.ROBUSTNESS_K)
+    assert all(-1.0 <= t <= 1.0 for t in cell["moved_tau_mean"])
     # a threshold leaves out the runs below it (every cell of a threshold trains on these splits)
     zoo_dir = str(tmp_path / "tnfn_runs" / "zoos" / "mnist_transformer")
     every, above = (tnfn_experiments.load_splits(zoo_dir, 1, t) for t in (0.0, 0.12))
@@ -31,7 +34,7 @@ def test_quick_prediction_pipeline_runs_and_resumes(tmp_path, monkeypatch):
     # code path, tested above, so a stand-in scores these models)
     trained = {}
 
-    def stand_in(splits, model, seed, run_dir, args):
+    def stand_in(splits, model, seed, run_dir, args, moved=None):
         done = harness.read_json(os.path.join(run_dir, "result.json"))
         if done is not None:  # the main cell
             return done
@@ -39,11 +42,15 @@ def test_quick_prediction_pipeline_runs_and_resumes(tmp_path, monkeypatch):
         counts = {f"{k}_runs": len(splits[k][1]) for k in ("train", "val", "test")}
         record = {"seed": seed, "params": trainable_parameters(model), **counts, "steps": 0, "val_tau": 0.0,
                   "best_step": 0, "test_tau": 0.0, "wall_s": 0.0}
+        if moved is not None:  # robustness cells: the moved test runs, as the method sees them
+            record["moved_test_taus"] = [0.0] * len(moved)
+            canonical = tnfn_experiments.canonicalize(splits["test"][0])
+            record["canonical_inputs"] = bool(np.allclose(splits["test"][0].blocks[0].w_a, canonical.blocks[0].w_a))
         harness.write_json(os.path.join(run_dir, "result.json"), record)
         return record
 
     monkeypatch.setattr(tnfn_experiments, "run_cell", stand_in)
-    result = tnfn_experiments.main(argv)  # the zoo and the main cell are read back
+    result = tnfn_experiments.main(["ablation"] + argv)  # the zoo and the main cell are read back
     assert {(c["table"], c["method"]) for c in result["cells"]} == {("main", "tnfn")} | {
         ("ablation", b) for b in ("encoder", "classifier", "embedding")}
     assert set(trained) == {"encoder", "classifier", "embedding"}
@@ -51,13 +58,22 @@ def test_quick_prediction_pipeline_runs_and_resumes(tmp_path, monkeypatch):
         present = {"encoder": hasattr(model, "invariant"), "classifier": hasattr(model, "classifier_mlp"),
                    "embedding": hasattr(model, "embedding_linear")}
         assert present == {b: b == branch for b in present}, branch
+    # the robustness study's extended-group predictors: canonicalised inputs; one moved copy per training run
+    robust = tnfn_experiments.main(["robustness"] + argv)
+    rows = {c["method"]: c for c in robust["cells"] if c["table"] == "main"}
+    assert set(rows) == {"tnfn", "tnfn_canonical", "tnfn_augmented"}  # and the ablation's finished cells:
+    assert {c["method"] for c in robust["cells"] if c["table"] == "ablation"} == {"encoder", "classifier", "embedding"}
+    assert rows["tnfn_augmented"]["train_runs"] == 2 * rows["tnfn"]["train_runs"]
+    runs = tmp_path / "tnfn_runs" / "runs" / "mnist" / "main" / "t0"
+    assert harness.read_json(runs / "tnfn_canonical" / "seed0" / "result.json")["canonical_inputs"]
+    assert not harness.read_json(runs / "tnfn_augmented" / "seed0" / "result.json")["canonical_inputs"]
     text = (tmp_path / "tnfn_prediction.md").read_text()
-    assert "0.905" in text and "encoder branch alone" in text and "histogram" in text
+    assert "0.905" in text and "encoder branch alone" in text and "histogram" in text and "Robustness" in text
     monkeypatch.undo()
     shutil.rmtree(tmp_path / "tnfn_runs" / "zoos")  # finished cells and the zoo summary are all a rerun needs
-    again = tnfn_experiments.main(argv)  # every cell is done: read back, not retrained
+    again = tnfn_experiments.main(["ablation"] + argv)  # every cell is done: read back, not retrained
     assert again["zoos"] == result["zoos"]
-    assert sorted(c["test_taus"] for c in again["cells"]) == sorted(c["test_taus"] for c in result["cells"])
+    assert sorted(c["test_taus"] for c in again["cells"]) == sorted(c["test_taus"] for c in robust["cells"])
 
 
 def test_tree_cell_scores_on_flat_weights_and_reads_back(tmp_path):

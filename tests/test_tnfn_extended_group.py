@@ -15,7 +15,7 @@ from common.testing import assert_equivariant, assert_invariant
 from tests.common_fixtures import leaves_close
 from transformer_nfn import AccuracyPredictor, TransformerSpec, groups, nets
 from transformer_nfn.extended_group import (ChannelPermutationGroup, ExtendedTransformerGroup, LayerNormShiftGroup,
-                                            canonicalize, center, normalize_ffn)
+                                            canonicalize, center, move_each, normalize_ffn)
 from transformer_nfn.groups import TransformerGroup
 
 SPEC = TransformerSpec(num_blocks=2, num_heads=2, d_model=4, d_k=3, d_v=2, d_ffn=5)
@@ -161,3 +161,16 @@ def test_paper_predictor_sees_ffn_scaling_until_canonicalized():
     canonical = lambda tw: score(model, canonicalize(tw))
     assert_invariant(canonical, scaling, jax.random.key(9), x, **TOL)
     assert_invariant(canonical, LayerNormShiftGroup(_net(), scale=10.0), jax.random.key(10), x, **TOL)
+
+
+def test_move_each_keeps_every_network_function_with_its_own_element():
+    batch = _net(7, batch=3)
+    moved = move_each(batch, jax.random.key(1), scale_range=(1.0, 1e3))
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), moved) == jax.tree.map(lambda a: (a.shape, a.dtype), batch)
+    np.testing.assert_allclose(jax.vmap(logits)(moved), jax.vmap(logits)(batch), **TOL)
+    assert not np.allclose(moved.blocks[0].w_a, batch.blocks[0].w_a)  # moved
+    twins = jax.tree.map(lambda a: jnp.stack([a[0], a[0]]), batch)
+    moved_twins = move_each(twins, jax.random.key(1)).blocks[0].q
+    assert not np.allclose(moved_twins[0], moved_twins[1])  # each network by its own element
+    with pytest.raises(ValueError, match="one batch axis"):
+        move_each(_net(7), jax.random.key(1))

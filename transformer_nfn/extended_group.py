@@ -295,3 +295,26 @@ class ExtendedTransformerGroup:
     def uncoupled_actions(self, key: jax.Array) -> tuple[BrokenAction, ...]:
         """Every factor's uncoupled actions."""
         return tuple(a for f, k in zip(self._factors, jax.random.split(key, 3)) for a in f.uncoupled_actions(k))
+
+
+def move_each(tw: TransformerWeights, key: jax.Array, *, scale_range: tuple[float, float] = (1.0, 1.0),
+              cond_range: tuple[float, float] = (0.5, 2.0), shift_scale: float = 1.0) -> TransformerWeights:
+    """Every network of a batch moved by its own random element of `ExtendedTransformerGroup`.
+
+    The functions the networks compute are unchanged (exact symmetries), so their accuracies are too: the test
+    sets of a robustness study (FFN scalings log-uniform on ``scale_range``, e.g. [1, 10^k]; GL elements with
+    singular values log-uniform on ``cond_range``; head, FFN and channel permutations; LayerNorm shifts of std
+    ``shift_scale``).
+
+    Args:
+      tw: raw weights of R networks with their classifier, leaves ``[R, ...]``; key: PRNG key (network i uses
+        ``fold_in(key, i)``).
+    Returns:
+      the moved weights, same shapes and dtypes.
+    """
+    _raw(tw, "move_each")
+    if len(tw.batch_shape) != 1:
+        raise ValueError(f"move_each: tw must hold one batch axis [R, ...], got batch shape {tw.batch_shape}")
+    group = ExtendedTransformerGroup(jax.tree.map(lambda a: a[0], tw), cond_range, scale_range, shift_scale)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(tw.batch_shape[0]))
+    return jax.jit(jax.vmap(lambda k, x: group.act(group.sample(k), x)))(keys, tw)
