@@ -19,10 +19,11 @@ Augmentations: "none"; "k1".."k4" (ReLU: every split gets one permuted-and-scale
 
 Every stage resumes: the zoo shards, every training run (checkpoints and its best-validation model) and every
 finished cell (``result.json``) are kept under ``--work`` (default ``<out>/magep_runs``); a rerun skips what is done.
-The un-augmented cells of every activation run first. The finished cells' ``result.json`` and each dataset's zoo
-summary (``runs/<dataset>/summary.json``) are small and kept in git (zoos and checkpoints are not): a dataset whose
-cells are all done needs no zoo (`benchmarks.harness.study_inputs`), so the study goes on across machines and
-sessions without regenerating finished work.
+The un-augmented cells of every activation run first. Kept in git: the finished cells' ``result.json``, each
+dataset's zoo summary (``runs/<dataset>/summary.json``) and the final checkpoints of its zoo
+(``zoos/<dataset>_cnn_final``, `final_zoo`: what the cells read); the full zoos and the training checkpoints stay
+local. A later session or another machine goes on without regenerating a zoo, and a dataset whose cells are all
+done is reported without one (`benchmarks.harness.study_inputs`).
 Results: ``<out>/magep_generalization.{json,md}`` and figures ``magep_generalization_scatter.png`` (predicted vs
 true accuracy per method) and ``magep_generalization_augmentation.png`` (tau against k, one line per method).
 """
@@ -40,7 +41,7 @@ import optax
 from flax import nnx
 
 from benchmarks import harness, magep_inr, magep_inr_editing
-from common import compilation_cache
+from common import compilation_cache, zoo_store
 from common.cli import positive_int
 from common.accuracy_prediction import kendall_tau, predict_logits
 from common.training import trainable_parameters
@@ -244,6 +245,34 @@ def figures(records: Sequence[dict], rows: Sequence[dict], out: str) -> None:
         harness.save_figure(fig, os.path.join(out, "magep_generalization_augmentation.png"))
 
 
+ZOO_SETTINGS = ("dataset", "models", "epochs", "seed", "shard_size")  # what identifies a study's CNN zoo
+
+
+def final_zoo(work: str, dataset: str, args: argparse.Namespace) -> tuple[str, list[dict]]:
+    """``(folder, rows)`` of the final-checkpoint export of a dataset's CNN zoo (`common.zoo_store.
+    export_checkpoints`: what the study reads, kept in git, 22 MB for 1,000 networks): read when present, else the
+    zoo is generated (or resumed) under ``<work>/zoos/<dataset>_cnn`` and exported. Raises ValueError when the
+    kept export was made with other settings."""
+    zoo_dir, final_dir = (os.path.join(work, "zoos", f"{dataset}_cnn{tail}") for tail in ("", "_final"))
+    epochs = args.zoo_epochs[dataset]
+    if os.path.exists(os.path.join(final_dir, "layout.json")):
+        settings = harness.read_json(os.path.join(final_dir, "layout.json"))["settings"]
+        expected = dict(dataset=dataset, models=args.models, epochs=epochs, seed=0, shard_size=args.shard_size)
+        if {k: settings[k] for k in ZOO_SETTINGS} != expected:
+            raise ValueError(f"{final_dir} holds a zoo of other settings ({ {k: settings[k] for k in ZOO_SETTINGS} }, "
+                             f"expected {expected}): pass its settings, or move it away to generate another")
+        return final_dir, zoo_store.load_zoo(final_dir)[1]
+    generate_cnn_zoo(zoo_dir, dataset, args.models, epochs=epochs, shard_size=args.shard_size, seed=0,
+                     progress=not args.quick)
+    return final_dir, zoo_store.export_checkpoints(zoo_dir, final_dir, [epochs])
+
+
+def zoo_inputs(work: str, dataset: str, args: argparse.Namespace) -> tuple[dict, str]:
+    """``(zoo summary per activation, final-checkpoint zoo folder)`` of a dataset (`final_zoo`, `zoo_summary`)."""
+    folder, rows = final_zoo(work, dataset, args)
+    return zoo_summary(rows, args.activations, args.zoo_epochs[dataset], dataset), folder
+
+
 def generalization(args: argparse.Namespace) -> dict:
     """Run (or resume) the generalisation-prediction study; writes the report and returns its JSON record."""
     run = harness.start_run(calibrate=False)
@@ -251,17 +280,14 @@ def generalization(args: argparse.Namespace) -> dict:
     sizes = QUICK_SIZES if args.quick else {}
     records, zoos = [], {}
     for dataset in args.datasets:
-        zoo_dir = os.path.join(work, "zoos", f"{dataset}_cnn")
         zoo_epochs = args.zoo_epochs[dataset]
         run_dirs = {(activation, augmentation, method, seed):
                     os.path.join(work, "runs", dataset, activation, augmentation, method, f"seed{seed}")
                     for activation, augmentation in cell_order(args.activations, args.augmentations)
                     for method in args.methods for seed in range(args.seeds)}
-        summary, _ = harness.study_inputs(
+        summary, zoo_dir = harness.study_inputs(  # zoo_dir: the final-checkpoint zoo, None when all cells are done
             os.path.join(work, "runs", dataset, "summary.json"), run_dirs.values(),
-            lambda: (zoo_summary(generate_cnn_zoo(zoo_dir, dataset, args.models, epochs=zoo_epochs,
-                                                  shard_size=args.shard_size, seed=0, progress=not args.quick),
-                                 args.activations, zoo_epochs, dataset), None))
+            lambda: zoo_inputs(work, dataset, args))
         zoos.update({f"{dataset} {activation}": summary[activation] for activation in args.activations})
         splits = {}
         for (activation, augmentation, method, seed), run_dir in run_dirs.items():

@@ -45,7 +45,7 @@ from common.progress import progress_bar
 from common.weight_space import WeightSpace
 
 __all__ = ["ZooLockedError", "atomic_write", "leaf_layout", "flatten_params", "unflatten_params", "checkpoint_rows", "generate_zoo",
-           "load_zoo", "split_models", "select_rows", "select_split", "select_weights", "load_weight_space_zoo",
+           "export_checkpoints", "load_zoo", "split_models", "select_rows", "select_split", "select_weights", "load_weight_space_zoo",
            "describe"]
 
 LAYOUT_FILE, METADATA_FILE, SHARD_DIR = "layout.json", "metadata.csv", "shards"
@@ -284,6 +284,37 @@ def _write_metadata(zoo_dir: str, stored: Mapping[str, list[dict]]) -> list[dict
     """Writes metadata.csv from ``{shard path: rows}`` in shard order; returns those rows."""
     rows = [row for path in sorted(stored) for row in stored[path]]
     atomic_write(os.path.join(zoo_dir, METADATA_FILE), lambda f: _write_csv(f, rows), "w")
+    return rows
+
+
+def export_checkpoints(zoo_dir: str, out_dir: str, epochs: Sequence[int]) -> list[dict]:
+    """Copy the checkpoints at ``epochs`` of a finished zoo into a new zoo folder (same layout plus
+    ``"exported_epochs"``, one shard per source shard, its metadata.csv): the part of a zoo a study reads, small
+    enough to keep beside the study's results. Loaders read it like the source (same model ids, so the same splits).
+
+    Returns:
+      the exported rows. Raises ValueError: ``out_dir`` exists, or no stored row is at ``epochs``.
+    """
+    if os.path.exists(out_dir):
+        raise ValueError(f"out_dir {out_dir} exists; export_checkpoints writes a new folder")
+    with open(os.path.join(zoo_dir, LAYOUT_FILE)) as f:
+        layout = {**json.load(f), "exported_epochs": sorted(int(e) for e in epochs)}
+    wanted, stored = set(layout["exported_epochs"]), {}
+    tmp_dir = f"{out_dir}.tmp_{secrets.token_hex(4)}"  # renamed into place once complete
+    os.makedirs(os.path.join(tmp_dir, SHARD_DIR))
+    for index, path in enumerate(_shard_files(zoo_dir)):
+        weights, rows = _read_shard(path)
+        keep = [i for i, row in enumerate(rows) if int(row["epoch"]) in wanted]
+        payload = {"weights": weights[keep], "rows": np.array(json.dumps([rows[i] for i in keep]))}
+        target = _shard_path(tmp_dir, index)
+        atomic_write(target, lambda f: np.savez_compressed(f, **payload))
+        stored[target] = [rows[i] for i in keep]
+    if not any(stored.values()):
+        shutil.rmtree(tmp_dir)
+        raise ValueError(f"zoo_dir {zoo_dir} holds no checkpoint at epochs {sorted(wanted)}")
+    atomic_write(os.path.join(tmp_dir, LAYOUT_FILE), lambda f: json.dump(layout, f, indent=1), "w")
+    rows = _write_metadata(tmp_dir, stored)
+    os.replace(tmp_dir, out_dir)
     return rows
 
 

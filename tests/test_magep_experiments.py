@@ -92,7 +92,14 @@ def test_quick_generalization_pipeline_runs_and_resumes(tmp_path, monkeypatch):
         assert (tmp_path / name).stat().st_size > 0
     text = (tmp_path / "magep_generalization.md").read_text()
     assert "STATNN" in text and text.index("| relu | none |") < text.index("| relu | k4 |")
-    shutil.rmtree(tmp_path / "magep_runs" / "zoos")  # finished cells and the zoo summary are all a rerun needs
+    # a missing cell runs from the kept final-checkpoint zoo, without the full zoo
+    work = tmp_path / "magep_runs"
+    shutil.rmtree(work / "zoos" / "digits_cnn")
+    (work / "runs" / "digits" / "relu" / "k4" / "statnn" / "seed0" / "result.json").unlink()
+    resumed = magep_experiments.main(argv)
+    assert [c["test_taus"] for c in resumed["cells"]] == [c["test_taus"] for c in result["cells"]]
+    assert not (work / "zoos" / "digits_cnn").exists()
+    shutil.rmtree(work / "zoos")  # finished cells and the zoo summary are all a rerun needs
     again = magep_experiments.main(argv)  # every cell is done: read back, not retrained
     assert again["zoos"] == result["zoos"]
     assert [c["test_taus"] for c in again["cells"]] == [c["test_taus"] for c in result["cells"]]
