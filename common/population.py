@@ -250,8 +250,9 @@ def _run_epochs(task, batch_size, mesh, chunk_size, state, hp, member, train, st
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _evaluate(task, eval_batch_size, chunk_size, params, hp, data, member):
-    """Mean of ``task.evaluate`` per model over its rows of ``data`` (``member`` bool [P, n]).
+def _evaluate(task, eval_batch_size, chunk_size, params, hp, data, member, max_rows):
+    """Mean of ``task.evaluate`` per model over its rows of ``data`` (``member`` bool [P, n]), at most the
+    first ``max_rows`` of them in data order (int scalar).
 
     Each model reads its own rows, in order, ``eval_batch_size`` at a time, for as many chunks as the largest
     row count needs (a traced loop bound: a 10% subset costs a tenth of the full set); ``chunk_size`` models
@@ -260,7 +261,7 @@ def _evaluate(task, eval_batch_size, chunk_size, params, hp, data, member):
     chunks = math.ceil(n / eval_batch_size)
     rows = jnp.argsort(~member, axis=1, stable=True)  # [P, n]: each model's rows first, in order
     rows = jnp.pad(rows, ((0, 0), (0, chunks * eval_batch_size - n)))
-    n_rows = jnp.sum(member, axis=1)
+    n_rows = jnp.minimum(jnp.sum(member, axis=1), max_rows)
     apply = lambda p, h, r: task.evaluate(p, h, jax.tree.map(lambda a: a[r], data))
     if chunk_size is None:
         apply_all = jax.vmap(apply)
@@ -325,7 +326,7 @@ def _diverged(params: Any) -> np.ndarray:
 
 def train_population(task: PopulationTask, hparams: Mapping[str, Any], train: Any, test: Any, *,
                      epochs: int, batch_size: int, checkpoint_epochs: Sequence[int] = (),
-                     eval_batch_size: int = 1024, mesh: Mesh | None = None,
+                     eval_batch_size: int = 1024, train_eval_rows: int | None = None, mesh: Mesh | None = None,
                      chunk_size: int | str | None = "auto", epochs_per_call: int | None = None, progress: bool = True,
                      desc: str | None = None) -> list[Checkpoint]:
     """Train P models at once and return their checkpoints.
@@ -340,6 +341,9 @@ def train_population(task: PopulationTask, hparams: Mapping[str, Any], train: An
       checkpoint_epochs: epochs (0..epochs) after which to record weights and metrics; ``epochs`` is always
         recorded.
       eval_batch_size: rows of a model's data per evaluation pass.
+      train_eval_rows: train metrics over at most this many rows of each model's subset, the first in data
+        order (a uniform sample, the subset being a seeded random one); None: the whole subset. The test
+        metrics always read the whole test set.
       mesh: mesh with a ``"data"`` axis to shard the population over; default all devices.
       chunk_size: models vmapped together in a training step and in evaluation (the chunks follow one another;
         a chunk whose models are all past their epoch is skipped); None vmaps all of them; "auto" is
@@ -359,6 +363,7 @@ def train_population(task: PopulationTask, hparams: Mapping[str, Any], train: An
     count("epochs", epochs, 0)
     count("batch_size", batch_size)
     count("eval_batch_size", eval_batch_size)
+    count("train_eval_rows", train_eval_rows, allow_none=True)
     p = _check_hparams(hparams, len(task.optimizers))
     marks = sorted({int(e) for e in checkpoint_epochs} | {int(epochs)})
     if marks[0] < 0 or marks[-1] > epochs:
@@ -387,10 +392,10 @@ def train_population(task: PopulationTask, hparams: Mapping[str, Any], train: An
                     state = _run_epochs(task, batch_size, mesh, chunk_size, state, hp, member, train, steps, done, stop)
                     bar.update(stop - done)
                     done = stop
-                sets = (("train", train, member), ("test", test, all_rows))
-                metrics = {f"{name}_{k}": v for name, data, weight in sets
+                sets = (("train", train, member, train_eval_rows or n), ("test", test, all_rows, all_rows.shape[1]))
+                metrics = {f"{name}_{k}": v for name, data, weight, limit in sets
                            for k, v in _evaluate(task, eval_batch_size, chunk_size, state.params, hp, data,
-                                                      weight).items()}
+                                                 weight, limit).items()}
                 trim = lambda a: np.asarray(a)[:p]
                 params = jax.tree.map(trim, state.params)
                 diverged = _diverged(params)

@@ -29,8 +29,10 @@ def generate_cnn_zoo(out_dir: str, dataset: str, n_models: int, *, epochs: int =
                      data_dir=None, progress: bool = True) -> list[dict]:
     """Train (or resume) a Small-CNN-Zoo-style zoo of ``n_models`` networks into ``out_dir``.
 
-    Every model gets the checkpoints `recipes.cnn_checkpoint_epochs` (``epochs``); a shard of ``shard_size``
-    models is one population per activation.
+    Every model gets the checkpoints `recipes.cnn_checkpoint_epochs` (``epochs``), each with its test metrics
+    (whole test set) and train metrics (at most `recipes.CNN_TRAIN_EVAL_ROWS` rows of its training subset: on
+    MNIST, evaluating the whole subset cost more than half of the checkpoint evaluations); a shard of
+    ``shard_size`` models is one population per activation.
 
     Returns:
       The metadata rows (one per model checkpoint): config, epoch, train/test loss and accuracy.
@@ -41,7 +43,8 @@ def generate_cnn_zoo(out_dir: str, dataset: str, n_models: int, *, epochs: int =
     template = jax.eval_shape(recipes.init_cnn, jax.random.key(0), {"w_init": 0, "init_std": 0.1})
     layout = {"kind": "weight_space", "recipe": "small_cnn_zoo", "leaves": zoo_store.leaf_layout(template),
               "settings": {"dataset": dataset, "split": note, "models": n_models, "epochs": epochs, "seed": seed,
-                           "shard_size": shard_size, "batch_size": batch_size, "checkpoint_epochs": marks}}
+                           "shard_size": shard_size, "batch_size": batch_size, "checkpoint_epochs": marks,
+                           "train_eval_rows": recipes.CNN_TRAIN_EVAL_ROWS}}
 
     def train_shard(shard):
         parts = []
@@ -49,6 +52,7 @@ def generate_cnn_zoo(out_dir: str, dataset: str, n_models: int, *, epochs: int =
             group = list(group)
             ckpts = train_population(recipes.cnn_task(activation), recipes.cnn_hparams(group), train, test,
                                      epochs=epochs, batch_size=batch_size, checkpoint_epochs=marks,
+                                     train_eval_rows=recipes.CNN_TRAIN_EVAL_ROWS,
                                      progress=progress, desc=f"{activation} x{len(group)}")
             parts.append(zoo_store.checkpoint_rows(group, ckpts))
         return np.concatenate([w for w, _ in parts]), [r for _, rows in parts for r in rows]

@@ -50,6 +50,7 @@ CNN_TRAIN_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 CNN_WIDTHS = (1, 16, 16, 16, 10)
 CNN_BATCH_SIZE = 512
 CNN_MICRO_BATCH = 128  # rows per gradient pass (common.population.PopulationTask.micro_batch): faster on CPU
+CNN_TRAIN_EVAL_ROWS = 10_000  # train metrics per checkpoint on at most this many rows of a model's subset
 CNN_EPOCHS = 86
 _ORIGINAL_MARKS = (20, 40, 60, 80)  # later checkpoints of the 86-epoch original, scaled with the run length
 

@@ -5,6 +5,7 @@ import pytest
 
 from common.distributed import make_mesh
 from common.nets import cnn_apply
+from common import population
 from common.population import CPU_CHUNK, resolve_chunk_size, train_population
 from magep import zoo_recipes as recipes
 from tests.magep_fixtures import DIGITS_ZOO_BATCH_SIZE as BATCH
@@ -97,6 +98,24 @@ def test_recorded_metrics_match_the_reference_forward_pass(digits):
         logits = cnn_apply(ws, test["x"], "relu")  # common.nets reference (lax.conv), not the training forward
         accuracy = float(np.mean(np.argmax(np.asarray(logits), -1) == test["y"]))
         assert accuracy == pytest.approx(ckpt.metrics["test_accuracy"][m], abs=1e-6)
+
+
+def test_train_metrics_read_the_first_rows_of_each_subset(digits):
+    train, test = digits
+    configs = _configs()[:2]  # train fractions 1.0 and 0.5
+    hp = recipes.cnn_hparams(configs)
+    [ckpt] = train_population(recipes.cnn_task("relu"), hp, train, test, epochs=0, batch_size=BATCH,
+                              train_eval_rows=100, progress=False)
+    with jax.threefry_partitionable(False):
+        member = np.asarray(population._memberships(jax.device_put(hp), len(train["y"])))
+    for m in range(2):
+        rows = np.flatnonzero(member[m])[:100]  # the model's subset, in data order, its first 100 rows
+        logits = cnn_apply(jax.tree.map(lambda a: a[m], ckpt.params), train["x"][rows], "relu")
+        accuracy = float(np.mean(np.argmax(np.asarray(logits), -1) == train["y"][rows]))
+        assert accuracy == pytest.approx(ckpt.metrics["train_accuracy"][m], abs=1e-6)
+    assert member[1].sum() < member[0].sum() and not np.array_equal(np.flatnonzero(member[1])[:100], np.arange(100))
+    with pytest.raises(ValueError, match="train_eval_rows"):
+        train_population(recipes.cnn_task("relu"), hp, train, test, epochs=0, batch_size=BATCH, train_eval_rows=0)
 
 
 def test_train_fraction_freezes_members_after_their_epoch(digits):
