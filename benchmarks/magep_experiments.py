@@ -250,7 +250,7 @@ ZOO_SETTINGS = ("dataset", "models", "epochs", "seed", "shard_size")  # what ide
 
 def final_zoo(work: str, dataset: str, args: argparse.Namespace) -> tuple[str, list[dict]]:
     """``(folder, rows)`` of the final-checkpoint export of a dataset's CNN zoo (`common.zoo_store.
-    export_checkpoints`: what the study reads, kept in git, 22 MB for 1,000 networks): read when present, else the
+    export_checkpoints`: what the study reads, kept in git, 19 MB for 1,000 networks): read when present, else the
     zoo is generated (or resumed) under ``<work>/zoos/<dataset>_cnn`` and exported. Raises ValueError when the
     kept export was made with other settings."""
     zoo_dir, final_dir = (os.path.join(work, "zoos", f"{dataset}_cnn{tail}") for tail in ("", "_final"))
