@@ -90,6 +90,8 @@ class PopulationTask(NamedTuple):
       shuffle: draw a fresh seeded order of the model's subset every epoch (True), or visit it in data order
         every epoch (False: no per-epoch draw and sort; for full-batch tasks whose loss is a mean over the
         rows and draws no randomness from their order, e.g. SIREN fits, where it changes only float rounding).
+      cpu_chunk: models vmapped together per step on a single CPU device when ``chunk_size="auto"`` (see
+        "Chunks" above); the best value depends on the model's working set, so a task may set its own.
     """
 
     init: Callable[[jax.Array, Mapping[str, jax.Array]], Any]
@@ -99,6 +101,7 @@ class PopulationTask(NamedTuple):
     optimizers: tuple[optax.GradientTransformation, ...]
     micro_batch: int | None = None
     shuffle: bool = True
+    cpu_chunk: int = CPU_CHUNK
 
 
 class Checkpoint(NamedTuple):
@@ -204,11 +207,11 @@ def _shard_population(tree, mesh):
     return jax.lax.with_sharding_constraint(tree, batch_sharding(mesh))
 
 
-def resolve_chunk_size(chunk_size, mesh):
-    """Models vmapped together per step: None (all) or a positive int; "auto" -> CPU_CHUNK on one CPU device."""
+def resolve_chunk_size(chunk_size, mesh, cpu_chunk: int = CPU_CHUNK):
+    """Models vmapped together per step: None (all) or a positive int; "auto" -> ``cpu_chunk`` on one CPU device."""
     if chunk_size == "auto":
         single_cpu = mesh.devices.size == 1 and mesh.devices.flat[0].platform == "cpu"
-        return CPU_CHUNK if single_cpu else None
+        return cpu_chunk if single_cpu else None
     if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
         raise ValueError(f"chunk_size must be 'auto', None or a positive int; got {chunk_size!r}")
     return chunk_size
@@ -347,7 +350,7 @@ def train_population(task: PopulationTask, hparams: Mapping[str, Any], train: An
       mesh: mesh with a ``"data"`` axis to shard the population over; default all devices.
       chunk_size: models vmapped together in a training step and in evaluation (the chunks follow one another;
         a chunk whose models are all past their epoch is skipped); None vmaps all of them; "auto" is
-        ``CPU_CHUNK`` on a single CPU device, else None. Results do not depend on it (up to float rounding).
+        ``task.cpu_chunk`` on a single CPU device, else None. Results do not depend on it (up to float rounding).
       epochs_per_call: epochs per compiled call (progress granularity); default about 1% of ``epochs``.
       progress: show a progress bar over epochs (`common.progress.progress_bar`: shown when tqdm is installed).
       desc: the bar's label.
@@ -369,7 +372,7 @@ def train_population(task: PopulationTask, hparams: Mapping[str, Any], train: An
     if marks[0] < 0 or marks[-1] > epochs:
         raise ValueError(f"checkpoint_epochs must lie in 0..{epochs}, got {list(checkpoint_epochs)}")
     mesh = make_mesh() if mesh is None else mesh
-    chunk_size = resolve_chunk_size(chunk_size, mesh)
+    chunk_size = resolve_chunk_size(chunk_size, mesh, task.cpu_chunk)
     devices = mesh.shape[DATA_AXIS]
     rows = np.arange(math.ceil(p / devices) * devices) % p  # pad with copies of the first models
     shard = batch_sharding(mesh)

@@ -53,6 +53,7 @@ def generate_cnn_zoo(out_dir: str, dataset: str, n_models: int, *, epochs: int =
             ckpts = train_population(recipes.cnn_task(activation), recipes.cnn_hparams(group), train, test,
                                      epochs=epochs, batch_size=batch_size, checkpoint_epochs=marks,
                                      train_eval_rows=recipes.CNN_TRAIN_EVAL_ROWS,
+                                     eval_batch_size=recipes.CNN_EVAL_BATCH,
                                      progress=progress, desc=f"{activation} x{len(group)}")
             parts.append(zoo_store.checkpoint_rows(group, ckpts))
         return np.concatenate([w for w, _ in parts]), [r for _, rows in parts for r in rows]
