@@ -13,6 +13,7 @@ SMALL = TransformerSpec(num_blocks=1, num_heads=2, d_model=4, d_k=2, d_v=2, d_ff
 
 
 def test_quick_prediction_pipeline_runs_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setattr(tnfn_experiments, "ROBUSTNESS_K", (0, 3))  # two moved test sets: two compiled moves
     # populations of 4 on 256 / 128 rows: tests/test_zoo_transformer.py's shapes, so its compiled programs serve
     argv = ["--quick", "--models", "12", "--shard-size", "4", "--zoo-epochs", "1", "--train-limit", "256",
             "--test-limit", "128", "--epochs", "1", "--methods", "tnfn", "--thresholds", "0", "--out", str(tmp_path)]

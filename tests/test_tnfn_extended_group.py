@@ -169,8 +169,8 @@ def test_move_each_keeps_every_network_function_with_its_own_element():
     assert jax.tree.map(lambda a: (a.shape, a.dtype), moved) == jax.tree.map(lambda a: (a.shape, a.dtype), batch)
     np.testing.assert_allclose(jax.vmap(logits)(moved), jax.vmap(logits)(batch), **TOL)
     assert not np.allclose(moved.blocks[0].w_a, batch.blocks[0].w_a)  # moved
-    twins = jax.tree.map(lambda a: jnp.stack([a[0], a[0]]), batch)
-    moved_twins = move_each(twins, jax.random.key(1)).blocks[0].q
+    twins = jax.tree.map(lambda a: jnp.stack([a[0]] * 3), batch)  # the batch's shapes: the same compiled move
+    moved_twins = move_each(twins, jax.random.key(1), scale_range=(1.0, 1e3)).blocks[0].q
     assert not np.allclose(moved_twins[0], moved_twins[1])  # each network by its own element
     with pytest.raises(ValueError, match="one batch axis"):
         move_each(_net(7), jax.random.key(1))

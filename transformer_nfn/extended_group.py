@@ -23,6 +23,7 @@ factors 1 and 3 and equivariant under the rest, so any predictor applied after i
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -315,6 +316,12 @@ def move_each(tw: TransformerWeights, key: jax.Array, *, scale_range: tuple[floa
     _raw(tw, "move_each")
     if len(tw.batch_shape) != 1:
         raise ValueError(f"move_each: tw must hold one batch axis [R, ...], got batch shape {tw.batch_shape}")
-    group = ExtendedTransformerGroup(jax.tree.map(lambda a: a[0], tw), cond_range, scale_range, shift_scale)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(tw.batch_shape[0]))
-    return jax.jit(jax.vmap(lambda k, x: group.act(group.sample(k), x)))(keys, tw)
+    return _move_batch(keys, tw, tuple(cond_range), tuple(scale_range), float(shift_scale))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _move_batch(keys, tw, cond_range, scale_range, shift_scale):
+    """`move_each`'s compiled body (one program per shapes and ranges)."""
+    group = ExtendedTransformerGroup(jax.tree.map(lambda a: a[0], tw), cond_range, scale_range, shift_scale)
+    return jax.vmap(lambda k, x: group.act(group.sample(k), x))(keys, tw)
