@@ -257,10 +257,11 @@ def final_zoo(work: str, dataset: str, args: argparse.Namespace) -> tuple[str, l
     epochs = args.zoo_epochs[dataset]
     if os.path.exists(os.path.join(final_dir, "layout.json")):
         settings = harness.read_json(os.path.join(final_dir, "layout.json"))["settings"]
+        stored = {k: settings[k] for k in ZOO_SETTINGS}
         expected = dict(dataset=dataset, models=args.models, epochs=epochs, seed=0, shard_size=args.shard_size)
-        if {k: settings[k] for k in ZOO_SETTINGS} != expected:
-            raise ValueError(f"{final_dir} holds a zoo of other settings ({ {k: settings[k] for k in ZOO_SETTINGS} }, "
-                             f"expected {expected}): pass its settings, or move it away to generate another")
+        if stored != expected:
+            raise ValueError(f"{final_dir} holds a zoo of other settings ({stored}, expected {expected}): pass its "
+                             "settings, or move it away to generate another")
         return final_dir, zoo_store.load_zoo(final_dir)[1]
     generate_cnn_zoo(zoo_dir, dataset, args.models, epochs=epochs, shard_size=args.shard_size, seed=0,
                      progress=not args.quick)
