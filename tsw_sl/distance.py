@@ -18,6 +18,7 @@ costs whose mean is the distance to the power p (docs/api.md).
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -158,8 +159,10 @@ def _averaged(x, y, a, b, trees, delta, *, splitting, p, sort_method, uniform_eq
         return validation.vmap_leading(one, n_batch, in_axes)(x, y, a, b, trees)
 
     in_axes = (0, 0, 0, 0, 0 if batched_trees else None)
+    values = math.prod(x.shape[:-2]) * trees.sources.shape[-2] * (x.shape[-2] + y.shape[-2] + 1)
     mean, scale, scaled = sharding.mean_costs(costs, (x, y, a, b, delta), trees, n_batch=n_batch,
-                                              tree_axis=n_batch if batched_trees else 0, p=p, mesh=mesh)
+                                              tree_axis=n_batch if batched_trees else 0, p=p, mesh=mesh,
+                                              values_per_tree=values)
     out = sharding.finish(mean, scale, scaled, p, return_costs)
     guard = validation.vmap_leading(validation.nonfinite_to_nan, n_batch, (0, 0, 0, 0, 0, in_axes[-1], None))
     return guard(out, x, y, a, b, trees, delta)

@@ -7,6 +7,11 @@ only, and one all-reduce sums the per-tree costs (one more, a max of one scalar,
 scale of `one_dim.power_scale`). The costs returned with `return_costs` stay split over the devices; gradients
 with respect to the points are summed over the devices by the transpose of the replication. No device ever
 holds another device's projections, and the point clouds are never gathered.
+
+Large problems (L k (n + m) projected values above `CHUNK_VALUES`) are processed a block of trees at a time, on one
+device or within each device's share: `jax.lax.map` over blocks, each block rematerialised in the backward pass
+(`jax.checkpoint`), so the projections, sort permutations and their gradients exist for one block at a time and the
+memory no longer grows with L (docs/tsw_sl.md §16.2). Smaller problems run in one block, unchanged.
 """
 from __future__ import annotations
 
@@ -22,6 +27,46 @@ from tsw_sl.one_dim import root_p, unscale
 
 # (shared inputs, per-tree inputs) -> (scaled costs [..., L_local], scale [...]); cost = scale^p * scaled.
 CostsFn = Callable[[Any, Any], tuple[jax.Array, jax.Array]]
+
+# Largest number of projected values (trees x lines x points x batch) computed at once; about 17 bytes each in a
+# forward and backward pass on CPU, so one block needs at most about 0.6 GB.
+CHUNK_VALUES = 2**25
+
+
+def block_size(n_trees: int, values_per_tree: int, limit: int | None = None) -> int:
+    """The number of trees computed together: the largest divisor of `n_trees` whose values stay within `limit`
+    (default `CHUNK_VALUES`; at least 1 tree), so that every block has the same shape."""
+    fitting = max(1, (CHUNK_VALUES if limit is None else limit) // max(values_per_tree, 1))
+    return max(c for c in range(1, min(n_trees, fitting) + 1) if n_trees % c == 0)
+
+
+def _common_scale(scaled: jax.Array, scale: jax.Array, top: jax.Array, p: float) -> jax.Array:
+    """Scaled costs [..., L] of scale [...] re-expressed at the power-of-two scale `top` >= scale (exact)."""
+    return scaled if p == 1 else scaled * ((scale / top) ** p)[..., None]
+
+
+def blocked_costs(costs_fn: CostsFn, shared: Any, per_tree: Any, *, tree_axis: int, p: float,
+                  values_per_tree: int | None) -> tuple[jax.Array, jax.Array]:
+    """`costs_fn(shared, per_tree)` computed a block of `block_size` trees at a time (one block: a plain call).
+
+    per_tree leaves have their L trees at `tree_axis`; `values_per_tree` is the number of projected values one
+    tree's costs compute (None: one block). Returns (scaled [..., L], scale [...]) as `costs_fn` would.
+    """
+    n_trees = jax.tree.leaves(per_tree)[0].shape[tree_axis]
+    size = n_trees if values_per_tree is None else block_size(n_trees, values_per_tree)
+    if size == n_trees:
+        return costs_fn(shared, per_tree)
+    blocks = jax.tree.map(lambda v: jnp.moveaxis(v, tree_axis, 0).reshape((n_trees // size, size) + v.shape[:tree_axis]
+                                                                          + v.shape[tree_axis + 1:]), per_tree)
+
+    @jax.checkpoint
+    def one_block(block):
+        return costs_fn(shared, jax.tree.map(lambda v: jnp.moveaxis(v, 0, tree_axis), block))
+
+    scaled, scale = jax.lax.map(one_block, blocks)  # [B, ..., size], [B, ...]
+    top = jnp.max(scale, axis=0)
+    scaled = jax.vmap(_common_scale, in_axes=(0, 0, None, None))(scaled, scale, top, p)
+    return jnp.moveaxis(scaled, 0, -2).reshape(scaled.shape[1:-1] + (n_trees,)), top
 
 
 def check_mesh(mesh: Mesh | None, count: int, name: str) -> Mesh | None:
@@ -45,7 +90,7 @@ def _split(axis: int) -> PartitionSpec:
 
 
 def mean_costs(costs_fn: CostsFn, shared: Any, per_tree: Any, *, n_batch: int, tree_axis: int, p: float,
-               mesh: Mesh | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+               mesh: Mesh | None, values_per_tree: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Mean per-tree cost of `costs_fn`, computed on one device or split over `mesh` (checked by `check_mesh`).
 
     Args:
@@ -53,20 +98,24 @@ def mean_costs(costs_fn: CostsFn, shared: Any, per_tree: Any, *, n_batch: int, t
       shared: pytree replicated on every device (points, weights, options that may be traced).
       per_tree: pytree whose leaves have the tree axis at position `tree_axis` (split over the devices).
       n_batch: number of leading batch axes of the outputs; p: static exponent.
+      values_per_tree: projected values one tree's costs compute (batch x lines x points); above `CHUNK_VALUES`
+        in all, the trees are computed in blocks (`blocked_costs`). None: all at once.
     Returns:
       (mean scaled cost [...], common scale [...], scaled costs [..., L]) with cost = scale^p * scaled; the
       scaled costs are split over the mesh's devices when a mesh is given.
     """
+    def blocked(shared, per_tree):
+        return blocked_costs(costs_fn, shared, per_tree, tree_axis=tree_axis, p=p, values_per_tree=values_per_tree)
+
     if mesh is None:
-        scaled, scale = costs_fn(shared, per_tree)
+        scaled, scale = blocked(shared, per_tree)
         return jnp.mean(scaled, axis=-1), scale, scaled
     n_trees = jax.tree.leaves(per_tree)[0].shape[tree_axis]
 
     def local(shared, per_tree):
-        scaled, scale = costs_fn(shared, per_tree)
+        scaled, scale = blocked(shared, per_tree)
         top = jax.lax.pmax(scale, DATA_AXIS)  # powers of two: the ratio below is exact
-        if p != 1:
-            scaled = scaled * ((scale / top) ** p)[..., None]
+        scaled = _common_scale(scaled, scale, top, p)
         return jax.lax.psum(jnp.sum(scaled, axis=-1), DATA_AXIS) / n_trees, top, scaled
 
     in_specs = (PartitionSpec(), jax.tree.map(lambda _: _split(tree_axis), per_tree))

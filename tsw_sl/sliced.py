@@ -7,6 +7,7 @@ quantity of POT's `ot.sliced_wasserstein_distance` given the same projections, a
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 from jax.sharding import Mesh
@@ -80,12 +81,14 @@ def mean_over_slices(costs: sharding.CostsFn, x: jax.Array, y: jax.Array, a: jax
     """A sliced distance from its per-slice costs (shared by the Euclidean and spherical sliced distances).
 
     costs: ((x, y, a, b), slices [P_local, ...]) -> (scaled [..., P_local], scale [...]); x: [..., n, d],
-    y: [..., m, d], a: [..., n], b: [..., m]; slices [P, ...] one set for the batch, split over `mesh`.
+    y: [..., m, d], a: [..., n], b: [..., m]; slices [P, ..., d] one set for the batch (P directions, or P
+    planes [P, 2, d]), split over `mesh` and computed in blocks when large (`sharding.blocked_costs`).
     Returns the distances [...] (NaN where an input is not finite), with `return_costs` also the costs [..., P].
     """
     n_batch = x.ndim - 2
+    values = math.prod(x.shape[:-2]) * math.prod(slices.shape[1:-1]) * (x.shape[-2] + y.shape[-2])
     mean, scale, scaled = sharding.mean_costs(costs, (x, y, a, b), slices, n_batch=n_batch, tree_axis=0, p=p,
-                                              mesh=mesh)
+                                              mesh=mesh, values_per_tree=values)
     out = sharding.finish(mean, scale, scaled, p, return_costs)
     guard = validation.vmap_leading(validation.nonfinite_to_nan, n_batch, (0, 0, 0, 0, 0, None))
     return guard(out, x, y, a, b, slices)

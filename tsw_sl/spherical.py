@@ -14,6 +14,7 @@ y_l: the distance is invariant under orthogonal maps applied to the points and t
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -118,8 +119,9 @@ def _spherical(x, y, a, b, trees, delta, *, p, sort_method, return_costs, mesh):
         return validation.vmap_leading(one, n_batch, in_axes)(x, y, a, b, trees)
 
     in_axes = (0, 0, 0, 0, None if trees.roots.ndim == 2 else 0)
+    values = math.prod(x.shape[:-2]) * trees.directions.shape[-2] * (x.shape[-2] + y.shape[-2])
     mean, scale, scaled = sharding.mean_costs(costs, (x, y, a, b, delta), trees, n_batch=n_batch,
-                                              tree_axis=trees.roots.ndim - 2, p=p, mesh=mesh)
+                                              tree_axis=trees.roots.ndim - 2, p=p, mesh=mesh, values_per_tree=values)
     out = sharding.finish(mean, scale, scaled, p, return_costs)
     guard = validation.vmap_leading(validation.nonfinite_to_nan, n_batch, (0, 0, 0, 0, 0, in_axes[-1], None))
     return guard(out, x, y, a, b, trees, delta)
