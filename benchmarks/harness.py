@@ -31,7 +31,7 @@ import platform
 import statistics
 import time
 import tracemalloc
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -387,24 +387,6 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
         return default
     with open(path) as f:
         return json.load(f)
-
-
-def study_inputs(summary_path: str | os.PathLike, run_dirs: Iterable[str], build: Callable[[], tuple[Any, Any]]
-                 ) -> tuple[Any, Any]:
-    """``(summary, inputs)`` of one data set of a resumable study, building its expensive inputs only while a cell
-    is missing.
-
-    When ``summary_path`` exists and every folder of ``run_dirs`` holds its ``result.json``, returns the stored
-    summary and ``None``: a later session reports finished cells without regenerating the zoo or refitting the
-    INRs they were trained on. Else ``build() -> (summary, inputs)``; the summary (small JSON, kept in git beside
-    the cells' results) is stored at ``summary_path``.
-    """
-    summary = read_json(summary_path)
-    if summary is not None and all(os.path.exists(os.path.join(d, "result.json")) for d in run_dirs):
-        return summary, None
-    summary, inputs = build()
-    write_json(summary_path, summary)
-    return summary, inputs
 
 
 def write_results(out_dir: str | os.PathLike, name: str, result: dict, markdown: str) -> tuple[str, str]:

@@ -23,7 +23,8 @@ The un-augmented cells of every activation run first. Kept in git: the finished 
 dataset's zoo summary (``runs/<dataset>/summary.json``) and the final checkpoints of its zoo
 (``zoos/<dataset>_cnn_final``, `final_zoo`: what the cells read); the full zoos and the training checkpoints stay
 local. A later session or another machine goes on without regenerating a zoo, and a dataset whose cells are all
-done is reported without one (`benchmarks.harness.study_inputs`).
+done is reported without one (`benchmarks.studies.study_inputs`). Several processes may run the same command at
+once, each taking the next cell nobody holds (`benchmarks.studies.run_cells`).
 Results: ``<out>/magep_generalization.{json,md}`` and figures ``magep_generalization_scatter.png`` (predicted vs
 true accuracy per method) and ``magep_generalization_augmentation.png`` (tau against k, one line per method).
 """
@@ -40,7 +41,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from benchmarks import harness, magep_inr, magep_inr_editing
+from benchmarks import harness, magep_inr, magep_inr_editing, studies
 from common import compilation_cache, zoo_store
 from common.cli import positive_int
 from common.accuracy_prediction import kendall_tau, predict_logits
@@ -286,23 +287,26 @@ def generalization(args: argparse.Namespace) -> dict:
                     os.path.join(work, "runs", dataset, activation, augmentation, method, f"seed{seed}")
                     for activation, augmentation in cell_order(args.activations, args.augmentations)
                     for method in args.methods for seed in range(args.seeds)}
-        summary, zoo_dir = harness.study_inputs(  # zoo_dir: the final-checkpoint zoo, None when all cells are done
+        summary, zoo_dir = studies.study_inputs(  # zoo_dir: the final-checkpoint zoo, None when all cells are done
             os.path.join(work, "runs", dataset, "summary.json"), run_dirs.values(),
             lambda: zoo_inputs(work, dataset, args))
         zoos.update({f"{dataset} {activation}": summary[activation] for activation in args.activations})
         splits = {}
-        for (activation, augmentation, method, seed), run_dir in run_dirs.items():
-            record = harness.read_json(os.path.join(run_dir, "result.json"))
-            if record is None:
-                if (activation, augmentation) not in splits:
-                    if (activation, "none") not in splits:
-                        splits[activation, "none"] = load_splits(zoo_dir, activation, zoo_epochs)
-                    splits[activation, augmentation] = augmented(splits[activation, "none"], activation, augmentation)
-                record = run_cell(splits[activation, augmentation], method, activation, seed, run_dir,
-                                  train_epochs=args.train_epochs, batch_size=args.batch_size, sizes=sizes)
-                if not args.quick:
-                    print(f"{dataset} {activation} {augmentation} {method} seed {seed}: "
-                          f"test tau {record['test_tau']:.3f}", flush=True)
+
+        def run_one(cell, run_dir):
+            activation, augmentation, method, seed = cell
+            if (activation, augmentation) not in splits:
+                if (activation, "none") not in splits:
+                    splits[activation, "none"] = load_splits(zoo_dir, activation, zoo_epochs)
+                splits[activation, augmentation] = augmented(splits[activation, "none"], activation, augmentation)
+            record = run_cell(splits[activation, augmentation], method, activation, seed, run_dir,
+                              train_epochs=args.train_epochs, batch_size=args.batch_size, sizes=sizes)
+            if not args.quick:
+                print(f"{dataset} {activation} {augmentation} {method} seed {seed}: "
+                      f"test tau {record['test_tau']:.3f}", flush=True)
+            return record
+
+        for (_, augmentation, _, _), record in studies.run_cells(run_dirs, run_one).items():
             records.append({**record, "dataset": dataset, "augmentation": augmentation})
     rows = summarise(records)
     epochs = ", ".join(f"{d} {args.zoo_epochs[d]}" for d in args.datasets)

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from benchmarks import harness
+from benchmarks import harness, studies
 from common.accuracy_prediction import predict_logits, top1_accuracy
 from common.cli import positive_float, positive_int
 from common.training import trainable_parameters
@@ -89,13 +89,9 @@ def siren_sets(dataset: str, args: argparse.Namespace) -> tuple[dict, dict]:
     return sets, {"spec": spec, "psnr": psnr, "images": images}
 
 
-def run_cell(inputs: tuple | None, method: str, seed: int, run_dir: str, args: argparse.Namespace) -> dict:
+def run_cell(inputs: tuple, method: str, seed: int, run_dir: str, args: argparse.Namespace) -> dict:
     """Train one classifier (resuming from ``run_dir``) on ``inputs`` = (sets, spec) of `siren_sets` and score it;
-    returns the cell's result record (read back when the cell is done: ``inputs`` may then be None)."""
-    result_path = os.path.join(run_dir, "result.json")
-    done = harness.read_json(result_path)
-    if done is not None:
-        return done
+    writes ``run_dir/result.json`` and returns the cell's result record."""
     sets, spec = inputs
     sizes = (QUICK_SIZES if args.quick else SIZES)[method]
     model = INRClassifier(spec, CLASSES, nfn=method, scaling="sign", activation="sin", rngs=nnx.Rngs(seed), **sizes)
@@ -112,7 +108,7 @@ def run_cell(inputs: tuple | None, method: str, seed: int, run_dir: str, args: a
               "val_accuracy": history[-1]["best/accuracy"],
               "test_accuracy": top1_accuracy(predict_logits(model, x_test), y_test),
               "wall_s": time.perf_counter() - start}
-    harness.write_json(result_path, record)
+    harness.write_json(os.path.join(run_dir, "result.json"), record)
     return record
 
 
@@ -123,23 +119,25 @@ def grid_dirs(args: argparse.Namespace, study: str, dataset: str) -> dict:
 
 
 def study_sets(args: argparse.Namespace, study: str, dataset: str, prepare) -> tuple[dict, object]:
-    """``(summary, inputs)`` of one dataset of an INR study (`benchmarks.harness.study_inputs`): the SIREN sets are
+    """``(summary, inputs)`` of one dataset of an INR study (`benchmarks.studies.study_inputs`): the SIREN sets are
     fitted (or loaded) only while a cell is missing; ``prepare(sets, info) -> (summary, inputs)``."""
-    return harness.study_inputs(os.path.join(args.work, "runs", study, dataset, "summary.json"),
+    return studies.study_inputs(os.path.join(args.work, "runs", study, dataset, "summary.json"),
                                 grid_dirs(args, study, dataset).values(),
                                 lambda: prepare(*siren_sets(dataset, args)))
 
 
 def run_grid(args: argparse.Namespace, dataset: str, study: str, report: str, run_one) -> list[dict]:
-    """``run_one(method, seed, run_dir)`` for every method and seed of ``args`` (run folders `grid_dirs`); prints
-    ``report`` (a format string over the record) unless --quick."""
-    records = []
-    for (method, seed), run_dir in grid_dirs(args, study, dataset).items():
-        record = run_one(method, seed, run_dir)
-        records.append({**record, "dataset": dataset})
+    """Every cell's record for every method and seed of ``args`` (run folders `grid_dirs`), running the missing
+    ones by ``run_one(method, seed, run_dir)`` (`benchmarks.studies.run_cells`: several processes may share the
+    grid); prints ``report`` (a format string over the record) of each cell run here unless --quick."""
+    def run(cell, run_dir):
+        record = run_one(*cell, run_dir)
         if not args.quick:
-            print(f"{dataset} {method} seed {seed}: " + report.format(**record), flush=True)
-    return records
+            print(f"{dataset} {cell[0]} seed {cell[1]}: " + report.format(**record), flush=True)
+        return record
+
+    return [{**record, "dataset": dataset}
+            for record in studies.run_cells(grid_dirs(args, study, dataset), run).values()]
 
 
 def scale_settings(args: argparse.Namespace, optimizer_note: str, models: str) -> dict:

@@ -55,15 +55,11 @@ def edit_targets(info: dict, dataset: str) -> dict:
             for split, images in info["images"].items()}
 
 
-def run_cell(inputs: tuple | None, dataset: str, method: str, seed: int, run_dir: str,
+def run_cell(inputs: tuple, dataset: str, method: str, seed: int, run_dir: str,
              args: argparse.Namespace) -> dict:
     """Train one editor (resuming from ``run_dir``) on ``inputs`` = (sets, spec, targets, coords) of `prepare`
-    and score it; returns the cell's result record (with the first `SHOWN` edited test renderings for the figure;
-    read back when the cell is done: ``inputs`` may then be None)."""
-    result_path = os.path.join(run_dir, "result.json")
-    done = harness.read_json(result_path)
-    if done is not None:
-        return done
+    and score it; writes ``run_dir/result.json`` and returns the cell's result record (with the first `SHOWN`
+    edited test renderings for the figure)."""
     sets, spec, targets, coords = inputs
     sizes = (QUICK_SIZES if args.quick else SIZES)[method]
     editor = INREditor(spec, nfn=method, scaling="sign", activation="sin", rngs=nnx.Rngs(seed), **sizes)
@@ -82,7 +78,7 @@ def run_cell(inputs: tuple | None, dataset: str, method: str, seed: int, run_dir
               "val_mse": -history[-1]["best/neg_mse"],
               "test_mse": -negative_mse(rendered, targets["test"]), "edited": rendered[:SHOWN].tolist(),
               "wall_s": time.perf_counter() - start}
-    harness.write_json(result_path, record)
+    harness.write_json(os.path.join(run_dir, "result.json"), record)
     return record
 
 

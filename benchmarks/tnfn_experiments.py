@@ -27,7 +27,8 @@ extended-group copy of every training run (`method_inputs`).
 
 Every stage resumes: zoo shards, each training run (checkpoints, best model) and each finished cell
 (``result.json``) under ``--work``; the finished cells and each dataset's zoo summary (``summary.json``) are kept in
-git, and a dataset whose cells are all done is reported without its zoo (`benchmarks.harness.study_inputs`).
+git, and a dataset whose cells are all done is reported without its zoo (`benchmarks.studies.study_inputs`);
+several processes may run the same command at once (`benchmarks.studies.run_cells`).
 Results: ``<out>/tnfn_prediction.{json,md}``.
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from benchmarks import harness
+from benchmarks import harness, studies
 from common import compilation_cache
 from common.accuracy_prediction import kendall_tau, predict_logits
 from common.cli import positive_int
@@ -109,10 +110,8 @@ def load_splits(zoo_dir: str, epoch: int, threshold: float) -> dict:
 def run_cell(splits: dict, model: nnx.Module, seed: int, run_dir: str, args: argparse.Namespace,
              moved: Sequence | None = None) -> dict:
     """Train one predictor (resuming from ``run_dir``) and score it, also on the ``moved`` copies of the test
-    runs (`moved_tests`, when given: ``moved_test_taus``); returns the cell's result record."""
-    done = harness.read_json(os.path.join(run_dir, "result.json"))
-    if done is not None:
-        return done
+    runs (`moved_tests`, when given: ``moved_test_taus``); writes ``run_dir/result.json`` and returns the cell's
+    result record."""
     (x_train, y_train), validation, (x_test, y_test) = splits["train"], splits["val"], splits["test"]
     batch = min(16, len(y_train))
     steps_per_epoch = max(len(y_train) // batch, 1)
@@ -135,11 +134,7 @@ def run_cell(splits: dict, model: nnx.Module, seed: int, run_dir: str, args: arg
 
 def run_tree_cell(splits: dict, method: str, seed: int, run_dir: str, moved: Sequence | None = None) -> dict:
     """Fit one tree baseline on the flat raw weights (rounds chosen on validation RMSE) and score it (also on
-    ``moved`` test runs, as `run_cell`); returns the cell's result record (read back from ``run_dir`` when done
-    before)."""
-    done = harness.read_json(os.path.join(run_dir, "result.json"))
-    if done is not None:
-        return done
+    ``moved`` test runs, as `run_cell`); writes ``run_dir/result.json`` and returns the cell's result record."""
     start = time.perf_counter()
     feats = {split: flat_weights(x) for split, (x, _) in splits.items()}
     (_, y_train), (_, y_val), (_, y_test) = splits["train"], splits["val"], splits["test"]
@@ -296,33 +291,38 @@ def prediction(args: argparse.Namespace) -> dict:
         cells += [c for c in study_cells(args, dataset, "all") if c not in cells and done(c)]
         run_dirs = {(table, threshold, method, seed): cell_dir(args, dataset, table, threshold, method, seed)
                     for table, threshold, method, *_ in cells for seed in range(args.seeds)}
-        zoos[dataset], _ = harness.study_inputs(
+        zoos[dataset], _ = studies.study_inputs(
             os.path.join(args.work, "runs", dataset, "summary.json"), run_dirs.values(),
             lambda: (zoo_summary(generate_transformer_zoo(zoo_dir, dataset, args.models, epochs=args.zoo_epochs,
                                                           shard_size=args.shard_size, train_limit=args.train_limit,
                                                           test_limit=args.test_limit, progress=not args.quick),
                                  epoch, args), None))
         splits, moved = {}, None  # per threshold (and the moved test runs), loaded only for a cell still to run
-        for table, threshold, method, flags, robustness in cells:
-            for seed in range(args.seeds):
-                run_dir = run_dirs[table, threshold, method, seed]
-                inputs = (None, None)
-                if not os.path.exists(os.path.join(run_dir, "result.json")):
-                    if threshold not in splits:
-                        splits[threshold] = load_splits(zoo_dir, epoch, threshold)
-                    if robustness and moved is None:
-                        moved = moved_tests(splits[threshold], dataset)
-                    inputs = method_inputs(method, splits[threshold], moved if robustness else None, dataset)
-                if method in TREE_KINDS:
-                    record = run_tree_cell(inputs[0], method, seed, run_dir, inputs[1])
-                else:
-                    kind = "tnfn" if table == "ablation" or method in ROBUST_METHODS else method
-                    model = build(kind, dataset, seed, flags, args.quick)
-                    record = run_cell(inputs[0], model, seed, run_dir, args, inputs[1])
-                records.append({**record, "dataset": dataset, "table": table, "threshold": threshold, "method": method})
-                if not args.quick:
-                    print(f"{dataset} {table} t{threshold:g} {method} seed {seed}: test tau {record['test_tau']:.3f}",
-                          flush=True)
+        robust = {cell[:3]: cell[4] for cell in cells}
+        flags = {cell[:3]: cell[3] for cell in cells}
+
+        def run_one(cell, run_dir):
+            nonlocal moved
+            table, threshold, method, seed = cell
+            if threshold not in splits:
+                splits[threshold] = load_splits(zoo_dir, epoch, threshold)
+            robustness = robust[cell[:3]]
+            if robustness and moved is None:
+                moved = moved_tests(splits[threshold], dataset)
+            inputs = method_inputs(method, splits[threshold], moved if robustness else None, dataset)
+            if method in TREE_KINDS:
+                record = run_tree_cell(inputs[0], method, seed, run_dir, inputs[1])
+            else:
+                kind = "tnfn" if table == "ablation" or method in ROBUST_METHODS else method
+                model = build(kind, dataset, seed, flags[cell[:3]], args.quick)
+                record = run_cell(inputs[0], model, seed, run_dir, args, inputs[1])
+            if not args.quick:
+                print(f"{dataset} {table} t{threshold:g} {method} seed {seed}: test tau {record['test_tau']:.3f}",
+                      flush=True)
+            return record
+
+        for (table, threshold, method, _), record in studies.run_cells(run_dirs, run_one).items():
+            records.append({**record, "dataset": dataset, "table": table, "threshold": threshold, "method": method})
     rows = summarise(records)
     settings = {"scale": (f"{args.models} runs per task, {args.zoo_epochs} zoo epochs on {args.train_limit or 'all'} "
                           f"training rows; {args.epochs} predictor epochs at batch 16; {args.seeds} seed(s)"
