@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from benchmarks import magep_experiments
-from common import NetworkSpec, WeightSpace
+from common import NetworkSpec, WeightSpace, checkpointing
 from common.accuracy_prediction import fit_predictor, kendall_tau, predict_logits
 from common.nets import mlp_apply
 from magep import GeneralizationPredictor
@@ -69,6 +69,43 @@ def test_fit_predictor_returns_the_best_validation_model_and_keeps_it_on_resume(
     resumed, history = fit_predictor(model, train, acc[:16], num_steps=16, **options)
     assert history[-1]["best/tau"] >= summary["best/tau"] - 1e-6  # the earlier best survived the restart
     assert kendall_tau(predict_logits(resumed, val), acc[16:]) == pytest.approx(history[-1]["best/tau"], abs=1e-6)
+
+
+def test_a_killed_fit_finds_the_same_best_model(tmp_path, monkeypatch):
+    """The best model is written only before training checkpoints: a run killed between two checkpoints (here just
+    before the one at step 12) resumes from step 6 and ends with the best model of an uninterrupted run."""
+    ws = random_weights(jax.random.key(1), SPEC, batch=(24,))
+    feats, acc = ws.to_features(), np.linspace(0.1, 0.9, 24).astype(np.float32)
+    train, val = jax.tree.map(lambda a: a[:16], feats), jax.tree.map(lambda a: a[16:], feats)
+    model = GeneralizationPredictor(SPEC, nfn="statnn", head=8, rngs=nnx.Rngs(0))
+    options = dict(key=jax.random.key(0), batch_size=4, validation=(val, acc[16:]), eval_every=2, checkpoint_every=6,
+                   num_steps=18, optimizer=optax.adam(3e-2))
+    save, best_writes = checkpointing.save, []
+
+    def counted(manager, step, item):
+        best_writes.extend([step] if isinstance(item, dict) else [])
+        return save(manager, step, item)
+
+    monkeypatch.setattr(checkpointing, "save", counted)
+    whole, history = fit_predictor(model, train, acc[:16], run_dir=str(tmp_path / "whole"), **options)
+    scores = {r["step"]: r["eval/tau"] for r in history if "eval/tau" in r}
+    improved = [s for s in scores if scores[s] > max([v for t, v in scores.items() if t < s], default=-np.inf)]
+    assert improved[0] % 6 and best_writes == sorted({-(-s // 6) * 6 for s in improved})  # before the checkpoints
+
+    def killed_at_12(manager, step, item):
+        if step == 12 and not isinstance(item, dict):  # the training state (the best model is a dict)
+            raise KeyboardInterrupt
+        return save(manager, step, item)
+
+    monkeypatch.setattr(checkpointing, "save", killed_at_12)
+    with pytest.raises(KeyboardInterrupt):
+        fit_predictor(model, train, acc[:16], run_dir=str(tmp_path / "killed"), **options)
+    monkeypatch.undo()
+    resumed, again = fit_predictor(model, train, acc[:16], run_dir=str(tmp_path / "killed"), **options)
+    assert again[-1]["best/step"] == history[-1]["best/step"] and 0 < history[-1]["best/step"] < 18
+    assert again[-1]["best/tau"] == pytest.approx(history[-1]["best/tau"], abs=1e-6)
+    for a, b in zip(jax.tree.leaves(nnx.state(resumed)), jax.tree.leaves(nnx.state(whole))):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_quick_generalization_pipeline_runs_and_resumes(tmp_path, monkeypatch):
