@@ -45,55 +45,51 @@ def _max_scaled_inputs(weights: tuple, biases: tuple) -> tuple[tuple, list, tupl
     return scaled_w, [m[..., 0, 0, :] for m in log_mw], scaled_b, [m[..., 0, :] for m in log_mb]
 
 
-def _log_scales(scaled_w: tuple, log_mw: list, scaled_b: tuple, log_mb: list) -> tuple[jax.Array, jax.Array]:
-    """(log r, log s) of `invariant_log_scales` from the max-scaled tensors and their log scales."""
+def _log_scale(scaled_w: tuple, log_mw: list, scaled_b: tuple, log_mb: list) -> jax.Array:
+    """log r of `invariant_log_scale` from the max-scaled tensors and their log scales."""
     B = suffix_products([channels_first(w, 2) for w in scaled_w])  # B_t = W^(L,t) / prod_{k>t} m_k, [..., c, n_L, n_t]
     L = len(scaled_w)
-    log_a2 = log_sq_norm(B[0], (-2, -1)) + 2 * sum(log_mw)  # log ||W^(L,0)||^2
-    log_r = jnp.where(jnp.isfinite(log_a2), log_a2, 0.0) / (2 * L)
-    paths, log_m_above = [], jnp.zeros_like(log_r)  # log_m_above = sum_{k>t} log m_k
+    terms, log_m_above = [log_sq_norm(B[0], (-2, -1)) + 2 * sum(log_mw)], 0.0  # log ||W^(L,0)||^2; sum_{k>t} log m_k
     for t in range(L, 0, -1):
         b = channels_first(scaled_b[t - 1], 1)
         path = b if t == L else jnp.einsum("...ab,...b->...a", B[t], b)
-        paths.append(log_sq_norm(path, (-1,)) + 2 * (log_m_above + log_mb[t - 1]))
+        terms.append(log_sq_norm(path, (-1,)) + 2 * (log_m_above + log_mb[t - 1]))  # log ||W^(L,t) b^(t)||^2
         log_m_above = log_m_above + log_mw[t - 1]
-    paths = jnp.stack(paths)
-    any_path = jnp.any(jnp.isfinite(paths), axis=0)
-    log_p2 = jax.nn.logsumexp(jnp.where(any_path, paths, 0.0), axis=0)  # all -inf would give a NaN gradient
-    log_p2 = jnp.where(any_path, log_p2 - 2 * L * log_r, -jnp.inf)
-    return log_r, 0.5 * jnp.logaddexp(0.0, log_p2)
+    terms = jnp.stack(terms)
+    nonzero = jnp.any(jnp.isfinite(terms), axis=0)
+    log_n2 = jax.nn.logsumexp(jnp.where(nonzero, terms, 0.0), axis=0)  # all -inf would give a NaN gradient
+    return jnp.where(nonzero, log_n2, 0.0) / (2 * L)
 
 
-def invariant_log_scales(weights: tuple, biases: tuple) -> tuple[jax.Array, jax.Array]:
-    """(log r, log s) per channel [..., c] of the scale normalisation (`normalize_scale`):
+def invariant_log_scale(weights: tuple, biases: tuple) -> jax.Array:
+    """log r per channel [..., c] of the scale normalisation (`normalize_scale`):
 
-        r = ||W^(L,0)||_F^(1/L)   (r = 1 where W^(L,0) = 0),
-        s = (1 + P^2)^(1/2),   P = (sum_{t=1..L} ||W^(L,t) b^(t)||^2)^(1/2) / r^L   (W^(L,L) = I).
+        r = (||W^(L,0)||_F^2 + sum_{t=1..L} ||W^(L,t) b^(t)||^2)^(1/(2L))   (W^(L,L) = I; r = 1 where all are 0),
 
-    W^(L,0) and the bias paths W^(L,t) b^(t) are invariant under every monomial g (§3), so r and s are; under the
-    ReLU rescaling W^(l) -> a W^(l), b^(l) -> a^l b^(l), r -> a r and s is unchanged. Evaluated on max-scaled
-    tensors with the scales added back as logs, so no product or square overflows or underflows in float32.
+    the size of the network's end-to-end affine map: its linear part and the paths of its bias. These are invariant
+    under every monomial g (§3), so r is; under the ReLU rescaling W^(l) -> a W^(l), b^(l) -> a^l b^(l) each of
+    them scales by a^L, so r -> a r. Evaluated on max-scaled tensors with the scales added back as logs, so no
+    product or square overflows or underflows in float32.
     """
-    return _log_scales(*_max_scaled_inputs(weights, biases))
+    return _log_scale(*_max_scaled_inputs(weights, biases))
 
 
 def normalize_scale(weights: tuple, biases: tuple) -> tuple[tuple, tuple]:
-    """Divide W^(l) by r and b^(l) by r^l s, per channel (r, s of `invariant_log_scales`).
+    """Divide W^(l) by r and b^(l) by r^l, per channel (r of `invariant_log_scale`).
 
-    Afterwards ||W^(L,0)||_F = 1 (or W^(L,0) = 0) and the bias paths have joint norm P / (1 + P^2)^(1/2) < 1,
-    where P, their size relative to W^(L,0), is unchanged. r and s are functions of group invariants, so this
-    commutes with every monomial g (positive or sign), and the result is exactly invariant to the
-    ReLU-function-preserving rescaling W^(l) -> a W^(l), b^(l) -> a^l b^(l). Every invariant block of the layers
-    (W^(L,0), [WW]^(L,0), [bW]^(L,0), S^(L), b^(L), the traces) is then bounded by the coupling norms whatever the
-    weight scale (docs/magep.md §4, §11 pitfall 2). Scale-free (no eps); computed in the log domain, so float32
-    inputs of any finite scale give finite outputs and gradients (zero channels stay zero, gradient finite).
-    Integer and half-precision inputs are computed and returned in float32 (in float16, exp(-log m) of the max
-    scaling overflows for entries below 1.5e-5; docs/input_policy.md).
+    Afterwards ||W^(L,0)||_F^2 + sum_t ||W^(L,t) b^(t)||^2 = 1 (or every term is 0): every invariant block of the
+    layers (W^(L,0), [WW]^(L,0), [bW]^(L,0), S^(L), b^(L), the traces) is bounded by the coupling norms whatever
+    the weight scale, and no channel blows up when its end-to-end linear map nearly vanishes while its bias paths
+    do not (docs/magep.md §4, §11 pitfall 2). r is a function of group invariants, so this commutes with every
+    monomial g (positive or sign), and the result is exactly invariant to the ReLU-function-preserving rescaling
+    W^(l) -> a W^(l), b^(l) -> a^l b^(l). Scale-free (no eps); computed in the log domain, so float32 inputs of
+    any finite scale give finite outputs and gradients (zero channels stay zero, gradient finite). Integer and
+    half-precision inputs are computed and returned in float32 (in float16, exp(-log m) of the max scaling
+    overflows for entries below 1.5e-5; docs/input_policy.md).
     """
     weights, biases = (tuple(checks.at_least_float32(v, jnp.float32) for v in leaves) for leaves in (weights, biases))
     scaled_w, log_mw, scaled_b, log_mb = _max_scaled_inputs(weights, biases)
-    log_r, log_s = _log_scales(scaled_w, log_mw, scaled_b, log_mb)
+    log_r = _log_scale(scaled_w, log_mw, scaled_b, log_mb)
     out_w = tuple(x * jnp.exp(m - log_r)[..., None, None, :] for x, m in zip(scaled_w, log_mw))
-    out_b = tuple(x * jnp.exp(m - (l * log_r + log_s))[..., None, :]
-                  for l, (x, m) in enumerate(zip(scaled_b, log_mb), 1))
+    out_b = tuple(x * jnp.exp(m - l * log_r)[..., None, :] for l, (x, m) in enumerate(zip(scaled_b, log_mb), 1))
     return out_w, out_b
