@@ -94,7 +94,7 @@ def run_cell(inputs: tuple, method: str, seed: int, run_dir: str, args: argparse
     writes ``run_dir/result.json`` and returns the cell's result record."""
     sets, spec = inputs
     sizes = (QUICK_SIZES if args.quick else SIZES)[method]
-    model = INRClassifier(spec, CLASSES, nfn=method, scaling="sign", activation="sin", rngs=nnx.Rngs(seed), **sizes)
+    model = INRClassifier(spec, CLASSES, nfn=method, scaling="sign", rngs=nnx.Rngs(seed), **sizes)
     n_params = trainable_parameters(model)
     (x_train, y_train), validation, (x_test, y_test) = sets["train"], sets["val"], sets["test"]
     start = time.perf_counter()

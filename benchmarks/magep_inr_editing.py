@@ -62,7 +62,7 @@ def run_cell(inputs: tuple, dataset: str, method: str, seed: int, run_dir: str,
     edited test renderings for the figure)."""
     sets, spec, targets, coords = inputs
     sizes = (QUICK_SIZES if args.quick else SIZES)[method]
-    editor = INREditor(spec, nfn=method, scaling="sign", activation="sin", rngs=nnx.Rngs(seed), **sizes)
+    editor = INREditor(spec, nfn=method, scaling="sign", rngs=nnx.Rngs(seed), **sizes)
     n_params = trainable_parameters(editor)
     warmup = max(min(1000, args.steps // 10), 1)  # the authors' 1k warm-up steps, shortened for short runs
     schedule = optax.linear_schedule(0.0, args.lr, warmup)

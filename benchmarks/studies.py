@@ -11,13 +11,13 @@ whose runner was killed is picked up by a waiting process, resuming from the che
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
 from benchmarks.harness import read_json, write_json
+from common.file_lock import try_exclusive_lock
 
 RESULT, LOCK = "result.json", ".lock"
 POLL_S = 10.0  # how often a process waiting for cells held elsewhere looks at them again
@@ -46,16 +46,8 @@ def cell_lock(run_dir: str) -> Iterator[bool]:
     """Try to take the exclusive ``flock`` on ``run_dir/.lock`` for the block (creating the folder); yields
     whether this process holds it. Never waits."""
     os.makedirs(run_dir, exist_ok=True)
-    fd = os.open(os.path.join(run_dir, LOCK), os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)  # releases the lock
+    with try_exclusive_lock(os.path.join(run_dir, LOCK)) as holder:
+        yield holder is None
 
 
 def run_cells(run_dirs: Mapping[Hashable, str], run: Callable[[Hashable, str], dict], *,

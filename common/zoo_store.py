@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import io
 import json
 import os
@@ -41,6 +40,7 @@ import numpy as np
 
 from common.checks import count
 from common.data.files import CorruptDataError
+from common.file_lock import try_exclusive_lock
 from common.progress import progress_bar
 from common.weight_space import WeightSpace
 
@@ -174,19 +174,11 @@ def _writer_lock(zoo_dir: str):
 
     Raises:
       ZooLockedError: another process holds it."""
-    fd = os.open(os.path.join(zoo_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    with try_exclusive_lock(os.path.join(zoo_dir, LOCK_FILE)) as holder:
+        if holder is not None:
             raise ZooLockedError(f"zoo_dir {zoo_dir} is being written by another process (pid {holder}); "
-                                 "wait for it to finish, or write another folder") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+                                 "wait for it to finish, or write another folder")
         yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _set_aside(zoo_dir: str, path: str, err: Exception) -> None:

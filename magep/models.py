@@ -56,6 +56,22 @@ def check_activation(scaling: str, activation: str, model: str) -> None:
         )
 
 
+MONOMIAL_BODIES = ("magep", "monomial")  # bodies equivariant under the scalings, so sigma must commute with them
+
+
+def body_activation(nfn: str, scaling: str, activation: str | None, group_default: str, model: str) -> str:
+    """The sigma between the layers of an ``nfn`` body on networks of group `scaling` (checked first).
+
+    None picks `group_default` for the monomial bodies ("magep", "monomial"; checked against `scaling`) and ReLU
+    for the others, as the authors' permutation-equivariant NFNs use whatever the input networks' activation
+    (a tanh body collapsed NP to a constant prediction on a tanh CNN zoo: test tau ~0.1)."""
+    check_scaling(scaling, model)
+    if activation is None:
+        activation = group_default if nfn in MONOMIAL_BODIES else "relu"
+    check_activation(scaling if nfn in MONOMIAL_BODIES else "none", activation, model)
+    return activation
+
+
 def map_features(fn, feats: WeightSpace) -> WeightSpace:
     """Apply an elementwise function to every weight and bias feature."""
     return jax.tree.map(fn, feats)
@@ -213,9 +229,8 @@ class GeneralizationPredictor(nnx.Module):
       scaling: group of the input networks, "positive" (ReLU nets) or "sign" (tanh nets); "magep" and
         "monomial" are invariant under it, "hnp", "np" and "statnn" only under hidden-neuron permutations,
         "mlp" under none.
-      activation: sigma between NFN layers; default for "magep" and "monomial" ReLU for positive, tanh for sign
-        (checked against `scaling`), for "hnp" and "np" ReLU whatever the zoo's activation, as the authors'
-        InvariantNFN (a tanh body collapsed NP to a constant prediction on the tanh MNIST zoo: test tau ~0.1).
+      activation: sigma between NFN layers (`body_activation`); default for "magep" and "monomial" ReLU for
+        positive, tanh for sign (checked against `scaling`), for "hnp" and "np" ReLU whatever the zoo's activation.
       channels: "magep": an int c (default 20); "monomial"/"hnp"/"np": per-layer channels (default (16, 16, 5)).
       head: hidden width of the 3-layer MLP head (defaults 500 / 200 / 1000 / 1000 / 1000 / 1000).
       num_equivariant: K, the number of PolynomialEquivariant layers ("magep").
@@ -239,10 +254,8 @@ class GeneralizationPredictor(nnx.Module):
         if variant not in VARIANTS:
             raise ValueError(f"GeneralizationPredictor: variant must be one of {VARIANTS}, got {variant!r}")
         check_spec(spec, "GeneralizationPredictor", 2)
-        check_scaling(scaling, "GeneralizationPredictor")
-        if activation is None:  # the group's activation for the monomial bodies; ReLU for the others, as the authors'
-            activation = DEFAULT_ACTIVATION.get(scaling, "relu") if nfn in ("magep", "monomial") else "relu"
-        check_activation(scaling if nfn in ("magep", "monomial") else "none", activation, "GeneralizationPredictor")
+        activation = body_activation(nfn, scaling, activation, DEFAULT_ACTIVATION.get(scaling, "relu"),
+                                     "GeneralizationPredictor")
         if nfn in ("magep", "monomial") and scaling == "none":
             raise ValueError(f"GeneralizationPredictor: nfn={nfn!r} needs scaling 'positive' or 'sign', got 'none'")
         default_channels, default_head = OFFICIAL[nfn]
@@ -270,7 +283,9 @@ class INRClassifier(nnx.Module):
       num_classes: number of logits.
       nfn: the body, as in `GeneralizationPredictor` ("magep" default; "monomial", "hnp", "np", "statnn", "mlp":
         the baselines).
-      scaling, activation: group of the INRs ("sign" for SIRENs) and matching sigma ("sin" or "tanh").
+      scaling: group of the INRs ("sign" for SIRENs); activation: sigma between the body's layers
+        (`body_activation`): default "sin" for "magep" and "monomial" (checked against `scaling`), ReLU for
+        "hnp" and "np", as the authors' classifiers.
       channels: c of the MAGEP body (default 128) or per-layer channels of a linear body (default (16, 16, 5));
         num_equivariant: K; head: hidden width; dropout: head dropout.
       fourier_features: None (default, equivariant), "odd" (sin half: keeps sign flips, breaks positive
@@ -280,13 +295,13 @@ class INRClassifier(nnx.Module):
     """
 
     def __init__(self, spec: NetworkSpec, num_classes: int, *, nfn: str = "magep", scaling: str = "sign",
-                 activation: str = "sin", channels=None, num_equivariant: int = 3, head: int = 1000,
+                 activation: str | None = None, channels=None, num_equivariant: int = 3, head: int = 1000,
                  dropout: float = 0.0, fourier_features: str | None = None, n_frequencies: int = 128,
                  fourier_scale: float = 3.0, rngs: nnx.Rngs, freeze_phi: bool = False, normalize: bool = False):
         if nfn not in NFNS:
             raise ValueError(f"INRClassifier: nfn must be one of {NFNS}, got {nfn!r}")
         check_spec(spec, "INRClassifier", 2)
-        check_activation(scaling, activation, "INRClassifier")
+        activation = body_activation(nfn, scaling, activation, "sin", "INRClassifier")
         in_channels = spec.feature_channels
         self.fourier = None if fourier_features is None else FourierFeatures(
             spec, in_channels, n_frequencies, scale=fourier_scale, mode=fourier_features, rngs=rngs)
@@ -342,21 +357,22 @@ class INREditor(nnx.Module):
       back to the flattened weights (`FlattenBody`, `unflatten_features`).
 
     Args:
-      spec: spec of the edited networks; scaling/activation: their group and the matching sigma (checked for
-        "magep" and "monomial"; the other bodies only need some sigma).
+      spec: spec of the edited networks; scaling: their group; activation: sigma between the layers
+        (`body_activation`): default "sin" for "magep" and "monomial" (checked against `scaling`), ReLU for the
+        others, as the authors' editing networks.
       channels: c; num_equivariant: K; gamma_init: initial gamma; head: hidden width of "mlp".
     Call: features of raw weights (``ws.to_features()``: C_l = kernel size, bias channels 1) -> edited
     features, same shapes.
     """
 
     def __init__(self, spec: NetworkSpec, *, nfn: str = "magep", channels: int = 16, num_equivariant: int = 1,
-                 scaling: str = "sign", activation: str = "sin", gamma_init: float = 0.01, variant: str = "library",
+                 scaling: str = "sign", activation: str | None = None, gamma_init: float = 0.01, variant: str = "library",
                  rngs: nnx.Rngs, freeze_phi: bool = False, normalize: bool = False, n_frequencies: int = 128,
                  fourier_scale: float = 3.0, head: int = 1000):
         check_spec(spec, "INREditor", 2)
         if nfn not in EDITOR_NFNS:
             raise ValueError(f"INREditor: nfn must be one of {EDITOR_NFNS}, got {nfn!r}")
-        check_activation(scaling if nfn in ("magep", "monomial") else "none", activation, "INREditor")
+        activation = body_activation(nfn, scaling, activation, "sin", "INREditor")
         if variant not in ("library", "paper") or (variant == "paper" and nfn != "magep"):
             raise ValueError(f"INREditor: variant must be 'library' (or 'paper' with nfn='magep'), got {variant!r} "
                              f"with nfn={nfn!r}")

@@ -102,3 +102,18 @@ def test_models_reject_activation_that_breaks_the_group():
         INREditor(SPEC, nfn="hnp", variant="paper", rngs=rngs)
     with pytest.raises(ValueError, match=r"INREditor: nfn must be one of .* got 'gnn'"):
         INREditor(SPEC, nfn="gnn", rngs=rngs)
+
+
+def test_default_activation_is_the_groups_for_monomial_bodies_and_relu_for_the_others():
+    """The authors' NP / HNP networks use ReLU whatever the input networks' activation; the monomial bodies need a
+    sigma that commutes with the group (tanh for a tanh zoo, sin for SIRENs)."""
+    rngs = nnx.Rngs(0)
+    for nfn, tanh_zoo, siren in (("magep", "tanh", "sin"), ("monomial", "tanh", "sin"), ("hnp", "relu", "relu"),
+                                 ("np", "relu", "relu")):
+        channels = 2 if nfn == "magep" else (2, 2, 2)
+        predictor = GeneralizationPredictor(SPEC, nfn=nfn, scaling="sign", channels=channels, head=2, rngs=rngs)
+        classifier = INRClassifier(SPEC, 2, nfn=nfn, scaling="sign", channels=channels, head=2, rngs=rngs)
+        editor = INREditor(SPEC, nfn=nfn, scaling="sign", channels=2, rngs=rngs)
+        assert (predictor.body.activation, classifier.body.activation, editor.activation) == (tanh_zoo, siren, siren)
+    with pytest.raises(ValueError, match=r"INRClassifier: scaling must be 'positive', 'sign' or 'none', got 'x'"):
+        INRClassifier(SPEC, 2, nfn="np", scaling="x", rngs=rngs)
