@@ -72,7 +72,7 @@ def siren_step_flops(pixels: int, out_channels: int = 1) -> float:
     return 6.0 * pixels * sum(a * b for a, b in zip(widths[:-1], widths[1:]))
 
 
-def _step_time(run, steps_per_epoch: int, models: int) -> dict:
+def population_step_time(run, steps_per_epoch: int, models: int) -> dict:
     """Seconds per model-step from ``run(epochs)``: (2 epochs - 1 epoch) / (steps * models); the first call
     compiles, and its excess over the same call again is the compile time."""
     _, first = harness.measure_cpu(lambda: run(1))
@@ -104,7 +104,7 @@ def population_step(dataset: str, activations, population_sizes, chunks, steps: 
                 hp = recipes.cnn_hparams(configs[:p])
                 run = lambda e: train_population(recipes.cnn_task(activation), hp, train, test, epochs=e,
                                                  batch_size=batch_size, mesh=mesh, chunk_size=chunk, progress=False)
-                timing = _step_time(run, steps, p)
+                timing = population_step_time(run, steps, p)
                 rows.append({"activation": activation, "models": p, "chunk_size": chunk, **timing,
                              "ms_per_model_step": 1e3 * timing["step_s"], "gflops": flops / timing["step_s"] / 1e9,
                              "percent_of_peak": 100 * flops / timing["step_s"] / 1e9 / peak})
@@ -191,7 +191,7 @@ def siren_benchmark(images: int, steps: int, chunks, peak: float, ceilings: bool
     for chunk in chunks:
         run = lambda e: train_population(task, hp, grid, grid, epochs=e * steps, batch_size=h * w, mesh=mesh,
                                          chunk_size=chunk, progress=False)[-1].metrics
-        timing = _step_time(run, steps, images)
+        timing = population_step_time(run, steps, images)
         rows.append({"chunk_size": chunk, **timing, "ms_per_fit_step": 1e3 * timing["step_s"],
                      "gflops": flops / timing["step_s"] / 1e9, "percent_of_peak": 100 * flops / timing["step_s"] / 1e9 / peak})
     final = run(2)

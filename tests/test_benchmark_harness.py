@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import harness, magep_layers, tnfn_layers, tsw_speed, zoo_throughput
+from benchmarks import harness, magep_layers, tnfn_layers, tnfn_zoo_throughput, tsw_speed, zoo_throughput
 from common import NetworkSpec, WeightSpace
 from transformer_nfn import TransformerSpec, nets
 
@@ -204,3 +204,21 @@ def test_zoo_throughput_quick_run_writes_its_report(tmp_path, monkeypatch, small
     assert result["siren"]["psnr_db_after_2x_steps"]["median"] == pytest.approx(10 * np.log10(4 / 0.01), rel=1e-6)
     assert result["run"]["calibration"]["size"] == 32
     assert "## Small CNN Zoo population step (mnist, 28 x 28 x 1, batch 512)" in (tmp_path / "zoo_throughput.md").read_text()
+
+
+def test_transformer_zoo_throughput_quick_run_writes_its_report(tmp_path, monkeypatch, small_calibration):
+    """The population trainer is stubbed (tested in test_zoo_transformer.py and test_zoo_population.py): this
+    checks the FLOP count, the step-time arithmetic and the report."""
+    monkeypatch.setattr(tnfn_zoo_throughput, "train_population", lambda *args, **kwargs: [])
+    tnfn_zoo_throughput.main(["--quick", "--out", str(tmp_path)])
+    result = harness.read_results(tmp_path, "tnfn_zoo_throughput")
+    (row,) = result["population"]
+    assert (row["dataset"], row["models"], row["chunk_size"], row["micro_batch"]) == ("mnist", 2, 1, None)
+    assert row["gflops"] == pytest.approx(result["flops"]["mnist"] / row["step_s"] / 1e9)
+    # per token and block: q/k/v 2 x 32 x 48, o 32 x 32, FFN 2 x 32 x 64, attention 2 x 49 x (16 + 16);
+    # 4 x 4 patches to 32 channels; classifier 32 x 32 + 32 x 10; 49 tokens, batch 128
+    macs = 2 * 49 * (3072 + 1024 + 4096 + 2 * 49 * 32) + 49 * 16 * 32 + 32 * 32 + 32 * 10
+    assert result["flops"]["mnist"] == 6 * 128 * macs
+    assert tnfn_zoo_throughput.transformer_step_flops("ag_news") == 6 * 128 * (
+        2 * 128 * (3072 + 1024 + 4096 + 2 * 128 * 32) + 32 * 32 + 32 * 4)
+    assert "| mnist | 2 | 1 | 1 | all |" in (tmp_path / "tnfn_zoo_throughput.md").read_text()

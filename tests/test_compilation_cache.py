@@ -9,8 +9,8 @@ import sys
 import jax
 import pytest
 
-from benchmarks import (demo, magep_experiments, magep_layers, stsw_flows, tnfn_layers, tsw_colour_transfer, tsw_flows,
-                        tsw_generate, tsw_speed, vs_reference_ours, zoo_throughput)
+from benchmarks import (demo, magep_experiments, magep_layers, stsw_flows, tnfn_layers, tnfn_zoo_throughput,
+                        tsw_colour_transfer, tsw_flows, tsw_generate, tsw_speed, vs_reference_ours, zoo_throughput)
 from benchmarks import harness
 from common import compilation_cache
 from magep import zoo as magep_zoo
@@ -72,7 +72,8 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("module", [tsw_speed, magep_layers, tnfn_layers, zoo_throughput, vs_reference_ours],
+@pytest.mark.parametrize("module", [tsw_speed, magep_layers, tnfn_layers, zoo_throughput, tnfn_zoo_throughput,
+                                    vs_reference_ours],
                          ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_speed_benchmarks_measure_first_calls_without_the_cache(module, monkeypatch):
     seen = []

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.test_util import check_grads
 
 from common.testing import assert_invariant
 from transformer_nfn import TransformerSpec, TransformerWeights, ZooTransformer, from_flax_params, groups, nets, to_flax_params
@@ -164,3 +165,16 @@ def test_bad_inputs_raise():
         groups.act(groups.identity(TransformerSpec(1, 2, 4, 3, 2, 5)), tw)
     with pytest.raises(ValueError, match=r"cond_range must satisfy 0 < low <= high, got \(2.0, 1.0\)"):
         groups.sample(jax.random.key(0), tw, cond_range=(2.0, 1.0))
+
+
+def test_softmax_gradient_equals_autodiff_of_jax_softmax():
+    """`nets.softmax` writes its gradient out; it must equal autodiff through ``jax.nn.softmax`` (float64) and
+    a finite-difference check, on logits with a masked (very negative) entry."""
+    with jax.enable_x64():
+        x = jax.random.normal(jax.random.key(3), (2, 3, 5), jnp.float64).at[0, 0, 1].set(-1e30)
+        w = jax.random.normal(jax.random.key(4), (2, 3, 5), jnp.float64)
+        ours = jax.grad(lambda x: jnp.sum(jnp.sin(nets.softmax(x)) * w))(x)
+        reference = jax.grad(lambda x: jnp.sum(jnp.sin(jax.nn.softmax(x, axis=-1)) * w))(x)
+        np.testing.assert_allclose(ours, reference, rtol=1e-12, atol=1e-14)
+        assert float(jnp.max(jnp.abs(ours - jnp.roll(ours, 1, -1)))) > 1e-3  # not a trivial gradient
+        check_grads(nets.softmax, (x[1],), order=1, modes=("rev",))

@@ -56,16 +56,18 @@ def test_population_equals_members_trained_alone(digits):
 
 
 def test_chunked_population_equals_fully_vmapped(digits):
-    """chunk_size = 3 over 4 members (one full chunk and a remainder) gives the fully vmapped results."""
+    """chunk_size = 3 over 4 members (one full chunk and a remainder) and chunk_size = 1 (each member stepped
+    unbatched) give the fully vmapped results."""
     configs, one_device = _configs(), make_mesh(jax.devices()[:1])
     run = lambda chunk: train_population(recipes.cnn_task("relu"), recipes.cnn_hparams(configs), *digits, epochs=1,
                                          batch_size=BATCH, mesh=one_device, chunk_size=chunk, progress=False)[-1]
-    chunked, whole = run(3), run(None)
-    for a, b in zip(jax.tree.leaves(chunked.params), jax.tree.leaves(whole.params)):
-        # float rounding only: one epoch of Adam steps amplifies last-bit differences of the two batched layouts
-        # (seen: 1.8e-5 on one weight of 9216); a wrong chunking differs by far more (distinct members' updates)
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
-    assert chunked.metrics.keys() == whole.metrics.keys()
+    whole = run(None)
+    for chunked in (run(3), run(1)):
+        for a, b in zip(jax.tree.leaves(chunked.params), jax.tree.leaves(whole.params)):
+            # float rounding only: one epoch of Adam steps amplifies last-bit differences of the batched layouts
+            # (seen: 1.8e-5 on one weight of 9216); a wrong chunking differs by far more (distinct members' updates)
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+        assert chunked.metrics.keys() == whole.metrics.keys()
     assert resolve_chunk_size("auto", one_device) == CPU_CHUNK and resolve_chunk_size("auto", make_mesh()) is None
     with pytest.raises(ValueError, match="chunk_size must be"):
         run(0)

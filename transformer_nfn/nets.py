@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -60,18 +61,40 @@ def _check_tokens(x: jax.Array, d_model: int, fn: str, mask: jax.Array | None) -
         raise ValueError(f"{fn}: mask has shape {tuple(mask.shape)}; expected x's [..., T] = {tuple(x.shape[:-1])}")
 
 
+@jax.custom_vjp
+def softmax(x: jax.Array) -> jax.Array:
+    """``jax.nn.softmax`` over the last axis, with its gradient written out: dx = y (g - sum(g y)) from the saved
+    output y. Differentiating ``jax.nn.softmax`` itself went through exp / sum (both saved, a division by the
+    squared sum): the zoo attention's gradient took 10.3 ms against 6.5 ms with this (docs/transformer_nfn.md §7).
+    [..., n] -> [..., n]."""
+    return jax.nn.softmax(x, axis=-1)
+
+
+def _softmax_forward(x):
+    y = jax.nn.softmax(x, axis=-1)
+    return y, y
+
+
+def _softmax_backward(y, g):
+    return (y * (g - jnp.sum(g * y, axis=-1, keepdims=True)),)
+
+
+softmax.defvjp(_softmax_forward, _softmax_backward)
+
+
 def attention(block: BlockWeights, z: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Multi-head attention without biases, summed over heads. z: [..., T, D] -> [..., T, D].
 
     mask: optional [..., T] bool, False for padding tokens (they are not attended to).
+    The 1 / sqrt(Dk) scale multiplies the query weights [h, D, Dk], not the logits [..., h, T, T].
     """
-    q = jnp.einsum("...td,hdk->...htk", z, block.q)
+    q = jnp.einsum("...td,hdk->...htk", z, block.q * (1.0 / math.sqrt(block.q.shape[-1])))
     k = jnp.einsum("...td,hdk->...htk", z, block.k)
     v = jnp.einsum("...td,hdk->...htk", z, block.v)
-    logits = jnp.einsum("...hsk,...htk->...hst", q, k) / jnp.sqrt(jnp.asarray(block.q.shape[-1], z.dtype))
+    logits = jnp.einsum("...hsk,...htk->...hst", q, k)
     if mask is not None:
         logits = jnp.where(mask[..., None, None, :], logits, jnp.finfo(logits.dtype).min)
-    heads = jnp.einsum("...hst,...htk->...hsk", jax.nn.softmax(logits, axis=-1), v)
+    heads = jnp.einsum("...hst,...htk->...hsk", softmax(logits), v)
     return jnp.einsum("...hsk,hkd->...sd", heads, block.o)
 
 
@@ -147,7 +170,7 @@ def embed(tw: TransformerWeights, inputs: jax.Array, token_embedding: jax.Array 
     return x + sinusoidal_positions(x.shape[-2], x.shape[-1], x.dtype)
 
 
-@jax.jit
+@functools.partial(jax.jit, static_argnames=("dropout_uniform",))
 def classifier_apply(
     tw: TransformerWeights,
     inputs: jax.Array,
@@ -156,6 +179,7 @@ def classifier_apply(
     *,
     dropout: float | jax.Array = 0.0,
     dropout_key: jax.Array | None = None,
+    dropout_uniform: Callable[[jax.Array, tuple[int, ...]], jax.Array] = common_nets.hash_uniform,
 ) -> jax.Array:
     """Logits of the zoo classifier: embed + PE -> blocks -> LN -> mean over tokens -> fc1 -> ReLU -> fc2.
 
@@ -166,6 +190,8 @@ def classifier_apply(
       dropout: rate of inverted dropout on the embedded tokens and on the pooled features, applied only when
         `dropout_key` is given (training).
       dropout_key: PRNG key for dropout (None: no dropout).
+      dropout_uniform: ``uniform(key, shape)`` of the masks (default `common.nets.hash_uniform`, a dozen integer
+        operations per entry; `jax.random.uniform` is the Threefry draw, about 10% of a zoo training step).
     Returns:
       logits [..., n_classes].
     """
@@ -174,7 +200,7 @@ def classifier_apply(
         raise ValueError("classifier_apply: tw.classifier is None; the classifier needs fc1 and fc2")
     x = embed(tw, inputs, token_embedding)
     if dropout_key is not None:
-        x = common_nets.inverted_dropout(x, dropout, jax.random.fold_in(dropout_key, 0))
+        x = common_nets.inverted_dropout(x, dropout, jax.random.fold_in(dropout_key, 0), dropout_uniform)
     h = encoder_apply(tw, x, mask)
     if mask is None:
         pooled = h.mean(-2)
@@ -182,7 +208,7 @@ def classifier_apply(
         m = mask[..., None].astype(h.dtype)
         pooled = (h * m).sum(-2) / jnp.maximum(m.sum(-2), 1.0)
     if dropout_key is not None:
-        pooled = common_nets.inverted_dropout(pooled, dropout, jax.random.fold_in(dropout_key, 1))
+        pooled = common_nets.inverted_dropout(pooled, dropout, jax.random.fold_in(dropout_key, 1), dropout_uniform)
     return common_nets.mlp_apply(tw.classifier, pooled, activation="relu")
 
 

@@ -64,6 +64,9 @@ WEIGHT_DECAYS = (1e-8, 1e-7, 1e-6, 1e-4, 1e-2)
 TRAIN_FRACTIONS = (1.0, 0.9, 0.8, 0.7)
 DROPOUTS = (0.0, 0.05, 0.1, 0.15, 0.2)
 EPOCHS, BATCH_SIZE, SEED, MAX_TOKENS, FINAL_LR = 100, 128, 3, 128, 1e-5
+# models stepped together on one CPU device: one, unbatched (vmapping 4 batches every matmul with its weights:
+# 20 against 15 ms per model-step on MNIST, benchmarks/results/tnfn_zoo_throughput.md)
+CPU_CHUNK = 1
 _CHECKPOINT_RATIOS = (0.01, 0.5, 0.75, 1.0)  # epochs 1, 50, 75, 100 of 100
 
 
@@ -216,7 +219,7 @@ def transformer_task(dataset: str, token_embedding: np.ndarray | None = None) ->
 
     optimizers = (optax.scale_by_adam(eps=1e-8), optax.scale_by_rms(decay=0.99, eps=1e-8, eps_in_sqrt=False),
                   optax.identity(), optax.trace(decay=0.9))
-    return PopulationTask(init, loss, evaluate, _learning_rate, optimizers)
+    return PopulationTask(init, loss, evaluate, _learning_rate, optimizers, cpu_chunk=CPU_CHUNK)
 
 
 def _template(dataset: str) -> TransformerWeights:
