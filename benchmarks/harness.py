@@ -309,6 +309,18 @@ def fill_defaults(args, defaults: dict, skip: tuple = ()) -> None:
             setattr(args, name, value)
 
 
+def parse_benchmark_args(parser, argv, quick: dict):
+    """``parser.parse_args(argv)`` after adding ``--out`` (default ``benchmarks/results``) and ``--quick`` (a smoke
+    run: the ``quick`` settings become the defaults; explicit options still win)."""
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {quick}")
+    args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(**quick)
+        args = parser.parse_args(argv)
+    return args
+
+
 def start_run(calibrate: bool = True, matmul_size: int | None = None) -> Run:
     """Records the environment and the load, then (when ``calibrate``) measures ``matmul_calibration`` at
     ``matmul_size`` (default ``MATMUL_SIZE``)."""

@@ -27,14 +27,13 @@ both gradients) in micro-batches of 32.
 from __future__ import annotations
 
 import argparse
-import os
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from benchmarks import harness
-from benchmarks.zoo_throughput import population_step_time
+from benchmarks.zoo_throughput import count_or_all, population_step_time
 from common import compilation_cache
 from common.cli import positive_int
 from common.distributed import make_mesh
@@ -189,10 +188,6 @@ def _markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _size(value: str):
-    return None if value == "all" else positive_int(value)
-
-
 @compilation_cache.disabled()  # first calls are measured: compiled afresh, never read from a cache
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -200,18 +195,13 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=positive_int, default=64,
                         help="steps per timed epoch (at most the training set's full batches)")
     parser.add_argument("--populations", type=positive_int, nargs="+", default=[8])
-    parser.add_argument("--chunks", type=_size, nargs="+", default=[1, 4],
+    parser.add_argument("--chunks", type=count_or_all, nargs="+", default=[1, 4],
                         help="models vmapped together per step ('all': the whole population)")
-    parser.add_argument("--micro-batches", type=_size, nargs="+", default=[32, None],
+    parser.add_argument("--micro-batches", type=count_or_all, nargs="+", default=[32, None],
                         help="rows per gradient pass ('all': the whole batch of 128)")
     parser.add_argument("--no-components", dest="components", action="store_false",
                         help="skip the component and ceiling rows")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
-    args = parser.parse_args(argv)
-    if args.quick:
-        parser.set_defaults(**QUICK)
-        args = parser.parse_args(argv)
+    args = harness.parse_benchmark_args(parser, argv, QUICK)
     record = harness.start_run()
     peak = record.calibration["jax_gflops"]
     result = {"flops": {d: transformer_step_flops(d) for d in args.datasets},

@@ -34,7 +34,6 @@ process), ms per model-step and the recipe's FLOP rate beside our best populatio
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import asdict
 
 import jax
@@ -315,7 +314,8 @@ def _markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _chunk(value: str):
+def count_or_all(value: str) -> int | None:
+    """argparse type: a positive int, or "all" (None)."""
     return None if value == "all" else positive_int(value)
 
 
@@ -327,21 +327,16 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=positive_int, default=8, help="steps per timed epoch")
     parser.add_argument("--activations", nargs="+", default=list(recipes.CNN_ACTIVATIONS))
     parser.add_argument("--populations", type=positive_int, nargs="+", default=[8, 32])
-    parser.add_argument("--chunks", type=_chunk, nargs="+", default=[1, CPU_CHUNK],
+    parser.add_argument("--chunks", type=count_or_all, nargs="+", default=[1, CPU_CHUNK],
                         help="models vmapped together per step ('all': the whole population)")
     parser.add_argument("--siren-images", type=positive_int, default=64)
-    parser.add_argument("--siren-chunks", type=_chunk, nargs="+", default=[1, CPU_CHUNK, 16])
+    parser.add_argument("--siren-chunks", type=count_or_all, nargs="+", default=[1, CPU_CHUNK, 16])
     parser.add_argument("--siren-steps", type=positive_int, default=200)
     parser.add_argument("--no-components", dest="components", action="store_false",
                         help="skip the component and ceiling rows")
     parser.add_argument("--reference-python", default=None,
                         help="a Python with torch: adds the recipes in plain PyTorch, one model at a time")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
-    args = parser.parse_args(argv)
-    if args.quick:
-        parser.set_defaults(**QUICK)
-        args = parser.parse_args(argv)
+    args = harness.parse_benchmark_args(parser, argv, QUICK)
     record = harness.start_run()
     peak = record.calibration["jax_gflops"]
     cnn = {"dataset": args.dataset, "batch_size": args.batch_size, "steps": args.steps,
