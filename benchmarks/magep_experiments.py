@@ -331,26 +331,6 @@ QUICK = dict(datasets=["digits"], models=96, zoo_epochs={"digits": 3}, train_epo
              augmentations=["none", "k4", "sign"])  # the miniature: defaults of --quick (explicit options win)
 
 
-def zoo_epochs_entry(text: str) -> tuple[str | None, int]:
-    """One ``--zoo-epochs`` entry: ``"E"`` (every dataset) or ``"DATASET=E"`` -> (dataset or None, E)."""
-    dataset, _, epochs = text.rpartition("=")
-    if dataset and dataset not in DATASETS:
-        raise argparse.ArgumentTypeError(f"unknown dataset {dataset!r} in {text!r}; choose from {DATASETS}")
-    return dataset or None, positive_int(epochs)
-
-
-def resolve_zoo_epochs(entries, datasets: Sequence[str], defaults: dict) -> dict:
-    """Zoo epochs per dataset from ``--zoo-epochs`` entries over ``defaults`` (a bare E sets every dataset);
-    raises ValueError naming a dataset left without epochs."""
-    epochs = dict(defaults)
-    for dataset, e in entries or ():
-        epochs.update({dataset: e} if dataset else dict.fromkeys(datasets, e))
-    missing = [d for d in datasets if d not in epochs]
-    if missing:
-        raise ValueError(f"--zoo-epochs: no epochs for {missing}; give DATASET=E or a bare E")
-    return epochs
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.magep_experiments", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="experiment", required=True)
@@ -364,7 +344,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--models", type=positive_int, default=None,
                    help=f"networks per dataset, both activations (default {FULL['models']}; "
                         f"{QUICK['models']} with --quick)")
-    g.add_argument("--zoo-epochs", type=zoo_epochs_entry, nargs="+", default=None, metavar="[DATASET=]E",
+    g.add_argument("--zoo-epochs", type=studies.per_dataset_entry(DATASETS, positive_int), nargs="+", default=None,
+                   metavar="[DATASET=]E",
                    help=f"epochs of the zoo networks: E for every dataset, or DATASET=E entries (default "
                         f"{FULL['zoo_epochs']}; {QUICK['zoo_epochs']} with --quick)")
     g.add_argument("--shard-size", type=positive_int, default=64)
@@ -399,7 +380,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return study(args)
     defaults = QUICK if args.quick else FULL
     harness.fill_defaults(args, defaults, skip=("zoo_epochs",))
-    args.zoo_epochs = resolve_zoo_epochs(args.zoo_epochs, args.datasets, defaults["zoo_epochs"])
+    args.zoo_epochs = studies.resolve_per_dataset("--zoo-epochs", args.zoo_epochs, args.datasets,
+                                                  defaults["zoo_epochs"])
     return generalization(args)
 
 

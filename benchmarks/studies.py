@@ -10,10 +10,11 @@ whose runner was killed is picked up by a waiting process, resuming from the che
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from benchmarks.harness import read_json, write_json
@@ -81,3 +82,26 @@ def run_cells(run_dirs: Mapping[Hashable, str], run: Callable[[Hashable, str], d
             return {key: records[key] for key in run_dirs}
         waiting = held
         time.sleep(POLL_S if poll_s is None else poll_s)
+
+
+def per_dataset_entry(datasets: Sequence[str], value: Callable[[str], Any]) -> Callable[[str], tuple[str | None, Any]]:
+    """argparse type of one entry of a per-dataset option: ``"V"`` (every dataset) or ``"DATASET=V"`` ->
+    (dataset or None, ``value(V)``); an unknown dataset is an argparse error naming it."""
+    def entry(text: str) -> tuple[str | None, Any]:
+        dataset, _, v = text.rpartition("=")
+        if dataset and dataset not in datasets:
+            raise argparse.ArgumentTypeError(f"unknown dataset {dataset!r} in {text!r}; choose from {tuple(datasets)}")
+        return dataset or None, value(v)
+    return entry
+
+
+def resolve_per_dataset(option: str, entries, datasets: Sequence[str], defaults: Mapping[str, Any]) -> dict:
+    """``{dataset: value}`` from the entries of `per_dataset_entry` over ``defaults`` (a bare V sets every
+    dataset, later entries win); raises ValueError naming `option` and the datasets left without a value."""
+    values = dict(defaults)
+    for dataset, v in entries or ():
+        values.update({dataset: v} if dataset else dict.fromkeys(datasets, v))
+    missing = [d for d in datasets if d not in values]
+    if missing:
+        raise ValueError(f"{option}: no value for {missing}; give DATASET=V or a bare V")
+    return values

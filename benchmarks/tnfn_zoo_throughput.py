@@ -33,9 +33,9 @@ import jax.numpy as jnp
 import optax
 
 from benchmarks import harness
-from benchmarks.zoo_throughput import count_or_all, population_step_time
+from benchmarks.zoo_throughput import population_step_time
 from common import compilation_cache
-from common.cli import positive_int
+from common.cli import positive_int, positive_int_or_all
 from common.distributed import make_mesh
 from common.nets import hash_uniform
 from common.population import train_population
@@ -195,9 +195,9 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=positive_int, default=64,
                         help="steps per timed epoch (at most the training set's full batches)")
     parser.add_argument("--populations", type=positive_int, nargs="+", default=[8])
-    parser.add_argument("--chunks", type=count_or_all, nargs="+", default=[1, 4],
+    parser.add_argument("--chunks", type=positive_int_or_all, nargs="+", default=[1, 4],
                         help="models vmapped together per step ('all': the whole population)")
-    parser.add_argument("--micro-batches", type=count_or_all, nargs="+", default=[32, None],
+    parser.add_argument("--micro-batches", type=positive_int_or_all, nargs="+", default=[32, None],
                         help="rows per gradient pass ('all': the whole batch of 128)")
     parser.add_argument("--no-components", dest="components", action="store_false",
                         help="skip the component and ceiling rows")

@@ -43,7 +43,7 @@ import optax
 
 from benchmarks import harness
 from common import compilation_cache
-from common.cli import positive_int
+from common.cli import positive_int, positive_int_or_all
 from common.distributed import make_mesh
 from common.nets import cnn_apply, hash_uniform, siren_apply
 from common.population import CPU_CHUNK, train_population
@@ -314,11 +314,6 @@ def _markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def count_or_all(value: str) -> int | None:
-    """argparse type: a positive int, or "all" (None)."""
-    return None if value == "all" else positive_int(value)
-
-
 @compilation_cache.disabled()  # first calls are measured: compiled afresh, never read from a cache
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -327,10 +322,10 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=positive_int, default=8, help="steps per timed epoch")
     parser.add_argument("--activations", nargs="+", default=list(recipes.CNN_ACTIVATIONS))
     parser.add_argument("--populations", type=positive_int, nargs="+", default=[8, 32])
-    parser.add_argument("--chunks", type=count_or_all, nargs="+", default=[1, CPU_CHUNK],
+    parser.add_argument("--chunks", type=positive_int_or_all, nargs="+", default=[1, CPU_CHUNK],
                         help="models vmapped together per step ('all': the whole population)")
     parser.add_argument("--siren-images", type=positive_int, default=64)
-    parser.add_argument("--siren-chunks", type=count_or_all, nargs="+", default=[1, CPU_CHUNK, 16])
+    parser.add_argument("--siren-chunks", type=positive_int_or_all, nargs="+", default=[1, CPU_CHUNK, 16])
     parser.add_argument("--siren-steps", type=positive_int, default=200)
     parser.add_argument("--no-components", dest="components", action="store_false",
                         help="skip the component and ceiling rows")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["positive_int", "non_negative_int", "positive_float"]
+__all__ = ["positive_int", "positive_int_or_all", "non_negative_int", "positive_float"]
 
 
 def _int_at_least(text: str, minimum: int) -> int:
@@ -24,6 +24,11 @@ def _int_at_least(text: str, minimum: int) -> int:
 def positive_int(text: str) -> int:
     """argparse type: an int >= 1 (counts: models, steps, runs, batch and shard sizes)."""
     return _int_at_least(text, 1)
+
+
+def positive_int_or_all(text: str) -> int | None:
+    """argparse type: an int >= 1, or "all" (None: no limit, every row or every model)."""
+    return None if text == "all" else positive_int(text)
 
 
 def non_negative_int(text: str) -> int:

@@ -67,6 +67,7 @@ EPOCHS, BATCH_SIZE, SEED, MAX_TOKENS, FINAL_LR = 100, 128, 3, 128, 1e-5
 # models stepped together on one CPU device: one, unbatched (vmapping 4 batches every matmul with its weights:
 # 20 against 15 ms per model-step on MNIST, benchmarks/results/tnfn_zoo_throughput.md)
 CPU_CHUNK = 1
+TRAIN_EVAL_ROWS = 2_000  # train metrics per checkpoint on at most this many rows of a run's subset (a uniform sample)
 _CHECKPOINT_RATIOS = (0.01, 0.5, 0.75, 1.0)  # epochs 1, 50, 75, 100 of 100
 
 
@@ -241,7 +242,7 @@ def generate_transformer_zoo(out_dir: str, dataset: str, n_models: int, *, epoch
     settings = {"dataset": dataset, "split": extras["note"], "models": n_models, "epochs": epochs, "seed": seed,
                 "shard_size": shard_size, "train_rows": len(train["y"]), "test_rows": len(test["y"]),
                 "checkpoint_epochs": transformer_checkpoint_epochs(epochs), "n_classes": DATASETS[dataset],
-                "attention_mask": "none", "spec": vars(ZOO_SPEC)}
+                "attention_mask": "none", "spec": vars(ZOO_SPEC), "train_eval_rows": TRAIN_EVAL_ROWS}
     if table is not None:
         os.makedirs(out_dir, exist_ok=True)
         settings["token_embedding_sha256"] = hashlib.sha256(table.tobytes()).hexdigest()
@@ -254,8 +255,8 @@ def generate_transformer_zoo(out_dir: str, dataset: str, n_models: int, *, epoch
 
     def train_shard(shard):
         ckpts = train_population(task, _hparams(shard), train, test, epochs=epochs, batch_size=BATCH_SIZE,
-                                 checkpoint_epochs=settings["checkpoint_epochs"], progress=progress,
-                                 desc=f"transformers x{len(shard)}")
+                                 checkpoint_epochs=settings["checkpoint_epochs"], train_eval_rows=TRAIN_EVAL_ROWS,
+                                 progress=progress, desc=f"transformers x{len(shard)}")
         return zoo_store.checkpoint_rows(shard, ckpts)
 
     configs = sample_transformer_configs(n_models, seed, dataset, epochs)
