@@ -68,7 +68,7 @@ def population_step(dataset: str, population_sizes, chunks, micro_batches, steps
     configs = zoo.sample_transformer_configs(max(population_sizes), 0, dataset, epochs=2)
     for c in configs:
         c["train_fraction"] = fraction
-    hp_all = zoo._hparams(configs)
+    hp_all = zoo.transformer_hparams(configs)
     rows = []
     for p in population_sizes:
         hp = {k: v[:p] for k, v in hp_all.items()}
@@ -96,7 +96,7 @@ def components(peak: float) -> list[dict]:
 
     def gradient(crop=True, uniform=hash_uniform, micro=batch, autodiff_softmax=False):
         def loss(w, xb, yb, k):
-            xb = zoo._random_crop(xb, jax.random.fold_in(k, 2)) if crop else xb
+            xb = zoo.random_crop(xb, jax.random.fold_in(k, 2)) if crop else xb
             logits = nets.classifier_apply(w, xb, dropout=0.1, dropout_key=k, dropout_uniform=uniform)
             return optax.softmax_cross_entropy_with_integer_labels(logits, yb).sum() / batch
 

@@ -50,8 +50,8 @@ from transformer_nfn import nets
 from transformer_nfn.weights import TransformerSpec, TransformerWeights
 
 __all__ = ["ZOO_SPEC", "sample_transformer_configs", "transformer_checkpoint_epochs", "transformer_dataset",
-           "build_token_embedding", "transformer_task", "generate_transformer_zoo",
-           "load_transformer_zoo", "load_token_embedding", "main"]
+           "build_token_embedding", "transformer_task", "transformer_hparams", "random_crop",
+           "generate_transformer_zoo", "load_transformer_zoo", "load_token_embedding", "main"]
 
 ZOO_SPEC = TransformerSpec(num_blocks=2, num_heads=2, d_model=32, d_k=16, d_v=16, d_ffn=64)
 DATASETS = {"mnist": 10, "ag_news": 4}  # number of classes
@@ -93,7 +93,8 @@ def sample_transformer_configs(n: int, seed: int, dataset: str, epochs: int = EP
              "n_classes": DATASETS[dataset]} for i, j in enumerate(picks)]
 
 
-def _hparams(configs: Sequence[dict]) -> dict[str, np.ndarray]:
+def transformer_hparams(configs: Sequence[dict]) -> dict[str, np.ndarray]:
+    """The population hyperparameters ``{name: [P]}`` of `common.population.train_population` for ``configs``."""
     column = lambda k: np.asarray([c[k] for c in configs], np.float32)
     return {"seed": np.asarray([c["seed"] for c in configs], np.int32),
             "optimizer": np.asarray([OPTIMIZERS.index(c["optimizer"]) for c in configs], np.int32),
@@ -180,7 +181,7 @@ def transformer_dataset(name: str, data_dir=None, train_limit: int | None = None
 
 
 # ----------------------------------------------------------------------------------------------- model
-def _random_crop(images, key, pad=2):
+def random_crop(images, key, pad=2):
     """RandomCrop(H, padding=pad) per image of [B, H, W, C], padding at the background value -1."""
     b, h, w, _ = images.shape
     padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-1.0)
@@ -208,7 +209,7 @@ def transformer_task(dataset: str, token_embedding: np.ndarray | None = None) ->
                                  in_channels=1 if images else None)
 
     def loss(tw, hp, batch, key):
-        x = _random_crop(batch["x"], jax.random.fold_in(key, 2)) if images else batch["x"]
+        x = random_crop(batch["x"], jax.random.fold_in(key, 2)) if images else batch["x"]
         logits = nets.classifier_apply(tw, x, table, dropout=hp["dropout"], dropout_key=key)
         penalty = 0.5 * hp["weight_decay"] * sum(jnp.sum(p ** 2) for p in jax.tree.leaves(tw))
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]), penalty
@@ -254,7 +255,7 @@ def generate_transformer_zoo(out_dir: str, dataset: str, n_models: int, *, epoch
     task = transformer_task(dataset, table)
 
     def train_shard(shard):
-        ckpts = train_population(task, _hparams(shard), train, test, epochs=epochs, batch_size=BATCH_SIZE,
+        ckpts = train_population(task, transformer_hparams(shard), train, test, epochs=epochs, batch_size=BATCH_SIZE,
                                  checkpoint_epochs=settings["checkpoint_epochs"], train_eval_rows=TRAIN_EVAL_ROWS,
                                  progress=progress, desc=f"transformers x{len(shard)}")
         return zoo_store.checkpoint_rows(shard, ckpts)
