@@ -222,3 +222,18 @@ def test_transformer_zoo_throughput_quick_run_writes_its_report(tmp_path, monkey
     assert tnfn_zoo_throughput.transformer_step_flops("ag_news") == 6 * 128 * (
         2 * 128 * (3072 + 1024 + 4096 + 2 * 128 * 32) + 32 * 32 + 32 * 4)
     assert "| mnist | 2 | 1 | 1 | all |" in (tmp_path / "tnfn_zoo_throughput.md").read_text()
+
+
+def test_population_step_time_takes_the_fastest_of_its_repeats():
+    """One compiling call, then ``repeats`` calls of one and of two epochs; the step time is the difference of the
+    fastest of each (a slow outlier among the repeats does not count)."""
+    durations = iter([0.3, 0.25, 0.05, 0.3, 0.35, 0.1, 0.4])  # first; three 1-epoch calls; three 2-epoch calls
+    calls = []
+
+    def run(epochs):
+        calls.append(epochs)
+        time.sleep(next(durations))
+
+    timing = zoo_throughput.population_step_time(run, steps_per_epoch=2, models=1, repeats=3)
+    assert calls == [1, 1, 1, 1, 2, 2, 2] and timing["repeats"] == 3
+    assert 0.05 <= timing["one_epoch_s"] < 0.2 and 0.1 <= timing["two_epochs_s"] < 0.25
