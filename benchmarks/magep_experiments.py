@@ -215,18 +215,24 @@ def markdown(rows: Sequence[dict], settings: dict, zoos: dict, run: dict) -> str
 
 
 def figures(records: Sequence[dict], rows: Sequence[dict], out: str) -> None:
-    """Scatter of predicted vs true accuracy (first dataset, ReLU, no augmentation, first seed) per method, and
-    test tau against the augmentation exponent k (ReLU subsets), one line per method and dataset."""
-    first = [r for r in records if r["activation"] == "relu" and r["augmentation"] == "none"
-             and r["dataset"] == records[0]["dataset"] and r["seed"] == min(x["seed"] for x in records)]
+    """Scatter of predicted vs true accuracy (one row per dataset: ReLU, no augmentation, first seed; one panel
+    per method), and test tau against the augmentation exponent k (ReLU subsets), one line per method and
+    dataset."""
+    seed = min((r["seed"] for r in records), default=0)
+    first = [r for r in records if r["activation"] == "relu" and r["augmentation"] == "none" and r["seed"] == seed]
+    datasets = sorted({r["dataset"] for r in first})
     if first:
-        fig, axes = harness.subplots(1, len(first), figsize=(2.6 * len(first), 2.8), squeeze=False)
-        for ax, r in zip(axes[0], sorted(first, key=lambda r: METHODS.index(r["method"]))):
+        methods = [m for m in METHODS if any(r["method"] == m for r in first)]
+        fig, axes = harness.subplots(len(datasets), len(methods), figsize=(2.6 * len(methods), 2.8 * len(datasets)),
+                                     squeeze=False)
+        for r in first:
+            ax = axes[datasets.index(r["dataset"])][methods.index(r["method"])]
             ax.scatter(r["true"], r["predicted"], s=6)
             ax.plot([0, 1], [0, 1], lw=0.5, color="grey")
             ax.set_title(f"{LABELS[r['method']]}: tau {r['test_tau']:.2f}", fontsize=8)
             ax.set_xlabel("true accuracy", fontsize=7)
-        axes[0][0].set_ylabel(f"predicted ({first[0]['dataset']}, ReLU)", fontsize=7)
+        for row, dataset in zip(axes, datasets):
+            row[0].set_ylabel(f"predicted ({dataset}, ReLU)", fontsize=7)
         harness.save_figure(fig, os.path.join(out, "magep_generalization_scatter.png"))
     relu = [r for r in rows if r["activation"] == "relu"]
     if relu:
