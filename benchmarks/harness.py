@@ -50,6 +50,7 @@ MEMORY_DEFINITION = (
 TIMING_DEFINITION = ("compile time apart; one warm-up call, then the median (and min) wall time of the timed "
                      "calls, each ended by `jax.block_until_ready`")
 MATMUL_SIZE = 2048
+COPY_BYTES = 256 * 2**20  # the bandwidth calibration's copy: far beyond every cache
 MIN_CPU_WINDOW_S = 0.2
 
 
@@ -194,12 +195,13 @@ def peak_memory(argument_bytes: int, output_bytes: int, temp_bytes: int, host_pe
     return dict(parts, peak_bytes=int(sum(parts.values())))
 
 
-def _flops(compiled) -> float | None:
-    """XLA's FLOP count of one call of a compiled executable (None when the backend gives none)."""
+def _cost(compiled) -> dict:
+    """XLA's cost analysis of one call of a compiled executable: ``flops`` and ``bytes_accessed`` (each None
+    when the backend gives none)."""
     cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
-    flops = (cost or {}).get("flops")
-    return float(flops) if flops is not None and flops >= 0 else None
+    cost = (cost[0] if isinstance(cost, (list, tuple)) and cost else cost) or {}
+    pick = lambda name: float(cost[name]) if cost.get(name) is not None and cost[name] >= 0 else None
+    return {"flops": pick("flops"), "bytes_accessed": pick("bytes accessed")}
 
 
 def measure_jitted(fn: Callable, *args, repeats: int) -> dict:
@@ -211,11 +213,12 @@ def measure_jitted(fn: Callable, *args, repeats: int) -> dict:
       repeats: number of timed calls (>= 1).
 
     Returns:
-      ``{"compile_s", "first_s", "median_s", "min_s", "samples_s", "cpu", "memory", "flops", "gflops"}``:
-      seconds as in ``TIMING_DEFINITION`` (``first_s`` is the warm-up call, which also gives the host peak),
-      ``cpu`` the ``CpuUse`` of the whole cell (compile, warm-up and timed calls: long enough to resolve the
-      other processes' share), ``memory`` as in ``peak_memory``, ``flops`` XLA's count per call, ``gflops`` =
-      flops / median_s / 1e9.
+      ``{"compile_s", "first_s", "median_s", "min_s", "samples_s", "cpu", "memory", "flops", "gflops",
+      "bytes_accessed", "gbytes_per_s"}``: seconds as in ``TIMING_DEFINITION`` (``first_s`` is the warm-up call,
+      which also gives the host peak), ``cpu`` the ``CpuUse`` of the whole cell (compile, warm-up and timed
+      calls: long enough to resolve the other processes' share), ``memory`` as in ``peak_memory``, ``flops``
+      and ``bytes_accessed`` XLA's counts per call (operands and results of every op after fusion), ``gflops``
+      = flops / median_s / 1e9 and ``gbytes_per_s`` = bytes_accessed / median_s / 1e9 (None without a count).
     """
     _check_repeats(repeats)
 
@@ -226,10 +229,11 @@ def measure_jitted(fn: Callable, *args, repeats: int) -> dict:
         return compiled, compile_s, first_s, host_peak, timing
 
     (compiled, compile_s, first_s, host_peak, timing), cpu = measure_cpu(cell)
-    flops = _flops(compiled)
+    cost = _cost(compiled)
+    rate = lambda count: count / timing.median_s / 1e9 if count is not None else None
     return dict(timing.as_dict(), compile_s=compile_s, first_s=first_s, cpu=asdict(cpu),
-                memory=peak_memory(host_peak_bytes=host_peak, **xla_memory(compiled)), flops=flops,
-                gflops=flops / timing.median_s / 1e9 if flops is not None else None)
+                memory=peak_memory(host_peak_bytes=host_peak, **xla_memory(compiled)), **cost,
+                gflops=rate(cost["flops"]), gbytes_per_s=rate(cost["bytes_accessed"]))
 
 
 def measure_call(call: Callable, *args, repeats: int) -> dict:
@@ -255,10 +259,11 @@ def measure_call(call: Callable, *args, repeats: int) -> dict:
 
 
 def matmul_calibration(size: int | None = None, repeats: int = 5) -> dict:
-    """The machine's matmul rate now: GFLOP/s of ``[size, size] @ [size, size]`` in float32, jitted JAX
-    (default precision, the device of ``jax.devices()[0]``) and numpy (host BLAS), median and best of
-    ``repeats`` timed calls after a warm-up (``size`` defaults to ``MATMUL_SIZE``). Tables report their
-    achieved FLOP rates against ``jax_gflops``.
+    """The machine's matmul rate and memory bandwidth now: GFLOP/s of ``[size, size] @ [size, size]`` in
+    float32, jitted JAX (default precision, the device of ``jax.devices()[0]``) and numpy (host BLAS), and GB/s
+    of a numpy copy of ``COPY_BYTES`` (bytes read + bytes written: the roofline for memory-bound work), median
+    and best of ``repeats`` timed calls after a warm-up (``size`` defaults to ``MATMUL_SIZE``). Tables report
+    their achieved FLOP rates against ``jax_gflops``.
     """
     size = MATMUL_SIZE if size is None else size
     if size < 1:
@@ -269,7 +274,11 @@ def matmul_calibration(size: int | None = None, repeats: int = 5) -> dict:
     jax_timing = time_calls(lambda: matmul(a, a), repeats)
     host = np.asarray(a)
     np_timing = time_calls(lambda: host @ host, repeats)
-    return dict(size=size, dtype="float32", repeats=repeats, device=str(jax.devices()[0]),
+    source = np.ones(COPY_BYTES // 4, np.float32)
+    target = np.empty_like(source)
+    copy_timing = time_calls(lambda: np.copyto(target, source), repeats)
+    return dict(copy_bytes=COPY_BYTES, copy_gbps=2 * COPY_BYTES / copy_timing.median_s / 1e9,
+                copy_gbps_best=2 * COPY_BYTES / copy_timing.min_s / 1e9,size=size, dtype="float32", repeats=repeats, device=str(jax.devices()[0]),
                 jax_gflops=flop / jax_timing.median_s / 1e9, jax_gflops_best=flop / jax_timing.min_s / 1e9,
                 numpy_gflops=flop / np_timing.median_s / 1e9, numpy_gflops_best=flop / np_timing.min_s / 1e9,
                 other_cores=jax_timing.cpu.other_cores)
@@ -358,7 +367,9 @@ def run_markdown(run: dict) -> list[str]:
     if cal:
         lines.append(f"Matmul calibration ({cal['size']}x{cal['size']} float32): jitted JAX "
                      f"{cal['jax_gflops']:.1f} GFLOP/s (best {cal['jax_gflops_best']:.1f}), numpy "
-                     f"{cal['numpy_gflops']:.1f} GFLOP/s (best {cal['numpy_gflops_best']:.1f}).")
+                     f"{cal['numpy_gflops']:.1f} GFLOP/s (best {cal['numpy_gflops_best']:.1f}); memory bandwidth "
+                     f"(numpy copy of {cal['copy_bytes'] / 2**20:.0f} MiB, read + write) {cal['copy_gbps']:.1f} GB/s "
+                     f"(best {cal['copy_gbps_best']:.1f}).")
     lines += [f"Times: {run['timing_definition']}. Memory: {run['memory_definition']}.", ""]
     return lines
 

@@ -18,7 +18,9 @@ size: 0.358 GFLOP per model-step for 28 x 28 x 1 inputs at batch 512. GFLOP/s ar
 calibration (``benchmarks.harness``). Components: one model's gradient at batch 512 (``harness.measure_jitted``),
 lax.conv against the patch matmul, Threefry against hashed dropout masks, whole batch against micro-batches of
 64, 128 and 256 rows; a ceiling: the conv layers' patch matmuls alone (forward, input and weight gradients at
-the layers' shapes, in micro-batches of 128), without patch extraction, activations, dropout or pooling.
+the layers' shapes, in micro-batches of 128), without patch extraction, activations, dropout or pooling. Each
+component row also gives XLA's bytes accessed per call and that traffic's rate against the run's copy bandwidth
+(``harness.matmul_calibration``): a row near 100% of it is memory-bound.
 
 SIREN: the recipe's fits (Adam, lr 5e-5, full 28 x 28 grid) of the first MNIST test images, vmapped; fit-steps
 per second from the same two-call difference, FLOPs 3 x 2 x multiply-adds of the 2-32-32-1 network per pixel.
@@ -142,16 +144,20 @@ def components(batch_size: int, peak: float) -> list[dict]:
     rows = []
     for name, conv, uniform, micro in cases:
         m = harness.measure_jitted(gradient(conv, uniform, micro), ws, x, y, key, repeats=5)
-        rows.append(_component_row(name, m, flops, peak))
+        rows.append(_component_row(name, m, flops, peak, looped=micro < batch_size))
     rows.append(_component_row(f"ceiling: the conv layers' patch matmuls alone (forward, dX, dW), micro-batches of "
                                f"{recipes.CNN_MICRO_BATCH}", _conv_matmuls(batch_size, recipes.CNN_MICRO_BATCH),
-                               flops, peak))
+                               flops, peak, looped=True))
     return rows
 
 
-def _component_row(name: str, m: dict, flops: float, peak: float) -> dict:
+def _component_row(name: str, m: dict, flops: float, peak: float, looped: bool = False) -> dict:
+    """A components-table row; ``looped``: the case runs a `lax.scan`, whose body XLA's byte count covers once,
+    so no traffic is reported for it."""
+    traffic = (None, None) if looped else (m["bytes_accessed"], m["gbytes_per_s"])
     return {"case": name, "ms": 1e3 * m["median_s"], "compile_s": m["compile_s"], "cpu": m["cpu"],
-            "gflops": flops / m["median_s"] / 1e9, "percent_of_peak": 100 * flops / m["median_s"] / 1e9 / peak}
+            "gflops": flops / m["median_s"] / 1e9, "percent_of_peak": 100 * flops / m["median_s"] / 1e9 / peak,
+            "xla_bytes_accessed": traffic[0], "gbytes_per_s": traffic[1]}
 
 
 def _conv_matmuls(batch_size: int, micro: int) -> dict:
@@ -276,6 +282,14 @@ def _pytorch_markdown(result: dict) -> list[str]:
                                      "ours ms / model-step", "speed-up", "other CPU"], rows)]
 
 
+def _traffic(row: dict, copy_gbps: float) -> list[str]:
+    """MB accessed, GB/s and % of the copy bandwidth of a component row ('-' without XLA's byte count)."""
+    if row.get("xla_bytes_accessed") is None:
+        return ["-", "-", "-"]
+    return [f"{row['xla_bytes_accessed'] / 1e6:.0f}", f"{row['gbytes_per_s']:.1f}",
+            f"{100 * row['gbytes_per_s'] / copy_gbps:.0f}%"]
+
+
 def _markdown(result: dict) -> str:
     cnn, siren = result["cnn"], result["siren"]
     cpus = [r.get("cpu") for r in cnn["population"] + cnn["components"] + siren["rows"] + siren["ceilings"]]
@@ -292,10 +306,18 @@ def _markdown(result: dict) -> str:
                    f"{r['gflops']:.1f}", f"{r['percent_of_peak']:.0f}%", f"{r['compile_s']:.0f}"]
                   for r in cnn["population"]])]
     if cnn["components"]:
+        copy = result["run"]["calibration"]["copy_gbps"]
         lines += ["", f"### One model's gradient at batch {cnn['batch_size']} (jitted, relu)", "",
-                  *harness.markdown_table(["case", "ms", "GFLOP/s", "% of peak"],
+                  "Memory traffic: XLA's bytes accessed per call (operands and results of every op after fusion) "
+                  f"and its rate, against the run's copy bandwidth ({copy:.1f} GB/s; '-' for the looped cases, whose "
+                  "loop body XLA counts once). XLA's count includes traffic that stays in the caches, so a rate near "
+                  "or above 100% says the step moves about as many bytes as DRAM could carry in its time, not that "
+                  "DRAM is the limit.", "",
+                  *harness.markdown_table(["case", "ms", "GFLOP/s", "% of peak", "XLA MB accessed", "GB/s",
+                                           "% of bandwidth"],
                                           [[r["case"], f"{r['ms']:.1f}", f"{r['gflops']:.1f}",
-                                            f"{r['percent_of_peak']:.0f}%"] for r in cnn["components"]])]
+                                            f"{r['percent_of_peak']:.0f}%", *_traffic(r, copy)]
+                                           for r in cnn["components"]])]
     p = siren["psnr_db_after_2x_steps"]
     lines += ["", f"## SIREN fits ({siren['images']} MNIST test images, full 28 x 28 grid, Adam)", "",
               f"FLOPs per fit-step: {siren['flops_per_fit_step'] / 1e6:.2f} MFLOP. PSNR after "

@@ -53,6 +53,8 @@ def test_measure_jitted_compiles_once_apart_from_the_timed_calls():
     assert len(m["samples_s"]) == 3 and m["compile_s"] > 0 and m["first_s"] is not None
     assert m["memory"]["argument_bytes"] == x.nbytes and m["memory"]["output_bytes"] == 4
     assert m["flops"] > 0 and m["gflops"] > 0
+    assert m["bytes_accessed"] >= x.nbytes  # XLA's traffic count reads the argument at least once
+    assert m["gbytes_per_s"] == pytest.approx(m["bytes_accessed"] / m["median_s"] / 1e9)
     assert set(m["cpu"]) == {"wall_s", "process_cpu_s", "process_cores", "other_cores", "load_start", "load_end"}
 
 
@@ -101,6 +103,7 @@ def test_registered_pytrees_lower_as_they_are():
 def test_matmul_calibration_and_run_record(small_calibration):
     cal = harness.matmul_calibration(size=16, repeats=2)
     assert cal["size"] == 16 and cal["jax_gflops"] > 0 and cal["numpy_gflops"] > 0
+    assert cal["copy_bytes"] == harness.COPY_BYTES and cal["copy_gbps_best"] >= cal["copy_gbps"] > 0
     with pytest.raises(ValueError, match="size"):
         harness.matmul_calibration(size=0)
     record = harness.start_run().finish()
@@ -108,6 +111,7 @@ def test_matmul_calibration_and_run_record(small_calibration):
     assert len(record["load_average_start"]) == len(record["load_average_end"]) == 3 and record["wall_s"] >= 0
     text = "\n".join(harness.run_markdown(record))
     assert "Load average" in text and "Matmul calibration (32x32" in text and harness.MEMORY_DEFINITION in text
+    assert "memory bandwidth (numpy copy of 256 MiB" in text
     assert harness.percent_of_matmul(record["calibration"]["jax_gflops"] / 2, record) == "50%"
 
 
