@@ -58,7 +58,8 @@ QUICK = dict(datasets=["mnist"], inrs=40, test_inrs=20, fit_steps=50, steps=20, 
 
 def image_source(dataset: str, split: str, args: argparse.Namespace) -> tuple[str, int]:
     """(data split, first image index) of the SIRENs of ``split`` ("train" or "test"). CIFAR-10 has only its test
-    images here: its training SIRENs fit the first ``--inrs`` of them and its test SIRENs the last ``--test-inrs``."""
+    images here: its training SIRENs fit the first ``--inrs`` of them and its test SIRENs the last ``--test-inrs``,
+    in `magep.zoo_recipes.siren_images`'s class-interleaved order (both ranges stratified)."""
     if dataset != "cifar10":
         return split, 0
     if args.inrs + args.test_inrs > CIFAR_IMAGES:

@@ -226,8 +226,29 @@ def siren_grid(height: int, width: int) -> np.ndarray:
     return np.stack([rows.ravel(), cols.ravel()], axis=-1).astype(np.float32)
 
 
+def class_interleaved_order(labels: np.ndarray) -> np.ndarray:
+    """Indices that visit the classes round-robin: the k-th image of every class (in the given order) before the
+    (k+1)-th of any, classes in increasing label order, so every contiguous range of the result is stratified.
+
+    Args:
+      labels: int [n].
+    Returns:
+      int [n], a permutation of ``range(n)``.
+    """
+    labels = np.asarray(labels)
+    by_class = np.argsort(labels, kind="stable")
+    rank = np.empty(len(labels), np.int64)
+    starts = np.searchsorted(labels[by_class], labels[by_class], side="left")
+    rank[by_class] = np.arange(len(labels)) - starts  # position of each image within its class
+    return np.lexsort((labels, rank))
+
+
 def siren_images(dataset: str, split: str, count: int, offset: int = 0, data_dir=None) -> tuple[np.ndarray, np.ndarray]:
     """Images ``offset .. offset + count - 1`` of a split, scaled to [-1, 1].
+
+    MNIST and Fashion-MNIST: the files' order. CIFAR-10 (its 10,000 test images, the only ones in the data
+    folder, stored grouped by class): `class_interleaved_order`, so that any range, e.g. the first 3,000 for
+    training SIRENs and the last 1,000 for test SIRENs, holds every class equally often.
 
     Returns:
       images float32 [count, H, W, c] (c = 1 for MNIST / Fashion-MNIST, 3 for CIFAR-10), labels int64 [count].
@@ -240,6 +261,8 @@ def siren_images(dataset: str, split: str, count: int, offset: int = 0, data_dir
         if split != "test":
             raise ValueError("split: only the CIFAR-10 test images exist in the data folder; use 'test'")
         images, labels = zoo_data.load_cifar10_test(data_dir)
+        order = class_interleaved_order(labels)
+        images, labels = images[order], labels[order]
     else:
         raise ValueError(f"dataset must be one of {SIREN_DATASETS}, got {dataset!r}")
     if offset + count > len(images):

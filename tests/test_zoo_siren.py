@@ -32,6 +32,23 @@ def test_rows_hold_label_index_and_psnr(siren_zoo):
     assert "psnr" in summary(rows, "siren")
 
 
+def test_class_interleaved_order_stratifies_every_range():
+    labels = np.repeat(np.arange(3), [4, 2, 3])  # grouped by class, unequal counts
+    order = recipes.class_interleaved_order(labels)
+    assert sorted(order.tolist()) == list(range(9))
+    assert labels[order].tolist() == [0, 1, 2, 0, 1, 2, 0, 2, 0]
+    assert order.tolist()[:3] == [0, 4, 6]  # the first image of each class, in its stored order
+
+
+def test_cifar10_sirens_fit_every_class_in_any_range():
+    """The CIFAR-10 test files are grouped by class: the first 3,000 and the last 1,000 images of the SIREN
+    order (the INR sets' train and test ranges) each hold every class equally often."""
+    _, first = recipes.siren_images("cifar10", "test", 3000)
+    _, last = recipes.siren_images("cifar10", "test", 1000, offset=9000)
+    assert np.bincount(first, minlength=10).tolist() == [300] * 10
+    assert np.bincount(last, minlength=10).tolist() == [100] * 10
+
+
 def test_stored_weights_render_the_image_at_the_stored_psnr(siren_zoo):
     folder, rows = siren_zoo
     ws, labels, kept = zoo_store.load_weight_space_zoo(folder, target="label")
