@@ -47,6 +47,7 @@ PUBLISHED = {"mnist": {"mlp": "0.306", "hnp": "0.070", "np": "0.068"},
 FULL = dict(datasets=list(TASKS), inrs=3000, test_inrs=1000, fit_steps=2000, steps=10000, evals=20, seeds=3)
 QUICK = dict(datasets=["mnist"], inrs=40, test_inrs=20, fit_steps=50, steps=4, evals=1, seeds=1)
 SHOWN = 4  # test images in the figure grid
+EDITOR_WARMUP = 1000  # the authors' warm-up steps (of 50k)
 
 
 def edit_targets(info: dict, dataset: str) -> dict:
@@ -64,8 +65,7 @@ def run_cell(inputs: tuple, dataset: str, method: str, seed: int, run_dir: str,
     sizes = (QUICK_SIZES if args.quick else SIZES)[method]
     editor = INREditor(spec, nfn=method, scaling="sign", rngs=nnx.Rngs(seed), **sizes)
     n_params = trainable_parameters(editor)
-    warmup = max(min(1000, args.steps // 10), 1)  # the authors' 1k warm-up steps, shortened for short runs
-    schedule = optax.linear_schedule(0.0, args.lr, warmup)
+    schedule = magep_inr.warmup_schedule(args.lr, args.steps, EDITOR_WARMUP)
     start = time.perf_counter()
     editor, history = train_inr_editor(
         editor, sets["train"][0], targets["train"], coords, key=jax.random.key(seed), num_steps=args.steps,

@@ -24,8 +24,9 @@ from common import NetworkSpec, WeightSpace, groups, zoo_store
 from common.accuracy_prediction import cross_entropy_loss, fit_predictor, predict_logits, top1_accuracy
 from magep.editing import RenderedEdit
 
-__all__ = ["zoo_features", "augment_with_group", "train_generalization_predictor", "train_inr_classifier",
-           "train_inr_editor", "edited_mse", "pixel_mse_loss", "negative_mse"]
+__all__ = ["zoo_features", "tensor_scales", "divide_by_scales", "augment_with_group",
+           "train_generalization_predictor", "train_inr_classifier", "train_inr_editor", "edited_mse",
+           "pixel_mse_loss", "negative_mse"]
 
 
 def zoo_features(zoo_dir: str, split: str | None = None, *, target: str = "test_accuracy",
@@ -43,6 +44,37 @@ def zoo_features(zoo_dir: str, split: str | None = None, *, target: str = "test_
     ws, targets, _ = zoo_store.load_weight_space_zoo(zoo_dir, split, target=target, **options)
     feats = jax.tree.map(jnp.asarray, ws.to_features())
     return feats, jnp.asarray(targets, jnp.float32), NetworkSpec.from_weights(ws)
+
+
+def tensor_scales(feats: WeightSpace) -> WeightSpace:
+    """One positive scale per weight and bias tensor: its standard deviation over all rows and entries.
+
+    Dividing a set by the scales of its training split (`divide_by_scales`) puts every tensor at unit size. SIREN
+    hidden weights are ~0.01 next to first-layer weights ~0.3: unscaled, the NP / HNP layers stay in their linear
+    regime on them and their pooled features lose the class. A scalar per tensor commutes with every linear group
+    action (permutations, scalings, sign flips), so an invariant model stays invariant.
+
+    Args:
+      feats: features with leaves [R, ...] (R >= 2 rows).
+    Returns:
+      a `WeightSpace` of the same structure whose leaves hold one float32 value each, shape [1, ..., 1] of the
+      tensor's rank (1 where a tensor is constant).
+    Raises:
+      ValueError: ``feats`` are raw weights or carry fewer than 2 rows.
+    """
+    _check_rows(feats, "tensor_scales")
+    rows = jax.tree.leaves(feats)[0].shape[0]
+    if rows < 2:
+        raise ValueError(f"tensor_scales: feats need at least 2 rows for a standard deviation, got {rows}")
+    def scale(a):
+        std = jnp.std(a, keepdims=True)
+        return jnp.where(std > 0, std, 1.0).astype(jnp.float32)
+    return jax.tree.map(scale, feats)
+
+
+def divide_by_scales(feats: WeightSpace, scales: WeightSpace) -> WeightSpace:
+    """``feats`` with every tensor divided by its scale (`tensor_scales`, same structure): leaves [R, ...]."""
+    return jax.tree.map(lambda a, c: a / c, feats, scales)
 
 
 def augment_with_group(feats: WeightSpace, targets: Any, spec: NetworkSpec, key: jax.Array, *, scaling: str,

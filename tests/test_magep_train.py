@@ -1,16 +1,19 @@
 """magep.train and common.accuracy_prediction: accuracy predictors trained on weight-space features."""
+import dataclasses
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 import scipy.stats
 from flax import nnx
 
-from common import NetworkSpec, training, zoo_store
+from common import NetworkSpec, groups, training, zoo_store
 from common.accuracy_prediction import bce_loss, kendall_tau, random_batches
 from magep import GeneralizationPredictor
-from magep.train import train_generalization_predictor, zoo_features
-from tests.common_fixtures import random_weights
+from magep.train import divide_by_scales, tensor_scales, train_generalization_predictor, zoo_features
+from tests.common_fixtures import leaves_close, random_weights
 
 SPEC = NetworkSpec.mlp((2, 4, 4, 1))
 CNN_SPEC = NetworkSpec((1, 4, 4, 3), ((3, 3), (3, 3), ()))  # a small CNN: conv, conv, dense
@@ -114,3 +117,30 @@ def test_zoo_features_reads_a_stored_zoo(tmp_path):
     np.testing.assert_array_equal(np.asarray(feats.weights[1]), np.asarray(ws.to_features().weights[1]))
     train_feats, train_targets, _ = zoo_features(str(tmp_path), "train", fractions=(0.5, 0.0, 0.5))
     assert train_feats.batch_shape == (3,) and train_targets.shape == (3,)
+
+
+def test_tensor_scales_give_unit_tensors_and_commute_with_the_group(data):
+    """Dividing by the per-tensor scales of a set leaves every tensor at unit std, and commutes with the sign
+    group's action (a scalar per tensor); a per-entry rescaling, the broken alternative, does not."""
+    feats, _ = data
+    skewed = dataclasses.replace(feats, weights=tuple(w * 10.0 ** -i for i, w in enumerate(feats.weights)),
+                                 biases=tuple(3.0 * b for b in feats.biases))  # tensors of very different sizes
+    scales = tensor_scales(skewed)
+    unit = divide_by_scales(skewed, scales)
+    assert all(abs(float(np.std(a)) - 1.0) < 1e-5 for a in jax.tree.leaves(unit))
+    g = groups.sample_monomial(jax.random.key(3), SPEC, scaling="sign")
+    act = jax.vmap(lambda w: groups.act(g, w))
+    assert leaves_close(divide_by_scales(act(skewed), scales), act(unit), rtol=1e-5, atol=1e-6)
+    entrywise = jax.tree.map(lambda a: 1.0 + jnp.abs(a[0]), skewed)  # one divisor per entry, shared by rows
+    broken = lambda w: jax.tree.map(lambda a, d: a / d, w, entrywise)
+    assert not leaves_close(broken(act(skewed)), act(broken(skewed)), rtol=1e-3, atol=1e-3)
+
+
+def test_tensor_scales_name_bad_inputs(data):
+    feats, _ = data
+    with pytest.raises(ValueError, match="tensor_scales: feats must be NFN features"):
+        tensor_scales(random_weights(jax.random.key(0), SPEC, batch=(ROWS,)))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        tensor_scales(jax.tree.map(lambda a: a[:1], feats))
+    constant = jax.tree.map(jnp.zeros_like, feats)
+    assert all(c.size == 1 and float(c.ravel()[0]) == 1.0 for c in jax.tree.leaves(tensor_scales(constant)))
