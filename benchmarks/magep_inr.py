@@ -4,9 +4,10 @@ inr-classification`.
 Per dataset: SIRENs of ``--inrs`` training images (the first 90% by image index train the classifier, the last 10%
 validate it) and of ``--test-inrs`` test images, fitted with `magep.zoo.generate_siren_zoo` (``--fit-steps`` Adam
 steps; the median PSNR of each set is reported); then one `magep.INRClassifier` per method and seed, trained by
-cross-entropy (Adam, ``--lr``, batch ``--batch-size``, ``--steps`` steps) through `magep.train.train_inr_classifier`
-and kept at its best validation accuracy (``--evals`` scores per run); reported: test accuracy, mean and std over
-seeds.
+cross-entropy (Adam, ``--lr`` after a linear warm-up of min(10k, steps / 10) steps, batch ``--batch-size``,
+``--steps`` steps) through `magep.train.train_inr_classifier` on the SIREN tensors divided by their training-set
+standard deviations (`magep.train.tensor_scales`; ``--no-standardise``: raw weights), and kept at its best
+validation accuracy (``--evals`` scores per run); reported: test accuracy, mean and std over seeds.
 
 Every stage resumes: the SIREN shards, each training run (checkpoints and best model) and each finished cell
 (``result.json``) are kept under ``--work``; the finished cells and each dataset's summary (``summary.json``) are
