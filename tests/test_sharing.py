@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from common import NetworkSpec, SharingPlan
+from common.sharing import channel_matmul
 from magep import GeneralizationPredictor, INRClassifier, PolynomialEquivariant, PolynomialInvariant
 from magep.baselines import HNPLinear, MonomialLinear, NPLinear, linear_plan
 from magep.equivariant import equivariant_plan
@@ -148,3 +149,30 @@ def test_channel_factors():
     plan = equivariant_plan(SPEC3)
     assert plan.input_channels(2) == {"b1": 2, "P1": 6, "P2": 6, "P3": 6, "M2": 6, "S2": 4, "M3": 6, "S3": 4, "T": 4}
     assert invariant_plan(SPEC3).input_channels(5) == {"M": 15, "S": 10, "T": 10}
+
+
+@pytest.mark.parametrize("subscripts, x_shape, coef_shape, order", [
+    ("...aby,zy->...abz", (2, 4, 5, 6, 7), (3, 7), [0, 1]),
+    ("...ay,zby->...abz", (4, 5, 7), (3, 2, 7), [0, 1]),
+    ("...ay,zby->...baz", (4, 5, 7), (3, 2, 7), [1, 0]),
+    ("...y,zay->...az", (4, 7), (3, 2, 7), [0]),
+    ("...y,zy->...z", (7,), (3, 7), []),
+])
+def test_channel_matmul_equals_the_einsum_and_its_gradient(subscripts, x_shape, coef_shape, order):
+    with jax.enable_x64(True):
+        check_channel_matmul(subscripts, x_shape, coef_shape, order)
+
+
+def check_channel_matmul(subscripts, x_shape, coef_shape, order):
+    rng = np.random.default_rng(0)
+    x, coef = (jnp.asarray(rng.standard_normal(s), jnp.float64) for s in (x_shape, coef_shape))
+    ours = lambda x, c: channel_matmul(x, c, order)
+    reference = lambda x, c: jnp.einsum(subscripts, x, c)
+    np.testing.assert_allclose(ours(x, coef), reference(x, coef), rtol=1e-12, atol=1e-12)
+    weights = jnp.asarray(rng.standard_normal(reference(x, coef).shape), jnp.float64)
+    grads = [jax.grad(lambda x, c, f=f: jnp.sum(weights * f(x, c)), argnums=(0, 1))(x, coef) for f in (ours, reference)]
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    swapped = channel_matmul(x, coef, order[::-1]) if len(order) > 1 else None  # a wrong order is caught
+    if swapped is not None:
+        assert swapped.shape != reference(x, coef).shape or not np.allclose(swapped, reference(x, coef))
