@@ -204,7 +204,10 @@ def main(argv=None) -> dict:
     import flax
     import jax
 
-    record.update(jax=jax.__version__, flax=flax.__version__, repo="nfn_tsw", commit=_git_commit())
+    from common.host_memory import keep_freed_memory
+
+    record.update(jax=jax.__version__, flax=flax.__version__, repo="nfn_tsw", commit=_git_commit(),
+                  keep_freed_memory=keep_freed_memory())  # as common.training.fit trains
     if args.job in ZOO_JOBS:
         def run():
             record["calib_ms"] = protocol.calibrate()

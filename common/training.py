@@ -33,6 +33,7 @@ from jax.sharding import Mesh
 from common import checkpointing, checks
 from common.distributed import (batch_sharding, initialize_distributed, make_mesh, replicate,
                                 replicated, shard_batch)
+from common.host_memory import keep_freed_memory
 from common.progress import progress_bar
 
 __all__ = ["TrainState", "init_train_state", "make_train_step", "fit", "nnx_loss_fn", "reseed_streams",
@@ -186,6 +187,7 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
     checks.count("checkpoint_every", checkpoint_every, minimum=0, allow_none=True)  # None, 0: never
     checks.count("eval_every", eval_every, minimum=0, allow_none=True)
     checks.count("max_to_keep", max_to_keep, allow_none=True)
+    keep_freed_memory()  # one jitted call per step: reuse its temporaries instead of page-faulting them in anew
     mesh = make_mesh() if mesh is None else mesh
     state = replicate(init_train_state(params, optimizer, key), mesh)
     manager = log_path = None

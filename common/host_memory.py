@@ -1,0 +1,45 @@
+"""Host memory reuse for XLA on CPU: freed blocks stay in the process instead of going back to the OS.
+
+XLA's CPU runtime allocates the temporary buffers of every call with ``malloc`` and frees them when the call
+ends. By default glibc hands large freed blocks back to the OS (blocks above its mmap threshold are unmapped,
+the top of the heap is trimmed), so the next call page-faults the same memory in again, and the kernel zeroes
+every page first. Measured on one core (docs/common.md §10): the gradient of a 2-layer ReLU MLP on [16384, 144]
+rows took 11,500 minor page faults (47 MB) and 20 ms of kernel time per call beside 20 ms of compute; the
+Monomial-NFN predictor's training step at batch 64 27,800 faults (114 MB), 48 ms kernel beside 66 ms user time.
+`keep_freed_memory` raises glibc's mmap and trim thresholds (``mallopt``): the faults are gone and both calls
+ran about 2x faster. The price: the process keeps its peak heap (freed memory is reused, not returned).
+
+`common.training.fit` (one jitted call per step), the test session and the benchmarks call it; call it yourself
+before your own loop of jitted CPU calls. A loop inside one jitted call (`jax.lax.scan`, the population trainer's
+epochs) reuses its buffers anyway.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+__all__ = ["keep_freed_memory"]
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_LARGEST = 2**31 - 1  # mallopt takes an int
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse (mmap and trim thresholds raised to 2 GiB); idempotent.
+
+    Returns:
+      True when glibc accepted both settings, False where there is no glibc (macOS, Windows, musl): nothing
+      changes there.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+    except OSError:
+        return False
+    if not (hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version")):  # musl's mallopt does nothing
+        return False
+    mallopt = libc.mallopt
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return all(mallopt(parameter, _LARGEST) == 1 for parameter in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD))
