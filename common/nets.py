@@ -126,8 +126,9 @@ def _conv_patches(h: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     phases = h.reshape(b, hp // stride, stride, wp // stride, stride, c).transpose(2, 4, 0, 1, 3, 5)
     views = [phases[u % stride, v % stride, :, u // stride:u // stride + ho, v // stride:v // stride + wo, :]
              for u in range(kh) for v in range(kw)]
-    patches = jnp.concatenate(views, axis=-1)  # [B, H', W', kh * kw * C]
-    return patches @ w.transpose(2, 3, 1, 0).reshape(kh * kw * c, w.shape[0])
+    patches = jnp.concatenate(views, axis=-1).reshape(-1, kh * kw * c)  # [B H' W', kh * kw * C]
+    out = patches @ w.transpose(2, 3, 1, 0).reshape(kh * kw * c, w.shape[0])  # 2-D: the weight gradient
+    return out.reshape(b, ho, wo, w.shape[0])  # reads the patches without a transposed copy (docs/magep.md §10.1)
 
 
 def cnn_apply(
