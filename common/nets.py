@@ -127,8 +127,8 @@ def _conv_patches(h: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     views = [phases[u % stride, v % stride, :, u // stride:u // stride + ho, v // stride:v // stride + wo, :]
              for u in range(kh) for v in range(kw)]
     patches = jnp.concatenate(views, axis=-1).reshape(-1, kh * kw * c)  # [B H' W', kh * kw * C]
-    out = patches @ w.transpose(2, 3, 1, 0).reshape(kh * kw * c, w.shape[0])  # 2-D: the weight gradient
-    return out.reshape(b, ho, wo, w.shape[0])  # reads the patches without a transposed copy (docs/magep.md §10.1)
+    out = patches @ w.transpose(2, 3, 1, 0).reshape(kh * kw * c, w.shape[0])  # 2-D: a cheaper weight gradient
+    return out.reshape(b, ho, wo, w.shape[0])  # on CPU than the 4-D product's (docs/magep.md §10.1)
 
 
 def cnn_apply(
