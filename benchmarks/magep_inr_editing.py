@@ -44,7 +44,7 @@ QUICK_SIZES = {**{m: dict(channels=2, num_equivariant=1) for m in ("magep", "mon
                "mlp": dict(head=16)}
 PUBLISHED = {"mnist": {"mlp": "0.306", "hnp": "0.070", "np": "0.068"},
              "cifar10": {"mlp": "0.031", "hnp": "0.021", "np": "0.020"}}  # Zhou et al. 2023 test MSE (verified)
-FULL = dict(datasets=list(TASKS), inrs=3000, test_inrs=1000, fit_steps=2000, steps=10000, evals=20, seeds=3)
+FULL = dict(datasets=list(TASKS), inrs=3000, test_inrs=1000, fit_steps=2000, steps=3000, evals=20, seeds=3)
 QUICK = dict(datasets=["mnist"], inrs=40, test_inrs=20, fit_steps=50, steps=4, evals=1, seeds=1)
 SHOWN = 4  # test images in the figure grid
 EDITOR_WARMUP = 1000  # the authors' warm-up steps (of 50k)
