@@ -17,14 +17,15 @@ PROGRAM = textwrap.dedent("""
     applied = keep_freed_memory() if sys.argv[1] == "keep" else None  # before JAX starts its threads
     import jax, jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.key(0), (8192, 144))
+    a = jax.random.normal(jax.random.key(0), (16384, 144))
     b = jax.random.normal(jax.random.key(1), (144, 144))
     step = jax.jit(jax.grad(lambda b, a: jnp.sum(jnp.maximum(jnp.maximum(a, 0) @ b, 0) @ b), argnums=(0, 1)))
-    jax.block_until_ready(step(b, a))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
+    for _ in range(3):
         jax.block_until_ready(step(b, a))
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        jax.block_until_ready(step(b, a))
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
     print(json.dumps(dict(faults=faults, applied=applied, again=keep_freed_memory() if applied else None)))
 """)
 
@@ -43,5 +44,5 @@ def test_keep_freed_memory_stops_the_per_call_page_faults():
         pytest.skip("no glibc here: keep_freed_memory changes nothing on this platform")
     default, kept = faults_per_call("default"), faults_per_call("keep")
     assert kept["applied"] and kept["again"]
-    assert default["faults"] > 500  # ~25 MB of temporaries mapped in anew on every call by default
-    assert kept["faults"] < 0.05 * default["faults"]
+    assert default["faults"] > 2000  # ~47 MB of temporaries mapped in anew on every call by default
+    assert kept["faults"] < 0.25 * default["faults"]  # measured: 11,500 -> 0 alone, -> ~900 beside other jobs
