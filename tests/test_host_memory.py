@@ -45,4 +45,4 @@ def test_keep_freed_memory_stops_the_per_call_page_faults():
     default, kept = faults_per_call("default"), faults_per_call("keep")
     assert kept["applied"] and kept["again"]
     assert default["faults"] > 2000  # ~47 MB of temporaries mapped in anew on every call by default
-    assert kept["faults"] < 0.25 * default["faults"]  # measured: 11,500 -> 0 alone, -> ~900 beside other jobs
+    assert kept["faults"] < 0.5 * default["faults"]  # measured: 11,500 -> 0 alone; 9,200 -> 1,800 beside other jobs
