@@ -14,7 +14,8 @@ permissions)::
 Generation (`generate_zoo`) trains the missing shards in order; killed at any moment, a rerun trains exactly
 the shards whose file is absent, so no model is lost or duplicated. One writer at a time: a generation holds
 an exclusive ``fcntl.flock`` on ``DIR/.lock`` (released by the OS when the process ends, even on SIGKILL), and a
-second writer on the same folder stops with `ZooLockedError`. A shard file that cannot be read (truncated or
+second writer on the same folder stops with `ZooLockedError`. A complete zoo (same settings, every shard stored and
+readable, its metadata.csv written) is only read, without the lock, so any number of readers can open it at once. A shard file that cannot be read (truncated or
 damaged) is moved to ``DIR/shards_corrupt/`` with a warning naming it, and trained again.
 
 Family-specific readers live with their family (`magep.small_cnn_zoo` reads the original Small CNN Zoo
@@ -229,9 +230,29 @@ def generate_zoo(zoo_dir: str, layout: Mapping[str, Any], configs: Sequence[Mapp
     count("shard_size", shard_size)
     if not configs:
         raise ValueError(f"configs: no models to generate into {zoo_dir}")
+    complete = _complete_rows(zoo_dir, layout, -(-len(configs) // shard_size))
+    if complete is not None:
+        return complete
     os.makedirs(os.path.join(zoo_dir, SHARD_DIR), exist_ok=True)
     with _writer_lock(zoo_dir):
         return _generate_locked(zoo_dir, layout, configs, shard_size, train_shard, progress)
+
+
+def _complete_rows(zoo_dir: str, layout: Mapping[str, Any], n_shards: int) -> list[dict] | None:
+    """All rows of a zoo folder that already holds ``n_shards`` readable shards (and no others) generated with
+    ``layout``, read without writing anything; None when anything is missing, different or unreadable (the
+    writer's path then decides what to do)."""
+    try:
+        with open(os.path.join(zoo_dir, LAYOUT_FILE)) as f:
+            if json.load(f) != json.loads(json.dumps(dict(layout))):
+                return None
+        paths = _shard_files(zoo_dir)
+        if paths != [_shard_path(zoo_dir, k) for k in range(n_shards)] or \
+                not os.path.exists(os.path.join(zoo_dir, METADATA_FILE)):
+            return None
+        return [row for path in paths for row in _read_rows(path)]
+    except (OSError, ValueError, CorruptDataError):
+        return None
 
 
 def _generate_locked(zoo_dir, layout, configs, shard_size, train_shard, progress) -> list[dict]:

@@ -12,6 +12,7 @@ import pytest
 
 from common import zoo_store
 from common.data import CorruptDataError
+from common.file_lock import try_exclusive_lock
 from common.population import PopulationTask, train_population
 
 LAYOUT = {"kind": "test", "leaves": [{"name": "w", "shape": [2], "offset": 0, "size": 2}]}
@@ -40,6 +41,17 @@ def test_second_writer_is_refused_and_first_finishes(tmp_path):
     rows = _generate(tmp_path, train_shard)
     assert len(refusals) == 3 and [r["model_id"] for r in rows] == list(range(5))
     assert not [n for n in os.listdir(tmp_path / "shards") if n.startswith(".tmp_")]
+
+
+def test_complete_zoo_is_read_while_another_process_holds_the_lock(tmp_path):
+    rows = _generate(tmp_path)
+    trained = []
+    with try_exclusive_lock(str(tmp_path / ".lock")):  # a second worker opening the same complete set
+        assert _generate(tmp_path, lambda shard: trained.append(shard)) == rows
+    assert not trained
+    (tmp_path / "shards" / "shard_00002.npz").unlink()  # incomplete again: only a writer may go on
+    with try_exclusive_lock(str(tmp_path / ".lock")), pytest.raises(zoo_store.ZooLockedError):
+        _generate(tmp_path)
 
 
 def test_stale_lock_file_of_a_dead_writer_does_not_block(tmp_path):
