@@ -82,13 +82,29 @@ def run_cell(inputs: tuple, dataset: str, method: str, seed: int, run_dir: str,
     return record
 
 
-def unedited_mse(sets: dict, spec, targets: np.ndarray, coords: np.ndarray) -> tuple[float, list]:
-    """(MSE of the unedited test SIRENs against the edited test images ``targets``, their first `SHOWN`
-    renderings): the floor every editor has to beat."""
-    sirens = WeightSpace.from_features(sets["test"][0], spec)
-    rendered = np.asarray(jax.jit(render_sirens, static_argnums=2)(sirens, coords, SIREN_W0))
-    rendered = rendered.reshape(len(targets), -1)
-    return -negative_mse(rendered, targets), rendered[:SHOWN].tolist()
+def rendered_sirens(feats, spec, coords: np.ndarray) -> np.ndarray:
+    """Renderings [N, H * W * c] of the SIRENs ``feats`` (features of `magep_inr.siren_sets`) on ``coords``."""
+    rendered = jax.jit(render_sirens, static_argnums=2)(WeightSpace.from_features(feats, spec), coords, SIREN_W0)
+    return np.asarray(rendered).reshape(len(rendered), -1)
+
+
+def intensity_references(train: tuple, test: tuple, bins: int = 64) -> dict:
+    """Test MSE of edits that only remap each pixel's rendered intensity u, the yardstick for an editor that
+    learns a contrast change rather than a spatial edit. ``train`` / ``test`` = (renderings, targets), both
+    [N, P]. "affine": the best a * u + b over all training pixels; "intensity_map": the best function of u
+    (the training targets' mean in each of ``bins`` quantile bins of u); "per_image_affine": a * u + b fitted to
+    each test image itself (an oracle)."""
+    (u, t), (u_test, t_test) = train, test
+    design = lambda x: np.stack([x.ravel(), np.ones(x.size)], 1)
+    coef = np.linalg.lstsq(design(u), t.ravel(), rcond=None)[0]
+    edges = np.quantile(u, np.linspace(0, 1, bins + 1)[1:-1])
+    bin_of = np.digitize(u.ravel(), edges)
+    means = np.bincount(bin_of, t.ravel(), bins) / np.maximum(np.bincount(bin_of, minlength=bins), 1)
+    per_image = [np.mean((design(x) @ np.linalg.lstsq(design(x), y, rcond=None)[0] - y) ** 2)
+                 for x, y in zip(u_test, t_test)]
+    return {"affine": float(np.mean((design(u_test) @ coef - t_test.ravel()) ** 2)),
+            "intensity_map": float(np.mean((means[np.digitize(u_test, edges)] - t_test) ** 2)),
+            "per_image_affine": float(np.mean(per_image))}
 
 
 def summarise(records: list[dict]) -> list[dict]:
@@ -98,12 +114,15 @@ def summarise(records: list[dict]) -> list[dict]:
 
 def prepare(sets: dict, info: dict, dataset: str, args: argparse.Namespace) -> tuple[dict, tuple]:
     """``(summary, inputs)`` of one dataset from its SIREN sets: the summary holds the fits' scale and PSNR, the
-    unedited floor and the figure's unedited and target images; inputs = (sets, spec, targets, coords)."""
+    unedited floor, the `intensity_references` and the figure's unedited and target images; inputs = (sets, spec, targets, coords)."""
     targets, shape = edit_targets(info, dataset), info["images"]["test"].shape[1:]
     coords = siren_grid(*shape[:2])
-    floor, unedited = unedited_mse(sets, info["spec"], targets["test"], coords)
-    summary = {"train": args.inrs, "test": args.test_inrs, "psnr": info["psnr"], "unedited_mse": floor,
-               "unedited": unedited, "target": targets["test"][:SHOWN].tolist(), "shape": list(shape)}
+    rendered = {split: rendered_sirens(sets[split][0], info["spec"], coords) for split in ("train", "test")}
+    summary = {"train": args.inrs, "test": args.test_inrs, "psnr": info["psnr"],
+               "unedited_mse": -negative_mse(rendered["test"], targets["test"]),
+               "intensity_references": intensity_references(*[(rendered[k], targets[k]) for k in ("train", "test")]),
+               "unedited": rendered["test"][:SHOWN].tolist(), "target": targets["test"][:SHOWN].tolist(),
+               "shape": list(shape)}
     return summary, (sets, info["spec"], targets, coords)
 
 
@@ -113,7 +132,11 @@ def markdown(rows: list[dict], settings: dict, fits: dict, run: dict) -> str:
              f"Scale: {settings['scale']}.", ""]
     lines += [f"- {d} ({TASKS[d]}): {f['train']} + {f['test']} SIRENs; median fit PSNR {f['psnr']['train']:.1f} dB "
               f"(training images) / {f['psnr']['test']:.1f} dB (test images); unedited SIRENs against the targets: "
-              f"MSE {f['unedited_mse']:.4f}" for d, f in fits.items()]
+              f"MSE {f['unedited_mse']:.4f}; edits that only remap intensities (`intensity_references`): best "
+              f"global affine map {f['intensity_references']['affine']:.4f}, best global intensity map "
+              f"{f['intensity_references']['intensity_map']:.4f} (both fitted on the training SIRENs), affine map "
+              f"fitted to each test image {f['intensity_references']['per_image_affine']:.4f}"
+              for d, f in fits.items()]
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     table = {}
     for r in rows:
@@ -171,7 +194,8 @@ def editing(args: argparse.Namespace) -> dict:
             args, "inr_editing", dataset, lambda sets, info: prepare(sets, info, dataset, args))
         records += run_grid(args, dataset, "inr_editing", TASKS[dataset] + ": test MSE {test_mse:.4f}",
                             lambda method, seed, run_dir: run_cell(inputs, dataset, method, seed, run_dir, args))
-    fits = {d: {k: summaries[d][k] for k in ("train", "test", "psnr", "unedited_mse")} for d in summaries}
+    fits = {d: {k: summaries[d][k] for k in ("train", "test", "psnr", "unedited_mse", "intensity_references")}
+            for d in summaries}
     rows = summarise(records)
     settings = scale_settings(args, " after a linear warm-up", "editors")
     record = run.finish()

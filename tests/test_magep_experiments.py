@@ -8,8 +8,9 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from scipy import stats
 
-from benchmarks import magep_experiments
+from benchmarks import magep_experiments, magep_inr_editing
 from common import NetworkSpec, WeightSpace, checkpointing
 from common.accuracy_prediction import fit_predictor, kendall_tau, predict_logits
 from common.nets import mlp_apply
@@ -160,6 +161,20 @@ def test_quick_inr_classification_pipeline_runs_and_resumes(tmp_path):
     assert again["fits"] == result["fits"]
 
 
+def test_intensity_references_against_direct_fits():
+    rng = np.random.default_rng(0)
+    u_train, u_test = rng.uniform(-1, 1, (50, 30)), rng.uniform(-1, 1, (20, 30))
+    affine = lambda u: 1.5 * u - 0.2
+    exact = magep_inr_editing.intensity_references((u_train, affine(u_train)), (u_test, affine(u_test)))
+    assert exact["affine"] < 1e-20 and exact["per_image_affine"] < 1e-20 and exact["intensity_map"] < 1e-3
+    square = magep_inr_editing.intensity_references((u_train, u_train ** 2), (u_test, u_test ** 2))
+    assert square["intensity_map"] < 0.01 * square["affine"]  # a function of u, but not an affine one
+    per_image = np.mean([np.mean((y - stats.linregress(x, y).intercept - stats.linregress(x, y).slope * x) ** 2)
+                         for x, y in zip(u_test, u_test ** 2)])
+    np.testing.assert_allclose(square["per_image_affine"], per_image, rtol=1e-10)
+    assert square["per_image_affine"] <= square["affine"]
+
+
 def test_quick_inr_editing_pipeline_runs_and_resumes(tmp_path):
     # the pipeline is under test (SIREN sets, edit targets, training, report, figure, resume); fast-compiling editors
     argv = ["inr-editing", "--quick", "--methods", "mlp", "monomial", "--out", str(tmp_path)]
@@ -170,6 +185,8 @@ def test_quick_inr_editing_pipeline_runs_and_resumes(tmp_path):
         assert 0.0 < cell["test_mse_mean"] < 4.0 and cell["seeds"] == 1
         assert (cell["train_inrs"], cell["val_inrs"], cell["test_inrs"], cell["steps"]) == (36, 4, 20, 4)
     assert 0.0 < result["fits"]["mnist"]["unedited_mse"] < 4.0
+    references = result["fits"]["mnist"]["intensity_references"]
+    assert 0.0 < references["per_image_affine"] <= references["affine"] and references["intensity_map"] > 0.0
     text = (tmp_path / "magep_inr_editing.md").read_text()
     assert "Monomial-NFN" in text and "0.068" in text  # our cells beside the published ones
     assert (tmp_path / "magep_inr_editing.png").stat().st_size > 0
