@@ -12,12 +12,13 @@ import jax
 import jax.numpy as jnp
 
 from common.sine import sin
+from common.tanh import tanh
 from common.weight_space import WeightSpace
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
     "leaky_relu": jax.nn.leaky_relu,
-    "tanh": jnp.tanh,
+    "tanh": tanh,  # float32: a vectorisable rational function (common/tanh.py), ~4x faster on CPU
     "sin": jnp.sin,
     "identity": lambda z: z,
 }
