@@ -114,7 +114,8 @@ def summarise(records: list[dict]) -> list[dict]:
 
 def prepare(sets: dict, info: dict, dataset: str, args: argparse.Namespace) -> tuple[dict, tuple]:
     """``(summary, inputs)`` of one dataset from its SIREN sets: the summary holds the fits' scale and PSNR, the
-    unedited floor, the `intensity_references` and the figure's unedited and target images; inputs = (sets, spec, targets, coords)."""
+    unedited floor, the `intensity_references` and the figure's unedited and target images; inputs = (sets,
+    spec, targets, coords)."""
     targets, shape = edit_targets(info, dataset), info["images"]["test"].shape[1:]
     coords = siren_grid(*shape[:2])
     rendered = {split: rendered_sirens(sets[split][0], info["spec"], coords) for split in ("train", "test")}

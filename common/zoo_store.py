@@ -14,9 +14,10 @@ permissions)::
 Generation (`generate_zoo`) trains the missing shards in order; killed at any moment, a rerun trains exactly
 the shards whose file is absent, so no model is lost or duplicated. One writer at a time: a generation holds
 an exclusive ``fcntl.flock`` on ``DIR/.lock`` (released by the OS when the process ends, even on SIGKILL), and a
-second writer on the same folder stops with `ZooLockedError`. A complete zoo (same settings, every shard stored and
-readable, its metadata.csv written) is only read, without the lock, so any number of readers can open it at once. A shard file that cannot be read (truncated or
-damaged) is moved to ``DIR/shards_corrupt/`` with a warning naming it, and trained again.
+second writer on the same folder stops with `ZooLockedError`. A complete zoo (same settings, every shard stored
+and readable, its metadata.csv written) is only read, without the lock, so any number of readers can open it at
+once. A shard file that cannot be read (truncated or damaged) is moved to ``DIR/shards_corrupt/`` with a warning
+naming it, and trained again.
 
 Family-specific readers live with their family (`magep.small_cnn_zoo` reads the original Small CNN Zoo
 release); this module knows nothing of a model family.
