@@ -231,6 +231,7 @@ def generate_zoo(zoo_dir: str, layout: Mapping[str, Any], configs: Sequence[Mapp
     count("shard_size", shard_size)
     if not configs:
         raise ValueError(f"configs: no models to generate into {zoo_dir}")
+    layout = json.loads(json.dumps(dict(layout)))  # as stored: JSON types (tuples become lists)
     complete = _complete_rows(zoo_dir, layout, -(-len(configs) // shard_size))
     if complete is not None:
         return complete
@@ -239,13 +240,13 @@ def generate_zoo(zoo_dir: str, layout: Mapping[str, Any], configs: Sequence[Mapp
         return _generate_locked(zoo_dir, layout, configs, shard_size, train_shard, progress)
 
 
-def _complete_rows(zoo_dir: str, layout: Mapping[str, Any], n_shards: int) -> list[dict] | None:
+def _complete_rows(zoo_dir: str, layout: dict, n_shards: int) -> list[dict] | None:
     """All rows of a zoo folder that already holds ``n_shards`` readable shards (and no others) generated with
     ``layout``, read without writing anything; None when anything is missing, different or unreadable (the
     writer's path then decides what to do)."""
     try:
         with open(os.path.join(zoo_dir, LAYOUT_FILE)) as f:
-            if json.load(f) != json.loads(json.dumps(dict(layout))):
+            if json.load(f) != layout:
                 return None
         paths = _shard_files(zoo_dir)
         if paths != [_shard_path(zoo_dir, k) for k in range(n_shards)] or \
@@ -257,8 +258,7 @@ def _complete_rows(zoo_dir: str, layout: Mapping[str, Any], n_shards: int) -> li
 
 
 def _generate_locked(zoo_dir, layout, configs, shard_size, train_shard, progress) -> list[dict]:
-    """`generate_zoo` once the writer lock is held."""
-    layout = json.loads(json.dumps(dict(layout)))
+    """`generate_zoo` once the writer lock is held (``layout`` already in its JSON form)."""
     layout_path = os.path.join(zoo_dir, LAYOUT_FILE)
     if os.path.exists(layout_path):
         with open(layout_path) as f:
