@@ -169,8 +169,8 @@ def test_intensity_references_against_direct_fits():
     assert exact["affine"] < 1e-20 and exact["per_image_affine"] < 1e-20 and exact["intensity_map"] < 1e-3
     square = magep_inr_editing.intensity_references((u_train, u_train ** 2), (u_test, u_test ** 2))
     assert square["intensity_map"] < 0.01 * square["affine"]  # a function of u, but not an affine one
-    per_image = np.mean([np.mean((y - stats.linregress(x, y).intercept - stats.linregress(x, y).slope * x) ** 2)
-                         for x, y in zip(u_test, u_test ** 2)])
+    fits = [(x, y, stats.linregress(x, y)) for x, y in zip(u_test, u_test ** 2)]
+    per_image = np.mean([np.mean((y - fit.intercept - fit.slope * x) ** 2) for x, y, fit in fits])
     np.testing.assert_allclose(square["per_image_affine"], per_image, rtol=1e-10)
     assert square["per_image_affine"] <= square["affine"]
 
