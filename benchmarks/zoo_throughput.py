@@ -1,7 +1,7 @@
 """Zoo generation throughput: the population training step of MNIST-sized Small-CNN-Zoo networks, and SIREN fits.
 
     python -m benchmarks.zoo_throughput [--dataset mnist] [--populations 8 32] [--chunks 1 4] [--steps 48]
-                                        [--activations relu tanh] [--siren-images 64] [--siren-steps 200]
+                                        [--activations relu tanh] [--workers 2] [--siren-images 64] [--siren-steps 200]
                                         [--siren-chunks 1 4 16] [--no-components] [--out benchmarks/results]
                                         [--quick]
 
@@ -11,6 +11,9 @@ set, so every member does every step and reads rows from the whole set as in a z
 initialisation and one final evaluation on 512 test images, which cancel), divided by ``steps * P``: ms per
 model-step, everything the engine does per step included (data gathering, dropout draws, forward and backward,
 all optimizers, freezing). Compile time apart: the first call (which compiles) minus the same call again.
+The same cells again in ``--workers`` processes at once (default 2), each pinned to one CPU with one XLA thread, as
+the zoos are generated here (one worker per core): each worker's step time and the machine's (model-steps per
+second summed over the workers), against the same calibration.
 
 FLOPs counted: 3 x the forward pass's multiply-adds x 2 (forward, gradient w.r.t. the weights, gradient w.r.t.
 the inputs; the last is not needed for the first layer, so the true count is about 7% lower), at the batch
@@ -36,6 +39,11 @@ process), ms per model-step and the recipe's FLOP rate beside our best populatio
 from __future__ import annotations
 
 import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
 from dataclasses import asdict
 
 import jax
@@ -45,7 +53,7 @@ import optax
 
 from benchmarks import harness
 from common import compilation_cache
-from common.cli import positive_int, positive_int_or_all
+from common.cli import non_negative_int, positive_int, positive_int_or_all
 from common.distributed import make_mesh
 from common.nets import cnn_apply, hash_uniform, siren_apply
 from common.population import CPU_CHUNK, train_population
@@ -53,7 +61,9 @@ from common.sine import sin
 from magep import zoo_recipes as recipes
 
 QUICK = dict(populations=[2], chunks=[1], steps=1, activations=["relu"], siren_images=2, siren_steps=2,
-             siren_chunks=[1], components=False)
+             siren_chunks=[1], components=False, workers=0)
+ONE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+WORKER_RESULT = "WORKER_ROWS "  # the line a --population-worker process ends its output with
 EVAL_ROWS = 512
 
 
@@ -111,6 +121,57 @@ def population_step(dataset: str, activations, population_sizes, chunks, steps: 
                              "ms_per_model_step": 1e3 * timing["step_s"], "gflops": flops / timing["step_s"] / 1e9,
                              "percent_of_peak": 100 * flops / timing["step_s"] / 1e9 / peak})
     return rows
+
+
+def worker_command(args, workers_python: str = sys.executable) -> list[str]:
+    """The command of one ``--population-worker`` process measuring ``args``' population cells."""
+    return [workers_python, "-m", "benchmarks.zoo_throughput", "--population-worker", "--dataset", args.dataset,
+            "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--activations", *args.activations,
+            "--populations", *map(str, args.populations),
+            "--chunks", *("all" if c is None else str(c) for c in args.chunks)]
+
+
+def combine_workers(per_worker: list[list[dict]], flops: float, peak: float) -> list[dict]:
+    """One row per cell from the rows of workers that ran the same cells at once: each worker's ms per
+    model-step, and the machine's, 1 / (sum over workers of model-steps per second), at ``flops`` per
+    model-step against ``peak`` GFLOP/s; ``other_cores``: the fewest other busy cores any worker saw during its
+    timed calls (about workers - 1 when the workers overlapped)."""
+    rows = []
+    for cells in zip(*per_worker, strict=True):
+        step_s = 1.0 / sum(1.0 / c["step_s"] for c in cells)
+        others = [c["cpu"]["other_cores"] for c in cells if c["cpu"].get("other_cores") is not None]
+        rows.append({"activation": cells[0]["activation"], "models": cells[0]["models"],
+                     "chunk_size": cells[0]["chunk_size"], "workers": len(cells), "step_s": step_s,
+                     "worker_ms_per_model_step": [1e3 * c["step_s"] for c in cells],
+                     "compile_s": max(c["compile_s"] for c in cells), "ms_per_model_step": 1e3 * step_s,
+                     "gflops": flops / step_s / 1e9, "percent_of_peak": 100 * flops / step_s / 1e9 / peak,
+                     "other_cores": min(others, default=None)})
+    return rows
+
+
+def population_step_workers(args, workers: int, flops: float, peak: float) -> list[dict]:
+    """The population cells measured by ``workers`` processes at once, each pinned to its own CPU with one XLA
+    thread: how this project's zoos are generated (one worker per core). Rows as `combine_workers`.
+
+    Raises:
+      ValueError: more workers than CPUs this process may use; RuntimeError: a worker failed (its stderr tail)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if workers > len(cpus):
+        raise ValueError(f"--workers {workers}: this process may use {len(cpus)} CPUs ({cpus})")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {ONE_THREAD_XLA}".strip(),
+               OMP_NUM_THREADS="1", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    procs = [subprocess.Popen(worker_command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=root, env=env, preexec_fn=functools.partial(os.sched_setaffinity, 0, {cpu}))
+             for cpu in cpus[:workers]]
+    per_worker = []
+    for proc in procs:
+        out, err = proc.communicate()
+        lines = [line for line in out.splitlines() if line.startswith(WORKER_RESULT)]
+        if proc.returncode or not lines:
+            raise RuntimeError(f"population worker failed (rc {proc.returncode}): {err[-600:]}")
+        per_worker.append(json.loads(lines[-1][len(WORKER_RESULT):]))
+    return combine_workers(per_worker, flops, peak)
 
 
 def components(batch_size: int, peak: float) -> list[dict]:
@@ -305,6 +366,20 @@ def _markdown(result: dict) -> str:
                  [[r["activation"], r["models"], chunk(r["chunk_size"]), f"{r['ms_per_model_step']:.1f}",
                    f"{r['gflops']:.1f}", f"{r['percent_of_peak']:.0f}%", f"{r['compile_s']:.0f}"]
                   for r in cnn["population"]])]
+    if cnn.get("workers"):
+        lines += ["", "### One worker per core (how the zoos are generated)", "",
+                  "The same cells measured by one process per CPU at once, each pinned to its CPU with one XLA "
+                  "thread; machine = 1 / (sum over workers of model-steps per second), its GFLOP/s against the "
+                  "run's calibration (all threads); `other cores` = the fewest other busy cores a worker saw "
+                  "while timed (about workers - 1 when the workers overlapped).", "",
+                  *harness.markdown_table(
+                      ["activation", "P", "chunk", "workers", "ms / model-step per worker", "machine ms / model-step",
+                       "GFLOP/s", "% of peak", "other cores"],
+                      [[r["activation"], r["models"], chunk(r["chunk_size"]), r["workers"],
+                        " / ".join(f"{ms:.1f}" for ms in r["worker_ms_per_model_step"]),
+                        f"{r['ms_per_model_step']:.1f}", f"{r['gflops']:.1f}", f"{r['percent_of_peak']:.0f}%",
+                        "-" if r["other_cores"] is None else f"{r['other_cores']:.1f}"]
+                       for r in cnn["workers"]])]
     if cnn["components"]:
         copy = result["run"]["calibration"]["copy_gbps"]
         lines += ["", f"### One model's gradient at batch {cnn['batch_size']} (jitted, relu)", "",
@@ -353,9 +428,18 @@ def main(argv=None) -> None:
     parser.add_argument("--siren-steps", type=positive_int, default=200)
     parser.add_argument("--no-components", dest="components", action="store_false",
                         help="skip the component and ceiling rows")
+    parser.add_argument("--workers", type=non_negative_int, default=2,
+                        help="also measure the population cells in this many single-threaded processes at once, "
+                             "one per CPU (0: skip)")
+    parser.add_argument("--population-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--reference-python", default=None,
                         help="a Python with torch: adds the recipes in plain PyTorch, one model at a time")
     args = harness.parse_benchmark_args(parser, argv, QUICK)
+    if args.population_worker:  # one of population_step_workers' processes: its rows on stdout, nothing written
+        rows = population_step(args.dataset, args.activations, args.populations, args.chunks, args.steps,
+                               args.batch_size, peak=1.0)
+        print(WORKER_RESULT + json.dumps(rows), flush=True)
+        return
     record = harness.start_run()
     peak = record.calibration["jax_gflops"]
     cnn = {"dataset": args.dataset, "batch_size": args.batch_size, "steps": args.steps,
@@ -363,6 +447,8 @@ def main(argv=None) -> None:
            "components": components(args.batch_size, peak) if args.components else [],
            "population": population_step(args.dataset, args.activations, args.populations, args.chunks, args.steps,
                                          args.batch_size, peak)}
+    if args.workers:
+        cnn["workers"] = population_step_workers(args, args.workers, cnn["flops_per_model_step"], peak)
     result = {"cnn": cnn, "siren": siren_benchmark(args.siren_images, args.siren_steps, args.siren_chunks, peak,
                                                              args.components)}
     if args.reference_python:

@@ -210,6 +210,24 @@ def test_zoo_throughput_quick_run_writes_its_report(tmp_path, monkeypatch, small
     assert "## Small CNN Zoo population step (mnist, 28 x 28 x 1, batch 512)" in (tmp_path / "zoo_throughput.md").read_text()
 
 
+def test_zoo_throughput_workers_combine_into_the_machine_rate():
+    cpu = lambda other: {"other_cores": other}
+    cell = lambda step_s, other: {"activation": "relu", "models": 8, "chunk_size": 1, "step_s": step_s,
+                                  "compile_s": 2.0 * step_s, "cpu": cpu(other)}
+    (row,) = zoo_throughput.combine_workers([[cell(0.010, 1.0)], [cell(0.015, 0.9)]], flops=3e8, peak=100.0)
+    assert row["ms_per_model_step"] == pytest.approx(6.0)  # 100 + 66.7 model-steps per second
+    assert row["worker_ms_per_model_step"] == pytest.approx([10.0, 15.0]) and row["workers"] == 2
+    assert row["gflops"] == pytest.approx(50.0) and row["percent_of_peak"] == pytest.approx(50.0)
+    assert row["other_cores"] == 0.9 and row["compile_s"] == 0.03
+    with pytest.raises(ValueError):  # workers that measured different cells
+        zoo_throughput.combine_workers([[cell(0.01, 1.0)], []], flops=3e8, peak=100.0)
+    args = SimpleNamespace(dataset="mnist", batch_size=512, steps=48, activations=["tanh"], populations=[8],
+                           chunks=[1, None])
+    command = zoo_throughput.worker_command(args, "py")
+    assert command[:4] == ["py", "-m", "benchmarks.zoo_throughput", "--population-worker"]
+    assert command[-3:] == ["--chunks", "1", "all"]
+
+
 def test_transformer_zoo_throughput_quick_run_writes_its_report(tmp_path, monkeypatch, small_calibration):
     """The population trainer is stubbed (tested in test_zoo_transformer.py and test_zoo_population.py): this
     checks the FLOP count, the step-time arithmetic and the report."""

@@ -65,7 +65,7 @@ def test_cnn_zoo_function_preserved(activation, scaling):
     assert not np.allclose(nets.cnn_apply(broken, x, activation), y, rtol=1e-3)
 
 
-def test_cnn_patch_convolution_equals_lax_conv_and_dropout_only_with_a_key():
+def test_cnn_patch_convolution_equals_lax_conv_with_the_same_dropout_masks():
     keys = jax.random.split(jax.random.PRNGKey(8), 3)
     ws = jax.vmap(lambda k: random_weights(k, CNN_ZOO_SPEC, dtype=jnp.float64))(keys)   # 3 networks
     x = jax.random.uniform(jax.random.PRNGKey(9), (2, 4, 28, 28, 1), jnp.float64, -1, 1)
@@ -76,6 +76,9 @@ def test_cnn_patch_convolution_equals_lax_conv_and_dropout_only_with_a_key():
     np.testing.assert_allclose(apply("patches", dropout=0.5), reference, rtol=1e-10, atol=1e-12)  # no key
     dropped = apply("patches", dropout=0.5, dropout_key=jax.random.PRNGKey(10))
     assert np.all(np.isfinite(dropped)) and not np.allclose(dropped, reference, rtol=1e-2)
+    # the same masks in either layout (patches run batch-minor inside)
+    np.testing.assert_allclose(dropped, apply("lax", dropout=0.5, dropout_key=jax.random.PRNGKey(10)),
+                               rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="conv must be one of"):
         nets.cnn_apply(jax.tree.map(lambda a: a[0], ws), x, conv="patches", padding="SAME")
 
