@@ -39,7 +39,6 @@ process), ms per model-step and the recipe's FLOP rate beside our best populatio
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import subprocess
@@ -123,12 +122,18 @@ def population_step(dataset: str, activations, population_sizes, chunks, steps: 
     return rows
 
 
-def worker_command(args, workers_python: str = sys.executable) -> list[str]:
-    """The command of one ``--population-worker`` process measuring ``args``' population cells."""
-    return [workers_python, "-m", "benchmarks.zoo_throughput", "--population-worker", "--dataset", args.dataset,
+def worker_command(args, cpu: int, workers_python: str = sys.executable) -> list[str]:
+    """The command of one ``--population-worker`` process measuring ``args``' population cells on CPU ``cpu``."""
+    return [workers_python, "-m", "benchmarks.zoo_throughput", "--population-worker", str(cpu), "--dataset", args.dataset,
             "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--activations", *args.activations,
             "--populations", *map(str, args.populations),
             "--chunks", *("all" if c is None else str(c) for c in args.chunks)]
+
+
+def pin_process(cpu: int) -> None:
+    """Pin every thread of this process to CPU ``cpu`` (threads started later inherit it; Linux)."""
+    for tid in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(tid), {cpu})
 
 
 def combine_workers(per_worker: list[list[dict]], flops: float, peak: float) -> list[dict]:
@@ -161,9 +166,8 @@ def population_step_workers(args, workers: int, flops: float, peak: float) -> li
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {ONE_THREAD_XLA}".strip(),
                OMP_NUM_THREADS="1", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    procs = [subprocess.Popen(worker_command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              cwd=root, env=env, preexec_fn=functools.partial(os.sched_setaffinity, 0, {cpu}))
-             for cpu in cpus[:workers]]
+    procs = [subprocess.Popen(worker_command(args, cpu), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=root, env=env) for cpu in cpus[:workers]]
     per_worker = []
     for proc in procs:
         out, err = proc.communicate()
@@ -431,11 +435,13 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=non_negative_int, default=2,
                         help="also measure the population cells in this many single-threaded processes at once, "
                              "one per CPU (0: skip)")
-    parser.add_argument("--population-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--population-worker", type=non_negative_int, default=None, metavar="CPU",
+                        help=argparse.SUPPRESS)  # a process of population_step_workers, pinned to this CPU
     parser.add_argument("--reference-python", default=None,
                         help="a Python with torch: adds the recipes in plain PyTorch, one model at a time")
     args = harness.parse_benchmark_args(parser, argv, QUICK)
-    if args.population_worker:  # one of population_step_workers' processes: its rows on stdout, nothing written
+    if args.population_worker is not None:  # one of population_step_workers' processes: rows on stdout, no files
+        pin_process(args.population_worker)
         rows = population_step(args.dataset, args.activations, args.populations, args.chunks, args.steps,
                                args.batch_size, peak=1.0)
         print(WORKER_RESULT + json.dumps(rows), flush=True)

@@ -223,8 +223,8 @@ def test_zoo_throughput_workers_combine_into_the_machine_rate():
         zoo_throughput.combine_workers([[cell(0.01, 1.0)], []], flops=3e8, peak=100.0)
     args = SimpleNamespace(dataset="mnist", batch_size=512, steps=48, activations=["tanh"], populations=[8],
                            chunks=[1, None])
-    command = zoo_throughput.worker_command(args, "py")
-    assert command[:4] == ["py", "-m", "benchmarks.zoo_throughput", "--population-worker"]
+    command = zoo_throughput.worker_command(args, 1, "py")
+    assert command[:5] == ["py", "-m", "benchmarks.zoo_throughput", "--population-worker", "1"]
     assert command[-3:] == ["--chunks", "1", "all"]
 
 
