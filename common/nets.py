@@ -19,7 +19,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
     "leaky_relu": jax.nn.leaky_relu,
     "tanh": tanh,  # float32: a vectorisable rational function (common/tanh.py), ~4x faster on CPU
-    "sin": jnp.sin,
+    "sin": sin,  # float32: vectorisable (common/sine.py); XLA's CPU jnp.sin is a scalar call per entry
     "identity": lambda z: z,
 }
 

@@ -30,3 +30,13 @@ def test_derivative_is_the_cosine_and_other_dtypes_use_jnp_sin():
         x64 = jnp.linspace(-40, 40, 101, dtype=jnp.float64)
         assert sin(x64).dtype == jnp.float64
         np.testing.assert_array_equal(sin(x64), jnp.sin(x64))
+
+
+def test_the_sin_activation_is_the_vectorised_sine():
+    from common.nets import get_activation
+
+    x = np.random.default_rng(1).uniform(-50, 50, 1000).astype(np.float32)
+    y = jax.jit(get_activation("sin"))(x)
+    np.testing.assert_array_equal(y, jax.jit(sin)(x))
+    assert not np.array_equal(y, jax.jit(jnp.sin)(x))  # not jnp.sin (a scalar library call per entry on CPU)
+    np.testing.assert_allclose(y, np.sin(x.astype(np.float64)), rtol=0, atol=1.2e-7)
