@@ -44,8 +44,11 @@ def faults_per_call(mode: str) -> dict:
 def test_keep_freed_memory_stops_the_per_call_page_faults():
     if not keep_freed_memory():
         pytest.skip("no glibc here: keep_freed_memory changes nothing on this platform")
-    default, kept, single = faults_per_call("default"), faults_per_call("keep"), faults_per_call("single")
-    assert kept["applied"] and kept["again"] and single["applied"] and single["again"]
-    assert single["faults"] < 0.5 * default["faults"]
+    default, single = faults_per_call("default"), faults_per_call("single")
+    kept = [faults_per_call("keep") for _ in range(3)]
+    assert all(k["applied"] and k["again"] for k in kept) and single["applied"] and single["again"]
     assert default["faults"] > 2000  # ~47 MB of temporaries mapped in anew on every call by default
-    assert kept["faults"] < 0.5 * default["faults"]  # measured: 11,500 -> 0 alone; 9,200 -> 1,800 beside other jobs
+    assert single["faults"] < 0.5 * default["faults"]  # measured: 9,300 -> 0-1,800 (8 runs beside other jobs)
+    # the thresholds alone: 11,500 -> 0 alone, but 230-9,200 over 8 runs beside other jobs (docs/common.md §10),
+    # so the median of three runs
+    assert sorted(k["faults"] for k in kept)[1] < 0.5 * default["faults"]
