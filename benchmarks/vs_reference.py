@@ -184,13 +184,18 @@ def job_command(job: dict, options) -> tuple[list[str] | None, str | None]:
     return command, None
 
 
+def project_env(**overrides: str) -> dict:
+    """The environment of a child process run from the project root: this one's, the project first on
+    ``PYTHONPATH``, then ``overrides``."""
+    return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **overrides)
+
+
 def run_job(command: list[str], mem_gb: float, timeout_s: float) -> dict:
     """Runs one job's process (its address space capped at ``mem_gb`` by the job itself, killed after
     ``timeout_s``) from the project root; returns its ``RESULT`` record, or a record with status timeout / oom /
     killed / error."""
     command = command + ["--mem-gb", str(mem_gb)]
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               PYTHONDONTWRITEBYTECODE="1")
+    env = project_env(PYTHONDONTWRITEBYTECODE="1")
     start = time.time()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, cwd=ROOT,

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks import harness
+from benchmarks import harness, vs_reference
 from common import compilation_cache
 from common.cli import non_negative_int, positive_int, positive_int_or_all
 from common.distributed import make_mesh
@@ -163,11 +163,10 @@ def population_step_workers(args, workers: int, flops: float, peak: float) -> li
     cpus = sorted(os.sched_getaffinity(0))
     if workers > len(cpus):
         raise ValueError(f"--workers {workers}: this process may use {len(cpus)} CPUs ({cpus})")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {ONE_THREAD_XLA}".strip(),
-               OMP_NUM_THREADS="1", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = vs_reference.project_env(XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {ONE_THREAD_XLA}".strip(),
+                                   OMP_NUM_THREADS="1")
     procs = [subprocess.Popen(worker_command(args, cpu), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              cwd=root, env=env) for cpu in cpus[:workers]]
+                              cwd=vs_reference.ROOT, env=env) for cpu in cpus[:workers]]
     per_worker = []
     for proc in procs:
         out, err = proc.communicate()
@@ -308,8 +307,6 @@ def pytorch_reference(python: str, cnn_steps: int, siren_steps: int, flops: dict
     """The recipes in plain PyTorch, one model at a time (``benchmarks.vs_reference_zoo_torch`` run by
     ``python``, 2 threads, each recipe in its own process): ms per model-step, GFLOP/s and % of ``peak`` of
     the recipe's per-step FLOPs ``flops`` ({"cnn", "siren"}); a failed job keeps its status and error."""
-    from benchmarks import vs_reference
-
     options = argparse.Namespace(reference_python=python, reference_dir=None, ott_python=None, threads=2,
                                  repeats=None)
     rows = []
