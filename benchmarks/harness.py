@@ -198,7 +198,7 @@ def peak_memory(argument_bytes: int, output_bytes: int, temp_bytes: int, host_pe
     return dict(parts, peak_bytes=int(sum(parts.values())))
 
 
-def _cost(compiled) -> dict:
+def xla_cost(compiled) -> dict:
     """XLA's cost analysis of one call of a compiled executable: ``flops`` and ``bytes_accessed`` (each None
     when the backend gives none)."""
     cost = compiled.cost_analysis()
@@ -232,7 +232,7 @@ def measure_jitted(fn: Callable, *args, repeats: int) -> dict:
         return compiled, compile_s, first_s, host_peak, timing
 
     (compiled, compile_s, first_s, host_peak, timing), cpu = measure_cpu(cell)
-    cost = _cost(compiled)
+    cost = xla_cost(compiled)
     rate = lambda count: count / timing.median_s / 1e9 if count is not None else None
     return dict(timing.as_dict(), compile_s=compile_s, first_s=first_s, cpu=asdict(cpu),
                 memory=peak_memory(host_peak_bytes=host_peak, **xla_memory(compiled)), **cost,

@@ -2,11 +2,12 @@
 the authors' PyTorch implementations, POT and OTT-JAX, and plain one-model-at-a-time PyTorch training.
 
     python -m benchmarks.vs_reference [--reference-dir DIR] [--reference-python PY] [--ott-python PY]
-        [--groups nfn tsw zoo large] [--only JOB ...] [--resume] [--max-load 0.10 | --no-wait] [--repeats R]
-        [--out benchmarks/results]
+        [--groups nfn tsw zoo large] [--only JOB ...] [--resume [--remeasure]] [--max-load 0.10 | --no-wait]
+        [--repeats R] [--out benchmarks/results]
 
 The full quiet measurement (after the set-up below; about 300 jobs, roughly an hour on 2 quiet cores;
-``--resume`` makes a rerun redo only the jobs whose records were disturbed, and starts afresh over a smoke run):
+``--resume`` makes a rerun redo only the jobs whose records were disturbed, and starts afresh over a smoke run;
+with ``--remeasure`` it measures the selected groups again, keeping the other groups' records):
 
     python -m benchmarks.vs_reference --reference-dir $SCRATCH/peers \
         --reference-python $SCRATCH/torchvenv/bin/python --groups nfn tsw zoo --resume
@@ -26,7 +27,10 @@ the total under 4 s); the median and min; peak RSS of the process; ``other_cpu_f
 other processes used during the timed calls. A record above ``--contended`` (0.10) is disturbed: the job is rerun
 (``--reruns`` times); the report takes the best undisturbed record and marks a cell with only disturbed records
 with a dagger. The driver's own record (``benchmarks.harness``): load averages at start and end and a jitted
-matmul calibration. Results: ``vs_reference.json`` (every record) and ``vs_reference.md``.
+matmul calibration. Our NFN jobs compile as the library's train step does
+(`common.training.STEP_COMPILER_OPTIONS`) and record XLA's FLOP count of one call (``cost_analysis``, taken after
+the timed calls), so the report gives each step's achieved GFLOP/s against the job's own matmul calibration.
+Results: ``vs_reference.json`` (every record) and ``vs_reference.md``.
 
 Modes. NFNs: ``fwd`` = forward only; ``fwdbwd`` = forward + BCE loss + gradient w.r.t. every parameter (a
 training step without the optimizer update), random-normal inputs shaped like the zoos (CNN zoo: conv 1-16-16-16
@@ -310,6 +314,20 @@ def _other(r) -> str:
     return "-" if not r or r.get("other_cpu_frac") is None else f"{r['other_cpu_frac']:.2f}"
 
 
+CALIBRATION_FLOP = 2 * 512**3  # the per-job calibration: one 512 x 512 float32 numpy matmul
+
+
+def _rate(r) -> str:
+    """Achieved GFLOP/s of a record with XLA's FLOP count, and its share of the rate of the job's own numpy
+    matmul calibration (taken in the same process just before the job, so the two see the host alike)."""
+    if not r or r.get("status") != "ok" or not r.get("flops"):
+        return "-"
+    gflops = r["flops"] / r["median_s"] / 1e9
+    if not r.get("calib_ms"):
+        return f"{gflops:.0f}"
+    return f"{gflops:.0f} ({100 * gflops / (CALIBRATION_FLOP / r['calib_ms'] / 1e6):.0f}%)"
+
+
 def nfn_table(best) -> list[str]:
     rows = []
     nfn_names = set(NFN_MODELS) | {ours for ours, _ in NFN_MODELS.values()}
@@ -321,11 +339,11 @@ def nfn_table(best) -> list[str]:
                 if a is None and o is None:
                     continue
                 params = f"{(a or {}).get('n_params', '-')} / {(o or {}).get('n_params', '-')}"
-                rows.append([name, batch, mode, _ms(a), _ms(o), _ratio(o, a), _first(o), _first(a), params,
-                             f"{_rss(a)} / {_rss(o)}", f"{_other(a)} / {_other(o)}"])
+                rows.append([name, batch, mode, _ms(a), _ms(o), _ratio(o, a), _rate(o), _first(o), _first(a),
+                             params, f"{_rss(a)} / {_rss(o)}", f"{_other(a)} / {_other(o)}"])
     return harness.markdown_table(["model", "batch", "mode", "authors ms", "ours ms", "ours / authors",
-                                   "our first call s", "authors' first call s", "params authors / ours",
-                                   "peak RSS MB a / o", "other CPU a / o"], rows)
+                                   "our GFLOP/s (% of calibration)", "our first call s", "authors' first call s",
+                                   "params authors / ours", "peak RSS MB a / o", "other CPU a / o"], rows)
 
 
 TSW_NAMES = {"tsw_chain": "TS-Sobolev TSWChain", "dbtsw": "DbTSW eager", "dbtsw_compiled": "DbTSW compiled",
@@ -442,7 +460,9 @@ def markdown(result: dict) -> str:
     if any("batch" in r for r in best.values()):
         lines += ["## NFN predictors: median ms per batch", "",
                   "fwd = forward; fwdbwd = forward + BCE loss + gradient w.r.t. all parameters. Goal: ours / "
-                  "authors <= 0.33 and our first call <= 2 s.", "", *nfn_table(best), ""]
+                  "authors <= 0.33 and our first call <= 2 s. Our GFLOP/s = XLA's FLOP count of one call "
+                  "(`cost_analysis`) / our median time; % of the rate of the job's own numpy 512 x 512 matmul "
+                  "calibration (`calib_ms`, per job in the contention table).", "", *nfn_table(best), ""]
     tables = tsw_tables(best)
     if tables:
         lines += ["## Tree-sliced and sliced Wasserstein", "", *tables]
@@ -478,6 +498,14 @@ def select_jobs(options) -> list[dict]:
     return jobs
 
 
+def kept_records(previous: list[dict], jobs: list[dict], remeasure: bool) -> list[dict]:
+    """The earlier records a resumed run keeps: all of them, or (``remeasure``) all but the selected jobs'."""
+    if not remeasure:
+        return list(previous)
+    selected = {job_key(j) for j in jobs}
+    return [r for r in previous if job_key(r) not in selected]
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference-dir", default=None, help="folder holding the authors' checkouts")
@@ -509,6 +537,9 @@ def parse_args(argv=None):
     parser.add_argument("--resume", action="store_true",
                         help="keep the records of the existing result; run only the jobs without an undisturbed "
                         "ok / slow / oom record")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="with --resume: drop the kept records of the selected jobs and measure them again (so "
+                        "their ratios come from this run), keeping every other job's records")
     parser.add_argument("--no-calibration", dest="calibration", action="store_false",
                         help="skip the driver's jitted matmul calibration (each job still calibrates)")
     parser.add_argument("--smoke", action="store_true", help=f"smoke run, NOT evidence: {SMOKE}")
@@ -517,6 +548,8 @@ def parse_args(argv=None):
     if options.smoke:
         parser.set_defaults(**SMOKE)
         options = parser.parse_args(argv)
+    if options.remeasure and not options.resume:
+        raise ValueError("--remeasure needs --resume (without it no earlier record is kept anyway)")
     if options.reruns < 0:
         raise ValueError(f"--reruns must be >= 0, got {options.reruns}")
     return options
@@ -529,9 +562,9 @@ def main(argv=None) -> dict:
     previous = harness.read_json(os.path.join(options.out, f"{NAME}.json"), {}) if options.resume else {}
     if previous.get("smoke", False) != smoke:  # a measurement never mixes smoke and quiet records
         previous = {}
-    records = list(previous.get("records", []))
-    done = {job_key(r) for r in records if is_clean(r, options.contended) and r.get("status") in ("ok", "slow", "oom")}
     jobs = select_jobs(options)
+    records = kept_records(previous.get("records", []), jobs, options.remeasure)
+    done = {job_key(r) for r in records if is_clean(r, options.contended) and r.get("status") in ("ok", "slow", "oom")}
 
     def write() -> tuple[dict, str]:  # after every job, so a stopped run keeps what it measured
         result = {"records": records, "smoke": smoke, "run": run.finish(), "planned": [job_key(j) for j in jobs],

@@ -32,10 +32,17 @@ CNN_SHAPES_B = ((16,), (16,), (16,), (10,))
 
 
 def _jit_pair(forward, loss, args, target):
-    """(fwd, fwdbwd) callables of a model's jitted logits and jitted BCE value-and-gradient."""
+    """(fwd, fwdbwd) callables of a model's jitted logits and jitted BCE value-and-gradient, compiled with the
+    options of the library's train step (`common.training.STEP_COMPILER_OPTIONS`); each has a
+    ``cost_analysis()`` giving XLA's ``flops`` and ``bytes_accessed`` of one call (it compiles the function
+    once more, so the protocol calls it after the timed calls)."""
     import jax
 
-    fwd_jit, step_jit = jax.jit(forward), jax.jit(jax.value_and_grad(loss))
+    from benchmarks.harness import xla_cost
+    from common.training import STEP_COMPILER_OPTIONS
+
+    fwd_jit = jax.jit(forward, compiler_options=STEP_COMPILER_OPTIONS)
+    step_jit = jax.jit(jax.value_and_grad(loss), compiler_options=STEP_COMPILER_OPTIONS)
 
     def fwd():
         return jax.block_until_ready(fwd_jit(*args))
@@ -45,6 +52,8 @@ def _jit_pair(forward, loss, args, target):
         jax.block_until_ready(grads)
         return value
 
+    fwd.cost_analysis = lambda: xla_cost(fwd_jit.lower(*args).compile())
+    fwdbwd.cost_analysis = lambda: xla_cost(step_jit.lower(*args, target).compile())
     return fwd, fwdbwd
 
 

@@ -9,8 +9,10 @@ now), the first call timed apart (it includes ``jax.jit`` / ``torch.compile`` co
 window is under ``min_window_s`` (so the ``/proc/stat`` contention reading resolves) and the total under
 ``budget_s``; the median and min of the timed calls. A call over ``SLOW_S`` ends the job ("slow"). Contention:
 ``other_cpu_frac`` = the share of all CPUs that other processes used during the timed calls. Peak memory:
-``ru_maxrss`` of the process at the end (interpreter and framework included). ``emit`` prints the record as one
-``RESULT {json}`` line, which the driver reads.
+``VmHWM`` of the process at the end (the peak resident set of its address space, interpreter and framework
+included; not ``ru_maxrss``, which Linux carries over from the parent at fork across ``exec``, so every job
+would report at least its driver's resident memory). ``emit`` prints the record as one ``RESULT {json}`` line,
+which the driver reads.
 """
 from __future__ import annotations
 
@@ -110,22 +112,32 @@ def calibrate(repeats: int = 15) -> float:
     return round(1e3 * statistics.median(times), 3)
 
 
-def rss_mb() -> float | None:
-    """Resident memory of this process now, MB (``/proc/self/status``), None off Linux."""
+def rss_mb(field: str = "VmRSS") -> float | None:
+    """A memory figure of this process from ``/proc/self/status``, MB: ``VmRSS`` (resident now) or ``VmHWM``
+    (peak resident, since this program's ``exec``); None off Linux."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
     return None
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process, MB: ``VmHWM`` where ``/proc`` has it, else ``ru_maxrss`` (which on
+    Linux includes the parent's resident memory at fork, so it overstates a child's peak)."""
+    peak = rss_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def measure(record: dict, build, repeats: int | None = None) -> dict:
     """Runs one job: ``build()`` returns ``(call, info)`` (``info`` a dict merged into the record: config,
     n_params, versions, ...); then the calibration, the first call (its value, when it returns a number-like,
-    is kept as ``value``, a sanity check), warm-up and timed calls. ``repeats`` fixes the number of timed calls
+    is kept as ``value``, a sanity check), warm-up and timed calls. A ``call`` with a ``cost_analysis``
+    attribute (a function returning a dict, e.g. XLA's FLOP count) has it merged into the record after the
+    timed calls, so its own compile stays out of them. ``repeats`` fixes the number of timed calls
     (a smoke run, which times them even after a first call over ``SLOW_S``); None uses the protocol's adaptive
     count. Errors become ``status`` "oom" or "error" with the
     message; returns the record (also printed by ``emit``)."""
@@ -135,16 +147,20 @@ def measure(record: dict, build, repeats: int | None = None) -> dict:
         record["calib_ms"] = calibrate()
         record["rss_before_mb"] = rss_mb()
         start = time.perf_counter()
-        out = call()
+        with Contention() as first:
+            out = call()
         record["first_call_s"] = time.perf_counter() - start
         record["value"] = _scalar(out)
         if record["first_call_s"] > SLOW_S and repeats is None:  # a smoke run times its calls regardless
-            record["status"] = "slow"
+            record["status"] = "slow"  # its one call's contention: a slow job is not rerun for lack of a reading
+            record["other_cpu_frac"] = None if first.other_cpu_frac is None else round(first.other_cpu_frac, 3)
         else:
             kw = {} if repeats is None else dict(min_reps=repeats, max_reps=repeats, min_window_s=0.0)
             timing = time_calls(call, warmup=0 if record["first_call_s"] > 10 else 2, **kw)
             record.update(timing)
             record["status"] = "slow" if timing["slow"] else "ok"
+            if hasattr(call, "cost_analysis"):
+                record.update(call.cost_analysis())
     except MemoryError as e:
         record.update(status="oom", error=f"MemoryError: {str(e)[:300]}")
         traceback.print_exc()
@@ -170,7 +186,7 @@ def _scalar(out) -> float | None:
 def emit(record: dict) -> dict:
     """Adds the Python version and the peak RSS (MB) and prints ``RESULT {json}``; returns the record."""
     record.setdefault("python", platform.python_version())
-    record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    record["peak_rss_mb"] = peak_rss_mb()
     sys.stdout.write(RESULT_PREFIX + json.dumps(record) + "\n")
     sys.stdout.flush()
     return record

@@ -102,7 +102,7 @@ def _chunked_logits(graphdef: nnx.GraphDef, states: tuple, inputs: Any, chunk_si
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0,), np.float32)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0, compiler_options=training.STEP_COMPILER_OPTIONS)
 def _jit_logits(graphdef: nnx.GraphDef, states: tuple, inputs: Any) -> jax.Array:
     model = nnx.merge(graphdef, *states, copy=True)
     model.eval()  # deterministic: no dropout when predicting or scoring

@@ -37,9 +37,15 @@ from common.host_memory import keep_freed_memory
 from common.progress import progress_bar
 
 __all__ = ["TrainState", "init_train_state", "make_train_step", "fit", "nnx_loss_fn", "reseed_streams",
-           "trainable_parameters", "make_mesh", "shard_batch", "initialize_distributed"]
+           "trainable_parameters", "make_mesh", "shard_batch", "initialize_distributed", "STEP_COMPILER_OPTIONS"]
 
 LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, Mapping[str, jax.Array]]]
+
+# XLA options of the compiled train step: LLVM's -O1 instead of -O2 for the kernels XLA generates. The NFN
+# predictors' steps compile 20-35% faster and run as fast (their time is in the library matmuls, not in the
+# generated loops): MAGEP-NFN at batch 64 9.9 -> 6.8 s, the others 2.2-4.5 s from 3.4-7.0 s, steps within
+# +-6% in an interleaved run (docs/common.md §11).
+STEP_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
 class TrainState(NamedTuple):
@@ -65,7 +71,8 @@ def init_train_state(params: Any, optimizer: optax.GradientTransformation,
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: Mesh
                     ) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
-    """A jit-compiled data-parallel step ``step(state, batch) -> (state, metrics)``.
+    """A jit-compiled data-parallel step ``step(state, batch) -> (state, metrics)`` (compiled with
+    `STEP_COMPILER_OPTIONS`).
 
     ``batch`` is sharded over the mesh's ``"data"`` axis (see :func:`shard_batch`), ``state`` is
     replicated and donated; ``metrics`` is ``{"loss": scalar, **loss_fn's metrics}``, replicated.
@@ -81,7 +88,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, me
 
     rep = replicated(mesh)
     return jax.jit(step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep),
-                   donate_argnums=0)
+                   donate_argnums=0, compiler_options=STEP_COMPILER_OPTIONS)
 
 
 def nnx_loss_fn(graphdef: nnx.GraphDef, loss: Callable[..., Any], *frozen: nnx.State) -> LossFn:

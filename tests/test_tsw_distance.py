@@ -335,11 +335,12 @@ def test_gradients_finite_at_coincident_points_and_sources():
     assert np.all(np.isfinite(g))
 
 
+@pytest.mark.parametrize("d", [3, 5])  # the distance's gradient from the perpendicular vectors / their parts
 @pytest.mark.parametrize("kind", ["chain", "concurrent"])
-def test_gradient_matches_finite_differences(kind):
+def test_gradient_matches_finite_differences(kind, d):
     with jax.enable_x64(True):
-        x, y, a, b = random_measures(seed=4, n=5, m=4, d=3)
-        trees = tsw_sl.sample_trees(jax.random.key(6), 2, 3, 3, kind, root_std=0.5, dtype=jnp.float64)
+        x, y, a, b = random_measures(seed=4, n=5, m=4, d=d)
+        trees = tsw_sl.sample_trees(jax.random.key(6), 2, 3, d, kind, root_std=0.5, dtype=jnp.float64)
         f = lambda x, y, a, b: tsw_sl.tree_wasserstein(x, y, a, b, trees=trees, splitting="distance", p=2,
                                                        normalize_weights=True)
         check_grads(f, (x, y, a, b), order=1, modes=["rev"], eps=1e-6, atol=1e-6, rtol=1e-6)

@@ -91,7 +91,26 @@ def test_best_record_prefers_undisturbed_then_lowest_median():
     ours = best[vs.job_key(dict(job="ours_magep", mode="fwdbwd", batch=8))]
     assert ours["disturbed"]
     table = "\n".join(vs.nfn_table(best))
-    assert "| MAGEP-NFN | 8 | fwdbwd | 20 | 4† | 0.20 |" in table
+    assert "| MAGEP-NFN | 8 | fwdbwd | 20 | 4† | 0.20 | - |" in table
+
+
+def test_nfn_table_rate_is_xla_flops_over_median_against_the_jobs_calibration():
+    calib_ms = vs.CALIBRATION_FLOP / 200e6  # a job whose numpy calibration ran at 200 GFLOP/s
+    records = [_record("magep", 0.020, 0.0, batch=8),
+               _record("ours_magep", 0.004, 0.0, batch=8, flops=2e8, calib_ms=calib_ms)]
+    table = "\n".join(vs.nfn_table(vs.best_records(records)))
+    assert "| MAGEP-NFN | 8 | fwdbwd | 20 | 4 | 0.20 | 50 (25%) |" in table  # 2e8 FLOP / 4 ms = 50 GFLOP/s
+
+
+def test_measure_merges_the_call_cost_analysis_after_the_timed_calls(capsys):
+    calls = []
+
+    def call():
+        calls.append("call")
+    call.cost_analysis = lambda: calls.append("cost") or dict(flops=123.0)
+    record = protocol.measure({"job": "x"}, lambda: (call, {}), repeats=2)
+    assert record["status"] == "ok" and record["flops"] == 123.0 and calls[-1] == "cost"
+    assert calls.count("cost") == 1
 
 
 def test_zoo_table_sets_pytorch_against_our_population():
@@ -154,3 +173,38 @@ def test_report_lists_planned_jobs_that_did_not_run():
                             options=dict(contended=vs.CONTENDED)))
     assert "Not run (1 planned jobs:" in text and '"job": "magep"' in text
     assert "SMOKE" not in text
+
+
+def test_remeasure_drops_only_the_selected_jobs_records():
+    records = [_record("magep", 0.02, 0.0, batch=8), _record("ours_magep", 0.01, 0.0, batch=8),
+               dict(job="pot", mode="fwd", n=100, d=2, trees=25, lines=4, status="ok", median_s=0.001)]
+    jobs = [dict(job="magep", mode="fwdbwd", batch=8), dict(job="ours_magep", mode="fwdbwd", batch=8)]
+    assert vs.kept_records(records, jobs, remeasure=False) == records
+    assert [r["job"] for r in vs.kept_records(records, jobs, remeasure=True)] == ["pot"]
+    with pytest.raises(ValueError, match="--remeasure needs --resume"):
+        vs.parse_args(["--remeasure"])
+
+
+def test_peak_rss_is_the_job_process_own_not_its_parents():
+    """ru_maxrss of a child started by fork + exec starts at its parent's resident memory; the job's peak is its
+    own (VmHWM): a 400 MB parent does not show in a small child's figure."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    ballast = np.ones(400 * 2**20 // 8)  # 400 MB resident in this (the parent) process
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child = subprocess.run([sys.executable, "-c", "from benchmarks import vs_reference_protocol as p; "
+                            "print(p.peak_rss_mb())"], capture_output=True, text=True, check=True, cwd=root)
+    assert protocol.rss_mb() > 400 + ballast[0]  # the parent holds the ballast
+    assert float(child.stdout) < 200
+
+
+def test_a_slow_job_carries_its_first_call_contention(monkeypatch, capsys):
+    """A job whose first call exceeds SLOW_S is not timed again; its record still says how busy the machine was
+    during that call, so the driver does not rerun it as 'disturbed' for want of a reading."""
+    monkeypatch.setattr(protocol, "SLOW_S", 0.0)
+    record = protocol.measure({"job": "x"}, lambda: (lambda: sum(range(10_000)), {}))
+    assert record["status"] == "slow" and record["other_cpu_frac"] is not None and record["other_cpu_frac"] >= 0
+    assert vs.is_clean(record, contended=1.0)
