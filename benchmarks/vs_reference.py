@@ -77,7 +77,7 @@ import sys
 import time
 
 from benchmarks import harness
-from benchmarks.vs_reference_protocol import RESULT_PREFIX, machine_busy_frac
+from benchmarks.vs_reference_protocol import CALIBRATION_FLOP, RESULT_PREFIX, machine_busy_frac
 from common.cli import positive_int
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -312,9 +312,6 @@ def _rss(r) -> str:
 
 def _other(r) -> str:
     return "-" if not r or r.get("other_cpu_frac") is None else f"{r['other_cpu_frac']:.2f}"
-
-
-CALIBRATION_FLOP = 2 * 512**3  # the per-job calibration: one 512 x 512 float32 numpy matmul
 
 
 def _rate(r) -> str:

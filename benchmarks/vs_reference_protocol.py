@@ -97,11 +97,15 @@ def time_calls(fn, *, warmup: int = 2, min_reps: int = 5, max_reps: int = 200, m
             "own_cores": round(c.own_cores, 3)}
 
 
+CALIBRATION_SIZE = 512  # the calibration's square matmul
+CALIBRATION_FLOP = 2 * CALIBRATION_SIZE**3
+
+
 def calibrate(repeats: int = 15) -> float:
     """The machine's speed now: median ms of a 512 x 512 float32 numpy matmul (after 3 warm-up products)."""
     import numpy as np
 
-    a = np.random.default_rng(0).random((512, 512), dtype=np.float32)
+    a = np.random.default_rng(0).random((CALIBRATION_SIZE, CALIBRATION_SIZE), dtype=np.float32)
     for _ in range(3):
         a @ a
     times = []

@@ -95,7 +95,7 @@ def test_best_record_prefers_undisturbed_then_lowest_median():
 
 
 def test_nfn_table_rate_is_xla_flops_over_median_against_the_jobs_calibration():
-    calib_ms = vs.CALIBRATION_FLOP / 200e6  # a job whose numpy calibration ran at 200 GFLOP/s
+    calib_ms = protocol.CALIBRATION_FLOP / 200e6  # a job whose numpy calibration ran at 200 GFLOP/s
     records = [_record("magep", 0.020, 0.0, batch=8),
                _record("ours_magep", 0.004, 0.0, batch=8, flops=2e8, calib_ms=calib_ms)]
     table = "\n".join(vs.nfn_table(vs.best_records(records)))
