@@ -68,6 +68,7 @@ Axis = tuple[Hashable, int, int]  # (label, size, power)
 RULES = ("full", "positive", "sign")
 POOLINGS = ("mean", "sum")
 INIT_RULES = ("xavier", "unit")
+LAYOUTS = ("channels_last", "channels_leading")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,7 +271,8 @@ class SharingPlan:
         """Number of scalars in one copy of the coefficients."""
         return sum(math.prod(self.coef_shape(t, c_in, c_out)) for t in self.terms)
 
-    def apply(self, coeffs: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    def apply(self, coeffs: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array],
+              layout: str = "channels_last") -> dict[str, jax.Array]:
         """Evaluate every output slot.
 
         Terms of one output that keep the same axes (identified and tied labels) run as one contraction: each
@@ -280,18 +282,27 @@ class SharingPlan:
 
         Args:
           coeffs: term name -> coefficient (see `coef_shape`).
-          inputs: input name -> array ``[..., *sizes, c_in]`` (same leading batch axes for all); the sizes of
+          inputs: input name -> array ``[..., *sizes, c_in]`` (``layout="channels_last"``) or
+            ``[c_in, ..., *sizes]`` (``"channels_leading"``), the same batch axes ``...`` for all; the sizes of
             permuted axes may differ from the plan's (outputs take them from the inputs).
+          layout: ``"channels_leading"`` puts the channels before the batch axes, so every contraction is a
+            plain [c_out, c_in] @ [c_in, batch x sizes] matrix product with no transpose around it (for layers
+            whose inputs are built channels-first, e.g. MAGEP's products, docs/magep.md §9.4).
         Returns:
-          output name -> array ``[..., *sizes, c_out]``.
+          output name -> array ``[..., *sizes, c_out]`` or ``[c_out, ..., *sizes]`` (as ``layout``).
         """
+        if layout not in LAYOUTS:
+            raise ValueError(f"SharingPlan.apply: layout must be one of {LAYOUTS}, got {layout!r}")
         missing = [t.name for t in self.terms if t.name not in coeffs]
         if missing:
             raise ValueError(f"SharingPlan.apply: coeffs has no entry for the terms {missing} (got {sorted(coeffs)})")
+        lead = layout == "channels_leading"
         in_slots, out, pooled = dict(self.in_slots), {}, {}
         first = next(iter(inputs))
-        batch = inputs[first].shape[: inputs[first].ndim - len(in_slots[first]) - 1]
-        sizes = {lab: x.shape[pos - len(in_slots[name]) - 1] for name, x in inputs.items()
+        n_idx = len(in_slots[first])
+        batch = inputs[first].shape[1: inputs[first].ndim - n_idx] if lead else inputs[first].shape[: -n_idx - 1]
+        end = 0 if lead else 1  # trailing channel axes after the index axes
+        sizes = {lab: x.shape[pos - len(in_slots[name]) - end] for name, x in inputs.items()
                  for pos, (lab, _, _) in enumerate(in_slots[name]) if lab in self.permuted}
         for name, axes in self.out_slots:
             groups: dict[tuple, list] = {}
@@ -299,58 +310,89 @@ class SharingPlan:
                 groups.setdefault((t.identified, t.tied) if t.inp else None, []).append(t)
             acc = None
             for key, terms in groups.items():
-                if key is None:  # the constant term: [*out_fixed, c_out]
-                    y = self._broadcast_axes(jnp.moveaxis(coeffs[terms[0].name], 0, -1), axes, ())
+                if key is None:  # the constant term: [c_out, *out_fixed]
+                    c = coeffs[terms[0].name]
+                    c = c.reshape(c.shape[:1] + (1,) * len(batch) + c.shape[1:]) if lead else jnp.moveaxis(c, 0, -1)
+                    y = self._broadcast_axes(c, axes, (), end)
                 else:
-                    y = self._apply_group(terms, coeffs, inputs, axes, in_slots, len(batch), pooled)
+                    y = self._apply_group(terms, coeffs, inputs, axes, in_slots, len(batch), pooled, lead)
                 acc = y if acc is None else acc + y
             c_out = next(coeffs[t.name].shape[0] for t in self.terms if t.out == name)
-            out[name] = jnp.broadcast_to(acc, batch + tuple(sizes.get(lab, s) for lab, s, _ in axes) + (c_out,))
+            out_sizes = tuple(sizes.get(lab, s) for lab, s, _ in axes)
+            out[name] = jnp.broadcast_to(acc, (c_out,) + batch + out_sizes if lead else batch + out_sizes + (c_out,))
         return out
 
-    def _broadcast_axes(self, y: jax.Array, out_axes: tuple[Axis, ...], identified: tuple) -> jax.Array:
-        """Insert size-1 axes for the permuted output axes that are not identified (broadcast by `apply`)."""
+    def _broadcast_axes(self, y: jax.Array, out_axes: tuple[Axis, ...], identified: tuple, end: int = 1) -> jax.Array:
+        """Insert size-1 axes for the permuted output axes that are not identified (broadcast by `apply`);
+        ``end``: channel axes after the index axes (1 channels last, 0 channels leading)."""
         for pos, (lab, _, _) in reversed(list(enumerate(out_axes))):
             if lab in self.permuted and lab not in identified:
-                y = jnp.expand_dims(y, pos - len(out_axes) - 1)
+                y = jnp.expand_dims(y, pos - len(out_axes) - end)
         return y
 
-    def _apply_group(self, terms: list, coeffs, inputs, out_axes, in_slots, n_batch: int, pooled: dict) -> jax.Array:
-        """Terms of one output with the same identified and tied labels as one einsum (see `apply`)."""
+    def _pooled(self, t: Term, inputs, in_slots, pooled: dict, end: int) -> tuple[jax.Array, list]:
+        """The term's input summed or averaged over its pooled axes (cached per input and axes), and the labels
+        of the axes left."""
+        in_axes = in_slots[t.inp]
+        pool = tuple(p for p, (lab, _, _) in enumerate(in_axes) if lab in self.permuted and lab not in t.identified)
+        if (t.inp, pool) not in pooled:
+            x = inputs[t.inp]
+            if pool:
+                dims = tuple(p - len(in_axes) - end for p in pool)
+                x = x.mean(axis=dims) if self.pooling == "mean" else x.sum(axis=dims)
+            pooled[(t.inp, pool)] = x
+        return pooled[(t.inp, pool)], [lab for p, (lab, _, _) in enumerate(in_axes) if p not in pool]
+
+    def _apply_group(self, terms: list, coeffs, inputs, out_axes, in_slots, n_batch: int, pooled: dict,
+                     lead: bool) -> jax.Array:
+        """Terms of one output with the same identified and tied labels as one contraction (see `apply`):
+        channels last, [..., *kept, in_fixed x c_in] against [c_out, *out_fixed, in_fixed x c_in]
+        (`channel_matmul`); channels leading (``lead``), [c_out x out_fixed, c_in x in_fixed] @ [c_in x in_fixed,
+        batch x kept], the inputs' fixed axes moved next to their channels and nothing else transposed."""
         identified, tied = terms[0].identified, terms[0].tied
         kept = [lab for lab, _, _ in out_axes if lab in identified or lab in tied]  # output-axis order
-        n_out_fixed = len(self._fixed(out_axes))
+        fixed_labels = [lab for lab, _, _ in out_axes if lab not in self.permuted]
+        n_out_fixed = len(fixed_labels)
         xs, cs = [], []
         for t in terms:
-            in_axes = in_slots[t.inp]
-            pool = tuple(p for p, (lab, _, _) in enumerate(in_axes) if lab in self.permuted and lab not in identified)
-            if (t.inp, pool) not in pooled:
-                x = inputs[t.inp]
-                if pool:
-                    dims = tuple(n_batch + p for p in pool)
-                    x = x.mean(axis=dims) if self.pooling == "mean" else x.sum(axis=dims)
-                pooled[(t.inp, pool)] = x
-            x = pooled[(t.inp, pool)]
-            left = [lab for p, (lab, _, _) in enumerate(in_axes) if p not in pool]
-            order = [left.index(lab) for lab in kept] + [i for i, lab in enumerate(left) if lab not in kept]
-            x = jnp.transpose(x, tuple(range(n_batch)) + tuple(n_batch + i for i in order) + (x.ndim - 1,))
-            xs.append(x.reshape(x.shape[: n_batch + len(kept)] + (-1,)))
-            coef = jnp.moveaxis(coeffs[t.name], 1, -1)  # [c_out, *out_fixed, *in_fixed, c_in]
+            x, left = self._pooled(t, inputs, in_slots, pooled, 0 if lead else 1)
+            kept_pos, fixed = [left.index(lab) for lab in kept], [i for i, lab in enumerate(left) if lab not in kept]
+            if lead:  # [c_in * in_fixed, *batch, *kept]
+                x = jnp.transpose(x, (0, *(1 + n_batch + i for i in fixed), *range(1, 1 + n_batch),
+                                      *(1 + n_batch + i for i in kept_pos)))
+                xs.append(x.reshape((-1,) + x.shape[1 + len(fixed):]))
+                coef = jnp.moveaxis(coeffs[t.name], 1, 1 + n_out_fixed)  # [c_out, *out_fixed, c_in, *in_fixed]
+            else:  # [*batch, *kept, in_fixed * c_in]
+                x = jnp.transpose(x, (*range(n_batch), *(n_batch + i for i in kept_pos + fixed), x.ndim - 1))
+                xs.append(x.reshape(x.shape[: n_batch + len(kept)] + (-1,)))
+                coef = jnp.moveaxis(coeffs[t.name], 1, -1)  # [c_out, *out_fixed, *in_fixed, c_in]
             cs.append(coef.reshape(coef.shape[: 1 + n_out_fixed] + (-1,)))
-        x = xs[0] if len(xs) == 1 else jnp.concatenate(xs, -1)
+        x = xs[0] if len(xs) == 1 else jnp.concatenate(xs, 0 if lead else -1)
         coef = cs[0] if len(cs) == 1 else jnp.concatenate(cs, -1)
-        letters = iter(string.ascii_lowercase[:24])  # 'y', 'z' are the feature and channel letters
-        sub = {lab: next(letters) for lab in kept}  # tied fixed labels keep their letter from `kept`
-        sub.update({lab: next(letters) for lab, _, _ in out_axes if lab not in self.permuted and lab not in sub})
-        fixed_labels = [lab for lab, _, _ in out_axes if lab not in self.permuted]
+        sub, kept_sub, out_sub, fixed_sub = self._letters(kept, out_axes)
         out_labels = [lab for lab, _, _ in out_axes if lab in sub]
-        if any(lab in kept for lab in fixed_labels):  # a tie: the coefficient runs along one of x's axes
-            out_fixed = "".join(sub[lab] for lab in fixed_labels)
-            y = jnp.einsum(f"...{''.join(sub[lab] for lab in kept)}y,z{out_fixed}y->...{''.join(sub[lab] for lab in out_labels)}z",
-                           x, coef)
+        if set(kept) & set(tied):  # a tie: the coefficient runs along one of x's axes
+            spec = f"y...{kept_sub},z{fixed_sub}y->z...{out_sub}" if lead else f"...{kept_sub}y,z{fixed_sub}y->...{out_sub}z"
+            y = jnp.einsum(spec, x, coef)
+        elif lead:  # [c_out, *out_fixed, *batch, *kept] -> [c_out, *batch, *out axes in output order]
+            y = (coef.reshape(-1, coef.shape[-1]) @ x.reshape(x.shape[0], -1)).reshape(coef.shape[:-1] + x.shape[1:])
+            at = {lab: 1 + i + (n_batch if i >= n_out_fixed else 0) for i, lab in enumerate(fixed_labels + kept)}
+            perm = [0, *range(1 + n_out_fixed, 1 + n_out_fixed + n_batch), *(at[lab] for lab in out_labels)]
+            y = jnp.transpose(y, perm) if perm != sorted(perm) else y
         else:
             y = channel_matmul(x, coef, [(kept + fixed_labels).index(lab) for lab in out_labels])
-        return self._broadcast_axes(y, out_axes, identified)
+        return self._broadcast_axes(y, out_axes, identified, 0 if lead else 1)
+
+    def _letters(self, kept: list, out_axes: tuple[Axis, ...]) -> tuple[dict, str, str, str]:
+        """einsum letters: label -> letter (kept labels first, then the output's fixed labels), and the
+        subscripts of the kept axes, of the output axes and of the output's fixed axes ('y', 'z' are left for the
+        feature and channel axes)."""
+        letters = iter(string.ascii_lowercase[:24])
+        sub = {lab: next(letters) for lab in kept}  # tied fixed labels keep their letter from `kept`
+        sub.update({lab: next(letters) for lab, _, _ in out_axes if lab not in self.permuted and lab not in sub})
+        join = lambda labels: "".join(sub[lab] for lab in labels)
+        return (sub, join(kept), join(lab for lab, _, _ in out_axes if lab in sub),
+                join(lab for lab, _, _ in out_axes if lab not in self.permuted))
 
 
 def channel_matmul(x: jax.Array, coef: jax.Array, order: Sequence[int]) -> jax.Array:

@@ -1,11 +1,14 @@
 """Shared nnx plumbing of the polynomial layers: channels, channel maps, couplings and coefficients."""
 from __future__ import annotations
 
+import jax
 from flax import nnx
 
 from common import NetworkSpec, SharingPlan, WeightSpace
+from common.sharing import LAYOUTS
 from magep.init import init_channel_maps, init_couplings
 from magep.preprocess import map_channels, normalize_scale
+from magep.terms import leading_tensors
 from magep.validation import check_features, check_spec, resolve_channels
 
 
@@ -18,13 +21,16 @@ def values(d) -> dict:
     return {k: values(v) if isinstance(v, nnx.Dict) else v[...] for k, v in d.items()}
 
 
-def prepare(params: dict, feats: WeightSpace, normalize: bool) -> tuple[tuple, tuple]:
-    """Channel maps (when present) then optional scale normalisation; returns (weights, biases)."""
-    weights, biases = feats.weights, feats.biases
+def prepare(params: dict, feats, normalize: bool, layout: str) -> tuple[tuple, tuple]:
+    """Channel maps (when present) then optional scale normalisation of features in ``layout`` (a features
+    WeightSpace, or for "channels_leading" a (weights, biases) pair: a WeightSpace holds channels last); returns
+    (weights, biases) channels leading ([c, ..., *index])."""
+    weights, biases = (feats.weights, feats.biases) if isinstance(feats, WeightSpace) else feats
+    weights, biases = leading_tensors(weights, layout), leading_tensors(biases, layout)
     if "channel_map" in params:
-        weights, biases = map_channels(params["channel_map"], weights, biases)
+        weights, biases = map_channels(params["channel_map"], weights, biases, "channels_leading")
     if normalize:
-        weights, biases = normalize_scale(weights, biases)
+        weights, biases = normalize_scale(weights, biases, "channels_leading")
     return weights, biases
 
 
@@ -64,5 +70,15 @@ class PolynomialLayer(nnx.Module):
             tree["channel_map"] = values(self.channel_map)
         return tree
 
-    def check(self, feats) -> None:
+    def check(self, feats, layout: str = "channels_last") -> None:
+        """`validation.check_features` on ``feats`` given in ``layout`` (channels leading: checked as the
+        channels-last shapes they stand for)."""
+        if layout not in LAYOUTS:
+            raise ValueError(f"{type(self).__name__}: layout must be one of {LAYOUTS}, got {layout!r}")
+        if layout == "channels_leading":
+            if not (isinstance(feats, tuple) and len(feats) == 2):
+                raise ValueError(f"{type(self).__name__}: channels-leading feats must be a (weights, biases) pair, "
+                                 f"got {type(feats).__name__}")
+            trailing = lambda x: jax.ShapeDtypeStruct(tuple(x.shape[1:]) + tuple(x.shape[:1]), x.dtype)
+            feats = WeightSpace(tuple(map(trailing, feats[0])), tuple(map(trailing, feats[1])), is_features=True)
         check_features(feats, self.spec, self.in_channels, type(self).__name__)

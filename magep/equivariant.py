@@ -6,10 +6,10 @@ import functools
 import jax.numpy as jnp
 from flax import nnx
 
-from common import NetworkSpec, SharingPlan, WeightSpace
+from common import NetworkSpec, SharingPlan
 from magep.base import PolynomialLayer, prepare
 from magep.slots import bias_axes, from_slots, weight_axes, weight_space_slots
-from magep.terms import coupling_pairs, equivariant_blocks
+from magep.terms import channels_trailing, coupling_pairs, equivariant_blocks
 
 
 @functools.lru_cache(maxsize=None)
@@ -37,21 +37,30 @@ def equivariant_plan(spec: NetworkSpec) -> SharingPlan:
                              channel_factors=factors)
 
 
-def polynomial_equivariant(params: dict, feats: WeightSpace, spec: NetworkSpec, *, normalize: bool = False) -> WeightSpace:
+def polynomial_equivariant(params: dict, feats, spec: NetworkSpec, *, normalize: bool = False,
+                           layout: str = "channels_last"):
     """MAGEP equivariant layer.
 
     Args:
       params: ``{"coeffs": {term: array}, "couplings": {"Phi": {pair: [c, n_0, n_L]}, "phi": {pair: [c, n_L]}}``
         plus ``"channel_map"`` ({"W{l}": [C_l, c], "b{l}": [C'_l, c]}) when input channels differ per layer.
-      feats: features of `spec`, weights [..., n_l, n_{l-1}, C_l], biases [..., n_l, C'_l].
+      feats: features of `spec`, weights [..., n_l, n_{l-1}, C_l], biases [..., n_l, C'_l]; with
+        ``layout="channels_leading"`` a (weights, biases) pair of [C_l, ..., n_l, n_{l-1}] and [C'_l, ..., n_l]
+        (the layout every product and contraction runs in: layers passing it on move no data between them).
       spec: network spec (L >= 2).
       normalize: divide by the group-invariant scale of `preprocess.normalize_scale` first.
+      layout: "channels_last" or "channels_leading", of the inputs and the outputs.
     Returns:
-      features of `spec` with ``out_channels`` channels on every weight and bias.
+      features of `spec` with ``out_channels`` channels on every weight and bias, in ``layout`` (a WeightSpace,
+      or a (weights, biases) pair channels leading).
     """
-    weights, biases = prepare(params, feats, normalize)
-    out = equivariant_plan(spec).apply(params["coeffs"], equivariant_blocks(weights, biases, params["couplings"]))
-    return from_slots(out, spec.num_layers)
+    weights, biases = prepare(params, feats, normalize, layout)
+    blocks = equivariant_blocks(weights, biases, params["couplings"], layout="channels_leading")
+    out = equivariant_plan(spec).apply(params["coeffs"], blocks, layout="channels_leading")
+    if layout == "channels_leading":
+        L = spec.num_layers
+        return tuple(out[f"W{l}"] for l in range(1, L + 1)), tuple(out[f"b{l}"] for l in range(1, L + 1))
+    return from_slots({k: channels_trailing(v) for k, v in out.items()}, spec.num_layers)
 
 
 class PolynomialEquivariant(PolynomialLayer):
@@ -73,6 +82,6 @@ class PolynomialEquivariant(PolynomialLayer):
                          equivariant_plan, rngs=rngs, freeze_phi=freeze_phi, normalize=normalize,
                          param_dtype=param_dtype)
 
-    def __call__(self, feats: WeightSpace) -> WeightSpace:
-        self.check(feats)
-        return polynomial_equivariant(self.params_tree(), feats, self.spec, normalize=self.normalize)
+    def __call__(self, feats, layout: str = "channels_last"):
+        self.check(feats, layout)
+        return polynomial_equivariant(self.params_tree(), feats, self.spec, normalize=self.normalize, layout=layout)

@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from common import NetworkSpec, SharingPlan, WeightSpace
+from common import NetworkSpec, SharingPlan
 from magep.base import PolynomialLayer, prepare
 from magep.slots import bias_axes
-from magep.terms import invariant_blocks, invariant_pairs
+from magep.terms import channels_trailing, invariant_blocks, invariant_pairs
 
 
 @functools.lru_cache(maxsize=None)
@@ -22,18 +22,21 @@ def invariant_plan(spec: NetworkSpec) -> SharingPlan:
     return SharingPlan.build({"out": ()}, blocks, range(1, L), "positive", channel_factors={"M": 3, "S": 2, "T": 2})
 
 
-def polynomial_invariant(params: dict, feats: WeightSpace, spec: NetworkSpec, *, normalize: bool = False) -> jax.Array:
+def polynomial_invariant(params: dict, feats, spec: NetworkSpec, *, normalize: bool = False,
+                         layout: str = "channels_last") -> jax.Array:
     """MAGEP invariant layer.
 
     Args:
       params: as `polynomial_equivariant`, with couplings for `terms.invariant_pairs` ((L,0) and (s,s)).
-      feats: features of `spec`.
+      feats: features of `spec`, in ``layout`` (as `polynomial_equivariant`).
       spec: network spec (L >= 2).
+      layout: "channels_last" or "channels_leading" (of the inputs; the output is [..., out_features] in both).
     Returns:
       [..., out_features], invariant under the monomial group (positive and sign scalings).
     """
-    weights, biases = prepare(params, feats, normalize)
-    return invariant_plan(spec).apply(params["coeffs"], invariant_blocks(weights, biases, params["couplings"]))["out"]
+    weights, biases = prepare(params, feats, normalize, layout)
+    blocks = invariant_blocks(weights, biases, params["couplings"], layout="channels_leading")
+    return channels_trailing(invariant_plan(spec).apply(params["coeffs"], blocks, layout="channels_leading")["out"])
 
 
 class PolynomialInvariant(PolynomialLayer):
@@ -46,6 +49,6 @@ class PolynomialInvariant(PolynomialLayer):
                          invariant_plan, rngs=rngs, freeze_phi=freeze_phi, normalize=normalize,
                          param_dtype=param_dtype)
 
-    def __call__(self, feats: WeightSpace) -> jax.Array:
-        self.check(feats)
-        return polynomial_invariant(self.params_tree(), feats, self.spec, normalize=self.normalize)
+    def __call__(self, feats, layout: str = "channels_last") -> jax.Array:
+        self.check(feats, layout)
+        return polynomial_invariant(self.params_tree(), feats, self.spec, normalize=self.normalize, layout=layout)

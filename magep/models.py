@@ -26,6 +26,7 @@ from magep.baselines.statnn import QUANTILES
 from common.draws import normal_arrays
 from magep.equivariant import PolynomialEquivariant
 from magep.invariant import PolynomialInvariant
+from magep.terms import channels_leading
 from magep.mlp import MLP
 from magep.validation import check_features, check_spec, resolve_channels
 
@@ -122,11 +123,14 @@ class MagepBody(nnx.Module):
         self.invariant = PolynomialInvariant(spec, channels, out_features, rngs=rngs, normalize=normalize)
 
     def __call__(self, feats: WeightSpace) -> jax.Array:
+        """The polynomial layers pass their features on channels leading (`PolynomialEquivariant` ``layout``),
+        so no data moves between layers."""
         act = get_activation(self.activation)
         h = map_features(act, self.embed(feats))
+        h = tuple(map(channels_leading, h.weights)), tuple(map(channels_leading, h.biases))
         for layer in self.layers:
-            h = map_features(act, layer(h))
-        return self.invariant(h)
+            h = jax.tree.map(act, layer(h, layout="channels_leading"))
+        return self.invariant(h, layout="channels_leading")
 
 
 class LinearBody(nnx.Module):

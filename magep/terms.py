@@ -1,7 +1,7 @@
 """MAGEP building blocks ("stable polynomial terms", docs/magep.md §3) in O(L) matrix products (§5).
 
 Per channel c (the trailing axis of the inputs and blocks), with W^(l) = ``weights[l-1]`` [..., n_l, n_{l-1}, c]
-and b^(l) = ``biases[l-1]`` [..., n_l, c]; the products are computed channels first ([..., c, n_l, n_{l-1}]):
+and b^(l) = ``biases[l-1]`` [..., n_l, c]; the products are computed channels leading ([c, ..., n_l, n_{l-1}]):
 
     A_l = W^(l) A_{l-1} = W^(l,0)   (prefix)        B_t = B_{t+1} W^(t+1) = W^(L,t)   (suffix, B_0 = A_L)
     S^(1) = 0, S^(l) = W^(l) (S^(l-1) + b^(l-1))  = sum_{t<l} W^(l,t) b^(t)
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from common.sharing import LAYOUTS
 
 
 def pair_key(s: int, t: int) -> str:
@@ -34,23 +36,40 @@ def invariant_pairs(L: int) -> tuple[tuple[int, int], ...]:
     return ((L, 0),) + tuple((s, s) for s in range(1, L))
 
 
-def channels_first(x: jax.Array, index_axes: int) -> jax.Array:
-    """[..., *index, c] -> [..., c, *index] (the layout of the products below: channels are a leading batch axis
-    of every matrix product, so no product needs a transpose)."""
-    return jnp.moveaxis(x, -1, -1 - index_axes)
+def channels_leading(x: jax.Array) -> jax.Array:
+    """[..., *index, c] -> [c, ..., *index]: the layout of the products below and of the layers' contractions
+    (`SharingPlan.apply` ``layout="channels_leading"``), where channels are the first batch axis of every
+    per-channel product and the rows of every contraction, so neither needs a transpose."""
+    return jnp.moveaxis(x, -1, 0)
 
 
-def _channels_last(x: jax.Array, index_axes: int) -> jax.Array:
-    return jnp.moveaxis(x, -1 - index_axes, -1)
+def channels_trailing(x: jax.Array) -> jax.Array:
+    """Inverse of `channels_leading`: [c, ...] -> [..., c]."""
+    return jnp.moveaxis(x, 0, -1)
+
+
+def leading_tensors(tensors, layout: str) -> tuple:
+    """``tensors`` given in ``layout`` ("channels_last" or "channels_leading", `common.sharing.LAYOUTS`) as a
+    tuple in the channels-leading layout."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"magep: layout must be one of {LAYOUTS}, got {layout!r}")
+    return tuple(tensors) if layout == "channels_leading" else tuple(map(channels_leading, tensors))
+
+
+def _per_channel(coupling: jax.Array, like: jax.Array, index_axes: int) -> jax.Array:
+    """A coupling [c, *k] with size-1 batch axes inserted after c to broadcast against ``like`` [c, ..., *index]."""
+    n_batch = like.ndim - 1 - index_axes
+    return coupling.reshape(coupling.shape[:1] + (1,) * n_batch + coupling.shape[1:])
 
 
 def _mv(x: jax.Array, v: jax.Array) -> jax.Array:
-    """Per-channel matrix-vector product [..., c, a, b] x [..., c, b] -> [..., c, a]."""
+    """Per-channel matrix-vector product [..., a, b] x [..., b] -> [..., a]."""
     return jnp.einsum("...ab,...b->...a", x, v)
 
 
 def prefix_products(weights: tuple) -> list[jax.Array]:
-    """[A_1, ..., A_L], A_l = W^(l,0) [..., c, n_l, n_0], from channels-first weights [..., c, n_l, n_{l-1}]."""
+    """[A_1, ..., A_L], A_l = W^(l,0) [..., n_l, n_0], from weights [..., n_l, n_{l-1}] (channels among the
+    leading batch axes)."""
     out = [weights[0]]
     for w in weights[1:]:
         out.append(w @ out[-1])
@@ -58,7 +77,8 @@ def prefix_products(weights: tuple) -> list[jax.Array]:
 
 
 def suffix_products(weights: tuple) -> list[jax.Array]:
-    """[B_0, ..., B_{L-1}], B_t = W^(L,t) [..., c, n_L, n_t], from channels-first weights."""
+    """[B_0, ..., B_{L-1}], B_t = W^(L,t) [..., n_L, n_t], from weights [..., n_l, n_{l-1}] (channels among the
+    leading batch axes)."""
     out = [weights[-1]]
     for w in weights[-2::-1]:
         out.append(out[-1] @ w)
@@ -66,7 +86,7 @@ def suffix_products(weights: tuple) -> list[jax.Array]:
 
 
 def path_biases(weights: tuple, biases: tuple) -> list[jax.Array]:
-    """[S^(1), ..., S^(L)], S^(l) = sum_{t<l} [Wb]^(l,t) [..., c, n_l] (S^(1) = 0), channels first."""
+    """[S^(1), ..., S^(L)], S^(l) = sum_{t<l} [Wb]^(l,t) [..., n_l] (S^(1) = 0)."""
     out = [jnp.zeros_like(biases[0])]
     for l in range(1, len(weights)):
         out.append(_mv(weights[l], out[-1] + biases[l - 1]))
@@ -74,73 +94,74 @@ def path_biases(weights: tuple, biases: tuple) -> list[jax.Array]:
 
 
 def ww(A: list, B: list, Phi: jax.Array, s: int, t: int) -> jax.Array:
-    """[WW]^(s,t) = A_s (Phi_{s,t} B_t) [..., c, n_s, n_t] (Phi [c, n_0, n_L])."""
-    return A[s - 1] @ (Phi @ B[t])
+    """[WW]^(s,t) = A_s (Phi_{s,t} B_t) [c, ..., n_s, n_t] (channels leading; Phi [c, n_0, n_L])."""
+    return A[s - 1] @ (_per_channel(Phi, B[t], 2) @ B[t])
 
 
 def bw(biases: tuple, B: list, phi: jax.Array, s: int, t: int) -> jax.Array:
-    """[bW]^(s,t) = b^(s) (phi_{s,t} B_t) [..., c, n_s, n_t] (rank one per channel; phi [c, n_L])."""
-    return biases[s - 1][..., :, None] * (phi[:, None, :] @ B[t])
+    """[bW]^(s,t) = b^(s) (phi_{s,t} B_t) [c, ..., n_s, n_t] (rank one per channel; phi [c, n_L])."""
+    return biases[s - 1][..., :, None] * _mv(jnp.swapaxes(B[t], -1, -2), _per_channel(phi, B[t], 2))[..., None, :]
 
 
 def traces(A: list, B: list, biases: tuple, couplings: dict) -> jax.Array:
-    """[tWW_1..tWW_{L-1}, tbW_1..tbW_{L-1}] stacked as [..., L-1, 2c] (trace features, channels concatenated)."""
+    """[tWW_1..tWW_{L-1}, tbW_1..tbW_{L-1}] as [2c, ..., L-1] (trace features, channels leading and
+    concatenated)."""
     L = len(A)
-    tww = [jnp.sum(jnp.swapaxes(couplings["Phi"][pair_key(s, s)], -1, -2) * A[-1], (-2, -1)) for s in range(1, L)]
-    tbw = [jnp.sum(couplings["phi"][pair_key(s, s)] * _mv(B[s], biases[s - 1]), -1) for s in range(1, L)]
-    return jnp.concatenate([jnp.stack(tww, axis=-2), jnp.stack(tbw, axis=-2)], axis=-1)
-
-
-def _product_block(parts: list, index_axes: int) -> jax.Array:
-    """Channels-first parts concatenated along channels, returned channels last."""
-    return _channels_last(jnp.concatenate(parts, -1 - index_axes), index_axes)
-
-
-def _channels_first_inputs(weights: tuple, biases: tuple) -> tuple[tuple, tuple]:
-    return tuple(channels_first(w, 2) for w in weights), tuple(channels_first(b, 1) for b in biases)
+    Phi, phi = couplings["Phi"], couplings["phi"]
+    tww = [jnp.sum(jnp.swapaxes(_per_channel(Phi[pair_key(s, s)], A[-1], 2), -1, -2) * A[-1], (-2, -1))
+           for s in range(1, L)]
+    tbw = [jnp.sum(_per_channel(phi[pair_key(s, s)], B[s], 2) * _mv(B[s], biases[s - 1]), -1) for s in range(1, L)]
+    return jnp.concatenate([jnp.stack(tww, axis=-1), jnp.stack(tbw, axis=-1)], axis=0)
 
 
 def _last_blocks(weights: tuple, biases: tuple, A: list, B: list, S_L: jax.Array, couplings: dict) -> dict:
     L = len(weights)
     key = pair_key(L, 0)
     return {
-        "M": _product_block([A[-1], ww(A, B, couplings["Phi"][key], L, 0), bw(biases, B, couplings["phi"][key], L, 0)], 2),
-        "S": _product_block([S_L, biases[-1]], 1),
+        "M": jnp.concatenate([A[-1], ww(A, B, couplings["Phi"][key], L, 0), bw(biases, B, couplings["phi"][key], L, 0)]),
+        "S": jnp.concatenate([S_L, biases[-1]]),
         "T": traces(A, B, biases, couplings),
     }
 
 
-def invariant_blocks(weights: tuple, biases: tuple, couplings: dict) -> dict[str, jax.Array]:
+def _layout(blocks: dict, layout: str) -> dict:
+    return blocks if layout == "channels_leading" else {k: channels_trailing(v) for k, v in blocks.items()}
+
+
+def invariant_blocks(weights: tuple, biases: tuple, couplings: dict, layout: str = "channels_last") -> dict[str, jax.Array]:
     """Inputs of the invariant terms (pairs `invariant_pairs`), channels concatenated per signature:
 
     ``"M"``: [W^(L,0), [WW]^(L,0), [bW]^(L,0)] [..., n_L, n_0, 3c];  ``"S"``: [S^(L), b^(L)] [..., n_L, 2c];
-    ``"T"``: traces [..., L-1, 2c].  Cost: O(L) per-channel matrix products (computed channels first).
+    ``"T"``: traces [..., L-1, 2c]; with ``layout="channels_leading"`` the channels come first ([3c, ..., n_L,
+    n_0], ...; the layout the layers use), and then the inputs too. Cost: O(L) per-channel matrix products
+    (computed channels leading).
     """
-    weights, biases = _channels_first_inputs(weights, biases)
+    weights, biases = leading_tensors(weights, layout), leading_tensors(biases, layout)
     A, B = prefix_products(weights), suffix_products(weights)
-    return _last_blocks(weights, biases, A, B, path_biases(weights, biases)[-1], couplings)
+    return _layout(_last_blocks(weights, biases, A, B, path_biases(weights, biases)[-1], couplings), layout)
 
 
-def equivariant_blocks(weights: tuple, biases: tuple, couplings: dict) -> dict[str, jax.Array]:
+def equivariant_blocks(weights: tuple, biases: tuple, couplings: dict, layout: str = "channels_last") -> dict[str, jax.Array]:
     """Every block the equivariant layer reads, channels concatenated per shared signature (l = 1..L):
 
     ``"P{l}"``: [W^(l), [WW]^(l,l-1), [bW]^(l,l-1)] [..., n_l, n_{l-1}, 3c];
     ``"b1"``: b^(1);  for 1 < l < L: ``"M{l}"``: [W^(l,0), [WW]^(l,0), [bW]^(l,0)] [..., n_l, n_0, 3c] and
     ``"S{l}"``: [S^(l), b^(l)] [..., n_l, 2c];  for l = L: ``"M{L}"``, ``"S{L}"``, ``"T"`` of `invariant_blocks`.
-    Cost: O(L) per-channel matrix products (computed channels first).
+    With ``layout="channels_leading"`` the channels come first ([3c, ..., n_l, n_{l-1}], ...), in the inputs
+    too. Cost: O(L) per-channel matrix products (computed channels leading).
     """
     L = len(weights)
+    weights, biases = leading_tensors(weights, layout), leading_tensors(biases, layout)
     blocks = {"b1": biases[0]}
-    weights, biases = _channels_first_inputs(weights, biases)
     A, B = prefix_products(weights), suffix_products(weights)
     Phi, phi = couplings["Phi"], couplings["phi"]
     for l in range(1, L + 1):
         k = pair_key(l, l - 1)
-        blocks[f"P{l}"] = _product_block([weights[l - 1], ww(A, B, Phi[k], l, l - 1), bw(biases, B, phi[k], l, l - 1)], 2)
+        blocks[f"P{l}"] = jnp.concatenate([weights[l - 1], ww(A, B, Phi[k], l, l - 1), bw(biases, B, phi[k], l, l - 1)])
     S = path_biases(weights, biases)
     for l in range(2, L):
         k = pair_key(l, 0)
-        blocks[f"M{l}"] = _product_block([A[l - 1], ww(A, B, Phi[k], l, 0), bw(biases, B, phi[k], l, 0)], 2)
-        blocks[f"S{l}"] = _product_block([S[l - 1], biases[l - 1]], 1)
+        blocks[f"M{l}"] = jnp.concatenate([A[l - 1], ww(A, B, Phi[k], l, 0), bw(biases, B, phi[k], l, 0)])
+        blocks[f"S{l}"] = jnp.concatenate([S[l - 1], biases[l - 1]])
     last = _last_blocks(weights, biases, A, B, S[-1], couplings)
-    return blocks | {f"M{L}": last["M"], f"S{L}": last["S"], "T": last["T"]}
+    return _layout(blocks | {f"M{L}": last["M"], f"S{L}": last["S"], "T": last["T"]}, layout)

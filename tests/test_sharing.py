@@ -176,3 +176,44 @@ def check_channel_matmul(subscripts, x_shape, coef_shape, order):
     swapped = channel_matmul(x, coef, order[::-1]) if len(order) > 1 else None  # a wrong order is caught
     if swapped is not None:
         assert swapped.shape != reference(x, coef).shape or not np.allclose(swapped, reference(x, coef))
+
+
+def _layout_plans():
+    from transformer_nfn import TransformerSpec
+    from transformer_nfn.terms import block_plan
+    tspec = TransformerSpec(num_blocks=1, num_heads=2, d_model=3, d_k=2, d_v=2, d_ffn=4)
+    return {"magep_eq": equivariant_plan(SPEC3), "magep_inv": invariant_plan(SPEC3), "hnp": linear_plan(SPEC3, "hnp"),
+            "np": linear_plan(SPEC3, "np"), "monomial_sign": linear_plan(SPEC3, "monomial_sign"),
+            "tnfn_ties": block_plan(tspec, True, "equivariant"), "tnfn_inv": block_plan(tspec, True, "invariant")}
+
+
+@pytest.mark.parametrize("name", ["magep_eq", "magep_inv", "hnp", "np", "monomial_sign", "tnfn_ties", "tnfn_inv"])
+def test_channels_leading_layout_equals_channels_last(name):
+    """``layout="channels_leading"`` ([c, ..., *sizes]) computes what the default layout computes, values and
+    gradients, on plans with fixed axes, constants and ties (TNFN with FFN scaling); permuting the inputs'
+    channels-last layout is caught."""
+    plan = _layout_plans()[name]
+    rng = np.random.default_rng(1)
+    c_in, c_out = plan.input_channels(2), {o: 3 for o, _ in plan.out_slots}
+    batch = (2, 1)
+    with jax.enable_x64(True):
+        coeffs = {k: v + 0.1 for k, v in plan.init(jax.random.key(0), c_in, c_out, jnp.float64).items()}
+        inputs = {n: jnp.asarray(rng.standard_normal(batch + tuple(s for _, s, _ in axes) + (c_in[n],)))
+                  for n, axes in plan.in_slots}
+        last = lambda c, x: plan.apply(c, x)
+        lead = lambda c, x: {k: jnp.moveaxis(v, 0, -1) for k, v in plan.apply(
+            c, {n: jnp.moveaxis(a, -1, 0) for n, a in x.items()}, layout="channels_leading").items()}
+        want, got = last(coeffs, inputs), lead(coeffs, inputs)
+        assert got.keys() == want.keys()
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-12, err_msg=k)
+        weights = {k: jnp.asarray(rng.standard_normal(v.shape)) for k, v in want.items()}
+        loss = lambda f: lambda c, x: sum(jnp.sum(weights[k] * v) for k, v in f(c, x).items())
+        for a, b in zip(jax.tree.leaves(jax.grad(loss(lead), (0, 1))(coeffs, inputs)),
+                        jax.tree.leaves(jax.grad(loss(last), (0, 1))(coeffs, inputs))):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        swapped = {n: jnp.swapaxes(a, 0, 1) for n, a in inputs.items()}  # batch axes swapped: [1, 2, ...]
+        moved = plan.apply(coeffs, {n: jnp.moveaxis(a, -1, 0) for n, a in swapped.items()}, layout="channels_leading")
+        assert any(v.shape[1:3] != (2, 1) for v in moved.values())
+    with pytest.raises(ValueError, match="layout"):
+        plan.apply(coeffs, inputs, layout="channels_first")
