@@ -70,6 +70,7 @@ AUGMENT_MAX_SCALE = 1e3  # FFN scalings of the training copies of "tnfn_augmente
 ALL_BRANCHES = (True, True, True)  # (encoder, classifier, embedding): the full predictor, the main table's "tnfn"
 BRANCHES = {"encoder": (True, False, False), "classifier": (False, True, False), "embedding": (False, False, True)}
 SPLIT = dict(fractions=(0.7, 0.15, 0.15), seed=3)
+MIN_RUNS = {"train": 2, "val": 1, "test": 2}  # fewer runs above a threshold: the cell is reported, not trained
 PUBLISHED = {"mnist": "0.905 +- 0.002", "ag_news": "0.910 +- 0.001"}  # Tran et al. 2025, unverified
 PER_DATASET = ("zoo_epochs", "train_limit", "test_limit")  # options given as V or DATASET=V entries
 # MNIST: 4 epochs on 10,000 rows (314 steps); AG News: 2 epochs on all 7,983 training rows (124 steps; the sample
@@ -110,6 +111,15 @@ def load_splits(zoo_dir: str, epoch: int, threshold: float) -> dict:
         keep = np.isfinite(acc)  # diverged runs carry NaN metrics
         out[split] = (jax.tree.map(lambda a: np.asarray(a)[keep], tw), np.asarray(acc, np.float32)[keep])
     return out
+
+
+def too_few_runs(splits: dict) -> dict | None:
+    """The record of a cell whose splits (`load_splits`) hold fewer runs than `MIN_RUNS` (a high accuracy
+    threshold on a short zoo): run counts and a NaN tau; None when every split is large enough."""
+    counts = {split: len(splits[split][1]) for split in MIN_RUNS}
+    if all(counts[split] >= n for split, n in MIN_RUNS.items()):
+        return None
+    return {"params": None, "steps": 0, "test_tau": float("nan"), **{f"{k}_runs": n for k, n in counts.items()}}
 
 
 def run_cell(splits: dict, model: nnx.Module, seed: int, run_dir: str, args: argparse.Namespace,
@@ -220,7 +230,10 @@ def summarise(records: Sequence[dict]) -> list[dict]:
     return rows
 
 
-def _cell(r: dict | None) -> str:
+def format_cell(r: dict | None) -> str:
+    """A table cell: test tau mean +- std (seeds), "too few runs (train/val/test)" or "-" (no record)."""
+    if r is not None and not np.isfinite(r["test_tau_mean"]):
+        return f"too few runs ({r['train_runs']}/{r['val_runs']}/{r['test_runs']})"
     return "-" if r is None else f"{r['test_tau_mean']:.3f} +- {r['test_tau_std']:.3f} ({r['seeds']})"
 
 
@@ -235,14 +248,14 @@ def markdown(rows: Sequence[dict], settings: dict, zoos: dict, run: dict) -> str
     lines += harness.markdown_table(
         ["dataset", "train/val/test runs"] + [LABELS[m] for m in methods] + ["published Transformer-NFN"],
         [[d, "/".join(str(index[(d, "main", 0.0, methods[0])][k]) for k in ("train_runs", "val_runs", "test_runs"))]
-         + [_cell(index.get((d, "main", 0.0, m))) for m in methods] + [PUBLISHED[d] + " (unverified)"]
+         + [format_cell(index.get((d, "main", 0.0, m))) for m in methods] + [PUBLISHED[d] + " (unverified)"]
          for d in datasets if (d, "main", 0.0, methods[0]) in index])
     thresholds = sorted({r["threshold"] for r in rows if r["table"] == "main"})
     if len(thresholds) > 1:
         lines += ["", "## Runs below an accuracy threshold removed (per split, after splitting)", ""]
         lines += harness.markdown_table(["dataset", "threshold", "test runs"] + [LABELS[m] for m in methods],
                                         [[d, f"{t:g}", index[(d, "main", t, methods[0])]["test_runs"]]
-                                         + [_cell(index.get((d, "main", t, m))) for m in methods]
+                                         + [format_cell(index.get((d, "main", t, m))) for m in methods]
                                          for d in datasets for t in thresholds if (d, "main", t, methods[0]) in index])
     ablation = [r for r in rows if r["table"] == "ablation"]
     if ablation:
@@ -250,8 +263,8 @@ def markdown(rows: Sequence[dict], settings: dict, zoos: dict, run: dict) -> str
         lines += ["", "## Branch ablation (Transformer-NFN, library initialisation, threshold 0)", "",
                   "Published (MNIST, unverified): encoder branch alone 0.902.", ""]
         lines += harness.markdown_table(["dataset"] + [f"{b} branch alone" for b in names] + ["all branches"],
-                                        [[d] + [_cell(index.get((d, "ablation", 0.0, b))) for b in names]
-                                         + [_cell(index.get((d, "main", 0.0, "tnfn")))] for d in datasets])
+                                        [[d] + [format_cell(index.get((d, "ablation", 0.0, b))) for b in names]
+                                         + [format_cell(index.get((d, "main", 0.0, "tnfn")))] for d in datasets])
     robust = [r for r in rows if "moved_tau_mean" in r]
     if robust:
         lines += ["", "## Robustness: test runs moved by the extended group (docs/transformer_nfn.md §10)", "",
@@ -262,7 +275,7 @@ def markdown(rows: Sequence[dict], settings: dict, zoos: dict, run: dict) -> str
                   f"(one moved copy per training run, d up to {AUGMENT_MAX_SCALE:g}).", ""]
         lines += harness.markdown_table(
             ["dataset", "method", "unmoved"] + [f"k = {k}" for k in ROBUSTNESS_K],
-            [[r["dataset"], LABELS[r["method"]], _cell(r)]
+            [[r["dataset"], LABELS[r["method"]], format_cell(r)]
              + [f"{m:.3f} +- {sd:.3f}" for m, sd in zip(r["moved_tau_mean"], r["moved_tau_std"])] for r in robust])
     params = {r["method"]: r["params"] for r in rows if r["table"] == "main"}
     lines += ["", "Trainable parameters (first dataset): " + ", ".join(f"{LABELS[m]} {params[m]:,}" for m in methods
@@ -320,6 +333,9 @@ def prediction(args: argparse.Namespace) -> dict:
             table, threshold, method, seed = cell
             if threshold not in splits:
                 splits[threshold] = load_splits(zoo_dir, epoch, threshold)
+            record = too_few_runs(splits[threshold])
+            if record is not None:
+                return {**record, "seed": seed}
             robustness = robust[cell[:3]]
             if robustness and moved is None:
                 moved = moved_tests(splits[threshold], dataset)

@@ -86,3 +86,15 @@ def test_tree_cell_scores_on_flat_weights(tmp_path):
     assert (record["train_runs"], record["val_runs"], record["test_runs"]) == (220, 50, 50)
     assert record["test_tau"] > 0.5 and record["steps"] >= 1 and record["params"] is None
     assert harness.read_json(tmp_path / "result.json") == record  # what a rerun of the study reads back
+
+
+def test_a_threshold_above_every_run_is_reported_not_trained():
+    """A high threshold on a short zoo leaves too few runs (a tau needs two test runs): the cell records the
+    counts and a NaN tau, and the report says so instead of a number."""
+    runs = lambda n: (None, np.linspace(0.1, 0.5, n).astype(np.float32))
+    assert tnfn_experiments.too_few_runs({"train": runs(30), "val": runs(5), "test": runs(5)}) is None
+    record = tnfn_experiments.too_few_runs({"train": runs(0), "val": runs(0), "test": runs(1)})
+    assert (record["train_runs"], record["val_runs"], record["test_runs"]) == (0, 0, 1) and np.isnan(record["test_tau"])
+    row = tnfn_experiments.summarise([{**record, "seed": 0, "dataset": "mnist", "table": "main", "threshold": 0.8,
+                                       "method": "mlp"}])[0]
+    assert tnfn_experiments.format_cell(row) == "too few runs (0/0/1)"
