@@ -458,3 +458,22 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 80) -> None:
     fig.tight_layout()
     atomic_write(os.fspath(path), lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
     plt.close(fig)
+
+
+def prediction_scatter(records: Sequence[dict], row_names: Sequence[str], methods: Sequence[str], labels: dict,
+                       path: str | os.PathLike, row_label: Callable[[str], str]) -> None:
+    """Predicted against true accuracy, a panel per record at (``row_names.index(r["dataset"])``,
+    ``methods.index(r["method"])``), titled with the method's label and the record's test tau; the rows' y labels
+    are ``row_label(name)``. Records hold ``dataset``, ``method``, ``true``, ``predicted`` and ``test_tau``."""
+    fig, axes = subplots(len(row_names), len(methods), figsize=(2.5 * len(methods), 2.7 * len(row_names)),
+                         squeeze=False)
+    for r in records:
+        ax = axes[row_names.index(r["dataset"])][methods.index(r["method"])]
+        ax.scatter(r["true"], r["predicted"], s=5)
+        ax.plot([0, 1], [0, 1], lw=0.5, color="grey")
+        ax.set_title(f"{labels[r['method']]}: tau {r['test_tau']:.2f}", fontsize=7)
+        ax.set_xlabel("true accuracy", fontsize=7)
+    for row, name in zip(axes, row_names):
+        row[0].set_ylabel(row_label(name), fontsize=7)
+    save_figure(fig, path)
+

@@ -223,17 +223,9 @@ def figures(records: Sequence[dict], rows: Sequence[dict], out: str) -> None:
     datasets = sorted({r["dataset"] for r in first})
     if first:
         methods = [m for m in METHODS if any(r["method"] == m for r in first)]
-        fig, axes = harness.subplots(len(datasets), len(methods), figsize=(2.6 * len(methods), 2.8 * len(datasets)),
-                                     squeeze=False)
-        for r in first:
-            ax = axes[datasets.index(r["dataset"])][methods.index(r["method"])]
-            ax.scatter(r["true"], r["predicted"], s=6)
-            ax.plot([0, 1], [0, 1], lw=0.5, color="grey")
-            ax.set_title(f"{LABELS[r['method']]}: tau {r['test_tau']:.2f}", fontsize=8)
-            ax.set_xlabel("true accuracy", fontsize=7)
-        for row, dataset in zip(axes, datasets):
-            row[0].set_ylabel(f"predicted ({dataset}, ReLU)", fontsize=7)
-        harness.save_figure(fig, os.path.join(out, "magep_generalization_scatter.png"))
+        harness.prediction_scatter(first, datasets, methods, LABELS,
+                                   os.path.join(out, "magep_generalization_scatter.png"),
+                                   lambda dataset: f"predicted ({dataset}, ReLU)")
     relu = [r for r in rows if r["activation"] == "relu"]
     if relu:
         datasets = sorted({r["dataset"] for r in relu})

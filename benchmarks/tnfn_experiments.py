@@ -29,7 +29,8 @@ extended-group copy of every training run (`method_inputs`).
 Every stage resumes: zoo shards, each training run (checkpoints, best model) and each finished cell
 (``result.json``) under ``--work``; the finished cells and each dataset's zoo summary (``summary.json``) are kept in
 git, and a dataset whose cells are all done is reported without its zoo (`benchmarks.studies.study_inputs`);
-several processes may run the same command at once (`benchmarks.studies.run_cells`).
+several processes may run the same command at once, e.g. one per core: they share the zoo's shards
+(`common.zoo_store.generate_zoo` with ``share=True``) and the cells (`benchmarks.studies.run_cells`).
 Results: ``<out>/tnfn_prediction.{json,md}``.
 """
 from __future__ import annotations
@@ -72,6 +73,8 @@ BRANCHES = {"encoder": (True, False, False), "classifier": (False, True, False),
 SPLIT = dict(fractions=(0.7, 0.15, 0.15), seed=3)
 MIN_RUNS = {"train": 2, "val": 1, "test": 2}  # fewer runs above a threshold: the cell is reported, not trained
 PUBLISHED = {"mnist": "0.905 +- 0.002", "ag_news": "0.910 +- 0.001"}  # Tran et al. 2025, unverified
+FIGURES = {"scatter": "tnfn_prediction_scatter.png", "robustness": "tnfn_prediction_robustness.png",
+           "zoos": "tnfn_zoo_histograms.png"}  # written beside the report by `figures`
 PER_DATASET = ("zoo_epochs", "train_limit", "test_limit")  # options given as V or DATASET=V entries
 # MNIST: 4 epochs on 10,000 rows (314 steps); AG News: 2 epochs on all 7,983 training rows (124 steps; the sample
 # is ordered by class, so it is not cut); test accuracy on the first 2,000 test rows (docs/transformer_nfn.md §7)
@@ -125,7 +128,7 @@ def too_few_runs(splits: dict) -> dict | None:
 def run_cell(splits: dict, model: nnx.Module, seed: int, run_dir: str, args: argparse.Namespace,
              moved: Sequence | None = None) -> dict:
     """Train one predictor (resuming from ``run_dir``) and score it, also on the ``moved`` copies of the test
-    runs (`moved_tests`, when given: ``moved_test_taus``); writes ``run_dir/result.json`` and returns the cell's
+    runs (`moved_tests`, when given: ``moved_test_taus`` at ``moved_k``); writes ``run_dir/result.json`` and returns the cell's
     result record."""
     (x_train, y_train), validation, (x_test, y_test) = splits["train"], splits["val"], splits["test"]
     batch = min(16, len(y_train))
@@ -137,12 +140,15 @@ def run_cell(splits: dict, model: nnx.Module, seed: int, run_dir: str, args: arg
     trained, history = train_accuracy_predictor(model, x_train, y_train, key=jax.random.key(seed), num_steps=steps,
                                                 batch_size=batch, optimizer=optax.adam(schedule), run_dir=run_dir,
                                                 validation=validation, eval_every=steps_per_epoch)
+    logits = predict_logits(trained, x_test)
     record = {"seed": seed, "params": trainable_parameters(model),
               "train_runs": len(y_train), "val_runs": len(validation[1]), "test_runs": len(y_test), "steps": steps,
               "val_tau": history[-1]["best/tau"], "best_step": history[-1]["best/step"],
-              "test_tau": kendall_tau(predict_logits(trained, x_test), y_test), "wall_s": time.perf_counter() - start}
+              "test_tau": kendall_tau(logits, y_test), "wall_s": time.perf_counter() - start,
+              **test_predictions(1.0 / (1.0 + np.exp(-logits)), y_test)}
     if moved is not None:
-        record["moved_test_taus"] = [kendall_tau(predict_logits(trained, m), y_test) for m in moved]
+        record.update(moved_k=list(ROBUSTNESS_K),
+                      moved_test_taus=[kendall_tau(predict_logits(trained, m), y_test) for m in moved])
     harness.write_json(os.path.join(run_dir, "result.json"), record)
     return record
 
@@ -154,14 +160,22 @@ def run_tree_cell(splits: dict, method: str, seed: int, run_dir: str, moved: Seq
     feats = {split: flat_weights(x) for split, (x, _) in splits.items()}
     (_, y_train), (_, y_val), (_, y_test) = splits["train"], splits["val"], splits["test"]
     predict, info = fit_trees(method, (feats["train"], y_train), (feats["val"], y_val), seed=TREE_SEED + seed)
+    predicted = predict(feats["test"])
     record = {"seed": seed, "params": None, "train_runs": len(y_train), "val_runs": len(y_val),
               "test_runs": len(y_test), "steps": info["rounds"], "val_tau": kendall_tau(predict(feats["val"]), y_val),
-              "best_step": info["rounds"], "test_tau": kendall_tau(predict(feats["test"]), y_test),
-              "wall_s": time.perf_counter() - start}
+              "best_step": info["rounds"], "test_tau": kendall_tau(predicted, y_test),
+              "wall_s": time.perf_counter() - start, **test_predictions(predicted, y_test)}
     if moved is not None:
-        record["moved_test_taus"] = [kendall_tau(predict(flat_weights(m)), y_test) for m in moved]
+        record.update(moved_k=list(ROBUSTNESS_K),
+                      moved_test_taus=[kendall_tau(predict(flat_weights(m)), y_test) for m in moved])
     harness.write_json(os.path.join(run_dir, "result.json"), record)
     return record
+
+
+def test_predictions(predicted, true) -> dict:
+    """``{"predicted": [...], "true": [...]}``: a cell's predicted and true test accuracies (for the scatter figure)."""
+    return {"predicted": np.asarray(predicted, np.float64).round(5).tolist(),
+            "true": np.asarray(true, np.float64).round(5).tolist()}
 
 
 def moved_tests(splits: dict, dataset: str) -> list:
@@ -226,7 +240,8 @@ def summarise(records: Sequence[dict]) -> list[dict]:
                                                                            "test_runs", "steps")}})
         if all("moved_test_taus" in r for r in rs):
             moved = np.asarray([r["moved_test_taus"] for r in rs])  # [seeds, k]
-            rows[-1].update(moved_tau_mean=moved.mean(0).tolist(), moved_tau_std=moved.std(0).tolist())
+            rows[-1].update(moved_k=rs[0]["moved_k"], moved_tau_mean=moved.mean(0).tolist(),
+                            moved_tau_std=moved.std(0).tolist())
     return rows
 
 
@@ -237,13 +252,14 @@ def format_cell(r: dict | None) -> str:
     return "-" if r is None else f"{r['test_tau_mean']:.3f} +- {r['test_tau_std']:.3f} ({r['seeds']})"
 
 
-def markdown(rows: Sequence[dict], settings: dict, zoos: dict, run: dict) -> str:
-    """The report: scale, the main table beside the published tau, the thresholds and the branch ablation."""
+def markdown(rows: Sequence[dict], settings: dict, zoos: dict, run: dict, drawn: Sequence[str] = ()) -> str:
+    """The report: scale, the main table beside the published tau, the thresholds, the branch ablation, the
+    robustness study and the ``drawn`` figures (keys of `FIGURES`)."""
     index = {(r["dataset"], r["table"], r["threshold"], r["method"]): r for r in rows}
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     lines = ["# Transformer-NFN: predicting a transformer's test accuracy from its weights (Kendall tau)", "",
-             f"Scale: {settings['scale']}.", ""] + [f"- zoo {d}: {z}" for d, z in zoos.items()]
+             f"Scale: {settings['scale']}.", ""] + [f"- zoo {d}: {z['text']}" for d, z in zoos.items()]
     lines += ["", "## All runs (threshold 0), test tau mean +- std (seeds)", ""]
     lines += harness.markdown_table(
         ["dataset", "train/val/test runs"] + [LABELS[m] for m in methods] + ["published Transformer-NFN"],
@@ -274,26 +290,68 @@ def markdown(rows: Sequence[dict], settings: dict, zoos: dict, run: dict) -> str
                   "runs and at each k; models trained on unmoved runs except \"trained with extended-group copies\" "
                   f"(one moved copy per training run, d up to {AUGMENT_MAX_SCALE:g}).", ""]
         lines += harness.markdown_table(
-            ["dataset", "method", "unmoved"] + [f"k = {k}" for k in ROBUSTNESS_K],
+            ["dataset", "method", "unmoved"] + [f"k = {k}" for k in robust[0]["moved_k"]],
             [[r["dataset"], LABELS[r["method"]], format_cell(r)]
              + [f"{m:.3f} +- {sd:.3f}" for m, sd in zip(r["moved_tau_mean"], r["moved_tau_std"])] for r in robust])
     params = {r["method"]: r["params"] for r in rows if r["table"] == "main"}
     lines += ["", "Trainable parameters (first dataset): " + ", ".join(f"{LABELS[m]} {params[m]:,}" for m in methods
                                                                      if params[m] is not None)
               + ".", "", "Our zoos are far smaller and shorter than the published 16,000 runs of 100 epochs per task "
-              "(above): compare methods within this table, not with the published values.", "", "## Run", ""]
+              "(above): compare methods within this table, not with the published values.", "",
+              *[f"![{what}]({FIGURES[what]})" for what in drawn], "", "## Run", ""]
     lines += harness.run_markdown(run)
     return "\n".join(lines) + "\n"
 
 
-def zoo_summary(zoo_rows: Sequence[dict], epoch: int, args: argparse.Namespace, dataset: str) -> str:
-    """One line on a zoo's checkpoints at ``epoch``: runs, scale, test accuracy range and its histogram."""
+def figures(records: Sequence[dict], rows: Sequence[dict], zoos: dict, out: str) -> list[str]:
+    """Draws, beside the report, what the records hold: predicted against true test accuracy (threshold 0, first
+    seed; a row per dataset, a panel per method), test tau against k of the robustness study (a panel per
+    dataset, a line per method) and the zoos' test-accuracy histograms; returns the keys of `FIGURES` drawn."""
+    drawn = []
+    first = [r for r in records if r["table"] == "main" and r["threshold"] == 0 and "predicted" in r
+             and r["seed"] == min(q["seed"] for q in records)]
+    if first:
+        datasets = list(dict.fromkeys(r["dataset"] for r in first))
+        methods = [m for m in (*METHODS, *ROBUST_METHODS) if any(r["method"] == m for r in first)]
+        harness.prediction_scatter(first, datasets, methods, LABELS, os.path.join(out, FIGURES["scatter"]),
+                                   lambda dataset: f"predicted ({dataset})")
+        drawn.append("scatter")
+    robust = [r for r in rows if "moved_tau_mean" in r]
+    if robust:
+        datasets = list(dict.fromkeys(r["dataset"] for r in robust))
+        fig, axes = harness.subplots(1, len(datasets), figsize=(4.0 * len(datasets), 3.0), squeeze=False)
+        for r in robust:
+            ax = axes[0][datasets.index(r["dataset"])]
+            ax.errorbar(r["moved_k"], r["moved_tau_mean"], yerr=r["moved_tau_std"], marker="o", ms=3,
+                        label=LABELS[r["method"]])
+            ax.set_title(f"{r['dataset']}: test runs moved by the extended group", fontsize=8)
+            ax.set_xlabel("k (FFN scalings d ~ log-U[1, 10^k])", fontsize=7)
+            ax.set_ylabel("test Kendall tau", fontsize=7)
+        axes[0][0].legend(fontsize=5)
+        harness.save_figure(fig, os.path.join(out, FIGURES["robustness"]))
+        drawn.append("robustness")
+    if zoos:
+        fig, axes = harness.subplots(1, len(zoos), figsize=(3.4 * len(zoos), 2.6), squeeze=False)
+        for ax, (dataset, zoo) in zip(axes[0], zoos.items()):
+            ax.hist(zoo["test_accuracy"], bins=20, range=(0.0, 1.0))
+            ax.set_title(f"{dataset} zoo: {len(zoo['test_accuracy'])} runs (75% checkpoint)", fontsize=8)
+            ax.set_xlabel("test accuracy", fontsize=7)
+        axes[0][0].set_ylabel("runs", fontsize=7)
+        harness.save_figure(fig, os.path.join(out, FIGURES["zoos"]))
+        drawn.append("zoos")
+    return drawn
+
+
+def zoo_summary(zoo_rows: Sequence[dict], epoch: int, args: argparse.Namespace, dataset: str) -> dict:
+    """A zoo's checkpoints at ``epoch``: ``{"text": one line (runs, scale, test accuracy range and histogram),
+    "test_accuracy": [R]}`` (the accuracies, for the histogram figure)."""
     acc = np.asarray([r["test_accuracy"] for r in zoo_rows if int(r["epoch"]) == epoch], np.float64)
     acc = acc[np.isfinite(acc)]
     counts, _ = np.histogram(acc, bins=10, range=(0.0, 1.0))
-    return (f"{len(acc)} runs, {zoo_scale(args, dataset)}, "
+    text = (f"{len(acc)} runs, {zoo_scale(args, dataset)}, "
             f"checkpoint epoch {epoch}; test accuracy {acc.min():.2f} .. {acc.max():.2f} (median "
             f"{np.median(acc):.2f}); histogram over [0, 1] in tenths: {counts.tolist()}")
+    return {"text": text, "test_accuracy": acc.round(5).tolist()}
 
 
 def zoo_scale(args: argparse.Namespace, dataset: str) -> str:
@@ -322,7 +380,7 @@ def prediction(args: argparse.Namespace) -> dict:
                                                           epochs=args.zoo_epochs[dataset], shard_size=args.shard_size,
                                                           train_limit=args.train_limit[dataset],
                                                           test_limit=args.test_limit[dataset],
-                                                          progress=not args.quick),
+                                                          progress=not args.quick, share=True),
                                  epoch, args, dataset), None))
         splits, moved = {}, None  # per threshold (and the moved test runs), loaded only for a cell still to run
         robust = {cell[:3]: cell[4] for cell in cells}
@@ -363,7 +421,8 @@ def prediction(args: argparse.Namespace) -> dict:
                                                   "quick")}}
     record = run.finish()
     result = {"settings": settings, "zoos": zoos, "cells": rows, "run": record}
-    harness.write_results(args.out, "tnfn_prediction", result, markdown(rows, settings, zoos, record))
+    drawn = figures(records, rows, zoos, args.out)
+    harness.write_results(args.out, "tnfn_prediction", result, markdown(rows, settings, zoos, record, drawn))
     return result
 
 

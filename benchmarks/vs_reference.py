@@ -33,7 +33,8 @@ the timed calls), so the report gives each step's achieved GFLOP/s against the j
 Results: ``vs_reference.json`` (every record) and ``vs_reference.md``.
 
 Modes. NFNs: ``fwd`` = forward only; ``fwdbwd`` = forward + BCE loss + gradient w.r.t. every parameter (a
-training step without the optimizer update), random-normal inputs shaped like the zoos (CNN zoo: conv 1-16-16-16
+training step without the optimizer update); ours computed as the library predicts and trains, in micro-batches of
+16 rows above batch 16 (`common.microbatch`); random-normal inputs shaped like the zoos (CNN zoo: conv 1-16-16-16
 3x3 + dense 16-10; MNIST small-transformer zoo: D=32, 2 heads, Dk=Dv=16, DA=64, 2 blocks). TSW / SW: the distance
 between two clouds of N points in R^d, or distance + gradient w.r.t. the moving cloud; L trees x k = 4 lines
 (SW: L k projections), frames drawn once outside the timed calls. Zoo (``train``): ms per model-step of the
@@ -456,7 +457,8 @@ def markdown(result: dict) -> str:
         lines += ["Failed:", "", *[f"- `{job}` ({status}): {why}" for job, status, why in failed], ""]
     if any("batch" in r for r in best.values()):
         lines += ["## NFN predictors: median ms per batch", "",
-                  "fwd = forward; fwdbwd = forward + BCE loss + gradient w.r.t. all parameters. Goal: ours / "
+                  "fwd = forward; fwdbwd = forward + BCE loss + gradient w.r.t. all parameters (ours: as the library "
+                  "predicts and trains, in micro-batches of 16 rows above batch 16). Goal: ours / "
                   "authors <= 0.33 and our first call <= 2 s. Our GFLOP/s = XLA's FLOP count of one call "
                   "(`cost_analysis`) / our median time; % of the rate of the job's own numpy 512 x 512 matmul "
                   "calibration (`calib_ms`, per job in the contention table).", "", *nfn_table(best), ""]

@@ -6,9 +6,9 @@
 
 Same protocol as the reference jobs (``benchmarks.vs_reference_protocol``); every call ends with
 ``jax.block_until_ready``; the first call includes the ``jax.jit`` trace and XLA compile.
-NFNs: ``fwd`` the jitted logits, parameters and inputs as jit arguments; ``fwdbwd`` the jitted
-``jax.value_and_grad`` of the BCE loss (``optax.sigmoid_binary_cross_entropy`` on the logits, uniform random
-targets) w.r.t. every ``nnx.Param``; inputs random normal with the CNN-zoo / small-transformer-zoo shapes, the
+NFNs: ``fwd`` the jitted logits, parameters and inputs as jit arguments; ``fwdbwd`` the jitted value and
+gradient of the BCE loss (``optax.sigmoid_binary_cross_entropy`` on the logits, uniform random targets) w.r.t.
+every ``nnx.Param``; both as the library predicts and trains (micro-batches of 16 rows above batch 16); inputs random normal with the CNN-zoo / small-transformer-zoo shapes, the
 configurations the authors published (docs/magep.md, docs/transformer_nfn.md). TSW / SW: the jitted distance,
 or value and gradient w.r.t. Y; tree frames / projections drawn once and passed as arguments.
 Zoo jobs (``train``): ms per model-step of the recipe's population training (`benchmarks.zoo_throughput`):
@@ -33,27 +33,47 @@ CNN_SHAPES_B = ((16,), (16,), (16,), (10,))
 
 def _jit_pair(forward, loss, args, target):
     """(fwd, fwdbwd) callables of a model's jitted logits and jitted BCE value-and-gradient, compiled with the
-    options of the library's train step (`common.training.STEP_COMPILER_OPTIONS`); each has a
-    ``cost_analysis()`` giving XLA's ``flops`` and ``bytes_accessed`` of one call (it compiles the function
-    once more, so the protocol calls it after the timed calls)."""
+    options of the library's train step (`common.training.STEP_COMPILER_OPTIONS`) and computed as the library
+    predicts (`common.accuracy_prediction.predict_logits`) and trains (`fit_predictor`): in ``"auto"``
+    micro-batches (`common.microbatch`: chunks of 16 rows on a CPU for batches above 16). ``args`` is
+    ``(params, other variables, *inputs)``, the inputs and ``target`` with the batch axis leading. Each callable
+    has a ``cost_analysis()`` giving XLA's ``flops`` and ``bytes_accessed`` of one call, taken from the same
+    computation on the whole batch at once (XLA counts a loop's body once, not once per chunk; it compiles the
+    function once more, so the protocol calls it after the timed calls)."""
+    import functools
+
     import jax
 
     from benchmarks.harness import xla_cost
+    from common.microbatch import AUTO, chunk_count, map_in_chunks, resolve_micro_batch, value_and_grad_in_chunks
     from common.training import STEP_COMPILER_OPTIONS
 
-    fwd_jit = jax.jit(forward, compiler_options=STEP_COMPILER_OPTIONS)
-    step_jit = jax.jit(jax.value_and_grad(loss), compiler_options=STEP_COMPILER_OPTIONS)
+    rows = len(target)
+    chunks = chunk_count(resolve_micro_batch(AUTO, rows), rows)
+
+    def logits(params, other, inputs, chunks=chunks):
+        return map_in_chunks(lambda rows: forward(params, other, *rows), chunks)(inputs)
+
+    def gradient(params, other, inputs, t, chunks=chunks):
+        batch_loss = lambda p, batch, key: (loss(p, other, *batch[0], batch[1]), {})
+        return value_and_grad_in_chunks(batch_loss, chunks)(params, (inputs, t), jax.random.key(0))
+
+    jit = lambda fn: jax.jit(fn, compiler_options=STEP_COMPILER_OPTIONS)
+    fwd_jit, step_jit = jit(logits), jit(gradient)
+    fwd_args = (args[0], args[1], tuple(args[2:]))
+    step_args = fwd_args + (target,)
 
     def fwd():
-        return jax.block_until_ready(fwd_jit(*args))
+        return jax.block_until_ready(fwd_jit(*fwd_args))
 
     def fwdbwd():
-        value, grads = step_jit(*args, target)
+        (value, _), grads = step_jit(*step_args)
         jax.block_until_ready(grads)
         return value
 
-    fwd.cost_analysis = lambda: xla_cost(fwd_jit.lower(*args).compile())
-    fwdbwd.cost_analysis = lambda: xla_cost(step_jit.lower(*args, target).compile())
+    whole = lambda fn: jit(functools.partial(fn, chunks=1))
+    fwd.cost_analysis = lambda: xla_cost(whole(logits).lower(*fwd_args).compile())
+    fwdbwd.cost_analysis = lambda: xla_cost(whole(gradient).lower(*step_args).compile())
     return fwd, fwdbwd
 
 

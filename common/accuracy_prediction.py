@@ -25,6 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from common import checkpointing, training
+from common.microbatch import AUTO, chunk_count, map_in_chunks, resolve_micro_batch
 
 __all__ = ["random_batches", "bce_loss", "cross_entropy_loss", "predict_logits", "fit_predictor", "kendall_tau",
            "top1_accuracy"]
@@ -85,7 +86,8 @@ def cross_entropy_loss(model: nnx.Module, batch: dict, key: jax.Array) -> tuple[
 def predict_logits(model: nnx.Module, inputs: Any, chunk_size: int = CHUNK_ROWS) -> np.ndarray:
     """``model.logits`` in eval mode (no dropout) on ``inputs`` (leaves ``[R, ...]``) in jitted chunks of
     ``chunk_size`` rows -> float32 [R] (or [R, K] for a classifier; every chunk zero-padded to ``chunk_size`` rows:
-    one compiled program for any R)."""
+    one compiled program for any R). On a CPU each chunk is computed 16 rows at a time (`common.microbatch`:
+    ``"auto"`` micro-batches; ``model.logits`` must treat rows independently, as every predictor here does)."""
     graphdef, state = nnx.split(model)
     return _chunked_logits(graphdef, (state,), inputs, chunk_size)
 
@@ -106,7 +108,8 @@ def _chunked_logits(graphdef: nnx.GraphDef, states: tuple, inputs: Any, chunk_si
 def _jit_logits(graphdef: nnx.GraphDef, states: tuple, inputs: Any) -> jax.Array:
     model = nnx.merge(graphdef, *states, copy=True)
     model.eval()  # deterministic: no dropout when predicting or scoring
-    return model.logits(inputs)
+    rows = jax.tree.leaves(inputs)[0].shape[0]
+    return map_in_chunks(model.logits, chunk_count(resolve_micro_batch(AUTO, rows), rows))(inputs)
 
 
 class _BestByValidation:
@@ -175,7 +178,8 @@ def fit_predictor(model: nnx.Module, inputs: Any, targets: Any, *, key: jax.Arra
                   run_dir: str | None = None, checkpoint_every: int | None = None, mesh: Mesh | None = None,
                   progress: bool = False, validation: tuple[Any, Any] | None = None,
                   eval_every: int | None = None, loss: Callable = bce_loss,
-                  metric: tuple[str, Callable] = ("tau", kendall_tau)) -> tuple[nnx.Module, list[dict]]:
+                  metric: tuple[str, Callable] = ("tau", kendall_tau), micro_batch: int | str | None = "auto"
+                  ) -> tuple[nnx.Module, list[dict]]:
     """Train ``model`` by ``loss`` (default `bce_loss`) on `random_batches` with `common.training.fit`.
 
     Args:
@@ -194,6 +198,9 @@ def fit_predictor(model: nnx.Module, inputs: Any, targets: Any, *, key: jax.Arra
         (`bce_loss`: targets are accuracies in [0, 1]; `cross_entropy_loss`: integer class labels).
       metric: ``(name, fn)``, ``fn(logits, targets) -> float``, higher is better (default Kendall tau, `kendall_tau`;
         classifiers: ``("accuracy", top1_accuracy)``).
+      micro_batch: rows per device of each gradient chunk, as in `common.training.fit` (default ``"auto"``: chunks
+        of 16 rows on a CPU for batches of more rows per device; ``loss`` must be a mean over rows, as both
+        losses here are).
     Returns:
       ``(trained model, history)``, history as returned by `common.training.fit`; with ``validation``, the model
       holds the best validation parameters (the last step is always scored) and a last record
@@ -224,7 +231,8 @@ def fit_predictor(model: nnx.Module, inputs: Any, targets: Any, *, key: jax.Arra
             training.nnx_loss_fn(graphdef, loss, *frozen), params,
             optax.adam(1e-3) if optimizer is None else optimizer, batches, key=key, num_steps=num_steps,
             run_dir=run_dir, checkpoint_every=num_steps if checkpoint_every is None else checkpoint_every,
-            mesh=mesh, progress=progress, eval_fn=scorer, eval_every=eval_every if scorer else None)
+            mesh=mesh, progress=progress, eval_fn=scorer, eval_every=eval_every if scorer else None,
+            micro_batch=micro_batch)
         if scorer is not None and int(state.step) % eval_every:
             history = history + [{"step": int(state.step),
                                   **{f"eval/{k}": v for k, v in scorer(state.params, int(state.step)).items()}}]

@@ -31,9 +31,10 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from common import checkpointing, checks
-from common.distributed import (batch_sharding, initialize_distributed, make_mesh, replicate,
+from common.distributed import (DATA_AXIS, batch_sharding, initialize_distributed, make_mesh, replicate,
                                 replicated, shard_batch)
 from common.host_memory import keep_freed_memory
+from common.microbatch import chunk_count, resolve_micro_batch, value_and_grad_in_chunks
 from common.progress import progress_bar
 
 __all__ = ["TrainState", "init_train_state", "make_train_step", "fit", "nnx_loss_fn", "reseed_streams",
@@ -69,7 +70,8 @@ def init_train_state(params: Any, optimizer: optax.GradientTransformation,
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), key)
 
 
-def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: Mesh
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: Mesh,
+                    micro_batch: int | str | None = None
                     ) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
     """A jit-compiled data-parallel step ``step(state, batch) -> (state, metrics)`` (compiled with
     `STEP_COMPILER_OPTIONS`).
@@ -77,11 +79,18 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, me
     ``batch`` is sharded over the mesh's ``"data"`` axis (see :func:`shard_batch`), ``state`` is
     replicated and donated; ``metrics`` is ``{"loss": scalar, **loss_fn's metrics}``, replicated.
     The gradient is that of ``loss_fn`` on the whole global batch, whatever the number of devices.
+    ``micro_batch`` (rows per device, an int, ``"auto"`` or None: `common.microbatch.resolve_micro_batch`):
+    the gradient is accumulated over chunks of that many rows per device (`common.microbatch.value_and_grad_in_chunks`;
+    only for a loss that is a mean over rows); a ValueError at the first call when it does not divide the
+    rows per device.
     """
+    devices = mesh.shape[DATA_AXIS]
+
     def step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
         key, step_key = jax.random.split(state.key)
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, batch, step_key)
+        rows = jax.tree.leaves(batch)[0].shape[0]
+        chunks = chunk_count(resolve_micro_batch(micro_batch, rows, devices), rows, devices)
+        (loss, metrics), grads = value_and_grad_in_chunks(loss_fn, chunks)(state.params, batch, step_key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return TrainState(state.step + 1, params, opt_state, key), {"loss": loss, **metrics}
@@ -149,7 +158,8 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
         run_dir: str | os.PathLike | None = None, checkpoint_every: int | None = None,
         eval_fn: Callable[[Any], Mapping[str, Any]] | None = None, eval_every: int | None = None,
         log_every: int = 1, mesh: Mesh | None = None, progress: bool = True,
-        max_to_keep: int | None = 3) -> tuple[TrainState, list[dict[str, float]]]:
+        max_to_keep: int | None = 3, micro_batch: int | str | None = None
+        ) -> tuple[TrainState, list[dict[str, float]]]:
     """Train ``params`` for ``num_steps`` optimizer steps, resuming from ``run_dir`` if possible.
 
     Args:
@@ -176,6 +186,11 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
       mesh: device mesh with a ``"data"`` axis; default :func:`make_mesh` over all devices.
       progress: show a progress bar (on process 0, when tqdm is installed: `common.progress.progress_bar`).
       max_to_keep: number of checkpoints kept (``None``: all).
+      micro_batch: accumulate each step's gradient over chunks of this many rows per device (an int;
+        ``"auto"``: 16 on a CPU backend when it divides the rows per device, `common.microbatch.resolve_micro_batch`;
+        None: the whole batch at once). Only for a loss that is a mean over rows with no coupling between rows:
+        the gradient is then the same up to float rounding, and on a CPU each chunk's working set stays in cache
+        (1.3-1.8x faster steps for the NFN predictors at batch 64-256). Each chunk gets its own key.
 
     Returns:
       ``(state, history)``: the final replicated :class:`TrainState` and the logged records, one
@@ -194,6 +209,7 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
     checks.count("checkpoint_every", checkpoint_every, minimum=0, allow_none=True)  # None, 0: never
     checks.count("eval_every", eval_every, minimum=0, allow_none=True)
     checks.count("max_to_keep", max_to_keep, allow_none=True)
+    resolve_micro_batch(micro_batch, 1)  # ValueError now for a bad value
     keep_freed_memory()  # one jitted call per step: reuse its temporaries instead of page-faulting them in anew
     mesh = make_mesh() if mesh is None else mesh
     state = replicate(init_train_state(params, optimizer, key), mesh)
@@ -203,7 +219,7 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
         manager = checkpointing.open_manager(run_dir, max_to_keep)
         if jax.process_index() == 0:
             log_path = os.path.join(run_dir, "metrics.jsonl")
-    train_step = make_train_step(loss_fn, optimizer, mesh)
+    train_step = make_train_step(loss_fn, optimizer, mesh, micro_batch)
     with contextlib.nullcontext() if manager is None else checkpointing.closing(manager):  # waits for saves
         if manager is not None:
             state = checkpointing.restore_latest(manager, state) or state

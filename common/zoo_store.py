@@ -14,7 +14,9 @@ permissions)::
 Generation (`generate_zoo`) trains the missing shards in order; killed at any moment, a rerun trains exactly
 the shards whose file is absent, so no model is lost or duplicated. One writer at a time: a generation holds
 an exclusive ``fcntl.flock`` on ``DIR/.lock`` (released by the OS when the process ends, even on SIGKILL), and a
-second writer on the same folder stops with `ZooLockedError`. A complete zoo (same settings, every shard stored
+second writer on the same folder stops with `ZooLockedError`; or, with ``share=True``, any number of cooperating
+writers (a shared lock on ``DIR/.lock``), each training the shards no other holds (a lock per shard in
+``DIR/.shard_locks/``). A complete zoo (same settings, every shard stored
 and readable, its metadata.csv written) is only read, without the lock, so any number of readers can open it at
 once. A shard file that cannot be read (truncated or damaged) is moved to ``DIR/shards_corrupt/`` with a warning
 naming it, and trained again.
@@ -31,6 +33,7 @@ import json
 import os
 import secrets
 import shutil
+import time
 import warnings
 import zipfile
 import zlib
@@ -42,7 +45,7 @@ import numpy as np
 
 from common.checks import count
 from common.data.files import CorruptDataError
-from common.file_lock import try_exclusive_lock
+from common.file_lock import try_exclusive_lock, try_shared_lock
 from common.progress import progress_bar
 from common.weight_space import WeightSpace
 
@@ -51,7 +54,7 @@ __all__ = ["ZooLockedError", "atomic_write", "leaf_layout", "flatten_params", "u
            "describe"]
 
 LAYOUT_FILE, METADATA_FILE, SHARD_DIR = "layout.json", "metadata.csv", "shards"
-LOCK_FILE, CORRUPT_DIR = ".lock", "shards_corrupt"
+LOCK_FILE, CORRUPT_DIR, SHARD_LOCK_DIR = ".lock", "shards_corrupt", ".shard_locks"
 
 
 class ZooLockedError(RuntimeError):
@@ -171,12 +174,13 @@ def _read_rows(path: str) -> list[dict]:
 
 
 @contextlib.contextmanager
-def _writer_lock(zoo_dir: str):
-    """Hold an exclusive ``flock`` on ``zoo_dir/.lock`` (holding the writer's pid) for the block.
+def _writer_lock(zoo_dir: str, shared: bool = False):
+    """Hold an exclusive ``flock`` on ``zoo_dir/.lock`` (holding the writer's pid) for the block, or a shared one
+    (``shared``: cooperating writers, `generate_zoo` with ``share=True``).
 
     Raises:
-      ZooLockedError: another process holds it."""
-    with try_exclusive_lock(os.path.join(zoo_dir, LOCK_FILE)) as holder:
+      ZooLockedError: another process holds it exclusively, or (exclusive) cooperating writers hold it."""
+    with (try_shared_lock if shared else try_exclusive_lock)(os.path.join(zoo_dir, LOCK_FILE)) as holder:
         if holder is not None:
             raise ZooLockedError(f"zoo_dir {zoo_dir} is being written by another process (pid {holder}); "
                                  "wait for it to finish, or write another folder")
@@ -208,7 +212,7 @@ def _stored_rows(zoo_dir: str) -> dict[str, list[dict]]:
 
 def generate_zoo(zoo_dir: str, layout: Mapping[str, Any], configs: Sequence[Mapping[str, Any]], shard_size: int,
                  train_shard: Callable[[list[dict]], tuple[np.ndarray, list[dict]]],
-                 progress: bool = True) -> list[dict]:
+                 progress: bool = True, share: bool = False, poll_s: float = 10.0) -> list[dict]:
     """Train and store a zoo shard by shard, skipping the shards already stored (resume).
 
     Args:
@@ -220,11 +224,16 @@ def generate_zoo(zoo_dir: str, layout: Mapping[str, Any], configs: Sequence[Mapp
       shard_size: models per shard (the population trained at once).
       train_shard: ``train_shard(shard_configs) -> (weights [R, D], rows)``, e.g. via `checkpoint_rows`.
       progress: a progress bar over shards (when tqdm is installed: `common.progress.progress_bar`).
+      share: cooperate with other processes generating the same zoo with ``share=True`` (on this machine or on
+        others sharing the folder through a file system with ``flock``): each trains the shards nobody holds,
+        one at a time under a per-shard lock, then waits for the others' (every ``poll_s`` seconds; a shard
+        whose holder died is trained here). All of them return the complete zoo's rows.
     Returns:
       All metadata rows of the zoo.
     Raises:
       ValueError: ``layout.json`` exists with other settings (use a fresh folder); no configs; ``shard_size`` < 1.
-      ZooLockedError: another process is generating into ``zoo_dir``.
+      ZooLockedError: another process is generating into ``zoo_dir`` (any other writer without ``share``;
+        with ``share``, a writer without it).
     Warns:
       A stored shard that cannot be read is named, moved to ``zoo_dir/shards_corrupt/`` and trained again.
     """
@@ -236,7 +245,9 @@ def generate_zoo(zoo_dir: str, layout: Mapping[str, Any], configs: Sequence[Mapp
     if complete is not None:
         return complete
     os.makedirs(os.path.join(zoo_dir, SHARD_DIR), exist_ok=True)
-    with _writer_lock(zoo_dir):
+    with _writer_lock(zoo_dir, shared=share):
+        if share:
+            return _generate_shared(zoo_dir, layout, configs, shard_size, train_shard, progress, poll_s)
         return _generate_locked(zoo_dir, layout, configs, shard_size, train_shard, progress)
 
 
@@ -259,6 +270,50 @@ def _complete_rows(zoo_dir: str, layout: dict, n_shards: int) -> list[dict] | No
 
 def _generate_locked(zoo_dir, layout, configs, shard_size, train_shard, progress) -> list[dict]:
     """`generate_zoo` once the writer lock is held (``layout`` already in its JSON form)."""
+    _check_layout(zoo_dir, layout)
+    for folder in (zoo_dir, os.path.join(zoo_dir, SHARD_DIR)):  # temp files of a killed run
+        _remove_temp_files(folder)
+    stored = _stored_rows(zoo_dir)  # metadata only, not the weights; unreadable shards set aside
+    n_shards = -(-len(configs) // shard_size)
+    todo = [k for k in range(n_shards) if not os.path.exists(_shard_path(zoo_dir, k))]
+    for k in progress_bar(todo, desc="shards", enabled=progress):
+        stored[_shard_path(zoo_dir, k)] = _train_and_store(zoo_dir, configs, shard_size, k, train_shard)
+        all_rows = _write_metadata(zoo_dir, stored)
+    if not todo:  # nothing left to train: still (re)write metadata.csv from the shards
+        all_rows = _write_metadata(zoo_dir, stored)
+    return all_rows
+
+
+def _generate_shared(zoo_dir, layout, configs, shard_size, train_shard, progress, poll_s) -> list[dict]:
+    """`generate_zoo` with ``share=True``, once the shared lock is held: each missing shard is trained under its own
+    lock (``.shard_locks/shard_<k>.lock``), shards another process holds are skipped, then waited for (taken over if
+    their holder dies); metadata.csv is rewritten from every stored shard after each shard and at the end."""
+    _check_layout(zoo_dir, layout)
+    os.makedirs(os.path.join(zoo_dir, SHARD_LOCK_DIR), exist_ok=True)
+    _stored_rows(zoo_dir)  # unreadable shards set aside (trained again below)
+    waiting = [k for k in range(-(-len(configs) // shard_size)) if not os.path.exists(_shard_path(zoo_dir, k))]
+    with progress_bar(total=len(waiting), desc="shards", enabled=progress) as bar:
+        while waiting:
+            held = []
+            for k in waiting:
+                path = _shard_path(zoo_dir, k)
+                with try_exclusive_lock(os.path.join(zoo_dir, SHARD_LOCK_DIR, f"shard_{k:05d}.lock")) as holder:
+                    if holder is not None:
+                        held.append(k)
+                        continue
+                    if not os.path.exists(path):  # not finished by another process in the meantime
+                        _remove_temp_files(os.path.dirname(path), os.path.basename(path))  # of a killed holder
+                        _train_and_store(zoo_dir, configs, shard_size, k, train_shard)
+                        _write_metadata(zoo_dir, _stored_rows(zoo_dir))
+                bar.update(1)
+            if held:
+                time.sleep(poll_s)
+            waiting = held
+    return _write_metadata(zoo_dir, _stored_rows(zoo_dir))
+
+
+def _check_layout(zoo_dir: str, layout: dict) -> None:
+    """Writes ``layout.json`` in a new folder; ValueError when the folder's differs from ``layout``."""
     layout_path = os.path.join(zoo_dir, LAYOUT_FILE)
     if os.path.exists(layout_path):
         with open(layout_path) as f:
@@ -269,24 +324,23 @@ def _generate_locked(zoo_dir, layout, configs, shard_size, train_shard, progress
                              "use a new folder or the same settings to resume")
     else:
         atomic_write(layout_path, lambda f: json.dump(layout, f, indent=1), "w")
-    for folder in (zoo_dir, os.path.join(zoo_dir, SHARD_DIR)):  # temp files of a killed run
-        for name in os.listdir(folder):
-            if name.startswith(".tmp_"):
-                os.unlink(os.path.join(folder, name))
-    stored = _stored_rows(zoo_dir)  # metadata only, not the weights; unreadable shards set aside
-    n_shards = -(-len(configs) // shard_size)
-    todo = [k for k in range(n_shards) if not os.path.exists(_shard_path(zoo_dir, k))]
-    for k in progress_bar(todo, desc="shards", enabled=progress):
-        weights, rows = train_shard([dict(c) for c in configs[k * shard_size:(k + 1) * shard_size]])
-        if len(rows) != weights.shape[0]:
-            raise ValueError(f"train_shard returned {weights.shape[0]} weight rows but {len(rows)} metadata rows")
-        payload = {"weights": weights.astype(np.float32), "rows": np.array(json.dumps(rows))}
-        atomic_write(_shard_path(zoo_dir, k), lambda f: np.savez(f, **payload))
-        stored[_shard_path(zoo_dir, k)] = json.loads(str(payload["rows"]))
-        all_rows = _write_metadata(zoo_dir, stored)
-    if not todo:  # nothing left to train: still (re)write metadata.csv from the shards
-        all_rows = _write_metadata(zoo_dir, stored)
-    return all_rows
+
+
+def _remove_temp_files(folder: str, target: str = "") -> None:
+    """Removes the `atomic_write` temp files in ``folder`` (only those of the file ``target`` when given)."""
+    for name in os.listdir(folder):
+        if name.startswith(".tmp_") and name.endswith(target):
+            os.unlink(os.path.join(folder, name))
+
+
+def _train_and_store(zoo_dir, configs, shard_size, k, train_shard) -> list[dict]:
+    """Trains shard ``k`` and writes its file; returns its metadata rows."""
+    weights, rows = train_shard([dict(c) for c in configs[k * shard_size:(k + 1) * shard_size]])
+    if len(rows) != weights.shape[0]:
+        raise ValueError(f"train_shard returned {weights.shape[0]} weight rows but {len(rows)} metadata rows")
+    payload = {"weights": weights.astype(np.float32), "rows": np.array(json.dumps(rows))}
+    atomic_write(_shard_path(zoo_dir, k), lambda f: np.savez(f, **payload))
+    return json.loads(str(payload["rows"]))
 
 
 def _shard_files(zoo_dir: str) -> list[str]:

@@ -25,6 +25,13 @@ def test_quick_prediction_pipeline_runs_and_resumes(tmp_path, monkeypatch):
     # threshold-0 models are also scored on test runs moved by the extended group, one tau per k
     assert len(cell["moved_tau_mean"]) == len(tnfn_experiments.ROBUSTNESS_K)
     assert all(-1.0 <= t <= 1.0 for t in cell["moved_tau_mean"])
+    # the cell keeps its test predictions (the scatter figure); the zoo summary its accuracies (the histogram)
+    stored = harness.read_json(tmp_path / "tnfn_runs" / "runs" / "mnist" / "main" / "t0" / "tnfn" / "seed0"
+                               / "result.json")
+    assert len(stored["predicted"]) == len(stored["true"]) == stored["test_runs"]
+    assert all(0.0 <= p <= 1.0 for p in stored["predicted"]) and len(result["zoos"]["mnist"]["test_accuracy"]) == 12
+    for name in ("tnfn_prediction_scatter.png", "tnfn_prediction_robustness.png", "tnfn_zoo_histograms.png"):
+        assert (tmp_path / name).stat().st_size > 1000 and name in (tmp_path / "tnfn_prediction.md").read_text()
     # a threshold leaves out the runs below it (every cell of a threshold trains on these splits)
     zoo_dir = str(tmp_path / "tnfn_runs" / "zoos" / "mnist_transformer")
     every, above = (tnfn_experiments.load_splits(zoo_dir, 2, t) for t in (0.0, 0.12))
@@ -42,7 +49,7 @@ def test_quick_prediction_pipeline_runs_and_resumes(tmp_path, monkeypatch):
         record = {"seed": seed, "params": trainable_parameters(model), **counts, "steps": 0, "val_tau": 0.0,
                   "best_step": 0, "test_tau": 0.0, "wall_s": 0.0}
         if moved is not None:  # robustness cells: the moved test runs, as the method sees them
-            record["moved_test_taus"] = [0.0] * len(moved)
+            record.update(moved_k=[0, 3], moved_test_taus=[0.0] * len(moved))
             canonical = tnfn_experiments.canonicalize(splits["test"][0])
             record["canonical_inputs"] = bool(np.allclose(splits["test"][0].blocks[0].w_a, canonical.blocks[0].w_a))
         harness.write_json(os.path.join(run_dir, "result.json"), record)

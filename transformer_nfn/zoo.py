@@ -232,8 +232,10 @@ def _template(dataset: str) -> TransformerWeights:
 # ------------------------------------------------------------------------------------ generation, loading
 def generate_transformer_zoo(out_dir: str, dataset: str, n_models: int, *, epochs: int = EPOCHS,
                              shard_size: int = 64, seed: int = 0, train_limit: int | None = None,
-                             test_limit: int | None = None, data_dir=None, progress: bool = True) -> list[dict]:
-    """Train (or resume) a Small-Transformer-Zoo-style zoo of ``n_models`` runs into ``out_dir``.
+                             test_limit: int | None = None, data_dir=None, progress: bool = True,
+                             share: bool = False) -> list[dict]:
+    """Train (or resume) a Small-Transformer-Zoo-style zoo of ``n_models`` runs into ``out_dir`` (``share``: together
+    with other processes doing the same, each training the shards nobody holds: `common.zoo_store.generate_zoo`).
 
     Returns:
       The metadata rows (one per run checkpoint): config, epoch, train/test loss and accuracy.
@@ -261,7 +263,7 @@ def generate_transformer_zoo(out_dir: str, dataset: str, n_models: int, *, epoch
         return zoo_store.checkpoint_rows(shard, ckpts)
 
     configs = sample_transformer_configs(n_models, seed, dataset, epochs)
-    return zoo_store.generate_zoo(out_dir, layout, configs, shard_size, train_shard, progress)
+    return zoo_store.generate_zoo(out_dir, layout, configs, shard_size, train_shard, progress, share=share)
 
 
 def load_transformer_zoo(zoo_dir: str, split: str | None = None, *, target: str = "test_accuracy",
@@ -298,12 +300,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--train-limit", type=positive_int, default=None, help="use the first n training rows")
     parser.add_argument("--test-limit", type=positive_int, default=None, help="use the first n test rows")
     parser.add_argument("--data-dir", default=None, help="data root (default $NFN_DATA_DIR)")
+    parser.add_argument("--share", action="store_true",
+                        help="cooperate with other processes given --share on the same --out (one per core or host)")
     compilation_cache.add_arguments(parser)
     args = parser.parse_args(argv)
     compilation_cache.configure(args)
     rows = generate_transformer_zoo(args.out, args.dataset, args.models, epochs=args.epochs,
                                     shard_size=args.shard_size, seed=args.seed, train_limit=args.train_limit,
-                                    test_limit=args.test_limit, data_dir=args.data_dir)
+                                    test_limit=args.test_limit, data_dir=args.data_dir, share=args.share)
     final = [r for r in rows if r["epoch"] == args.epochs]
     print(zoo_store.describe(final, "test_accuracy", ("family", "optimizer")))
 
