@@ -16,7 +16,7 @@ from common.cli import non_negative_int
 SECTIONS = [
     ("Foundation: data-parallel loop and monomial group on a trained MLP", "benchmarks.demo_foundation"),
     ("MAGEP-NFN: CNN zoo on digits and accuracy prediction from weights", "benchmarks.demo_magep"),
-    ("Transformer-NFN: attention symmetry group and the accuracy predictor", "benchmarks.demo_tnfn"),
+    ("Transformer-NFN: attention symmetry group, the accuracy predictor, a tiny zoo study", "benchmarks.demo_tnfn"),
     ("TSW-SL: references, gradient flows, colour transfer, generator (--quick)", "benchmarks.demo_tsw"),
 ]
 
