@@ -476,4 +476,3 @@ def prediction_scatter(records: Sequence[dict], row_names: Sequence[str], method
     for row, name in zip(axes, row_names):
         row[0].set_ylabel(row_label(name), fontsize=7)
     save_figure(fig, path)
-

@@ -128,8 +128,8 @@ def too_few_runs(splits: dict) -> dict | None:
 def run_cell(splits: dict, model: nnx.Module, seed: int, run_dir: str, args: argparse.Namespace,
              moved: Sequence | None = None) -> dict:
     """Train one predictor (resuming from ``run_dir``) and score it, also on the ``moved`` copies of the test
-    runs (`moved_tests`, when given: ``moved_test_taus`` at ``moved_k``); writes ``run_dir/result.json`` and returns the cell's
-    result record."""
+    runs (`moved_tests`, when given: ``moved_test_taus`` at ``moved_k``); writes ``run_dir/result.json`` and
+    returns the cell's result record."""
     (x_train, y_train), validation, (x_test, y_test) = splits["train"], splits["val"], splits["test"]
     batch = min(16, len(y_train))
     steps_per_epoch = max(len(y_train) // batch, 1)
@@ -145,7 +145,7 @@ def run_cell(splits: dict, model: nnx.Module, seed: int, run_dir: str, args: arg
               "train_runs": len(y_train), "val_runs": len(validation[1]), "test_runs": len(y_test), "steps": steps,
               "val_tau": history[-1]["best/tau"], "best_step": history[-1]["best/step"],
               "test_tau": kendall_tau(logits, y_test), "wall_s": time.perf_counter() - start,
-              **test_predictions(1.0 / (1.0 + np.exp(-logits)), y_test)}
+              **test_predictions(jax.nn.sigmoid(logits), y_test)}
     if moved is not None:
         record.update(moved_k=list(ROBUSTNESS_K),
                       moved_test_taus=[kendall_tau(predict_logits(trained, m), y_test) for m in moved])

@@ -45,11 +45,10 @@ def _jit_pair(forward, loss, args, target):
     import jax
 
     from benchmarks.harness import xla_cost
-    from common.microbatch import AUTO, chunk_count, map_in_chunks, resolve_micro_batch, value_and_grad_in_chunks
+    from common.microbatch import AUTO, chunk_count, map_in_chunks, value_and_grad_in_chunks
     from common.training import STEP_COMPILER_OPTIONS
 
-    rows = len(target)
-    chunks = chunk_count(resolve_micro_batch(AUTO, rows), rows)
+    chunks = chunk_count(AUTO, len(target))
 
     def logits(params, other, inputs, chunks=chunks):
         return map_in_chunks(lambda rows: forward(params, other, *rows), chunks)(inputs)

@@ -25,7 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from common import checkpointing, training
-from common.microbatch import AUTO, chunk_count, map_in_chunks, resolve_micro_batch
+from common.microbatch import AUTO, chunk_count, map_in_chunks
 
 __all__ = ["random_batches", "bce_loss", "cross_entropy_loss", "predict_logits", "fit_predictor", "kendall_tau",
            "top1_accuracy"]
@@ -109,7 +109,7 @@ def _jit_logits(graphdef: nnx.GraphDef, states: tuple, inputs: Any) -> jax.Array
     model = nnx.merge(graphdef, *states, copy=True)
     model.eval()  # deterministic: no dropout when predicting or scoring
     rows = jax.tree.leaves(inputs)[0].shape[0]
-    return map_in_chunks(model.logits, chunk_count(resolve_micro_batch(AUTO, rows), rows))(inputs)
+    return map_in_chunks(model.logits, chunk_count(AUTO, rows))(inputs)
 
 
 class _BestByValidation:

@@ -13,7 +13,7 @@ computes its own rows, and no row moves between devices.
 
 Example::
 
-    chunks = chunk_count(resolve_micro_batch("auto", rows=64), rows=64)
+    chunks = chunk_count("auto", rows=64)
     (loss, metrics), grads = value_and_grad_in_chunks(loss_fn, chunks)(params, batch, key)
 """
 from __future__ import annotations
@@ -48,10 +48,11 @@ def resolve_micro_batch(micro_batch: int | str | None, rows: int, devices: int =
     return micro_batch
 
 
-def chunk_count(micro_batch: int | None, rows: int, devices: int = 1) -> int:
-    """Number of chunks of ``micro_batch`` rows per device in a batch of ``rows`` rows over ``devices`` devices
-    (1 for None or a micro-batch of at least the rows per device). ValueError naming the numbers when the rows
-    per device are not a multiple of ``micro_batch``."""
+def chunk_count(micro_batch: int | str | None, rows: int, devices: int = 1) -> int:
+    """Number of chunks of ``micro_batch`` rows per device (resolved by `resolve_micro_batch`: an int, ``"auto"``
+    or None) in a batch of ``rows`` rows over ``devices`` devices (1 for None or a micro-batch of at least the rows
+    per device). ValueError naming the numbers when the rows per device are not a multiple of ``micro_batch``."""
+    micro_batch = resolve_micro_batch(micro_batch, rows, devices)
     per_device, left = divmod(rows, max(devices, 1))
     if micro_batch is None or micro_batch >= per_device:
         return 1

@@ -89,7 +89,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, me
     def step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
         key, step_key = jax.random.split(state.key)
         rows = jax.tree.leaves(batch)[0].shape[0]
-        chunks = chunk_count(resolve_micro_batch(micro_batch, rows, devices), rows, devices)
+        chunks = chunk_count(micro_batch, rows, devices)
         (loss, metrics), grads = value_and_grad_in_chunks(loss_fn, chunks)(state.params, batch, step_key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

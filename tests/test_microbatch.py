@@ -81,6 +81,7 @@ def test_auto_micro_batch_on_cpu():
     assert resolve_micro_batch(None, 64) is None and resolve_micro_batch(8, 64) == 8
     assert chunk_count(16, 64) == 4 and chunk_count(16, 128, devices=4) == 2
     assert chunk_count(None, 64) == 1 and chunk_count(64, 64) == 1 and chunk_count(100, 64) == 1
+    assert chunk_count(AUTO, 64) == 4 and chunk_count(AUTO, 16) == 1  # resolved as resolve_micro_batch does
 
 
 @pytest.mark.parametrize("value", [0, -4, 2.5, "fast", True])
