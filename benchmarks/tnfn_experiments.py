@@ -7,7 +7,8 @@
 
 Per dataset: a zoo of ``--models`` runs drawn from the recipe's grid (`transformer_nfn.zoo`, ``--zoo-epochs``
 epochs on the first ``--train-limit`` training rows, test accuracy on the first ``--test-limit`` test rows; each
-a value for every dataset or DATASET=V entries); the checkpoints at 75% of the epochs, split 70/15/15 by run
+a value for every dataset or DATASET=V entries), storing only the checkpoint the study reads, at 75% of the
+epochs (`STUDY_FRACTION`: a quarter of the recipe's four checkpoints' storage); those checkpoints, split 70/15/15 by run
 id (seed 3); for every accuracy threshold, the runs below it are dropped from each split (after splitting, so no
 run is on two sides). Methods: the Transformer-NFN predictor in the authors' README configuration with the
 library's initialisation (``tnfn``) and with the authors' (``tnfn_authors_init``), and the authors' MLP and STATNN
@@ -27,8 +28,8 @@ extended-group predictors: Transformer-NFN on canonicalised weights and Transfor
 extended-group copy of every training run (`method_inputs`).
 
 Every stage resumes: zoo shards, each training run (checkpoints, best model) and each finished cell
-(``result.json``) under ``--work``; the finished cells and each dataset's zoo summary (``summary.json``) are kept in
-git, and a dataset whose cells are all done is reported without its zoo (`benchmarks.studies.study_inputs`);
+(``result.json``) under ``--work``; the zoos' shards (4.9 MB per 64 runs), the finished cells and each dataset's zoo
+summary (``summary.json``) are kept in git, so that a later session on a fresh clone goes on where one stopped, and a dataset whose cells are all done is reported without its zoo (`benchmarks.studies.study_inputs`);
 several processes may run the same command at once, e.g. one per core: they share the zoo's shards
 (`common.zoo_store.generate_zoo` with ``share=True``) and the cells (`benchmarks.studies.run_cells`).
 Results: ``<out>/tnfn_prediction.{json,md}``.
@@ -56,7 +57,8 @@ from transformer_nfn.baselines import BaselinePredictor
 from transformer_nfn.extended_group import canonicalize, move_each
 from transformer_nfn.tree_baselines import SEED as TREE_SEED, TREE_KINDS, fit_trees, flat_weights
 from transformer_nfn.train import train_accuracy_predictor
-from transformer_nfn.zoo import DATASETS, ZOO_SPEC, generate_transformer_zoo, load_transformer_zoo
+from transformer_nfn.zoo import (DATASETS, ZOO_SPEC, generate_transformer_zoo, load_transformer_zoo,
+                                 transformer_checkpoint_epochs)
 
 DEFAULT_OUT = "benchmarks/results"
 METHODS = ("tnfn", "tnfn_authors_init", "mlp", "statnn", "xgboost", "lightgbm", "rf")
@@ -72,6 +74,7 @@ ALL_BRANCHES = (True, True, True)  # (encoder, classifier, embedding): the full 
 BRANCHES = {"encoder": (True, False, False), "classifier": (False, True, False), "embedding": (False, False, True)}
 SPLIT = dict(fractions=(0.7, 0.15, 0.15), seed=3)
 MIN_RUNS = {"train": 2, "val": 1, "test": 2}  # fewer runs above a threshold: the cell is reported, not trained
+STUDY_FRACTION = 0.75  # the protocol reads the recipe's epoch-75-of-100 checkpoint; the zoos store only it
 PUBLISHED = {"mnist": "0.905 +- 0.002", "ag_news": "0.910 +- 0.001"}  # Tran et al. 2025, unverified
 FIGURES = {"scatter": "tnfn_prediction_scatter.png", "robustness": "tnfn_prediction_robustness.png",
            "zoos": "tnfn_zoo_histograms.png"}  # written beside the report by `figures`
@@ -367,7 +370,7 @@ def prediction(args: argparse.Namespace) -> dict:
     records, zoos = [], {}
     for dataset in args.datasets:
         zoo_dir = os.path.join(args.work, "zoos", f"{dataset}_transformer")
-        epoch = max(1, round(0.75 * args.zoo_epochs[dataset]))  # the recipe's epoch-75-of-100 checkpoint
+        [epoch] = transformer_checkpoint_epochs(args.zoo_epochs[dataset], (STUDY_FRACTION,))
         cells = study_cells(args, dataset, args.study)  # then the other studies' finished cells, for the report
         done = lambda cell: all(os.path.exists(os.path.join(cell_dir(args, dataset, *cell[:3], seed), "result.json"))
                                 for seed in range(args.seeds))
@@ -380,7 +383,8 @@ def prediction(args: argparse.Namespace) -> dict:
                                                           epochs=args.zoo_epochs[dataset], shard_size=args.shard_size,
                                                           train_limit=args.train_limit[dataset],
                                                           test_limit=args.test_limit[dataset],
-                                                          progress=not args.quick, share=True),
+                                                          progress=not args.quick, share=True,
+                                                          checkpoint_fractions=(STUDY_FRACTION,)),
                                  epoch, args, dataset), None))
         splits, moved = {}, None  # per threshold (and the moved test runs), loaded only for a cell still to run
         robust = {cell[:3]: cell[4] for cell in cells}

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 
 from benchmarks import harness, tnfn_experiments
+from common import zoo_store
 from common.training import trainable_parameters
 from transformer_nfn import TransformerSpec, nets
 
@@ -34,6 +35,7 @@ def test_quick_prediction_pipeline_runs_and_resumes(tmp_path, monkeypatch):
         assert (tmp_path / name).stat().st_size > 1000 and name in (tmp_path / "tnfn_prediction.md").read_text()
     # a threshold leaves out the runs below it (every cell of a threshold trains on these splits)
     zoo_dir = str(tmp_path / "tnfn_runs" / "zoos" / "mnist_transformer")
+    assert {row["epoch"] for row in zoo_store.load_zoo(zoo_dir)[1]} == {2}  # the zoo stores only the study's checkpoint
     every, above = (tnfn_experiments.load_splits(zoo_dir, 2, t) for t in (0.0, 0.12))
     for split in ("train", "val", "test"):
         assert np.all(above[split][1] >= 0.12) and len(above[split][1]) <= len(every[split][1])

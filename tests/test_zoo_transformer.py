@@ -37,6 +37,10 @@ def test_grid_sampling_is_distinct_and_on_the_grid():
 def test_checkpoints_and_schedule():
     assert zoo.transformer_checkpoint_epochs(100) == [1, 50, 75, 100]
     assert zoo.transformer_checkpoint_epochs(4) == [1, 2, 3, 4]
+    assert zoo.transformer_checkpoint_epochs(4, (0.75,)) == [3] and zoo.transformer_checkpoint_epochs(2, (0.01, 0.2)) == [1]
+    for bad in ((), (0.0,), (1.5,)):
+        with pytest.raises(ValueError, match="fractions"):
+            zoo.transformer_checkpoint_epochs(4, bad)
     hp = {"learning_rate": jnp.float32(1e-2), "epochs": jnp.float32(100)}
     schedule = zoo.transformer_task("mnist").learning_rate
     lr = lambda e: float(schedule(hp, jnp.float32(e)))

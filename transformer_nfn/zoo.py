@@ -49,7 +49,7 @@ from common.population import PopulationTask, train_population
 from transformer_nfn import nets
 from transformer_nfn.weights import TransformerSpec, TransformerWeights
 
-__all__ = ["ZOO_SPEC", "sample_transformer_configs", "transformer_checkpoint_epochs", "transformer_dataset",
+__all__ = ["ZOO_SPEC", "CHECKPOINT_FRACTIONS", "sample_transformer_configs", "transformer_checkpoint_epochs", "transformer_dataset",
            "build_token_embedding", "transformer_task", "transformer_hparams", "random_crop",
            "generate_transformer_zoo", "load_transformer_zoo", "load_token_embedding", "main"]
 
@@ -68,12 +68,15 @@ EPOCHS, BATCH_SIZE, SEED, MAX_TOKENS, FINAL_LR = 100, 128, 3, 128, 1e-5
 # 20 against 15 ms per model-step on MNIST, benchmarks/results/tnfn_zoo_throughput.md)
 CPU_CHUNK = 1
 TRAIN_EVAL_ROWS = 2_000  # train metrics per checkpoint on at most this many rows of a run's subset (a uniform sample)
-_CHECKPOINT_RATIOS = (0.01, 0.5, 0.75, 1.0)  # epochs 1, 50, 75, 100 of 100
+CHECKPOINT_FRACTIONS = (0.01, 0.5, 0.75, 1.0)  # the recipe's checkpoints: epochs 1, 50, 75, 100 of 100
 
 
-def transformer_checkpoint_epochs(epochs: int) -> list[int]:
-    """The recipe's checkpoint epochs 1, 50, 75, 100 at the same fractions of ``epochs`` (at least 1)."""
-    return sorted({max(1, round(r * epochs)) for r in _CHECKPOINT_RATIOS})
+def transformer_checkpoint_epochs(epochs: int, fractions: Sequence[float] = CHECKPOINT_FRACTIONS) -> list[int]:
+    """The checkpoint epochs at ``fractions`` of ``epochs`` (default the recipe's 1, 50, 75, 100 of 100; at
+    least 1 each)."""
+    if not fractions or any(not 0 < f <= 1 for f in fractions):
+        raise ValueError(f"fractions must be a non-empty list of numbers in (0, 1], got {list(fractions)}")
+    return sorted({max(1, round(f * epochs)) for f in fractions})
 
 
 def sample_transformer_configs(n: int, seed: int, dataset: str, epochs: int = EPOCHS) -> list[dict]:
@@ -233,9 +236,13 @@ def _template(dataset: str) -> TransformerWeights:
 def generate_transformer_zoo(out_dir: str, dataset: str, n_models: int, *, epochs: int = EPOCHS,
                              shard_size: int = 64, seed: int = 0, train_limit: int | None = None,
                              test_limit: int | None = None, data_dir=None, progress: bool = True,
-                             share: bool = False) -> list[dict]:
+                             share: bool = False,
+                             checkpoint_fractions: Sequence[float] = CHECKPOINT_FRACTIONS) -> list[dict]:
     """Train (or resume) a Small-Transformer-Zoo-style zoo of ``n_models`` runs into ``out_dir`` (``share``: together
     with other processes doing the same, each training the shards nobody holds: `common.zoo_store.generate_zoo`).
+
+    ``checkpoint_fractions``: the epoch fractions whose weights and metrics are stored (default the recipe's four;
+    a study that reads one checkpoint can keep only that one, a quarter of the storage).
 
     Returns:
       The metadata rows (one per run checkpoint): config, epoch, train/test loss and accuracy.
@@ -244,7 +251,7 @@ def generate_transformer_zoo(out_dir: str, dataset: str, n_models: int, *, epoch
     table = extras.get("token_embedding")
     settings = {"dataset": dataset, "split": extras["note"], "models": n_models, "epochs": epochs, "seed": seed,
                 "shard_size": shard_size, "train_rows": len(train["y"]), "test_rows": len(test["y"]),
-                "checkpoint_epochs": transformer_checkpoint_epochs(epochs), "n_classes": DATASETS[dataset],
+                "checkpoint_epochs": transformer_checkpoint_epochs(epochs, checkpoint_fractions), "n_classes": DATASETS[dataset],
                 "attention_mask": "none", "spec": vars(ZOO_SPEC), "train_eval_rows": TRAIN_EVAL_ROWS}
     if table is not None:
         os.makedirs(out_dir, exist_ok=True)
@@ -300,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--train-limit", type=positive_int, default=None, help="use the first n training rows")
     parser.add_argument("--test-limit", type=positive_int, default=None, help="use the first n test rows")
     parser.add_argument("--data-dir", default=None, help="data root (default $NFN_DATA_DIR)")
+    parser.add_argument("--checkpoint-fractions", type=float, nargs="+", default=list(CHECKPOINT_FRACTIONS),
+                        help="epoch fractions whose weights are stored (default the recipe's)")
     parser.add_argument("--share", action="store_true",
                         help="cooperate with other processes given --share on the same --out (one per core or host)")
     compilation_cache.add_arguments(parser)
@@ -307,8 +316,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     compilation_cache.configure(args)
     rows = generate_transformer_zoo(args.out, args.dataset, args.models, epochs=args.epochs,
                                     shard_size=args.shard_size, seed=args.seed, train_limit=args.train_limit,
-                                    test_limit=args.test_limit, data_dir=args.data_dir, share=args.share)
-    final = [r for r in rows if r["epoch"] == args.epochs]
+                                    test_limit=args.test_limit, data_dir=args.data_dir, share=args.share,
+                                    checkpoint_fractions=args.checkpoint_fractions)
+    last = max(r["epoch"] for r in rows)  # the last stored checkpoint
+    final = [r for r in rows if r["epoch"] == last]
     print(zoo_store.describe(final, "test_accuracy", ("family", "optimizer")))
 
 
