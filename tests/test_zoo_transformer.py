@@ -86,3 +86,15 @@ def test_token_embedding_is_deterministic_and_informative():
     np.testing.assert_allclose(np.linalg.norm(table[1:], axis=1), np.sqrt(32), rtol=1e-4)
     counts = {w: sum(t.split().count(w) for t in texts[:1500]) for w in vocab[:3] + vocab[-3:]}
     assert all(c >= 2 for c in counts.values()) and counts[vocab[0]] >= counts[vocab[-1]]
+
+
+def test_zoo_stores_only_the_chosen_checkpoints(tmp_path, mnist_zoo):
+    """checkpoint_fractions=(0.5,) on 2 epochs: the epoch-1 checkpoint only (not also the last epoch, which the
+    trainer always records), with the same weights and metrics as the full zoo's epoch-1 rows."""
+    rows = zoo.generate_transformer_zoo(str(tmp_path), "mnist", 3, epochs=2, shard_size=4, progress=False,
+                                        checkpoint_fractions=(0.5,), **LIMITS)
+    assert sorted((r["model_id"], r["epoch"]) for r in rows) == [(m, 1) for m in range(3)]
+    tw, acc, _ = zoo.load_transformer_zoo(str(tmp_path))
+    full_tw, full_acc, _ = zoo.load_transformer_zoo(mnist_zoo[0], epochs=[1])
+    np.testing.assert_array_equal(acc, full_acc)
+    np.testing.assert_array_equal(np.asarray(tw.blocks[0].q), np.asarray(full_tw.blocks[0].q))

@@ -267,7 +267,8 @@ def generate_transformer_zoo(out_dir: str, dataset: str, n_models: int, *, epoch
         ckpts = train_population(task, transformer_hparams(shard), train, test, epochs=epochs, batch_size=BATCH_SIZE,
                                  checkpoint_epochs=settings["checkpoint_epochs"], train_eval_rows=TRAIN_EVAL_ROWS,
                                  progress=progress, desc=f"transformers x{len(shard)}")
-        return zoo_store.checkpoint_rows(shard, ckpts)
+        kept = [c for c in ckpts if c.epoch in settings["checkpoint_epochs"]]  # the trainer also records the last
+        return zoo_store.checkpoint_rows(shard, kept)
 
     configs = sample_transformer_configs(n_models, seed, dataset, epochs)
     return zoo_store.generate_zoo(out_dir, layout, configs, shard_size, train_shard, progress, share=share)

@@ -35,21 +35,41 @@ Distance = jax.Array | tuple[jax.Array, jax.Array]  # the distance, or (distance
 
 def line_costs(coords: jax.Array, mass: jax.Array, p: float, sort_method: str = "auto"
                ) -> tuple[jax.Array, jax.Array]:
-    """Transport cost on rooted lines: coords, mass [..., M] (each line's root at coordinate 0) -> scaled
-    costs [...] and one power-of-two scale (cost = scale^p * scaled; `one_dim.power_scale` of the masses).
+    """Transport cost on rooted lines: coords, mass [..., M] (each line's root at coordinate 0; mass may broadcast
+    to coords' shape) -> scaled costs [...] and one power-of-two scale (cost = scale^p * scaled;
+    `one_dim.power_scale` of the masses).
 
     After sorting, the segment between consecutive nodes s_j <= s_{j+1} carries the mass at or below s_j
     (CL_j) on its part left of the root and the mass above (total - CL_j) on its part right of the root; the
     segments between the root and the extreme nodes carry the total. The cost is sum length * |mass|^p.
+    The gradient is written out (`_line_costs_bwd`, docs/tsw_sl.md §6): per node, two differences of |mass|^p
+    and a reverse prefix sum, carried back to the input order by gathers with the inverse permutation; autodiff
+    of the same steps costs 3-4x the forward pass (scatters for the gathers' transposes, one fusion per branch).
+    Reverse mode only (jax.grad / vjp).
     """
-    s, m = sorting.sort_with(coords, mass, method=sort_method)
-    return sorted_line_costs(s, m, p)
+    coords, mass = _varying_alike(coords, jnp.broadcast_to(mass, coords.shape))
+    scaled, scale = _line_costs(coords, mass, p, sort_method)
+    return scaled, jax.lax.stop_gradient(scale)  # as `power_scale`'s: no gradient (nor through a pmax over devices)
+
+
+def _varying_alike(*arrays: jax.Array) -> list[jax.Array]:
+    """The arrays, each marked as varying over every manual mesh axis any of them varies over (inside
+    `jax.shard_map`; a no-op outside): a custom VJP must return each input's gradient with the input's own
+    variance, and both gradients of `line_costs` vary wherever either input does."""
+    varying = [jax.typeof(a).manual_axis_type.varying for a in arrays]
+    axes = frozenset().union(*varying)
+    return [jax.lax.pcast(a, tuple(sorted(axes - v)), to="varying") if axes - v else a
+            for a, v in zip(arrays, varying)]
 
 
 def sorted_line_costs(s: jax.Array, m: jax.Array, p: float) -> tuple[jax.Array, jax.Array]:
     """`line_costs` of coordinates already sorted along the last axis: s [..., M] (or broadcastable to m's
     shape, e.g. [L, 1, M] for k lines sharing their coordinates) and the masses m [..., M] in that order."""
-    below = sorting.cumsum(m)
+    return _cumulative_costs(s, sorting.cumsum(m), p)[:2]
+
+
+def _cumulative_costs(s, below, p):
+    """`sorted_line_costs` from the prefix sums ``below`` of the masses: (scaled costs, scale, scaled prefix sums)."""
     s, below = jax.lax.optimization_barrier((s, below))  # keeps XLA from re-gathering s in every fusion
     scale = power_scale(below, p)  # |CL_j|, |total| <= max |below|, |CL_j - total| <= 2 max |below|
     below = below / scale
@@ -58,7 +78,53 @@ def sorted_line_costs(s: jax.Array, m: jax.Array, p: float) -> tuple[jax.Array, 
     left = (jnp.minimum(hi, 0.0) - jnp.minimum(lo, 0.0)) * abs_pow(cl, p)
     right = (jnp.maximum(hi, 0.0) - jnp.maximum(lo, 0.0)) * abs_pow(cl - total, p)
     ends = (jnp.maximum(s[..., 0], 0.0) - jnp.minimum(s[..., -1], 0.0)) * abs_pow(total[..., 0], p)
-    return jnp.sum(left + right, axis=-1) + ends, scale
+    return jnp.sum(left + right, axis=-1) + ends, scale, below
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _line_costs(coords, mass, p, sort_method):
+    s, m = sorting.sort_with(coords, mass, method=sort_method)
+    return sorted_line_costs(s, m, p)
+
+
+def _line_costs_fwd(coords, mass, p, sort_method):
+    perm = sorting.argsort(coords, sort_method)
+    s = sorting.take_last(coords, perm)
+    scaled, scale, below = _cumulative_costs(s, sorting.cumsum(sorting.take_last(mass, perm)), p)
+    return (scaled, scale), (perm, s, below, scale)
+
+
+def _abs_pow_slope(v, p):
+    """d |v|^p / dv (0 at v = 0)."""
+    return jnp.sign(v) if p == 1 else p * jnp.sign(v) * jnp.abs(v) ** (p - 1)
+
+
+def _line_costs_bwd(p, sort_method, residuals, cotangents):
+    """Gradients of `line_costs` w.r.t. coords and mass (the scale carries none: `power_scale`). With B the scaled
+    prefix sums (B_{-1} = 0, T = B_{M-1}) and f = |.|^p, cost = sum_{j=-1}^{M-1} (min(s_{j+1}, 0) - min(s_j, 0))
+    f(B_j) + (max(s_{j+1}, 0) - max(s_j, 0)) f(B_j - T) with s_{-1} = min(s_0, 0), s_M = max(s_{M-1}, 0), so
+    d/ds_j = [s_j < 0] (f(B_{j-1}) - f(B_j)) + [s_j > 0] (f(B_{j-1} - T) - f(B_j - T)); d/dB_j for j < M - 1 is
+    the segment's slope terms, and T collects the rest; the masses' gradient is the reverse prefix sum of d/dB."""
+    perm, s, below, scale = residuals
+    g = cotangents[0][..., None]
+    total = below[..., -1:]
+    f = lambda v: abs_pow(v, p)
+    previous = jnp.concatenate([jnp.zeros_like(total), below[..., :-1]], axis=-1)
+    d_s = jnp.where(s < 0, f(previous) - f(below), jnp.where(s > 0, f(previous - total) - f(below - total), 0.0))
+    lo, hi, cl = s[..., :-1], s[..., 1:], below[..., :-1]
+    right_slope = (jnp.maximum(hi, 0.0) - jnp.maximum(lo, 0.0)) * _abs_pow_slope(cl - total, p)
+    d_cl = (jnp.minimum(hi, 0.0) - jnp.minimum(lo, 0.0)) * _abs_pow_slope(cl, p) + right_slope
+    ends = (jnp.maximum(s[..., :1], 0.0) - jnp.minimum(s[..., -1:], 0.0)) * _abs_pow_slope(total, p)
+    d_total = ends - jnp.sum(right_slope, axis=-1, keepdims=True)
+    d_below = jnp.concatenate([d_cl, d_total], axis=-1) * (g / scale)
+    d_mass = jnp.flip(sorting.cumsum(jnp.flip(d_below, -1)), -1)  # below = cumsum(mass)
+    # materialised before the gathers: fused into them, every gathered element recomputes its gradient from
+    # several arrays read at random (4x slower)
+    d_s, d_mass, inverse = jax.lax.optimization_barrier((d_s * g, d_mass, sorting.inverse_permutation(perm)))
+    return sorting.take_last(d_s, inverse), sorting.take_last(d_mass, inverse)
+
+
+_line_costs.defvjp(_line_costs_fwd, _line_costs_bwd)
 
 
 def tree_costs(x: jax.Array, y: jax.Array, a: jax.Array, b: jax.Array, trees: TreeSystem, splitting: SplittingMap,
@@ -82,7 +148,7 @@ def tree_costs(x: jax.Array, y: jax.Array, a: jax.Array, b: jax.Array, trees: Tr
     w = jnp.concatenate([a, -b], axis=0)
     origin = jax.lax.stop_gradient(jnp.mean(z, axis=0))  # any common origin gives the same values
     zc, src, theta = z - origin, trees.sources - origin, trees.directions
-    proj = jnp.einsum("nd,lkd->lkn", zc, theta)
+    proj = splitting_lib.project(zc, theta)
     if splitting != "uniform":  # uniform: no line carries net mass, so its cost does not depend on where its
         # source lies; coordinates from the common origin keep the data's precision (sources at distance 1
         # would round data of size 1e-10 to one point)

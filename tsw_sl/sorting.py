@@ -2,7 +2,7 @@
 
 The permutation carries no gradient, so it is computed on `stop_gradient`-ed keys and gradients flow through
 the gathers. On CPU, XLA's floating-point sort is an order of magnitude slower than numpy's (docs/tsw_sl.md §16:
-~350 ms vs ~35 ms for [100, 20001] on this project's machine), so `method="auto"` calls numpy's argsort
+~350 ms vs ~35 ms for [100, 20001] on this project's machine), so `method="auto"` calls numpy's sort
 through `jax.pure_callback` there and keeps XLA's sort on GPU/TPU. A process with several devices also keeps
 XLA's sort: inside a program sharded over several CPU devices a host callback pins the data to one device and
 can stall the other devices' collectives (seen as an all-reduce rendezvous time-out in a 4-device run). Likewise `jnp.cumsum` lowers to a slow
@@ -18,7 +18,19 @@ METHODS = ("auto", "numpy", "xla")
 
 
 def _numpy_argsort(keys: np.ndarray) -> np.ndarray:
-    return np.argsort(np.asarray(keys), axis=-1).astype(np.int32)
+    """Stable sorting permutation of float32 keys [..., N] as one integer sort: each key's bits, mapped to a
+    signed integer in the same order, above its index in an int64, sorted by numpy's vectorised integer sort
+    (2x faster than `np.argsort` on [100, 2000]; docs/tsw_sl.md §16); -0.0 sorts before 0.0, NaNs last unless their
+    sign bit is set (then first). Other dtypes: `np.argsort`."""
+    keys = np.asarray(keys)
+    if keys.dtype != np.float32 or keys.shape[-1] >= 2 ** 31:
+        return np.argsort(keys, axis=-1).astype(np.int32)
+    bits = keys.view(np.int32)
+    ordered = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))  # negative floats: lower bits flipped, order reversed
+    packed = ordered.astype(np.int64) << 32
+    packed |= np.arange(keys.shape[-1], dtype=np.int64)
+    packed.sort(axis=-1)
+    return packed.astype(np.int32)  # the low 32 bits: the index
 
 
 def argsort(keys: jax.Array, method: str = "auto") -> jax.Array:
@@ -42,6 +54,16 @@ def take_last(values: jax.Array, index: jax.Array) -> jax.Array:
     rows = index.size // max(index.shape[-1], 1)
     offsets = (jnp.arange(rows, dtype=jnp.int32) * n).reshape(index.shape[:-1] + (1,))
     return values.reshape(-1)[(index + offsets).reshape(-1)].reshape(index.shape)
+
+
+def inverse_permutation(perm: jax.Array) -> jax.Array:
+    """The inverse of permutations along the last axis: int32 [..., N] -> [..., N] with inv[perm[j]] = j (one
+    integer scatter; gathering with it undoes a gather with perm, without the scatter-add of a gather's transpose)."""
+    n = perm.shape[-1]
+    rows = perm.size // max(n, 1)
+    flat = (perm.reshape(rows, n) + (jnp.arange(rows, dtype=perm.dtype) * n)[:, None]).reshape(-1)
+    positions = jnp.broadcast_to(jnp.arange(n, dtype=perm.dtype), (rows, n)).reshape(-1)
+    return jnp.zeros(perm.size, perm.dtype).at[flat].set(positions, unique_indices=True).reshape(perm.shape)
 
 
 def sort_with(keys: jax.Array, *payloads: jax.Array, method: str = "auto") -> tuple[jax.Array, ...]:

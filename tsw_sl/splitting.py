@@ -28,9 +28,32 @@ def safe_sqrt(v: jax.Array) -> jax.Array:
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, v, 1.0)), 0.0)
 
 
+# dimensions up to which the distances and their gradient are computed one coordinate at a time: d arrays
+# [L, k, N] per step, exact to rounding near a line; XLA's CPU fusion of a reduction over a short minor axis of
+# [L, k, N, d] is 15-60x slower (docs/tsw_sl.md §6). Above, one broadcast-and-reduce over d, and the gradient by
+# matrix products.
+COORDINATE_MAX_DIM = 16
+
+
+def project(points: jax.Array, directions: jax.Array) -> jax.Array:
+    """Coordinates <z, theta> of points [N, d] along directions [..., d] -> [..., N]. For d <=
+    `COORDINATE_MAX_DIM` a sum over coordinates of broadcast products: its gradient is elementwise products and
+    sums over the directions, where the matrix product's gradient transposes an [N, L k] array (on CPU, fused with
+    the cotangent's computation into one strided copy that took 25 ms of a 100 ms Db-TSW step)."""
+    if points.shape[-1] <= COORDINATE_MAX_DIM:
+        return sum(points[:, i] * directions[..., i, None] for i in range(points.shape[-1]))
+    return jnp.einsum("nd,...d->...n", points, directions)
+
+
 def _perpendicular(zc: jax.Array, sources: jax.Array, directions: jax.Array, proj: jax.Array) -> jax.Array:
-    """(z - x_i) - proj_i(z) theta_i: [L, k, N, d], or [k, N, d] for one tree (reduced over d right away)."""
+    """(z - x_i) - proj_i(z) theta_i: [L, k, N, d] (reduced over d right away by the caller)."""
     return zc - sources[..., None, :] - proj[..., None] * directions[..., None, :]
+
+
+def _perpendicular_coordinates(zc: jax.Array, sources: jax.Array, directions: jax.Array,
+                               proj: jax.Array) -> list[jax.Array]:
+    """The d coordinates of (z - x_i) - proj_i(z) theta_i, each [L, k, N]."""
+    return [zc[:, i] - sources[..., i, None] - proj * directions[..., i, None] for i in range(zc.shape[-1])]
 
 
 @jax.custom_vjp
@@ -41,12 +64,17 @@ def distance_to_lines(zc: jax.Array, sources: jax.Array, directions: jax.Array, 
       zc: [N, d] points; sources: [L, k, d] line sources (same origin as zc); directions: [L, k, d] unit
       directions; proj: [L, k, N] coordinates <z - x_i, theta_i>.
     Returns:
-      [L, k, N] distances, with a zero gradient at distance 0. The forward pass is one broadcast-and-reduce
-      that XLA fuses and the gradient (`_distance_bwd`) never stores the [L, k, N, d] perpendicular vectors
-      (plain autodiff of the same expression stores them: 2 L k N d floats). Reverse mode only (jax.grad /
-      vjp); forward mode (jvp, jacfwd) is not defined.
+      [L, k, N] distances, with a zero gradient at distance 0. For d <= `COORDINATE_MAX_DIM` a sum over the
+      coordinates of [L, k, N] squares, above one broadcast-and-reduce that XLA fuses; the gradient
+      (`_distance_bwd`) never stores the [L, k, N, d] perpendicular vectors (plain autodiff of the broadcast
+      stores them: 2 L k N d floats). Reverse mode only (jax.grad / vjp); forward mode (jvp, jacfwd) is not
+      defined.
     """
-    return safe_sqrt(jnp.sum(jnp.square(_perpendicular(zc, sources, directions, proj)), axis=-1))
+    if zc.shape[-1] <= COORDINATE_MAX_DIM:
+        squares = sum(jnp.square(v) for v in _perpendicular_coordinates(zc, sources, directions, proj))
+    else:
+        squares = jnp.sum(jnp.square(_perpendicular(zc, sources, directions, proj)), axis=-1)
+    return safe_sqrt(squares)
 
 
 def _distance_fwd(zc, sources, directions, proj):
@@ -54,35 +82,27 @@ def _distance_fwd(zc, sources, directions, proj):
     return dist, (zc, sources, directions, proj, dist)
 
 
-# dimensions up to which the gradient contracts the perpendicular vectors themselves (one tree at a time); above,
-# it contracts their parts by matrix products (docs/tsw_sl.md §6)
-PERPENDICULAR_GRADIENT_MAX_DIM = 3
-
-
 def _distance_bwd(residuals, g):
     """d dist / d perp = perp / dist = c perp, with c = g / dist (0 at distance 0), contracted without the
-    [L, k, N, d] perpendicular vectors: for d <= `PERPENDICULAR_GRADIENT_MAX_DIM` one tree at a time from the
-    vectors themselves (`_perpendicular_gradients`), above by matrix products of their parts
-    (`_product_gradients`)."""
+    [L, k, N, d] perpendicular vectors: for d <= `COORDINATE_MAX_DIM` one coordinate at a time
+    (`_coordinate_gradients`), above by matrix products of their parts (`_product_gradients`)."""
     zc, sources, directions, proj, dist = residuals
     pos = dist > 0
     c = jnp.where(pos, g / jnp.where(pos, dist, 1.0), 0.0)
-    if zc.shape[-1] <= PERPENDICULAR_GRADIENT_MAX_DIM:
-        return _perpendicular_gradients(zc, sources, directions, proj, c)
+    if zc.shape[-1] <= COORDINATE_MAX_DIM:
+        return _coordinate_gradients(zc, sources, directions, proj, c)
     return _product_gradients(zc, sources, directions, proj, c)
 
 
-def _perpendicular_gradients(zc, sources, directions, proj, c):
-    """The four gradients from c perp, one tree at a time (lax.scan over L: [k, N, d] temporaries). Exact to
-    float rounding near a line, but several times slower than `_product_gradients` once d >= 4."""
-    def tree(d_zc, per_tree):
-        s, theta, coords, weight = per_tree  # [k, d], [k, d], [k, N], [k, N]
-        cp = weight[..., None] * _perpendicular(zc, s, theta, coords)  # [k, N, d]
-        grads = (-jnp.sum(cp, axis=-2), -jnp.einsum("kn,knd->kd", coords, cp), -jnp.einsum("knd,kd->kn", cp, theta))
-        return d_zc + jnp.sum(cp, axis=0), grads
-
-    d_zc, (d_sources, d_directions, d_proj) = jax.lax.scan(tree, jnp.zeros_like(zc),
-                                                           (sources, directions, proj, c))
+def _coordinate_gradients(zc, sources, directions, proj, c):
+    """The four gradients from c perp, one coordinate of the perpendicular vectors at a time ([L, k, N] arrays):
+    exact to float rounding near a line."""
+    weighted = [c * v for v in _perpendicular_coordinates(zc, sources, directions, proj)]
+    stack = lambda parts: jnp.stack(parts, axis=-1)
+    d_zc = stack([jnp.sum(v, axis=tuple(range(v.ndim - 1))) for v in weighted])
+    d_sources = -stack([jnp.sum(v, axis=-1) for v in weighted])
+    d_directions = -stack([jnp.sum(proj * v, axis=-1) for v in weighted])
+    d_proj = -sum(v * directions[..., i, None] for i, v in enumerate(weighted))
     return d_zc, d_sources, d_directions, d_proj
 
 
