@@ -28,8 +28,9 @@ extended-group predictors: Transformer-NFN on canonicalised weights and Transfor
 extended-group copy of every training run (`method_inputs`).
 
 Every stage resumes: zoo shards, each training run (checkpoints, best model) and each finished cell
-(``result.json``) under ``--work``; the zoos' shards (4.9 MB per 64 runs), the finished cells and each dataset's zoo
-summary (``summary.json``) are kept in git, so that a later session on a fresh clone goes on where one stopped, and a dataset whose cells are all done is reported without its zoo (`benchmarks.studies.study_inputs`);
+(``result.json``) under ``--work``; the zoos' shards (4.9 MB per 64 runs), the finished cells and each dataset's
+zoo summary (``summary.json``) are kept in git, so that a later session on a fresh clone goes on where one
+stopped, and a dataset whose cells are all done is reported without its zoo (`benchmarks.studies.study_inputs`);
 several processes may run the same command at once, e.g. one per core: they share the zoo's shards
 (`common.zoo_store.generate_zoo` with ``share=True``) and the cells (`benchmarks.studies.run_cells`).
 Results: ``<out>/tnfn_prediction.{json,md}``.

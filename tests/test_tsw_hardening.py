@@ -179,8 +179,8 @@ def _line_gradient_error(d, seed):
 @pytest.mark.parametrize("d", [2, 3, 4, 16, 17, 32])
 def test_distance_splitting_float32_gradient_near_a_line(d):
     """Before: the expanded |z|^2 - 2<z, x> + |x|^2 - s^2 cancelled; relative gradient error up to 0.35 at d = 2
-    on these inputs (2.6e-2 in the issue's); now ~1e-6 for d <= 16 (gradient from the perpendicular vectors' coordinates)
-    and 1e-5..2e-4 above (from their parts by matrix products, which cancel near a line:
+    on these inputs (2.6e-2 in the issue's); now ~1e-6 for d <= 16 (gradient from the perpendicular vectors'
+    coordinates) and 1e-5..2e-4 above (from their parts by matrix products, which cancel near a line:
     tsw_sl.splitting._product_gradients)."""
     exact = d <= tsw_sl.splitting.COORDINATE_MAX_DIM
     assert max(_line_gradient_error(d, seed) for seed in range(3)) < (1e-4 if exact else 1e-3)

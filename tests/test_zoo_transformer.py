@@ -37,7 +37,8 @@ def test_grid_sampling_is_distinct_and_on_the_grid():
 def test_checkpoints_and_schedule():
     assert zoo.transformer_checkpoint_epochs(100) == [1, 50, 75, 100]
     assert zoo.transformer_checkpoint_epochs(4) == [1, 2, 3, 4]
-    assert zoo.transformer_checkpoint_epochs(4, (0.75,)) == [3] and zoo.transformer_checkpoint_epochs(2, (0.01, 0.2)) == [1]
+    assert zoo.transformer_checkpoint_epochs(4, (0.75,)) == [3]
+    assert zoo.transformer_checkpoint_epochs(2, (0.01, 0.2)) == [1]
     for bad in ((), (0.0,), (1.5,)):
         with pytest.raises(ValueError, match="fractions"):
             zoo.transformer_checkpoint_epochs(4, bad)

@@ -49,8 +49,8 @@ from common.population import PopulationTask, train_population
 from transformer_nfn import nets
 from transformer_nfn.weights import TransformerSpec, TransformerWeights
 
-__all__ = ["ZOO_SPEC", "CHECKPOINT_FRACTIONS", "sample_transformer_configs", "transformer_checkpoint_epochs", "transformer_dataset",
-           "build_token_embedding", "transformer_task", "transformer_hparams", "random_crop",
+__all__ = ["ZOO_SPEC", "CHECKPOINT_FRACTIONS", "sample_transformer_configs", "transformer_checkpoint_epochs",
+           "transformer_dataset", "build_token_embedding", "transformer_task", "transformer_hparams", "random_crop",
            "generate_transformer_zoo", "load_transformer_zoo", "load_token_embedding", "main"]
 
 ZOO_SPEC = TransformerSpec(num_blocks=2, num_heads=2, d_model=32, d_k=16, d_v=16, d_ffn=64)
@@ -251,7 +251,8 @@ def generate_transformer_zoo(out_dir: str, dataset: str, n_models: int, *, epoch
     table = extras.get("token_embedding")
     settings = {"dataset": dataset, "split": extras["note"], "models": n_models, "epochs": epochs, "seed": seed,
                 "shard_size": shard_size, "train_rows": len(train["y"]), "test_rows": len(test["y"]),
-                "checkpoint_epochs": transformer_checkpoint_epochs(epochs, checkpoint_fractions), "n_classes": DATASETS[dataset],
+                "checkpoint_epochs": transformer_checkpoint_epochs(epochs, checkpoint_fractions),
+                "n_classes": DATASETS[dataset],
                 "attention_mask": "none", "spec": vars(ZOO_SPEC), "train_eval_rows": TRAIN_EVAL_ROWS}
     if table is not None:
         os.makedirs(out_dir, exist_ok=True)

@@ -83,8 +83,7 @@ def _cumulative_costs(s, below, p):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _line_costs(coords, mass, p, sort_method):
-    s, m = sorting.sort_with(coords, mass, method=sort_method)
-    return sorted_line_costs(s, m, p)
+    return _line_costs_fwd(coords, mass, p, sort_method)[0]
 
 
 def _line_costs_fwd(coords, mass, p, sort_method):
