@@ -372,12 +372,20 @@ def prediction(args: argparse.Namespace) -> dict:
     for dataset in args.datasets:
         zoo_dir = os.path.join(args.work, "zoos", f"{dataset}_transformer")
         [epoch] = transformer_checkpoint_epochs(args.zoo_epochs[dataset], (STUDY_FRACTION,))
-        cells = study_cells(args, dataset, args.study)  # then the other studies' finished cells, for the report
+        cells = study_cells(args, dataset, "all" if args.report else args.study)  # + other studies' finished cells
         done = lambda cell: all(os.path.exists(os.path.join(cell_dir(args, dataset, *cell[:3], seed), "result.json"))
                                 for seed in range(args.seeds))
         cells += [c for c in study_cells(args, dataset, "all") if c not in cells and done(c)]
         run_dirs = {(table, threshold, method, seed): cell_dir(args, dataset, table, threshold, method, seed)
                     for table, threshold, method, *_ in cells for seed in range(args.seeds)}
+        if args.report:  # the finished runs only (seeds as far as they got); nothing generated or trained
+            summary = harness.read_json(os.path.join(args.work, "runs", dataset, "summary.json"))
+            if summary is not None:  # None: its zoo is not finished yet
+                zoos[dataset] = summary
+            finished = {key: harness.read_json(os.path.join(d, studies.RESULT)) for key, d in run_dirs.items()}
+            records += [{**r, "dataset": dataset, "table": table, "threshold": threshold, "method": method}
+                        for (table, threshold, method, _), r in finished.items() if r is not None]
+            continue
         zoos[dataset], _ = studies.study_inputs(
             os.path.join(args.work, "runs", dataset, "summary.json"), run_dirs.values(),
             lambda: (zoo_summary(generate_transformer_zoo(zoo_dir, dataset, args.models,
@@ -450,6 +458,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", nargs="+", type=float, default=None,
                    help=f"test-accuracy thresholds (default {FULL['thresholds']})")
     p.add_argument("--quick", action="store_true", help="a miniature on MNIST (pipeline check, < 3 minutes)")
+    p.add_argument("--report", action="store_true",
+                   help="write the report from the runs finished so far (e.g. while other processes run the study)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
     p.add_argument("--work", default=None, help="zoos and run folders (default <out>/tnfn_runs)")
     compilation_cache.add_arguments(p)

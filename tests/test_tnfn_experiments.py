@@ -82,6 +82,12 @@ def test_quick_prediction_pipeline_runs_and_resumes(tmp_path, monkeypatch):
     again = tnfn_experiments.main(["ablation"] + argv)  # every cell is done: read back, not retrained
     assert again["zoos"] == result["zoos"]
     assert sorted(c["test_taus"] for c in again["cells"]) == sorted(c["test_taus"] for c in robust["cells"])
+    # --report: every finished run of every study, nothing generated or trained, even with a seed missing
+    os.remove(tmp_path / "tnfn_runs" / "runs" / "mnist" / "main" / "t0" / "tnfn_canonical" / "seed0" / "result.json")
+    report = tnfn_experiments.main(["--report"] + argv)
+    assert {(c["table"], c["method"]) for c in report["cells"]} == {
+        (c["table"], c["method"]) for c in robust["cells"] if c["method"] != "tnfn_canonical"}
+    assert not (tmp_path / "tnfn_runs" / "zoos").exists() and report["zoos"] == result["zoos"]
 
 
 def test_tree_cell_scores_on_flat_weights(tmp_path):

@@ -51,3 +51,20 @@ def test_sort_with_gradients_match_xla_sort():
     xla_grads = jax.grad(loss, (0, 1))(keys, mass, "xla")
     for a, b in zip(numpy_grads, xla_grads):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("cores", [2, 3])
+def test_threaded_host_sort_equals_one_thread(monkeypatch, cores):
+    """Above `PARALLEL_MIN_SIZE` keys the rows are sorted in one block per core on a thread pool: the same
+    permutation as one block, rows not divisible by the blocks included."""
+    rng = np.random.default_rng(1)
+    keys = _awkward_keys(rng, (7, 3, 211), np.float32)
+    one_block = sorting._numpy_argsort(keys)
+    monkeypatch.setattr(sorting, "PARALLEL_MIN_SIZE", 64)
+    monkeypatch.setattr(sorting, "_host_cores", lambda: cores)
+    threaded = sorting._numpy_argsort(keys)
+    assert threaded.dtype == np.int32 and threaded.shape == keys.shape
+    np.testing.assert_array_equal(threaded, one_block)
+    np.testing.assert_array_equal(np.take_along_axis(keys, threaded, -1), np.sort(keys, axis=-1))
+    single_row = keys[0, 0]  # one row: nothing to split
+    np.testing.assert_array_equal(sorting._numpy_argsort(single_row), sorting._packed_argsort(single_row))
