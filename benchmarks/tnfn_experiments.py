@@ -385,8 +385,7 @@ def prediction(args: argparse.Namespace) -> dict:
                     for table, threshold, method, *_ in cells for seed in range(args.seeds)}
         if args.report:  # the finished runs only (seeds as far as they got); nothing generated or trained
             summary = harness.read_json(os.path.join(args.work, "runs", dataset, "summary.json"))
-            if summary is not None:  # None: its zoo is not finished yet
-                zoos[dataset] = summary
+            zoos[dataset] = summary or {"text": "not finished yet (no cell has run on it)", "test_accuracy": []}
             finished = {key: harness.read_json(os.path.join(d, studies.RESULT)) for key, d in run_dirs.items()}
             records += [{**r, "dataset": dataset, "table": table, "threshold": threshold, "method": method}
                         for (table, threshold, method, _), r in finished.items() if r is not None]

@@ -42,11 +42,14 @@ __all__ = ["TrainState", "init_train_state", "make_train_step", "fit", "nnx_loss
 
 LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, Mapping[str, jax.Array]]]
 
-# XLA options of the compiled train step: LLVM's -O1 instead of -O2 for the kernels XLA generates. The NFN
-# predictors' steps compile 20-35% faster and run as fast (their time is in the library matmuls, not in the
-# generated loops): MAGEP-NFN at batch 64 9.9 -> 6.8 s, the others 2.2-4.5 s from 3.4-7.0 s, steps within
-# +-6% in an interleaved run (docs/common.md §11).
-STEP_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+# XLA options of the compiled train step: LLVM's -O1 instead of -O2 for the kernels XLA generates, and XLA CPU's
+# older (LLVM IR) loop emitters instead of its MLIR fusion emitters. The NFN predictors' steps compile 20-35%
+# faster at -O1 and run as fast (their time is in the library matmuls, not in the generated loops): MAGEP-NFN at
+# batch 64 9.9 -> 6.8 s, the others 2.2-4.5 s from 3.4-7.0 s, steps within +-6% in an interleaved run; without
+# the fusion emitters the batch-8 steps compile 0-45% faster again (MAGEP-NFN 4.5 -> 3.4 s, Monomial-NFN
+# 1.5-2.1 -> 0.9-1.1 s, Transformer-NFN 1.8 -> 1.1 s), the steps within -15..+16% (docs/common.md §11). Options
+# other backends do not use are ignored there.
+STEP_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
 
 
 class TrainState(NamedTuple):
