@@ -1,7 +1,7 @@
 """Transformer-NFN accuracy prediction on transformer zoos generated here (docs/transformer_nfn.md §7-§10).
 
-    python -m benchmarks.tnfn_experiments [all|prediction|thresholds|ablation|robustness] [--datasets mnist ag_news]
-        [--models N] [--zoo-epochs [DATASET=]E ...] [--train-limit [DATASET=]n|all ...] [--test-limit ...]
+    python -m benchmarks.tnfn_experiments [all|prediction|thresholds|ablation|robustness]
+        [--datasets|--tasks mnist ag_news] [--report] [--models N] [--zoo-epochs [DATASET=]E ...] [--train-limit [DATASET=]n|all ...] [--test-limit ...]
         [--methods tnfn tnfn_authors_init mlp statnn xgboost lightgbm rf] [--thresholds 0 0.2 0.4 0.6 0.8]
         [--epochs E] [--seeds S] [--quick] [--out DIR]
 
@@ -447,7 +447,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.tnfn_experiments", description=__doc__.splitlines()[0])
     p.add_argument("study", nargs="?", default="all", choices=STUDIES,
                    help="which cells to run (default all; see the module docstring)")
-    p.add_argument("--datasets", nargs="+", default=None, choices=tuple(DATASETS))
+    p.add_argument("--datasets", "--tasks", dest="datasets", nargs="+", default=None, choices=tuple(DATASETS))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     for name in ("models", "epochs", "seeds"):
         p.add_argument(f"--{name}", type=positive_int, default=None,
