@@ -1,7 +1,8 @@
 """Transformer-NFN accuracy prediction on transformer zoos generated here (docs/transformer_nfn.md §7-§10).
 
     python -m benchmarks.tnfn_experiments [all|prediction|thresholds|ablation|robustness]
-        [--datasets|--tasks mnist ag_news] [--report] [--models N] [--zoo-epochs [DATASET=]E ...] [--train-limit [DATASET=]n|all ...] [--test-limit ...]
+        [--datasets|--tasks mnist ag_news] [--report] [--models N] [--zoo-epochs [DATASET=]E ...]
+        [--train-limit [DATASET=]n|all ...] [--test-limit ...]
         [--methods tnfn tnfn_authors_init mlp statnn xgboost lightgbm rf] [--thresholds 0 0.2 0.4 0.6 0.8]
         [--epochs E] [--seeds S] [--quick] [--out DIR]
 
