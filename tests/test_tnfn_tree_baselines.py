@@ -78,3 +78,20 @@ def test_xgboost_first_rounds_of_a_long_run_equal_a_short_run():
     for r in (1, 5, 12):
         short = xgb.train({**XGBOOST_PARAMS, "nthread": 1}, data, num_boost_round=r)
         np.testing.assert_array_equal(short.predict(data), long.predict(data, iteration_range=(0, r)))
+
+
+@pytest.mark.parametrize("kind", ["lightgbm", "rf"])
+def test_a_capped_histogram_cache_grows_the_same_trees(kind, monkeypatch):
+    """LightGBM's per-leaf histogram cache is capped (`HISTOGRAM_POOL_MB`: ~19 GB uncapped on the zoo's 18,506
+    features); a cache too small for every leaf recomputes what it dropped, so the model is the same."""
+    from transformer_nfn import tree_baselines
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(700, 200)).astype(np.float32)  # all leaves' histograms: ~200 MB, held by the default cap
+    y = (1 / (1 + np.exp(-x[:, 0] - x[:, 1] * x[:, 2])) + 0.02 * rng.normal(size=700)).astype(np.float32)
+    fit = lambda: fit_trees(kind, (x[:400], y[:400]), (x[400:550], y[400:550]), threads=1)  # noqa: E731
+    predict, info = fit()
+    monkeypatch.setitem(tree_baselines.LIGHTGBM_PARAMS, "histogram_pool_size", 1)  # 1 MB: most leaves evicted
+    small_predict, small_info = fit()
+    assert small_info == info
+    np.testing.assert_array_equal(small_predict(x[550:]), predict(x[550:]))

@@ -34,9 +34,14 @@ XGBOOST_PARAMS = dict(objective="reg:squarederror", eval_metric="rmse", learning
                       min_child_weight=50, subsample=0.8, colsample_bytree=0.8, reg_lambda=0.01, reg_alpha=0.02,
                       tree_method="hist", seed=SEED)
 XGBOOST_ROUNDS = 50
+# LightGBM caches one feature histogram per leaf: 256 leaves x 18,506 features x up to 255 bins is ~19 GB, which
+# killed a 2-process study on a 24 GB machine. A capped cache recomputes what it drops: same trees and
+# predictions (test tau 0.853 / 0.778 for gbdt / rf either way), peak 2.3 GB instead of 18.7, rf 2x faster.
+HISTOGRAM_POOL_MB = 1024
 LIGHTGBM_PARAMS = dict(objective="regression", metric="rmse", boosting_type="gbdt", learning_rate=0.1,
                        num_leaves=256, max_depth=10, min_data_in_leaf=50, subsample=0.8, colsample_bytree=0.8,
-                       lambda_l1=0.1, lambda_l2=0.2, min_gain_to_split=0.01, max_bin=255, verbose=-1, seed=SEED)
+                       lambda_l1=0.1, lambda_l2=0.2, min_gain_to_split=0.01, max_bin=255, verbose=-1, seed=SEED,
+                       histogram_pool_size=HISTOGRAM_POOL_MB)
 LIGHTGBM_FOREST = dict(boosting_type="rf", bagging_fraction=0.8, bagging_freq=1, feature_fraction=0.8)
 LIGHTGBM_ROUNDS, LIGHTGBM_PATIENCE = 1000, 50
 
