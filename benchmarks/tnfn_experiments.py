@@ -24,8 +24,9 @@ Studies (the positional argument; default all; the report also shows the other s
 thresholds above 0; ``ablation``, the encoder, classifier and embedding branches alone (threshold 0, library
 initialisation) beside all three (the main table's ``tnfn`` cell); ``robustness`` (§10), every threshold-0 model
 also scored on the test runs moved by random elements of the extended group (FFN scalings log-U[1, 10^k],
-k = 0..3, with the paper's group, channel permutations and LayerNorm shifts: `moved_tests`), plus two
-extended-group predictors: Transformer-NFN on canonicalised weights and Transformer-NFN trained with one
+k = 0..3, with the paper's group, channel permutations and LayerNorm shifts: `moved_tests`), plus three
+extended-group predictors: Transformer-NFN on canonicalised weights (FFN scalings and LN shifts removed), the same
+with the channels sorted at every block boundary (all three factors removed) and Transformer-NFN trained with one
 extended-group copy of every training run (`method_inputs`).
 
 Every stage resumes: zoo shards, each training run (checkpoints, best model) and each finished cell
@@ -56,7 +57,7 @@ from common.cli import positive_int, positive_int_or_all
 from common.training import trainable_parameters
 from transformer_nfn import AccuracyPredictor
 from transformer_nfn.baselines import BaselinePredictor
-from transformer_nfn.extended_group import canonicalize, move_each
+from transformer_nfn.extended_group import canonicalize, canonicalize_all, move_each
 from transformer_nfn.tree_baselines import SEED as TREE_SEED, TREE_KINDS, fit_trees, flat_weights
 from transformer_nfn.train import train_accuracy_predictor
 from transformer_nfn.zoo import (DATASETS, ZOO_SPEC, generate_transformer_zoo, load_transformer_zoo,
@@ -64,11 +65,12 @@ from transformer_nfn.zoo import (DATASETS, ZOO_SPEC, generate_transformer_zoo, l
 
 DEFAULT_OUT = "benchmarks/results"
 METHODS = ("tnfn", "tnfn_authors_init", "mlp", "statnn", "xgboost", "lightgbm", "rf")
-ROBUST_METHODS = ("tnfn_canonical", "tnfn_augmented")  # the robustness study's extended-group predictors
+ROBUST_METHODS = ("tnfn_canonical", "tnfn_augmented", "tnfn_sorted")  # the robustness study's extended-group ones
 LABELS = {"tnfn": "Transformer-NFN", "tnfn_authors_init": "Transformer-NFN (authors' init)", "mlp": "MLP",
           "statnn": "STATNN", "xgboost": "XGBoost", "lightgbm": "LightGBM", "rf": "Random forest",
           "tnfn_canonical": "Transformer-NFN on canonicalised weights",
-          "tnfn_augmented": "Transformer-NFN trained with extended-group copies"}
+          "tnfn_augmented": "Transformer-NFN trained with extended-group copies",
+          "tnfn_sorted": "Transformer-NFN on canonicalised weights, channels sorted"}
 STUDIES = ("all", "prediction", "thresholds", "ablation", "robustness")
 ROBUSTNESS_K = (0, 1, 2, 3)  # test networks moved with FFN scalings d ~ log-U[1, 10^k] (+ the other exact factors)
 AUGMENT_MAX_SCALE = 1e3  # FFN scalings of the training copies of "tnfn_augmented"
@@ -198,11 +200,14 @@ def moved_tests(splits: dict, dataset: str) -> list:
 
 def method_inputs(method: str, splits: dict, moved: list | None, dataset: str) -> tuple[dict, list | None]:
     """The splits and moved test runs as ``method`` sees them: canonicalised (`extended_group.canonicalize`:
-    invariant to FFN scalings and LayerNorm shifts) for "tnfn_canonical"; for "tnfn_augmented" the training split
+    invariant to FFN scalings and LayerNorm shifts) for "tnfn_canonical", and with the channels sorted as well
+    (`extended_group.canonicalize_all`: invariant to the whole extended group but the paper's factors, which the
+    predictor is invariant to) for "tnfn_sorted"; for "tnfn_augmented" the training split
     followed by one extended-group copy of every run (FFN scalings up to `AUGMENT_MAX_SCALE`); else unchanged."""
-    if method == "tnfn_canonical":
-        splits = {k: (canonicalize(x), y) for k, (x, y) in splits.items()}
-        return splits, None if moved is None else [canonicalize(m) for m in moved]
+    if method in ("tnfn_canonical", "tnfn_sorted"):
+        canonical = canonicalize if method == "tnfn_canonical" else canonicalize_all
+        splits = {k: (canonical(x), y) for k, (x, y) in splits.items()}
+        return splits, None if moved is None else [canonical(m) for m in moved]
     if method == "tnfn_augmented":
         x, y = splits["train"]
         key = jax.random.key(zlib.crc32(f"augment {dataset}".encode()))

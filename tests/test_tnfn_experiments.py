@@ -69,11 +69,12 @@ def test_quick_prediction_pipeline_runs_and_resumes(tmp_path, monkeypatch):
     # the robustness study's extended-group predictors: canonicalised inputs; one moved copy per training run
     robust = tnfn_experiments.main(["robustness"] + argv)
     rows = {c["method"]: c for c in robust["cells"] if c["table"] == "main"}
-    assert set(rows) == {"tnfn", "tnfn_canonical", "tnfn_augmented"}  # and the ablation's finished cells:
+    assert set(rows) == {"tnfn", "tnfn_canonical", "tnfn_augmented", "tnfn_sorted"}  # + the ablation's cells:
     assert {c["method"] for c in robust["cells"] if c["table"] == "ablation"} == {"encoder", "classifier", "embedding"}
     assert rows["tnfn_augmented"]["train_runs"] == 2 * rows["tnfn"]["train_runs"]
     runs = tmp_path / "tnfn_runs" / "runs" / "mnist" / "main" / "t0"
     assert harness.read_json(runs / "tnfn_canonical" / "seed0" / "result.json")["canonical_inputs"]
+    assert harness.read_json(runs / "tnfn_sorted" / "seed0" / "result.json")["canonical_inputs"]
     assert not harness.read_json(runs / "tnfn_augmented" / "seed0" / "result.json")["canonical_inputs"]
     text = (tmp_path / "tnfn_prediction.md").read_text()
     assert "0.905" in text and "encoder branch alone" in text and "histogram" in text and "Robustness" in text

@@ -15,7 +15,8 @@ from common.testing import assert_equivariant, assert_invariant
 from tests.common_fixtures import leaves_close
 from transformer_nfn import AccuracyPredictor, TransformerSpec, groups, nets
 from transformer_nfn.extended_group import (ChannelPermutationGroup, ExtendedTransformerGroup, LayerNormShiftGroup,
-                                            canonicalize, center, move_each, normalize_ffn)
+                                            canonicalize, canonicalize_all, center, move_each, normalize_ffn,
+                                            sort_channels)
 from transformer_nfn.groups import TransformerGroup
 
 SPEC = TransformerSpec(num_blocks=2, num_heads=2, d_model=4, d_k=3, d_v=2, d_ffn=5)
@@ -142,6 +143,30 @@ def test_canonicalizations_are_invariant_and_two_sided():
     for fn in (center, normalize_ffn):
         with pytest.raises(ValueError, match="raw TransformerWeights"):
             fn(x.to_features())
+
+
+@pytest.mark.parametrize("batch", [None, 3])
+def test_sorted_channels_remove_the_channel_permutations(batch):
+    """canonicalize_all (channels sorted at every boundary after canonicalize): invariant under the channel
+    permutations (two-sided: a boundary's outputs permuted without its readers change it), FFN scalings and LN
+    shifts, equivariant under the paper's group; the function is unchanged, per network of a batch too."""
+    x, key = _net(11, batch), jax.random.key(12)
+    assert_invariant(canonicalize_all, ChannelPermutationGroup(SPEC), key, x, **TOL)
+    assert_invariant(canonicalize_all, FFNScaling(SPEC), key, x, **TOL)
+    assert_invariant(canonicalize_all, LayerNormShiftGroup(_net(), scale=10.0), key, x, **TOL)
+    if batch is None:  # the paper's group acts on one network at a time here; as for canonicalize, the moves it
+        # must not commute with are the wrong-axis shifts (the paper's uncoupled moves act on fields it leaves be)
+        wrong_shifts = LayerNormShiftGroup(_net(), scale=10.0).uncoupled_actions(jax.random.key(13))
+        assert_equivariant(canonicalize_all, TransformerGroup(SPEC), key, x, check_uncoupled=False,
+                           broken=wrong_shifts, **TOL)
+    apply = logits if batch is None else jax.vmap(logits)
+    np.testing.assert_allclose(apply(canonicalize_all(x)), apply(x), rtol=1e-9, atol=1e-10)
+    keys = jnp.square(sort_channels(x).blocks[0].w_b).sum(-2) + jnp.square(sort_channels(x).blocks[0].b_b)
+    assert np.all(np.diff(np.asarray(keys), axis=-1) >= 0)  # ascending keys at the first boundary
+    no_classifier = x.replace(classifier=None)  # the channels after the last block stay where they are
+    np.testing.assert_array_equal(sort_channels(no_classifier).blocks[-1].w_b, no_classifier.blocks[-1].w_b)
+    with pytest.raises(ValueError, match="raw TransformerWeights"):
+        sort_channels(x.to_features())
 
 
 def test_paper_predictor_sees_ffn_scaling_until_canonicalized():

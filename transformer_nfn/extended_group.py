@@ -15,6 +15,9 @@ Raw weights only (any leading batch axes); conventions of `transformer_nfn.weigh
    canonicalisation `center` removes the mean along D of all of them (the orthogonal projection onto the
    complement of the shifts).
 
+`sort_channels` orders the channels at every boundary by a key that moves with them, so `canonicalize_all`
+= `sort_channels` after `canonicalize` is invariant under all three factors (without ties in the keys).
+
 `ExtendedTransformerGroup` is the whole group (paper group with FFN scaling) x channel permutations, acting
 linearly, with the LN shifts as a normal subgroup: an element (h, t) acts as x -> h.x + t, so
 (h1, t1)(h2, t2) = (h1 h2, h1.t2 + t1). `canonicalize` = `normalize_ffn` after `center`: invariant under
@@ -78,6 +81,36 @@ def canonicalize(tw: TransformerWeights) -> TransformerWeights:
     """`normalize_ffn(center(tw))`: invariant under LN shifts and FFN scalings, equivariant under the paper's
     group and the channel permutations; the function is unchanged."""
     return normalize_ffn(center(tw))
+
+
+def sort_channels(tw: TransformerWeights) -> TransformerWeights:
+    """Order the model channels at every boundary of `ChannelPermutationGroup` (between blocks, and before fc1
+    when there is a classifier) by the key ||w_b[:, j]||^2 + b_b[j]^2 of block l's output channel j, ascending
+    (per network: any leading batch axes). The key moves with the channel and is unchanged by the paper's group
+    (which never acts on w_b's columns or b_b) and by FFN scalings once `normalize_ffn` has fixed them, so after
+    `canonicalize` the result is invariant to the channel permutations whenever no two keys tie (measure zero);
+    the network's function is unchanged."""
+    _raw(tw, "sort_channels")
+    boundaries = tw.num_blocks - (tw.classifier is None)
+    blocks, classifier = list(tw.blocks), tw.classifier
+    for l in range(boundaries):
+        b = blocks[l]
+        perm = jnp.argsort(jnp.square(b.w_b).sum(-2) + jnp.square(b.b_b), axis=-1)  # [..., D]
+        columns = lambda x: jnp.take_along_axis(x, perm[..., None, :], -1)  # noqa: E731 - [..., rows, D]
+        blocks[l] = b.replace(w_b=columns(b.w_b), b_b=jnp.take_along_axis(b.b_b, perm, -1))
+        if l + 1 < tw.num_blocks:  # q, k, v of the next block: [..., H, D, Dk] rows
+            nxt = blocks[l + 1]
+            blocks[l + 1] = nxt.replace(**{f: jnp.take_along_axis(getattr(nxt, f), perm[..., None, :, None], -2)
+                                           for f in ("q", "k", "v")})
+        else:
+            classifier = _map_classifier_fc1(tw, columns)
+    return TransformerWeights(tuple(blocks), tw.embedding, classifier)
+
+
+def canonicalize_all(tw: TransformerWeights) -> TransformerWeights:
+    """`sort_channels(canonicalize(tw))`: invariant under LN shifts, FFN scalings and (without ties) the channel
+    permutations, equivariant under the paper's group; the function is unchanged."""
+    return sort_channels(canonicalize(tw))
 
 
 # ---------------------------------------------------------------------------------------------------------------
