@@ -60,8 +60,10 @@ class Contention:
         own = time.process_time() - self._own
         busy = system_busy_s()
         self.wall_s, self.own_cores = wall, own / wall
+        # /proc/stat counts in 10 ms ticks: over a block of a few ms one tick of another process reads as
+        # several CPUs' worth; a share of all CPUs is at most 1
         self.other_cpu_frac = (None if busy is None or self._busy is None else
-                               max(busy - self._busy - own, 0.0) / (wall * (os.cpu_count() or 1)))
+                               min(max(busy - self._busy - own, 0.0) / (wall * (os.cpu_count() or 1)), 1.0))
         return False
 
 
