@@ -161,7 +161,8 @@ def test_sorted_channels_remove_the_channel_permutations(batch):
                            broken=wrong_shifts, **TOL)
     apply = logits if batch is None else jax.vmap(logits)
     np.testing.assert_allclose(apply(canonicalize_all(x)), apply(x), rtol=1e-9, atol=1e-10)
-    keys = jnp.square(sort_channels(x).blocks[0].w_b).sum(-2) + jnp.square(sort_channels(x).blocks[0].b_b)
+    first = sort_channels(x).blocks[0]
+    keys = jnp.square(first.w_b).sum(-2) + jnp.square(first.b_b)
     assert np.all(np.diff(np.asarray(keys), axis=-1) >= 0)  # ascending keys at the first boundary
     no_classifier = x.replace(classifier=None)  # the channels after the last block stay where they are
     np.testing.assert_array_equal(sort_channels(no_classifier).blocks[-1].w_b, no_classifier.blocks[-1].w_b)

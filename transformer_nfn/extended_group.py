@@ -92,19 +92,14 @@ def sort_channels(tw: TransformerWeights) -> TransformerWeights:
     the network's function is unchanged."""
     _raw(tw, "sort_channels")
     boundaries = tw.num_blocks - (tw.classifier is None)
-    blocks, classifier = list(tw.blocks), tw.classifier
-    for l in range(boundaries):
-        b = blocks[l]
-        perm = jnp.argsort(jnp.square(b.w_b).sum(-2) + jnp.square(b.b_b), axis=-1)  # [..., D]
-        columns = lambda x: jnp.take_along_axis(x, perm[..., None, :], -1)  # noqa: E731 - [..., rows, D]
-        blocks[l] = b.replace(w_b=columns(b.w_b), b_b=jnp.take_along_axis(b.b_b, perm, -1))
-        if l + 1 < tw.num_blocks:  # q, k, v of the next block: [..., H, D, Dk] rows
-            nxt = blocks[l + 1]
-            blocks[l + 1] = nxt.replace(**{f: jnp.take_along_axis(getattr(nxt, f), perm[..., None, :, None], -2)
-                                           for f in ("q", "k", "v")})
-        else:
-            classifier = _map_classifier_fc1(tw, columns)
-    return TransformerWeights(tuple(blocks), tw.embedding, classifier)
+
+    def one_network(net: TransformerWeights) -> TransformerWeights:
+        keys = (jnp.square(b.w_b).sum(-2) + jnp.square(b.b_b) for b in net.blocks[:boundaries])
+        return _permute_channels(ChannelElement(tuple(jnp.argsort(k) for k in keys)), net)
+
+    for _ in tw.batch_shape:
+        one_network = jax.vmap(one_network)
+    return one_network(tw)
 
 
 def canonicalize_all(tw: TransformerWeights) -> TransformerWeights:
