@@ -415,8 +415,10 @@ def prediction(args: argparse.Namespace) -> dict:
             if threshold not in splits:
                 splits[threshold] = load_splits(zoo_dir, epoch, threshold)
             record = too_few_runs(splits[threshold])
-            if record is not None:
-                return {**record, "seed": seed}
+            if record is not None:  # stored like a trained cell: reported, and not looked at again
+                record = {**record, "seed": seed}
+                harness.write_json(os.path.join(run_dir, studies.RESULT), record)
+                return record
             robustness = robust[cell[:3]]
             if robustness and moved is None:
                 moved = moved_tests(splits[threshold], dataset)

@@ -78,6 +78,12 @@ def test_quick_prediction_pipeline_runs_and_resumes(tmp_path, monkeypatch):
     assert not harness.read_json(runs / "tnfn_augmented" / "seed0" / "result.json")["canonical_inputs"]
     text = (tmp_path / "tnfn_prediction.md").read_text()
     assert "0.905" in text and "encoder branch alone" in text and "histogram" in text and "Robustness" in text
+    # a threshold above every run: the cell is stored as "too few runs" (a rerun reads it back, trains nothing)
+    high = argv[:argv.index("--thresholds")] + ["--thresholds", "0.99", "--out", str(tmp_path)]
+    for _ in range(2):
+        [cell] = [c for c in tnfn_experiments.main(["thresholds"] + high)["cells"] if c["threshold"] == 0.99]
+        assert tnfn_experiments.format_cell(cell).startswith("too few runs") and cell["seeds"] == 1
+        assert (runs.parent / "t0.99" / "tnfn" / "seed0" / "result.json").exists()
     monkeypatch.undo()
     shutil.rmtree(tmp_path / "tnfn_runs" / "zoos")  # finished cells and the zoo summary are all a rerun needs
     again = tnfn_experiments.main(["ablation"] + argv)  # every cell is done: read back, not retrained
