@@ -252,7 +252,8 @@ def measure_job(job: dict, options) -> list[dict]:
         for field in SHAPE_FIELDS:  # the job script's defaults for fields this job does not have
             if field not in job:
                 record.pop(field, None)
-        record.update(job, busy_before=busy, attempt=attempt, mem_limit_gb=options.mem_gb)
+        record.update(job, busy_before=busy, attempt=attempt, mem_limit_gb=options.mem_gb,
+                      measured_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
         if "steps" in job and job["job"].startswith("torch_") and record.get("median_s") is not None:
             record["model_step_s"] = record["median_s"] / job["steps"]
         elif job["job"].startswith("ours_") and job["mode"] == "train" and record.get("median_s") is not None:
@@ -492,6 +493,24 @@ def contention_table(best) -> list[str]:
                                      "disturbed"], rows), ""]
 
 
+def measured_when(best: dict[str, dict]) -> str:
+    """One line: the minutes (UTC) in which each group's reported records were measured (a resumed run keeps
+    earlier runs' records, so the run header above dates only the last run); records from before the
+    timestamps were kept are counted apart; skipped jobs are left out."""
+    groups = {}
+    for r in (r for r in best.values() if r.get("status") != "skipped"):
+        name = "NFN" if "batch" in r else "TSW / SW" if r["job"] in TSW_NAMES else "zoo"
+        groups.setdefault(name, []).append(r.get("measured_utc"))
+    parts = []
+    for name, stamps in groups.items():
+        known = sorted(s for s in stamps if s)
+        span = f"{known[0]} to {known[-1]} UTC" if known else ""
+        older = len(stamps) - len(known)
+        parts.append(f"{name} {span}{' and ' if span and older else ''}"
+                     f"{f'{older} record(s) from earlier runs (undated)' if older else ''}")
+    return "Measured: " + "; ".join(parts) + "."
+
+
 def markdown(result: dict) -> str:
     best = best_records(result["records"], result["options"]["contended"])
     lines = ["# Side by side with the authors' code (CPU)", ""]
@@ -501,7 +520,7 @@ def markdown(result: dict) -> str:
         lines += ["**SMOKE RUN under load: NOT evidence.** Every job ran with a fixed small number of timed calls "
                   "and without waiting for a quiet machine; the figures only show that each job runs and the "
                   "report renders. The quiet measurement is the command in `benchmarks/vs_reference.py`.", ""]
-    lines += [*harness.run_markdown(result["run"]),
+    lines += [*harness.run_markdown(result["run"]), measured_when(best),
               f"Jobs: {len(best)} ({len(result['records'])} records); each in its own process, interleaved "
               "authors / ours, protocol in `benchmarks/vs_reference.py`. Contention: `other CPU` = share of "
               "all CPUs other processes used while a job was timed; above "

@@ -39,6 +39,19 @@ def test_driver_runs_our_job_and_reports_what_it_skipped(tmp_path):
     assert "`tsw_chain`: no --reference-dir" in skipped and "`dbtsw_compiled`" in skipped
     assert "ours_sw" not in skipped
     assert "| 2 x 4 | 2 | 16 |" in text
+    assert f"Measured: TSW / SW {ours['measured_utc']} to {ours['measured_utc']} UTC." in text  # skipped: undated
+
+
+def test_report_dates_each_group_and_counts_undated_records():
+    """A resumed run keeps older records: the report gives each group's measurement minutes, and counts the
+    records kept from before records were dated."""
+    best = {"a": {"job": "ours_magep", "batch": 8, "measured_utc": "2026-12-04 13:30"},
+            "b": {"job": "magep", "batch": 8, "measured_utc": "2026-12-04 13:21"},
+            "c": {"job": "pot", "n": 100},
+            "d": {"job": "ours_sw", "n": 100, "measured_utc": "2026-12-05 09:00"}}
+    assert vs.measured_when(best) == ("Measured: NFN 2026-12-04 13:21 to 2026-12-04 13:30 UTC; TSW / SW "
+                                      "2026-12-05 09:00 to 2026-12-05 09:00 UTC and 1 record(s) from earlier runs "
+                                      "(undated).")
 
 
 def test_job_selection_interleaves_authors_and_ours():
