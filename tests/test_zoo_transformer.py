@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from common import data as zoo_data
+from common import zoo_store
 from transformer_nfn import nets
 from transformer_nfn import zoo
 from transformer_nfn.weights import TransformerWeights
@@ -99,3 +100,20 @@ def test_zoo_stores_only_the_chosen_checkpoints(tmp_path, mnist_zoo):
     full_tw, full_acc, _ = zoo.load_transformer_zoo(mnist_zoo[0], epochs=[1])
     np.testing.assert_array_equal(acc, full_acc)
     np.testing.assert_array_equal(np.asarray(tw.blocks[0].q), np.asarray(full_tw.blocks[0].q))
+
+
+def test_a_resumed_zoo_keeps_its_stored_token_table(tmp_path):
+    """The token table's SVD differs in its last bits with the BLAS thread count: a zoo resumed in a process
+    that recomputes it bit-differently trains on the stored table (same settings hash, same bits); a table that
+    differs beyond rounding, or a folder without a started zoo, gets the recomputed one."""
+    table = np.random.default_rng(0).standard_normal((50, 32)).astype(np.float32)
+    recomputed = table + np.float32(5e-10) * np.sign(table)
+    folder = str(tmp_path)
+    assert zoo.resumed_token_embedding(folder, recomputed) is recomputed  # nothing stored: a new zoo
+    np.save(tmp_path / zoo.TOKEN_EMBEDDING_FILE, table)
+    assert zoo.resumed_token_embedding(folder, recomputed) is recomputed  # a table but no started zoo
+    (tmp_path / zoo_store.LAYOUT_FILE).write_text("{}")
+    resumed = zoo.resumed_token_embedding(folder, recomputed)
+    assert np.array_equal(resumed, table) and not np.array_equal(recomputed, table)
+    assert zoo.resumed_token_embedding(folder, table + 0.01) is not resumed  # another table: refused later
+    assert not np.allclose(zoo.resumed_token_embedding(folder, table + 0.01), table)

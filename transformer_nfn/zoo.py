@@ -233,6 +233,27 @@ def _template(dataset: str) -> TransformerWeights:
 
 
 # ------------------------------------------------------------------------------------ generation, loading
+TOKEN_EMBEDDING_FILE = "token_embedding.npy"
+
+
+def resumed_token_embedding(zoo_dir: str, table: np.ndarray) -> np.ndarray:
+    """The token table [V + 1, D] to train the rest of a zoo with: the one stored in ``zoo_dir`` when the zoo
+    was started there (its ``layout.json`` exists) and that table equals ``table`` up to float rounding, else
+    ``table``.
+
+    The table comes out of a randomized SVD whose last bits depend on the BLAS's thread count (4.7e-10 apart
+    between a process with one OpenBLAS thread and one with two), so a resumed zoo must not recompute it: its
+    shards would train on other bits and its settings hash (`generate_transformer_zoo`) would no longer match.
+    A table that differs beyond rounding is returned as is, and the settings check then refuses the folder.
+    """
+    path = os.path.join(zoo_dir, TOKEN_EMBEDDING_FILE)
+    if not (os.path.exists(os.path.join(zoo_dir, zoo_store.LAYOUT_FILE)) and os.path.exists(path)):
+        return table
+    stored = np.load(path)
+    same = stored.shape == table.shape and np.allclose(stored, table, rtol=1e-5, atol=1e-6)
+    return stored if same else table
+
+
 def generate_transformer_zoo(out_dir: str, dataset: str, n_models: int, *, epochs: int = EPOCHS,
                              shard_size: int = 64, seed: int = 0, train_limit: int | None = None,
                              test_limit: int | None = None, data_dir=None, progress: bool = True,
@@ -256,10 +277,12 @@ def generate_transformer_zoo(out_dir: str, dataset: str, n_models: int, *, epoch
                 "attention_mask": "none", "spec": vars(ZOO_SPEC), "train_eval_rows": TRAIN_EVAL_ROWS}
     if table is not None:
         os.makedirs(out_dir, exist_ok=True)
+        table = resumed_token_embedding(out_dir, table)
         settings["token_embedding_sha256"] = hashlib.sha256(table.tobytes()).hexdigest()
-        zoo_store.atomic_write(os.path.join(out_dir, "token_embedding.npy"), lambda f: np.save(f, table))
-        zoo_store.atomic_write(os.path.join(out_dir, "vocabulary.json"),
-                               lambda f: json.dump(extras["vocabulary"], f), "w")
+        if not os.path.exists(os.path.join(out_dir, zoo_store.LAYOUT_FILE)):  # a resumed zoo keeps its files
+            zoo_store.atomic_write(os.path.join(out_dir, TOKEN_EMBEDDING_FILE), lambda f: np.save(f, table))
+            zoo_store.atomic_write(os.path.join(out_dir, "vocabulary.json"),
+                                   lambda f: json.dump(extras["vocabulary"], f), "w")
     layout = {"kind": "transformer", "recipe": "small_transformer_zoo",
               "leaves": zoo_store.leaf_layout(_template(dataset)), "settings": settings}
     task = transformer_task(dataset, table)
@@ -294,7 +317,7 @@ def load_token_embedding(zoo_dir: str) -> tuple[list[str], np.ndarray]:
     """The frozen ``(vocabulary, table [V + 1, 32])`` of an AG News transformer zoo."""
     with open(os.path.join(zoo_dir, "vocabulary.json")) as f:
         vocabulary = json.load(f)
-    return vocabulary, np.load(os.path.join(zoo_dir, "token_embedding.npy"))
+    return vocabulary, np.load(os.path.join(zoo_dir, TOKEN_EMBEDDING_FILE))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
