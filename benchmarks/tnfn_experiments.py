@@ -308,9 +308,12 @@ def markdown(rows: Sequence[dict], settings: dict, zoos: dict, run: dict, drawn:
             ["dataset", "method", "unmoved"] + [f"k = {k}" for k in robust[0]["moved_k"]],
             [[r["dataset"], LABELS[r["method"]], format_cell(r)]
              + [f"{m:.3f} +- {sd:.3f}" for m, sd in zip(r["moved_tau_mean"], r["moved_tau_std"])] for r in robust])
-    params = {r["method"]: r["params"] for r in rows if r["table"] == "main"}
+    params = {}  # per method, its first trained cell's count (cells with too few runs trained nothing)
+    for r in rows:
+        if r["table"] == "main" and r["params"] is not None:
+            params.setdefault(r["method"], r["params"])
     lines += ["", "Trainable parameters (first dataset): " + ", ".join(f"{LABELS[m]} {params[m]:,}" for m in methods
-                                                                     if params[m] is not None)
+                                                                     if m in params)
               + ".", "", "Our zoos are far smaller and shorter than the published 16,000 runs of 100 epochs per task "
               "(above): compare methods within this table, not with the published values.", "",
               *[f"![{what}]({FIGURES[what]})" for what in drawn], "", "## Run", ""]

@@ -84,6 +84,7 @@ def test_quick_prediction_pipeline_runs_and_resumes(tmp_path, monkeypatch):
         [cell] = [c for c in tnfn_experiments.main(["thresholds"] + high)["cells"] if c["threshold"] == 0.99]
         assert tnfn_experiments.format_cell(cell).startswith("too few runs") and cell["seeds"] == 1
         assert (runs.parent / "t0.99" / "tnfn" / "seed0" / "result.json").exists()
+        assert "Trainable parameters (first dataset): Transformer-NFN " in (tmp_path / "tnfn_prediction.md").read_text()
     monkeypatch.undo()
     shutil.rmtree(tmp_path / "tnfn_runs" / "zoos")  # finished cells and the zoo summary are all a rerun needs
     again = tnfn_experiments.main(["ablation"] + argv)  # every cell is done: read back, not retrained
