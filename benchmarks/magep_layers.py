@@ -2,9 +2,10 @@
 
 Part 1: the CNN-zoo generalisation predictors at their official configurations (docs/magep.md §9.1) on
 batches of 8, 64 and 256 random CNN-zoo weight spaces: forward and forward+backward (gradient of an MSE
-loss w.r.t. all parameters) wall time per batch, compile time reported apart, peak memory.
+loss w.r.t. all parameters) wall time per batch, compile time reported apart, peak memory; whole batches, plain
+`jax.jit` (the library's micro-batched, train-step-compiled steps are timed in `benchmarks.vs_reference`).
 Part 2: the MAGEP predictor (c = 20, K = 2, head 500) on MLP specs of hidden width 32 (2 inputs, 1 output)
-and depth L = 3..8, batch 64,
+and depth L = 3..12, batch 16 (the library's CPU micro-batch),
 forward+backward only (each configuration costs an XLA compile, the budget of the run).
 
 Timing, memory (`harness.MEMORY_DEFINITION`), load and matmul calibration: `benchmarks.harness`. Times are
@@ -34,8 +35,11 @@ from magep import GeneralizationPredictor
 CNN_ZOO = NetworkSpec((1, 16, 16, 16, 10), ((3, 3), (3, 3), (3, 3), ()))
 MODELS = ("magep", "monomial", "hnp", "np")
 BATCHES = (8, 64, 256)
-DEPTHS = tuple(range(3, 9))
-FULL = dict(cnn=CNN_ZOO, models=MODELS, batches=BATCHES, depths=DEPTHS, depth_batch=64)
+DEPTHS = tuple(range(3, 13))
+# batch 16 against depth: the library trains and predicts in micro-batches of 16 rows on a CPU (common.microbatch), so
+# a step at batch 64 is four of these; whole batches of 64 outgrew the cache (1 GB at L = 12) and ran at 5-8% of the
+# matmul rate, their times set by memory traffic rather than by the terms' count (docs/magep.md §9.4)
+FULL = dict(cnn=CNN_ZOO, models=MODELS, batches=BATCHES, depths=DEPTHS, depth_batch=16)
 QUICK = dict(cnn=NetworkSpec((1, 4, 10), ((3, 3), ())), models=("magep", "monomial"), batches=(2,), depths=(2, 3),
              depth_batch=2)
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -71,7 +75,7 @@ def measure(model: nnx.Module, feats: WeightSpace, repeats: int, parts=("forward
         m = harness.measure_jitted({"forward": forward, "forward_backward": step}[name], params, feats, repeats=repeats)
         out.update({f"{name}_compile_s": m["compile_s"], f"{name}_s": m["median_s"], f"{name}_min_s": m["min_s"],
                     f"{name}_peak_bytes": m["memory"]["peak_bytes"], f"{name}_memory": m["memory"],
-                    f"{name}_gflops": m["gflops"], f"{name}_cpu": m["cpu"]})
+                    f"{name}_gflops": m["gflops"], f"{name}_flops": m["flops"], f"{name}_cpu": m["cpu"]})
     return out
 
 
@@ -81,7 +85,7 @@ def run(repeats: int, grid: dict = FULL) -> dict:
     env = record.environment
     results = {"device": env["device"], "cpu_count": env["cpu_count"], "platform": env["platform"],
                "jax": env["jax"], "repeats": repeats, "load_average_start": record.load_start[0],
-               "models": {}, "depth": {}}
+               "models": {}, "depth": {}, "depth_batch": grid["depth_batch"]}
     for nfn in grid["models"]:
         model = GeneralizationPredictor(grid["cnn"], nfn=nfn, rngs=nnx.Rngs(0))
         for batch in grid["batches"]:
@@ -111,15 +115,16 @@ def _linear_fit(xs, ys) -> dict:
 
 
 def summarize(results: dict) -> dict:
-    """MAGEP / Monomial-NFN ratios per batch (where both ran) and linear fits of time and memory against L
-    (where two or more depths ran)."""
+    """MAGEP / Monomial-NFN ratios per batch (where both ran) and linear fits of time, memory and XLA's FLOP
+    count against L (where two or more depths ran)."""
     m, mono = results["models"].get("magep", {}), results["models"].get("monomial", {})
     ratios = {b: {k: m[b][k] / mono[b][k] for k in ("forward_s", "forward_backward_s", "forward_backward_peak_bytes")}
               for b in m if b in mono}
     depth = results["depth"]
     Ls = [int(L) for L in depth]
-    fits = {k: _linear_fit(Ls, [depth[str(L)][k] for L in Ls]) for k in ("forward_backward_s", "forward_backward_peak_bytes")
-            if len(Ls) >= 2}
+    keys = [k for k in ("forward_backward_s", "forward_backward_peak_bytes", "forward_backward_flops")
+            if all(depth[str(L)].get(k) is not None for L in Ls)]  # XLA may give no FLOP count
+    fits = {k: _linear_fit(Ls, [depth[str(L)][k] for L in Ls]) for k in keys if len(Ls) >= 2}
     return {"magep_over_monomial": ratios, "depth_linear_fit": fits}
 
 
@@ -153,7 +158,8 @@ def write_markdown(results: dict) -> str:
         ("batch", "fwd", "fwd+bwd", "peak memory"),
         [(b, f"{r['forward_s']:.2f}", f"{r['forward_backward_s']:.2f}", f"{r['forward_backward_peak_bytes']:.2f}")
          for b, r in results["summary"]["magep_over_monomial"].items()])
-    lines += ["", "MAGEP predictor vs depth (MLP widths (2, 32, ..., 32, 1); target: linear in L):", ""]
+    lines += ["", f"MAGEP predictor vs depth (MLP widths (2, 32, ..., 32, 1), batch {results['depth_batch']}; target: "
+              "linear in L):", ""]
     lines += harness.markdown_table(
         ("L", "params", "fwd+bwd ms", "fwd+bwd peak MiB", "fwd+bwd GFLOP/s (% matmul)", "other cores"),
         [(L, f"{r['params']:,}", f"{r['forward_backward_s'] * 1e3:.1f}", harness.mib(r["forward_backward_peak_bytes"]),
