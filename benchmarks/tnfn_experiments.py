@@ -104,7 +104,7 @@ def embedding_size(dataset: str) -> int | None:
 
 def build(method: str, dataset: str, seed: int, branches=ALL_BRANCHES, quick: bool = False) -> nnx.Module:
     """The predictor of one method (README configuration; ``quick``: tiny Transformer-NFN layers)."""
-    classifier = (ZOO_SPEC.d_model, ZOO_SPEC.d_model, 10)  # fc2 has 10 outputs on both tasks (docs §7)
+    classifier = (ZOO_SPEC.d_model, ZOO_SPEC.d_model, DATASETS[dataset])  # fc2: one output per class (docs §7)
     emb = embedding_size(dataset)
     rngs = nnx.Rngs(seed)
     if method in ("mlp", "statnn"):

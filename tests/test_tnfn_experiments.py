@@ -4,11 +4,12 @@ import shutil
 
 import jax
 import numpy as np
+import pytest
 
 from benchmarks import harness, tnfn_experiments
 from common import zoo_store
 from common.training import trainable_parameters
-from transformer_nfn import TransformerSpec, nets
+from transformer_nfn import TransformerSpec, nets, zoo
 
 SMALL = TransformerSpec(num_blocks=1, num_heads=2, d_model=4, d_k=2, d_v=2, d_ffn=4)
 
@@ -121,3 +122,16 @@ def test_a_threshold_above_every_run_is_reported_not_trained():
     row = tnfn_experiments.summarise([{**record, "seed": 0, "dataset": "mnist", "table": "main", "threshold": 0.8,
                                        "method": "mlp"}])[0]
     assert tnfn_experiments.format_cell(row) == "too few runs (0/0/1)"
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "ag_news"])
+def test_every_method_reads_its_zoos_networks(dataset):
+    """Each predictor of the study takes the zoo's networks of its task: fc2 with one output per class (AG News
+    4, MNIST 10) and a patch embedding for MNIST only."""
+    classes = zoo.DATASETS[dataset]
+    keys = jax.random.split(jax.random.key(0), 2)
+    tw = jax.vmap(lambda k: nets.init_weights(k, zoo.ZOO_SPEC, classes,
+                                              in_channels=1 if dataset == "mnist" else None))(keys)
+    for method in ("tnfn", "tnfn_authors_init", "mlp", "statnn"):
+        model = tnfn_experiments.build(method, dataset, 0, quick=True)
+        assert model.logits(tw).shape == (2,), method
