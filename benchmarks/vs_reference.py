@@ -504,10 +504,10 @@ def measured_when(best: dict[str, dict]) -> str:
     parts = []
     for name, stamps in groups.items():
         known = sorted(s for s in stamps if s)
-        span = f"{known[0]} to {known[-1]} UTC" if known else ""
-        older = len(stamps) - len(known)
-        parts.append(f"{name} {span}{' and ' if span and older else ''}"
-                     f"{f'{older} record(s) from earlier runs (undated)' if older else ''}")
+        undated = len(stamps) - len(known)
+        says = ([f"{known[0]} to {known[-1]} UTC"] if known else []) + (
+            [f"{undated} record(s) from earlier runs (undated)"] if undated else [])
+        parts.append(f"{name} " + " and ".join(says))
     return "Measured: " + "; ".join(parts) + "."
 
 
