@@ -136,6 +136,21 @@ def too_few_runs(splits: dict) -> dict | None:
     return {"params": None, "steps": 0, "test_tau": float("nan"), **{f"{k}_runs": n for k, n in counts.items()}}
 
 
+def unfiltered_record(splits: dict, every: dict, zero_dir: str) -> dict | None:
+    """The record of a threshold cell that removed no run: its splits (`load_splits`) hold as many runs as
+    ``every`` (threshold 0; a threshold only removes runs, so the same runs), so it is the threshold-0 cell of
+    the same method and seed, whose record (in ``zero_dir``) is returned without its moved-test scores and with
+    ``same_runs_as_threshold`` = 0; None when a run was removed or that record is not written yet (then the cell
+    trains, to the same result)."""
+    if any(len(splits[k][1]) != len(every[k][1]) for k in every):
+        return None
+    record = harness.read_json(os.path.join(zero_dir, studies.RESULT))
+    if record is None:
+        return None
+    return {**{k: v for k, v in record.items() if k not in ("moved_k", "moved_test_taus")},
+            "same_runs_as_threshold": 0.0}
+
+
 def run_cell(splits: dict, model: nnx.Module, seed: int, run_dir: str, args: argparse.Namespace,
              moved: Sequence | None = None) -> dict:
     """Train one predictor (resuming from ``run_dir``) and score it, also on the ``moved`` copies of the test
@@ -253,6 +268,8 @@ def summarise(records: Sequence[dict]) -> list[dict]:
                      "test_tau_mean": float(taus.mean()), "test_tau_std": float(taus.std()), "seeds": len(rs),
                      "test_taus": taus.tolist(), **{k: rs[0][k] for k in ("params", "train_runs", "val_runs",
                                                                            "test_runs", "steps")}})
+        if any("same_runs_as_threshold" in r for r in rs):
+            rows[-1]["same_runs_as_threshold"] = 0.0
         if all("moved_test_taus" in r for r in rs):
             moved = np.asarray([r["moved_test_taus"] for r in rs])  # [seeds, k]
             rows[-1].update(moved_k=rs[0]["moved_k"], moved_tau_mean=moved.mean(0).tolist(),
@@ -288,6 +305,10 @@ def markdown(rows: Sequence[dict], settings: dict, zoos: dict, run: dict, drawn:
                                         [[d, f"{t:g}", index[(d, "main", t, methods[0])]["test_runs"]]
                                          + [format_cell(index.get((d, "main", t, m))) for m in methods]
                                          for d in datasets for t in thresholds if (d, "main", t, methods[0]) in index])
+        unfiltered = sorted({(r["dataset"], r["threshold"]) for r in rows if "same_runs_as_threshold" in r})
+        lines += [""] * bool(unfiltered) + [
+            f"{d} at {t:g}: no run falls below the threshold, so its cells are the threshold-0 cells (the same "
+            "runs and seeds; their results, not retrained)." for d, t in unfiltered]
     ablation = [r for r in rows if r["table"] == "ablation"]
     if ablation:
         names = [b for b in BRANCHES if any(r["method"] == b for r in ablation)]
@@ -422,6 +443,14 @@ def prediction(args: argparse.Namespace) -> dict:
                 record = {**record, "seed": seed}
                 harness.write_json(os.path.join(run_dir, studies.RESULT), record)
                 return record
+            if table == "main" and threshold > 0:
+                if 0.0 not in splits:
+                    splits[0.0] = load_splits(zoo_dir, epoch, 0.0)
+                record = unfiltered_record(splits[threshold], splits[0.0],
+                                           cell_dir(args, dataset, table, 0.0, method, seed))
+                if record is not None:  # nothing removed: the threshold-0 cell's result, not retrained
+                    harness.write_json(os.path.join(run_dir, studies.RESULT), record)
+                    return record
             robustness = robust[cell[:3]]
             if robustness and moved is None:
                 moved = moved_tests(splits[threshold], dataset)

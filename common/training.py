@@ -48,7 +48,7 @@ LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, Mapping[str, jax.Array
 # batch 64 9.9 -> 6.8 s, the others 2.2-4.5 s from 3.4-7.0 s, steps within +-6% in an interleaved run; without
 # the fusion emitters the batch-8 steps compile 0-45% faster again (MAGEP-NFN 4.5 -> 3.4 s, Monomial-NFN
 # 1.5-2.1 -> 0.9-1.1 s, Transformer-NFN 1.8 -> 1.1 s), the steps within -15..+16% (docs/common.md §11). Options
-# other backends do not use are ignored there.
+# other backends do not use are ignored there. `fit` / `make_train_step` take others (``compiler_options=``).
 STEP_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
 
 
@@ -74,10 +74,11 @@ def init_train_state(params: Any, optimizer: optax.GradientTransformation,
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: Mesh,
-                    micro_batch: int | str | None = None
+                    micro_batch: int | str | None = None,
+                    compiler_options: Mapping[str, Any] | None = STEP_COMPILER_OPTIONS
                     ) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
-    """A jit-compiled data-parallel step ``step(state, batch) -> (state, metrics)`` (compiled with
-    `STEP_COMPILER_OPTIONS`).
+    """A jit-compiled data-parallel step ``step(state, batch) -> (state, metrics)``, compiled with
+    ``compiler_options`` (XLA options, default `STEP_COMPILER_OPTIONS`; None: XLA's defaults).
 
     ``batch`` is sharded over the mesh's ``"data"`` axis (see :func:`shard_batch`), ``state`` is
     replicated and donated; ``metrics`` is ``{"loss": scalar, **loss_fn's metrics}``, replicated.
@@ -100,7 +101,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, me
 
     rep = replicated(mesh)
     return jax.jit(step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep),
-                   donate_argnums=0, compiler_options=STEP_COMPILER_OPTIONS)
+                   donate_argnums=0, compiler_options=None if compiler_options is None else dict(compiler_options))
 
 
 def nnx_loss_fn(graphdef: nnx.GraphDef, loss: Callable[..., Any], *frozen: nnx.State) -> LossFn:
@@ -161,7 +162,8 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
         run_dir: str | os.PathLike | None = None, checkpoint_every: int | None = None,
         eval_fn: Callable[[Any], Mapping[str, Any]] | None = None, eval_every: int | None = None,
         log_every: int = 1, mesh: Mesh | None = None, progress: bool = True,
-        max_to_keep: int | None = 3, micro_batch: int | str | None = None
+        max_to_keep: int | None = 3, micro_batch: int | str | None = None,
+        compiler_options: Mapping[str, Any] | None = STEP_COMPILER_OPTIONS
         ) -> tuple[TrainState, list[dict[str, float]]]:
     """Train ``params`` for ``num_steps`` optimizer steps, resuming from ``run_dir`` if possible.
 
@@ -194,6 +196,9 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
         None: the whole batch at once). Only for a loss that is a mean over rows with no coupling between rows:
         the gradient is then the same up to float rounding, and on a CPU each chunk's working set stays in cache
         (1.3-1.8x faster steps for the NFN predictors at batch 64-256). Each chunk gets its own key.
+      compiler_options: XLA options the train step is compiled with (default `STEP_COMPILER_OPTIONS`, the
+        fastest compile for the NFN predictors; None: XLA's defaults, which compile deep MAGEP models on
+        long MLPs faster, docs/common.md §11).
 
     Returns:
       ``(state, history)``: the final replicated :class:`TrainState` and the logged records, one
@@ -222,7 +227,7 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
         manager = checkpointing.open_manager(run_dir, max_to_keep)
         if jax.process_index() == 0:
             log_path = os.path.join(run_dir, "metrics.jsonl")
-    train_step = make_train_step(loss_fn, optimizer, mesh, micro_batch)
+    train_step = make_train_step(loss_fn, optimizer, mesh, micro_batch, compiler_options)
     with contextlib.nullcontext() if manager is None else checkpointing.closing(manager):  # waits for saves
         if manager is not None:
             state = checkpointing.restore_latest(manager, state) or state

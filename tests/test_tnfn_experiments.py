@@ -41,6 +41,12 @@ def test_quick_prediction_pipeline_runs_and_resumes(tmp_path, monkeypatch):
     for split in ("train", "val", "test"):
         assert np.all(above[split][1] >= 0.12) and len(above[split][1]) <= len(every[split][1])
     assert sum(len(every[s][1]) - len(above[s][1]) for s in every) > 0  # some runs fall below 12%
+    # a threshold that removed runs trains its own cells; one that removed none reuses threshold 0's record
+    zero_dir = str(tmp_path / "tnfn_runs" / "runs" / "mnist" / "main" / "t0" / "tnfn" / "seed0")
+    assert tnfn_experiments.unfiltered_record(above, every, zero_dir) is None
+    reused = tnfn_experiments.unfiltered_record(every, every, zero_dir)
+    assert reused["test_tau"] == stored["test_tau"] and reused["same_runs_as_threshold"] == 0.0
+    assert "moved_test_taus" not in reused  # the robustness table keeps threshold 0 only
 
     # the branch ablation: each cell trains the predictor with one branch (training itself is the main cell's
     # code path, tested above, so a stand-in scores these models)
@@ -86,6 +92,13 @@ def test_quick_prediction_pipeline_runs_and_resumes(tmp_path, monkeypatch):
         assert tnfn_experiments.format_cell(cell).startswith("too few runs") and cell["seeds"] == 1
         assert (runs.parent / "t0.99" / "tnfn" / "seed0" / "result.json").exists()
         assert "Trainable parameters (first dataset): Transformer-NFN " in (tmp_path / "tnfn_prediction.md").read_text()
+    # a threshold below every run removes nothing: the threshold-0 cell, read back and not retrained
+    assert min(result["zoos"]["mnist"]["test_accuracy"]) >= 0.01
+    low = argv[:argv.index("--thresholds")] + ["--thresholds", "0.01", "--out", str(tmp_path)]
+    [cell] = [c for c in tnfn_experiments.main(["thresholds"] + low)["cells"] if c["threshold"] == 0.01]
+    assert cell["test_taus"] == [stored["test_tau"]] and "moved_tau_mean" not in cell
+    assert harness.read_json(runs.parent / "t0.01" / "tnfn" / "seed0" / "result.json")["same_runs_as_threshold"] == 0
+    assert "mnist at 0.01: no run falls below the threshold" in (tmp_path / "tnfn_prediction.md").read_text()
     monkeypatch.undo()
     shutil.rmtree(tmp_path / "tnfn_runs" / "zoos")  # finished cells and the zoo summary are all a rerun needs
     again = tnfn_experiments.main(["ablation"] + argv)  # every cell is done: read back, not retrained

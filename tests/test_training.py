@@ -293,3 +293,16 @@ def test_fit_rejects_bad_counts(option, value):
     kwargs = dict(key=jax.random.key(0), num_steps=2, progress=False) | {option: value}
     with pytest.raises(ValueError, match=rf"{option} must be an int >= .*; got {value!r}"):
         training.fit(loss_fn, init_params(jax.random.key(0)), optimizer, batches, **kwargs)
+
+
+def test_fit_compiles_with_the_compiler_options_it_is_given():
+    params = init_params(jax.random.key(4))
+    kwargs = dict(key=jax.random.key(5), num_steps=3, progress=False)
+    default, _ = training.fit(loss_fn, params, optimizer, batches, **kwargs)
+    for options in (None, {"xla_backend_optimization_level": 0}):
+        other, _ = training.fit(loss_fn, params, optimizer, batches, compiler_options=options, **kwargs)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), default.params, other.params)
+    assert not np.allclose(default.params["w1"], params["w1"])
+    # The options reach XLA: one it does not know is refused when the step compiles.
+    with pytest.raises(Exception, match="no_such_xla_option"):
+        training.fit(loss_fn, params, optimizer, batches, compiler_options={"no_such_xla_option": 1}, **kwargs)
