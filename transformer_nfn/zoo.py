@@ -233,7 +233,12 @@ def _template(dataset: str) -> TransformerWeights:
 
 
 # ------------------------------------------------------------------------------------ generation, loading
-TOKEN_EMBEDDING_FILE = "token_embedding.npy"
+TOKEN_EMBEDDING_FILE, VOCABULARY_FILE = "token_embedding.npy", "vocabulary.json"
+
+
+def _started(zoo_dir: str) -> bool:
+    """Whether a zoo was started in ``zoo_dir`` (its ``layout.json`` exists)."""
+    return os.path.exists(os.path.join(zoo_dir, zoo_store.LAYOUT_FILE))
 
 
 def resumed_token_embedding(zoo_dir: str, table: np.ndarray) -> np.ndarray:
@@ -247,7 +252,7 @@ def resumed_token_embedding(zoo_dir: str, table: np.ndarray) -> np.ndarray:
     A table that differs beyond rounding is returned as is, and the settings check then refuses the folder.
     """
     path = os.path.join(zoo_dir, TOKEN_EMBEDDING_FILE)
-    if not (os.path.exists(os.path.join(zoo_dir, zoo_store.LAYOUT_FILE)) and os.path.exists(path)):
+    if not (_started(zoo_dir) and os.path.exists(path)):
         return table
     stored = np.load(path)
     same = stored.shape == table.shape and np.allclose(stored, table, rtol=1e-5, atol=1e-6)
@@ -279,9 +284,9 @@ def generate_transformer_zoo(out_dir: str, dataset: str, n_models: int, *, epoch
         os.makedirs(out_dir, exist_ok=True)
         table = resumed_token_embedding(out_dir, table)
         settings["token_embedding_sha256"] = hashlib.sha256(table.tobytes()).hexdigest()
-        if not os.path.exists(os.path.join(out_dir, zoo_store.LAYOUT_FILE)):  # a resumed zoo keeps its files
+        if not _started(out_dir):  # a resumed zoo keeps its files
             zoo_store.atomic_write(os.path.join(out_dir, TOKEN_EMBEDDING_FILE), lambda f: np.save(f, table))
-            zoo_store.atomic_write(os.path.join(out_dir, "vocabulary.json"),
+            zoo_store.atomic_write(os.path.join(out_dir, VOCABULARY_FILE),
                                    lambda f: json.dump(extras["vocabulary"], f), "w")
     layout = {"kind": "transformer", "recipe": "small_transformer_zoo",
               "leaves": zoo_store.leaf_layout(_template(dataset)), "settings": settings}
@@ -315,7 +320,7 @@ def load_transformer_zoo(zoo_dir: str, split: str | None = None, *, target: str 
 
 def load_token_embedding(zoo_dir: str) -> tuple[list[str], np.ndarray]:
     """The frozen ``(vocabulary, table [V + 1, 32])`` of an AG News transformer zoo."""
-    with open(os.path.join(zoo_dir, "vocabulary.json")) as f:
+    with open(os.path.join(zoo_dir, VOCABULARY_FILE)) as f:
         vocabulary = json.load(f)
     return vocabulary, np.load(os.path.join(zoo_dir, TOKEN_EMBEDDING_FILE))
 
