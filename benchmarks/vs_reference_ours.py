@@ -10,7 +10,8 @@ NFNs: ``fwd`` the jitted logits, parameters and inputs as jit arguments; ``fwdbw
 gradient of the BCE loss (``optax.sigmoid_binary_cross_entropy`` on the logits, uniform random targets) w.r.t.
 every ``nnx.Param``; both as the library predicts and trains (micro-batches of 16 rows above batch 16); inputs random normal with the CNN-zoo / small-transformer-zoo shapes, the
 configurations the authors published (docs/magep.md, docs/transformer_nfn.md). TSW / SW: the jitted distance,
-or value and gradient w.r.t. Y; tree frames / projections drawn once and passed as arguments.
+or value and gradient w.r.t. Y; tree frames / projections drawn once and passed as arguments; both with XLA's
+FLOP and byte counts of one call (``cost_analysis``).
 Zoo jobs (``train``): ms per model-step of the recipe's population training (`benchmarks.zoo_throughput`):
 one record per run, ``median_s`` = seconds per model-step, ``first_call_s`` = compile seconds.
 """
@@ -147,6 +148,7 @@ def build_tsw(job: str, n: int, d: int, trees: int, lines: int, p: int):
     import jax.numpy as jnp
 
     import tsw_sl
+    from benchmarks.harness import xla_cost
 
     kx, ky, kt = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, (n, d))
@@ -186,6 +188,9 @@ def build_tsw(job: str, n: int, d: int, trees: int, lines: int, p: int):
         jax.block_until_ready(grad)
         return value
 
+    # XLA's counts of one call (the host sort in its numpy callback is not among them)
+    fwd.cost_analysis = lambda: xla_cost(fwd_jit.lower(x, y, frames).compile())
+    fwdbwd.cost_analysis = lambda: xla_cost(grad_jit.lower(x, y, frames).compile())
     return fwd, fwdbwd, dict(config=config, p=power)
 
 

@@ -226,3 +226,15 @@ def test_a_slow_job_carries_its_first_call_contention(monkeypatch, capsys):
     record = protocol.measure({"job": "x"}, lambda: (lambda: sum(range(10_000)), {}))
     assert record["status"] == "slow" and record["other_cpu_frac"] is not None and record["other_cpu_frac"] >= 0
     assert vs.is_clean(record, contended=1.0)
+
+
+def test_dbtsw_misses_give_our_memory_traffic_against_the_copy_bandwidth():
+    shape = dict(n=1000, d=2, trees=25, lines=4)
+    records = [_record("dbtsw_compiled", 0.010, 0.0, **shape),
+               _record("ours_dbtsw", 0.002, 0.0, bytes_accessed=4e7, **shape)]
+    assert vs.dbtsw_misses(vs.best_records(records), 25.0) == []  # 0.20: at the goal
+    records[1].update(median_s=0.005)  # 0.50; 4e7 bytes / 5 ms = 8 GB/s = 32% of 25 GB/s
+    lines = vs.dbtsw_misses(vs.best_records(records), 25.0)
+    assert "- 25 x 4 lines, d = 2, n = 1000, fwdbwd: 0.50 at 8.0 GB/s (32% of the copy bandwidth)" in lines
+    del records[1]["bytes_accessed"]  # a record from before the byte counts
+    assert "fwdbwd: 0.50 at - (no byte count)" in "\n".join(vs.dbtsw_misses(vs.best_records(records), None))
