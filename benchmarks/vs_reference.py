@@ -471,9 +471,10 @@ def dbtsw_misses(best, copy_gbps: float | None) -> list[str]:
     return ["### Db-TSW cells above the goal", "",
             f"Ours / the authors' `torch.compile`d DbTSW above {GOAL_RATIO}, with our rate of memory traffic as "
             "XLA counts it (operands and results of every fused kernel, per call / median time; the host sort in "
-            "its numpy callback is not counted) and its share of the run's copy bandwidth. At d = 2 the step has "
-            "no matrix product: its limit is memory traffic and the sort, not the matmul rate (docs/tsw_sl.md "
-            "§16.3).", "", *misses, ""]
+            "its numpy callback is not counted) and its share of the run's copy bandwidth (the memory rate of a plain "
+            "streaming pass). The step has no large matrix product, so the matmul rate is no measure for it; well "
+            "below the copy bandwidth, its time goes to the gathers by sort order (random access), the sort and "
+            "many small kernels (docs/tsw_sl.md §16.3).", "", *misses, ""]
 
 
 def zoo_table(best) -> list[str]:
