@@ -472,9 +472,10 @@ def dbtsw_misses(best, copy_gbps: float | None) -> list[str]:
             f"Ours / the authors' `torch.compile`d DbTSW above {GOAL_RATIO}, with our rate of memory traffic as "
             "XLA counts it (operands and results of every fused kernel, per call / median time; the host sort in "
             "its numpy callback is not counted) and its share of the run's copy bandwidth (the memory rate of a plain "
-            "streaming pass). The step has no large matrix product, so the matmul rate is no measure for it; well "
-            "below the copy bandwidth, its time goes to the gathers by sort order (random access), the sort and "
-            "many small kernels (docs/tsw_sl.md §16.3).", "", *misses, ""]
+            "streaming pass). The step has no large matrix product, so the matmul rate is no measure for it; it runs "
+            "well below the copy bandwidth, and the latest per-op profile (docs/tsw_sl.md §16.3, an earlier run) "
+            "put its time in the gathers by sort order (random access), the sort and many small kernels.", "",
+            *misses, ""]
 
 
 def zoo_table(best) -> list[str]:
