@@ -43,7 +43,7 @@ from benchmarks.vs_reference_protocol import system_busy_s
 from common.host_memory import keep_freed_memory
 from common.zoo_store import atomic_write
 
-keep_freed_memory()  # the benchmarks time the library as `common.training.fit` runs it
+keep_freed_memory()  # before the first computation, as a training script starts (docs/common.md §10)
 
 MEMORY_DEFINITION = (
     "peak bytes of one call = arguments + outputs + temporaries of the compiled XLA executable "

@@ -115,14 +115,15 @@ def _linear_fit(xs, ys) -> dict:
 
 
 def summarize(results: dict) -> dict:
-    """MAGEP / Monomial-NFN ratios per batch (where both ran) and linear fits of time, memory and XLA's FLOP
-    count against L (where two or more depths ran)."""
+    """MAGEP / Monomial-NFN ratios per batch (where both ran) and linear fits of time (median and min of the timed
+    calls), memory and XLA's FLOP count against L (where two or more depths ran)."""
     m, mono = results["models"].get("magep", {}), results["models"].get("monomial", {})
     ratios = {b: {k: m[b][k] / mono[b][k] for k in ("forward_s", "forward_backward_s", "forward_backward_peak_bytes")}
               for b in m if b in mono}
     depth = results["depth"]
     Ls = [int(L) for L in depth]
-    keys = [k for k in ("forward_backward_s", "forward_backward_peak_bytes", "forward_backward_flops")
+    keys = [k for k in ("forward_backward_s", "forward_backward_min_s", "forward_backward_peak_bytes",
+                        "forward_backward_flops")
             if all(depth[str(L)].get(k) is not None for L in Ls)]  # XLA may give no FLOP count
     fits = {k: _linear_fit(Ls, [depth[str(L)][k] for L in Ls]) for k in keys if len(Ls) >= 2}
     return {"magep_over_monomial": ratios, "depth_linear_fit": fits}
@@ -161,9 +162,11 @@ def write_markdown(results: dict) -> str:
     lines += ["", f"MAGEP predictor vs depth (MLP widths (2, 32, ..., 32, 1), batch {results['depth_batch']}; target: "
               "linear in L):", ""]
     lines += harness.markdown_table(
-        ("L", "params", "fwd+bwd ms", "fwd+bwd peak MiB", "fwd+bwd GFLOP/s (% matmul)", "other cores"),
-        [(L, f"{r['params']:,}", f"{r['forward_backward_s'] * 1e3:.1f}", harness.mib(r["forward_backward_peak_bytes"]),
-          _rate(r, run), _other_cores(r)) for L, r in results["depth"].items()])
+        ("L", "params", "fwd+bwd ms", "fwd+bwd min ms", "fwd+bwd peak MiB", "fwd+bwd GFLOP/s (% matmul)",
+         "other cores"),
+        [(L, f"{r['params']:,}", f"{r['forward_backward_s'] * 1e3:.1f}", f"{r['forward_backward_min_s'] * 1e3:.1f}",
+          harness.mib(r["forward_backward_peak_bytes"]), _rate(r, run), _other_cores(r))
+         for L, r in results["depth"].items()])
     fits = results["summary"]["depth_linear_fit"]
     lines += ["", "Linear fits against L (R^2): " + (", ".join(f"{k} {v['r2']:.3f}" for k, v in fits.items()) or "-"), ""]
     return "\n".join(lines)

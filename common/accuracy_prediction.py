@@ -199,8 +199,8 @@ def fit_predictor(model: nnx.Module, inputs: Any, targets: Any, *, key: jax.Arra
       metric: ``(name, fn)``, ``fn(logits, targets) -> float``, higher is better (default Kendall tau, `kendall_tau`;
         classifiers: ``("accuracy", top1_accuracy)``).
       micro_batch: rows per device of each gradient chunk, as in `common.training.fit` (default ``"auto"``: chunks
-        of 16 rows on a CPU for batches of more rows per device; ``loss`` must be a mean over rows, as both
-        losses here are).
+        of 16 rows on a CPU for batches of more rows per device, batches of up to 64 rows whole on the calling
+        thread; ``loss`` must be a mean over rows, as both losses here are).
     Returns:
       ``(trained model, history)``, history as returned by `common.training.fit`; with ``validation``, the model
       holds the best validation parameters (the last step is always scored) and a last record

@@ -6,13 +6,18 @@ the top of the heap is trimmed), so the next call page-faults the same memory in
 every page first. Measured on one core (docs/common.md §10): the gradient of a 2-layer ReLU MLP on [16384, 144]
 rows took 11,500 minor page faults (47 MB) and 20 ms of kernel time per call beside 20 ms of compute; the
 Monomial-NFN predictor's training step at batch 64 27,800 faults (114 MB), 48 ms kernel beside 66 ms user time.
-`keep_freed_memory` raises glibc's mmap and trim thresholds (``mallopt``): on one XLA thread the faults are gone
-and both calls ran about 2x faster. The price: the process keeps its peak heap (freed memory is reused, not
-returned). With several XLA threads, temporaries above 64 MiB fault in anew unless every thread shares one
-arena (``single_arena=True``), which in turn slows compiles and small steps (see its docstring).
 
-`common.training.fit` (one jitted call per step), the test session and the benchmarks call it; call it yourself
-before your own loop of jitted CPU calls. A loop inside one jitted call (`jax.lax.scan`, the population trainer's
+`keep_freed_memory` does two things. It raises glibc's mmap and trim thresholds (``mallopt``), and, called before
+JAX creates its CPU client, it makes JAX run single-device CPU computations on the calling thread
+(``jax_cpu_enable_async_dispatch = False``). The second matters because JAX otherwise runs them on a worker thread,
+whose glibc arena maps every block above 64 MiB afresh whatever the thresholds: the MAGEP-NFN step on a 12-layer
+MLP (261 MiB of temporaries) took 67,000 faults and 139 ms of kernel time per call, 215 ms in all, and its time
+against depth jumped 2x where the temporaries passed 64 MiB; on the calling thread (the main heap) it took no
+fault and 152 ms. The price: the process keeps its peak heap, and Python no longer runs ahead of the computation
+it dispatched.
+
+`common.training.fit` (one jitted call per step) and the benchmarks call it; call it yourself first thing in a
+script that loops over jitted CPU calls. A loop inside one jitted call (`jax.lax.scan`, the population trainer's
 epochs) reuses its buffers anyway.
 """
 from __future__ import annotations
@@ -21,28 +26,35 @@ import ctypes
 import ctypes.util
 import functools
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "calling_thread_dispatch"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters (malloc.h)
 _LARGEST = 2**31 - 1  # mallopt takes an int
+_ASYNC_DISPATCH = "jax_cpu_enable_async_dispatch"
 
 
 @functools.cache
-def keep_freed_memory(single_arena: bool = False) -> bool:
-    """Make glibc keep freed memory for reuse (mmap and trim thresholds raised to 2 GiB); idempotent.
+def keep_freed_memory(single_arena: bool = False, calling_thread: bool = True) -> bool:
+    """Make glibc keep freed memory for reuse (mmap and trim thresholds raised to 2 GiB) and, before JAX's
+    first computation, run CPU computations on the calling thread; idempotent.
 
     Args:
-      single_arena: also route every thread's allocations to one arena (``M_ARENA_MAX = 1``). A thread's own
-        arena maps each block above 64 MiB afresh, so only this removes the faults of such temporaries when XLA
-        runs on several threads. It costs elsewhere (2 XLA threads, quiet, 3 runs each, docs/common.md §10):
-        the Monomial-NFN training step at batch 64 took 62-66 ms by default, 65-82 ms with the thresholds alone
-        and 43-45 ms with one arena, but the MAGEP-NFN step at batch 8 took 6-15 ms, 10-11 ms and 22-23 ms, and
-        every XLA compile took ~45% longer with one arena (MAGEP 4.8-6.6 -> 7.9-9.6 s). Call it before the first
+      single_arena: also route every thread's allocations to one arena (``M_ARENA_MAX = 1``), the other way to
+        keep blocks above 64 MiB of threads other than the main one. It costs elsewhere (2 XLA threads, quiet,
+        3 runs each, docs/common.md §10): the MAGEP-NFN step at batch 8 took 6-15 ms by default and 22-23 ms
+        with one arena, and every XLA compile ~45% longer (MAGEP 4.8-6.6 -> 7.9-9.6 s). Call it before the first
         JAX computation: threads that have allocated already keep their own arenas.
+      calling_thread: when JAX has not created its backends yet, set ``jax_cpu_enable_async_dispatch`` to
+        False, so single-device CPU computations run on the calling thread and take their temporaries from its
+        heap, which keeps blocks of any size (a worker thread's arena maps each block above 64 MiB afresh). JAX
+        reads the setting when it creates its CPU client, so later calls change nothing; computations over
+        several devices run on worker threads either way.
     Returns:
       True when glibc accepted every setting, False where there is no glibc (macOS, Windows, musl): nothing
-      changes there.
+      changes in the allocator there (the dispatch setting applies everywhere).
     """
+    if calling_thread:
+        _dispatch_on_calling_thread()
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name)
@@ -55,3 +67,20 @@ def keep_freed_memory(single_arena: bool = False) -> bool:
     settings = ((_M_MMAP_THRESHOLD, _LARGEST), (_M_TRIM_THRESHOLD, _LARGEST))
     settings += ((_M_ARENA_MAX, 1),) if single_arena else ()
     return all(mallopt(parameter, value) == 1 for parameter, value in settings)
+
+
+def _dispatch_on_calling_thread() -> None:
+    import jax
+    from jax._src import xla_bridge  # no public API says whether the backends exist yet
+
+    if not xla_bridge.backends_are_initialized():
+        jax.config.update(_ASYNC_DISPATCH, False)
+
+
+def calling_thread_dispatch() -> bool:
+    """True when JAX is set to run single-device CPU computations on the calling thread
+    (``jax_cpu_enable_async_dispatch`` False, as `keep_freed_memory` sets it before the first computation). JAX
+    reads the setting when it creates its CPU client: a change made after that is reported but not in effect."""
+    import jax
+
+    return not jax.config.read(_ASYNC_DISPATCH)

@@ -1,11 +1,13 @@
 """A batch's loss gradient, or its outputs, computed a few rows at a time (micro-batches).
 
-On a CPU core a training step whose working set (activations and their gradients) outgrows the cache runs far
-below the machine's matmul rate. Computing the same batch in chunks of a few rows (one `jax.lax.scan` over the
-chunks, gradients summed) keeps each chunk's working set in cache and gives the same numbers up to float
-rounding, for a loss that is a mean over rows with no coupling between rows (no batch statistics, no pairwise
-terms). Measured on the 2-core CPU (docs/common.md §12): the NFN predictors' BCE steps at batch 64 and 256 ran
-1.3-1.8x faster in chunks of 16 rows than whole, their forward passes at batch 256 1.3-1.9x.
+Computing a batch in chunks of a few rows (one `jax.lax.scan` over the chunks, gradients summed) bounds the
+memory of a pass and gives the same numbers up to float rounding, for a loss that is a mean over rows with no
+coupling between rows (no batch statistics, no pairwise terms). Measured on the 2-core CPU (docs/common.md §12),
+the NFN predictors' BCE steps: with JAX running computations on a worker thread, chunks of 16 rows ran 1.3-1.8x
+faster than whole batches of 64 and 256 (the whole batches' temporaries, above 64 MiB, were page-faulted in on
+every call); on the calling thread (`common.host_memory.keep_freed_memory`) whole batches of 64 are as fast or
+faster and compile 0.3-3.8 s sooner, while at 256 chunks stay as fast or up to 15% faster. ``"auto"`` follows
+that.
 
 Chunk ``j`` of a batch of ``B`` rows split into ``c`` chunks holds rows ``j, j + c, j + 2c, ...`` (strided): on a
 mesh that shards the rows over devices in contiguous blocks, every chunk then spans every device, each device
@@ -25,12 +27,15 @@ import jax
 import jax.numpy as jnp
 
 from common import checks
+from common.host_memory import calling_thread_dispatch
 
-__all__ = ["AUTO", "CPU_MICRO_BATCH", "resolve_micro_batch", "chunk_count", "split_rows", "merge_rows",
-           "value_and_grad_in_chunks", "map_in_chunks"]
+__all__ = ["AUTO", "CPU_MICRO_BATCH", "CPU_WHOLE_ROWS", "resolve_micro_batch", "chunk_count", "split_rows",
+           "merge_rows", "value_and_grad_in_chunks", "map_in_chunks"]
 
 AUTO = "auto"
 CPU_MICRO_BATCH = 16  # rows per device and chunk chosen by "auto" on a CPU backend (docs/common.md §12)
+CPU_WHOLE_ROWS = 64  # ... except that a batch of at most this many rows on one device running computations on the
+# calling thread (`common.host_memory.keep_freed_memory`) stays whole: as fast, and its step compiles 0.3-3.8 s sooner
 
 
 def resolve_micro_batch(micro_batch: int | str | None, rows: int, devices: int = 1) -> int | None:
@@ -38,12 +43,14 @@ def resolve_micro_batch(micro_batch: int | str | None, rows: int, devices: int =
 
     ``micro_batch``: an int (kept), None (the whole batch at once) or ``"auto"``: `CPU_MICRO_BATCH` on a CPU
     backend when each device holds more rows than that and a multiple of it, else None (accelerators keep their
-    batches whole). ValueError for anything else.
+    batches whole); on one device whose computations run on the calling thread (`calling_thread_dispatch`),
+    batches of up to `CPU_WHOLE_ROWS` rows stay whole too. ValueError for anything else.
     """
     if micro_batch == AUTO:
         per_device = rows // max(devices, 1)
         fits = per_device > CPU_MICRO_BATCH and per_device % CPU_MICRO_BATCH == 0
-        return CPU_MICRO_BATCH if jax.default_backend() == "cpu" and fits else None
+        whole = devices <= 1 and per_device <= CPU_WHOLE_ROWS and calling_thread_dispatch()
+        return CPU_MICRO_BATCH if jax.default_backend() == "cpu" and fits and not whole else None
     checks.count("micro_batch", micro_batch, allow_none=True)
     return micro_batch
 

@@ -192,10 +192,11 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
       progress: show a progress bar (on process 0, when tqdm is installed: `common.progress.progress_bar`).
       max_to_keep: number of checkpoints kept (``None``: all).
       micro_batch: accumulate each step's gradient over chunks of this many rows per device (an int;
-        ``"auto"``: 16 on a CPU backend when it divides the rows per device, `common.microbatch.resolve_micro_batch`;
-        None: the whole batch at once). Only for a loss that is a mean over rows with no coupling between rows:
-        the gradient is then the same up to float rounding, and on a CPU each chunk's working set stays in cache
-        (1.3-1.8x faster steps for the NFN predictors at batch 64-256). Each chunk gets its own key.
+        ``"auto"``: 16 on a CPU backend when it divides the rows per device, except batches of up to 64 rows on
+        one device running on the calling thread, `common.microbatch.resolve_micro_batch`; None: the whole batch
+        at once). Only for a loss that is a mean over rows with no coupling between rows: the gradient is then the
+        same up to float rounding, and on a CPU it bounds each pass's memory (NFN predictors at batch 256: whole
+        batches as fast or up to 17% slower; docs/common.md §12). Each chunk gets its own key.
       compiler_options: XLA options the train step is compiled with (default `STEP_COMPILER_OPTIONS`, the
         fastest compile for the NFN predictors; None: XLA's defaults, which compile deep MAGEP models on
         long MLPs faster, docs/common.md §11).
@@ -218,7 +219,9 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
     checks.count("eval_every", eval_every, minimum=0, allow_none=True)
     checks.count("max_to_keep", max_to_keep, allow_none=True)
     resolve_micro_batch(micro_batch, 1)  # ValueError now for a bad value
-    keep_freed_memory()  # one jitted call per step: reuse its temporaries instead of page-faulting them in anew
+    # one jitted call per step: reuse its temporaries instead of page-faulting them in anew (the steps also run on
+    # this thread only if keep_freed_memory ran before JAX's first computation: call it first in a script, §10)
+    keep_freed_memory()
     mesh = make_mesh() if mesh is None else mesh
     state = replicate(init_train_state(params, optimizer, key), mesh)
     manager = log_path = None

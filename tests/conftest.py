@@ -1,5 +1,5 @@
-"""Test-session set-up: four simulated CPU devices, so the data-parallel tests can build meshes, and one
-persistent compilation cache for the whole run.
+"""Test-session set-up: four simulated CPU devices, so the data-parallel tests can build meshes, one
+persistent compilation cache for the whole run, and `common.host_memory.keep_freed_memory` as a script calls it.
 
 Must run before JAX initialises its backends; every test module imports jax only after this file.
 
@@ -29,6 +29,9 @@ import jax  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
+from common.host_memory import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()  # as a script should start (docs/common.md §10): single-device calls run on this thread
 
 _NO_DEADLINE = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("ci", max_examples=6, derandomize=True, database=None, print_blob=True, **_NO_DEADLINE)

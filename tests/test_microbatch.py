@@ -5,10 +5,10 @@ import numpy as np
 import optax
 import pytest
 
-from common import training
+from common import microbatch, training
 from common.distributed import replicate
-from common.microbatch import (AUTO, CPU_MICRO_BATCH, chunk_count, resolve_micro_batch, split_rows,
-                               value_and_grad_in_chunks)
+from common.microbatch import (AUTO, CPU_MICRO_BATCH, CPU_WHOLE_ROWS, chunk_count, resolve_micro_batch,
+                               split_rows, value_and_grad_in_chunks)
 
 
 def init_params(key):
@@ -72,8 +72,9 @@ def test_each_chunk_gets_its_own_key():
     assert abs(float(value) - float(noisy_loss(params, batch, key)[0])) > 1e-3  # not the whole batch's draw
 
 
-def test_auto_micro_batch_on_cpu():
+def test_auto_micro_batch_on_cpu(monkeypatch):
     assert jax.default_backend() == "cpu"
+    monkeypatch.setattr(microbatch, "calling_thread_dispatch", lambda: False)  # computations on a worker thread
     assert resolve_micro_batch(AUTO, 64) == CPU_MICRO_BATCH == 16
     assert resolve_micro_batch(AUTO, 64, devices=4) is None  # 16 rows per device: nothing to split
     assert resolve_micro_batch(AUTO, 128, devices=4) == 16
@@ -82,6 +83,22 @@ def test_auto_micro_batch_on_cpu():
     assert chunk_count(16, 64) == 4 and chunk_count(16, 128, devices=4) == 2
     assert chunk_count(None, 64) == 1 and chunk_count(64, 64) == 1 and chunk_count(100, 64) == 1
     assert chunk_count(AUTO, 64) == 4 and chunk_count(AUTO, 16) == 1  # resolved as resolve_micro_batch does
+
+
+def test_auto_keeps_small_batches_whole_on_the_calling_thread(monkeypatch):
+    monkeypatch.setattr(microbatch, "calling_thread_dispatch", lambda: True)
+    assert resolve_micro_batch(AUTO, 32) is None and resolve_micro_batch(AUTO, CPU_WHOLE_ROWS) is None
+    assert resolve_micro_batch(AUTO, 2 * CPU_WHOLE_ROWS) == CPU_MICRO_BATCH  # larger batches: chunks as before
+    # several devices run on worker threads whatever the setting, so their rows are chunked as before
+    assert resolve_micro_batch(AUTO, 4 * 32, devices=4) == CPU_MICRO_BATCH
+    assert chunk_count(AUTO, 64) == 1 and chunk_count(AUTO, 256) == 16
+
+
+def test_calling_thread_dispatch_reads_the_jax_setting_keep_freed_memory_made():
+    from common.host_memory import calling_thread_dispatch
+
+    assert calling_thread_dispatch() == (not jax.config.read("jax_cpu_enable_async_dispatch"))
+    assert calling_thread_dispatch()  # tests/conftest.py called keep_freed_memory before the first computation
 
 
 @pytest.mark.parametrize("value", [0, -4, 2.5, "fast", True])
