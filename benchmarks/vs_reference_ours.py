@@ -8,9 +8,10 @@ Same protocol as the reference jobs (``benchmarks.vs_reference_protocol``); ever
 ``jax.block_until_ready``; the first call includes the ``jax.jit`` trace and XLA compile.
 NFNs: ``fwd`` the jitted logits, parameters and inputs as jit arguments; ``fwdbwd`` the jitted value and
 gradient of the BCE loss (``optax.sigmoid_binary_cross_entropy`` on the logits, uniform random targets) w.r.t.
-every ``nnx.Param``; both as the library predicts and trains (micro-batches of 16 rows above batch 16); inputs random normal with the CNN-zoo / small-transformer-zoo shapes, the
-configurations the authors published (docs/magep.md, docs/transformer_nfn.md). TSW / SW: the jitted distance,
-or value and gradient w.r.t. Y; tree frames / projections drawn once and passed as arguments; both with XLA's
+every ``nnx.Param``; both as the library predicts and trains (``"auto"`` micro-batches: 16 rows above batch 64 on
+the calling thread); inputs random normal with the CNN-zoo / small-transformer-zoo shapes, the configurations
+the authors published (docs/magep.md, docs/transformer_nfn.md). TSW / SW: the jitted distance, or value and
+gradient w.r.t. Y; tree frames / projections drawn once and passed as arguments; both with XLA's
 FLOP and byte counts of one call (``cost_analysis``).
 Zoo jobs (``train``): ms per model-step of the recipe's population training (`benchmarks.zoo_throughput`):
 one record per run, ``median_s`` = seconds per model-step, ``first_call_s`` = compile seconds.
