@@ -238,11 +238,11 @@ def main(argv=None) -> dict:
     import flax
     import jax
 
-    from common.host_memory import keep_freed_memory
+    from common.host_memory import calling_thread_dispatch, keep_freed_memory
 
     record.update(jax=jax.__version__, flax=flax.__version__, repo="nfn_tsw", commit=_git_commit(),
                   keep_freed_memory=keep_freed_memory(),  # as a training script starts (docs/common.md §10)
-                  async_dispatch=jax.config.read("jax_cpu_enable_async_dispatch"))
+                  async_dispatch=not calling_thread_dispatch())
     if args.job in ZOO_JOBS:
         def run():
             record["calib_ms"] = protocol.calibrate()
