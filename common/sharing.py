@@ -39,6 +39,14 @@ Rules (``rule``)
 Constant terms are allowed under "full" always, under the scaling rules only for outputs without a permuted
 axis of non-free power.
 
+Packed coefficients
+-------------------
+`SharingPlan.apply` runs the terms of one output that keep the same axes as one matrix product, against the
+concatenation of their coefficients (`SharingPlan.contractions`). The layers hold that concatenation itself
+(`SharingPlan.pack`, one parameter per contraction; `SharingPlan.unpack` gives the terms back): with one array
+per term, XLA's CPU program concatenated them on every call and sliced the gradient back into one output per
+term, each slice a kernel of its own (NP: 285 of them, most of its compile time). `apply` takes either form.
+
 Pooling and initialisation
 --------------------------
 ``pooling="mean"`` (MAGEP, NP, HNP, Monomial-NFN) or ``"sum"`` (Transformer-NFN). ``init_rule`` picks the
@@ -271,6 +279,63 @@ class SharingPlan:
         """Number of scalars in one copy of the coefficients."""
         return sum(math.prod(self.coef_shape(t, c_in, c_out)) for t in self.terms)
 
+    def contractions(self) -> dict[str, tuple[Term, ...]]:
+        """Packed coefficient name -> the terms `apply` evaluates as one contraction (one output slot, the same
+        identified and tied labels; or the output's constant terms), in term order. Names: ``"out<-[i,j]"`` (the
+        identified labels), ``"out<-[i|t]"`` with tied labels, ``"out<-[const]"``."""
+        groups: dict[str, list] = {}
+        for t in self.terms:
+            inner = "const" if t.inp is None else ",".join(map(str, t.identified)) + (
+                f"|{','.join(map(str, t.tied))}" if t.tied else "")
+            groups.setdefault(f"{t.out}<-[{inner}]", []).append(t)
+        return {name: tuple(terms) for name, terms in groups.items()}
+
+    def _n_fixed(self, t: Term) -> tuple[int, int]:
+        """(output fixed axes, contracted input fixed axes) of a term's coefficient."""
+        return (len(self._fixed(dict(self.out_slots)[t.out])),
+                0 if t.inp is None else len(self._fixed(dict(self.in_slots)[t.inp], t.tied)))
+
+    def pack(self, coeffs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """Term coefficients -> one array per contraction (`contractions`): ``[*stack, c_out, *out_fixed, F]``
+        with F the terms' ``(*in_fixed, c_in)`` axes flattened and concatenated in term order; an output's k
+        constant terms stacked, ``[*stack, k, c_out, *out_fixed]`` (`apply` adds them). `apply` reads either form; a layer that holds the packed form runs no concatenation
+        forward and no slicing of the gradient backward (every such slice was a kernel of its own in XLA's CPU
+        program, docs/common.md §11). `unpack` inverts it."""
+        missing = [t.name for t in self.terms if t.name not in coeffs]
+        if missing:
+            raise ValueError(f"SharingPlan.pack: coeffs has no entry for the terms {missing} (got {sorted(coeffs)})")
+        packed = {}
+        for name, terms in self.contractions().items():
+            if terms[0].inp is None:
+                n_out = self._n_fixed(terms[0])[0]
+                packed[name] = jnp.stack([coeffs[t.name] for t in terms], axis=-(n_out + 2))
+                continue
+            parts = []
+            for t in terms:
+                n_out, n_in = self._n_fixed(t)
+                c = jnp.moveaxis(coeffs[t.name], -(n_out + n_in + 1), -1)  # [*stack, c_out, *out_fixed, *in_fixed, c_in]
+                parts.append(c.reshape(c.shape[: c.ndim - n_in - 1] + (-1,)))
+            packed[name] = parts[0] if len(parts) == 1 else jnp.concatenate(parts, -1)
+        return packed
+
+    def unpack(self, packed: Mapping[str, jax.Array], c_in: Mapping[str, int]) -> dict[str, jax.Array]:
+        """Inverse of `pack`: term name -> ``[*stack, c_out, c_in, *out_fixed, *in_fixed]`` (``c_in``: input slot
+        name -> channels)."""
+        coeffs = {}
+        for name, terms in self.contractions().items():
+            start = 0
+            for j, t in enumerate(terms):
+                n_out, n_in = self._n_fixed(t)
+                if t.inp is None:
+                    coeffs[t.name] = jnp.take(packed[name], j, axis=-(n_out + 2))
+                    continue
+                in_fixed = self._fixed(dict(self.in_slots)[t.inp], t.tied)
+                size = math.prod(in_fixed) * c_in[t.inp]
+                c = packed[name][..., start: start + size]
+                c = c.reshape(c.shape[:-1] + in_fixed + (c_in[t.inp],))
+                coeffs[t.name], start = jnp.moveaxis(c, -1, -(n_out + n_in + 1)), start + size
+        return coeffs
+
     def apply(self, coeffs: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array],
               layout: str = "channels_last") -> dict[str, jax.Array]:
         """Evaluate every output slot.
@@ -293,9 +358,13 @@ class SharingPlan:
         """
         if layout not in LAYOUTS:
             raise ValueError(f"SharingPlan.apply: layout must be one of {LAYOUTS}, got {layout!r}")
-        missing = [t.name for t in self.terms if t.name not in coeffs]
-        if missing:
-            raise ValueError(f"SharingPlan.apply: coeffs has no entry for the terms {missing} (got {sorted(coeffs)})")
+        contractions = self.contractions()
+        if set(coeffs) != set(contractions):
+            missing = [t.name for t in self.terms if t.name not in coeffs]
+            if missing:
+                raise ValueError(f"SharingPlan.apply: coeffs has no entry for the terms {missing} and is not the "
+                                 f"packed form {sorted(contractions)} (got {sorted(coeffs)})")
+            coeffs = self.pack(coeffs)
         lead = layout == "channels_leading"
         in_slots, out, pooled = dict(self.in_slots), {}, {}
         first = next(iter(inputs))
@@ -305,19 +374,18 @@ class SharingPlan:
         sizes = {lab: x.shape[pos - len(in_slots[name]) - end] for name, x in inputs.items()
                  for pos, (lab, _, _) in enumerate(in_slots[name]) if lab in self.permuted}
         for name, axes in self.out_slots:
-            groups: dict[tuple, list] = {}
-            for t in (t for t in self.terms if t.out == name):
-                groups.setdefault((t.identified, t.tied) if t.inp else None, []).append(t)
             acc = None
-            for key, terms in groups.items():
-                if key is None:  # the constant term: [c_out, *out_fixed]
-                    c = coeffs[terms[0].name]
+            for key, terms in contractions.items():
+                if terms[0].out != name:
+                    continue
+                c = coeffs[key] if terms[0].inp else coeffs[key].sum(0)  # constants: [k, c_out, *out_fixed]
+                c_out = c.shape[0]
+                if terms[0].inp is None:
                     c = c.reshape(c.shape[:1] + (1,) * len(batch) + c.shape[1:]) if lead else jnp.moveaxis(c, 0, -1)
                     y = self._broadcast_axes(c, axes, (), end)
                 else:
-                    y = self._apply_group(terms, coeffs, inputs, axes, in_slots, len(batch), pooled, lead)
+                    y = self._apply_group(terms, c, inputs, axes, in_slots, len(batch), pooled, lead)
                 acc = y if acc is None else acc + y
-            c_out = next(coeffs[t.name].shape[0] for t in self.terms if t.out == name)
             out_sizes = tuple(sizes.get(lab, s) for lab, s, _ in axes)
             out[name] = jnp.broadcast_to(acc, (c_out,) + batch + out_sizes if lead else batch + out_sizes + (c_out,))
         return out
@@ -343,32 +411,28 @@ class SharingPlan:
             pooled[(t.inp, pool)] = x
         return pooled[(t.inp, pool)], [lab for p, (lab, _, _) in enumerate(in_axes) if p not in pool]
 
-    def _apply_group(self, terms: list, coeffs, inputs, out_axes, in_slots, n_batch: int, pooled: dict,
+    def _apply_group(self, terms: list, coef: jax.Array, inputs, out_axes, in_slots, n_batch: int, pooled: dict,
                      lead: bool) -> jax.Array:
-        """Terms of one output with the same identified and tied labels as one contraction (see `apply`):
-        channels last, [..., *kept, in_fixed x c_in] against [c_out, *out_fixed, in_fixed x c_in]
-        (`channel_matmul`); channels leading (``lead``), [c_out x out_fixed, c_in x in_fixed] @ [c_in x in_fixed,
-        batch x kept], the inputs' fixed axes moved next to their channels and nothing else transposed."""
+        """Terms of one output with the same identified and tied labels as one contraction (see `apply`) with
+        their packed coefficient ``coef`` [c_out, *out_fixed, F] (`pack`): channels last, [..., *kept, F]
+        against it (`channel_matmul`); channels leading (``lead``), [c_out x out_fixed, F] @ [F, batch x kept],
+        the inputs' fixed axes moved next to their channels and nothing else transposed."""
         identified, tied = terms[0].identified, terms[0].tied
         kept = [lab for lab, _, _ in out_axes if lab in identified or lab in tied]  # output-axis order
         fixed_labels = [lab for lab, _, _ in out_axes if lab not in self.permuted]
         n_out_fixed = len(fixed_labels)
-        xs, cs = [], []
+        xs = []
         for t in terms:
             x, left = self._pooled(t, inputs, in_slots, pooled, 0 if lead else 1)
             kept_pos, fixed = [left.index(lab) for lab in kept], [i for i, lab in enumerate(left) if lab not in kept]
-            if lead:  # [c_in * in_fixed, *batch, *kept]
-                x = jnp.transpose(x, (0, *(1 + n_batch + i for i in fixed), *range(1, 1 + n_batch),
+            if lead:  # [in_fixed * c_in, *batch, *kept]
+                x = jnp.transpose(x, (*(1 + n_batch + i for i in fixed), 0, *range(1, 1 + n_batch),
                                       *(1 + n_batch + i for i in kept_pos)))
                 xs.append(x.reshape((-1,) + x.shape[1 + len(fixed):]))
-                coef = jnp.moveaxis(coeffs[t.name], 1, 1 + n_out_fixed)  # [c_out, *out_fixed, c_in, *in_fixed]
             else:  # [*batch, *kept, in_fixed * c_in]
                 x = jnp.transpose(x, (*range(n_batch), *(n_batch + i for i in kept_pos + fixed), x.ndim - 1))
                 xs.append(x.reshape(x.shape[: n_batch + len(kept)] + (-1,)))
-                coef = jnp.moveaxis(coeffs[t.name], 1, -1)  # [c_out, *out_fixed, *in_fixed, c_in]
-            cs.append(coef.reshape(coef.shape[: 1 + n_out_fixed] + (-1,)))
         x = xs[0] if len(xs) == 1 else jnp.concatenate(xs, 0 if lead else -1)
-        coef = cs[0] if len(cs) == 1 else jnp.concatenate(cs, -1)
         sub, kept_sub, out_sub, fixed_sub = self._letters(kept, out_axes)
         out_labels = [lab for lab, _, _ in out_axes if lab in sub]
         if set(kept) & set(tied):  # a tie: the coefficient runs along one of x's axes

@@ -34,7 +34,18 @@ def prepare(params: dict, feats, normalize: bool, layout: str) -> tuple[tuple, t
     return weights, biases
 
 
-class PolynomialLayer(nnx.Module):
+class TermCoefficients:
+    """Mixin of the layers that hold the coefficients of their `SharingPlan` (``self.plan``) packed per
+    contraction (``self.coeffs``, `SharingPlan.pack`: no concatenation forward and no slicing backward); the
+    subclass gives ``_input_channels()`` (input slot -> channels)."""
+
+    def term_coefficients(self) -> dict:
+        """The parameters per term: term name -> ``[c_out, c_in, *out_fixed, *in_fixed]`` (constants ``[c_out,
+        *out_fixed]``), `SharingPlan.unpack` of the packed ones."""
+        return self.plan.unpack(values(self.coeffs), self._input_channels())
+
+
+class PolynomialLayer(TermCoefficients, nnx.Module):
     """Base of `PolynomialEquivariant` / `PolynomialInvariant`: subclasses give ``pairs_fn(L)`` (coupling pairs)
     and ``plan_fn(spec)`` (SharingPlan over the blocks, carrying each block's channel multiple as its
     ``channel_factors``)."""
@@ -58,10 +69,14 @@ class PolynomialLayer(nnx.Module):
         var = FrozenCoupling if freeze_phi else nnx.Param
         couplings = init_couplings(rngs.params(), pairs_fn(spec.num_layers), c, spec.widths[0], spec.widths[-1], param_dtype)
         self.couplings = nnx.Dict({g: nnx.Dict({k: var(v) for k, v in m.items()}) for g, m in couplings.items()})
-        plan: SharingPlan = plan_fn(spec)
-        c_out = {o: out_channels for o, _ in plan.out_slots}
-        self.coeffs = nnx.Dict({k: nnx.Param(v) for k, v in plan.init(rngs.params(), plan.input_channels(c), c_out,
-                                                                       param_dtype).items()})
+        self.plan: SharingPlan = plan_fn(spec)
+        self.product_channels = c
+        c_out = {o: out_channels for o, _ in self.plan.out_slots}
+        packed = self.plan.pack(self.plan.init(rngs.params(), self._input_channels(), c_out, param_dtype))
+        self.coeffs = nnx.Dict({k: nnx.Param(v) for k, v in packed.items()})
+
+    def _input_channels(self) -> dict[str, int]:
+        return self.plan.input_channels(self.product_channels)
 
     def params_tree(self) -> dict:
         """The pure-function parameters: ``{"coeffs", "couplings"[, "channel_map"]}`` as plain arrays."""

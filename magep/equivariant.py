@@ -42,7 +42,7 @@ def polynomial_equivariant(params: dict, feats, spec: NetworkSpec, *, normalize:
     """MAGEP equivariant layer.
 
     Args:
-      params: ``{"coeffs": {term: array}, "couplings": {"Phi": {pair: [c, n_0, n_L]}, "phi": {pair: [c, n_L]}}``
+      params: ``{"coeffs": {term: array} (or packed per contraction, `SharingPlan.pack`), "couplings": {"Phi": {pair: [c, n_0, n_L]}, "phi": {pair: [c, n_L]}}``
         plus ``"channel_map"`` ({"W{l}": [C_l, c], "b{l}": [C'_l, c]}) when input channels differ per layer.
       feats: features of `spec`, weights [..., n_l, n_{l-1}, C_l], biases [..., n_l, C'_l]; with
         ``layout="channels_leading"`` a (weights, biases) pair of [C_l, ..., n_l, n_{l-1}] and [C'_l, ..., n_l]

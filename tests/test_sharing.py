@@ -13,6 +13,7 @@ from flax import nnx
 from common import NetworkSpec, SharingPlan
 from common.sharing import channel_matmul
 from magep import GeneralizationPredictor, INRClassifier, PolynomialEquivariant, PolynomialInvariant
+from magep.base import TermCoefficients
 from magep.baselines import HNPLinear, MonomialLinear, NPLinear, linear_plan
 from magep.equivariant import equivariant_plan
 from magep.invariant import invariant_plan
@@ -27,8 +28,18 @@ def frozen(prefix: str) -> dict[str, np.ndarray]:
 
 
 def flat_state(module) -> dict[str, np.ndarray]:
+    """Every variable of ``module`` by path; the packed coefficients of its layers (one array per contraction)
+    replaced by their per-term arrays (`TermCoefficients.term_coefficients`), the form frozen here."""
     leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(module)))[0]
-    return {"/".join(str(getattr(p, "key", p)) for p in path): np.asarray(v) for path, v in leaves}
+    state = {"/".join(str(getattr(p, "key", p)) for p in path): np.asarray(v) for path, v in leaves}
+    for path, layer in nnx.iter_modules(module):
+        if isinstance(layer, TermCoefficients):
+            prefix = "/".join(map(str, path + ("coeffs",)))
+            packed = {k for k in state if k.startswith(prefix + "/")}
+            assert packed == {f"{prefix}/{k}" for k in layer.plan.contractions()}
+            state = {k: v for k, v in state.items() if k not in packed}
+            state.update({f"{prefix}/{k}": np.asarray(v) for k, v in layer.term_coefficients().items()})
+    return state
 
 
 @pytest.mark.parametrize("L, spec", [(2, SPEC2), (3, SPEC3)])
@@ -217,3 +228,41 @@ def test_channels_leading_layout_equals_channels_last(name):
         assert any(v.shape[1:3] != (2, 1) for v in moved.values())
     with pytest.raises(ValueError, match="layout"):
         plan.apply(coeffs, inputs, layout="channels_first")
+
+
+@pytest.mark.parametrize("name", ["magep_eq", "hnp", "np_paper", "monomial_sign", "tnfn_ties", "tnfn_inv"])
+def test_packed_coefficients(name):
+    """`SharingPlan.pack` holds every term once (one array per contraction, as the layers store them), `unpack`
+    returns exactly the term coefficients (with stacked copies too), and `apply` computes the same from either
+    form in both layouts; every constant term counts (NP's "paper" terms have four on one output)."""
+    plans = _layout_plans() | {"np_paper": linear_plan(SPEC3, "np", "paper")}
+    plan = plans[name]
+    c_in, c_out = plan.input_channels(2), {o: 3 for o, _ in plan.out_slots}
+    groups = plan.contractions()
+    assert sorted(t.name for terms in groups.values() for t in terms) == sorted(t.name for t in plan.terms)
+    with jax.enable_x64(True):
+        stacked = plan.init(jax.random.key(1), c_in, c_out, jnp.float64, stack=(3,))
+        packed = plan.pack(stacked)
+        assert packed.keys() == groups.keys()
+        assert sum(v.size for v in packed.values()) == 3 * plan.num_params(c_in, c_out)
+        back = plan.unpack(packed, c_in)
+        assert back.keys() == stacked.keys()
+        for k in stacked:
+            np.testing.assert_array_equal(back[k], stacked[k], err_msg=k)
+        coeffs = {k: v[1] + 0.1 for k, v in stacked.items()}
+        rng = np.random.default_rng(2)
+        inputs = {n: jnp.asarray(rng.standard_normal((2,) + tuple(s for _, s, _ in axes) + (c_in[n],)))
+                  for n, axes in plan.in_slots}
+        lead_inputs = {n: jnp.moveaxis(a, -1, 0) for n, a in inputs.items()}
+        for layout, x in (("channels_last", inputs), ("channels_leading", lead_inputs)):
+            want, got = plan.apply(coeffs, x, layout), plan.apply(plan.pack(coeffs), x, layout)
+            for k in want:
+                np.testing.assert_allclose(got[k], want[k], rtol=1e-13, atol=1e-13, err_msg=f"{layout} {k}")
+        base = plan.apply(coeffs, inputs)
+        for t in (t for t in plan.terms if t.inp is None):  # each constant adds to its output
+            bumped = plan.apply(coeffs | {t.name: coeffs[t.name] + 1.0}, inputs)[t.out]
+            np.testing.assert_allclose(bumped - base[t.out], 1.0, rtol=1e-12, err_msg=t.name)
+    with pytest.raises(ValueError, match=r"no entry for the terms .* is not the packed form"):
+        plan.apply({k: v for k, v in list(coeffs.items())[1:]}, inputs)
+    with pytest.raises(ValueError, match="SharingPlan.pack: coeffs has no entry for the terms"):
+        plan.pack({})

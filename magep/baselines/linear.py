@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from common import NetworkSpec, SharingPlan, WeightSpace
-from magep.base import values
+from magep.base import TermCoefficients, values
 from magep.baselines.paper_terms import io_mean_channels, io_mean_slots, io_means, paper_plan
 from magep.slots import from_slots, slot_channels, to_slots, weight_space_slots
 from magep.validation import check_features, check_spec, resolve_channels
@@ -58,7 +58,8 @@ def sharing_linear(coeffs: dict, feats: WeightSpace, spec: NetworkSpec, group: s
     """Equivariant linear map of `group` on features.
 
     Args:
-      coeffs: term name -> coefficient (`linear_plan(spec, group, terms).init`).
+      coeffs: term name -> coefficient (`linear_plan(spec, group, terms).init`), or their packed form
+        (`common.SharingPlan.pack`: one array per contraction, what `SharingLinear` holds).
       feats: features of `spec`, weights [..., n_l, n_{l-1}, C_l], biases [..., n_l, C'_l].
       terms: "complete" or "paper" (`linear_plan`).
     Returns:
@@ -70,7 +71,7 @@ def sharing_linear(coeffs: dict, feats: WeightSpace, spec: NetworkSpec, group: s
     return from_slots(linear_plan(spec, group, terms).apply(coeffs, inputs), spec.num_layers)
 
 
-class SharingLinear(nnx.Module):
+class SharingLinear(TermCoefficients, nnx.Module):
     """nnx wrapper of `sharing_linear`; ``in_channels`` / ``out_channels`` as for `PolynomialEquivariant`
     (int, per-layer tuple, or (weight, bias) pairs); ``terms`` as for `linear_plan`."""
 
@@ -83,12 +84,14 @@ class SharingLinear(nnx.Module):
         self.spec, self.terms = spec, terms
         self.in_channels = resolve_channels(in_channels, spec, name, "in_channels")
         self.out_channels = resolve_channels(out_channels, spec, name, "out_channels")
-        plan = linear_plan(spec, self.group, terms)
-        c_in = slot_channels(self.in_channels.weights, self.in_channels.biases)
-        if _reads_io_means(self.group, terms):
-            c_in = io_mean_channels(c_in, spec.num_layers)
+        self.plan = linear_plan(spec, self.group, terms)
         c_out = slot_channels(self.out_channels.weights, self.out_channels.biases)
-        self.coeffs = nnx.Dict({k: nnx.Param(v) for k, v in plan.init(rngs.params(), c_in, c_out, param_dtype).items()})
+        packed = self.plan.pack(self.plan.init(rngs.params(), self._input_channels(), c_out, param_dtype))
+        self.coeffs = nnx.Dict({k: nnx.Param(v) for k, v in packed.items()})  # one parameter per contraction
+
+    def _input_channels(self) -> dict[str, int]:
+        c_in = slot_channels(self.in_channels.weights, self.in_channels.biases)
+        return io_mean_channels(c_in, self.spec.num_layers) if _reads_io_means(self.group, self.terms) else c_in
 
     def __call__(self, feats: WeightSpace) -> WeightSpace:
         check_features(feats, self.spec, self.in_channels, type(self).__name__)
