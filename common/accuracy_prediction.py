@@ -187,7 +187,9 @@ def fit_predictor(model: nnx.Module, inputs: Any, targets: Any, *, key: jax.Arra
         ``nnx.Param`` variables are trained; other variables (e.g. frozen bases) are kept.
       inputs: pytree with leaves ``[R, ...]``; targets: accuracies ``[R]`` in [0, 1].
       key: PRNG key of the run; num_steps: optimizer steps; batch_size: rows per step.
-      optimizer: default ``optax.adam(1e-3)``.
+      optimizer: default ``optax.flatten(optax.adam(1e-3))`` (Adam on all parameters as one vector: the same
+        updates, and a train step with far fewer kernels to compile than one Adam update per parameter array;
+        for the NP / HNP predictors the first call 1 s shorter, docs/common.md §11).
       run_dir, checkpoint_every, mesh, progress: as in `common.training.fit` (``checkpoint_every`` defaults to
         ``num_steps``: one checkpoint at the end when ``run_dir`` is set, and to ``eval_every`` with a validation
         split).
@@ -229,7 +231,7 @@ def fit_predictor(model: nnx.Module, inputs: Any, targets: Any, *, key: jax.Arra
     try:
         state, history = training.fit(
             training.nnx_loss_fn(graphdef, loss, *frozen), params,
-            optax.adam(1e-3) if optimizer is None else optimizer, batches, key=key, num_steps=num_steps,
+            optax.flatten(optax.adam(1e-3)) if optimizer is None else optimizer, batches, key=key, num_steps=num_steps,
             run_dir=run_dir, checkpoint_every=num_steps if checkpoint_every is None else checkpoint_every,
             mesh=mesh, progress=progress, eval_fn=scorer, eval_every=eval_every if scorer else None,
             micro_batch=micro_batch)

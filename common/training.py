@@ -171,7 +171,8 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
       loss_fn: ``loss_fn(params, batch, key) -> (scalar loss, dict of scalar metrics)``, averaged
         over the batch rows; ``key`` is a fresh PRNG key for each step.
       params: initial parameter pytree (copied, never modified).
-      optimizer: optax gradient transformation.
+      optimizer: optax gradient transformation (for a model with many parameter arrays, ``optax.flatten(...)``
+        of an elementwise optimizer such as Adam computes the same updates with far fewer kernels to compile).
       batches: deterministic ``batches(step) -> batch`` for ``step = 0 .. num_steps-1``, a pytree of
         arrays ``[b, ...]`` (on several hosts: this host's rows); ``b`` divisible by the number of
         local devices in ``mesh``.

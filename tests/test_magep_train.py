@@ -47,10 +47,12 @@ def test_training_matches_the_inline_recipe_it_replaces(data):
         idx = np.random.default_rng(step).choice(ROWS, 8, replace=False)
         return {"x": jax.tree.map(lambda a: a[idx], feats), "y": accuracy[idx]}
 
-    state, _ = training.fit(training.nnx_loss_fn(graphdef, loss), params, optax.adam(1e-3), batches,
-                            key=jax.random.key(0), num_steps=3, progress=False)
-    for new, old in zip(jax.tree.leaves(nnx.state(trained, nnx.Param)), jax.tree.leaves(state.params)):
+    run = lambda optimizer: training.fit(training.nnx_loss_fn(graphdef, loss), params, optimizer, batches,
+                                         key=jax.random.key(0), num_steps=3, progress=False)[0].params
+    flat, per_array = run(optax.flatten(optax.adam(1e-3))), run(optax.adam(1e-3))  # the default; Adam per array
+    for new, old, adam in zip(*map(jax.tree.leaves, (nnx.state(trained, nnx.Param), flat, per_array))):
         np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
+        np.testing.assert_allclose(np.asarray(old), np.asarray(adam), rtol=1e-6, atol=1e-7)  # the same updates
     assert len(history) == 3 and all(np.isfinite(r["loss"]) for r in history)
 
 
