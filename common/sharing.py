@@ -298,9 +298,10 @@ class SharingPlan:
     def pack(self, coeffs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         """Term coefficients -> one array per contraction (`contractions`): ``[*stack, c_out, *out_fixed, F]``
         with F the terms' ``(*in_fixed, c_in)`` axes flattened and concatenated in term order; an output's k
-        constant terms stacked, ``[*stack, k, c_out, *out_fixed]`` (`apply` adds them). `apply` reads either form; a layer that holds the packed form runs no concatenation
-        forward and no slicing of the gradient backward (every such slice was a kernel of its own in XLA's CPU
-        program, docs/common.md §11). `unpack` inverts it."""
+        constant terms stacked, ``[*stack, k, c_out, *out_fixed]`` (`apply` adds them). `apply` reads either
+        form; a layer that holds the packed form runs no concatenation forward and no slicing of the gradient
+        backward (every such slice was a kernel of its own in XLA's CPU program, docs/common.md §11). `unpack`
+        inverts it."""
         missing = [t.name for t in self.terms if t.name not in coeffs]
         if missing:
             raise ValueError(f"SharingPlan.pack: coeffs has no entry for the terms {missing} (got {sorted(coeffs)})")
@@ -313,7 +314,7 @@ class SharingPlan:
             parts = []
             for t in terms:
                 n_out, n_in = self._n_fixed(t)
-                c = jnp.moveaxis(coeffs[t.name], -(n_out + n_in + 1), -1)  # [*stack, c_out, *out_fixed, *in_fixed, c_in]
+                c = jnp.moveaxis(coeffs[t.name], -(n_out + n_in + 1), -1)  # [..., *out_fixed, *in_fixed, c_in]
                 parts.append(c.reshape(c.shape[: c.ndim - n_in - 1] + (-1,)))
             packed[name] = parts[0] if len(parts) == 1 else jnp.concatenate(parts, -1)
         return packed
