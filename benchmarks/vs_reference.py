@@ -371,14 +371,18 @@ GOAL_RATIO, GOAL_FIRST_S = 0.33, 2.0
 NFN_BOUNDS = {
     "MAGEP-NFN": "a third of the FLOPs per network of the linear NFNs, in contractions with 10-60 channels on one "
                  "side and 16 x 16 per-channel products; about a third of the step is layout changes (transposes "
-                 "with a short minor axis) and elementwise passes, not matmul (docs/magep.md §9.4)",
+                 "with a short minor axis) and elementwise passes, not matmul (docs/magep.md §9.4); its compile: "
+                 "118 per-channel products with a side of size 1 (the CNN's one input channel) that XLA emits as "
+                 "loops of their own, and the scale normalisation's ~240 per-tensor kernels (docs/common.md §11)",
     "Monomial-NFN": "60% of the step in matmuls with fused work, 33% in the ReLU passes around them; nothing "
                     "moves data (docs/magep.md §9.4)",
     "HNP (nfn)": "55% matmuls, 32% ReLU passes, 6% concatenations (docs/magep.md §9.4)",
-    "NP (nfn)": "59% matmuls, 30% ReLU passes (docs/magep.md §9.4)",
+    "NP (nfn)": "59% matmuls, 30% ReLU passes (docs/magep.md §9.4); its first call at batch 8: tracing 2,122 "
+                "operations 0.8 s, lowering 0.2 s, compile 1.2-1.3 s (docs/common.md §11)",
     "Transformer-NFN": "1.97 GFLOP per batch-64 step, 40% of it in copies and transposes of the per-head "
                        "blocks plus 8% pads (the gradient of unstacking the blocks); alternatives tried are in "
-                       "docs/magep.md §9.4",
+                       "docs/magep.md §9.4; at batch 64 its compile has 18 reduce-window kernels of XLA's "
+                       "tree-reduction rewrite, 0.8 s of LLVM (docs/common.md §11)",
 }
 
 
@@ -402,9 +406,11 @@ def goal_misses(best) -> list[str]:
     lines = ["### Rows above the goal", "",
              f"Each row above {GOAL_RATIO} or with a first call above {GOAL_FIRST_S:g} s: ours / authors at our "
              "achieved rate, and the rate our FLOPs would need for the goal (% of the job's calibration; near or "
-             "above 100% the goal needs fewer FLOPs, not a better schedule). First calls are XLA's CPU compile, "
-             "mostly LLVM code generation of each fused kernel (hundreds per step); a rerun reads them from the "
-             "persistent compilation cache (docs/common.md §11).", ""]
+             "above 100% the goal needs fewer FLOPs, not a better schedule). First calls are tracing, lowering "
+             "and XLA's CPU compile, mostly LLVM code generation: the fused loops in 32 modules compiled in "
+             "parallel, and one module for each operation left outside a fusion or a library call; above 64 rows "
+             "the micro-batches' scan adds its own kernels; a rerun reads the program from the persistent "
+             "compilation cache (docs/common.md §11).", ""]
     for name, rows in misses.items():
         lines += [f"- **{name}** ({NFN_BOUNDS[name]}): " + "; ".join(rows) + "."]
     return lines + [""]
