@@ -228,13 +228,19 @@ class SharingPlan:
     def _fixed(self, axes: tuple[Axis, ...], skip: tuple = ()) -> tuple[int, ...]:
         return tuple(size for lab, size, _ in axes if lab not in self.permuted and lab not in skip)
 
+    def _fixed_sizes(self, term: Term) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(output fixed sizes, contracted input fixed sizes) of a term's coefficient (no input ones for a
+        constant)."""
+        out_fixed = self._fixed(dict(self.out_slots)[term.out])
+        return out_fixed, () if term.inp is None else self._fixed(dict(self.in_slots)[term.inp], term.tied)
+
     def coef_shape(self, term: Term, c_in: Mapping[str, int], c_out: Mapping[str, int]) -> tuple[int, ...]:
         """``[c_out, c_in, *out_fixed, *in_fixed]`` (tied input axes left out; ``[c_out, *out_fixed]`` for a
         constant)."""
-        out_fixed = self._fixed(dict(self.out_slots)[term.out])
+        out_fixed, in_fixed = self._fixed_sizes(term)
         if term.inp is None:
             return (c_out[term.out],) + out_fixed
-        return (c_out[term.out], c_in[term.inp]) + out_fixed + self._fixed(dict(self.in_slots)[term.inp], term.tied)
+        return (c_out[term.out], c_in[term.inp]) + out_fixed + in_fixed
 
     def summed_axes(self, term: Term) -> tuple[tuple[Hashable, int], ...]:
         """``(label, size)`` of every input axis the term sums over: pooled permuted axes and contracted fixed
@@ -254,10 +260,8 @@ class SharingPlan:
                     for t in self.terms]
         fans: dict[str, int] = {}
         for t in linear:
-            shape = self.coef_shape(t, c_in, c_out)
-            n_out_fixed = len(self._fixed(dict(self.out_slots)[t.out]))
-            fans[t.out] = fans.get(t.out, 0) + shape[1] * math.prod(shape[2 + n_out_fixed :]) \
-                + shape[0] * math.prod(shape[2 : 2 + n_out_fixed])
+            out_fixed, in_fixed = self._fixed_sizes(t)
+            fans[t.out] = fans.get(t.out, 0) + c_in[t.inp] * math.prod(in_fixed) + c_out[t.out] * math.prod(out_fixed)
         return [0.0 if t.inp is None else math.sqrt(2.0 / fans[t.out]) for t in self.terms]
 
     def init(self, key: jax.Array, c_in: Mapping[str, int], c_out: Mapping[str, int], dtype=jnp.float32,
@@ -290,11 +294,6 @@ class SharingPlan:
             groups.setdefault(f"{t.out}<-[{inner}]", []).append(t)
         return {name: tuple(terms) for name, terms in groups.items()}
 
-    def _n_fixed(self, t: Term) -> tuple[int, int]:
-        """(output fixed axes, contracted input fixed axes) of a term's coefficient."""
-        return (len(self._fixed(dict(self.out_slots)[t.out])),
-                0 if t.inp is None else len(self._fixed(dict(self.in_slots)[t.inp], t.tied)))
-
     def pack(self, coeffs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         """Term coefficients -> one array per contraction (`contractions`): ``[*stack, c_out, *out_fixed, F]``
         with F the terms' ``(*in_fixed, c_in)`` axes flattened and concatenated in term order; an output's k
@@ -308,12 +307,12 @@ class SharingPlan:
         packed = {}
         for name, terms in self.contractions().items():
             if terms[0].inp is None:
-                n_out = self._n_fixed(terms[0])[0]
-                packed[name] = jnp.stack([coeffs[t.name] for t in terms], axis=-(n_out + 2))
+                out_fixed = self._fixed_sizes(terms[0])[0]
+                packed[name] = jnp.stack([coeffs[t.name] for t in terms], axis=-(len(out_fixed) + 2))
                 continue
             parts = []
             for t in terms:
-                n_out, n_in = self._n_fixed(t)
+                n_out, n_in = map(len, self._fixed_sizes(t))
                 c = jnp.moveaxis(coeffs[t.name], -(n_out + n_in + 1), -1)  # [..., *out_fixed, *in_fixed, c_in]
                 parts.append(c.reshape(c.shape[: c.ndim - n_in - 1] + (-1,)))
             packed[name] = parts[0] if len(parts) == 1 else jnp.concatenate(parts, -1)
@@ -326,15 +325,15 @@ class SharingPlan:
         for name, terms in self.contractions().items():
             start = 0
             for j, t in enumerate(terms):
-                n_out, n_in = self._n_fixed(t)
+                out_fixed, in_fixed = self._fixed_sizes(t)
                 if t.inp is None:
-                    coeffs[t.name] = jnp.take(packed[name], j, axis=-(n_out + 2))
+                    coeffs[t.name] = jnp.take(packed[name], j, axis=-(len(out_fixed) + 2))
                     continue
-                in_fixed = self._fixed(dict(self.in_slots)[t.inp], t.tied)
                 size = math.prod(in_fixed) * c_in[t.inp]
                 c = packed[name][..., start: start + size]
                 c = c.reshape(c.shape[:-1] + in_fixed + (c_in[t.inp],))
-                coeffs[t.name], start = jnp.moveaxis(c, -1, -(n_out + n_in + 1)), start + size
+                coeffs[t.name] = jnp.moveaxis(c, -1, -(len(out_fixed) + len(in_fixed) + 1))
+                start += size
         return coeffs
 
     def apply(self, coeffs: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array],
@@ -379,13 +378,14 @@ class SharingPlan:
             for key, terms in contractions.items():
                 if terms[0].out != name:
                     continue
-                c = coeffs[key] if terms[0].inp else coeffs[key].sum(0)  # constants: [k, c_out, *out_fixed]
-                c_out = c.shape[0]
-                if terms[0].inp is None:
-                    c = c.reshape(c.shape[:1] + (1,) * len(batch) + c.shape[1:]) if lead else jnp.moveaxis(c, 0, -1)
-                    y = self._broadcast_axes(c, axes, (), end)
+                c = coeffs[key]
+                if terms[0].inp is None:  # the output's constant terms, [k, c_out, *out_fixed]: added
+                    c = c.sum(0)
+                    y = c.reshape(c.shape[:1] + (1,) * len(batch) + c.shape[1:]) if lead else jnp.moveaxis(c, 0, -1)
+                    y = self._broadcast_axes(y, axes, (), end)
                 else:
                     y = self._apply_group(terms, c, inputs, axes, in_slots, len(batch), pooled, lead)
+                c_out = c.shape[0]
                 acc = y if acc is None else acc + y
             out_sizes = tuple(sizes.get(lab, s) for lab, s, _ in axes)
             out[name] = jnp.broadcast_to(acc, (c_out,) + batch + out_sizes if lead else batch + out_sizes + (c_out,))

@@ -17,7 +17,7 @@ from common.host_memory import keep_freed_memory
 
 PROGRAM = textwrap.dedent("""
     import json, resource, sys
-    from common.host_memory import keep_freed_memory
+    from common.host_memory import calling_thread_dispatch, keep_freed_memory
     mode = sys.argv[1]  # before JAX creates its client and threads:
     settings = {"thresholds": dict(calling_thread=False), "keep": {},
                 "single": dict(single_arena=True, calling_thread=False)}
@@ -37,7 +37,7 @@ PROGRAM = textwrap.dedent("""
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     again = keep_freed_memory(**settings[mode]) if applied else None
     print(json.dumps(dict(faults=sorted(faults)[4], applied=applied, again=again, temp=temp,
-                          inline=not jax.config.read("jax_cpu_enable_async_dispatch"))))
+                          inline=calling_thread_dispatch())))
 """)
 
 
