@@ -176,6 +176,43 @@ def _line_gradient_error(d, seed):
     return np.abs(g32 - g64).max() / np.abs(g64).max()
 
 
+def _lines_and_points(d, near, seed=0):
+    """float32 points [40, d] (the first 1e-4 from line (0, 0) when `near`), concurrent sources, unit directions,
+    the coordinates along the lines, and the float64 distances from the perpendicular vectors."""
+    rng = np.random.default_rng(seed)
+    zc = rng.normal(size=(40, d))
+    sources = np.repeat(0.1 * rng.normal(size=(3, 1, d)), 2, axis=1)
+    theta = rng.normal(size=(3, 2, d))
+    theta /= np.linalg.norm(theta, axis=-1, keepdims=True)
+    if near:
+        off = rng.normal(size=d)
+        off -= off @ theta[0, 0] * theta[0, 0]
+        zc[0] = sources[0, 0] + 2.0 * theta[0, 0] + 1e-4 * off / np.linalg.norm(off)
+    zc, sources, theta = (np.float32(v) for v in (zc, sources, theta))
+    coords = lambda z, x, t: np.einsum("nd,lkd->lkn", z, t) - np.einsum("lkd,lkd->lk", x, t)[..., None]
+    z64, x64, t64 = (np.float64(v) for v in (zc, sources, theta))
+    perp = z64 - x64[..., None, :] - coords(z64, x64, t64)[..., None] * t64[..., None, :]
+    return zc, sources, theta, coords(zc, sources, theta), np.linalg.norm(perp, axis=-1)
+
+
+@pytest.mark.parametrize("d", [17, 100])
+def test_expanded_distances_only_where_they_do_not_cancel(d):
+    """Above `COORDINATE_MAX_DIM` the squared distances come from one matrix product (||z - x||^2 - s^2) unless a
+    point is near a line or a source: far from the lines both agree with float64; with one point 1e-4 from a
+    line the expansion alone loses that distance entirely (relative error ~1), so the guard switches to the
+    perpendicular vectors, which keep it to 1e-3 (also under vmap, where both branches run)."""
+    distance = jax.jit(tsw_sl.splitting.distance_to_lines)
+    far, near = _lines_and_points(d, False), _lines_and_points(d, True)
+    for (zc, sources, theta, proj, want), expanded_ok in ((far, True), (near, False)):
+        squares, safe = tsw_sl.splitting._expanded_squares(jnp.asarray(zc), jnp.asarray(sources), jnp.asarray(proj))
+        assert bool(safe) == expanded_ok
+        np.testing.assert_allclose(np.asarray(distance(zc, sources, theta, proj)), want, rtol=1e-3, atol=1e-6)
+    expanded_near = np.sqrt(np.maximum(np.asarray(squares), 0.0))[0, 0, 0]
+    assert abs(expanded_near / near[-1][0, 0, 0] - 1) > 0.5
+    batched = jax.vmap(distance)(*(np.stack([a, b]) for a, b in zip(far[:4], near[:4])))
+    np.testing.assert_allclose(np.asarray(batched), np.stack([far[-1], near[-1]]), rtol=1e-3, atol=1e-6)
+
+
 @pytest.mark.parametrize("d", [2, 3, 4, 16, 17, 32])
 def test_distance_splitting_float32_gradient_near_a_line(d):
     """Before: the expanded |z|^2 - 2<z, x> + |x|^2 - s^2 cancelled; relative gradient error up to 0.35 at d = 2

@@ -68,3 +68,23 @@ def test_threaded_host_sort_equals_one_thread(monkeypatch, cores):
     np.testing.assert_array_equal(np.take_along_axis(keys, threaded, -1), np.sort(keys, axis=-1))
     single_row = keys[0, 0]  # one row: nothing to split
     np.testing.assert_array_equal(sorting._numpy_argsort(single_row), sorting._packed_argsort(single_row))
+
+
+@pytest.mark.parametrize("n", [1, 5, 32, 33, 100, 1025, 40_000])  # one block .. three levels of block totals
+def test_cumsum_matches_numpy(n):
+    """The blocked triangular-product prefix sum: float32 and float64 to rounding of a float64 reference,
+    integers exactly (`jnp.cumsum`), leading axes kept; its gradient is the reverse prefix sum."""
+    rng = np.random.default_rng(n)
+    values = rng.standard_normal((2, 3, n))
+    want = np.cumsum(values, axis=-1)
+    got32 = np.asarray(jax.jit(sorting.cumsum)(jnp.asarray(values, jnp.float32)))
+    assert got32.shape == values.shape and got32.dtype == np.float32
+    np.testing.assert_allclose(got32, want, rtol=0, atol=1e-6 * np.sqrt(n) * np.abs(values).max() * 4)
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(np.asarray(sorting.cumsum(jnp.asarray(values))), want, rtol=0,
+                                   atol=1e-15 * n * np.abs(values).max())
+        weights = jnp.asarray(rng.standard_normal(n))
+        grad = jax.grad(lambda v: jnp.sum(weights * sorting.cumsum(v)))(jnp.asarray(values[0, 0]))
+        np.testing.assert_allclose(np.asarray(grad), np.cumsum(np.asarray(weights)[::-1])[::-1], atol=1e-12)
+    ints = rng.integers(-5, 5, (4, n)).astype(np.int32)
+    np.testing.assert_array_equal(np.asarray(sorting.cumsum(jnp.asarray(ints))), np.cumsum(ints, axis=-1))
