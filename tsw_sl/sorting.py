@@ -115,7 +115,8 @@ def cumsum(values: jax.Array) -> jax.Array:
     ones gives every block's own prefix sums, and the prefix sums of the block totals (the same way, recursively)
     are added back. On CPU that is 2-5x faster than `jnp.cumsum` (a reduce-window) and than a parallel
     associative scan from [100, 200] to [1, 10^7] (docs/tsw_sl.md §16), with a small program; the product runs at
-    the highest precision (no bfloat16 / TF32 passes on accelerators). Other dtypes use `jnp.cumsum`.
+    the highest precision (no bfloat16 / TF32 passes on accelerators). A non-finite entry makes its whole block
+    non-finite (0 x inf in the product). Other dtypes use `jnp.cumsum`.
     """
     n = values.shape[-1]
     if n == 0 or not jnp.issubdtype(values.dtype, jnp.floating):
