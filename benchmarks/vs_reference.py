@@ -484,10 +484,11 @@ def dbtsw_misses(best, copy_gbps: float | None) -> list[str]:
             "its numpy callback is not counted) and its share of the run's copy bandwidth (the memory rate of a plain "
             "streaming pass), and the time of our host sort alone (numpy, measured in the same job) against the time "
             "the goal allows (0.33 x the authors'). The step has no large matrix product, so the matmul rate is no "
-            "measure for it. At d = 2 the sort takes half to all of the allowed time (the authors' step sorts the "
-            "same [L k, 2n] keys with torch, 2.2x slower than ours); the rest is the callback's round trip "
-            "(~0.1 ms) and passes over [L k, 2n] arrays, the gathers by sort order among them (random access: "
-            "~2.5 ns an element at n = 5,000; docs/tsw_sl.md §16.3).", "",
+            "measure for it. The authors' step sorts the same [L k, 2n] keys with `torch.sort`, 2.2x slower than "
+            "our host sort on these cores, so at n >= 1,000 and d = 2 our sort alone takes a large share of the time "
+            "the goal allows; what is left is the callback's round trip (~0.1 ms, what dominates at n = 100) and "
+            "passes over [L k, 2n] arrays, the gathers by sort order among them (random access: ~2.5 ns an element "
+            "at n = 5,000). Cells move by up to 0.3 between runs on this host (docs/tsw_sl.md §16.3).", "",
             *misses, ""]
 
 
