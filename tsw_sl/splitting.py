@@ -63,7 +63,8 @@ def _expanded_squares(zc: jax.Array, sources: jax.Array, proj: jax.Array) -> tup
     relative to the sizes of z and x_i, for the expansion's cancellation to be harmless (a scalar bool)."""
     z2 = jnp.sum(jnp.square(zc), axis=-1)                               # [N]
     x2 = jnp.sum(jnp.square(sources), axis=-1)[..., None]              # [L, k, 1]
-    squares = z2 - 2.0 * jnp.einsum("nd,lkd->lkn", zc, sources) + x2 - jnp.square(proj)
+    inner = jnp.einsum("nd,lkd->lkn", zc, sources, precision=jax.lax.Precision.HIGHEST)  # no bf16 passes (TPU)
+    squares = z2 - 2.0 * inner + x2 - jnp.square(proj)
     size = jnp.square(jnp.sqrt(z2) + jnp.sqrt(x2))
     return squares, jnp.all(squares >= EXPANSION_MIN_RATIO * size)
 
