@@ -59,15 +59,15 @@ def test_threaded_host_sort_equals_one_thread(monkeypatch, cores):
     permutation as one block, rows not divisible by the blocks included."""
     rng = np.random.default_rng(1)
     keys = _awkward_keys(rng, (7, 3, 211), np.float32)
-    one_block = sorting._numpy_argsort(keys)
+    one_block = sorting.host_argsort(keys)
     monkeypatch.setattr(sorting, "PARALLEL_MIN_SIZE", 64)
     monkeypatch.setattr(sorting, "_host_cores", lambda: cores)
-    threaded = sorting._numpy_argsort(keys)
+    threaded = sorting.host_argsort(keys)
     assert threaded.dtype == np.int32 and threaded.shape == keys.shape
     np.testing.assert_array_equal(threaded, one_block)
     np.testing.assert_array_equal(np.take_along_axis(keys, threaded, -1), np.sort(keys, axis=-1))
     single_row = keys[0, 0]  # one row: nothing to split
-    np.testing.assert_array_equal(sorting._numpy_argsort(single_row), sorting._packed_argsort(single_row))
+    np.testing.assert_array_equal(sorting.host_argsort(single_row), sorting._packed_argsort(single_row))
 
 
 @pytest.mark.parametrize("n", [1, 5, 32, 33, 100, 1025, 40_000])  # one block .. three levels of block totals

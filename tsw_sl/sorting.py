@@ -47,8 +47,9 @@ def _host_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _numpy_argsort(keys: np.ndarray) -> np.ndarray:
-    """Stable sorting permutation of keys [..., N] along the last axis -> int32 [..., N]: float32 keys by
+def host_argsort(keys: np.ndarray) -> np.ndarray:
+    """The host sort `argsort` runs through `jax.pure_callback` on a CPU (numpy arrays in and out): the stable
+    sorting permutation of keys [..., N] along the last axis -> int32 [..., N]; float32 keys by
     `_packed_argsort`, other dtypes by `np.argsort`. From `PARALLEL_MIN_SIZE` keys on, the rows are split into
     one block per core the process may use and sorted on a thread pool (numpy releases the GIL while it sorts;
     XLA's own threads wait for this callback, so the cores are otherwise idle)."""
@@ -70,7 +71,7 @@ def argsort(keys: jax.Array, method: str = "auto") -> jax.Array:
     keys = jax.lax.stop_gradient(keys)
     if method == "numpy" or (method == "auto" and jax.default_backend() == "cpu" and jax.device_count() == 1):
         out = jax.ShapeDtypeStruct(keys.shape, jnp.int32)
-        return jax.pure_callback(_numpy_argsort, out, keys, vmap_method="broadcast_all")
+        return jax.pure_callback(host_argsort, out, keys, vmap_method="broadcast_all")
     return jnp.argsort(keys, axis=-1).astype(jnp.int32)
 
 
