@@ -39,6 +39,12 @@ class TermCoefficients:
     contraction (``self.coeffs``, `SharingPlan.pack`: no concatenation forward and no slicing backward); the
     subclass gives ``_input_channels()`` (input slot -> channels)."""
 
+    def _register_coefficients(self, key: jax.Array, c_out: dict[str, int], dtype) -> None:
+        """``self.coeffs``: the plan's initial coefficients (`SharingPlan.init` drawn with ``key``), packed per
+        contraction, one ``nnx.Param`` each (``c_out``: output slot -> channels)."""
+        packed = self.plan.pack(self.plan.init(key, self._input_channels(), c_out, dtype))
+        self.coeffs = nnx.Dict({k: nnx.Param(v) for k, v in packed.items()})
+
     def term_coefficients(self) -> dict:
         """The parameters per term: term name -> ``[c_out, c_in, *out_fixed, *in_fixed]`` (constants ``[c_out,
         *out_fixed]``), `SharingPlan.unpack` of the packed ones."""
@@ -71,9 +77,7 @@ class PolynomialLayer(TermCoefficients, nnx.Module):
         self.couplings = nnx.Dict({g: nnx.Dict({k: var(v) for k, v in m.items()}) for g, m in couplings.items()})
         self.plan: SharingPlan = plan_fn(spec)
         self.product_channels = c
-        c_out = {o: out_channels for o, _ in self.plan.out_slots}
-        packed = self.plan.pack(self.plan.init(rngs.params(), self._input_channels(), c_out, param_dtype))
-        self.coeffs = nnx.Dict({k: nnx.Param(v) for k, v in packed.items()})
+        self._register_coefficients(rngs.params(), {o: out_channels for o, _ in self.plan.out_slots}, param_dtype)
 
     def _input_channels(self) -> dict[str, int]:
         return self.plan.input_channels(self.product_channels)

@@ -85,9 +85,8 @@ class SharingLinear(TermCoefficients, nnx.Module):
         self.in_channels = resolve_channels(in_channels, spec, name, "in_channels")
         self.out_channels = resolve_channels(out_channels, spec, name, "out_channels")
         self.plan = linear_plan(spec, self.group, terms)
-        c_out = slot_channels(self.out_channels.weights, self.out_channels.biases)
-        packed = self.plan.pack(self.plan.init(rngs.params(), self._input_channels(), c_out, param_dtype))
-        self.coeffs = nnx.Dict({k: nnx.Param(v) for k, v in packed.items()})  # one parameter per contraction
+        self._register_coefficients(rngs.params(), slot_channels(self.out_channels.weights, self.out_channels.biases),
+                                    param_dtype)
 
     def _input_channels(self) -> dict[str, int]:
         c_in = slot_channels(self.in_channels.weights, self.in_channels.biases)
