@@ -199,22 +199,14 @@ def build_tsw(job: str, n: int, d: int, trees: int, lines: int, p: int):
 
 def host_sort_seconds(shape: tuple[int, int]) -> float:
     """Median seconds of the library's host sort (`tsw_sl.sorting.host_argsort`, on the cores it may use) of
-    random float32 keys of ``shape`` [rows, N], outside any jitted call: the sort of one distance call without
-    the callback's round trip (~0.1 ms)."""
-    import time
-
+    random float32 keys of ``shape`` [rows, N], outside any jitted call, timed by the protocol's `time_calls` (at
+    least 5 calls and 0.5 s): the sort of one distance call without the callback's round trip (~0.1 ms)."""
     import numpy as np
 
     from tsw_sl import sorting
 
     keys = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    sorting.host_argsort(keys)
-    times = []
-    while len(times) < 5 or (sum(times) < 0.5 and len(times) < 200):
-        start = time.perf_counter()
-        sorting.host_argsort(keys)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return protocol.time_calls(lambda: sorting.host_argsort(keys), warmup=1, min_window_s=0.5)["median_s"]
 
 
 def zoo_record(job: str, models: int, steps: int) -> dict:
