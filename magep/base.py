@@ -7,7 +7,7 @@ from flax import nnx
 from common import NetworkSpec, SharingPlan, WeightSpace
 from common.sharing import LAYOUTS
 from magep.init import init_channel_maps, init_couplings
-from magep.preprocess import map_channels, normalize_scale
+from magep.preprocess import map_channels, normalize_with_suffix
 from magep.terms import leading_tensors
 from magep.validation import check_features, check_spec, resolve_channels
 
@@ -21,17 +21,18 @@ def values(d) -> dict:
     return {k: values(v) if isinstance(v, nnx.Dict) else v[...] for k, v in d.items()}
 
 
-def prepare(params: dict, feats, normalize: bool, layout: str) -> tuple[tuple, tuple]:
+def prepare(params: dict, feats, normalize: bool, layout: str) -> tuple[tuple, tuple, list | None]:
     """Channel maps (when present) then optional scale normalisation of features in ``layout`` (a features
     WeightSpace, or for "channels_leading" a (weights, biases) pair: a WeightSpace holds channels last); returns
-    (weights, biases) channels leading ([c, ..., *index])."""
+    (weights, biases, suffix products) channels leading ([c, ..., *index]); the suffix products
+    (`preprocess.normalize_with_suffix`) only when normalising, else None."""
     weights, biases = (feats.weights, feats.biases) if isinstance(feats, WeightSpace) else feats
     weights, biases = leading_tensors(weights, layout), leading_tensors(biases, layout)
     if "channel_map" in params:
         weights, biases = map_channels(params["channel_map"], weights, biases, "channels_leading")
     if normalize:
-        weights, biases = normalize_scale(weights, biases, "channels_leading")
-    return weights, biases
+        return normalize_with_suffix(weights, biases)
+    return weights, biases, None
 
 
 class TermCoefficients:

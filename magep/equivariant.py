@@ -54,8 +54,8 @@ def polynomial_equivariant(params: dict, feats, spec: NetworkSpec, *, normalize:
       features of `spec` with ``out_channels`` channels on every weight and bias, in ``layout`` (a WeightSpace,
       or a (weights, biases) pair channels leading).
     """
-    weights, biases = prepare(params, feats, normalize, layout)
-    blocks = equivariant_blocks(weights, biases, params["couplings"], layout="channels_leading")
+    weights, biases, suffix = prepare(params, feats, normalize, layout)
+    blocks = equivariant_blocks(weights, biases, params["couplings"], layout="channels_leading", suffix=suffix)
     out = equivariant_plan(spec).apply(params["coeffs"], blocks, layout="channels_leading")
     if layout == "channels_leading":
         L = spec.num_layers

@@ -34,8 +34,8 @@ def polynomial_invariant(params: dict, feats, spec: NetworkSpec, *, normalize: b
     Returns:
       [..., out_features], invariant under the monomial group (positive and sign scalings).
     """
-    weights, biases = prepare(params, feats, normalize, layout)
-    blocks = invariant_blocks(weights, biases, params["couplings"], layout="channels_leading")
+    weights, biases, suffix = prepare(params, feats, normalize, layout)
+    blocks = invariant_blocks(weights, biases, params["couplings"], layout="channels_leading", suffix=suffix)
     return channels_trailing(invariant_plan(spec).apply(params["coeffs"], blocks, layout="channels_leading")["out"])
 
 

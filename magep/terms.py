@@ -128,32 +128,36 @@ def _layout(blocks: dict, layout: str) -> dict:
     return blocks if layout == "channels_leading" else {k: channels_trailing(v) for k, v in blocks.items()}
 
 
-def invariant_blocks(weights: tuple, biases: tuple, couplings: dict, layout: str = "channels_last") -> dict[str, jax.Array]:
+def invariant_blocks(weights: tuple, biases: tuple, couplings: dict, layout: str = "channels_last",
+                     suffix: list | None = None) -> dict[str, jax.Array]:
     """Inputs of the invariant terms (pairs `invariant_pairs`), channels concatenated per signature:
 
     ``"M"``: [W^(L,0), [WW]^(L,0), [bW]^(L,0)] [..., n_L, n_0, 3c];  ``"S"``: [S^(L), b^(L)] [..., n_L, 2c];
     ``"T"``: traces [..., L-1, 2c]; with ``layout="channels_leading"`` the channels come first ([3c, ..., n_L,
     n_0], ...; the layout the layers use), and then the inputs too. Cost: O(L) per-channel matrix products
-    (computed channels leading).
+    (computed channels leading). ``suffix``: `suffix_products` of the weights when already known (channels
+    leading, e.g. from `preprocess.normalize_with_suffix`).
     """
     weights, biases = leading_tensors(weights, layout), leading_tensors(biases, layout)
-    A, B = prefix_products(weights), suffix_products(weights)
+    A, B = prefix_products(weights), suffix_products(weights) if suffix is None else suffix
     return _layout(_last_blocks(weights, biases, A, B, path_biases(weights, biases)[-1], couplings), layout)
 
 
-def equivariant_blocks(weights: tuple, biases: tuple, couplings: dict, layout: str = "channels_last") -> dict[str, jax.Array]:
+def equivariant_blocks(weights: tuple, biases: tuple, couplings: dict, layout: str = "channels_last",
+                       suffix: list | None = None) -> dict[str, jax.Array]:
     """Every block the equivariant layer reads, channels concatenated per shared signature (l = 1..L):
 
     ``"P{l}"``: [W^(l), [WW]^(l,l-1), [bW]^(l,l-1)] [..., n_l, n_{l-1}, 3c];
     ``"b1"``: b^(1);  for 1 < l < L: ``"M{l}"``: [W^(l,0), [WW]^(l,0), [bW]^(l,0)] [..., n_l, n_0, 3c] and
     ``"S{l}"``: [S^(l), b^(l)] [..., n_l, 2c];  for l = L: ``"M{L}"``, ``"S{L}"``, ``"T"`` of `invariant_blocks`.
     With ``layout="channels_leading"`` the channels come first ([3c, ..., n_l, n_{l-1}], ...), in the inputs
-    too. Cost: O(L) per-channel matrix products (computed channels leading).
+    too. Cost: O(L) per-channel matrix products (computed channels leading). ``suffix`` as in
+    `invariant_blocks`.
     """
     L = len(weights)
     weights, biases = leading_tensors(weights, layout), leading_tensors(biases, layout)
     blocks = {"b1": biases[0]}
-    A, B = prefix_products(weights), suffix_products(weights)
+    A, B = prefix_products(weights), suffix_products(weights) if suffix is None else suffix
     Phi, phi = couplings["Phi"], couplings["phi"]
     for l in range(1, L + 1):
         k = pair_key(l, l - 1)

@@ -17,7 +17,8 @@ from common.groups import MonomialGroup
 from magep import GeneralizationPredictor, normalize_scale
 from magep import zoo_recipes
 from magep.baselines.pools import unit_channels
-from magep.preprocess import invariant_log_scale
+from magep.preprocess import invariant_log_scale, normalize_with_suffix
+from magep.terms import channels_leading, suffix_products
 from tests.common_fixtures import CNN_ZOO_SPEC
 from tests.magep_fixtures import IO_PERMUTATION, jitted, random_features
 
@@ -111,6 +112,24 @@ def test_normalize_scale_bounds_invariants_at_any_float32_scale():
         grads = jax.jit(jax.grad(lambda w, b: sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(normalize_scale(w, b))),
                                  argnums=(0, 1)))(w, b)
         assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads)), scale
+
+
+def test_normalize_with_suffix_gives_the_products_of_its_output():
+    """The suffix products that `normalize_with_suffix` rescales from the scale's own products are those of its
+    output weights, W^(L,t) / r^(L-t), for float32 networks under the ReLU rescaling W^(l) -> a W^(l), b^(l) ->
+    a^l b^(l) with a from 1e-8 to 1e8 (products of the raw weights from 1e-32 to 1e32) and with an all-zero
+    channel; and they are not those of the raw inputs (the rescaling matters)."""
+    feats = random_features(4, SPEC, channels=3, dtype=jnp.float32)
+    feats = jax.tree.map(lambda x: x * jnp.asarray([1.0, 0.0, 2.0], jnp.float32), feats)
+    for a in (1e-8, 1.0, 1e8):
+        w = tuple(channels_leading(a * x) for x in feats.weights)
+        b = tuple(channels_leading(a ** l * x) for l, x in enumerate(feats.biases, 1))
+        nw, nb, suffix = jax.jit(normalize_with_suffix)(w, b)
+        want = suffix_products(nw)
+        for got, ref in zip(suffix, want):
+            assert float(jnp.max(jnp.abs(ref))) > 0.01
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(ref))))
+        assert not any(np.allclose(got, ref, rtol=1e-3) for got, ref in zip(suffix, suffix_products(w)))
 
 
 def test_normalize_scale_keeps_a_vanishing_end_to_end_map_bounded():
