@@ -372,13 +372,16 @@ NFN_BOUNDS = {
     "MAGEP-NFN": "a third of the FLOPs per network of the linear NFNs, in contractions with 10-60 channels on one "
                  "side and 16 x 16 per-channel products; about a third of the step is layout changes (transposes "
                  "with a short minor axis) and elementwise passes, not matmul (docs/magep.md §9.4); its compile: "
-                 "118 per-channel products with a side of size 1 (the CNN's one input channel) that XLA emits as "
-                 "loops of their own, and the scale normalisation's ~240 per-tensor kernels (docs/common.md §11)",
+                 "about 110 per-channel products with a single row or column (the CNN's one input channel, the "
+                 "bias paths) that XLA CPU compiles as loops of their own (pairing them into two-column products "
+                 "took 0.3-0.6 s off the first call but slowed the step by 5-20%), and the scale normalisation's "
+                 "per-tensor reductions (docs/common.md §11)",
     "Monomial-NFN": "60% of the step in matmuls with fused work, 33% in the ReLU passes around them; nothing "
                     "moves data (docs/magep.md §9.4)",
     "HNP (nfn)": "55% matmuls, 32% ReLU passes, 6% concatenations (docs/magep.md §9.4)",
-    "NP (nfn)": "59% matmuls, 30% ReLU passes (docs/magep.md §9.4); its first call at batch 8: tracing 2,122 "
-                "operations 0.8 s, lowering 0.2 s, compile 1.2-1.3 s (docs/common.md §11)",
+    "NP (nfn)": "59% matmuls, 30% ReLU passes (docs/magep.md §9.4); a first call is tracing about 2,000 "
+                "operations (0.2-0.8 s), lowering 0.1-0.2 s and XLA's compile; at batch "
+                "256 the micro-batches' scan adds its accumulation kernels (docs/common.md §11, §12)",
     "Transformer-NFN": "1.97 GFLOP per batch-64 step, 40% of it in copies and transposes of the per-head "
                        "blocks plus 8% pads (the gradient of unstacking the blocks); alternatives tried are in "
                        "docs/magep.md §9.4; at batch 64 its compile has 18 reduce-window kernels of XLA's "
