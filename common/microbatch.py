@@ -89,14 +89,15 @@ def value_and_grad_in_chunks(loss_fn: Callable, chunks: int) -> Callable:
         return grad_fn
 
     def chunked(params, batch, key):
+        # each chunk's share is added already divided by `chunks`: a lone add per parameter array would compile
+        # to a kernel of its own (docs/common.md §12)
         def accumulate(total, xs):
             out = grad_fn(params, *xs)
-            return jax.tree.map(lambda t, o: t + o.astype(t.dtype), total, out), None
+            return jax.tree.map(lambda t, o: t + o.astype(t.dtype) / chunks, total, out), None
 
         shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda a: a[:a.shape[0] // chunks], batch), key)
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        total, _ = jax.lax.scan(accumulate, zeros, (split_rows(batch, chunks), jax.random.split(key, chunks)))
-        return jax.tree.map(lambda t: t / chunks, total)
+        return jax.lax.scan(accumulate, zeros, (split_rows(batch, chunks), jax.random.split(key, chunks)))[0]
 
     return chunked
 
