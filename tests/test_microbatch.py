@@ -51,6 +51,18 @@ def test_chunked_value_and_grad_equals_whole_batch(chunks):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7), whole, parts)
 
 
+def test_integer_metrics_become_float_means_of_the_chunks():
+    """A count among the metrics (int32) comes back as the float mean of the chunks' counts."""
+    def counting_loss(params, batch, key):
+        loss, _ = row_mean_loss(params, batch, key)
+        return loss, {"positive": jnp.sum(batch["y"] > 0)}
+
+    params, batch, key = init_params(jax.random.key(0)), data(32), jax.random.key(1)
+    (_, metrics), _ = jax.jit(value_and_grad_in_chunks(counting_loss, 4))(params, batch, key)
+    assert jnp.issubdtype(metrics["positive"].dtype, jnp.floating)
+    np.testing.assert_allclose(metrics["positive"], np.sum(batch["y"] > 0) / 4, rtol=1e-6)
+
+
 def test_chunking_changes_a_loss_that_couples_rows():
     params, batch, key = init_params(jax.random.key(0)), data(32), jax.random.key(1)
     (whole, _), _ = jax.value_and_grad(coupled_loss, has_aux=True)(params, batch, key)
