@@ -96,9 +96,9 @@ def value_and_grad_in_chunks(loss_fn: Callable, chunks: int) -> Callable:
             return jax.tree.map(lambda t, o: t + o.astype(t.dtype) / chunks, total, out), None
 
         shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda a: a[:a.shape[0] // chunks], batch), key)
-        # integer metrics (counts) are averaged in float32, as a float division of their sum would give
+        # integer metrics (counts) are averaged in the default float dtype, as a division of their sum would give
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype if jnp.issubdtype(s.dtype, jnp.inexact)
-                                                  else jnp.float32), shapes)
+                                                  else jnp.result_type(float)), shapes)
         return jax.lax.scan(accumulate, zeros, (split_rows(batch, chunks), jax.random.split(key, chunks)))[0]
 
     return chunked

@@ -59,8 +59,11 @@ def test_integer_metrics_become_float_means_of_the_chunks():
 
     params, batch, key = init_params(jax.random.key(0)), data(32), jax.random.key(1)
     (_, metrics), _ = jax.jit(value_and_grad_in_chunks(counting_loss, 4))(params, batch, key)
-    assert jnp.issubdtype(metrics["positive"].dtype, jnp.floating)
+    assert metrics["positive"].dtype == jnp.result_type(float)
     np.testing.assert_allclose(metrics["positive"], np.sum(batch["y"] > 0) / 4, rtol=1e-6)
+    with jax.enable_x64(True):  # the default float dtype, as a division of the summed counts gives
+        (_, metrics), _ = value_and_grad_in_chunks(counting_loss, 4)(params, batch, key)
+        assert metrics["positive"].dtype == jnp.float64
 
 
 def test_chunking_changes_a_loss_that_couples_rows():
