@@ -1,0 +1,241 @@
+"""Where the NFN predictors' steps spend their time, kernel by kind, beside this machine's limits.
+
+    python -m benchmarks.step_profile [--jobs ours_magep ...] [--batches 8 64 256] [--modes fwdbwd fwd]
+    python -m benchmarks.step_profile --quick      # one small cell, a smoke run
+
+Each cell (predictor, batch, mode) runs in its own process and builds the step exactly as
+`benchmarks.vs_reference` times it (`benchmarks.vs_reference_ours`: the authors' configurations, random inputs,
+forward or forward + BCE + gradient, ``"auto"`` micro-batches). Per cell: the first call (trace + compile + one
+call, the persistent compilation cache off), the median of the timed calls, then ``--calls`` calls under
+``jax.profiler``: every kernel's time (summed over the threads that ran it) is put in one of the kinds of
+`KINDS` by its instruction in the compiled HLO (`kernel_kinds`). Beside the times: XLA's FLOP and byte counts of
+one call (the whole batch at once; `harness.xla_cost`), the rates they give at the median time, and the run's
+calibration (jitted 2048 matmul, numpy copy), so each row says how far the step is from the two limits of this
+machine: ``bound ms`` = max(FLOPs / matmul rate, bytes / copy rate). Where `benchmarks/results/vs_reference.json`
+holds the authors' time for the cell, the report adds the time the goal of ours / authors <= 0.33 allows.
+
+The profiler adds its own cost (the profiled calls run slower than the timed ones), so the kinds are read as
+shares of the kernel time, not as absolute times. Results: ``step_profile.{json,md}`` in ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+from benchmarks import harness
+from common import compilation_cache
+
+JOBS = ("ours_magep", "ours_monomial", "ours_nfn_hnp", "ours_nfn_np", "ours_tnfn")
+NAMES = {"ours_magep": "MAGEP-NFN", "ours_monomial": "Monomial-NFN", "ours_nfn_hnp": "HNP (nfn)",
+         "ours_nfn_np": "NP (nfn)", "ours_tnfn": "Transformer-NFN"}
+KINDS = {
+    "library": "products run by a library (YNNPACK fusions of a matmul with the elementwise work fused into it)",
+    "dot": "products XLA compiles itself (small batched dots, single rows or columns)",
+    "layout": "data movement only (copies, transposes, concatenations, pads, slices, broadcasts)",
+    "reduction": "kernels with a reduction (sums, maxima; XLA's loops or YNNPACK's)",
+    "elementwise": "other fused kernels (ReLU and its mask, scalings, the loss)",
+    "other": "anything else (sorts, callbacks, custom calls)",
+}
+LAYOUT_OPS = frozenset({"parameter", "constant", "copy", "transpose", "bitcast", "reshape", "broadcast", "concatenate",
+                        "pad", "slice", "dynamic-slice", "dynamic-update-slice", "tuple", "get-tuple-element", "iota"})
+OTHER_OPS = frozenset({"custom-call", "sort", "rng", "rng-bit-generator", "gather", "scatter", "all-reduce",
+                       "all-gather", "all-to-all", "collective-permute", "send", "recv", "infeed", "outfeed"})
+CONTAINER_OPS = frozenset({"while", "conditional", "call", "tuple", "get-tuple-element", "parameter", "constant",
+                           "bitcast", "after-all", "opt-barrier", "optimization-barrier"})
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?\s([a-z][a-z\-]*)\(")
+_CONTROL = re.compile(r"(?:body|condition|true_computation|false_computation)=%?([\w.\-]+)")
+_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")  # unindented, opens a block
+
+
+def kernel_kinds(hlo_text: str) -> dict[str, str]:
+    """The kernels of a compiled XLA module (``compiled.as_text()``): instruction name -> kind (a key of `KINDS`),
+    for every instruction of the entry and control-flow computations that runs as a kernel of its own (fusions,
+    unfused dots, copies, ...; not the instructions inside a fusion, nor loops, tuples and parameters)."""
+    computations, control, entry, current, name = {}, {}, None, None, None
+    for line in hlo_text.splitlines():
+        head = _COMPUTATION.match(line)
+        if head:
+            current = computations.setdefault(head.group(1), [])
+            control[head.group(1)] = set()
+            entry = head.group(1) if line.startswith("ENTRY") else entry
+            name = head.group(1)
+            continue
+        found = _INSTRUCTION.match(line)
+        if found and current is not None:
+            calls = re.search(r"calls=%?([\w.\-]+)", line)
+            current.append((found.group(1), found.group(2), line, calls.group(1) if calls else None))
+            control[name] |= set(_CONTROL.findall(line)) | {c.strip().lstrip("%") for group in
+                                                            _BRANCHES.findall(line) for c in group.split(",")}
+    running, todo = set(), [entry]  # the entry and the bodies of its loops and branches, not reducers or fusions
+    while todo:
+        name = todo.pop()
+        if name in computations and name not in running:
+            running.add(name)
+            todo += control[name]
+    opcodes = {name: {op for _, op, _, _ in body} for name, body in computations.items()}
+    kinds = {}
+    for name in running:
+        for instruction, op, line, calls in computations[name]:
+            if op in CONTAINER_OPS:
+                continue
+            inner = opcodes.get(calls, set()) if op == "fusion" else {op}
+            if inner & {"dot", "convolution"}:
+                kinds[instruction] = "library" if op == "fusion" and "__ynn" in line else "dot"
+            elif inner & {"reduce", "reduce-window"}:
+                kinds[instruction] = "reduction"
+            elif inner <= LAYOUT_OPS:
+                kinds[instruction] = "layout"
+            elif op in OTHER_OPS:
+                kinds[instruction] = "other"
+            else:
+                kinds[instruction] = "elementwise"
+    return kinds
+
+
+def kernel_times(trace_dir: str, kinds: dict[str, str], calls: int) -> dict[str, float]:
+    """Seconds per call by kind, from the perfetto trace ``jax.profiler.trace`` wrote under ``trace_dir`` over
+    ``calls`` calls: the durations of the events named after a kernel of ``kinds``, summed over threads."""
+    path = glob.glob(os.path.join(trace_dir, "**", "*perfetto_trace.json.gz"), recursive=True)
+    if not path:
+        raise FileNotFoundError(f"no perfetto trace under {trace_dir}")
+    with gzip.open(path[0]) as f:
+        events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    total = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and e.get("name") in kinds:
+            total[kinds[e["name"]]] += e["dur"] * 1e-6 / calls
+    return {kind: total.get(kind, 0.0) for kind in KINDS}
+
+
+def profile_cell(job: str, batch: int, mode: str, calls: int) -> dict:
+    """One cell, in this process: first call, timed calls, kernel counts and profiled kernel times by kind."""
+    import jax
+
+    from benchmarks import vs_reference_ours as ours
+    from benchmarks.vs_reference_protocol import time_calls
+
+    fwd, fwdbwd, info = ours.build_tnfn(batch) if job == "ours_tnfn" else ours.build_cnn_nfn(job, batch)
+    call = fwdbwd if mode == "fwdbwd" else fwd
+    start = time.perf_counter()
+    call()
+    first_s = time.perf_counter() - start
+    timing = time_calls(call)
+    compiled, args = call.compiled()
+    kinds = kernel_kinds(compiled.as_text())
+    for _ in range(2):
+        jax.block_until_ready(compiled(*args))
+    with tempfile.TemporaryDirectory() as trace_dir:
+        start = time.perf_counter()
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            for _ in range(calls):
+                jax.block_until_ready(compiled(*args))
+        profiled_s = (time.perf_counter() - start) / calls
+        times = kernel_times(trace_dir, kinds, calls)
+    return dict(job=job, batch=batch, mode=mode, first_call_s=first_s, median_s=timing["median_s"],
+                min_s=timing["min_s"], other_cpu_frac=timing["other_cpu_frac"], profiled_call_s=profiled_s,
+                kernel_s=times, kernels=dict(collections.Counter(kinds.values())), **call.cost_analysis(),
+                config=info["config"])
+
+
+def _cell_in_process(job: str, batch: int, mode: str, calls: int) -> dict:
+    """`profile_cell` in a fresh Python process (its record, or one with ``error``)."""
+    argv = [sys.executable, "-m", "benchmarks.step_profile", "--cell", job, str(batch), mode, "--calls", str(calls)]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        return dict(job=job, batch=batch, mode=mode, error=(done.stderr.strip().splitlines() or ["?"])[-1][:300])
+    return json.loads(lines[-1])
+
+
+def _authors_ms(out_dir: str) -> dict:
+    """(job, batch, mode) -> the authors' median ms from ``vs_reference.json`` beside the results (empty if none)."""
+    found = harness.read_json(os.path.join(out_dir, "vs_reference.json"), {}) or {}
+    theirs = {"magep": "ours_magep", "monomial": "ours_monomial", "nfn_hnp": "ours_nfn_hnp", "nfn_np": "ours_nfn_np",
+              "tnfn": "ours_tnfn"}
+    return {(theirs[r["job"]], r["batch"], r["mode"]): 1e3 * r["median_s"] for r in found.get("records", [])
+            if r.get("job") in theirs and r.get("median_s") and "batch" in r}
+
+
+def markdown(result: dict) -> str:
+    """The report: run record, one row per cell, the kinds' definitions."""
+    cal = result["run"]["calibration"]
+    lines = ["# Where the NFN steps spend their time (CPU)", "",
+             "Scale: the five predictors in the authors' configurations (`benchmarks.vs_reference`), random "
+             f"inputs, one process per cell; {result['calls']} profiled calls per cell.", ""]
+    lines += harness.run_markdown(result["run"])
+    header = ["model", "batch", "mode", "median ms", "first call s", "GFLOP", "GFLOP/s (% of matmul)", "GB",
+              "GB/s (% of copy)", "bound ms", "goal ms", "kernel ms / call"] + [f"% {k}" for k in KINDS] + ["kernels"]
+    rows = []
+    for r in result["cells"]:
+        if "error" in r:
+            rows.append([NAMES[r["job"]], r["batch"], r["mode"], "failed: " + r["error"]] + [""] * (len(header) - 4))
+            continue
+        t = r["median_s"]
+        flop, moved = r.get("flops") or 0.0, r.get("bytes_accessed") or 0.0
+        bound = max(flop / (cal["jax_gflops"] * 1e9), moved / (cal["copy_gbps"] * 1e9))
+        goal = r.get("goal_ms")
+        kernel = sum(r["kernel_s"].values())
+        rows.append([NAMES[r["job"]], r["batch"], r["mode"], f"{1e3 * t:.1f}", f"{r['first_call_s']:.2f}",
+                     f"{flop / 1e9:.2f}", f"{flop / t / 1e9:.0f} ({100 * flop / t / 1e9 / cal['jax_gflops']:.0f}%)",
+                     f"{moved / 1e9:.2f}", f"{moved / t / 1e9:.1f} ({100 * moved / t / 1e9 / cal['copy_gbps']:.0f}%)",
+                     f"{1e3 * bound:.1f}", "-" if goal is None else f"{goal:.1f}", f"{1e3 * kernel:.1f}"]
+                    + [f"{100 * r['kernel_s'][k] / kernel:.0f}" if kernel else "-" for k in KINDS]
+                    + [sum(r["kernels"].values())])
+    lines += harness.markdown_table(header, rows)
+    lines += ["", "Columns: GFLOP and GB are XLA's counts for one call on the whole batch (`cost_analysis`: FLOPs, "
+              "and the operands and results of every kernel); the rates are those counts over the median time, "
+              "beside the run's jitted 2048 matmul rate and numpy copy bandwidth; bound ms = max(GFLOP / matmul "
+              "rate, GB / copy rate), the time the step could not beat at either limit; goal ms = 0.33 x the "
+              "authors' median in `vs_reference.json` for the same cell. Kernel ms / call: the kernels' time under "
+              "the profiler, summed over the threads that ran them (2 cores: up to twice the wall time), and its "
+              "shares by kind of kernel:", ""]
+    lines += [f"- **{k}**: {text}" for k, text in KINDS.items()]
+    lines += ["", "kernels = kernels of the compiled program (each one is compiled on a first call).", ""]
+    return "\n".join(lines)
+
+
+@compilation_cache.disabled()  # first calls are measured: compiled afresh, never read from a cache
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", nargs="+", choices=JOBS)
+    parser.add_argument("--batches", nargs="+", type=int)
+    parser.add_argument("--modes", nargs="+", choices=("fwd", "fwdbwd"))
+    parser.add_argument("--calls", type=int, default=None, help="profiled calls per cell")
+    parser.add_argument("--cell", nargs=3, metavar=("JOB", "BATCH", "MODE"), help=argparse.SUPPRESS)
+    quick = dict(jobs=["ours_monomial"], batches=[8], modes=["fwdbwd"], calls=2)
+    args = harness.parse_benchmark_args(parser, argv, quick)
+    harness.fill_defaults(args, dict(jobs=list(JOBS), batches=[8, 64, 256], modes=["fwdbwd", "fwd"], calls=10))
+    if args.cell:
+        job, batch, mode = args.cell
+        print(json.dumps(profile_cell(job, int(batch), mode, args.calls)), flush=True)
+        return
+    run = harness.start_run()
+    authors = _authors_ms(args.out)
+    cells = []
+    for job in args.jobs:
+        for batch in args.batches:
+            for mode in args.modes:
+                batch_ = 16 if job == "ours_tnfn" and batch == 8 else batch  # the authors' smallest batch there
+                record = _cell_in_process(job, batch_, mode, args.calls)
+                theirs = authors.get((job, batch_, mode))
+                record["goal_ms"] = None if theirs is None else 0.33 * theirs
+                cells.append(record)
+                print(json.dumps({k: record.get(k) for k in ("job", "batch", "mode", "median_s", "error")}),
+                      flush=True)
+    result = dict(run=run.finish(), calls=args.calls, cells=cells)
+    harness.write_results(args.out, "step_profile", result, markdown(result))
+
+
+if __name__ == "__main__":
+    main()

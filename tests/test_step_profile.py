@@ -1,0 +1,106 @@
+"""benchmarks.step_profile: the kernel classification on a hand-written module and on a compiled one, the trace
+reader, and a quick run end to end. No assertion on a measured time."""
+import gzip
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from benchmarks import harness, step_profile
+
+MODULE = """HloModule m, entry_computation_layout={(f32[8,8]{1,0}, /*index=1*/f32[8,8]{1,0})->f32[]}
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %sum = f32[] add(f32[] %a, f32[] %b)
+}
+
+%fused_product (p0: f32[8,8], p1: f32[8,8]) -> f32[8,8] {
+  %p0 = f32[8,8]{1,0} parameter(0)
+  %p1 = f32[8,8]{1,0} parameter(1)
+  %dot.1 = f32[8,8]{1,0} dot(f32[8,8]{1,0} %p0, f32[8,8]{1,0} %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  ROOT %max.1 = f32[8,8]{1,0} maximum(f32[8,8]{1,0} %dot.1, f32[8,8]{1,0} %dot.1)
+}
+
+%fused_transpose (p0: f32[8,8]) -> f32[8,8] {
+  %p0 = f32[8,8]{1,0} parameter(0)
+  ROOT %t = f32[8,8]{1,0} transpose(f32[8,8]{1,0} %p0), dimensions={1,0}
+}
+
+%fused_relu (p0: f32[8,8]) -> f32[8,8] {
+  %p0 = f32[8,8]{1,0} parameter(0)
+  %zero = f32[] constant(0)
+  %b = f32[8,8]{1,0} broadcast(f32[] %zero), dimensions={}
+  ROOT %r = f32[8,8]{1,0} maximum(f32[8,8]{1,0} %p0, f32[8,8]{1,0} %b)
+}
+
+%fused_sum (p0: f32[8,8]) -> f32[] {
+  %p0 = f32[8,8]{1,0} parameter(0)
+  %zero = f32[] constant(0)
+  ROOT %s = f32[] reduce(f32[8,8]{1,0} %p0, f32[] %zero), dimensions={0,1}, to_apply=%add
+}
+
+%body (state: f32[8,8]) -> f32[8,8] {
+  %state = f32[8,8]{1,0} parameter(0)
+  ROOT %relu.in.loop = f32[8,8]{1,0} fusion(f32[8,8]{1,0} %state), kind=kLoop, calls=%fused_relu
+}
+
+%cond (state: f32[8,8]) -> pred[] {
+  %state = f32[8,8]{1,0} parameter(0)
+  ROOT %go = pred[] constant(false)
+}
+
+ENTRY %main (x: f32[8,8], y: f32[8,8]) -> f32[] {
+  %x = f32[8,8]{1,0} parameter(0)
+  %y = f32[8,8]{1,0} parameter(1)
+  %ynn_fusion.1 = f32[8,8]{1,0} fusion(f32[8,8]{1,0} %x, f32[8,8]{1,0} %y), kind=kCustom, calls=%fused_product, backend_config={"fusion_config":{"kind":"__ynn_fusion"}}
+  %dot.2 = f32[8,8]{1,0} dot(f32[8,8]{1,0} %x, f32[8,8]{1,0} %y), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %transpose.fusion = f32[8,8]{1,0} fusion(f32[8,8]{1,0} %dot.2), kind=kLoop, calls=%fused_transpose
+  %loop = f32[8,8]{1,0} while(f32[8,8]{1,0} %transpose.fusion), condition=%cond, body=%body
+  %rsqrt.1 = f32[8,8]{1,0} rsqrt(f32[8,8]{1,0} %loop)
+  %sort.1 = f32[8,8]{1,0} sort(f32[8,8]{1,0} %rsqrt.1), dimensions={1}, to_apply=%add
+  ROOT %sum.fusion = f32[] fusion(f32[8,8]{1,0} %sort.1), kind=kLoop, calls=%fused_sum
+}
+"""
+
+
+def test_kernel_kinds_sorts_the_kernels_of_a_module_by_kind():
+    assert step_profile.kernel_kinds(MODULE) == {
+        "ynn_fusion.1": "library", "dot.2": "dot", "transpose.fusion": "layout", "relu.in.loop": "elementwise",
+        "rsqrt.1": "elementwise", "sort.1": "other", "sum.fusion": "reduction"}  # no parameter, loop or reducer
+
+
+def test_kernel_kinds_of_a_compiled_step_cover_its_products_and_reductions():
+    f = jax.jit(jax.grad(lambda a, b: jnp.sum(jax.nn.relu(a @ b) ** 2)))
+    a = jnp.ones((64, 48))
+    kinds = step_profile.kernel_kinds(f.lower(a, jnp.ones((48, 32))).compile().as_text())
+    assert set(kinds.values()) <= set(step_profile.KINDS)
+    assert {"library", "dot"} & set(kinds.values()), kinds  # the products, whoever runs them
+
+
+def test_kernel_times_sums_a_kinds_events_per_call(tmp_path):
+    events = [dict(ph="X", name="dot.2", dur=3000), dict(ph="X", name="dot.2", dur=1000),
+              dict(ph="X", name="sum.fusion", dur=500), dict(ph="X", name="ThunkExecutor", dur=9000),
+              dict(ph="i", name="dot.2")]
+    (tmp_path / "plugins").mkdir()
+    with gzip.open(tmp_path / "plugins" / "host.perfetto_trace.json.gz", "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    times = step_profile.kernel_times(str(tmp_path), {"dot.2": "dot", "sum.fusion": "reduction"}, calls=2)
+    assert times == pytest.approx(dict.fromkeys(step_profile.KINDS, 0.0) | {"dot": 2e-3, "reduction": 2.5e-4})
+    with pytest.raises(FileNotFoundError, match="no perfetto trace"):
+        step_profile.kernel_times(str(tmp_path / "plugins" / "none"), {}, calls=1)
+
+
+def test_step_profile_quick_run_writes_its_report(tmp_path, monkeypatch):
+    monkeypatch.setattr(harness, "MATMUL_SIZE", 32)
+    step_profile.main(["--quick", "--out", str(tmp_path)])
+    result = harness.read_results(tmp_path, "step_profile")
+    (cell,) = result["cells"]
+    assert "error" not in cell, cell
+    assert (cell["job"], cell["batch"], cell["mode"]) == ("ours_monomial", 8, "fwdbwd")
+    assert cell["flops"] > 0 and cell["kernels"]["library"] > 0 and sum(cell["kernel_s"].values()) > 0
+    assert cell["goal_ms"] is None  # no vs_reference.json in the folder
+    text = (tmp_path / "step_profile.md").read_text()
+    assert "| Monomial-NFN | 8 | fwdbwd |" in text and "Load average" in text
