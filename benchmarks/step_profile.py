@@ -158,13 +158,19 @@ def _cell_in_process(job: str, batch: int, mode: str, calls: int) -> dict:
     return json.loads(lines[-1])
 
 
-def _authors_ms(out_dir: str) -> dict:
-    """(job, batch, mode) -> the authors' median ms from ``vs_reference.json`` beside the results (empty if none)."""
+def _authors_ms(out_dir: str) -> tuple[dict, str | None]:
+    """((job, batch, mode) -> the authors' median ms, a sentence dating them) from ``vs_reference.json`` beside the
+    results (empty and None without one)."""
     found = harness.read_json(os.path.join(out_dir, "vs_reference.json"), {}) or {}
     theirs = {"magep": "ours_magep", "monomial": "ours_monomial", "nfn_hnp": "ours_nfn_hnp", "nfn_np": "ours_nfn_np",
               "tnfn": "ours_tnfn"}
-    return {(theirs[r["job"]], r["batch"], r["mode"]): 1e3 * r["median_s"] for r in found.get("records", [])
-            if r.get("job") in theirs and r.get("median_s") and "batch" in r}
+    records = [r for r in found.get("records", []) if r.get("job") in theirs and r.get("median_s") and "batch" in r]
+    if not records:
+        return {}, None
+    run, cal = found.get("run", {}), (found.get("run", {}).get("calibration") or {})
+    source = (f"the authors' medians of `vs_reference.json` (run started {run.get('started_utc', '?')}, jitted 2048 "
+              f"matmul {cal.get('jax_gflops', float('nan')):.0f} GFLOP/s there: compare rates within one run)")
+    return {(theirs[r["job"]], r["batch"], r["mode"]): 1e3 * r["median_s"] for r in records}, source
 
 
 def markdown(result: dict) -> str:
@@ -196,8 +202,8 @@ def markdown(result: dict) -> str:
     lines += ["", "Columns: GFLOP and GB are XLA's counts for one call on the whole batch (`cost_analysis`: FLOPs, "
               "and the operands and results of every kernel); the rates are those counts over the median time, "
               "beside the run's jitted 2048 matmul rate and numpy copy bandwidth; bound ms = max(GFLOP / matmul "
-              "rate, GB / copy rate), the time the step could not beat at either limit; goal ms = 0.33 x the "
-              "authors' median in `vs_reference.json` for the same cell. Kernel ms / call: the kernels' time under "
+              "rate, GB / copy rate), the time the step could not beat at either limit as compiled; goal ms = 0.33 x "
+              f"{result.get('goal_source') or 'the authors median (no vs_reference.json)'} for the same cell. Kernel ms / call: the kernels' time under "
               "the profiler, summed over the threads that ran them (2 cores: up to twice the wall time), and its "
               "shares by kind of kernel:", ""]
     lines += [f"- **{k}**: {text}" for k, text in KINDS.items()]
@@ -221,7 +227,7 @@ def main(argv=None) -> None:
         print(json.dumps(profile_cell(job, int(batch), mode, args.calls)), flush=True)
         return
     run = harness.start_run()
-    authors = _authors_ms(args.out)
+    authors, goal_source = _authors_ms(args.out)
     cells = []
     for job in args.jobs:
         for batch in args.batches:
@@ -233,7 +239,7 @@ def main(argv=None) -> None:
                 cells.append(record)
                 print(json.dumps({k: record.get(k) for k in ("job", "batch", "mode", "median_s", "error")}),
                       flush=True)
-    result = dict(run=run.finish(), calls=args.calls, cells=cells)
+    result = dict(run=run.finish(), calls=args.calls, cells=cells, goal_source=goal_source)
     harness.write_results(args.out, "step_profile", result, markdown(result))
 
 

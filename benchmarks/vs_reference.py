@@ -368,24 +368,27 @@ def nfn_table(best) -> list[str]:
 
 GOAL_RATIO, GOAL_FIRST_S = 0.33, 2.0
 # What bounds each predictor's step, from the per-op profiles in the docs (where a row misses the goal).
-NFN_BOUNDS = {
-    "MAGEP-NFN": "a third of the FLOPs per network of the linear NFNs, in contractions with 10-60 channels on one "
-                 "side and 16 x 16 per-channel products; about a third of the step is layout changes (transposes "
-                 "with a short minor axis) and elementwise passes, not matmul (docs/magep.md §9.4); its compile: "
-                 "about 110 per-channel products with a single row or column (the CNN's one input channel, the "
-                 "bias paths) that XLA CPU compiles as loops of their own (pairing them into two-column products "
-                 "took 0.3-0.6 s off the first call but slowed the step by 5-20%), and the scale normalisation's "
-                 "per-tensor reductions (docs/common.md §11)",
-    "Monomial-NFN": "60% of the step in matmuls with fused work, 33% in the ReLU passes around them; nothing "
-                    "moves data (docs/magep.md §9.4)",
-    "HNP (nfn)": "55% matmuls, 32% ReLU passes, 6% concatenations (docs/magep.md §9.4)",
-    "NP (nfn)": "59% matmuls, 30% ReLU passes (docs/magep.md §9.4); a first call is tracing about 2,000 "
-                "operations (0.2-0.8 s), lowering 0.1-0.2 s and XLA's compile; at batch "
-                "256 the micro-batches' scan adds its accumulation kernels (docs/common.md §11, §12)",
-    "Transformer-NFN": "1.97 GFLOP per batch-64 step, 40% of it in copies and transposes of the per-head "
-                       "blocks plus 8% pads (the gradient of unstacking the blocks); alternatives tried are in "
-                       "docs/magep.md §9.4; at batch 64 its compile has 18 reduce-window kernels of XLA's "
-                       "tree-reduction rewrite, 0.8 s of LLVM (docs/common.md §11)",
+NFN_BOUNDS = {  # kernel-time shares and bounds: benchmarks/results/step_profile.md (2026-12-05 04:18, batch 64)
+    "MAGEP-NFN": "kernel time 33% YNNPACK products, 19% the 16 x 16 per-channel products XLA compiles itself, 31% "
+                 "elementwise passes, 14% reductions; at 32% of the matmul rate and 63% of the copy bandwidth at "
+                 "batch 64, 1.8x its roofline bound at 256 (step_profile.md, docs/magep.md §9.4); its compile: "
+                 "619-825 kernels, 157 of them dots, about 110 with a single row or column that XLA CPU compiles "
+                 "as loops of their own (pairing them into two-column products took 0.3-0.6 s off the first call "
+                 "but slowed the step by 5-20%; as broadcast products and sums, 0.1-0.6 s off and the step "
+                 "10-40% slower), and the scale normalisation's per-tensor reductions (docs/common.md §11)",
+    "Monomial-NFN": "compute-bound: 73% of the kernel time in YNNPACK products, 70% of the matmul rate at batch "
+                    "64, where its FLOPs at the full matmul rate take 34 ms against a goal of 38 ms (step_profile.md)",
+    "HNP (nfn)": "compute-bound: 55% YNNPACK products, 18% reductions, 19% elementwise passes; at batch 64 its "
+                 "FLOPs at the full matmul rate take 52 ms against a goal of 57 ms (step_profile.md); at batch 256 "
+                 "the micro-batches' scan compiles about 1 s longer than one chunk (docs/common.md §12)",
+    "NP (nfn)": "compute-bound: 56% YNNPACK products, 20% reductions, 18% elementwise passes; at batch 64 its FLOPs "
+                "at the full matmul rate take 48 ms against a goal of 55 ms (step_profile.md); a first call is "
+                "tracing about 2,000 operations (0.2-0.8 s), lowering 0.1-0.2 s and XLA's compile; at batch 256 "
+                "the micro-batches' scan adds its kernels (docs/common.md §11, §12)",
+    "Transformer-NFN": "22% of the kernel time moves data (the per-head blocks stacked for the vmap over blocks, "
+                       "concatenations), 25% elementwise passes, 33% YNNPACK products; 67% of the copy bandwidth "
+                       "against 29% of the matmul rate at batch 64, 1.7x its roofline bound at 256 "
+                       "(step_profile.md); the alternatives tried are in docs/magep.md §9.4",
 }
 
 
@@ -413,7 +416,8 @@ def goal_misses(best) -> list[str]:
              "and XLA's CPU compile, mostly LLVM code generation: the fused loops in 32 modules compiled in "
              "parallel, and one module for each operation left outside a fusion or a library call; above 64 rows "
              "the micro-batches' scan adds its own kernels; a rerun reads the program from the persistent "
-             "compilation cache (docs/common.md §11).", ""]
+             "compilation cache (docs/common.md §11). Each step's kernel time by kind and its roofline bound "
+             "(FLOPs at the matmul rate, bytes at the copy bandwidth): `step_profile.md`.", ""]
     for name, rows in misses.items():
         lines += [f"- **{name}** ({NFN_BOUNDS[name]}): " + "; ".join(rows) + "."]
     return lines + [""]
