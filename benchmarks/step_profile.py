@@ -32,11 +32,11 @@ import tempfile
 import time
 
 from benchmarks import harness
+from benchmarks.vs_reference import CONTENDED, NFN_MODELS, best_records
 from common import compilation_cache
 
-JOBS = ("ours_magep", "ours_monomial", "ours_nfn_hnp", "ours_nfn_np", "ours_tnfn")
-NAMES = {"ours_magep": "MAGEP-NFN", "ours_monomial": "Monomial-NFN", "ours_nfn_hnp": "HNP (nfn)",
-         "ours_nfn_np": "NP (nfn)", "ours_tnfn": "Transformer-NFN"}
+NAMES = dict(NFN_MODELS.values())  # our job -> the model's name in the reports
+JOBS = tuple(NAMES)
 KINDS = {
     "library": "products run by a library (YNNPACK fusions of a matmul with the elementwise work fused into it)",
     "dot": "products XLA compiles itself (small batched dots, single rows or columns)",
@@ -160,17 +160,22 @@ def _cell_in_process(job: str, batch: int, mode: str, calls: int) -> dict:
 
 def _authors_ms(out_dir: str) -> tuple[dict, str | None]:
     """((job, batch, mode) -> the authors' median ms, a sentence dating them) from ``vs_reference.json`` beside the
-    results (empty and None without one)."""
+    results, the record its tables use per cell (`best_records`); empty and None without one."""
     found = harness.read_json(os.path.join(out_dir, "vs_reference.json"), {}) or {}
-    theirs = {"magep": "ours_magep", "monomial": "ours_monomial", "nfn_hnp": "ours_nfn_hnp", "nfn_np": "ours_nfn_np",
-              "tnfn": "ours_tnfn"}
-    records = [r for r in found.get("records", []) if r.get("job") in theirs and r.get("median_s") and "batch" in r]
+    ours = {ref: job for ref, (job, _) in NFN_MODELS.items()}
+    records = [r for r in best_records(found.get("records", [])).values()
+               if r.get("job") in ours and r.get("median_s") and "batch" in r]
     if not records:
         return {}, None
     run, cal = found.get("run", {}), (found.get("run", {}).get("calibration") or {})
     source = (f"the authors' medians of `vs_reference.json` (run started {run.get('started_utc', '?')}, jitted 2048 "
               f"matmul {cal.get('jax_gflops', float('nan')):.0f} GFLOP/s there: compare rates within one run)")
-    return {(theirs[r["job"]], r["batch"], r["mode"]): 1e3 * r["median_s"] for r in records}, source
+    return {(ours[r["job"]], r["batch"], r["mode"]): 1e3 * r["median_s"] for r in records}, source
+
+
+def _contention(share: float | None) -> str:
+    """Other processes' share of all CPUs during the timed calls, † above `CONTENDED` (a disturbed cell)."""
+    return "-" if share is None else f"{share:.2f}" + (" †" if share > CONTENDED else "")
 
 
 def markdown(result: dict) -> str:
@@ -181,7 +186,8 @@ def markdown(result: dict) -> str:
              f"inputs, one process per cell; {result['calls']} profiled calls per cell.", ""]
     lines += harness.run_markdown(result["run"])
     header = ["model", "batch", "mode", "median ms", "first call s", "GFLOP", "GFLOP/s (% of matmul)", "GB",
-              "GB/s (% of copy)", "bound ms", "goal ms", "kernel ms / call"] + [f"% {k}" for k in KINDS] + ["kernels"]
+              "GB/s (% of copy)", "bound ms", "goal ms", "kernel ms / call"] + [f"% {k}" for k in KINDS] + [
+              "kernels", "other CPU"]
     rows = []
     for r in result["cells"]:
         if "error" in r:
@@ -197,7 +203,7 @@ def markdown(result: dict) -> str:
                      f"{moved / 1e9:.2f}", f"{moved / t / 1e9:.1f} ({100 * moved / t / 1e9 / cal['copy_gbps']:.0f}%)",
                      f"{1e3 * bound:.1f}", "-" if goal is None else f"{goal:.1f}", f"{1e3 * kernel:.1f}"]
                     + [f"{100 * r['kernel_s'][k] / kernel:.0f}" if kernel else "-" for k in KINDS]
-                    + [sum(r["kernels"].values())])
+                    + [sum(r["kernels"].values()), _contention(r.get("other_cpu_frac"))])
     lines += harness.markdown_table(header, rows)
     lines += ["", "Columns: GFLOP and GB are XLA's counts for one call on the whole batch (`cost_analysis`: FLOPs, "
               "and the operands and results of every kernel); the rates are those counts over the median time, "
@@ -207,7 +213,9 @@ def markdown(result: dict) -> str:
               "the profiler, summed over the threads that ran them (2 cores: up to twice the wall time), and its "
               "shares by kind of kernel:", ""]
     lines += [f"- **{k}**: {text}" for k, text in KINDS.items()]
-    lines += ["", "kernels = kernels of the compiled program (each one is compiled on a first call).", ""]
+    lines += ["", "kernels = kernels of the compiled program (each one is compiled on a first call). other CPU = "
+              f"share of all CPUs other processes used during the timed calls († above {CONTENDED}: disturbed, "
+              "rerun it).", ""]
     return "\n".join(lines)
 
 
