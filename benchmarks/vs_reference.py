@@ -380,7 +380,8 @@ NFN_BOUNDS = {  # kernel-time shares and bounds: benchmarks/results/step_profile
                     "64, where its FLOPs at the full matmul rate take 34 ms against a goal of 38 ms (step_profile.md)",
     "HNP (nfn)": "compute-bound: 55% YNNPACK products, 18% reductions, 19% elementwise passes; at batch 64 its "
                  "FLOPs at the full matmul rate take 52 ms against a goal of 57 ms (step_profile.md); at batch 256 "
-                 "the micro-batches' scan compiles about 1 s longer than one chunk (docs/common.md §12)",
+                 "the micro-batches' scan compiles about 1 s longer than one chunk, half of it the accumulation's "
+                 "add kernels, one per parameter array (docs/common.md §12)",
     "NP (nfn)": "compute-bound: 56% YNNPACK products, 20% reductions, 18% elementwise passes; at batch 64 its FLOPs "
                 "at the full matmul rate take 48 ms against a goal of 55 ms (step_profile.md); a first call is "
                 "tracing about 2,000 operations (0.2-0.8 s), lowering 0.1-0.2 s and XLA's compile; at batch 256 "
