@@ -104,3 +104,11 @@ def test_step_profile_quick_run_writes_its_report(tmp_path, monkeypatch):
     assert cell["goal_ms"] is None  # no vs_reference.json in the folder
     text = (tmp_path / "step_profile.md").read_text()
     assert "| Monomial-NFN | 8 | fwdbwd |" in text and "Load average" in text
+    assert "none here: no vs_reference.json" in text
+
+
+@pytest.mark.parametrize("argv", [["--calls", "0"], ["--batches", "-8"], ["--jobs", "ours_sw"]])
+def test_step_profile_refuses_bad_options(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        step_profile.main(argv + ["--out", str(tmp_path)])
+    assert "error" in capsys.readouterr().err and not list(tmp_path.iterdir())
