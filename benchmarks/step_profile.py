@@ -53,6 +53,7 @@ OTHER_OPS = frozenset({"custom-call", "sort", "rng", "rng-bit-generator", "gathe
 CONTAINER_OPS = frozenset({"while", "conditional", "call", "tuple", "get-tuple-element", "parameter", "constant",
                            "bitcast", "after-all", "opt-barrier", "optimization-barrier"})
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?\s([a-z][a-z\-]*)\(")
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _CONTROL = re.compile(r"(?:body|condition|true_computation|false_computation)=%?([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")  # unindented, opens a block
@@ -62,27 +63,26 @@ def kernel_kinds(hlo_text: str) -> dict[str, str]:
     """The kernels of a compiled XLA module (``compiled.as_text()``): instruction name -> kind (a key of `KINDS`),
     for every instruction of the entry and control-flow computations that runs as a kernel of its own (fusions,
     unfused dots, copies, ...; not the instructions inside a fusion, nor loops, tuples and parameters)."""
-    computations, control, entry, current, name = {}, {}, None, None, None
+    computations, control, entry, name = {}, {}, None, None  # computation -> its instructions / the ones it runs
     for line in hlo_text.splitlines():
         head = _COMPUTATION.match(line)
         if head:
-            current = computations.setdefault(head.group(1), [])
-            control[head.group(1)] = set()
-            entry = head.group(1) if line.startswith("ENTRY") else entry
             name = head.group(1)
+            computations[name], control[name] = [], set()
+            entry = name if line.startswith("ENTRY") else entry
             continue
         found = _INSTRUCTION.match(line)
-        if found and current is not None:
-            calls = re.search(r"calls=%?([\w.\-]+)", line)
-            current.append((found.group(1), found.group(2), line, calls.group(1) if calls else None))
+        if found and name is not None:
+            calls = _CALLS.search(line)
+            computations[name].append((found.group(1), found.group(2), line, calls.group(1) if calls else None))
             control[name] |= set(_CONTROL.findall(line)) | {c.strip().lstrip("%") for group in
                                                             _BRANCHES.findall(line) for c in group.split(",")}
     running, todo = set(), [entry]  # the entry and the bodies of its loops and branches, not reducers or fusions
     while todo:
-        name = todo.pop()
-        if name in computations and name not in running:
-            running.add(name)
-            todo += control[name]
+        computation = todo.pop()
+        if computation in computations and computation not in running:
+            running.add(computation)
+            todo += control[computation]
     opcodes = {name: {op for _, op, _, _ in body} for name, body in computations.items()}
     kinds = {}
     for name in running:
