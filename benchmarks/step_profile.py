@@ -11,8 +11,11 @@ call, the persistent compilation cache off), the median of the timed calls, then
 `KINDS` by its instruction in the compiled HLO (`kernel_kinds`). Beside the times: XLA's FLOP and byte counts of
 one call (the whole batch at once; `harness.xla_cost`), the rates they give at the median time, and the run's
 calibration (jitted 2048 matmul, numpy copy), so each row says how far the step is from the two limits of this
-machine: ``bound ms`` = max(FLOPs / matmul rate, bytes / copy rate). Where `benchmarks/results/vs_reference.json`
-holds the authors' time for the cell, the report adds the time the goal of ours / authors <= 0.33 allows.
+machine: ``bound ms`` = max(FLOPs / matmul rate, bytes / copy rate). A sharper floor for the step's own
+products: every dot of the compiled program (`products`: shapes, dimension numbers, how often a call runs it)
+computed alone by one jitted program (`products_alone`), i.e. what this machine's matmul kernels need for those
+shapes with nothing else to do. Where `benchmarks/results/vs_reference.json` holds the authors' time for the
+cell, the report adds the time the goal of ours / authors <= 0.33 allows.
 
 The profiler adds its own cost (the profiled calls run slower than the timed ones), so the kinds are read as
 shares of the kernel time, not as absolute times. Results: ``step_profile.{json,md}`` in ``--out``.
@@ -24,6 +27,7 @@ import collections
 import glob
 import gzip
 import json
+import math
 import os
 import re
 import subprocess
@@ -57,39 +61,57 @@ _CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _CONTROL = re.compile(r"(?:body|condition|true_computation|false_computation)=%?([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")  # unindented, opens a block
+_TYPED = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\w+)\[([\d,]*)\]")  # name = type[shape]...
+_OPERANDS = re.compile(r"%([\w.\-]+)")
+_BODY = re.compile(r"body=%?([\w.\-]+)")
+_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+_DOT_DIMS = ("lhs_contracting_dims", "rhs_contracting_dims", "lhs_batch_dims", "rhs_batch_dims")
+FLOAT_TYPES = {"f16": "float16", "bf16": "bfloat16", "f32": "float32", "f64": "float64"}
+
+
+def _computations(hlo_text: str) -> tuple[str | None, dict[str, list[tuple[str, str, str]]]]:
+    """(the entry computation's name, computation -> its instructions as (name, opcode, line)) of an HLO module's
+    text."""
+    computations, entry, name = {}, None, None
+    for line in hlo_text.splitlines():
+        head = _COMPUTATION.match(line)
+        if head:
+            name = head.group(1)
+            computations[name] = []
+            entry = name if line.startswith("ENTRY") else entry
+            continue
+        found = _INSTRUCTION.match(line)
+        if found and name is not None:
+            computations[name].append((found.group(1), found.group(2), line))
+    return entry, computations
+
+
+def _control(line: str) -> list[str]:
+    """The computations an instruction's line runs as control flow: a loop's body and condition, a conditional's
+    branches."""
+    return _CONTROL.findall(line) + [c.strip().lstrip("%") for group in _BRANCHES.findall(line)
+                                     for c in group.split(",")]
 
 
 def kernel_kinds(hlo_text: str) -> dict[str, str]:
     """The kernels of a compiled XLA module (``compiled.as_text()``): instruction name -> kind (a key of `KINDS`),
     for every instruction of the entry and control-flow computations that runs as a kernel of its own (fusions,
     unfused dots, copies, ...; not the instructions inside a fusion, nor loops, tuples and parameters)."""
-    computations, control, entry, name = {}, {}, None, None  # computation -> its instructions / the ones it runs
-    for line in hlo_text.splitlines():
-        head = _COMPUTATION.match(line)
-        if head:
-            name = head.group(1)
-            computations[name], control[name] = [], set()
-            entry = name if line.startswith("ENTRY") else entry
-            continue
-        found = _INSTRUCTION.match(line)
-        if found and name is not None:
-            calls = _CALLS.search(line)
-            computations[name].append((found.group(1), found.group(2), line, calls.group(1) if calls else None))
-            control[name] |= set(_CONTROL.findall(line)) | {c.strip().lstrip("%") for group in
-                                                            _BRANCHES.findall(line) for c in group.split(",")}
+    entry, computations = _computations(hlo_text)
     running, todo = set(), [entry]  # the entry and the bodies of its loops and branches, not reducers or fusions
     while todo:
         computation = todo.pop()
         if computation in computations and computation not in running:
             running.add(computation)
-            todo += control[computation]
-    opcodes = {name: {op for _, op, _, _ in body} for name, body in computations.items()}
+            todo += [c for _, _, line in computations[computation] for c in _control(line)]
+    opcodes = {name: {op for _, op, _ in body} for name, body in computations.items()}
     kinds = {}
     for name in running:
-        for instruction, op, line, calls in computations[name]:
+        for instruction, op, line in computations[name]:
             if op in CONTAINER_OPS:
                 continue
-            inner = opcodes.get(calls, set()) if op == "fusion" else {op}
+            calls = _CALLS.search(line)
+            inner = opcodes.get(calls.group(1) if calls else None, set()) if op == "fusion" else {op}
             if inner & {"dot", "convolution"}:
                 kinds[instruction] = "library" if op == "fusion" and "__ynn" in line else "dot"
             elif inner & {"reduce", "reduce-window"}:
@@ -101,6 +123,69 @@ def kernel_kinds(hlo_text: str) -> dict[str, str]:
             else:
                 kinds[instruction] = "elementwise"
     return kinds
+
+
+def _dimensions(line: str, key: str) -> tuple[int, ...]:
+    """A dot's dimension list ``key={...}`` on its HLO line (empty where the line has none)."""
+    found = re.search(rf"{key}=\{{([\d,]*)\}}", line)
+    return tuple(int(n) for n in found.group(1).split(",") if n) if found else ()
+
+
+def products(hlo_text: str) -> list[dict]:
+    """The matrix products of a compiled XLA module (``compiled.as_text()``), each distinct one once:
+    ``dict(lhs=shape, rhs=shape, dtype=name, dimension_numbers=((lhs contracting, rhs contracting), (lhs batch,
+    rhs batch)), count=n)``, with ``count`` the times one call runs it (every ``dot`` of the module, inside
+    fusions too, counted through the computations that run it and through loops by XLA's known trip count, 1
+    where XLA knows none). Products of other than floating-point types are left out."""
+    entry, computations = _computations(hlo_text)
+    counts = collections.Counter()
+
+    def visit(name: str, times: int) -> None:
+        types = {}
+        for instruction, op, line in computations.get(name, ()):
+            typed = _TYPED.match(line)
+            if typed:
+                types[instruction] = (typed.group(2), tuple(int(n) for n in typed.group(3).split(",") if n))
+            if op == "dot":
+                lhs, rhs = _OPERANDS.findall(line.split("dot(", 1)[1].split(")", 1)[0])[:2]
+                if types[lhs][0] in FLOAT_TYPES:
+                    dims = tuple(_dimensions(line, key) for key in _DOT_DIMS)
+                    counts[(types[lhs][1], types[rhs][1], types[lhs][0], (dims[:2], dims[2:]))] += times
+            trips = _TRIP_COUNT.search(line)
+            for callee in _CALLS.findall(line) + _control(line):
+                visit(callee, times * (int(trips.group(1)) if trips and callee in _BODY.findall(line) else 1))
+
+    visit(entry, 1)
+    return [dict(lhs=lhs, rhs=rhs, dtype=FLOAT_TYPES[dtype], dimension_numbers=dims, count=n)
+            for (lhs, rhs, dtype, dims), n in counts.items()]
+
+
+def product_flops(product: dict) -> float:
+    """FLOPs of one run of a product of `products`: 2 x its output's size x its contracted size."""
+    (_, rhs_contracting), (_, rhs_batch) = product["dimension_numbers"]
+    free = [n for i, n in enumerate(product["rhs"]) if i not in rhs_contracting + rhs_batch]
+    return 2.0 * math.prod(product["lhs"]) * math.prod(free)
+
+
+def products_alone(found: list[dict]) -> dict:
+    """The products of `products` run alone: one jitted program (the train step's compile options) computing
+    every product ``count`` times, each on operands of its own (random normal, so XLA merges none). Returns
+    ``seconds`` (median of the timed calls, `vs_reference_protocol.time_calls`) and ``flops`` of one call."""
+    import jax
+    import numpy as np
+
+    from benchmarks.vs_reference_protocol import time_calls
+    from common.training import STEP_COMPILER_OPTIONS
+
+    rng = np.random.default_rng(0)
+    draw = lambda shape, dtype: jax.numpy.asarray(rng.standard_normal(shape), dtype)
+    runs = [(p["dimension_numbers"], draw(p["lhs"], p["dtype"]), draw(p["rhs"], p["dtype"]))
+            for p in found for _ in range(p["count"])]
+    program = jax.jit(lambda operands: [jax.lax.dot_general(a, b, dims) for (dims, _, _), (a, b) in
+                                        zip(runs, operands)], compiler_options=STEP_COMPILER_OPTIONS)
+    operands = [(a, b) for _, a, b in runs]
+    timing = time_calls(lambda: jax.block_until_ready(program(operands)))
+    return dict(seconds=timing["median_s"], flops=sum(product_flops(p) * p["count"] for p in found))
 
 
 def kernel_times(trace_dir: str, kinds: dict[str, str], calls: int) -> dict[str, float]:
@@ -143,10 +228,13 @@ def profile_cell(job: str, batch: int, mode: str, calls: int) -> dict:
                 jax.block_until_ready(compiled(*args))
         profiled_s = (time.perf_counter() - start) / calls
         times = kernel_times(trace_dir, kinds, calls)
+    found = products(compiled.as_text())
+    alone = products_alone(found)
     return dict(job=job, batch=batch, mode=mode, first_call_s=first_s, median_s=timing["median_s"],
                 min_s=timing["min_s"], other_cpu_frac=timing["other_cpu_frac"], profiled_call_s=profiled_s,
                 kernel_s=times, kernels=dict(collections.Counter(kinds.values())), **call.cost_analysis(),
-                config=info["config"])
+                products=sum(p["count"] for p in found), products_alone_s=alone["seconds"],
+                products_flops=alone["flops"], config=info["config"])
 
 
 def _cell_in_process(job: str, batch: int, mode: str, calls: int) -> dict:
@@ -187,8 +275,8 @@ def markdown(result: dict) -> str:
              f"inputs, one process per cell; {result['calls']} profiled calls per cell.", ""]
     lines += harness.run_markdown(result["run"])
     header = ["model", "batch", "mode", "median ms", "first call s", "GFLOP", "GFLOP/s (% of matmul)", "GB",
-              "GB/s (% of copy)", "bound ms", "goal ms", "kernel ms / call"] + [f"% {k}" for k in KINDS] + [
-              "kernels", "other CPU"]
+              "GB/s (% of copy)", "bound ms", "products alone ms", "goal ms", "kernel ms / call"] + [
+              f"% {k}" for k in KINDS] + ["kernels", "other CPU"]
     rows = []
     for r in result["cells"]:
         if "error" in r:
@@ -202,14 +290,19 @@ def markdown(result: dict) -> str:
         rows.append([NAMES[r["job"]], r["batch"], r["mode"], f"{1e3 * t:.1f}", f"{r['first_call_s']:.2f}",
                      f"{flop / 1e9:.2f}", f"{flop / t / 1e9:.0f} ({100 * flop / t / 1e9 / cal['jax_gflops']:.0f}%)",
                      f"{moved / 1e9:.2f}", f"{moved / t / 1e9:.1f} ({100 * moved / t / 1e9 / cal['copy_gbps']:.0f}%)",
-                     f"{1e3 * bound:.1f}", "-" if goal is None else f"{goal:.1f}", f"{1e3 * kernel:.1f}"]
+                     f"{1e3 * bound:.1f}", f"{1e3 * r['products_alone_s']:.1f} ({r['products']})",
+                     "-" if goal is None else f"{goal:.1f}", f"{1e3 * kernel:.1f}"]
                     + [f"{100 * r['kernel_s'][k] / kernel:.0f}" if kernel else "-" for k in KINDS]
                     + [sum(r["kernels"].values()), _contention(r.get("other_cpu_frac"))])
     lines += harness.markdown_table(header, rows)
     lines += ["", "Columns: GFLOP and GB are XLA's counts for one call on the whole batch (`cost_analysis`: FLOPs, "
               "and the operands and results of every kernel); the rates are those counts over the median time, "
               "beside the run's jitted 2048 matmul rate and numpy copy bandwidth; bound ms = max(GFLOP / matmul "
-              "rate, GB / copy rate), the time the step could not beat at either limit as compiled; goal ms = "
+              "rate, GB / copy rate), the time the step could not beat at either limit as compiled; products alone "
+              "ms = the step's matrix products (every dot of the compiled program, with its shapes and dimension "
+              "numbers, as many times as one call runs it; their number in brackets) computed alone by one jitted "
+              "program on random operands (`products_alone`): a goal below it cannot be met with these products, "
+              "whatever else the step does; goal ms = "
               + (f"0.33 x {result['goal_source']} for the same cell" if result.get("goal_source") else
                  "0.33 x the authors' median (none here: no vs_reference.json beside the results)")
               + ". Kernel ms / call: the kernels' time under the profiler, summed over the threads that ran them "

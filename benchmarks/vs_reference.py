@@ -368,28 +368,33 @@ def nfn_table(best) -> list[str]:
 
 GOAL_RATIO, GOAL_FIRST_S = 0.33, 2.0
 # What bounds each predictor's step, from the per-op profiles in the docs (where a row misses the goal).
-NFN_BOUNDS = {  # kernel-time shares and bounds: benchmarks/results/step_profile.md (2026-12-05 04:18, batch 64)
+NFN_BOUNDS = {  # kernel-time shares, bounds, products alone: benchmarks/results/step_profile.md (2026-12-05 06:05)
     "MAGEP-NFN": "kernel time 33% YNNPACK products, 19% the 16 x 16 per-channel products XLA compiles itself, 31% "
-                 "elementwise passes, 14% reductions; at 32% of the matmul rate and 63% of the copy bandwidth at "
-                 "batch 64, 1.8x its roofline bound at 256 (step_profile.md, docs/magep.md §9.4); its compile: "
+                 "elementwise passes, 14% reductions; at 30% of the matmul rate and 55% of the copy bandwidth at "
+                 "batch 64; at 256 its products alone (3,408 of them, chunks of 16 rows) take 139 ms against a goal "
+                 "of 158 ms and the step 205 ms (step_profile.md, docs/magep.md §9.4); its compile: "
                  "619-825 kernels, 157 of them dots, about 110 with a single row or column that XLA CPU compiles "
                  "as loops of their own (pairing them into two-column products took 0.3-0.6 s off the first call "
                  "but slowed the step by 5-20%; as broadcast products and sums, 0.1-0.6 s off and the step "
                  "10-40% slower), and the scale normalisation's per-tensor reductions (docs/common.md §11)",
-    "Monomial-NFN": "compute-bound: 73% of the kernel time in YNNPACK products, 70% of the matmul rate at batch "
-                    "64, where its FLOPs at the full matmul rate take 34 ms against a goal of 38 ms (step_profile.md)",
-    "HNP (nfn)": "compute-bound: 55% YNNPACK products, 18% reductions, 19% elementwise passes; at batch 64 its "
-                 "FLOPs at the full matmul rate take 52 ms against a goal of 57 ms (step_profile.md); at batch 256 "
-                 "the micro-batches' scan compiles about 1 s longer than one chunk, half of it the accumulation's "
-                 "add kernels, one per parameter array (docs/common.md §12)",
-    "NP (nfn)": "compute-bound: 56% YNNPACK products, 20% reductions, 18% elementwise passes; at batch 64 its FLOPs "
-                "at the full matmul rate take 48 ms against a goal of 55 ms (step_profile.md); a first call is "
+    "Monomial-NFN": "bound by its products: at batch 64 the step's 70 matrix products alone (6.0 GFLOP, computed "
+                    "by one jitted program with nothing else) take 42.7 ms against a goal of 37.7 ms, at batch 8 "
+                    "6.0 ms against 6.0 ms (step_profile.md); hot in cache 42.7 ms, as PyTorch batched matmuls "
+                    "52.9 ms at batch 64 (docs/magep.md §9.4)",
+    "HNP (nfn)": "bound by its products at batch 64: its 160 products alone take 64.1 ms against a goal of 57.4 ms "
+                 "(step_profile.md; hot in cache 67.9 ms, as PyTorch batched matmuls 79 ms, docs/magep.md §9.4); "
+                 "at batch 256 the micro-batches' scan compiles about 1 s longer than one chunk, half of it the "
+                 "accumulation's add kernels, one per parameter array (docs/common.md §12)",
+    "NP (nfn)": "bound by its products in the training step at batch 64: alone they take 60.9 ms against a goal "
+                "of 55.0 ms (step_profile.md; hot in cache 59.6 ms, as PyTorch batched matmuls 86 ms, docs/magep.md "
+                "§9.4), the forward's 18.2-20.9 ms against 20.4 ms; a first call is "
                 "tracing about 2,000 operations (0.2-0.8 s), lowering 0.1-0.2 s and XLA's compile; at batch 256 "
                 "the micro-batches' scan adds its kernels (docs/common.md §11, §12)",
-    "Transformer-NFN": "22% of the kernel time moves data (the per-head blocks stacked for the vmap over blocks, "
-                       "concatenations), 25% elementwise passes, 33% YNNPACK products; 67% of the copy bandwidth "
-                       "against 29% of the matmul rate at batch 64, 1.7x its roofline bound at 256 "
-                       "(step_profile.md); the alternatives tried are in docs/magep.md §9.4",
+    "Transformer-NFN": "21% of the kernel time moves data (the per-head blocks stacked for the vmap over blocks, "
+                       "concatenations), 28% elementwise passes, 31% YNNPACK products; at batch 64 its products "
+                       "alone take 21 ms against a goal of 36 ms and the step 41 ms, at 256 (chunks of 16 rows) "
+                       "118 against 124 and 163 ms (step_profile.md); the alternatives tried are in "
+                       "docs/magep.md §9.4",
 }
 
 
@@ -417,8 +422,10 @@ def goal_misses(best) -> list[str]:
              "and XLA's CPU compile, mostly LLVM code generation: the fused loops in 32 modules compiled in "
              "parallel, and one module for each operation left outside a fusion or a library call; above 64 rows "
              "the micro-batches' scan adds its own kernels; a rerun reads the program from the persistent "
-             "compilation cache (docs/common.md §11). Each step's kernel time by kind and its roofline bound "
-             "(FLOPs at the matmul rate, bytes at the copy bandwidth): `step_profile.md`.", ""]
+             "compilation cache (docs/common.md §11). Each step's kernel time by kind, its roofline bound "
+             "(FLOPs at the matmul rate, bytes at the copy bandwidth) and the time of its matrix products alone "
+             "(where the goal lies below it, these products cannot meet it on this machine): `step_profile.md`.",
+             ""]
     for name, rows in misses.items():
         lines += [f"- **{name}** ({NFN_BOUNDS[name]}): " + "; ".join(rows) + "."]
     return lines + [""]

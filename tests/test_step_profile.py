@@ -80,6 +80,66 @@ def test_kernel_kinds_of_a_compiled_step_cover_its_products_and_reductions():
     assert {"library", "dot"} & set(kinds.values()), kinds  # the products, whoever runs them
 
 
+LOOP_MODULE = """HloModule loop
+
+%fused_batched (p0: f32[2,8,4], p1: f32[2,4,3]) -> f32[2,8,3] {
+  %p0 = f32[2,8,4]{2,1,0} parameter(0)
+  %p1 = f32[2,4,3]{2,1,0} parameter(1)
+  ROOT %bmm = f32[2,8,3]{2,1,0} dot(%p0, %p1), lhs_batch_dims={0}, lhs_contracting_dims={2}, rhs_batch_dims={0}, rhs_contracting_dims={1}
+}
+
+%body (state: f32[8,8]) -> f32[8,8] {
+  %state = f32[8,8]{1,0} parameter(0)
+  %ids = s32[8,8]{1,0} constant({...})
+  %count = s32[8,8]{1,0} dot(%ids, %ids), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  ROOT %square = f32[8,8]{1,0} dot(%state, %state), lhs_contracting_dims={0}, rhs_contracting_dims={0}
+}
+
+%cond (state: f32[8,8]) -> pred[] {
+  %state = f32[8,8]{1,0} parameter(0)
+  ROOT %go = pred[] constant(false)
+}
+
+ENTRY %main (x: f32[2,8,4], y: f32[2,4,3], z: f32[8,8]) -> f32[8,8] {
+  %x = f32[2,8,4]{2,1,0} parameter(0)
+  %y = f32[2,4,3]{2,1,0} parameter(1)
+  %z = f32[8,8]{1,0} parameter(2)
+  %first = f32[2,8,3]{2,1,0} fusion(%x, %y), kind=kCustom, calls=%fused_batched
+  %second = f32[2,8,3]{2,1,0} fusion(%x, %y), kind=kCustom, calls=%fused_batched
+  ROOT %loop = f32[8,8]{1,0} while(%z), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"5"}}
+}
+"""
+
+
+def test_products_lists_each_dot_with_the_times_a_call_runs_it():
+    square = dict(lhs=(8, 8), rhs=(8, 8), dtype="float32", dimension_numbers=(((1,), (0,)), ((), ())))
+    assert step_profile.products(MODULE) == [square | {"count": 2}]  # one in a library fusion, one unfused
+    batched = dict(lhs=(2, 8, 4), rhs=(2, 4, 3), dtype="float32", dimension_numbers=(((2,), (1,)), ((0,), (0,))))
+    found = step_profile.products(LOOP_MODULE)  # a fused computation run twice, a loop body run 5 times, no s32
+    assert sorted(found, key=str) == sorted([batched | {"count": 2}, square | {
+        "dimension_numbers": (((0,), (0,)), ((), ())), "count": 5}], key=str)
+    assert step_profile.product_flops(found[0] if found[0]["lhs"] == (2, 8, 4) else found[1]) == 2 * 2 * 8 * 4 * 3
+
+
+def test_products_of_a_compiled_loop_count_its_trips():
+    w = jnp.ones((4, 16, 16))
+    x = jnp.ones((32, 16))
+
+    def scanned(w, x):
+        return jnp.sum(jax.lax.scan(lambda h, wi: (jnp.tanh(h @ wi), None), x, w)[0])
+
+    def unrolled(w, x):
+        for i in range(4):
+            x = jnp.tanh(x @ w[i])
+        return jnp.sum(x)
+
+    found = lambda fn: step_profile.products(jax.jit(jax.grad(fn, (0, 1))).lower(w, x).compile().as_text())
+    flops = lambda fn: sum(step_profile.product_flops(p) * p["count"] for p in found(fn))
+    assert flops(scanned) == flops(unrolled) == 4 * 3 * (2 * 32 * 16 * 16)  # per layer: forward, dW and dx
+    alone = step_profile.products_alone(found(unrolled))
+    assert alone["seconds"] > 0 and alone["flops"] == flops(unrolled)
+
+
 def test_kernel_times_sums_a_kinds_events_per_call(tmp_path):
     events = [dict(ph="X", name="dot.2", dur=3000), dict(ph="X", name="dot.2", dur=1000),
               dict(ph="X", name="sum.fusion", dur=500), dict(ph="X", name="ThunkExecutor", dur=9000),
@@ -102,6 +162,7 @@ def test_step_profile_quick_run_writes_its_report(tmp_path, monkeypatch):
     assert (cell["job"], cell["batch"], cell["mode"]) == ("ours_monomial", 8, "fwdbwd")
     assert cell["flops"] > 0 and cell["kernels"]["library"] > 0 and sum(cell["kernel_s"].values()) > 0
     assert cell["goal_ms"] is None  # no vs_reference.json in the folder
+    assert cell["products"] > 0 and cell["products_alone_s"] > 0 and 0 < cell["products_flops"] <= cell["flops"]
     text = (tmp_path / "step_profile.md").read_text()
     assert "| Monomial-NFN | 8 | fwdbwd |" in text and "Load average" in text
     assert "none here: no vs_reference.json" in text
