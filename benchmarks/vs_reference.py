@@ -368,39 +368,55 @@ def nfn_table(best) -> list[str]:
 
 GOAL_RATIO, GOAL_FIRST_S = 0.33, 2.0
 # What bounds each predictor's step, from the per-op profiles in the docs (where a row misses the goal).
-NFN_BOUNDS = {  # kernel-time shares, bounds, products alone: benchmarks/results/step_profile.md (2026-12-05 06:05)
+NFN_BOUNDS = {  # kernel-time shares and checks of the products-alone floor: step_profile.md (2026-12-05 06:05)
     "MAGEP-NFN": "kernel time 33% YNNPACK products, 19% the 16 x 16 per-channel products XLA compiles itself, 31% "
                  "elementwise passes, 14% reductions; at 30% of the matmul rate and 55% of the copy bandwidth at "
-                 "batch 64; at 256 its products alone (3,408 of them, chunks of 16 rows) take 139 ms against a goal "
-                 "of 158 ms and the step 205 ms (step_profile.md, docs/magep.md §9.4); its compile: "
-                 "619-825 kernels, 157 of them dots, about 110 with a single row or column that XLA CPU compiles "
-                 "as loops of their own (pairing them into two-column products took 0.3-0.6 s off the first call "
-                 "but slowed the step by 5-20%; as broadcast products and sums, 0.1-0.6 s off and the step "
-                 "10-40% slower), and the scale normalisation's per-tensor reductions (docs/common.md §11)",
-    "Monomial-NFN": "bound by its products: at batch 64 the step's 70 matrix products alone (6.0 GFLOP, computed "
-                    "by one jitted program with nothing else) take 42.7 ms against a goal of 37.7 ms, at batch 8 "
-                    "6.0 ms against 6.0 ms (step_profile.md); hot in cache 42.7 ms, as PyTorch batched matmuls "
-                    "52.9 ms at batch 64 (docs/magep.md §9.4)",
-    "HNP (nfn)": "bound by its products at batch 64: its 160 products alone take 64.1 ms against a goal of 57.4 ms "
-                 "(step_profile.md; hot in cache 67.9 ms, as PyTorch batched matmuls 79 ms, docs/magep.md §9.4); "
-                 "at batch 256 the micro-batches' scan compiles about 1 s longer than one chunk, half of it the "
-                 "accumulation's add kernels, one per parameter array (docs/common.md §12)",
-    "NP (nfn)": "bound by its products in the training step at batch 64: alone they take 60.9 ms against a goal "
-                "of 55.0 ms (step_profile.md; hot in cache 59.6 ms, as PyTorch batched matmuls 86 ms, docs/magep.md "
-                "§9.4), the forward's 18.2-20.9 ms against 20.4 ms; a first call is "
-                "tracing about 2,000 operations (0.2-0.8 s), lowering 0.1-0.2 s and XLA's compile; at batch 256 "
-                "the micro-batches' scan adds its kernels (docs/common.md §11, §12)",
+                 "batch 64, its products alone well below the goal (step_profile.md, docs/magep.md §9.4); its "
+                 "compile: 619-825 kernels, 157 of them dots, about 110 with a single row or column that XLA CPU "
+                 "compiles as loops of their own (pairing them into two-column products took 0.3-0.6 s off the "
+                 "first call but slowed the step by 5-20%; as broadcast products and sums, 0.1-0.6 s off and the "
+                 "step 10-40% slower), each of its three equivariant layers 0.8-1.2 s of it (a scan over them "
+                 "compiled as long), and the scale normalisation's per-tensor reductions (docs/common.md §11)",
+    "Monomial-NFN": "bound by its products: at batch 64 its 70 products alone take longer than the goal allows for "
+                    "the whole step, also hot in cache (42.7 ms) and laid out beforehand (47.9 ms), and as "
+                    "PyTorch batched matmuls 52.9 ms (docs/magep.md §9.4)",
+    "HNP (nfn)": "bound by its products at batch 64 (hot in cache 67.9 ms, as PyTorch batched matmuls 79 ms, "
+                 "docs/magep.md §9.4); at batch 256 the micro-batches' scan compiles about 1 s longer than one "
+                 "chunk, half of it the accumulation's add kernels, one per parameter array (docs/common.md §12)",
+    "NP (nfn)": "bound by its products in the training step at batch 64 (hot in cache 59.6 ms, as PyTorch batched "
+                "matmuls 86 ms), its forward's products at the goal (18.2 ms hot in cache against 20.4; "
+                "docs/magep.md §9.4); a first call is tracing about 2,000 operations (0.2-0.8 s), lowering 0.1-0.2 "
+                "s and XLA's compile; at batch 256 the micro-batches' scan adds its kernels (docs/common.md §11, "
+                "§12)",
     "Transformer-NFN": "21% of the kernel time moves data (the per-head blocks stacked for the vmap over blocks, "
-                       "concatenations), 28% elementwise passes, 31% YNNPACK products; at batch 64 its products "
-                       "alone take 21 ms against a goal of 36 ms and the step 41 ms, at 256 (chunks of 16 rows) "
-                       "118 against 124 and 163 ms (step_profile.md); the alternatives tried are in "
-                       "docs/magep.md §9.4",
+                       "concatenations), 28% elementwise passes, 31% YNNPACK products; its products alone below "
+                       "the goal, at 256 close to it in chunks of 16 rows (step_profile.md); the alternatives "
+                       "tried are in docs/magep.md §9.4",
 }
 
 
-def goal_misses(best) -> list[str]:
-    """The NFN rows above `GOAL_RATIO` or `GOAL_FIRST_S`, each with its achieved and needed rate, and what
-    bounds each model (`NFN_BOUNDS`)."""
+def product_floors(out_dir: str) -> dict:
+    """(our job, batch, mode) -> seconds of that step's matrix products computed alone, from the
+    `benchmarks.step_profile` results beside ours (``step_profile.json``; empty without one)."""
+    found = harness.read_json(os.path.join(out_dir, "step_profile.json"), {}) or {}
+    return {(c["job"], c["batch"], c["mode"]): c["products_alone_s"] for c in found.get("cells", [])
+            if c.get("products_alone_s")}
+
+
+def _floor_text(floor_s: float | None, ref) -> str:
+    """A row's products-alone time against the time the goal allows (`product_floors`), '' where either is
+    unknown."""
+    if floor_s is None or not ref or ref.get("status") != "ok":
+        return ""
+    goal_s = GOAL_RATIO * ref["median_s"]
+    return f", products alone {1e3 * floor_s:.3g} ms, {'above' if floor_s > goal_s else 'below'} the goal's " \
+           f"{1e3 * goal_s:.3g} ms"
+
+
+def goal_misses(best, floors: dict | None = None) -> list[str]:
+    """The NFN rows above `GOAL_RATIO` or `GOAL_FIRST_S`, each with its achieved and needed rate, the time of its
+    matrix products alone where ``floors`` (`product_floors`) has it, and what bounds each model (`NFN_BOUNDS`)."""
+    floors = floors or {}
     misses = {}
     for ref, (ours, name) in NFN_MODELS.items():
         for r in sorted((r for r in best.values() if r["job"] == ours and r.get("status") == "ok"),
@@ -412,7 +428,8 @@ def goal_misses(best) -> list[str]:
                 ratio_text = "-" if ratio is None else f"{ratio:.2f}"
                 misses.setdefault(name, []).append(
                     f"batch {r['batch']} {r['mode']} {ratio_text} at {_rate(r)} GFLOP/s (0.33 needs "
-                    f"{_rate_needed(r, a)}), first call {_first(r)} s")
+                    f"{_rate_needed(r, a)}){_floor_text(floors.get((ours, r['batch'], r['mode'])), a)}, "
+                    f"first call {_first(r)} s")
     if not misses:
         return []
     lines = ["### Rows above the goal", "",
@@ -423,9 +440,12 @@ def goal_misses(best) -> list[str]:
              "parallel, and one module for each operation left outside a fusion or a library call; above 64 rows "
              "the micro-batches' scan adds its own kernels; a rerun reads the program from the persistent "
              "compilation cache (docs/common.md §11). Each step's kernel time by kind, its roofline bound "
-             "(FLOPs at the matmul rate, bytes at the copy bandwidth) and the time of its matrix products alone "
-             "(where the goal lies below it, these products cannot meet it on this machine): `step_profile.md`.",
-             ""]
+             "(FLOPs at the matmul rate, bytes at the copy bandwidth) and the time of its matrix products alone, "
+             "every dot of the compiled step computed by one program with nothing else, each on operands of its "
+             "own (quoted per row where `step_profile.json` beside these results has the cell; where they take "
+             "longer than the goal allows, the step cannot meet it with these products on this machine, within "
+             "the 13% by which other ways of timing the same products differ, docs/magep.md §9.4): "
+             "`step_profile.md`.", ""]
     for name, rows in misses.items():
         lines += [f"- **{name}** ({NFN_BOUNDS[name]}): " + "; ".join(rows) + "."]
     return lines + [""]
@@ -571,7 +591,8 @@ def measured_when(best: dict[str, dict]) -> str:
     return "Measured: " + "; ".join(parts) + "."
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict, floors: dict | None = None) -> str:
+    """The report of a run's records; ``floors``: the NFN steps' products-alone times (`product_floors`)."""
     best = best_records(result["records"], result["options"]["contended"])
     lines = ["# Side by side with the authors' code (CPU)", ""]
     if result.get("note"):
@@ -605,7 +626,7 @@ def markdown(result: dict) -> str:
                   "authors <= 0.33 and our first call <= 2 s. Our GFLOP/s = XLA's FLOP count of one call "
                   "(`cost_analysis`) / our median time; % of the rate of the job's own numpy 512 x 512 matmul "
                   "calibration (`calib_ms`, per job in the contention table); GFLOP/s for 0.33 = the rate our "
-                  "FLOPs would need for ours / authors = 0.33.", "", *nfn_table(best), "", *goal_misses(best)]
+                  "FLOPs would need for ours / authors = 0.33.", "", *nfn_table(best), "", *goal_misses(best, floors)]
     tables = tsw_tables(best)
     if tables:
         copy_gbps = (result["run"].get("calibration") or {}).get("copy_gbps")
@@ -713,7 +734,7 @@ def main(argv=None) -> dict:
     def write() -> tuple[dict, str]:  # after every job, so a stopped run keeps what it measured
         result = {"records": records, "smoke": smoke, "run": run.finish(), "planned": [job_key(j) for j in jobs],
                   "options": {k: v for k, v in vars(options).items()}}
-        text = markdown(result)
+        text = markdown(result, product_floors(options.out))
         harness.write_results(options.out, NAME, result, text)
         return result, text
 
