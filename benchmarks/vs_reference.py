@@ -395,28 +395,33 @@ NFN_BOUNDS = {  # kernel-time shares and checks of the products-alone floor: ste
 }
 
 
-def product_floors(out_dir: str) -> dict:
-    """(our job, batch, mode) -> seconds of that step's matrix products computed alone, from the
-    `benchmarks.step_profile` results beside ours (``step_profile.json``; empty without one)."""
+def profiled_steps(out_dir: str) -> dict:
+    """(our job, batch, mode) -> that step's cell of the `benchmarks.step_profile` results beside ours
+    (``step_profile.json``: its products-alone time, kernel counts, ...; empty without one)."""
     found = harness.read_json(os.path.join(out_dir, "step_profile.json"), {}) or {}
-    return {(c["job"], c["batch"], c["mode"]): c["products_alone_s"] for c in found.get("cells", [])
-            if c.get("products_alone_s")}
+    return {(c["job"], c["batch"], c["mode"]): c for c in found.get("cells", []) if "error" not in c}
 
 
-def _floor_text(floor_s: float | None, ref) -> str:
-    """A row's products-alone time against the time the goal allows (`product_floors`), '' where either is
-    unknown."""
-    if floor_s is None or not ref or ref.get("status") != "ok":
+def _profile_text(cell: dict | None, ref) -> str:
+    """A row's products-alone time against the time the goal allows, from its `profiled_steps` cell ('' where
+    either is unknown)."""
+    if not cell or not cell.get("products_alone_s") or not ref or ref.get("status") != "ok":
         return ""
-    goal_s = GOAL_RATIO * ref["median_s"]
+    floor_s, goal_s = cell["products_alone_s"], GOAL_RATIO * ref["median_s"]
     return f", products alone {1e3 * floor_s:.3g} ms, {'above' if floor_s > goal_s else 'below'} the goal's " \
            f"{1e3 * goal_s:.3g} ms"
 
 
-def goal_misses(best, floors: dict | None = None) -> list[str]:
+def _kernels_text(cell: dict | None) -> str:
+    """' (N kernels)' of a row's compiled step from its `profiled_steps` cell, '' without one."""
+    return f" ({sum(cell['kernels'].values())} kernels)" if cell and cell.get("kernels") else ""
+
+
+def goal_misses(best, profiled: dict | None = None) -> list[str]:
     """The NFN rows above `GOAL_RATIO` or `GOAL_FIRST_S`, each with its achieved and needed rate, the time of its
-    matrix products alone where ``floors`` (`product_floors`) has it, and what bounds each model (`NFN_BOUNDS`)."""
-    floors = floors or {}
+    matrix products alone and its kernel count where ``profiled`` (`profiled_steps`) has the cell, and what
+    bounds each model (`NFN_BOUNDS`)."""
+    profiled = profiled or {}
     misses = {}
     for ref, (ours, name) in NFN_MODELS.items():
         for r in sorted((r for r in best.values() if r["job"] == ours and r.get("status") == "ok"),
@@ -425,11 +430,12 @@ def goal_misses(best, floors: dict | None = None) -> list[str]:
             ratio = None if not a or a.get("status") != "ok" else r["median_s"] / a["median_s"]
             slow_first = (r.get("first_call_s") or 0) > GOAL_FIRST_S
             if (ratio is not None and ratio > GOAL_RATIO) or slow_first:
+                cell = profiled.get((ours, r["batch"], r["mode"]))
                 ratio_text = "-" if ratio is None else f"{ratio:.2f}"
                 misses.setdefault(name, []).append(
                     f"batch {r['batch']} {r['mode']} {ratio_text} at {_rate(r)} GFLOP/s (0.33 needs "
-                    f"{_rate_needed(r, a)}){_floor_text(floors.get((ours, r['batch'], r['mode'])), a)}, "
-                    f"first call {_first(r)} s")
+                    f"{_rate_needed(r, a)}){_profile_text(cell, a)}, first call {_first(r)} s"
+                    f"{_kernels_text(cell)}")
     if not misses:
         return []
     lines = ["### Rows above the goal", "",
@@ -442,7 +448,8 @@ def goal_misses(best, floors: dict | None = None) -> list[str]:
              "compilation cache (docs/common.md §11). Each step's kernel time by kind, its roofline bound "
              "(FLOPs at the matmul rate, bytes at the copy bandwidth) and the time of its matrix products alone, "
              "every dot of the compiled step computed by one program with nothing else, each on operands of its "
-             "own (quoted per row where `step_profile.json` beside these results has the cell; where they take "
+             "own (quoted per row, with the kernel count, where `step_profile.json` beside these results has the "
+             "cell; where they take "
              "longer than the goal allows, the step cannot meet it with these products on this machine, within "
              "the 13% by which other ways of timing the same products differ, docs/magep.md §9.4): "
              "`step_profile.md`.", ""]
@@ -591,8 +598,9 @@ def measured_when(best: dict[str, dict]) -> str:
     return "Measured: " + "; ".join(parts) + "."
 
 
-def markdown(result: dict, floors: dict | None = None) -> str:
-    """The report of a run's records; ``floors``: the NFN steps' products-alone times (`product_floors`)."""
+def markdown(result: dict, profiled: dict | None = None) -> str:
+    """The report of a run's records; ``profiled``: the NFN steps' `benchmarks.step_profile` cells
+    (`profiled_steps`), quoted in the rows above the goal."""
     best = best_records(result["records"], result["options"]["contended"])
     lines = ["# Side by side with the authors' code (CPU)", ""]
     if result.get("note"):
@@ -626,7 +634,7 @@ def markdown(result: dict, floors: dict | None = None) -> str:
                   "authors <= 0.33 and our first call <= 2 s. Our GFLOP/s = XLA's FLOP count of one call "
                   "(`cost_analysis`) / our median time; % of the rate of the job's own numpy 512 x 512 matmul "
                   "calibration (`calib_ms`, per job in the contention table); GFLOP/s for 0.33 = the rate our "
-                  "FLOPs would need for ours / authors = 0.33.", "", *nfn_table(best), "", *goal_misses(best, floors)]
+                  "FLOPs would need for ours / authors = 0.33.", "", *nfn_table(best), "", *goal_misses(best, profiled)]
     tables = tsw_tables(best)
     if tables:
         copy_gbps = (result["run"].get("calibration") or {}).get("copy_gbps")
@@ -734,7 +742,7 @@ def main(argv=None) -> dict:
     def write() -> tuple[dict, str]:  # after every job, so a stopped run keeps what it measured
         result = {"records": records, "smoke": smoke, "run": run.finish(), "planned": [job_key(j) for j in jobs],
                   "options": {k: v for k, v in vars(options).items()}}
-        text = markdown(result, product_floors(options.out))
+        text = markdown(result, profiled_steps(options.out))
         harness.write_results(options.out, NAME, result, text)
         return result, text
 
