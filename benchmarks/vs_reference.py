@@ -371,7 +371,7 @@ GOAL_RATIO, GOAL_FIRST_S = 0.33, 2.0
 NFN_BOUNDS = {  # kernel-time shares and checks of the products-alone floor: step_profile.md (2026-12-05 06:05)
     "MAGEP-NFN": "kernel time 33% YNNPACK products, 19% the 16 x 16 per-channel products XLA compiles itself, 31% "
                  "elementwise passes, 14% reductions; at 30% of the matmul rate and 55% of the copy bandwidth at "
-                 "batch 64, its products alone well below the goal (step_profile.md, docs/magep.md §9.4); its "
+                 "batch 64, its products alone below the goal (step_profile.md, docs/magep.md §9.4); its "
                  "compile: 619-825 kernels, 157 of them dots, about 110 with a single row or column that XLA CPU "
                  "compiles as loops of their own (pairing them into two-column products took 0.3-0.6 s off the "
                  "first call but slowed the step by 5-20%; as broadcast products and sums, 0.1-0.6 s off and the "
@@ -449,10 +449,9 @@ def goal_misses(best, profiled: dict | None = None) -> list[str]:
              "(FLOPs at the matmul rate, bytes at the copy bandwidth) and the time of its matrix products alone, "
              "every dot of the compiled step computed by one program with nothing else, each on operands of its "
              "own (quoted per row, with the kernel count, where `step_profile.json` beside these results has the "
-             "cell; where they take "
-             "longer than the goal allows, the step cannot meet it with these products on this machine, within "
-             "the 13% by which other ways of timing the same products differ, docs/magep.md §9.4): "
-             "`step_profile.md`.", ""]
+             "cell; where they take longer than the goal allows, the step cannot meet it with these products on "
+             "this machine, within the 13% by which other ways of timing the same products differ, "
+             "docs/magep.md §9.4): `step_profile.md`.", ""]
     for name, rows in misses.items():
         lines += [f"- **{name}** ({NFN_BOUNDS[name]}): " + "; ".join(rows) + "."]
     return lines + [""]
