@@ -36,7 +36,7 @@ import tempfile
 import time
 
 from benchmarks import harness
-from benchmarks.vs_reference import CONTENDED, NFN_MODELS, best_records
+from benchmarks.vs_reference import CONTENDED, GOAL_RATIO, NFN_MODELS, best_records
 from common import compilation_cache
 from common.cli import positive_int
 
@@ -218,7 +218,8 @@ def profile_cell(job: str, batch: int, mode: str, calls: int) -> dict:
     first_s = time.perf_counter() - start
     timing = time_calls(call)
     compiled, args = call.compiled()
-    kinds = kernel_kinds(compiled.as_text())
+    hlo_text = compiled.as_text()
+    kinds = kernel_kinds(hlo_text)
     for _ in range(2):
         jax.block_until_ready(compiled(*args))
     with tempfile.TemporaryDirectory() as trace_dir:
@@ -228,7 +229,7 @@ def profile_cell(job: str, batch: int, mode: str, calls: int) -> dict:
                 jax.block_until_ready(compiled(*args))
         profiled_s = (time.perf_counter() - start) / calls
         times = kernel_times(trace_dir, kinds, calls)
-    found = products(compiled.as_text())
+    found = products(hlo_text)
     alone = products_alone(found)
     return dict(job=job, batch=batch, mode=mode, first_call_s=first_s, median_s=timing["median_s"],
                 min_s=timing["min_s"], other_cpu_frac=timing["other_cpu_frac"], profiled_call_s=profiled_s,
@@ -303,8 +304,8 @@ def markdown(result: dict) -> str:
               "numbers, as many times as one call runs it; their number in brackets) computed alone by one jitted "
               "program on random operands (`products_alone`): a goal below it cannot be met with these products, "
               "whatever else the step does; goal ms = "
-              + (f"0.33 x {result['goal_source']} for the same cell" if result.get("goal_source") else
-                 "0.33 x the authors' median (none here: no vs_reference.json beside the results)")
+              + (f"{GOAL_RATIO} x {result['goal_source']} for the same cell" if result.get("goal_source") else
+                 f"{GOAL_RATIO} x the authors' median (none here: no vs_reference.json beside the results)")
               + ". Kernel ms / call: the kernels' time under the profiler, summed over the threads that ran them "
               "(2 cores: up to twice the wall time), and its shares by kind of kernel:", ""]
     lines += [f"- **{k}**: {text}" for k, text in KINDS.items()]
@@ -339,7 +340,7 @@ def main(argv=None) -> None:
                 batch_ = 16 if job == "ours_tnfn" and batch == 8 else batch  # the authors' smallest batch there
                 record = _cell_in_process(job, batch_, mode, args.calls)
                 theirs = authors.get((job, batch_, mode))
-                record["goal_ms"] = None if theirs is None else 0.33 * theirs
+                record["goal_ms"] = None if theirs is None else GOAL_RATIO * theirs
                 cells.append(record)
                 print(json.dumps({k: record.get(k) for k in ("job", "batch", "mode", "median_s", "error")}),
                       flush=True)

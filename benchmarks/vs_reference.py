@@ -738,10 +738,12 @@ def main(argv=None) -> dict:
     records = kept_records(previous.get("records", []), jobs, options.remeasure)
     done = {job_key(r) for r in records if is_clean(r, options.contended) and r.get("status") in ("ok", "slow", "oom")}
 
+    profiled = profiled_steps(options.out)
+
     def write() -> tuple[dict, str]:  # after every job, so a stopped run keeps what it measured
         result = {"records": records, "smoke": smoke, "run": run.finish(), "planned": [job_key(j) for j in jobs],
                   "options": {k: v for k, v in vars(options).items()}}
-        text = markdown(result, profiled_steps(options.out))
+        text = markdown(result, profiled)
         harness.write_results(options.out, NAME, result, text)
         return result, text
 
