@@ -5,8 +5,9 @@
 
 Each cell (predictor, batch, mode) runs in its own process and builds the step exactly as
 `benchmarks.vs_reference` times it (`benchmarks.vs_reference_ours`: the authors' configurations, random inputs,
-forward or forward + BCE + gradient, ``"auto"`` micro-batches). Per cell: the first call (trace + compile + one
-call, the persistent compilation cache off), the median of the timed calls, then ``--calls`` calls under
+forward or forward + BCE + gradient, ``"auto"`` micro-batches). Per cell: the first call stage by stage (trace,
+lowering, XLA's compile, the executable's first run, and the garbage collector's pauses within them:
+`first_call_stages`; the persistent compilation cache off), the median of the timed calls, then ``--calls`` calls under
 ``jax.profiler``: every kernel's time (summed over the threads that ran it) is put in one of the kinds of
 `KINDS` by its instruction in the compiled HLO (`kernel_kinds`). Beside the times: XLA's FLOP and byte counts of
 one call (the whole batch at once; `harness.xla_cost`), the rates they give at the median time, and the run's
@@ -36,7 +37,8 @@ import tempfile
 import time
 
 from benchmarks import harness
-from benchmarks.vs_reference import CONTENDED, GOAL_RATIO, NFN_MODELS, best_records
+from benchmarks.vs_reference import (CONTENDED, FIRST_CALL_STAGES, GOAL_RATIO, NFN_MODELS, best_records,
+                                     stages_text)
 from common import compilation_cache
 from common.cli import positive_int
 
@@ -188,6 +190,41 @@ def products_alone(found: list[dict]) -> dict:
     return dict(seconds=timing["median_s"], flops=sum(product_flops(p) * p["count"] for p in found))
 
 
+def first_call_stages(jitted, args: tuple) -> tuple[dict[str, float], object]:
+    """A jitted function's first call on ``args``, stage by stage through JAX's ahead-of-time API (the same work a
+    first call does): seconds ``trace_s`` (Python to a jaxpr), ``lower_s`` (to StableHLO), ``compile_s`` (XLA's
+    passes and code generation) and ``first_run_s`` (the executable's first run, which also sets up its library
+    kernels and faults its buffers in), and ``gc_s``, the time Python's garbage collector paused within them.
+    Returns (those seconds, the compiled executable)."""
+    import gc
+
+    import jax
+
+    started, pauses = [], []
+
+    def on_collection(phase: str, info: dict) -> None:
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:
+            pauses.append(time.perf_counter() - started.pop())
+
+    marks = [time.perf_counter()]
+    gc.callbacks.append(on_collection)
+    try:
+        traced = jitted.trace(*args)
+        marks.append(time.perf_counter())
+        lowered = traced.lower()
+        marks.append(time.perf_counter())
+        compiled = lowered.compile()
+        marks.append(time.perf_counter())
+        jax.block_until_ready(compiled(*args))
+        marks.append(time.perf_counter())
+    finally:
+        gc.callbacks.remove(on_collection)
+    seconds = {f"{stage}_s": end - start for stage, start, end in zip(FIRST_CALL_STAGES, marks, marks[1:])}
+    return seconds | {"gc_s": sum(pauses)}, compiled
+
+
 def kernel_times(trace_dir: str, kinds: dict[str, str], calls: int) -> dict[str, float]:
     """Seconds per call by kind, from the perfetto trace ``jax.profiler.trace`` wrote under ``trace_dir`` over
     ``calls`` calls: the durations of the events named after a kernel of ``kinds``, summed over threads."""
@@ -205,7 +242,8 @@ def kernel_times(trace_dir: str, kinds: dict[str, str], calls: int) -> dict[str,
 
 
 def profile_cell(job: str, batch: int, mode: str, calls: int) -> dict:
-    """One cell, in this process: first call, timed calls, kernel counts and profiled kernel times by kind."""
+    """One cell, in this process: the first call by stage, timed calls, kernel counts and profiled kernel times by
+    kind."""
     import jax
 
     from benchmarks import vs_reference_ours as ours
@@ -213,11 +251,9 @@ def profile_cell(job: str, batch: int, mode: str, calls: int) -> dict:
 
     fwd, fwdbwd, info = ours.build_tnfn(batch) if job == "ours_tnfn" else ours.build_cnn_nfn(job, batch)
     call = fwdbwd if mode == "fwdbwd" else fwd
-    start = time.perf_counter()
-    call()
-    first_s = time.perf_counter() - start
+    jitted, args = call.staged()
+    stages, compiled = first_call_stages(jitted, args)
     timing = time_calls(call)
-    compiled, args = call.compiled()
     hlo_text = compiled.as_text()
     kinds = kernel_kinds(hlo_text)
     for _ in range(2):
@@ -231,10 +267,11 @@ def profile_cell(job: str, batch: int, mode: str, calls: int) -> dict:
         times = kernel_times(trace_dir, kinds, calls)
     found = products(hlo_text)
     alone = products_alone(found)
-    return dict(job=job, batch=batch, mode=mode, first_call_s=first_s, median_s=timing["median_s"],
-                min_s=timing["min_s"], other_cpu_frac=timing["other_cpu_frac"], profiled_call_s=profiled_s,
-                kernel_s=times, kernels=dict(collections.Counter(kinds.values())), **call.cost_analysis(),
-                products=sum(p["count"] for p in found), products_alone_s=alone["seconds"],
+    first_s = sum(stages[f"{stage}_s"] for stage in FIRST_CALL_STAGES)
+    return dict(job=job, batch=batch, mode=mode, first_call_s=first_s, first_call_stages=stages,
+                median_s=timing["median_s"], min_s=timing["min_s"], other_cpu_frac=timing["other_cpu_frac"],
+                profiled_call_s=profiled_s, kernel_s=times, kernels=dict(collections.Counter(kinds.values())),
+                **call.cost_analysis(), products=sum(p["count"] for p in found), products_alone_s=alone["seconds"],
                 products_flops=alone["flops"], config=info["config"])
 
 
@@ -275,9 +312,9 @@ def markdown(result: dict) -> str:
              "Scale: the five predictors in the authors' configurations (`benchmarks.vs_reference`), random "
              f"inputs, one process per cell; {result['calls']} profiled calls per cell.", ""]
     lines += harness.run_markdown(result["run"])
-    header = ["model", "batch", "mode", "median ms", "first call s", "GFLOP", "GFLOP/s (% of matmul)", "GB",
-              "GB/s (% of copy)", "bound ms", "products alone ms", "goal ms", "kernel ms / call"] + [
-              f"% {k}" for k in KINDS] + ["kernels", "other CPU"]
+    header = ["model", "batch", "mode", "median ms", "first call s", "trace / lower / compile / first run s (GC)",
+              "GFLOP", "GFLOP/s (% of matmul)", "GB", "GB/s (% of copy)", "bound ms", "products alone ms", "goal ms",
+              "kernel ms / call"] + [f"% {k}" for k in KINDS] + ["kernels", "other CPU"]
     rows = []
     for r in result["cells"]:
         if "error" in r:
@@ -289,7 +326,8 @@ def markdown(result: dict) -> str:
         goal = r.get("goal_ms")
         kernel = sum(r["kernel_s"].values())
         rows.append([NAMES[r["job"]], r["batch"], r["mode"], f"{1e3 * t:.1f}", f"{r['first_call_s']:.2f}",
-                     f"{flop / 1e9:.2f}", f"{flop / t / 1e9:.0f} ({100 * flop / t / 1e9 / cal['jax_gflops']:.0f}%)",
+                     stages_text(r.get("first_call_stages"), " / ", " ({:.2f})"), f"{flop / 1e9:.2f}",
+                     f"{flop / t / 1e9:.0f} ({100 * flop / t / 1e9 / cal['jax_gflops']:.0f}%)",
                      f"{moved / 1e9:.2f}", f"{moved / t / 1e9:.1f} ({100 * moved / t / 1e9 / cal['copy_gbps']:.0f}%)",
                      f"{1e3 * bound:.1f}", f"{1e3 * r['products_alone_s']:.1f} ({r['products']})",
                      "-" if goal is None else f"{goal:.1f}", f"{1e3 * kernel:.1f}"]
@@ -309,7 +347,12 @@ def markdown(result: dict) -> str:
               + ". Kernel ms / call: the kernels' time under the profiler, summed over the threads that ran them "
               "(2 cores: up to twice the wall time), and its shares by kind of kernel:", ""]
     lines += [f"- **{k}**: {text}" for k, text in KINDS.items()]
-    lines += ["", "kernels = kernels of the compiled program (each one is compiled on a first call). other CPU = "
+    lines += ["", "First call = trace (Python to a jaxpr) + lower (to StableHLO) + compile (XLA's passes and code "
+              "generation, mostly LLVM's, on both cores) + first run (the executable's first run, which also sets up "
+              "its YNNPACK fusions and faults its buffers in), timed apart through JAX's ahead-of-time API "
+              "(`first_call_stages`); GC = how long Python's garbage collector paused within them (a full collection "
+              "walks every live Python object). kernels = kernels of the compiled program (each one is compiled on "
+              "a first call). other CPU = "
               f"share of all CPUs other processes used during the timed calls († above {CONTENDED}: disturbed, "
               "rerun it).", ""]
     return "\n".join(lines)

@@ -412,9 +412,25 @@ def _profile_text(cell: dict | None, ref) -> str:
            f"{1e3 * goal_s:.3g} ms"
 
 
+FIRST_CALL_STAGES = ("trace", "lower", "compile", "first_run")  # `step_profile.first_call_stages`, in order
+
+
+def stages_text(stages: dict | None, between: str = " + ", gc: str = " s, GC {:.2f} s") -> str:
+    """A first call's stages (`step_profile.first_call_stages`) as text: their seconds in `FIRST_CALL_STAGES` order
+    joined by ``between``, then ``gc`` formatted with the garbage collector's pauses ("-" without stages)."""
+    if not stages:
+        return "-"
+    return between.join(f"{stages[f'{stage}_s']:.2f}" for stage in FIRST_CALL_STAGES) + gc.format(stages["gc_s"])
+
+
 def _kernels_text(cell: dict | None) -> str:
-    """' (N kernels)' of a row's compiled step from its `profiled_steps` cell, '' without one."""
-    return f" ({sum(cell['kernels'].values())} kernels)" if cell and cell.get("kernels") else ""
+    """' (N kernels; ...)' of a row's compiled step from its `profiled_steps` cell: its kernel count and, where the
+    cell has them, the stages of its first call there; '' without a cell."""
+    if not cell or not cell.get("kernels"):
+        return ""
+    stages = cell.get("first_call_stages")
+    stages = f"; step_profile's first call {stages_text(stages)}" if stages else ""
+    return f" ({sum(cell['kernels'].values())} kernels{stages})"
 
 
 def goal_misses(best, profiled: dict | None = None) -> list[str]:
@@ -451,7 +467,10 @@ def goal_misses(best, profiled: dict | None = None) -> list[str]:
              "own (quoted per row, with the kernel count, where `step_profile.json` beside these results has the "
              "cell; where they take longer than the goal allows, the step cannot meet it with these products on "
              "this machine, within the 13% by which other ways of timing the same products differ, "
-             "docs/magep.md §9.4): `step_profile.md`.", ""]
+             "docs/magep.md §9.4): `step_profile.md`. \"step_profile's first call a + b + c + d s\": the same "
+             "step's first call in that run, stage by stage: trace + lower + compile + first run (which sets up "
+             "the YNNPACK fusions and faults the buffers in), and the garbage collector's pauses within them "
+             "(docs/common.md §11).", ""]
     for name, rows in misses.items():
         lines += [f"- **{name}** ({NFN_BOUNDS[name]}): " + "; ".join(rows) + "."]
     return lines + [""]

@@ -41,8 +41,9 @@ def _jit_pair(forward, loss, args, target):
     ``(params, other variables, *inputs)``, the inputs and ``target`` with the batch axis leading. Each callable
     has a ``cost_analysis()`` giving XLA's ``flops`` and ``bytes_accessed`` of one call, taken from the same
     computation on the whole batch at once (XLA counts a loop's body once, not once per chunk; it compiles the
-    function once more, so the protocol calls it after the timed calls), and a ``compiled()`` giving the
-    executable it runs and its arguments (`benchmarks.step_profile` profiles that)."""
+    function once more, so the protocol calls it after the timed calls), and a ``staged()`` giving the jitted
+    function it calls and its arguments (`benchmarks.step_profile` times a first call stage by stage and profiles
+    the executable)."""
     import functools
 
     import jax
@@ -76,8 +77,8 @@ def _jit_pair(forward, loss, args, target):
     whole = lambda fn: jit(functools.partial(fn, chunks=1))
     fwd.cost_analysis = lambda: xla_cost(whole(logits).lower(*fwd_args).compile())
     fwdbwd.cost_analysis = lambda: xla_cost(whole(gradient).lower(*step_args).compile())
-    fwd.compiled = lambda: (fwd_jit.lower(*fwd_args).compile(), fwd_args)
-    fwdbwd.compiled = lambda: (step_jit.lower(*step_args).compile(), step_args)
+    fwd.staged = lambda: (fwd_jit, fwd_args)
+    fwdbwd.staged = lambda: (step_jit, step_args)
     return fwd, fwdbwd
 
 

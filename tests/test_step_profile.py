@@ -1,5 +1,6 @@
 """benchmarks.step_profile: the kernel classification on a hand-written module and on a compiled one, the trace
 reader, and a quick run end to end. No assertion on a measured time."""
+import gc
 import gzip
 import json
 
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from benchmarks import harness, step_profile
+from benchmarks import vs_reference as vs
 
 MODULE = """HloModule m, entry_computation_layout={(f32[8,8]{1,0}, /*index=1*/f32[8,8]{1,0})->f32[]}
 
@@ -140,6 +142,27 @@ def test_products_of_a_compiled_loop_count_its_trips():
     assert alone["seconds"] > 0 and alone["flops"] == flops(unrolled)
 
 
+def test_first_call_stages_time_each_stage_and_the_collectors_pauses():
+    def step(collect):
+        def fn(x):
+            if collect:
+                gc.collect()  # runs while tracing: a full collection inside the first call
+            return jnp.sum(jnp.tanh(x @ x.T))
+        return fn
+
+    x = jnp.ones((16, 8))
+    callbacks = list(gc.callbacks)
+    for collect in (False, True):
+        jitted = jax.jit(step(collect))
+        stages, compiled = step_profile.first_call_stages(jitted, (x,))
+        assert set(stages) == {"trace_s", "lower_s", "compile_s", "first_run_s", "gc_s"}
+        assert all(stages[f"{s}_s"] > 0 for s in ("trace", "lower", "compile", "first_run"))
+        assert float(compiled(x)) == pytest.approx(float(jitted(x)))  # the executable of that call
+        if collect:
+            assert stages["gc_s"] > 0
+    assert gc.callbacks == callbacks  # the timer is removed again
+
+
 def test_kernel_times_sums_a_kinds_events_per_call(tmp_path):
     events = [dict(ph="X", name="dot.2", dur=3000), dict(ph="X", name="dot.2", dur=1000),
               dict(ph="X", name="sum.fusion", dur=500), dict(ph="X", name="ThunkExecutor", dur=9000),
@@ -163,6 +186,9 @@ def test_step_profile_quick_run_writes_its_report(tmp_path, monkeypatch):
     assert cell["flops"] > 0 and cell["kernels"]["library"] > 0 and sum(cell["kernel_s"].values()) > 0
     assert cell["goal_ms"] is None  # no vs_reference.json in the folder
     assert cell["products"] > 0 and cell["products_alone_s"] > 0 and 0 < cell["products_flops"] <= cell["flops"]
+    stages = cell["first_call_stages"]
+    assert cell["first_call_s"] == pytest.approx(sum(stages[f"{s}_s"] for s in vs.FIRST_CALL_STAGES))
+    assert stages["compile_s"] > 0 and stages["gc_s"] >= 0
     text = (tmp_path / "step_profile.md").read_text()
     assert "| Monomial-NFN | 8 | fwdbwd |" in text and "Load average" in text
     assert "none here: no vs_reference.json" in text

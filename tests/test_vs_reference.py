@@ -126,6 +126,17 @@ def test_nfn_table_rate_is_xla_flops_over_median_against_the_jobs_calibration():
     profiled[("ours_magep", 8, "fwdbwd")]["products_alone_s"] = 0.0050
     [misses] = [line for line in vs.goal_misses(vs.best_records(records), profiled) if "MAGEP" in line]
     assert "products alone 5 ms, below the goal's 6.6 ms, first call 3.00 s (5 kernels)" in misses
+    profiled[("ours_magep", 8, "fwdbwd")]["first_call_stages"] = dict(
+        trace_s=0.5, lower_s=0.125, compile_s=2.0, first_run_s=0.25, gc_s=0.0)
+    [misses] = [line for line in vs.goal_misses(vs.best_records(records), profiled) if "MAGEP" in line]
+    assert "first call 3.00 s (5 kernels; step_profile's first call 0.50 + 0.12 + 2.00 + 0.25 s, GC 0.00 s)" in misses
+
+
+def test_stages_text_lists_a_first_calls_stages_in_order():
+    stages = dict(first_run_s=0.1, compile_s=3.0, lower_s=0.2, trace_s=0.5, gc_s=0.13)
+    assert vs.stages_text(stages) == "0.50 + 0.20 + 3.00 + 0.10 s, GC 0.13 s"
+    assert vs.stages_text(stages, " / ", " ({:.2f})") == "0.50 / 0.20 / 3.00 / 0.10 (0.13)"
+    assert vs.stages_text(None) == vs.stages_text({}) == "-"
 
 
 def test_profiled_steps_read_the_step_profile_beside_the_results(tmp_path):
