@@ -83,10 +83,14 @@ def value_and_grad_in_chunks(loss_fn: Callable, chunks: int) -> Callable:
     """``f(params, batch, key) -> ((loss, metrics), grads)`` of ``loss_fn(params, batch, key) -> (loss, metrics)``
     (a scalar loss and a dict of scalars, both means over the rows of ``batch``: leaves ``[B, ...]``), computed
     over ``chunks`` strided chunks of ``B / chunks`` rows (`split_rows`) and averaged; chunk ``j`` gets key
-    ``jax.random.split(key, chunks)[j]``. One chunk: `jax.value_and_grad` on the whole batch with ``key``."""
+    ``jax.random.split(key, chunks)[j]``. One chunk: `jax.value_and_grad` on the whole batch with ``key``.
+    ``loss_fn`` is traced once: the loop's zero-filled start needs the chunk's output shapes, which tracing the
+    chunk's gradient gives, and the loop body reuses that trace (the gradient is an inlined `jax.jit`, whose traces
+    JAX caches by argument shapes) instead of tracing the model a second time."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if chunks == 1:
         return grad_fn
+    grad_fn = jax.jit(grad_fn, inline=True)
 
     def chunked(params, batch, key):
         # each chunk's share is added already divided by `chunks`: a lone add per parameter array would compile

@@ -51,6 +51,22 @@ def test_chunked_value_and_grad_equals_whole_batch(chunks):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7), whole, parts)
 
 
+def test_the_chunked_step_traces_the_loss_once():
+    traces = []
+
+    def loss_fn(params, batch, key):
+        traces.append(1)  # Python runs at trace time only
+        return jnp.mean((batch @ params) ** 2), {}
+
+    step = jax.jit(value_and_grad_in_chunks(loss_fn, 4))
+    params, batch = jnp.ones(3), jnp.arange(24.0).reshape(8, 3)
+    (loss, _), grads = step(params, batch, jax.random.key(0))
+    assert len(traces) == 1  # the loop's start and its body share one trace of the chunk's gradient
+    whole, whole_grads = jax.value_and_grad(lambda p: loss_fn(p, batch, None)[0])(params)
+    np.testing.assert_allclose(loss, whole, rtol=1e-6)
+    np.testing.assert_allclose(grads, whole_grads, rtol=1e-6)
+
+
 def test_integer_metrics_become_float_means_of_the_chunks():
     """A count among the metrics (int32) comes back as the float mean of the chunks' counts."""
     def counting_loss(params, batch, key):
