@@ -118,14 +118,15 @@ def test_nfn_table_rate_is_xla_flops_over_median_against_the_jobs_calibration():
     records[1].update(median_s=0.010, first_call_s=3.0)
     [misses] = [line for line in vs.goal_misses(vs.best_records(records)) if line.startswith("- **MAGEP-NFN**")]
     assert "batch 8 fwdbwd 0.50 at 20 (10%) GFLOP/s (0.33 needs 30 (15%)), first call 3.00 s" in misses
-    profiled = {("ours_magep", 8, "fwdbwd"): dict(products_alone_s=0.0070, kernels=dict(library=3, dot=2))}
+    profiled = {("ours_magep", 8, "fwdbwd"): dict(products_alone_s=0.0070, median_s=0.0090,
+                                                  kernels=dict(library=3, dot=2))}
     [misses] = [line for line in vs.goal_misses(vs.best_records(records), profiled) if "MAGEP" in line]
-    # products alone 7 ms: above the 6.6 ms the goal allows
-    assert ("(0.33 needs 30 (15%)), products alone 7 ms, above the goal's 6.6 ms, first call 3.00 s (5 kernels)"
-            in misses)
-    profiled[("ours_magep", 8, "fwdbwd")]["products_alone_s"] = 0.0050
+    # products alone 7 of the profiled step's 9 ms (78%); the goal allows 0.33 x 20 / 10 = 66% of our 10 ms here
+    assert ("(0.33 needs 30 (15%)), products alone 7 ms, 78% of our step in step_profile's run, more than the 66% "
+            "of ours the goal allows, first call 3.00 s (5 kernels)") in misses
+    profiled[("ours_magep", 8, "fwdbwd")]["median_s"] = 0.014  # the same products in a slower run: a smaller share
     [misses] = [line for line in vs.goal_misses(vs.best_records(records), profiled) if "MAGEP" in line]
-    assert "products alone 5 ms, below the goal's 6.6 ms, first call 3.00 s (5 kernels)" in misses
+    assert "products alone 7 ms, 50% of our step in step_profile's run, less than the 66% of ours" in misses
     profiled[("ours_magep", 8, "fwdbwd")]["first_call_stages"] = dict(
         trace_s=0.5, lower_s=0.125, compile_s=2.0, first_run_s=0.25, gc_s=0.0)
     [misses] = [line for line in vs.goal_misses(vs.best_records(records), profiled) if "MAGEP" in line]
