@@ -341,7 +341,8 @@ def markdown(result: dict) -> str:
               "ms = the step's matrix products (every dot of the compiled program, with its shapes and dimension "
               "numbers, as many times as one call runs it; their number in brackets) computed alone by one jitted "
               "program on random operands (`products_alone`): a goal below it cannot be met with these products, "
-              "whatever else the step does; goal ms = "
+              "whatever else the step does, if the goal's run found the host as fast as this one (vs_reference.md "
+              "compares the products' share of our step with the goal's share within each run instead); goal ms = "
               + (f"{GOAL_RATIO} x {result['goal_source']} for the same cell" if result.get("goal_source") else
                  f"{GOAL_RATIO} x the authors' median (none here: no vs_reference.json beside the results)")
               + ". Kernel ms / call: the kernels' time under the profiler, summed over the threads that ran them "
