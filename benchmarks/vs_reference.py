@@ -2,8 +2,8 @@
 the authors' PyTorch implementations, POT and OTT-JAX, and plain one-model-at-a-time PyTorch training.
 
     python -m benchmarks.vs_reference [--reference-dir DIR] [--reference-python PY] [--ott-python PY]
-        [--groups nfn tsw zoo large] [--only JOB ...] [--resume [--remeasure]] [--max-load 0.10 | --no-wait]
-        [--repeats R] [--out benchmarks/results]
+        [--groups nfn tsw zoo large] [--only JOB ...] [--passes N] [--resume [--remeasure]]
+        [--max-load 0.10 | --no-wait] [--repeats R] [--out benchmarks/results]
 
 The full quiet measurement (after the set-up below; about 300 jobs, roughly an hour on 2 quiet cores;
 ``--resume`` makes a rerun redo only the jobs whose records were disturbed, and starts afresh over a smoke run;
@@ -26,7 +26,10 @@ job: a 512 x 512 numpy matmul calibration, the first call timed apart (it includ
 the total under 4 s); the median and min; peak RSS of the process; ``other_cpu_frac``, the share of all CPUs
 other processes used during the timed calls. A record above ``--contended`` (0.10) is disturbed: the job is rerun
 (``--reruns`` times); the report takes the best undisturbed record and marks a cell with only disturbed records
-with a dagger. The driver's own record (``benchmarks.harness``): load averages at start and end and a jitted
+with a dagger. ``--passes N`` runs the whole interleaved list N times, one pass after the other, so each side
+of a cell is measured in N processes minutes apart; the tables take each job's lowest undisturbed median over its
+passes, for the authors' jobs and ours alike (this host's speed drifts by up to 1.5x between minutes, and a slow
+spell only adds time). The driver's own record (``benchmarks.harness``): load averages at start and end and a jitted
 matmul calibration. Our NFN jobs compile as the library's train step does
 (`common.training.STEP_COMPILER_OPTIONS`) and record XLA's FLOP count of one call (``cost_analysis``, taken after
 the timed calls), so the report gives each step's achieved GFLOP/s against the job's own matmul calibration.
@@ -70,6 +73,7 @@ skipped and why.
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib.util
 import json
 import os
@@ -638,7 +642,8 @@ def markdown(result: dict, profiled: dict | None = None) -> str:
                   "report renders. The quiet measurement is the command in `benchmarks/vs_reference.py`.", ""]
     lines += [*harness.run_markdown(result["run"]), measured_when(best),
               f"Jobs: {len(best)} ({len(result['records'])} records); each in its own process, interleaved "
-              "authors / ours, protocol in `benchmarks/vs_reference.py`. Contention: `other CPU` = share of "
+              f"authors / ours{_passes_text(result['records'])}, protocol in `benchmarks/vs_reference.py`. "
+              "Contention: `other CPU` = share of "
               "all CPUs other processes used while a job was timed; above "
               f"{result['options']['contended']:.2f} a record is disturbed (rerun; † = only disturbed records). "
               f"Numpy 512 x 512 matmul calibration per job: median {_calib(best)} ms.", ""]
@@ -674,6 +679,13 @@ def markdown(result: dict, profiled: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _passes_text(records: list[dict]) -> str:
+    """How many passes of the interleaved job list the records hold, when more than one."""
+    passes = 1 + max((r.get("pass", 0) for r in records), default=0)
+    return "" if passes == 1 else (f", in {passes} passes of the whole list (each table cell: the job's lowest "
+                                   "undisturbed median over its passes, on both sides)")
+
+
 def _calib(best) -> str:
     values = [r["calib_ms"] for r in best.values() if r.get("calib_ms") is not None]
     return "-" if not values else f"{statistics.median(values):.2f} (range {min(values):.2f}-{max(values):.2f})"
@@ -696,6 +708,11 @@ def select_jobs(options) -> list[dict]:
     if options.only:
         jobs = [j for j in jobs if j["job"] in options.only]
     return jobs
+
+
+def pass_order(jobs: list[dict], passes: int) -> list[tuple[int, int, dict]]:
+    """(pass, index, job) in the order a run measures them: the whole interleaved list once per pass."""
+    return [(p, i, job) for p in range(passes) for i, job in enumerate(jobs)]
 
 
 def kept_records(previous: list[dict], jobs: list[dict], remeasure: bool) -> list[dict]:
@@ -732,11 +749,14 @@ def parse_args(argv=None):
     parser.add_argument("--contended", type=float, default=CONTENDED, help="other processes' CPU share above "
                         "which a record is disturbed")
     parser.add_argument("--reruns", type=int, default=2, help="reruns of a disturbed job")
+    parser.add_argument("--passes", type=positive_int, default=1,
+                        help="run the interleaved job list this many times; the tables take each job's lowest "
+                        "undisturbed median over its passes")
     parser.add_argument("--mem-gb", type=float, default=20.0, help="address-space limit per job")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per job")
     parser.add_argument("--resume", action="store_true",
-                        help="keep the records of the existing result; run only the jobs without an undisturbed "
-                        "ok / slow / oom record")
+                        help="keep the records of the existing result; run only the jobs (in each pass) without "
+                        "an undisturbed ok / slow / oom record")
     parser.add_argument("--remeasure", action="store_true",
                         help="with --resume: drop the kept records of the selected jobs and measure them again (so "
                         "their ratios come from this run), keeping every other job's records")
@@ -764,7 +784,8 @@ def main(argv=None) -> dict:
         previous = {}
     jobs = select_jobs(options)
     records = kept_records(previous.get("records", []), jobs, options.remeasure)
-    done = {job_key(r) for r in records if is_clean(r, options.contended) and r.get("status") in ("ok", "slow", "oom")}
+    done = collections.Counter(job_key(r) for r in records
+                               if is_clean(r, options.contended) and r.get("status") in ("ok", "slow", "oom"))
 
     profiled = profiled_steps(options.out)
 
@@ -775,14 +796,14 @@ def main(argv=None) -> dict:
         harness.write_results(options.out, NAME, result, text)
         return result, text
 
-    for i, job in enumerate(jobs):
-        if job_key(job) in done:
+    for done_pass, i, job in pass_order(jobs, options.passes):
+        if done[job_key(job)] > done_pass:  # a resumed run: this pass of the job has a clean record already
             continue
-        new = measure_job(job, options)
+        new = [dict(r, **{"pass": done_pass}) for r in measure_job(job, options)]
         records += new
         last = new[-1]
         median = last.get("median_s")
-        print(f"[{i + 1}/{len(jobs)}] {job_key(job)} -> {last['status']}"
+        print(f"[pass {done_pass + 1}/{options.passes}, {i + 1}/{len(jobs)}] {job_key(job)} -> {last['status']}"
               f"{'' if median is None else f', median {1e3 * median:.3g} ms'}"
               f"{'' if is_clean(last, options.contended) else ' (disturbed)'}", flush=True)
         write()
