@@ -350,6 +350,15 @@ def mib(n_bytes: float | None) -> str:
     return "-" if n_bytes is None else f"{n_bytes / 2**20:.1f}"
 
 
+def roofline_bound_s(flops: float | None, bytes_accessed: float | None, calibration: dict) -> float:
+    """Seconds a call cannot beat as compiled: max(FLOPs / the run's jitted matmul rate, bytes / its copy
+    bandwidth), from XLA's counts of one call (`xla_cost`) and the run's ``calibration`` (`matmul_calibration`:
+    ``jax_gflops``, ``copy_gbps``). The byte count is every kernel's operands and results, so a step whose kernels
+    hit the cache can run below it."""
+    return max((flops or 0.0) / (calibration["jax_gflops"] * 1e9),
+               (bytes_accessed or 0.0) / (calibration["copy_gbps"] * 1e9))
+
+
 def percent_of_matmul(gflops: float | None, run: dict) -> str:
     """An achieved GFLOP/s as a percentage of the run's jitted matmul rate ('-' when either is missing)."""
     cal = run.get("calibration")

@@ -322,7 +322,7 @@ def markdown(result: dict) -> str:
             continue
         t = r["median_s"]
         flop, moved = r.get("flops") or 0.0, r.get("bytes_accessed") or 0.0
-        bound = max(flop / (cal["jax_gflops"] * 1e9), moved / (cal["copy_gbps"] * 1e9))
+        bound = harness.roofline_bound_s(flop, moved, cal)
         goal = r.get("goal_ms")
         kernel = sum(r["kernel_s"].values())
         rows.append([NAMES[r["job"]], r["batch"], r["mode"], f"{1e3 * t:.1f}", f"{r['first_call_s']:.2f}",

@@ -372,43 +372,52 @@ def nfn_table(best) -> list[str]:
 
 GOAL_RATIO, GOAL_FIRST_S = 0.33, 2.0
 # What bounds each predictor's step, from the per-op profiles in the docs (where a row misses the goal).
-NFN_BOUNDS = {  # kernel-time shares and checks of the products-alone floor: step_profile.md (2026-12-05 06:05-08:58)
-    "MAGEP-NFN": "kernel time 33% YNNPACK products, 19% the 16 x 16 per-channel products XLA compiles itself, 31% "
-                 "elementwise passes, 14% reductions; at 30% of the matmul rate and 55% of the copy bandwidth at "
-                 "batch 64, its products alone below the goal (step_profile.md, docs/magep.md §9.4); its "
-                 "compile: 619-825 kernels, 157 of them dots, about 110 with a single row or column that XLA CPU "
-                 "compiles as loops of their own (pairing them into two-column products took 0.3-0.6 s off the "
-                 "first call but slowed the step by 5-20%; as broadcast products and sums, 0.1-0.6 s off and the "
-                 "step 10-40% slower), each of its three equivariant layers 0.8-1.2 s of it (a scan over them "
+NFN_BOUNDS = {  # kernel-time shares and floors: step_profile.md (runs of 2026-12-05 06:05-10:44)
+    "MAGEP-NFN": "kernel time 27-33% YNNPACK products, 19-25% the 16 x 16 per-channel products XLA compiles "
+                 "itself, 31-35% elementwise passes, 10-14% reductions; at batch 64 its training step ran at 26% of "
+                 "the matmul rate and 95% of the copy bandwidth by XLA's byte count in the step_profile run of "
+                 "10:44 (at its roofline bound as compiled), at 256 in chunks of 16 rows its products alone take "
+                 "more of the step than the goal allows; its compile: 619-825 kernels, 157 of them dots, about 110 "
+                 "with a single row or column that XLA CPU compiles as loops of their own (pairing them into "
+                 "two-column products took 0.3-0.6 s off the first call but slowed the step by 5-20%; as broadcast "
+                 "products and sums, 0.1-0.6 s off and the step 10-40% slower; none of the YNNPACK fusion settings "
+                 "tried takes them), each of its three equivariant layers 0.8-1.2 s of it (a scan over them "
                  "compiled as long), and the scale normalisation's per-tensor reductions (docs/common.md §11)",
-    "Monomial-NFN": "bound by its products: at batch 64 its 70 products alone take 79-89% of its training step "
-                    "(three step_profile runs), within 12% of that hot in cache and laid out beforehand, 10-35% "
-                    "slower as PyTorch batched matmuls; the goal allowed 74% of our step in the vs_reference run "
-                    "of 03:10 and 91% in the one of 09:08, whose authors' step was 1.36x slower (docs/magep.md "
-                    "§9.4)",
-    "HNP (nfn)": "bound by its products at batch 64 (68-75% of the training step in three step_profile runs; the "
-                 "goal allowed 62% and 73% of it in the runs of 03:10 and 09:08; hot in cache 67.9 ms, as "
-                 "PyTorch batched matmuls 79 ms, docs/magep.md §9.4); at batch 256 the micro-batches' scan "
-                 "compiles about 1 s longer than one chunk, half of it the accumulation's add kernels, one per "
-                 "parameter array (docs/common.md §12)",
-    "NP (nfn)": "bound by its products in the training step at batch 64 (66-73% of it in three step_profile runs; "
-                "the goal allowed 66% and 61% in the runs of 03:10 and 09:08; hot in cache 59.6 ms, as PyTorch "
-                "batched matmuls 86 ms), its forward's products at the goal (18.2 ms hot in cache against 20.4; "
-                "docs/magep.md §9.4); a first call is tracing about 2,000 operations (0.2-0.8 s), lowering 0.1-0.2 "
-                "s and XLA's compile; at batch 256 the micro-batches' scan adds its kernels (docs/common.md §11, "
-                "§12)",
-    "Transformer-NFN": "21% of the kernel time moves data (the per-head blocks stacked for the vmap over blocks, "
-                       "concatenations), 28% elementwise passes, 31% YNNPACK products; its products alone below "
-                       "the goal, at 256 close to it in chunks of 16 rows (step_profile.md); the alternatives "
-                       "tried are in docs/magep.md §9.4",
+    "Monomial-NFN": "bound by its products and its bytes: at batch 64 its 70 products alone take 77% of its "
+                    "training step and its roofline bound 72% (step_profile run of 10:44; the products 79-89% in "
+                    "three runs before, on another host), within 12% of that hot in cache and laid out beforehand, "
+                    "10-35% slower as PyTorch batched matmuls; the goal allowed 65% of our step in the vs_reference "
+                    "run of 10:13, 74% at 03:10 and 91% at 09:08 (docs/magep.md §9.4)",
+    "HNP (nfn)": "bound by its products at batch 64 (77% of the training step and 81% of the forward in the "
+                 "step_profile run of 10:44, the roofline bounds 93% and 84%; the products 68-75% of the training "
+                 "step in three runs before; the goal allowed 71% of it at 10:13, 62% at 03:10, 73% at 09:08; hot "
+                 "in cache 67.9 ms, as PyTorch batched matmuls 79 ms, docs/magep.md §9.4); at batch 256 the "
+                 "micro-batches' scan compiles about 1 s longer than one chunk, half of it the accumulation's add "
+                 "kernels, one per parameter array (docs/common.md §12)",
+    "NP (nfn)": "bound by its products in the training step at batch 64 (85% of it in the step_profile run of "
+                "10:44, 66-73% in three runs before; the goal allowed 86% at 10:13, 66% at 03:10, 61% at 09:08; hot "
+                "in cache 59.6 ms, as PyTorch batched matmuls 86 ms), its forward's products at the goal (18.2 ms "
+                "hot in cache against 20.4; docs/magep.md §9.4); a first call is tracing about 2,000 operations "
+                "(0.2-0.8 s), lowering 0.1-0.2 s and XLA's compile; at batch 256 the micro-batches' scan adds its "
+                "kernels (docs/common.md §11, §12)",
+    "Transformer-NFN": "bound by memory traffic: XLA's byte count at the run's copy bandwidth is 82-107% of each "
+                       "step in the step_profile run of 10:44 (the steps move 17-24 GB/s where a plain copy moved "
+                       "20.9), more than the goal's share in every row above it; 19-25% of the kernel time moves "
+                       "data (the per-head blocks stacked for the vmap over blocks, concatenations), 27-31% "
+                       "elementwise passes, 26-28% YNNPACK products, the products alone 40-64% of a training step; "
+                       "the alternatives tried are in docs/magep.md §9.4",
 }
 
 
 def profiled_steps(out_dir: str) -> dict:
     """(our job, batch, mode) -> that step's cell of the `benchmarks.step_profile` results beside ours
-    (``step_profile.json``: its products-alone time, kernel counts, ...; empty without one)."""
+    (``step_profile.json``: its products-alone time, kernel counts, ...; empty without one), with ``bound_s``, its
+    roofline bound in that run (`harness.roofline_bound_s`), where the run has a calibration."""
     found = harness.read_json(os.path.join(out_dir, "step_profile.json"), {}) or {}
-    return {(c["job"], c["batch"], c["mode"]): c for c in found.get("cells", []) if "error" not in c}
+    calibration = (found.get("run") or {}).get("calibration")
+    bound = (lambda c: {"bound_s": harness.roofline_bound_s(c.get("flops"), c.get("bytes_accessed"), calibration)}
+             ) if calibration else (lambda c: {})
+    return {(c["job"], c["batch"], c["mode"]): c | bound(c) for c in found.get("cells", []) if "error" not in c}
 
 
 def _profile_text(cell: dict | None, ours: dict, ref) -> str:
@@ -419,8 +428,12 @@ def _profile_text(cell: dict | None, ours: dict, ref) -> str:
         return ""
     share = cell["products_alone_s"] / cell["median_s"]
     allowed = GOAL_RATIO * ref["median_s"] / ours["median_s"]
-    return (f", products alone {1e3 * cell['products_alone_s']:.3g} ms, {share:.0%} of our step in step_profile's "
+    text = (f", products alone {1e3 * cell['products_alone_s']:.3g} ms, {share:.0%} of our step in step_profile's "
             f"run, {'more' if share > allowed else 'less'} than the {allowed:.0%} of ours the goal allows")
+    if cell.get("bound_s"):
+        bound = cell["bound_s"] / cell["median_s"]
+        text += f", its roofline bound there {bound:.0%} ({'above' if bound > allowed else 'below'} the goal's share)"
+    return text
 
 
 FIRST_CALL_STAGES = ("trace", "lower", "compile", "first_run")  # `step_profile.first_call_stages`, in order

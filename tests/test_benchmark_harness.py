@@ -118,6 +118,13 @@ def test_matmul_calibration_and_run_record(small_calibration):
 # ------------------------------------------------------------------------------------------ result files
 
 
+def test_roofline_bound_is_the_slower_of_flops_at_the_matmul_rate_and_bytes_at_the_copy_rate():
+    calibration = dict(jax_gflops=200.0, copy_gbps=20.0)
+    assert harness.roofline_bound_s(4e9, 1e8, calibration) == pytest.approx(0.02)  # FLOP-bound: 20 ms against 5
+    assert harness.roofline_bound_s(4e9, 1e9, calibration) == pytest.approx(0.05)  # byte-bound: 50 ms against 20
+    assert harness.roofline_bound_s(None, 1e9, calibration) == pytest.approx(0.05)
+
+
 def test_write_results_writes_json_and_markdown(tmp_path):
     json_path, md_path = harness.write_results(tmp_path / "new", "bench", {"a": [1, 2.5]}, "# title\n")
     assert json.loads(open(json_path).read()) == {"a": [1, 2.5]} == harness.read_results(tmp_path / "new", "bench")

@@ -131,6 +131,9 @@ def test_nfn_table_rate_is_xla_flops_over_median_against_the_jobs_calibration():
         trace_s=0.5, lower_s=0.125, compile_s=2.0, first_run_s=0.25, gc_s=0.0)
     [misses] = [line for line in vs.goal_misses(vs.best_records(records), profiled) if "MAGEP" in line]
     assert "first call 3.00 s (5 kernels; step_profile's first call 0.50 + 0.12 + 2.00 + 0.25 s, GC 0.00 s)" in misses
+    profiled[("ours_magep", 8, "fwdbwd")]["bound_s"] = 0.0098  # the step's roofline bound in that run: 70% of 14 ms
+    [misses] = [line for line in vs.goal_misses(vs.best_records(records), profiled) if "MAGEP" in line]
+    assert "less than the 66% of ours the goal allows, its roofline bound there 70% (above the goal's share)" in misses
 
 
 def test_stages_text_lists_a_first_calls_stages_in_order():
@@ -146,6 +149,10 @@ def test_profiled_steps_read_the_step_profile_beside_the_results(tmp_path):
              dict(job="ours_tnfn", batch=16, mode="fwd", error="failed")]
     (tmp_path / "step_profile.json").write_text(json.dumps(dict(cells=cells)))
     assert vs.profiled_steps(str(tmp_path)) == {("ours_magep", 8, "fwd"): cells[0]}
+    cells[0].update(flops=4e9, bytes_accessed=1e9)  # with the run's calibration: 20 ms of FLOPs, 50 ms of bytes
+    run = dict(calibration=dict(jax_gflops=200.0, copy_gbps=20.0))
+    (tmp_path / "step_profile.json").write_text(json.dumps(dict(cells=cells, run=run)))
+    assert vs.profiled_steps(str(tmp_path))[("ours_magep", 8, "fwd")]["bound_s"] == pytest.approx(0.05)
 
 
 def test_measure_merges_the_call_cost_analysis_after_the_timed_calls(capsys):
