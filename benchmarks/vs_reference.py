@@ -624,14 +624,18 @@ def contention_table(best) -> list[str]:
                                      "disturbed"], rows), ""]
 
 
+def _group(record: dict) -> str:
+    """The report's name for a record's group of jobs."""
+    return "NFN" if "batch" in record else "TSW / SW" if record["job"] in TSW_NAMES else "zoo"
+
+
 def measured_when(best: dict[str, dict]) -> str:
     """One line: the minutes (UTC) in which each group's reported records were measured (a resumed run keeps
     earlier runs' records, so the run header above dates only the last run); records from before the
     timestamps were kept are counted apart; skipped jobs are left out."""
     groups = {}
     for r in (r for r in best.values() if r.get("status") != "skipped"):
-        name = "NFN" if "batch" in r else "TSW / SW" if r["job"] in TSW_NAMES else "zoo"
-        groups.setdefault(name, []).append(r.get("measured_utc"))
+        groups.setdefault(_group(r), []).append(r.get("measured_utc"))
     parts = []
     for name, stamps in groups.items():
         known = sorted(s for s in stamps if s)
@@ -693,9 +697,12 @@ def markdown(result: dict, profiled: dict | None = None) -> str:
 
 
 def _passes_text(records: list[dict]) -> str:
-    """How many passes of the interleaved job list the records hold, when more than one."""
-    passes = 1 + max((r.get("pass", 0) for r in records), default=0)
-    return "" if passes == 1 else (f", in {passes} passes of the whole list (each table cell: the job's lowest "
+    """The groups whose records come from more than one pass of the interleaved job list, and how many."""
+    passes = {}
+    for r in records:
+        passes[_group(r)] = max(passes.get(_group(r), 0), 1 + r.get("pass", 0))
+    several = [f"the {group} jobs in {n} passes" for group, n in passes.items() if n > 1]
+    return "" if not several else (f", {' and '.join(several)} of the list (each table cell: the job's lowest "
                                    "undisturbed median over its passes, on both sides)")
 
 
@@ -721,11 +728,6 @@ def select_jobs(options) -> list[dict]:
     if options.only:
         jobs = [j for j in jobs if j["job"] in options.only]
     return jobs
-
-
-def pass_order(jobs: list[dict], passes: int) -> list[tuple[int, int, dict]]:
-    """(pass, index, job) in the order a run measures them: the whole interleaved list once per pass."""
-    return [(p, i, job) for p in range(passes) for i, job in enumerate(jobs)]
 
 
 def kept_records(previous: list[dict], jobs: list[dict], remeasure: bool) -> list[dict]:
@@ -809,14 +811,14 @@ def main(argv=None) -> dict:
         harness.write_results(options.out, NAME, result, text)
         return result, text
 
-    for done_pass, i, job in pass_order(jobs, options.passes):
-        if done[job_key(job)] > done_pass:  # a resumed run: this pass of the job has a clean record already
+    for pass_index, i, job in ((p, i, job) for p in range(options.passes) for i, job in enumerate(jobs)):
+        if done[job_key(job)] > pass_index:  # a resumed run: this pass of the job has a clean record already
             continue
-        new = [dict(r, **{"pass": done_pass}) for r in measure_job(job, options)]
+        new = [dict(r, **{"pass": pass_index}) for r in measure_job(job, options)]
         records += new
         last = new[-1]
         median = last.get("median_s")
-        print(f"[pass {done_pass + 1}/{options.passes}, {i + 1}/{len(jobs)}] {job_key(job)} -> {last['status']}"
+        print(f"[pass {pass_index + 1}/{options.passes}, {i + 1}/{len(jobs)}] {job_key(job)} -> {last['status']}"
               f"{'' if median is None else f', median {1e3 * median:.3g} ms'}"
               f"{'' if is_clean(last, options.contended) else ' (disturbed)'}", flush=True)
         write()

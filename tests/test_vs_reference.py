@@ -299,5 +299,5 @@ def test_passes_run_the_whole_list_again_and_a_resumed_run_finishes_the_missing_
     assert best[vs.job_key(dict(job="magep", mode="fwdbwd", batch=8))]["median_s"] == 0.020
     assert best[vs.job_key(dict(job="ours_magep", mode="fwdbwd", batch=8))]["median_s"] == 0.010
     text = (tmp_path / "vs_reference.md").read_text()
-    assert "in 3 passes of the whole list" in text
+    assert "the NFN jobs in 3 passes of the list" in text
     assert "| 0.50 |" in text  # 10 ms against 20 ms
