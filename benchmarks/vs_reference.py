@@ -382,7 +382,9 @@ NFN_BOUNDS = {  # kernel-time shares and floors: step_profile.md (runs of 2026-1
                  "two-column products took 0.3-0.6 s off the first call but slowed the step by 5-20%; as broadcast "
                  "products and sums, 0.1-0.6 s off and the step 10-40% slower; none of the YNNPACK fusion settings "
                  "tried takes them), each of its three equivariant layers 0.8-1.2 s of it (a scan over them "
-                 "compiled as long), and the scale normalisation's per-tensor reductions (docs/common.md §11)",
+                 "compiled as long); its scale normalisation (on by default, not in the authors' architecture) makes "
+                 "179-291 of the kernels and 1.1-1.3 s of the first call: with normalize=False the training step's "
+                 "first call took 1.9-2.0 s at batch 8, 2.4 s at 64, 3.7 s at 256 (docs/magep.md §9.4)",
     "Monomial-NFN": "bound by its products and its bytes: at batch 64 its 70 products alone take 77% of its "
                     "training step and its roofline bound 72% (step_profile run of 10:44; the products 79-89% in "
                     "three runs before, on another host), within 12% of that hot in cache and laid out beforehand, "
