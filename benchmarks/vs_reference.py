@@ -28,9 +28,9 @@ other processes used during the timed calls. A record above ``--contended`` (0.1
 (``--reruns`` times); the report takes the best undisturbed record and marks a cell with only disturbed records
 with a dagger. ``--passes N`` runs the whole interleaved list N times, one pass after the other, so each side
 of a cell is measured in N processes minutes apart; the tables take each job's lowest undisturbed median over its
-passes, for the authors' jobs and ours alike (this host's speed drifts by up to 1.5x between minutes, and a slow
-spell only adds time). The driver's own record (``benchmarks.harness``): load averages at start and end and a jitted
-matmul calibration. Our NFN jobs compile as the library's train step does
+passes, for the authors' jobs and ours alike (this host's speed drifts by up to 2x between the passes of one run,
+and a slow spell only adds time). The driver's own record (``benchmarks.harness``): load averages at start and end
+and a jitted matmul calibration. Our NFN jobs compile as the library's train step does
 (`common.training.STEP_COMPILER_OPTIONS`) and record XLA's FLOP count of one call (``cost_analysis``, taken after
 the timed calls), so the report gives each step's achieved GFLOP/s against the job's own matmul calibration.
 Results: ``vs_reference.json`` (every record) and ``vs_reference.md``.
@@ -75,6 +75,7 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib.util
+import itertools
 import json
 import os
 import statistics
@@ -417,9 +418,9 @@ def profiled_steps(out_dir: str) -> dict:
     roofline bound in that run (`harness.roofline_bound_s`), where the run has a calibration."""
     found = harness.read_json(os.path.join(out_dir, "step_profile.json"), {}) or {}
     calibration = (found.get("run") or {}).get("calibration")
-    bound = (lambda c: {"bound_s": harness.roofline_bound_s(c.get("flops"), c.get("bytes_accessed"), calibration)}
-             ) if calibration else (lambda c: {})
-    return {(c["job"], c["batch"], c["mode"]): c | bound(c) for c in found.get("cells", []) if "error" not in c}
+    bound = lambda c: harness.roofline_bound_s(c.get("flops"), c.get("bytes_accessed"), calibration)
+    return {(c["job"], c["batch"], c["mode"]): c | ({"bound_s": bound(c)} if calibration else {})
+            for c in found.get("cells", []) if "error" not in c}
 
 
 def _profile_text(cell: dict | None, ours: dict, ref) -> str:
@@ -702,7 +703,8 @@ def _passes_text(records: list[dict]) -> str:
     """The groups whose records come from more than one pass of the interleaved job list, and how many."""
     passes = {}
     for r in records:
-        passes[_group(r)] = max(passes.get(_group(r), 0), 1 + r.get("pass", 0))
+        group = _group(r)
+        passes[group] = max(passes.get(group, 0), 1 + r.get("pass", 0))
     several = [f"the {group} jobs in {n} passes" for group, n in passes.items() if n > 1]
     return "" if not several else (f", {' and '.join(several)} of the list (each table cell: the job's lowest "
                                    "undisturbed median over its passes, on both sides)")
@@ -813,7 +815,7 @@ def main(argv=None) -> dict:
         harness.write_results(options.out, NAME, result, text)
         return result, text
 
-    for pass_index, i, job in ((p, i, job) for p in range(options.passes) for i, job in enumerate(jobs)):
+    for pass_index, (i, job) in itertools.product(range(options.passes), enumerate(jobs)):
         if done[job_key(job)] > pass_index:  # a resumed run: this pass of the job has a clean record already
             continue
         new = [dict(r, **{"pass": pass_index}) for r in measure_job(job, options)]
