@@ -67,6 +67,16 @@ _TYPED = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\w+)\[([\d,]*)\]")  # 
 _OPERANDS = re.compile(r"%([\w.\-]+)")
 _BODY = re.compile(r"body=%?([\w.\-]+)")
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+XLA_COMPILE_LOG = {"TF_CPP_MIN_LOG_LEVEL": "0", "TF_CPP_VMODULE": "ir_compiler=2,cpu_compiler=1"}  # XLA's timers
+MODULE_CLASSES = {
+    "fused": "XLA's fused loop kernels, their code generated together in parts (up to "
+             "`--xla_cpu_parallel_codegen_split_count` of them, default 32)",
+    "dot": "dots XLA writes as loops of its own and compiles one module each (the matrix-vector products and "
+           "other dots it does not give to a library: Eigen and YNNPACK kernels need no code generation)",
+    "other": "other kernels compiled one module each (concatenations, slices, broadcasts, ...)",
+}
+_LLVM_MODULE = re.compile(r"Compiled LLVM module: __compute_module_(\S+) time: [^(]*\((\d+) us\)")
+_LOG_LINE = re.compile(r"^[IWEF]\d{4} ")  # a line of XLA's own log
 _DOT_DIMS = ("lhs_contracting_dims", "rhs_contracting_dims", "lhs_batch_dims", "rhs_batch_dims")
 FLOAT_TYPES = {"f16": "float16", "bf16": "bfloat16", "f32": "float32", "f64": "float64"}
 
@@ -225,6 +235,33 @@ def first_call_stages(jitted, args: tuple) -> tuple[dict[str, float], object]:
     return seconds | {"gc_s": sum(pauses)}, compiled
 
 
+def compile_log(log: str, program: str) -> dict | None:
+    """Where XLA's first compile of ``program`` (an HLO module's name, e.g. ``"jit_gradient"``) went, read from the
+    log of a process run with `XLA_COMPILE_LOG` in its environment: ``compile_s`` (XLA's whole compile, wall
+    time), ``hlo_passes_s`` (its HLO passes, the part before code generation) and, per class of `MODULE_CLASSES`,
+    the LLVM modules compiled (``count``) and ``thread_s``, their code generation summed over the threads that ran
+    it (on 2 cores up to twice the wall time it took). None when the log holds no finished compile of it."""
+    lines = log.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.endswith(f"Compiling: {program}")), None)
+    if start is None:
+        return None
+    end = next((i for i in range(start, len(lines)) if f"Compiling [{program}] for CPU using JIT time:" in lines[i]),
+               None)
+    if end is None:
+        return None
+    seconds = lambda line: 1e-6 * int(re.search(r"time: [^(]*\((\d+) us\)", line).group(1))
+    passes = [line for line in lines[:start] if f"Running HLO passes on [{program}]" in line]
+    modules = {k: {"count": 0, "thread_s": 0.0} for k in MODULE_CLASSES}
+    for line in lines[start:end]:
+        found = _LLVM_MODULE.search(line)
+        if found:
+            name, us = found.groups()
+            kind = "fused" if name.startswith("part_") else "dot" if name.startswith("dot") else "other"
+            modules[kind]["count"] += 1
+            modules[kind]["thread_s"] += 1e-6 * int(us)
+    return dict(compile_s=seconds(lines[end]), hlo_passes_s=seconds(passes[-1]) if passes else None, modules=modules)
+
+
 def kernel_times(trace_dir: str, kinds: dict[str, str], calls: int) -> dict[str, float]:
     """Seconds per call by kind, from the perfetto trace ``jax.profiler.trace`` wrote under ``trace_dir`` over
     ``calls`` calls: the durations of the events named after a kernel of ``kinds``, summed over threads."""
@@ -272,17 +309,22 @@ def profile_cell(job: str, batch: int, mode: str, calls: int) -> dict:
                 median_s=timing["median_s"], min_s=timing["min_s"], other_cpu_frac=timing["other_cpu_frac"],
                 profiled_call_s=profiled_s, kernel_s=times, kernels=dict(collections.Counter(kinds.values())),
                 **call.cost_analysis(), products=sum(p["count"] for p in found), products_alone_s=alone["seconds"],
-                products_flops=alone["flops"], config=info["config"])
+                products_flops=alone["flops"], config=info["config"],
+                program=hlo_text.split(",", 1)[0].removeprefix("HloModule ").strip())
 
 
 def _cell_in_process(job: str, batch: int, mode: str, calls: int) -> dict:
-    """`profile_cell` in a fresh Python process (its record, or one with ``error``)."""
+    """`profile_cell` in a fresh Python process with XLA's compile timers on (its record with `compile_log` of its
+    first call's compile as ``compile_log``, or a record with ``error``)."""
     argv = [sys.executable, "-m", "benchmarks.step_profile", "--cell", job, str(batch), mode, "--calls", str(calls)]
-    done = subprocess.run(argv, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+                          env=os.environ | XLA_COMPILE_LOG)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
-        return dict(job=job, batch=batch, mode=mode, error=(done.stderr.strip().splitlines() or ["?"])[-1][:300])
-    return json.loads(lines[-1])
+        errors = [line for line in done.stderr.strip().splitlines() if not _LOG_LINE.match(line)]
+        return dict(job=job, batch=batch, mode=mode, error=(errors or ["?"])[-1][:300])
+    record = json.loads(lines[-1])
+    return record | {"compile_log": compile_log(done.stderr, record["program"])}
 
 
 def _authors_ms(out_dir: str) -> tuple[dict, str | None]:
@@ -356,7 +398,33 @@ def markdown(result: dict) -> str:
               "a first call). other CPU = "
               f"share of all CPUs other processes used during the timed calls († above {CONTENDED}: disturbed, "
               "rerun it).", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + _compile_markdown(result["cells"]))
+
+
+def _compile_markdown(cells: list[dict]) -> list[str]:
+    """The table of `compile_log` per cell: where each program's first compile went."""
+    rows = []
+    for r in cells:
+        log = r.get("compile_log")
+        if not log:
+            continue
+        mods = log["modules"]
+        codegen = sum(m["thread_s"] for m in mods.values())
+        rows.append([NAMES[r["job"]], r["batch"], r["mode"], f"{log['compile_s']:.2f}",
+                     "-" if log["hlo_passes_s"] is None else f"{log['hlo_passes_s']:.2f}", f"{codegen:.2f}"]
+                    + [f"{m['count']} / {m['thread_s']:.2f}" for m in mods.values()])
+    if not rows:
+        return []
+    header = ["model", "batch", "mode", "XLA compile s", "HLO passes s", "code generation thread-s"] + [
+        f"{k}: modules / thread-s" for k in MODULE_CLASSES]
+    return (["## Where each first compile goes", "",
+             "From XLA's own timers (the cell's process runs with "
+             + ", ".join(f"`{k}={v}`" for k, v in XLA_COMPILE_LOG.items()) + "; `compile_log`): XLA compile s = its "
+             "whole compile of the step (wall), HLO passes s = its passes before code generation, then LLVM's code "
+             "generation, module by module, summed over the threads that ran it (2 cores: up to twice the wall "
+             "time), by class of module:", ""]
+            + [f"- **{k}**: {text}" for k, text in MODULE_CLASSES.items()] + [""]
+            + harness.markdown_table(header, rows) + [""])
 
 
 @compilation_cache.disabled()  # first calls are measured: compiled afresh, never read from a cache

@@ -373,19 +373,22 @@ def nfn_table(best) -> list[str]:
 
 GOAL_RATIO, GOAL_FIRST_S = 0.33, 2.0
 # What bounds each predictor's step, from the per-op profiles in the docs (where a row misses the goal).
-NFN_BOUNDS = {  # kernel-time shares and floors: step_profile.md (runs of 2026-12-05 06:05-10:44)
-    "MAGEP-NFN": "kernel time 27-33% YNNPACK products, 19-25% the 16 x 16 per-channel products XLA compiles "
-                 "itself, 31-35% elementwise passes, 10-14% reductions; at batch 64 its training step ran at 26% of "
-                 "the matmul rate and 95% of the copy bandwidth by XLA's byte count in the step_profile run of "
-                 "10:44 (at its roofline bound as compiled), at 256 in chunks of 16 rows its products alone take "
-                 "more of the step than the goal allows; its compile: 619-825 kernels, 157 of them dots, about 110 "
-                 "with a single row or column that XLA CPU compiles as loops of their own (pairing them into "
-                 "two-column products took 0.3-0.6 s off the first call but slowed the step by 5-20%; as broadcast "
-                 "products and sums, 0.1-0.6 s off and the step 10-40% slower; none of the YNNPACK fusion settings "
-                 "tried takes them), each of its three equivariant layers 0.8-1.2 s of it (a scan over them "
-                 "compiled as long); its scale normalisation (on by default, not in the authors' architecture) makes "
-                 "179-291 of the kernels and 1.1-1.3 s of the first call: with normalize=False the training step's "
-                 "first call took 1.9-2.0 s at batch 8, 2.4 s at 64, 3.7 s at 256 (docs/magep.md §9.4)",
+NFN_BOUNDS = {  # kernel-time shares and floors: step_profile.md (runs of 2026-12-05 06:05-12:23)
+    "MAGEP-NFN": "kernel time 30-34% YNNPACK products, 6-17% products XLA runs itself, 37-53% elementwise passes, "
+                 "7-15% reductions (step_profile run of 12:23; the per-channel products' gradients read A^T from a "
+                 "copy since 12:16, which YNNPACK takes: steps 5-15% faster); its training step met the goal at "
+                 "batches 8 and 64 in the run of 12:16, at 256 in chunks of 16 rows its products alone take more "
+                 "of the step than the goal allows; its first call is XLA's compile of 625-831 kernels, 2.2-2.8 s "
+                 "by XLA's own timers (step_profile's last table): LLVM code generation 3.7-4.9 thread-s, 1.25-1.35 "
+                 "of them for the 126 matrix-vector products XLA compiles one module each (the zoo's networks read "
+                 "one input channel, so every W^(l,0) is a column); written as broadcast products and sums they "
+                 "took 1.1 s off the first call at batch 8 and made the step 5-23% slower, a saving spent again "
+                 "after about 700 steps (earlier, two-column products: 0.3-0.6 s off, 5-20% slower; no YNNPACK "
+                 "fusion setting takes them); each of its two equivariant layers costs about 1 s of it (a scan over "
+                 "them compiled as long); its scale normalisation (on by default, not in the authors' "
+                 "architecture) makes 179-291 of the kernels and 1.1-1.3 s of the first call: with normalize=False "
+                 "the training step's first call took 1.9-2.0 s at batch 8, 2.4 s at 64, 3.7 s at 256 "
+                 "(docs/magep.md §9.4)",
     "Monomial-NFN": "bound by its products and its bytes: at batch 64 its 70 products alone take 77% of its "
                     "training step and its roofline bound 72% (step_profile run of 10:44; the products 79-89% in "
                     "three runs before, on another host), within 12% of that hot in cache and laid out beforehand, "
@@ -695,7 +698,8 @@ def markdown(result: dict, profiled: dict | None = None) -> str:
     lines += contention_table(best)
     commits = sorted({(r["repo"], r["commit"]) for r in best.values() if r.get("repo") and r.get("commit")})
     if commits:
-        lines += ["Code measured: " + "; ".join(f"{repo} @ {commit[:10]}" for repo, commit in commits) + ".", ""]
+        named = lambda commit: commit[:10] + (" with uncommitted changes" if commit.endswith("+modified") else "")
+        lines += ["Code measured: " + "; ".join(f"{repo} @ {named(commit)}" for repo, commit in commits) + ".", ""]
     return "\n".join(lines) + "\n"
 
 

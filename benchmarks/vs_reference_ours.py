@@ -240,13 +240,18 @@ def zoo_record(job: str, models: int, steps: int) -> dict:
                 **({} if resolved else {"error": "2 epochs took no longer than 1: raise --zoo-steps"}))
 
 
-def _git_commit() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def git_commit(root: str | None = None) -> str:
+    """The commit checked out at ``root`` (default: this project), with "+modified" appended when a tracked Python
+    source or setup.cfg differs from it (the measured code is then not that commit's; results and docs written
+    meanwhile do not count); "unknown" without git."""
+    root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    git = lambda *args: subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=10)
     try:
-        out = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
+        head = git("rev-parse", "HEAD").stdout.strip()
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", "*.py", "setup.cfg").stdout.strip()
     except OSError:
         return "unknown"
+    return (head + ("+modified" if changed else "")) if head else "unknown"
 
 
 @compilation_cache.disabled()  # first calls are measured: compiled afresh, never read from a cache
@@ -258,7 +263,7 @@ def main(argv=None) -> dict:
 
     from common.host_memory import calling_thread_dispatch, keep_freed_memory
 
-    record.update(jax=jax.__version__, flax=flax.__version__, repo="nfn_tsw", commit=_git_commit(),
+    record.update(jax=jax.__version__, flax=flax.__version__, repo="nfn_tsw", commit=git_commit(),
                   keep_freed_memory=keep_freed_memory(),  # as a training script starts (docs/common.md §10)
                   async_dispatch=not calling_thread_dispatch())
     if args.job in ZOO_JOBS:

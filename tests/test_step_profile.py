@@ -192,6 +192,11 @@ def test_step_profile_quick_run_writes_its_report(tmp_path, monkeypatch):
     text = (tmp_path / "step_profile.md").read_text()
     assert "| Monomial-NFN | 8 | fwdbwd |" in text and "Load average" in text
     assert "none here: no vs_reference.json" in text
+    log = cell["compile_log"]  # read from XLA's timers in the cell's own process
+    assert cell["program"] == "jit_gradient" and 0 < log["hlo_passes_s"] < log["compile_s"]
+    assert log["modules"]["fused"]["count"] > 0 and log["modules"]["fused"]["thread_s"] > 0
+    compile_table = text.split("## Where each first compile goes")[1]
+    assert "| Monomial-NFN | 8 | fwdbwd | " in compile_table
 
 
 @pytest.mark.parametrize("argv", [["--calls", "0"], ["--batches", "-8"], ["--jobs", "ours_sw"]])
@@ -199,3 +204,30 @@ def test_step_profile_refuses_bad_options(argv, tmp_path, capsys):
     with pytest.raises(SystemExit):
         step_profile.main(argv + ["--out", str(tmp_path)])
     assert "error" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+LOG = """I1205 11:50:32.887164   26946 cpu_compiler.cc:1269] Running HLO passes on [jit_other] for CPU time: 812 us (812 us)
+I1205 11:50:32.887203   26946 cpu_compiler.cc:2091] Compiling: jit_other
+I1205 11:50:32.890678   26952 ir_compiler.cc:293] Compiled LLVM module: __compute_module_part_00 time: 9 ms (9000 us)
+I1205 11:50:32.891545   26946 cpu_compiler.cc:2094] Compiling [jit_other] for CPU using JIT time: 4.34 ms (4340 us)
+I1205 11:50:36.436385   26946 cpu_compiler.cc:1269] Running HLO passes on [jit_gradient] for CPU time: 235 ms (235418 us)
+I1205 11:50:36.436519   26946 cpu_compiler.cc:2091] Compiling: jit_gradient
+I1205 11:50:38.314403   26952 ir_compiler.cc:293] Compiled LLVM module: __compute_module_dot.244_elemental_kernel_module time: 10.1 ms (10127 us) (cumulative: 4.1 s, max: 120 ms, #called: 221)
+I1205 11:50:38.408922   26952 ir_compiler.cc:293] Compiled LLVM module: __compute_module_part_27 time: 85.1 ms (85132 us)
+I1205 11:50:38.453511   26953 ir_compiler.cc:293] Compiled LLVM module: __compute_module_part_14 time: 75.9 ms (75922 us)
+I1205 11:50:38.463840   26953 ir_compiler.cc:293] Compiled LLVM module: __compute_module_concatenate.1_elemental_kernel_module time: 17 ms (17000 us)
+I1205 11:50:38.818765   26946 cpu_compiler.cc:2094] Compiling [jit_gradient] for CPU using JIT time: 2.38 s (2382242 us)
+I1205 11:50:39.887203   26946 cpu_compiler.cc:2091] Compiling: jit_gradient
+I1205 11:50:39.890678   26952 ir_compiler.cc:293] Compiled LLVM module: __compute_module_part_00 time: 9 ms (9000 us)
+I1205 11:50:39.891545   26946 cpu_compiler.cc:2094] Compiling [jit_gradient] for CPU using JIT time: 4.34 ms (4340 us)
+"""
+
+
+def test_compile_log_sorts_one_programs_first_compile_by_module_class():
+    log = step_profile.compile_log(LOG, "jit_gradient")
+    assert log["compile_s"] == pytest.approx(2.382242) and log["hlo_passes_s"] == pytest.approx(0.235418)
+    assert log["modules"] == {"fused": {"count": 2, "thread_s": pytest.approx(0.161054)},
+                              "dot": {"count": 1, "thread_s": pytest.approx(0.010127)},
+                              "other": {"count": 1, "thread_s": pytest.approx(0.017)}}
+    assert step_profile.compile_log(LOG, "jit_missing") is None
+    assert step_profile.compile_log(LOG.split("Compiling [jit_gradient]")[0], "jit_gradient") is None  # unfinished

@@ -215,17 +215,48 @@ def test_zoo_throughput_pytorch_section():
     assert siren == "| SIREN fit-step | error | - | 0.50 | - | - |"
 
 
+def _bare_run() -> dict:
+    """A driver record without calibration (as a report reads it)."""
+    return dict(environment=dict(device="cpu", device_kind="cpu", device_count=1, cpu_count=2, machine="x", jax="0",
+                                 backend="cpu"),
+                started_utc="t", wall_s=1.0, load_average_start=[1, 1, 1], load_average_end=[1, 1, 1],
+                calibration=None, timing_definition="t", memory_definition="m")
+
+
 def test_report_lists_planned_jobs_that_did_not_run():
     record = _record("ours_magep", 0.004, 0.0, batch=8)
-    run = dict(environment=dict(device="cpu", device_kind="cpu", device_count=1, cpu_count=2, machine="x", jax="0",
-                                backend="cpu"),
-               started_utc="t", wall_s=1.0, load_average_start=[1, 1, 1], load_average_end=[1, 1, 1],
-               calibration=None, timing_definition="t", memory_definition="m")
+    run = _bare_run()
     planned = [vs.job_key(dict(job="magep", mode="fwdbwd", batch=8)), vs.job_key(record)]
     text = vs.markdown(dict(records=[record], smoke=False, run=run, planned=planned,
                             options=dict(contended=vs.CONTENDED)))
     assert "Not run (1 planned jobs:" in text and '"job": "magep"' in text
     assert "SMOKE" not in text
+
+
+def test_records_name_the_commit_measured_and_say_when_the_tree_differs_from_it(tmp_path):
+    import subprocess
+
+    from benchmarks import vs_reference_ours as ours
+
+    git = lambda *args: subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True, text=True)
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "a")
+    (tmp_path / "new.py").write_text("")  # untracked files are not the measured code's
+    (tmp_path / "results.json").write_text("{}")
+    git("add", "results.json")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "results")
+    head = git("rev-parse", "HEAD").stdout.strip()
+    (tmp_path / "results.json").write_text("[]")  # nor results written meanwhile
+    assert ours.git_commit(str(tmp_path)) == head
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert ours.git_commit(str(tmp_path)) == head + "+modified"
+    assert ours.git_commit(str(tmp_path / "not-a-repo")) == "unknown"
+    record = _record("ours_magep", 0.004, 0.0, batch=8) | dict(repo="nfn_tsw", commit=head + "+modified")
+    run = _bare_run()
+    text = vs.markdown(dict(records=[record], smoke=False, run=run, options=dict(contended=vs.CONTENDED)))
+    assert f"nfn_tsw @ {head[:10]} with uncommitted changes." in text
 
 
 def test_remeasure_drops_only_the_selected_jobs_records():
