@@ -382,7 +382,7 @@ NFN_BOUNDS = {  # kernel-time shares and floors: step_profile.md (runs of 2026-1
                  "by XLA's own timers (step_profile's last table): LLVM code generation 3.7-4.9 thread-s, 1.25-1.35 "
                  "of them for the 126 matrix-vector products XLA compiles one module each (the zoo's networks read "
                  "one input channel, so every W^(l,0) is a column); written as broadcast products and sums they "
-                 "took 1.1 s off the first call at batch 8 and made the step 5-23% slower, a saving spent again "
+                 "took 1.1 s off the first call at batch 8 and made the step 7-23% slower, a saving spent again "
                  "after about 700 steps (earlier, two-column products: 0.3-0.6 s off, 5-20% slower; no YNNPACK "
                  "fusion setting takes them); each of its two equivariant layers costs about 1 s of it (a scan over "
                  "them compiled as long); its scale normalisation (on by default, not in the authors' "
