@@ -377,7 +377,7 @@ NFN_BOUNDS = {  # kernel-time shares and floors: step_profile.md (runs of 2026-1
     "MAGEP-NFN": "kernel time 30-34% YNNPACK products, 6-17% products XLA runs itself, 37-53% elementwise passes, "
                  "7-15% reductions (step_profile run of 12:23; the per-channel products' gradients read A^T from a "
                  "copy since 12:16, which YNNPACK takes: steps 5-15% faster); its training step met the goal at "
-                 "batches 8 and 64 in the run of 12:16, at 256 in chunks of 16 rows its products alone take more "
+                 "batch 8 (0.17-0.18) and at 64 in the run of 12:16 (0.31; 0.34 in the slow spell of 12:47), at 256 in chunks of 16 rows its products alone take more "
                  "of the step than the goal allows; its first call is XLA's compile of 625-831 kernels, 2.2-2.8 s "
                  "by XLA's own timers (step_profile's last table): LLVM code generation 3.7-4.9 thread-s, 1.25-1.35 "
                  "of them for the 126 matrix-vector products XLA compiles one module each (the zoo's networks read "
