@@ -75,7 +75,8 @@ MODULE_CLASSES = {
            "other dots it does not give to a library: Eigen and YNNPACK kernels need no code generation)",
     "other": "other kernels compiled one module each (concatenations, slices, broadcasts, ...)",
 }
-_LLVM_MODULE = re.compile(r"Compiled LLVM module: __compute_module_(\S+) time: [^(]*\((\d+) us\)")
+_LLVM_MODULE = re.compile(r"Compiled LLVM module: __compute_module_(\S+) time: ")
+_LOGGED_TIME = re.compile(r"time: [^(]*\((\d+) us\)")  # XLA's timers print "time: 2.38 s (2382242 us)"
 _LOG_LINE = re.compile(r"^[IWEF]\d{4} ")  # a line of XLA's own log
 _DOT_DIMS = ("lhs_contracting_dims", "rhs_contracting_dims", "lhs_batch_dims", "rhs_batch_dims")
 FLOAT_TYPES = {"f16": "float16", "bf16": "bfloat16", "f32": "float32", "f64": "float64"}
@@ -249,16 +250,16 @@ def compile_log(log: str, program: str) -> dict | None:
                None)
     if end is None:
         return None
-    seconds = lambda line: 1e-6 * int(re.search(r"time: [^(]*\((\d+) us\)", line).group(1))
+    seconds = lambda line: 1e-6 * int(_LOGGED_TIME.search(line).group(1))
     passes = [line for line in lines[:start] if f"Running HLO passes on [{program}]" in line]
     modules = {k: {"count": 0, "thread_s": 0.0} for k in MODULE_CLASSES}
     for line in lines[start:end]:
         found = _LLVM_MODULE.search(line)
         if found:
-            name, us = found.groups()
+            name = found.group(1)
             kind = "fused" if name.startswith("part_") else "dot" if name.startswith("dot") else "other"
             modules[kind]["count"] += 1
-            modules[kind]["thread_s"] += 1e-6 * int(us)
+            modules[kind]["thread_s"] += seconds(line)
     return dict(compile_s=seconds(lines[end]), hlo_passes_s=seconds(passes[-1]) if passes else None, modules=modules)
 
 

@@ -98,7 +98,7 @@ def _contracted_lhs_axes(compiled_text):
 
 
 def test_matmul_is_x_at_y_and_its_gradient_reads_rows_from_a_transposed_copy():
-    kx, ky, kt = jax.random.split(jax.random.key(0), 3)
+    kx, ky = jax.random.split(jax.random.key(0))
     x, y = jax.random.normal(kx, (3, 4, 5, 6)), jax.random.normal(ky, (3, 4, 6, 7))
     loss = lambda mm: lambda x, y: jnp.sum(jnp.sin(mm(x, y)))
     plain = lambda x, y: x @ y
