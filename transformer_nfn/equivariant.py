@@ -86,8 +86,11 @@ class TransformerEquivariant(nnx.Module):
     def __call__(self, feats: TransformerWeights) -> TransformerWeights:
         """feats: features, block leaves [..., C_in] -> features [..., C_out] (any leading batch axes)."""
         terms.check_features(feats, self.spec, self.in_channels, "TransformerEquivariant")
-        coeffs = {t.name: getattr(self, t.name)[...] for t in self.plan.terms}
-        return equivariant_apply(coeffs, feats, ffn_scaling=self.ffn_scaling)
+        return equivariant_apply(self.coefficients(), feats, ffn_scaling=self.ffn_scaling)
+
+    def coefficients(self) -> dict[str, jax.Array]:
+        """The coefficients as plain arrays: term name -> [num_blocks, e, d, ...]."""
+        return {t.name: getattr(self, t.name)[...] for t in self.plan.terms}
 
 
 def num_params_per_block(d_model: int, c_in: int, c_out: int, ffn_scaling: bool = False) -> int:

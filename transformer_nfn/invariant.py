@@ -60,8 +60,11 @@ class TransformerInvariant(nnx.Module):
     def __call__(self, feats: TransformerWeights) -> jax.Array:
         """feats: features [..., C_in] per block leaf -> [..., num_blocks, out_features]."""
         terms.check_features(feats, self.spec, self.in_channels, "TransformerInvariant")
-        coeffs = {t.name: getattr(self, t.name)[...] for t in self.plan.terms}
-        return invariant_apply(coeffs, feats, ffn_scaling=self.ffn_scaling)
+        return invariant_apply(self.coefficients(), feats, ffn_scaling=self.ffn_scaling)
+
+    def coefficients(self) -> dict[str, jax.Array]:
+        """The coefficients as plain arrays: term name -> [num_blocks, e, (d,) D...]."""
+        return {t.name: getattr(self, t.name)[...] for t in self.plan.terms}
 
 
 def num_params_per_block(d_model: int, c_in: int, c_out: int, ffn_scaling: bool = False) -> int:

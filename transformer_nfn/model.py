@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from common.weight_space import NetworkSpec, WeightSpace
-from transformer_nfn import nets
+from transformer_nfn import nets, readout
 from transformer_nfn.equivariant import TransformerEquivariant, relu_ffn
 from transformer_nfn.invariant import TransformerInvariant
 from transformer_nfn.weights import TransformerSpec, TransformerWeights
@@ -142,12 +142,22 @@ class AccuracyPredictor(nnx.Module):
                 raise ValueError(f"AccuracyPredictor: tw.embedding has {got} parameters per network but embedding_size "
                                  f"is {self.embedding_size}")
 
+    def _reads_out(self, layer: TransformerEquivariant) -> bool:
+        """Whether `encode` evaluates the last equivariant layer with the invariant layer (`readout`): the paper's
+        variant, where that moves fewer bytes."""
+        return not layer.ffn_scaling and readout.cheaper(layer.in_channels, self.invariant.in_channels)
+
     def encode(self, tw: TransformerWeights) -> jax.Array:
         """Encoder branch: [*batch] networks -> [*batch, width]."""
         feats = TransformerWeights(tw.to_features().blocks)
-        for layer in self.equivariant:
+        layers = list(self.equivariant)
+        last = layers.pop() if layers and self._reads_out(layers[-1]) else None
+        for layer in layers:
             feats = relu_ffn(layer(feats))
-        y = self.invariant(feats)  # [..., B, F]
+        if last is None:
+            y = self.invariant(feats)  # [..., B, F]
+        else:  # the last equivariant layer and the invariant layer as one map: same values, fewer bytes
+            y = readout.readout_apply(last.coefficients(), self.invariant.coefficients(), feats)
         y = nets.layer_norm(y) * self.block_norm_scale[...] + self.block_norm_bias[...]
         y = self.encoder_norm(y.reshape(*y.shape[:-2], -1))
         for i in range(0, len(self.encoder_mlp), 2):

@@ -77,8 +77,11 @@ def block_slots(spec: TransformerSpec, ffn_scaling: bool) -> tuple[dict, dict]:
 @functools.lru_cache(maxsize=None)
 def block_plan(spec: TransformerSpec, ffn_scaling: bool, layer: str) -> SharingPlan:
     """The terms of one block of the ``layer="equivariant"`` (outputs: the eight fields) or ``"invariant"``
-    (output ``"I"``) layer: "positive" rule, sum pooling, "unit" init."""
+    (output ``"I"``) layer: "positive" rule, sum pooling, "unit" init. ``"invariant_ffn"``: the invariant
+    layer's terms on the FFN fields alone (those of ``"invariant"`` but th1, th2; `transformer_nfn.readout`)."""
     fields, inputs = block_slots(spec, ffn_scaling)
+    if layer == "invariant_ffn":
+        inputs = {name: inputs[name] for name in ("A", "B", "a", "b")}
     outputs = fields if layer == "equivariant" else {"I": ()}
     ties = {("b", "voab"): ("D",)} if ffn_scaling and layer == "equivariant" else None
     return SharingPlan.build(outputs, inputs, PERMUTED, "positive", ties=ties, names=NAMES, pooling="sum",
