@@ -373,23 +373,24 @@ def nfn_table(best) -> list[str]:
 
 GOAL_RATIO, GOAL_FIRST_S = 0.33, 2.0
 # What bounds each predictor's step, from the per-op profiles in the docs (where a row misses the goal).
-NFN_BOUNDS = {  # kernel-time shares and floors: step_profile.md (runs of 2026-12-05 06:05-12:23)
+NFN_BOUNDS = {  # kernel-time shares and floors: step_profile.md (runs of 2026-12-05 06:05-14:22)
     "MAGEP-NFN": "kernel time 30-34% YNNPACK products, 6-17% products XLA runs itself, 37-53% elementwise passes, "
-                 "7-15% reductions (step_profile run of 12:23; the per-channel products' gradients read A^T from a "
-                 "copy since 12:16, which YNNPACK takes: steps 5-15% faster); its training step met the goal at "
-                 "batch 8 (0.17-0.18) and at 64 in the run of 12:16 (0.31; 0.34 in the slow spell of 12:47), at "
-                 "256 in chunks of 16 rows its products alone take more of the step than the goal allows; its first "
-                 "call is XLA's compile of 625-831 kernels, 2.2-2.8 s "
-                 "by XLA's own timers (step_profile's last table): LLVM code generation 3.7-4.9 thread-s, 1.25-1.35 "
-                 "of them for the 126 matrix-vector products XLA compiles one module each (the zoo's networks read "
-                 "one input channel, so every W^(l,0) is a column); written as broadcast products and sums they "
-                 "took 1.1 s off the first call at batch 8 and made the step 7-23% slower, a saving spent again "
-                 "after about 700 steps (earlier, two-column products: 0.3-0.6 s off, 5-20% slower; no YNNPACK "
-                 "fusion setting takes them); each of its two equivariant layers costs about 1 s of it (a scan over "
-                 "them compiled as long); its scale normalisation (on by default, not in the authors' "
-                 "architecture) makes 179-291 of the kernels and 1.1-1.3 s of the first call: with normalize=False "
-                 "the training step's first call took 1.9-2.0 s at batch 8, 2.4 s at 64, 3.7 s at 256 "
-                 "(docs/magep.md §9.4)",
+                 "7-15% reductions (step_profile runs of 12:23 and 14:22; the per-channel products' gradients read A^T"
+                 " from a copy since 12:16, which YNNPACK takes: steps 5-15% faster); its training step met the goal "
+                 "at batch 8 (0.17-0.18) and at 64 in the run of 12:16 (0.31; 0.34 in the slow spell of 12:47), at 256"
+                 " in chunks of 16 rows its products alone take more of the step than the goal allows; its first call "
+                 "is XLA's compile of 625-831 kernels, 2.5-3.4 s by XLA's own timers (step_profile's last table, run "
+                 "of 14:22; 2.2-2.8 s at 12:23): LLVM code generation 4.3-5.9 thread-s (3.7-4.9), 1.4-1.7 (1.25-1.35) "
+                 "of them for the 126 matrix-vector products XLA compiles one module each (the zoo's networks read one"
+                 " input channel, so every W^(l,0) is a column); written as broadcast products and sums they took 1.1 "
+                 "s off the first call at batch 8 and made the step 7-23% slower, a saving spent again after about 700"
+                 " steps (earlier, two-column products: 0.3-0.6 s off, 5-20% slower; no YNNPACK fusion setting takes "
+                 "them); each of its two equivariant layers costs about 1 s of it (a scan over them compiled as long);"
+                 " its scale normalisation (on by default, not in the authors' architecture) makes 179-291 of the "
+                 "kernels and 1.1-1.3 s of the first call: with normalize=False the training step's first call took "
+                 "1.9-2.0 s at batch 8, 2.4 s at 64, 3.7 s at 256; its per-channel factors folded into the blocks "
+                 "instead (no normalised copy written) gave 712 and 1,055 kernels against 625 and 831, each factor's "
+                 "gradient a reduction of its own (docs/magep.md §9.4)",
     "Monomial-NFN": "bound by its products and its bytes: at batch 64 its 70 products alone take 77% of its "
                     "training step and its roofline bound 72% (step_profile run of 10:44; the products 79-89% in "
                     "three runs before, on another host), within 12% of that hot in cache and laid out beforehand, "
@@ -407,12 +408,15 @@ NFN_BOUNDS = {  # kernel-time shares and floors: step_profile.md (runs of 2026-1
                 "hot in cache against 20.4; docs/magep.md §9.4); a first call is tracing about 2,000 operations "
                 "(0.2-0.8 s), lowering 0.1-0.2 s and XLA's compile; at batch 256 the micro-batches' scan adds its "
                 "kernels (docs/common.md §11, §12)",
-    "Transformer-NFN": "bound by memory traffic: XLA's byte count at the run's copy bandwidth is 82-107% of each "
-                       "step in the step_profile run of 10:44 (the steps move 17-24 GB/s where a plain copy moved "
-                       "20.9), more than the goal's share in every row above it; 19-25% of the kernel time moves "
-                       "data (the per-head blocks stacked for the vmap over blocks, concatenations), 27-31% "
-                       "elementwise passes, 26-28% YNNPACK products, the products alone 40-64% of a training step; "
-                       "the alternatives tried are in docs/magep.md §9.4",
+    "Transformer-NFN": "since 14:00 the encoder evaluates its last equivariant layer and the invariant layer as one "
+                       "map (`transformer_nfn.readout`: the invariant layer reads the attention outputs only through "
+                       "QK and VO's row sums, so products of coefficients replace them; training step 36-38% faster); "
+                       "in the run of 14:05 every training cell met the goal (0.21-0.27) and every first call (1.4-2.0 "
+                       "s); the forward at 256 runs in 16-row chunks, 1.3x its forward at 64 per row, layout 26% of "
+                       "its kernel time (step_profile run of 14:22), and whole batches of 256 were no faster (two "
+                       "rounds, 14:30: 51.8 and 48.0 against 60.4 and 42.9 ms chunked); before, it was bound by memory "
+                       "traffic (XLA's byte count at the copy bandwidth 82-107% of each step at 10:44; docs/magep.md "
+                       "§9.4)",
 }
 
 
