@@ -59,3 +59,10 @@ def test_predictor_reads_out_where_cheaper(monkeypatch):
     for hc, m in models.items():
         np.testing.assert_allclose(one_map[hc], m.logits(tw), rtol=1e-5, atol=1e-6)
     assert readout.cheaper(1, 10) and readout.cheaper(5, 10) and not readout.cheaper(10, 10)
+
+
+def test_ffn_only_invariant_plan_is_the_paper_variant_only():
+    names = [t.name for t in terms.block_plan(SPEC, False, "invariant_ffn").terms]
+    assert names == ["th3", "th4", "th5", "th6", "th7"]
+    with pytest.raises(ValueError, match="block_plan: layer='invariant_ffn' is the paper's variant only"):
+        terms.block_plan(SPEC, True, "invariant_ffn")

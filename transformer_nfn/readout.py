@@ -16,8 +16,6 @@ invariant layer also reads VO A B, which couples the attention outputs with the 
 """
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 

@@ -77,8 +77,12 @@ def block_slots(spec: TransformerSpec, ffn_scaling: bool) -> tuple[dict, dict]:
 @functools.lru_cache(maxsize=None)
 def block_plan(spec: TransformerSpec, ffn_scaling: bool, layer: str) -> SharingPlan:
     """The terms of one block of the ``layer="equivariant"`` (outputs: the eight fields) or ``"invariant"``
-    (output ``"I"``) layer: "positive" rule, sum pooling, "unit" init. ``"invariant_ffn"``: the invariant
-    layer's terms on the FFN fields alone (those of ``"invariant"`` but th1, th2; `transformer_nfn.readout`)."""
+    (output ``"I"``) layer: "positive" rule, sum pooling, "unit" init. ``"invariant_ffn"``: the paper's
+    invariant layer's terms on the FFN fields alone (those of ``"invariant"`` but th1, th2;
+    `transformer_nfn.readout`)."""
+    if layer == "invariant_ffn" and ffn_scaling:
+        raise ValueError("block_plan: layer='invariant_ffn' is the paper's variant only (ffn_scaling=False); the "
+                         "FFN-scaling invariant layer also reads VO w_a w_b")
     fields, inputs = block_slots(spec, ffn_scaling)
     if layer == "invariant_ffn":
         inputs = {name: inputs[name] for name in ("A", "B", "a", "b")}
