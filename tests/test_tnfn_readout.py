@@ -8,7 +8,6 @@ from flax import nnx
 
 from transformer_nfn import AccuracyPredictor, TransformerEquivariant, TransformerInvariant, TransformerSpec, nets
 from transformer_nfn import equivariant_apply, invariant_apply, readout, relu_ffn, terms
-from transformer_nfn.model import AccuracyPredictor as Predictor
 from transformer_nfn.testing import random_features
 
 SPEC = TransformerSpec(num_blocks=2, num_heads=2, d_model=4, d_k=3, d_v=2, d_ffn=5)
@@ -55,7 +54,7 @@ def test_predictor_reads_out_where_cheaper(monkeypatch):
     scaled = build(ffn_scaling=True)
     assert not scaled._reads_out(scaled.equivariant[-1])
     one_map = {hc: m.logits(tw) for hc, m in models.items()}
-    monkeypatch.setattr(Predictor, "_reads_out", lambda self, layer: False)
+    monkeypatch.setattr(AccuracyPredictor, "_reads_out", lambda self, layer: False)
     for hc, m in models.items():
         np.testing.assert_allclose(one_map[hc], m.logits(tw), rtol=1e-5, atol=1e-6)
     assert readout.cheaper(1, 10) and readout.cheaper(5, 10) and not readout.cheaper(10, 10)
