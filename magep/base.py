@@ -38,7 +38,7 @@ def prepare(params: dict, feats, normalize: bool, layout: str) -> tuple[tuple, t
 class TermCoefficients:
     """Mixin of the layers that hold the coefficients of their `SharingPlan` (``self.plan``) packed per
     contraction (``self.coeffs``, `SharingPlan.pack`: no concatenation forward and no slicing backward); the
-    subclass gives ``_input_channels()`` (input slot -> channels)."""
+    subclass gives ``_input_channels()`` (input slot -> channels), ``spec`` and ``in_channels``."""
 
     def _register_coefficients(self, key: jax.Array, c_out: dict[str, int], dtype) -> None:
         """``self.coeffs``: the plan's initial coefficients (`SharingPlan.init` drawn with ``key``), packed per
@@ -50,6 +50,19 @@ class TermCoefficients:
         """The parameters per term: term name -> ``[c_out, c_in, *out_fixed, *in_fixed]`` (constants ``[c_out,
         *out_fixed]``), `SharingPlan.unpack` of the packed ones."""
         return self.plan.unpack(values(self.coeffs), self._input_channels())
+
+    def check(self, feats, layout: str = "channels_last") -> None:
+        """`validation.check_features` on ``feats`` given in ``layout`` (channels leading: checked as the
+        channels-last shapes they stand for)."""
+        if layout not in LAYOUTS:
+            raise ValueError(f"{type(self).__name__}: layout must be one of {LAYOUTS}, got {layout!r}")
+        if layout == "channels_leading":
+            if not (isinstance(feats, tuple) and len(feats) == 2):
+                raise ValueError(f"{type(self).__name__}: channels-leading feats must be a (weights, biases) pair, "
+                                 f"got {type(feats).__name__}")
+            trailing = lambda x: jax.ShapeDtypeStruct(tuple(x.shape[1:]) + tuple(x.shape[:1]), x.dtype)
+            feats = WeightSpace(tuple(map(trailing, feats[0])), tuple(map(trailing, feats[1])), is_features=True)
+        check_features(feats, self.spec, self.in_channels, type(self).__name__)
 
 
 class PolynomialLayer(TermCoefficients, nnx.Module):
@@ -89,16 +102,3 @@ class PolynomialLayer(TermCoefficients, nnx.Module):
         if self.channel_map is not None:
             tree["channel_map"] = values(self.channel_map)
         return tree
-
-    def check(self, feats, layout: str = "channels_last") -> None:
-        """`validation.check_features` on ``feats`` given in ``layout`` (channels leading: checked as the
-        channels-last shapes they stand for)."""
-        if layout not in LAYOUTS:
-            raise ValueError(f"{type(self).__name__}: layout must be one of {LAYOUTS}, got {layout!r}")
-        if layout == "channels_leading":
-            if not (isinstance(feats, tuple) and len(feats) == 2):
-                raise ValueError(f"{type(self).__name__}: channels-leading feats must be a (weights, biases) pair, "
-                                 f"got {type(feats).__name__}")
-            trailing = lambda x: jax.ShapeDtypeStruct(tuple(x.shape[1:]) + tuple(x.shape[:1]), x.dtype)
-            feats = WeightSpace(tuple(map(trailing, feats[0])), tuple(map(trailing, feats[1])), is_features=True)
-        check_features(feats, self.spec, self.in_channels, type(self).__name__)

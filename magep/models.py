@@ -123,11 +123,12 @@ class MagepBody(nnx.Module):
         self.invariant = PolynomialInvariant(spec, channels, out_features, rngs=rngs, normalize=normalize)
 
     def __call__(self, feats: WeightSpace) -> jax.Array:
-        """The polynomial layers pass their features on channels leading (`PolynomialEquivariant` ``layout``),
-        so no data moves between layers."""
+        """Every layer passes its features on channels leading (``layout``), so no data moves between layers:
+        the input features are moved once, before the embedding (they have fewer channels than its output, and
+        no gradient flows back into them)."""
         act = get_activation(self.activation)
-        h = map_features(act, self.embed(feats))
-        h = tuple(map(channels_leading, h.weights)), tuple(map(channels_leading, h.biases))
+        h = tuple(map(channels_leading, feats.weights)), tuple(map(channels_leading, feats.biases))
+        h = jax.tree.map(act, self.embed(h, layout="channels_leading"))
         for layer in self.layers:
             h = jax.tree.map(act, layer(h, layout="channels_leading"))
         return self.invariant(h, layout="channels_leading")

@@ -25,14 +25,14 @@ def weight_space_slots(spec: NetworkSpec) -> dict[str, tuple]:
             **{f"b{l}": bias_axes(spec, l) for l in range(1, L + 1)}}
 
 
-def to_slots(feats: WeightSpace) -> dict:
-    """Features -> ``{"W1": [..., n_1, n_0, C_1], ..., "b1": [..., n_1, C'_1], ...}``."""
-    return {**{f"W{l}": w for l, w in enumerate(feats.weights, 1)},
-            **{f"b{l}": b for l, b in enumerate(feats.biases, 1)}}
+def slot_dict(weights: tuple, biases: tuple) -> dict:
+    """Feature tensors -> ``{"W1": weights[0], ..., "b1": biases[0], ...}`` (any layout)."""
+    return {**{f"W{l}": w for l, w in enumerate(weights, 1)}, **{f"b{l}": b for l, b in enumerate(biases, 1)}}
 
 
 def from_slots(slots: dict, num_layers: int) -> WeightSpace:
-    """Inverse of `to_slots`."""
+    """Slots ``{"W1": [..., n_1, n_0, C_1], ..., "b1": [..., n_1, C'_1], ...}`` -> a features WeightSpace
+    (the inverse of `slot_dict` on a features WeightSpace's tensors)."""
     return WeightSpace(tuple(slots[f"W{l}"] for l in range(1, num_layers + 1)),
                        tuple(slots[f"b{l}"] for l in range(1, num_layers + 1)), is_features=True)
 

@@ -184,6 +184,28 @@ def test_hnp_np_layers_and_pools_two_sided(name, terms):
                                  check_uncoupled=False, broken=(positive,), **CHECK_X64)
 
 
+@pytest.mark.parametrize("layer, terms", [(MonomialLinear, "complete"), (HNPLinear, "paper"), (NPLinear, "complete")])
+def test_linear_layers_channels_leading_equal_channels_last(layer, terms):
+    """``layout="channels_leading"`` (channels before the batch axes, in and out; what MAGEP-NFN's embedding
+    runs in) gives the channels-last layer's numbers moved, including HNP's redundant input means; a wrong
+    layout name or a WeightSpace passed as channels leading is a ValueError."""
+    spec = SPECS["cnn"]
+    kwargs = {} if terms == "complete" else {"terms": terms}
+    with jax.enable_x64(True):
+        feats = random_features(8, spec, batch=(3,))
+        lin = layer(spec, spec.feature_channels, 4, rngs=nnx.Rngs(5), **kwargs)
+        lead = lambda xs: tuple(jnp.moveaxis(x, -1, 0) for x in xs)
+        want = lin(feats)
+        got_w, got_b = jax.jit(lambda w, b: lin((w, b), layout="channels_leading"))(lead(feats.weights),
+                                                                                      lead(feats.biases))
+        for got, ref in zip(got_w + got_b, want.weights + want.biases):
+            np.testing.assert_allclose(jnp.moveaxis(got, 0, -1), ref, rtol=1e-12, atol=1e-12)
+        with pytest.raises(ValueError, match="layout must be one of"):
+            lin(feats, layout="channels_first")
+        with pytest.raises(ValueError, match="channels-leading feats must be a"):
+            lin(feats, layout="channels_leading")
+
+
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_io_embedding_breaks_only_io_permutations(name):
     """The authors' NP layer with io_embed: IOEmbedding -> NPLinear is hidden-neuron equivariant, and input/output

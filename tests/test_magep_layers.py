@@ -72,6 +72,25 @@ def test_normalisation_removes_relu_function_scale():
         assert not np.allclose(raw(scaled), raw(feats), rtol=1e-3)
 
 
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_normalised_layers_equal_the_raw_layers_on_normalised_inputs(name):
+    """With normalize=True the layers reuse the suffix products the scale itself computed (rescaled); this
+    equals the same layers without normalisation on `normalize_scale`'s output (every product recomputed), on
+    MLP and CNN-zoo specs (one input neuron: B_0's coupling rows stacked), channels at scales 1e-3 and 1e3."""
+    spec = SPECS[name]
+    with jax.enable_x64(True):
+        feats = random_features(12, spec, channels=2)
+        spread = jnp.asarray([1e-3, 1e3])
+        feats = WeightSpace(tuple(w * spread for w in feats.weights), feats.biases, is_features=True)
+        normed = WeightSpace(*normalize_scale(feats.weights, feats.biases), is_features=True)
+        for cls, out in ((PolynomialEquivariant, 3), (PolynomialInvariant, 2)):
+            on = cls(spec, 2, out, rngs=nnx.Rngs(13), normalize=True)
+            off = cls(spec, 2, out, rngs=nnx.Rngs(13))
+            for x, y in zip(jax.tree.leaves(on(feats)), jax.tree.leaves(off(normed))):
+                np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12 * float(jnp.max(jnp.abs(y))))
+            assert not np.allclose(jax.tree.leaves(off(feats))[0], jax.tree.leaves(off(normed))[0], rtol=1e-3)
+
+
 def test_frozen_phi_is_not_a_param_and_gets_no_update():
     spec = SPECS["mlp"]
     learn = PolynomialEquivariant(spec, 2, 3, rngs=nnx.Rngs(0))

@@ -16,11 +16,11 @@ import functools
 import jax.numpy as jnp
 from flax import nnx
 
-from common import NetworkSpec, SharingPlan, WeightSpace
+from common import NetworkSpec, SharingPlan
 from magep.base import TermCoefficients, values
 from magep.baselines.paper_terms import io_mean_channels, io_mean_slots, io_means, paper_plan
-from magep.slots import from_slots, slot_channels, to_slots, weight_space_slots
-from magep.validation import check_features, check_spec, resolve_channels
+from magep.slots import from_slots, slot_channels, slot_dict, weight_space_slots
+from magep.validation import check_spec, resolve_channels
 
 GROUPS = {  # name -> (permuted layers as a function of L, sharing rule)
     "monomial_positive": (lambda L: range(1, L), "positive"),
@@ -53,22 +53,31 @@ def linear_plan(spec: NetworkSpec, group: str, terms: str = "complete") -> Shari
     return plan if terms == "complete" else paper_plan(plan, spec, group)
 
 
-def sharing_linear(coeffs: dict, feats: WeightSpace, spec: NetworkSpec, group: str,
-                   terms: str = "complete") -> WeightSpace:
+def sharing_linear(coeffs: dict, feats, spec: NetworkSpec, group: str, terms: str = "complete",
+                   layout: str = "channels_last"):
     """Equivariant linear map of `group` on features.
 
     Args:
       coeffs: term name -> coefficient (`linear_plan(spec, group, terms).init`), or their packed form
         (`common.SharingPlan.pack`: one array per contraction, what `SharingLinear` holds).
-      feats: features of `spec`, weights [..., n_l, n_{l-1}, C_l], biases [..., n_l, C'_l].
+      feats: features of `spec`, weights [..., n_l, n_{l-1}, C_l], biases [..., n_l, C'_l]; with
+        ``layout="channels_leading"`` a (weights, biases) pair of [C_l, ..., n_l, n_{l-1}] and [C'_l, ..., n_l]
+        (every contraction then a plain matrix product with no transpose, `SharingPlan.apply`).
       terms: "complete" or "paper" (`linear_plan`).
+      layout: "channels_last" or "channels_leading", of the inputs and the outputs.
     Returns:
-      features of `spec` with the layer's output channels.
+      features of `spec` with the layer's output channels, in ``layout`` (a WeightSpace, or a (weights, biases)
+      pair channels leading).
     """
-    inputs = to_slots(feats)
+    weights, biases = (feats.weights, feats.biases) if layout == "channels_last" else feats
+    inputs = slot_dict(weights, biases)
     if _reads_io_means(group, terms):
-        inputs.update(io_means(feats))
-    return from_slots(linear_plan(spec, group, terms).apply(coeffs, inputs), spec.num_layers)
+        inputs.update(io_means(weights, biases, layout))
+    out = linear_plan(spec, group, terms).apply(coeffs, inputs, layout=layout)
+    if layout == "channels_leading":
+        L = spec.num_layers
+        return tuple(out[f"W{l}"] for l in range(1, L + 1)), tuple(out[f"b{l}"] for l in range(1, L + 1))
+    return from_slots(out, spec.num_layers)
 
 
 class SharingLinear(TermCoefficients, nnx.Module):
@@ -92,9 +101,10 @@ class SharingLinear(TermCoefficients, nnx.Module):
         c_in = slot_channels(self.in_channels.weights, self.in_channels.biases)
         return io_mean_channels(c_in, self.spec.num_layers) if _reads_io_means(self.group, self.terms) else c_in
 
-    def __call__(self, feats: WeightSpace) -> WeightSpace:
-        check_features(feats, self.spec, self.in_channels, type(self).__name__)
-        return sharing_linear(values(self.coeffs), feats, self.spec, self.group, self.terms)
+    def __call__(self, feats, layout: str = "channels_last"):
+        """features -> features (``layout`` as for `sharing_linear`)."""
+        self.check(feats, layout)
+        return sharing_linear(values(self.coeffs), feats, self.spec, self.group, self.terms, layout)
 
 
 class MonomialLinear(SharingLinear):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from common import NetworkSpec, SharingPlan, WeightSpace
+from common import NetworkSpec, SharingPlan
 from common.sharing import Term
 
 
@@ -29,12 +29,12 @@ def io_mean_slots(spec: NetworkSpec) -> dict[str, tuple]:
     return {"W1_in": ((1, n[1], 1),), f"W{L}_out": ((L - 1, n[L - 1], -1),), f"b{L}_out": ()}
 
 
-def io_means(feats: WeightSpace) -> dict:
-    """The inputs of `io_mean_slots`: ``{"W1_in": [..., n_1, C_1], "W{L}_out": [..., n_{L-1}, C_L],
-    "b{L}_out": [..., C'_L]}``."""
-    L = feats.num_layers
-    return {"W1_in": feats.weights[0].mean(axis=-2), f"W{L}_out": feats.weights[-1].mean(axis=-3),
-            f"b{L}_out": feats.biases[-1].mean(axis=-2)}
+def io_means(weights: tuple, biases: tuple, layout: str = "channels_last") -> dict:
+    """The inputs of `io_mean_slots` from feature tensors in ``layout``: ``{"W1_in": [..., n_1, C_1],
+    "W{L}_out": [..., n_{L-1}, C_L], "b{L}_out": [..., C'_L]}`` (channels leading: [C_1, ..., n_1], ...)."""
+    end = 0 if layout == "channels_leading" else 1  # channel axes after the index axes
+    return {"W1_in": weights[0].mean(axis=-1 - end), f"W{len(weights)}_out": weights[-1].mean(axis=-2 - end),
+            f"b{len(biases)}_out": biases[-1].mean(axis=-1 - end)}
 
 
 def io_mean_channels(channels: dict[str, int], num_layers: int) -> dict[str, int]:
