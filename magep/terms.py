@@ -124,8 +124,8 @@ def coupling_products(B: list, couplings: dict, wanted) -> dict:
     phi_{s,t} B_t [c, ..., n_t]}`` for every (name, s, t) in ``wanted``. The rows applied to B_0 = W^(L,0) (2L of
     the equivariant layer's, each a product with the tiny [n_L, n_0] matrix) are stacked into one per-channel
     matrix product: XLA compiles each matrix-vector product as a module of its own, and one product in place of
-    2L removes 32 of MAGEP-NFN's 151 (docs/magep.md §9.4); the three rows applied to each larger B_t (t > 0) stay
-    apart, where the stacked product ran 10% slower at batch 8."""
+    2L took 32 of the 151 such dots out of MAGEP-NFN's training step (docs/magep.md §9.4); the three rows applied
+    to each larger B_t (t > 0) stay apart, where the stacked product ran 10% slower at batch 8."""
     groups = {}
     for name, s, t in wanted:
         groups.setdefault(0 if t == 0 else (name, s, t), []).append((name, s, t))
