@@ -8,7 +8,7 @@ from flax import nnx
 
 from common import NetworkSpec, SharingPlan
 from magep.base import PolynomialLayer, prepare
-from magep.slots import bias_axes, from_slots, weight_axes, weight_space_slots
+from magep.slots import bias_axes, from_slots, slot_tensors, weight_axes, weight_space_slots
 from magep.terms import channels_trailing, coupling_pairs, equivariant_blocks
 
 
@@ -58,8 +58,7 @@ def polynomial_equivariant(params: dict, feats, spec: NetworkSpec, *, normalize:
     blocks = equivariant_blocks(weights, biases, params["couplings"], layout="channels_leading", suffix=suffix)
     out = equivariant_plan(spec).apply(params["coeffs"], blocks, layout="channels_leading")
     if layout == "channels_leading":
-        L = spec.num_layers
-        return tuple(out[f"W{l}"] for l in range(1, L + 1)), tuple(out[f"b{l}"] for l in range(1, L + 1))
+        return slot_tensors(out, spec.num_layers)
     return from_slots({k: channels_trailing(v) for k, v in out.items()}, spec.num_layers)
 
 

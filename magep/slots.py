@@ -30,11 +30,15 @@ def slot_dict(weights: tuple, biases: tuple) -> dict:
     return {**{f"W{l}": w for l, w in enumerate(weights, 1)}, **{f"b{l}": b for l, b in enumerate(biases, 1)}}
 
 
+def slot_tensors(slots: dict, num_layers: int) -> tuple[tuple, tuple]:
+    """Inverse of `slot_dict`: ``{"W1": ..., "b1": ...}`` -> (weights, biases) tuples (any layout)."""
+    return (tuple(slots[f"W{l}"] for l in range(1, num_layers + 1)),
+            tuple(slots[f"b{l}"] for l in range(1, num_layers + 1)))
+
+
 def from_slots(slots: dict, num_layers: int) -> WeightSpace:
-    """Slots ``{"W1": [..., n_1, n_0, C_1], ..., "b1": [..., n_1, C'_1], ...}`` -> a features WeightSpace
-    (the inverse of `slot_dict` on a features WeightSpace's tensors)."""
-    return WeightSpace(tuple(slots[f"W{l}"] for l in range(1, num_layers + 1)),
-                       tuple(slots[f"b{l}"] for l in range(1, num_layers + 1)), is_features=True)
+    """Slots ``{"W1": [..., n_1, n_0, C_1], ..., "b1": [..., n_1, C'_1], ...}`` -> a features WeightSpace."""
+    return WeightSpace(*slot_tensors(slots, num_layers), is_features=True)
 
 
 def slot_channels(weights: tuple[int, ...], biases: tuple[int, ...]) -> dict[str, int]:

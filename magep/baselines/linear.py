@@ -19,7 +19,7 @@ from flax import nnx
 from common import NetworkSpec, SharingPlan
 from magep.base import TermCoefficients, values
 from magep.baselines.paper_terms import io_mean_channels, io_mean_slots, io_means, paper_plan
-from magep.slots import from_slots, slot_channels, slot_dict, weight_space_slots
+from magep.slots import from_slots, slot_channels, slot_dict, slot_tensors, weight_space_slots
 from magep.validation import check_spec, resolve_channels
 
 GROUPS = {  # name -> (permuted layers as a function of L, sharing rule)
@@ -75,8 +75,7 @@ def sharing_linear(coeffs: dict, feats, spec: NetworkSpec, group: str, terms: st
         inputs.update(io_means(weights, biases, layout))
     out = linear_plan(spec, group, terms).apply(coeffs, inputs, layout=layout)
     if layout == "channels_leading":
-        L = spec.num_layers
-        return tuple(out[f"W{l}"] for l in range(1, L + 1)), tuple(out[f"b{l}"] for l in range(1, L + 1))
+        return slot_tensors(out, spec.num_layers)
     return from_slots(out, spec.num_layers)
 
 
