@@ -90,7 +90,7 @@ class TransformerEquivariant(nnx.Module):
 
     def coefficients(self) -> dict[str, jax.Array]:
         """The coefficients as plain arrays: term name -> [num_blocks, e, d, ...]."""
-        return {t.name: getattr(self, t.name)[...] for t in self.plan.terms}
+        return terms.coefficients(self, self.plan)
 
 
 def num_params_per_block(d_model: int, c_in: int, c_out: int, ffn_scaling: bool = False) -> int:

@@ -128,6 +128,12 @@ def register_coefficients(module: nnx.Module, plan: SharingPlan, tw_spec: Transf
         setattr(module, name, nnx.Param(value))
 
 
+def coefficients(module: nnx.Module, plan: SharingPlan) -> dict[str, jax.Array]:
+    """The coefficients `register_coefficients` attached to ``module``, as plain arrays: term name ->
+    ``[num_blocks, c_out, c_in, *out_fixed, *in_fixed]`` (constants ``[num_blocks, c_out, *out_fixed]``)."""
+    return {t.name: getattr(module, t.name)[...] for t in plan.terms}
+
+
 def num_params(d_model: int, c_in: int, c_out: int, ffn_scaling: bool, layer: str) -> int:
     """Number of scalars in one block's coefficients (independent of h, Dk, Dv and DA)."""
     plan = block_plan(TransformerSpec(1, 1, d_model, 1, 1, 1), ffn_scaling, layer)
