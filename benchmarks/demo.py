@@ -10,7 +10,7 @@ import importlib
 import os
 import time
 
-from common import compilation_cache
+from common import compilation_cache, llvm_options
 from common.cli import non_negative_int
 
 SECTIONS = [
@@ -27,8 +27,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpu-devices", type=non_negative_int, default=4,
                         help="simulated CPU devices for the data-parallel sections (0: leave JAX's default)")
     compilation_cache.add_arguments(parser)
+    llvm_options.add_arguments(parser)
     args = parser.parse_args(argv)
     compilation_cache.configure(args)
+    llvm_options.configure(args)
     if args.cpu_devices:
         import jax
 

@@ -40,10 +40,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.vs_reference_protocol import system_busy_s
+from common import llvm_options
 from common.host_memory import keep_freed_memory
 from common.zoo_store import atomic_write
 
 keep_freed_memory()  # before the first computation, as a training script starts (docs/common.md §10)
+llvm_options.set_options()  # as the command lines compile (docs/common.md §11)
 
 MEMORY_DEFINITION = (
     "peak bytes of one call = arguments + outputs + temporaries of the compiled XLA executable "

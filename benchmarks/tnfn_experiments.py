@@ -51,7 +51,7 @@ import optax
 from flax import nnx
 
 from benchmarks import harness, studies
-from common import compilation_cache
+from common import compilation_cache, llvm_options
 from common.accuracy_prediction import kendall_tau, predict_logits
 from common.cli import positive_int, positive_int_or_all
 from common.training import trainable_parameters
@@ -507,6 +507,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
     p.add_argument("--work", default=None, help="zoos and run folders (default <out>/tnfn_runs)")
     compilation_cache.add_arguments(p)
+    llvm_options.add_arguments(p)
     return p
 
 
@@ -514,6 +515,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Command line entry point (see the module docstring)."""
     args = parser().parse_args(argv)
     compilation_cache.configure(args)
+    llvm_options.configure(args)
     defaults = QUICK if args.quick else FULL
     harness.fill_defaults(args, defaults, skip=PER_DATASET)
     for key in PER_DATASET:

@@ -9,7 +9,7 @@ import argparse
 import numpy as np
 import ot
 
-from common import compilation_cache
+from common import compilation_cache, llvm_options
 from common.cli import non_negative_int
 
 DEFAULT_OUT = "benchmarks/results"
@@ -25,6 +25,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small settings (under 2 minutes on 2 CPU cores)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="master PRNG seed")
     compilation_cache.add_arguments(p)
+    llvm_options.add_arguments(p)
     return p
 
 
@@ -32,6 +33,7 @@ def parse_args(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """``p.parse_args(argv)``, then JAX's persistent compilation cache as the options say (on by default)."""
     args = p.parse_args(argv)
     compilation_cache.configure(args)
+    llvm_options.configure(args)
     return args
 
 

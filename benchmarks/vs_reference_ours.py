@@ -265,7 +265,7 @@ def main(argv=None) -> dict:
 
     record.update(jax=jax.__version__, flax=flax.__version__, repo="nfn_tsw", commit=git_commit(),
                   keep_freed_memory=keep_freed_memory(),  # as a training script starts (docs/common.md §10)
-                  async_dispatch=not calling_thread_dispatch())
+                  async_dispatch=not calling_thread_dispatch(), xla_flags=os.environ.get("XLA_FLAGS", ""))
     if args.job in ZOO_JOBS:
         def run():
             record["calib_ms"] = protocol.calibrate()

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from common import compilation_cache, zoo_store
+from common import compilation_cache, llvm_options, zoo_store
 from common.cli import non_negative_int, positive_float, positive_int
 from common.population import train_population
 from magep import zoo_recipes as recipes
@@ -132,8 +132,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--seed", type=non_negative_int, default=0)
         p.add_argument("--data-dir", default=None, help="data root (default $NFN_DATA_DIR)")
         compilation_cache.add_arguments(p)
+        llvm_options.add_arguments(p)
     args = parser.parse_args(argv)
     compilation_cache.configure(args)
+    llvm_options.configure(args)
     if args.kind == "cnn":
         rows = generate_cnn_zoo(args.out, args.dataset, args.models, epochs=args.epochs, shard_size=args.shard_size,
                                 seed=args.seed, batch_size=args.batch_size, data_dir=args.data_dir)
