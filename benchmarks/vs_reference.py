@@ -373,7 +373,7 @@ def nfn_table(best) -> list[str]:
 
 GOAL_RATIO, GOAL_FIRST_S = 0.33, 2.0
 # What bounds each predictor's step, from the per-op profiles in the docs (where a row misses the goal).
-NFN_BOUNDS = {  # kernel-time shares and floors: step_profile.md (runs of 2026-12-05 06:05-16:20)
+NFN_BOUNDS = {  # kernel-time shares and floors: step_profile.md (runs of 2026-12-05 06:05-19:53)
     "MAGEP-NFN": "kernel time 31-36% YNNPACK products, 6-15% products XLA runs itself, 32-49% elementwise passes, 7-17%"
                  " reductions (step_profile run of 16:20; the per-channel products' gradients read A^T from a copy "
                  "since 12:16, which YNNPACK takes: steps 5-15% faster); its training step met the goal at batch 8 "
@@ -381,10 +381,12 @@ NFN_BOUNDS = {  # kernel-time shares and floors: step_profile.md (runs of 2026-1
                  "authors' step 112 and 102 ms); at 256, in chunks of 16 rows, its products alone took more of the step"
                  " than the goal allowed in the pairing of 12:47 with step_profile's 12:23 (114% against 71%), not in "
                  "those of 14:40 with 14:22 (73% against 84%) and 16:12 with 16:20 (78% against 91%); its first call is"
-                 " XLA's compile of 572-819 kernels, 2.0-2.6 s by XLA's own timers (step_profile's last table, run of "
-                 "16:20; 625-831 kernels and 2.5-3.4 s at 14:22, before the coupling rows applied to W^(L,0) became one"
-                 " product per layer: XLA's own dots 151 -> 119, docs/magep.md §9.4): LLVM code generation 3.5-4.4 "
-                 "thread-s, 1.0 of them for the 100 matrix-vector products XLA compiles one module each (126 before; "
+                 " XLA's compile of 572-819 kernels, 1.5-1.8 s by XLA's own timers with LLVM's loop unroller off "
+                 "(step_profile's last table, run of 19:53; `common.llvm_options`, docs/common.md §11; 2.0-2.6 s at "
+                 "16:20 with the unroller on, 2.5-3.4 s and 625-831 kernels at 14:22, before the coupling rows applied"
+                 " to W^(L,0) became one product per layer: XLA's own dots 151 -> 119, docs/magep.md §9.4): LLVM code "
+                 "generation 2.5-3.1 thread-s (3.5-4.4 at 16:20), 0.9 of them for the 100 matrix-vector products XLA "
+                 "compiles one module each (126 before; "
                  "the zoo's networks read one input channel, so every W^(l,0) is a column); written as broadcast "
                  "products and sums they took 1.1 s off the first call at batch 8 and made the step 7-23% slower, a "
                  "saving spent again after about 700 steps (earlier, two-column products: 0.3-0.6 s off, 5-20% slower; "
@@ -497,7 +499,9 @@ def goal_misses(best, profiled: dict | None = None) -> list[str]:
              f"Each row above {GOAL_RATIO} or with a first call above {GOAL_FIRST_S:g} s: ours / authors at our "
              "achieved rate, and the rate our FLOPs would need for the goal (% of the job's calibration; near or "
              "above 100% the goal needs fewer FLOPs, not a better schedule). First calls are tracing, lowering "
-             "and XLA's CPU compile, mostly LLVM code generation: the fused loops in 32 modules compiled in "
+             "and XLA's CPU compile, mostly LLVM code generation (with LLVM's loop unroller off in our processes "
+             "since the run of 2026-12-05 19:28, as in every command line: each compile 15-50% shorter, "
+             "`common.llvm_options`): the fused loops in 32 modules compiled in "
              "parallel, and one module for each operation left outside a fusion or a library call; above 64 rows "
              "the micro-batches' scan adds its own kernels; a rerun reads the program from the persistent "
              "compilation cache (docs/common.md §11). Each step's kernel time by kind, its roofline bound "
