@@ -29,9 +29,13 @@ import jax  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
+from common import llvm_options  # noqa: E402
 from common.host_memory import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()  # as a script should start (docs/common.md §10): single-device calls run on this thread
+# as the command lines and benchmarks compile (docs/common.md §11; the train steps compile at -O1, where LLVM's
+# loop unroller runs), whatever the collected modules import first
+llvm_options.set_options()
 
 _NO_DEADLINE = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("ci", max_examples=6, derandomize=True, database=None, print_blob=True, **_NO_DEADLINE)
