@@ -500,7 +500,7 @@ def goal_misses(best, profiled: dict | None = None) -> list[str]:
              "achieved rate, and the rate our FLOPs would need for the goal (% of the job's calibration; near or "
              "above 100% the goal needs fewer FLOPs, not a better schedule). First calls are tracing, lowering "
              "and XLA's CPU compile, mostly LLVM code generation (with LLVM's loop unroller off in our processes "
-             "since the run of 2026-12-05 19:28, as in every command line: each compile 15-50% shorter, "
+             "since the run of 2026-12-05 19:28, as in every command line: each compile 10-50% shorter, "
              "`common.llvm_options`): the fused loops in 32 modules compiled in "
              "parallel, and one module for each operation left outside a fusion or a library call; above 64 rows "
              "the micro-batches' scan adds its own kernels; a rerun reads the program from the persistent "

@@ -1,4 +1,4 @@
-"""LLVM options for XLA's CPU code generation, set once per process: first compiles 15-50% shorter.
+"""LLVM options for XLA's CPU code generation, set once per process: first compiles 10-50% shorter.
 
 XLA compiles the fused loops of every program to machine code with LLVM, and on a small CPU that is most of a
 first call (docs/common.md §11). LLVM's loop unroller is a large share of it: with ``-unroll-threshold=0`` (no
