@@ -37,12 +37,12 @@ import tempfile
 import time
 
 from benchmarks import harness
-from benchmarks.vs_reference import (CONTENDED, FIRST_CALL_STAGES, GOAL_RATIO, NFN_MODELS, best_records,
+from benchmarks.vs_reference import (CONTENDED, FIRST_CALL_STAGES, GOAL_RATIO, NFN_ROWS, best_records,
                                      stages_text)
 from common import compilation_cache
 from common.cli import positive_int
 
-NAMES = dict(NFN_MODELS.values())  # our job -> the model's name in the reports
+NAMES = {ours: name for _, ours, name in NFN_ROWS}  # our job -> the model's name in the reports
 JOBS = tuple(NAMES)
 KINDS = {
     "library": "products run by a library (YNNPACK fusions of a matmul with the elementwise work fused into it)",
@@ -332,15 +332,16 @@ def _authors_ms(out_dir: str) -> tuple[dict, str | None]:
     """((job, batch, mode) -> the authors' median ms, a sentence dating them) from ``vs_reference.json`` beside the
     results, the record its tables use per cell (`best_records`); empty and None without one."""
     found = harness.read_json(os.path.join(out_dir, "vs_reference.json"), {}) or {}
-    ours = {ref: job for ref, (job, _) in NFN_MODELS.items()}
+    refs = {ref for ref, _, _ in NFN_ROWS}
     records = [r for r in best_records(found.get("records", [])).values()
-               if r.get("job") in ours and r.get("median_s") and "batch" in r]
+               if r.get("job") in refs and r.get("median_s") and "batch" in r]
     if not records:
         return {}, None
     run, cal = found.get("run", {}), (found.get("run", {}).get("calibration") or {})
     source = (f"the authors' medians of `vs_reference.json` (run started {run.get('started_utc', '?')}, jitted 2048 "
               f"matmul {cal.get('jax_gflops', float('nan')):.0f} GFLOP/s there: compare rates within one run)")
-    return {(ours[r["job"]], r["batch"], r["mode"]): 1e3 * r["median_s"] for r in records}, source
+    return {(ours, r["batch"], r["mode"]): 1e3 * r["median_s"] for r in records
+            for ref, ours, _ in NFN_ROWS if ref == r["job"]}, source
 
 
 def _contention(share: float | None) -> str:

@@ -90,10 +90,11 @@ from common.cli import positive_int
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "vs_reference"
 MODES = ("fwd", "fwdbwd")
-# authors' job -> our job, display name
-NFN_MODELS = {"magep": ("ours_magep", "MAGEP-NFN"), "monomial": ("ours_monomial", "Monomial-NFN"),
-              "nfn_hnp": ("ours_nfn_hnp", "HNP (nfn)"), "nfn_np": ("ours_nfn_np", "NP (nfn)"),
-              "tnfn": ("ours_tnfn", "Transformer-NFN")}
+# (authors' job, our job, display name): MAGEP-NFN twice, in the authors' architecture and with the library's default
+# scale normalisation (`benchmarks.vs_reference_ours.NFN_OPTIONS`), both against the same authors' step
+NFN_ROWS = (("magep", "ours_magep", "MAGEP-NFN"), ("magep", "ours_magep_normalized", "MAGEP-NFN, normalised"),
+            ("monomial", "ours_monomial", "Monomial-NFN"), ("nfn_hnp", "ours_nfn_hnp", "HNP (nfn)"),
+            ("nfn_np", "ours_nfn_np", "NP (nfn)"), ("tnfn", "ours_tnfn", "Transformer-NFN"))
 CNN_BATCHES = (8, 64, 256)
 TNFN_BATCHES = (16, 64, 256)
 REFERENCE_TSW = ("tsw_chain", "dbtsw", "dbtsw_compiled", "pot", "ott")
@@ -119,10 +120,11 @@ KEY_FIELDS = ("job", "mode", "batch", "n", "d", "trees", "lines")
 def nfn_jobs(batches, tnfn_batches, modes=MODES) -> list[dict]:
     """Authors' and our NFN jobs, interleaved: each authors' job is followed by ours of the same shape."""
     jobs = []
-    for ref, (ours, _) in NFN_MODELS.items():
+    for ref in dict.fromkeys(ref for ref, _, _ in NFN_ROWS):
         for batch in (tnfn_batches if ref == "tnfn" else batches):
             for mode in modes:
-                jobs += [dict(job=ref, mode=mode, batch=batch), dict(job=ours, mode=mode, batch=batch)]
+                jobs += [dict(job=ref, mode=mode, batch=batch)]
+                jobs += [dict(job=ours, mode=mode, batch=batch) for r, ours, _ in NFN_ROWS if r == ref]
     return jobs
 
 
@@ -352,9 +354,9 @@ def _rate_needed(ours, ref) -> str:
 
 def nfn_table(best) -> list[str]:
     rows = []
-    nfn_names = set(NFN_MODELS) | {ours for ours, _ in NFN_MODELS.values()}
+    nfn_names = {job for row in NFN_ROWS for job in row[:2]}
     batches = sorted({r["batch"] for r in best.values() if r["job"] in nfn_names})
-    for ref, (ours, name) in NFN_MODELS.items():
+    for ref, ours, name in NFN_ROWS:
         for batch in batches:
             for mode in MODES:
                 a, o = _get(best, job=ref, mode=mode, batch=batch), _get(best, job=ours, mode=mode, batch=batch)
@@ -480,7 +482,7 @@ def goal_misses(best, profiled: dict | None = None) -> list[str]:
     bounds each model (`NFN_BOUNDS`)."""
     profiled = profiled or {}
     misses = {}
-    for ref, (ours, name) in NFN_MODELS.items():
+    for ref, ours, name in NFN_ROWS:
         for r in sorted((r for r in best.values() if r["job"] == ours and r.get("status") == "ok"),
                         key=lambda r: (r["batch"], r["mode"])):
             a = _get(best, job=ref, mode=r["mode"], batch=r["batch"])

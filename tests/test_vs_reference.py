@@ -57,8 +57,11 @@ def test_report_dates_each_group_and_counts_undated_records():
 def test_job_selection_interleaves_authors_and_ours():
     jobs = vs.nfn_jobs([8], [16])
     names = [j["job"] for j in jobs]
-    assert names[:4] == ["magep", "ours_magep", "magep", "ours_magep"]
-    assert [j["mode"] for j in jobs[:4]] == ["fwd", "fwd", "fwdbwd", "fwdbwd"]
+    # both MAGEP-NFN rows (the authors' architecture, and with the library's scale normalisation) follow the
+    # authors' job of their shape
+    assert names[:6] == ["magep", "ours_magep", "ours_magep_normalized"] * 2
+    assert [j["mode"] for j in jobs[:6]] == ["fwd"] * 3 + ["fwdbwd"] * 3
+    assert names.count("monomial") == names.count("ours_monomial") == 2
     assert {j["batch"] for j in jobs if j["job"] in ("tnfn", "ours_tnfn")} == {16}
     tsw = vs.tsw_jobs([100], [2], [25], modes=("fwd",))
     assert [j["job"] for j in tsw][:4] == ["tsw_chain", "ours_tsw_chain", "dbtsw", "ours_dbtsw"]
@@ -66,6 +69,23 @@ def test_job_selection_interleaves_authors_and_ours():
     zoo = vs.zoo_jobs(models=3, steps=2)
     assert [(j["job"], j["models"]) for j in zoo] == [("torch_cnn_zoo", 1), ("ours_cnn_zoo", 3),
                                                      ("torch_siren", 1), ("ours_siren", 3)]
+
+
+def test_magep_rows_run_the_authors_architecture_and_the_library_default():
+    """ours_magep has no scale normalisation (as the authors' MAGEP-NFN); ours_magep_normalized has the library's
+    default one: the same parameters, other logits."""
+    import numpy as np
+
+    from benchmarks import vs_reference_ours as ours
+
+    built = {job: ours.build_cnn_nfn(job, 2) for job in ("ours_magep", "ours_magep_normalized")}
+    configs = {job: info["config"] for job, (_, _, info) in built.items()}
+    assert "normalize=False" in configs["ours_magep"] and "normalize" not in configs["ours_magep_normalized"]
+    assert all("freeze_phi=True" in c for c in configs.values())
+    assert built["ours_magep"][2]["n_params"] == built["ours_magep_normalized"][2]["n_params"]
+    logits = {job: np.asarray(fwd()) for job, (fwd, _, _) in built.items()}
+    assert logits["ours_magep"].shape == (2,) and np.all(np.isfinite(logits["ours_magep"]))
+    assert not np.allclose(logits["ours_magep"], logits["ours_magep_normalized"])
 
 
 @pytest.mark.parametrize("job, options, reason", [
