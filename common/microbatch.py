@@ -25,6 +25,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 from common import checks
 from common.host_memory import calling_thread_dispatch
@@ -97,12 +99,14 @@ def value_and_grad_in_chunks(loss_fn: Callable, chunks: int) -> Callable:
         # to a kernel of its own (docs/common.md §12)
         def accumulate(total, xs):
             out = grad_fn(params, *xs)
-            return jax.tree.map(lambda t, o: t + o.astype(t.dtype) / chunks, total, out), None
+            # lax, not jnp: no dtype promotion to trace for each of the many parameter arrays
+            share = lambda t, o: lax.add(t, lax.div(lax.convert_element_type(o, t.dtype), np.asarray(chunks, t.dtype)))
+            return jax.tree.map(share, total, out), None
 
         shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda a: a[:a.shape[0] // chunks], batch), key)
         # integer metrics (counts) are averaged in the default float dtype, as a division of their sum would give
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype if jnp.issubdtype(s.dtype, jnp.inexact)
-                                                  else jnp.result_type(float)), shapes)
+        zeros = jax.tree.map(lambda s: lax.full(s.shape, 0, s.dtype if jnp.issubdtype(s.dtype, jnp.inexact)
+                                                else jnp.result_type(float)), shapes)
         return jax.lax.scan(accumulate, zeros, (split_rows(batch, chunks), jax.random.split(key, chunks)))[0]
 
     return chunked
