@@ -353,8 +353,9 @@ def markdown(result: dict) -> str:
     """The report: run record, one row per cell, the kinds' definitions."""
     cal = result["run"]["calibration"]
     lines = ["# Where the NFN steps spend their time (CPU)", "",
-             "Scale: the five predictors in the authors' configurations (`benchmarks.vs_reference`), random "
-             f"inputs, one process per cell; {result['calls']} profiled calls per cell.", ""]
+             "Scale: the five predictors in the authors' configurations, and MAGEP-NFN with the library's default "
+             "scale normalisation beside them (`benchmarks.vs_reference`), random inputs, one process per cell; "
+             f"{result['calls']} profiled calls per cell.", ""]
     lines += harness.run_markdown(result["run"])
     header = ["model", "batch", "mode", "median ms", "first call s", "trace / lower / compile / first run s (GC)",
               "GFLOP", "GFLOP/s (% of matmul)", "GB", "GB/s (% of copy)", "bound ms", "products alone ms", "goal ms",

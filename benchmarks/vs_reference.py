@@ -39,10 +39,11 @@ Modes. NFNs: ``fwd`` = forward only; ``fwdbwd`` = forward + BCE loss + gradient 
 training step without the optimizer update); ours computed as the library predicts and trains, in micro-batches of
 16 rows above batch 64 (`common.microbatch` "auto", the jobs running on the calling thread); random-normal
 inputs shaped like the zoos (CNN zoo: conv 1-16-16-16 3x3 + dense 16-10; MNIST small-transformer zoo: D=32, 2
-heads, Dk=Dv=16, DA=64, 2 blocks). TSW / SW: the distance
-between two clouds of N points in R^d, or distance + gradient w.r.t. the moving cloud; L trees x k = 4 lines
-(SW: L k projections), frames drawn once outside the timed calls. Zoo (``train``): ms per model-step of the
-Small CNN Zoo recipe (batch 512, MNIST) and of SIREN fits (full 28 x 28 grid), plain PyTorch one model at a time
+heads, Dk=Dv=16, DA=64, 2 blocks); MAGEP-NFN twice, in the authors' architecture and with the library's
+default scale normalisation (`vs_reference_ours.NFN_OPTIONS`). TSW / SW: the distance between two clouds of N
+points in R^d, or distance + gradient w.r.t. the moving cloud; L trees x k = 4 lines (SW: L k projections), frames
+drawn once outside the timed calls. Zoo (``train``): ms per model-step of the Small CNN Zoo recipe (batch 512,
+MNIST) and of SIREN fits (full 28 x 28 grid), plain PyTorch one model at a time
 (``benchmarks.vs_reference_zoo_torch``) against our vmapped populations (``benchmarks.zoo_throughput``).
 
 The authors' code is not part of this project: it is imported at run time from checkouts under
@@ -375,7 +376,7 @@ def nfn_table(best) -> list[str]:
 
 GOAL_RATIO, GOAL_FIRST_S = 0.33, 2.0
 # What bounds each predictor's step, from the per-op profiles in the docs (where a row misses the goal).
-NFN_BOUNDS = {  # kernel-time shares and floors: step_profile.md (runs of 2026-12-05 06:05-19:53)
+NFN_BOUNDS = {  # kernel-time shares and floors: step_profile.md (runs of 2026-12-05 06:05-20:58)
     "MAGEP-NFN": "the authors' architecture: no scale normalisation (`normalize=False`; their code has none) and "
                  "fixed random couplings (`freeze_phi=True`, their buffers), as this row runs since the run of "
                  "2026-12-05 20:45 (before, it ran the library's default, the next row); its training step's program "
