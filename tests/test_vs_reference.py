@@ -121,6 +121,10 @@ def test_best_record_prefers_undisturbed_then_lowest_median():
     best = vs.best_records(records)
     magep = best[vs.job_key(dict(job="magep", mode="fwdbwd", batch=8))]
     assert magep["median_s"] == 0.020 and not magep["disturbed"] and magep["n_records"] == 3
+    # the first call: the lowest among the undisturbed records, not necessarily the chosen median's
+    records[1]["first_call_s"], records[2]["first_call_s"], records[0]["first_call_s"] = 0.7, 1.3, 0.1
+    magep = vs.best_records(records)[vs.job_key(dict(job="magep", mode="fwdbwd", batch=8))]
+    assert magep["median_s"] == 0.020 and magep["first_call_s"] == 0.7 and magep["first_call_s_of_record"] == 1.3
     ours = best[vs.job_key(dict(job="ours_magep", mode="fwdbwd", batch=8))]
     assert ours["disturbed"]
     table = "\n".join(vs.nfn_table(best))
