@@ -10,8 +10,7 @@ import importlib
 import os
 import time
 
-from common import compilation_cache, llvm_options
-from common.cli import non_negative_int
+from common.cli import add_compile_arguments, configure_compiles, non_negative_int
 
 SECTIONS = [
     ("Foundation: data-parallel loop and monomial group on a trained MLP", "benchmarks.demo_foundation"),
@@ -26,11 +25,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="demo_out", help="folder for run directories and pictures")
     parser.add_argument("--cpu-devices", type=non_negative_int, default=4,
                         help="simulated CPU devices for the data-parallel sections (0: leave JAX's default)")
-    compilation_cache.add_arguments(parser)
-    llvm_options.add_arguments(parser)
+    add_compile_arguments(parser)
     args = parser.parse_args(argv)
-    compilation_cache.configure(args)
-    llvm_options.configure(args)
+    configure_compiles(args)
     if args.cpu_devices:
         import jax
 

@@ -42,8 +42,8 @@ import optax
 from flax import nnx
 
 from benchmarks import harness, magep_inr, magep_inr_editing, studies
-from common import compilation_cache, llvm_options, zoo_store
-from common.cli import positive_int
+from common import zoo_store
+from common.cli import add_compile_arguments, configure_compiles, positive_int
 from common.accuracy_prediction import kendall_tau, predict_logits
 from common.training import trainable_parameters
 from magep import GeneralizationPredictor
@@ -361,16 +361,14 @@ def parser() -> argparse.ArgumentParser:
     for command in (g, inr, edit):
         command.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
         command.add_argument("--work", default=None, help="zoos, INR sets and run folders (default <out>/magep_runs)")
-        compilation_cache.add_arguments(command)
-        llvm_options.add_arguments(command)
+        add_compile_arguments(command)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Command line entry point (see the module docstring)."""
     args = parser().parse_args(argv)
-    compilation_cache.configure(args)
-    llvm_options.configure(args)
+    configure_compiles(args)
     inr_drivers = {"inr-classification": (magep_inr, magep_inr.classification),
                    "inr-editing": (magep_inr_editing, magep_inr_editing.editing)}
     if args.experiment in inr_drivers:

@@ -51,9 +51,8 @@ import optax
 from flax import nnx
 
 from benchmarks import harness, studies
-from common import compilation_cache, llvm_options
 from common.accuracy_prediction import kendall_tau, predict_logits
-from common.cli import positive_int, positive_int_or_all
+from common.cli import add_compile_arguments, configure_compiles, positive_int, positive_int_or_all
 from common.training import trainable_parameters
 from transformer_nfn import AccuracyPredictor
 from transformer_nfn.baselines import BaselinePredictor
@@ -506,16 +505,14 @@ def parser() -> argparse.ArgumentParser:
                    help="write the report from the runs finished so far (e.g. while other processes run the study)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
     p.add_argument("--work", default=None, help="zoos and run folders (default <out>/tnfn_runs)")
-    compilation_cache.add_arguments(p)
-    llvm_options.add_arguments(p)
+    add_compile_arguments(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Command line entry point (see the module docstring)."""
     args = parser().parse_args(argv)
-    compilation_cache.configure(args)
-    llvm_options.configure(args)
+    configure_compiles(args)
     defaults = QUICK if args.quick else FULL
     harness.fill_defaults(args, defaults, skip=PER_DATASET)
     for key in PER_DATASET:

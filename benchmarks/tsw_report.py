@@ -9,8 +9,7 @@ import argparse
 import numpy as np
 import ot
 
-from common import compilation_cache, llvm_options
-from common.cli import non_negative_int
+from common.cli import add_compile_arguments, configure_compiles, non_negative_int
 
 DEFAULT_OUT = "benchmarks/results"
 LABELS = {"sw": "SW", "max_sw": "Max-SW", "tsw_sl": "TSW-SL", "tsw_sl_distance": "TSW-SL (distance)",
@@ -24,16 +23,15 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="small settings (under 2 minutes on 2 CPU cores)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="master PRNG seed")
-    compilation_cache.add_arguments(p)
-    llvm_options.add_arguments(p)
+    add_compile_arguments(p)
     return p
 
 
 def parse_args(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-    """``p.parse_args(argv)``, then JAX's persistent compilation cache as the options say (on by default)."""
+    """``p.parse_args(argv)``, then the compile options as they say (`common.cli.configure_compiles`: the persistent
+    compilation cache on and LLVM's loop unroller off by default)."""
     args = p.parse_args(argv)
-    compilation_cache.configure(args)
-    llvm_options.configure(args)
+    configure_compiles(args)
     return args
 
 

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from common import compilation_cache, llvm_options, zoo_store
-from common.cli import non_negative_int, positive_float, positive_int
+from common import zoo_store
+from common.cli import add_compile_arguments, configure_compiles, non_negative_int, positive_float, positive_int
 from common.population import train_population
 from magep import zoo_recipes as recipes
 
@@ -131,11 +131,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--out", required=True)
         p.add_argument("--seed", type=non_negative_int, default=0)
         p.add_argument("--data-dir", default=None, help="data root (default $NFN_DATA_DIR)")
-        compilation_cache.add_arguments(p)
-        llvm_options.add_arguments(p)
+        add_compile_arguments(p)
     args = parser.parse_args(argv)
-    compilation_cache.configure(args)
-    llvm_options.configure(args)
+    configure_compiles(args)
     if args.kind == "cnn":
         rows = generate_cnn_zoo(args.out, args.dataset, args.models, epochs=args.epochs, shard_size=args.shard_size,
                                 seed=args.seed, batch_size=args.batch_size, data_dir=args.data_dir)

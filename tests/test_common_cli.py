@@ -53,3 +53,19 @@ def test_cli_rejects_bad_numbers_before_any_work(module, argv, argument, expecte
     err = capsys.readouterr().err
     assert f"argument {argument}" in err and expected in err, err
     assert not (tmp_path / "zoo").exists()  # nothing written
+
+
+def test_compile_arguments_carry_both_settings_and_configure_applies_both(monkeypatch):
+    """`add_compile_arguments` gives a parser the compilation cache's and LLVM's options; `configure_compiles`
+    applies both, in that order."""
+    from common import compilation_cache, llvm_options
+
+    parser = argparse.ArgumentParser()
+    cli.add_compile_arguments(parser)
+    args = parser.parse_args(["--no-compilation-cache", "--llvm-unroll"])
+    assert args.compilation_cache is False and args.llvm_unroll is True and args.compilation_cache_dir is None
+    calls = []
+    monkeypatch.setattr(compilation_cache, "configure", lambda a: calls.append(("cache", a)))
+    monkeypatch.setattr(llvm_options, "configure", lambda a: calls.append(("llvm", a)))
+    cli.configure_compiles(args)
+    assert calls == [("cache", args), ("llvm", args)]

@@ -43,8 +43,8 @@ import optax
 import scipy.sparse
 
 from common import data as zoo_data
-from common import compilation_cache, llvm_options, zoo_store
-from common.cli import non_negative_int, positive_int
+from common import zoo_store
+from common.cli import add_compile_arguments, configure_compiles, non_negative_int, positive_int
 from common.population import PopulationTask, train_population
 from transformer_nfn import nets
 from transformer_nfn.weights import TransformerSpec, TransformerWeights
@@ -341,11 +341,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="epoch fractions whose weights are stored (default the recipe's)")
     parser.add_argument("--share", action="store_true",
                         help="cooperate with other processes given --share on the same --out (one per core or host)")
-    compilation_cache.add_arguments(parser)
-    llvm_options.add_arguments(parser)
+    add_compile_arguments(parser)
     args = parser.parse_args(argv)
-    compilation_cache.configure(args)
-    llvm_options.configure(args)
+    configure_compiles(args)
     rows = generate_transformer_zoo(args.out, args.dataset, args.models, epochs=args.epochs,
                                     shard_size=args.shard_size, seed=args.seed, train_limit=args.train_limit,
                                     test_limit=args.test_limit, data_dir=args.data_dir, share=args.share,
