@@ -597,10 +597,12 @@ def dbtsw_misses(best, copy_gbps: float | None) -> list[str]:
             "streaming pass), and the time of our host sort alone (numpy, measured in the same job) against the time "
             "the goal allows (0.33 x the authors'). The step has no large matrix product, so the matmul rate is no "
             "measure for it. The authors' step sorts the same [L k, 2n] keys with `torch.sort`, 2.2x slower than "
-            "our host sort on these cores, so at n >= 1,000 and d = 2 our sort alone takes a large share of the time "
-            "the goal allows; what is left is the callback's round trip (~0.1 ms, what dominates at n = 100) and "
-            "passes over [L k, 2n] arrays, the gathers by sort order among them (random access: ~2.5 ns an element "
-            "at n = 5,000). Cells move by up to 0.3 between runs on this host (docs/tsw_sl.md §16.3).", "",
+            "our host sort on these cores, so our sort alone takes part of the time the goal allows (per cell below; "
+            "with the host's speed it has ranged from a sixth to all of it at n >= 1,000 and d = 2); what is left is "
+            "the callback's round trip (~0.1 ms, what dominates at n = 100) and passes over [L k, 2n] arrays, the "
+            "gathers by sort order among them (random access: ~2.5 ns an element at n = 5,000), whose bytes move at "
+            "the rate given (near the copy bandwidth, a cell needs fewer bytes moved, not a better schedule). Cells "
+            "move by up to 0.3 between runs on this host (docs/tsw_sl.md §16.3).", "",
             *misses, ""]
 
 
@@ -724,12 +726,18 @@ def markdown(result: dict, profiled: dict | None = None) -> str:
 
 
 def _passes_text(records: list[dict]) -> str:
-    """The groups whose records come from more than one pass of the interleaved job list, and how many."""
-    passes = {}
+    """The groups whose records come from more than one pass of the interleaved job list, and how many; where only
+    some of a group's jobs ran several passes (a resumed run that remeasured them), those jobs by name."""
+    passes, jobs = {}, {}
     for r in records:
-        group = _group(r)
-        passes[group] = max(passes.get(group, 0), 1 + r.get("pass", 0))
-    several = [f"the {group} jobs in {n} passes" for group, n in passes.items() if n > 1]
+        passes[r["job"]] = max(passes.get(r["job"], 0), 1 + r.get("pass", 0))
+        jobs.setdefault(_group(r), set()).add(r["job"])
+    several = []
+    for group, names in jobs.items():
+        for n in sorted({passes[j] for j in names if passes[j] > 1}):
+            these = sorted(j for j in names if passes[j] == n)
+            named = "" if len(these) == len(names) else " " + ", ".join(f"`{j}`" for j in these)
+            several.append(f"the {group} jobs{named} in {n} passes")
     return "" if not several else (f", {' and '.join(several)} of the list (each table cell: the job's lowest "
                                    "undisturbed median over its passes, on both sides, and its lowest first call "
                                    "over the same records)")

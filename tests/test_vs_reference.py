@@ -356,3 +356,17 @@ def test_passes_run_the_whole_list_again_and_a_resumed_run_finishes_the_missing_
     text = (tmp_path / "vs_reference.md").read_text()
     assert "the NFN jobs in 3 passes of the list" in text
     assert "| 0.50 |" in text  # 10 ms against 20 ms
+
+
+def test_passes_text_names_the_jobs_when_only_some_of_a_group_ran_several_passes():
+    """A resumed run that remeasured a few jobs of a group in more passes says which: the rest of the group's
+    records keep their single pass."""
+    tsw = dict(n=100, d=2, trees=25, lines=4)
+    records = ([_record("pot", 0.01, 0.0, **tsw), _record("ours_sw", 0.01, 0.0, **tsw)]
+               + [_record(job, 0.01, 0.0, **tsw) | {"pass": p} for job in ("dbtsw_compiled", "ours_dbtsw")
+                  for p in range(3)]
+               + [_record(job, 0.01, 0.0, batch=8) | {"pass": p} for job in ("magep", "ours_magep") for p in range(3)])
+    text = vs._passes_text(records)
+    assert "the TSW / SW jobs `dbtsw_compiled`, `ours_dbtsw` in 3 passes" in text
+    assert "the NFN jobs in 3 passes" in text and "`magep`" not in text
+    assert vs._passes_text(records[:2]) == ""
