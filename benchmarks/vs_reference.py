@@ -687,7 +687,7 @@ def markdown(result: dict, profiled: dict | None = None) -> str:
                   "report renders. The quiet measurement is the command in `benchmarks/vs_reference.py`.", ""]
     lines += [*harness.run_markdown(result["run"]), measured_when(best),
               f"Jobs: {len(best)} ({len(result['records'])} records); each in its own process, interleaved "
-              f"authors / ours{_passes_text(result['records'])}, protocol in `benchmarks/vs_reference.py`. "
+              f"authors / ours{passes_text(result['records'])}, protocol in `benchmarks/vs_reference.py`. "
               "Contention: `other CPU` = share of "
               "all CPUs other processes used while a job was timed; above "
               f"{result['options']['contended']:.2f} a record is disturbed (rerun; † = only disturbed records). "
@@ -725,7 +725,7 @@ def markdown(result: dict, profiled: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _passes_text(records: list[dict]) -> str:
+def passes_text(records: list[dict]) -> str:
     """The groups whose records come from more than one pass of the interleaved job list, and how many; where only
     some of a group's jobs ran several passes (a resumed run that remeasured them), those jobs by name."""
     passes, jobs = {}, {}

@@ -366,7 +366,7 @@ def test_passes_text_names_the_jobs_when_only_some_of_a_group_ran_several_passes
                + [_record(job, 0.01, 0.0, **tsw) | {"pass": p} for job in ("dbtsw_compiled", "ours_dbtsw")
                   for p in range(3)]
                + [_record(job, 0.01, 0.0, batch=8) | {"pass": p} for job in ("magep", "ours_magep") for p in range(3)])
-    text = vs._passes_text(records)
+    text = vs.passes_text(records)
     assert "the TSW / SW jobs `dbtsw_compiled`, `ours_dbtsw` in 3 passes" in text
     assert "the NFN jobs in 3 passes" in text and "`magep`" not in text
-    assert vs._passes_text(records[:2]) == ""
+    assert vs.passes_text(records[:2]) == ""
