@@ -3,10 +3,13 @@
 The permutation carries no gradient, so it is computed on `stop_gradient`-ed keys and gradients flow through
 the gathers. On CPU, XLA's floating-point sort is an order of magnitude slower than numpy's (docs/tsw_sl.md §16:
 ~350 ms vs ~35 ms for [100, 20001] on this project's machine), so `method="auto"` calls numpy's sort
-through `jax.pure_callback` there and keeps XLA's sort on GPU/TPU. A process with several devices also keeps
-XLA's sort: inside a program sharded over several CPU devices a host callback pins the data to one device and
-can stall the other devices' collectives (seen as an all-reduce rendezvous time-out in a 4-device run). Likewise `jnp.cumsum` lowers to a slow
-reduce-window on CPU (~40 ms for [100, 20001]); `cumsum` here is a blocked triangular matrix product.
+through `jax.experimental.buffer_callback` there (numpy reads XLA's input buffer and writes the permutation into
+its result buffer in place: a round trip of ~0.01 ms, against 0.07-0.25 ms for `jax.pure_callback`'s copies of
+[100, 200]-[100, 2000] arrays) and keeps XLA's sort on GPU/TPU. A process with several devices also keeps XLA's
+sort: inside a program sharded over several CPU devices a host callback pins the data to one device and can
+stall the other devices' collectives (seen as an all-reduce rendezvous time-out in a 4-device run). Likewise
+`jnp.cumsum` lowers to a slow reduce-window on CPU (~40 ms for [100, 20001]); `cumsum` here is a blocked
+triangular matrix product.
 """
 from __future__ import annotations
 
@@ -17,21 +20,22 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.buffer_callback import Buffer, buffer_callback
 
 METHODS = ("auto", "numpy", "xla")
 
 
-def _packed_argsort(keys: np.ndarray) -> np.ndarray:
-    """Stable sorting permutation of float32 keys [..., N] (N < 2^31) as one integer sort: each key's bits,
-    mapped to a signed integer in the same order, above its index in an int64, sorted by numpy's vectorised
-    integer sort (2x faster than `np.argsort` on [100, 2000]; docs/tsw_sl.md §16); -0.0 sorts before 0.0, NaNs
-    last unless their sign bit is set (then first)."""
+def _packed_argsort(keys: np.ndarray, out: np.ndarray) -> None:
+    """Writes into `out` (int32, keys' shape) the stable sorting permutation of float32 keys [..., N] (N < 2^31)
+    as one integer sort: each key's bits, mapped to a signed integer in the same order, above its index in an
+    int64, sorted by numpy's vectorised integer sort (2x faster than `np.argsort` on [100, 2000]; docs/tsw_sl.md
+    §16); -0.0 sorts before 0.0, NaNs last unless their sign bit is set (then first)."""
     bits = keys.view(np.int32)
     ordered = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))  # negative floats: lower bits flipped, order reversed
     packed = ordered.astype(np.int64) << 32
     packed |= np.arange(keys.shape[-1], dtype=np.int64)
     packed.sort(axis=-1)
-    return packed.astype(np.int32)  # the low 32 bits: the index
+    np.copyto(out, packed, casting="unsafe")  # the low 32 bits: the index
 
 
 PARALLEL_MIN_SIZE = 1 << 17  # keys per call from which the rows are sorted on several threads
@@ -47,21 +51,31 @@ def _host_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def host_argsort(keys: np.ndarray) -> np.ndarray:
-    """The host sort `argsort` runs through `jax.pure_callback` on a CPU (numpy arrays in and out): the stable
-    sorting permutation of keys [..., N] along the last axis -> int32 [..., N]; float32 keys by
-    `_packed_argsort`, other dtypes by `np.argsort`. From `PARALLEL_MIN_SIZE` keys on, the rows are split into
-    one block per core the process may use and sorted on a thread pool (numpy releases the GIL while it sorts;
-    XLA's own threads wait for this callback, so the cores are otherwise idle)."""
+def host_argsort(keys: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The host sort `argsort` runs on a CPU (numpy arrays in and out): the stable sorting permutation of keys
+    [..., N] along the last axis -> int32 [..., N], written into `out` when given (as the callback writes into
+    XLA's result buffer); float32 keys by `_packed_argsort`, other dtypes by `np.argsort`. From
+    `PARALLEL_MIN_SIZE` keys on, the rows are split into one block per core the process may use and sorted on a
+    thread pool (numpy releases the GIL while it sorts; XLA's own threads wait for this callback, so the cores are
+    otherwise idle)."""
     keys = np.asarray(keys)
+    out = np.empty(keys.shape, np.int32) if out is None else out
     if keys.dtype != np.float32 or keys.shape[-1] >= 2 ** 31:
-        return np.argsort(keys, axis=-1).astype(np.int32)
+        np.copyto(out, np.argsort(keys, axis=-1), casting="unsafe")
+        return out
     blocks = min(_host_cores(), keys.size // max(keys.shape[-1], 1))
     if keys.size < PARALLEL_MIN_SIZE or blocks < 2:
-        return _packed_argsort(keys)
-    rows = keys.reshape(-1, keys.shape[-1])
-    parts = _sort_pool(blocks).map(_packed_argsort, np.array_split(rows, blocks))
-    return np.concatenate(list(parts)).reshape(keys.shape)
+        _packed_argsort(keys, out)
+        return out
+    rows, out_rows = (np.array_split(v.reshape(-1, keys.shape[-1]), blocks) for v in (keys, out))
+    list(_sort_pool(blocks).map(_packed_argsort, rows, out_rows))  # list(): waits, and raises a block's error
+    return out
+
+
+def _sort_into(context, out: Buffer, keys: Buffer) -> None:
+    """`buffer_callback`'s host function: `host_argsort` of XLA's input buffer, written into its result buffer."""
+    del context
+    host_argsort(np.asarray(keys), np.asarray(out))
 
 
 def argsort(keys: jax.Array, method: str = "auto") -> jax.Array:
@@ -71,7 +85,7 @@ def argsort(keys: jax.Array, method: str = "auto") -> jax.Array:
     keys = jax.lax.stop_gradient(keys)
     if method == "numpy" or (method == "auto" and jax.default_backend() == "cpu" and jax.device_count() == 1):
         out = jax.ShapeDtypeStruct(keys.shape, jnp.int32)
-        return jax.pure_callback(host_argsort, out, keys, vmap_method="broadcast_all")
+        return buffer_callback(_sort_into, out, vmap_method="broadcast_all")(keys)
     return jnp.argsort(keys, axis=-1).astype(jnp.int32)
 
 
