@@ -208,7 +208,7 @@ def build_tsw(job: str, n: int, d: int, trees: int, lines: int, p: int):
 def host_sort_seconds(shape: tuple[int, int]) -> float:
     """Median seconds of the library's host sort (`tsw_sl.sorting.host_argsort`, on the cores it may use) of
     random float32 keys of ``shape`` [rows, N], outside any jitted call, timed by the protocol's `time_calls` (at
-    least 5 calls and 0.5 s): the sort of one distance call without the callback's round trip (~0.1 ms)."""
+    least 5 calls and 0.5 s): the sort of one distance call without the callback's round trip (~0.01 ms)."""
     import numpy as np
 
     from tsw_sl import sorting

@@ -19,10 +19,19 @@ def _awkward_keys(rng, shape, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("method", ["numpy", "xla"])
 def test_argsort_sorts_like_numpy(dtype, method):
+    """The permutation sorts every row, stably on the host path; `sort_keys`' sorted keys (on the host path, out of
+    the packed integers, not gathered) are the gathered keys bit for bit, under jit and vmap alike."""
     rng = np.random.default_rng(0)
     keys = _awkward_keys(rng, (3, 5, 97), dtype)
     with jax.enable_x64(dtype == np.float64):
         perm = np.asarray(jax.jit(lambda k: sorting.argsort(k, method))(jnp.asarray(keys)))
+        for sort_keys in (jax.jit(sorting.sort_keys, static_argnums=1),
+                          jax.vmap(sorting.sort_keys, in_axes=(1, None), out_axes=1)):
+            sorted_keys, perm_too = (np.asarray(v) for v in sort_keys(jnp.asarray(keys), method))
+            np.testing.assert_array_equal(perm_too, perm)
+            assert sorted_keys.dtype == keys.dtype
+            np.testing.assert_array_equal(sorted_keys.view(f"i{keys.itemsize}"),
+                                          np.take_along_axis(keys, perm, -1).view(f"i{keys.itemsize}"))
     assert perm.dtype == np.int32 and perm.shape == keys.shape
     assert np.all(np.sort(perm, axis=-1) == np.arange(97))  # a permutation of every row
     np.testing.assert_array_equal(np.take_along_axis(keys, perm, -1), np.sort(keys, axis=-1))

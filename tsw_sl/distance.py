@@ -87,8 +87,7 @@ def _line_costs(coords, mass, p, sort_method):
 
 
 def _line_costs_fwd(coords, mass, p, sort_method):
-    perm = sorting.argsort(coords, sort_method)
-    s = sorting.take_last(coords, perm)
+    s, perm = sorting.sort_keys(coords, sort_method)
     scaled, scale, below = _cumulative_costs(s, sorting.cumsum(sorting.take_last(mass, perm)), p)
     return (scaled, scale), (perm, s, below, scale)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -25,17 +26,20 @@ from jax.experimental.buffer_callback import Buffer, buffer_callback
 METHODS = ("auto", "numpy", "xla")
 
 
-def _packed_argsort(keys: np.ndarray, out: np.ndarray) -> None:
-    """Writes into `out` (int32, keys' shape) the stable sorting permutation of float32 keys [..., N] (N < 2^31)
-    as one integer sort: each key's bits, mapped to a signed integer in the same order, above its index in an
-    int64, sorted by numpy's vectorised integer sort (2x faster than `np.argsort` on [100, 2000]; docs/tsw_sl.md
-    §16); -0.0 sorts before 0.0, NaNs last unless their sign bit is set (then first)."""
-    bits = keys.view(np.int32)
-    ordered = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))  # negative floats: lower bits flipped, order reversed
-    packed = ordered.astype(np.int64) << 32
+def _pack_keys(keys: np.ndarray, packed: np.ndarray) -> None:
+    """Writes into `packed` (int64, the shape of the float32 `keys` [..., N], N < 2^31) each key's bits, mapped to
+    a signed integer in the same order, above its index: sorting these integers with numpy's vectorised integer
+    sort gives the stable sorting permutation in their low 32 bits and the sorted keys' mapped bits in their high
+    32 (2x faster than `np.argsort` on [100, 2000]; docs/tsw_sl.md §16); -0.0 sorts before 0.0, NaNs last unless
+    their sign bit is set (then first)."""
+    np.left_shift(_ordered_bits(keys.view(np.int32)), 32, out=packed, dtype=np.int64)
     packed |= np.arange(keys.shape[-1], dtype=np.int64)
-    packed.sort(axis=-1)
-    np.copyto(out, packed, casting="unsafe")  # the low 32 bits: the index
+
+
+def _ordered_bits(bits):
+    """float32 bits (as int32) -> int32 in the floats' order, and back (the map is its own inverse): negative
+    floats have their 31 lower bits flipped, which reverses their order. numpy or jax arrays."""
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
 PARALLEL_MIN_SIZE = 1 << 17  # keys per call from which the rows are sorted on several threads
@@ -51,42 +55,86 @@ def _host_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def host_argsort(keys: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """The host sort `argsort` runs on a CPU (numpy arrays in and out): the stable sorting permutation of keys
-    [..., N] along the last axis -> int32 [..., N], written into `out` when given (as the callback writes into
-    XLA's result buffer); float32 keys by `_packed_argsort`, other dtypes by `np.argsort`. From
-    `PARALLEL_MIN_SIZE` keys on, the rows are split into one block per core the process may use and sorted on a
-    thread pool (numpy releases the GIL while it sorts; XLA's own threads wait for this callback, so the cores are
-    otherwise idle)."""
-    keys = np.asarray(keys)
-    out = np.empty(keys.shape, np.int32) if out is None else out
-    if keys.dtype != np.float32 or keys.shape[-1] >= 2 ** 31:
-        np.copyto(out, np.argsort(keys, axis=-1), casting="unsafe")
-        return out
-    blocks = min(_host_cores(), keys.size // max(keys.shape[-1], 1))
+def _sort_rows(keys: np.ndarray, packed: np.ndarray) -> None:
+    """`_pack_keys` of float32 keys [..., N] into `packed` (int64, same shape), then each row of `packed` sorted in
+    place. From `PARALLEL_MIN_SIZE` keys on, the rows are split into one block per core the process may use and
+    sorted on a thread pool (numpy releases the GIL while it sorts; XLA's own threads wait for the callback, so the
+    cores are otherwise idle)."""
+    n = keys.shape[-1]
+    blocks = min(_host_cores(), keys.size // max(n, 1))
     if keys.size < PARALLEL_MIN_SIZE or blocks < 2:
-        _packed_argsort(keys, out)
-        return out
-    rows, out_rows = (np.array_split(v.reshape(-1, keys.shape[-1]), blocks) for v in (keys, out))
-    list(_sort_pool(blocks).map(_packed_argsort, rows, out_rows))  # list(): waits, and raises a block's error
-    return out
+        _pack_keys(keys, packed)
+        packed.sort(axis=-1)
+        return
+
+    def block(rows, out):
+        _pack_keys(rows, out)
+        out.sort(axis=-1)
+
+    parts = (np.array_split(v.reshape(-1, n), blocks) for v in (keys, packed))
+    list(_sort_pool(blocks).map(block, *parts))  # list(): waits, and raises a block's error
 
 
-def _sort_into(context, out: Buffer, keys: Buffer) -> None:
-    """`buffer_callback`'s host function: `host_argsort` of XLA's input buffer, written into its result buffer."""
+def _packable(keys) -> bool:
+    """Whether `_pack_keys` applies: float32 keys with fewer than 2^31 per row."""
+    return keys.dtype == np.float32 and keys.shape[-1] < 2 ** 31
+
+
+def host_argsort(keys: np.ndarray) -> np.ndarray:
+    """The host sort `argsort` runs on a CPU, here with numpy arrays in and out: the stable sorting permutation of
+    keys [..., N] along the last axis -> int32 [..., N]; float32 keys by `_sort_rows`, other dtypes by
+    `np.argsort`."""
+    keys = np.asarray(keys)
+    if not _packable(keys):
+        return np.argsort(keys, axis=-1, kind="stable").astype(np.int32)
+    packed = np.empty(keys.shape, np.int64)
+    _sort_rows(keys, packed)
+    return packed.astype(np.int32)  # the low 32 bits: the index
+
+
+# The callbacks of `sort_keys` (`jax.experimental.buffer_callback`): numpy reads XLA's input buffer and writes into
+# its result buffers in place, with none of `jax.pure_callback`'s copies.
+def _sort_words_into(context, words: Buffer, keys: Buffer) -> None:
+    """float32 keys [..., N] -> int32 words [..., N, 2]: each pair the little-endian halves of one sorted int64
+    of `_pack_keys` (the index, then the key's mapped bits)."""
     del context
-    host_argsort(np.asarray(keys), np.asarray(out))
+    words = np.asarray(words)
+    _sort_rows(np.asarray(keys), words.view(np.int64).reshape(words.shape[:-1]))
+
+
+def _argsort_into(context, perm: Buffer, keys: Buffer) -> None:
+    """Keys [..., N] of another dtype -> their stable sorting permutation, int32 [..., N]."""
+    del context
+    np.copyto(np.asarray(perm), np.argsort(np.asarray(keys), axis=-1, kind="stable"), casting="unsafe")
+
+
+def _host_sort(method: str) -> bool:
+    if method not in METHODS:
+        raise ValueError(f"sort_method must be one of {METHODS}; got {method!r}")
+    return method == "numpy" or (method == "auto" and jax.default_backend() == "cpu" and jax.device_count() == 1)
+
+
+def sort_keys(keys: jax.Array, method: str = "auto") -> tuple[jax.Array, jax.Array]:
+    """The keys [..., N] sorted along the last axis and the (stable) permutation that sorts them, int32 [..., N];
+    no gradient (for a custom VJP that carries gradients back itself). On the host path the sorted float32 keys
+    come out of the sort itself (the high halves of its packed integers), not from a gather by the permutation."""
+    keys = jax.lax.stop_gradient(keys)
+    if _host_sort(method):
+        if _packable(keys) and sys.byteorder == "little":
+            out = jax.ShapeDtypeStruct(keys.shape + (2,), jnp.int32)
+            words = buffer_callback(_sort_words_into, out, vmap_method="broadcast_all")(keys)
+            ordered = _ordered_bits(words[..., 1])
+            return jax.lax.bitcast_convert_type(ordered, jnp.float32), words[..., 0]
+        out = jax.ShapeDtypeStruct(keys.shape, jnp.int32)
+        perm = buffer_callback(_argsort_into, out, vmap_method="broadcast_all")(keys)
+    else:
+        perm = jnp.argsort(keys, axis=-1).astype(jnp.int32)
+    return take_last(keys, perm), perm
 
 
 def argsort(keys: jax.Array, method: str = "auto") -> jax.Array:
     """Permutation sorting `keys` [..., N] along the last axis -> int32 [..., N] (no gradient)."""
-    if method not in METHODS:
-        raise ValueError(f"sort_method must be one of {METHODS}; got {method!r}")
-    keys = jax.lax.stop_gradient(keys)
-    if method == "numpy" or (method == "auto" and jax.default_backend() == "cpu" and jax.device_count() == 1):
-        out = jax.ShapeDtypeStruct(keys.shape, jnp.int32)
-        return buffer_callback(_sort_into, out, vmap_method="broadcast_all")(keys)
-    return jnp.argsort(keys, axis=-1).astype(jnp.int32)
+    return sort_keys(keys, method)[1]
 
 
 def take_last(values: jax.Array, index: jax.Array) -> jax.Array:
