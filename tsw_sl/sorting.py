@@ -140,13 +140,15 @@ def argsort(keys: jax.Array, method: str = "auto") -> jax.Array:
 def take_last(values: jax.Array, index: jax.Array) -> jax.Array:
     """values[..., index[..., j]] along the last axis as one flat gather ([..., N], [..., M] -> [..., M]).
 
-    Equivalent to jnp.take_along_axis(values, index, -1) with equal leading shapes, but lowers to a 1-D
-    gather, which XLA runs several times faster on CPU (also under vmap).
+    Equivalent to jnp.take_along_axis(values, index, -1) with equal leading shapes and indices in [0, N), but
+    lowers to a 1-D gather, which XLA runs several times faster on CPU (also under vmap). The flat indices are
+    unsigned and promised in bounds: no wrapping of negative indices, no clamping.
     """
     n = values.shape[-1]
     rows = index.size // max(index.shape[-1], 1)
     offsets = (jnp.arange(rows, dtype=jnp.int32) * n).reshape(index.shape[:-1] + (1,))
-    return values.reshape(-1)[(index + offsets).reshape(-1)].reshape(index.shape)
+    flat = (index + offsets).reshape(-1).astype(jnp.uint32)
+    return values.reshape(-1).at[flat].get(mode="promise_in_bounds").reshape(index.shape)
 
 
 def inverse_permutation(perm: jax.Array) -> jax.Array:
@@ -156,7 +158,8 @@ def inverse_permutation(perm: jax.Array) -> jax.Array:
     rows = perm.size // max(n, 1)
     flat = (perm.reshape(rows, n) + (jnp.arange(rows, dtype=perm.dtype) * n)[:, None]).reshape(-1)
     positions = jnp.broadcast_to(jnp.arange(n, dtype=perm.dtype), (rows, n)).reshape(-1)
-    return jnp.zeros(perm.size, perm.dtype).at[flat].set(positions, unique_indices=True).reshape(perm.shape)
+    inverse = jnp.zeros(perm.size, perm.dtype).at[flat.astype(jnp.uint32)]
+    return inverse.set(positions, unique_indices=True, mode="promise_in_bounds").reshape(perm.shape)
 
 
 def sort_with(keys: jax.Array, *payloads: jax.Array, method: str = "auto") -> tuple[jax.Array, ...]:
