@@ -598,9 +598,11 @@ def dbtsw_misses(best, copy_gbps: float | None) -> list[str]:
             "the goal allows (0.33 x the authors'). The step has no large matrix product, so the matmul rate is no "
             "measure for it. The authors' step sorts the same [L k, 2n] keys with `torch.sort`, 2.2x slower than "
             "our host sort on these cores, so our sort alone takes part of the time the goal allows (per cell below; "
-            "with the host's speed it has ranged from a sixth to all of it at n >= 1,000 and d = 2); what is left is "
-            "the callback's round trip (~0.1 ms, what dominates at n = 100) and passes over [L k, 2n] arrays, the "
-            "gathers by sort order among them (random access: ~2.5 ns an element at n = 5,000), whose bytes move at "
+            "with the host's speed it has ranged from a seventh to all of it at n >= 1,000 and d = 2); what is left is "
+            "passes over [L k, 2n] arrays, the gathers by sort order among them (random access: ~2.5 ns an element "
+            "at n = 5,000), and at n = 100 the fixed costs of tens of kernels of microseconds each (88 in the "
+            "forward + backward program at 100 x 4 lines; the callback's "
+            "round trip is ~0.01 ms since it works in XLA's buffers in place); the bytes move at "
             "the rate given (near the copy bandwidth, a cell needs fewer bytes moved, not a better schedule). Cells "
             "move by up to 0.3 between runs on this host (docs/tsw_sl.md §16.3).", "",
             *misses, ""]

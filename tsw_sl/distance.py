@@ -70,7 +70,6 @@ def sorted_line_costs(s: jax.Array, m: jax.Array, p: float) -> tuple[jax.Array, 
 
 def _cumulative_costs(s, below, p):
     """`sorted_line_costs` from the prefix sums ``below`` of the masses: (scaled costs, scale, scaled prefix sums)."""
-    s, below = jax.lax.optimization_barrier((s, below))  # keeps XLA from re-gathering s in every fusion
     scale = power_scale(below, p)  # |CL_j|, |total| <= max |below|, |CL_j - total| <= 2 max |below|
     below = below / scale
     total = below[..., -1:]
@@ -116,10 +115,8 @@ def _line_costs_bwd(p, sort_method, residuals, cotangents):
     d_total = ends - jnp.sum(right_slope, axis=-1, keepdims=True)
     d_below = jnp.concatenate([d_cl, d_total], axis=-1) * (g / scale)
     d_mass = jnp.flip(sorting.cumsum(jnp.flip(d_below, -1)), -1)  # below = cumsum(mass)
-    # materialised before the gathers: fused into them, every gathered element recomputes its gradient from
-    # several arrays read at random (4x slower)
-    d_s, d_mass, inverse = jax.lax.optimization_barrier((d_s * g, d_mass, sorting.inverse_permutation(perm)))
-    return sorting.take_last(d_s, inverse), sorting.take_last(d_mass, inverse)
+    inverse = sorting.inverse_permutation(perm)
+    return sorting.take_last(d_s * g, inverse), sorting.take_last(d_mass, inverse)
 
 
 _line_costs.defvjp(_line_costs_fwd, _line_costs_bwd)
