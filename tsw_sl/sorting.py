@@ -109,6 +109,7 @@ def _argsort_into(context, perm: Buffer, keys: Buffer) -> None:
 
 
 def _host_sort(method: str) -> bool:
+    """Whether `method` sorts on the host (numpy) rather than with XLA's sort; a ValueError for unknown ones."""
     if method not in METHODS:
         raise ValueError(f"sort_method must be one of {METHODS}; got {method!r}")
     return method == "numpy" or (method == "auto" and jax.default_backend() == "cpu" and jax.device_count() == 1)
