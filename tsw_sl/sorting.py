@@ -166,10 +166,24 @@ def inverse_permutation(perm: jax.Array) -> jax.Array:
 def sort_with(keys: jax.Array, *payloads: jax.Array, method: str = "auto") -> tuple[jax.Array, ...]:
     """Sorts `keys` [..., N] along the last axis and applies the same order to each payload [..., N].
 
-    Returns (sorted_keys, *sorted_payloads); differentiable in keys and payloads.
+    Returns (sorted_keys, *sorted_payloads); differentiable in keys and payloads (forward and reverse mode).
     """
-    perm = argsort(keys, method)
-    return (take_last(keys, perm),) + tuple(take_last(jnp.broadcast_to(v, keys.shape), perm) for v in payloads)
+    sorted_keys, perm = _sort_keys_differentiably(keys, method)
+    return (sorted_keys,) + tuple(take_last(jnp.broadcast_to(v, keys.shape), perm) for v in payloads)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _sort_keys_differentiably(keys: jax.Array, method: str) -> tuple[jax.Array, jax.Array]:
+    """`sort_keys` with the sorted keys differentiable: their tangent is the keys' tangent in sorted order (a
+    gather by the permutation, which reverse mode transposes), while the values themselves come from the sort (on
+    the host path without a gather)."""
+    return sort_keys(keys, method)
+
+
+@_sort_keys_differentiably.defjvp
+def _sort_keys_jvp(method, primals, tangents):
+    sorted_keys, perm = sort_keys(primals[0], method)
+    return (sorted_keys, perm), (take_last(tangents[0], perm), np.zeros(perm.shape, jax.dtypes.float0))
 
 
 PREFIX_BLOCK = 32  # entries per block of `cumsum`'s triangular matrix product
