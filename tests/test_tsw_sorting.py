@@ -60,6 +60,12 @@ def test_sort_with_gradients_match_xla_sort():
     xla_grads = jax.grad(loss, (0, 1))(keys, mass, "xla")
     for a, b in zip(numpy_grads, xla_grads):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+    # forward mode too (the host path's sorted keys carry their tangent through a custom JVP)
+    tangents = (jax.random.normal(jax.random.key(2), keys.shape), jnp.ones_like(mass))
+    jvp = lambda method: jax.jvp(lambda k, m: loss(k, m, method), (keys, mass), tangents)[1]
+    np.testing.assert_allclose(np.asarray(jvp("numpy")), np.asarray(jvp("xla")), rtol=1e-5)
+    directional = sum(float(jnp.vdot(g, t)) for g, t in zip(numpy_grads, tangents))  # <grad, tangent>
+    np.testing.assert_allclose(np.asarray(jvp("numpy")), directional, rtol=1e-5)
 
 
 @pytest.mark.parametrize("cores", [2, 3])
