@@ -42,7 +42,7 @@ def _ordered_bits(bits):
     return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
-PARALLEL_MIN_SIZE = 1 << 17  # keys per call from which the rows are sorted on several threads
+PARALLEL_MIN_SIZE = 1 << 16  # keys per call from which the rows are sorted on several threads (docs/tsw_sl.md §16.3)
 
 
 @functools.cache
