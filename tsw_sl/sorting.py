@@ -117,8 +117,9 @@ def _host_sort(method: str) -> bool:
 
 def sort_keys(keys: jax.Array, method: str = "auto") -> tuple[jax.Array, jax.Array]:
     """The keys [..., N] sorted along the last axis and the (stable) permutation that sorts them, int32 [..., N];
-    no gradient (for a custom VJP that carries gradients back itself). On the host path the sorted float32 keys
-    come out of the sort itself (the high halves of its packed integers), not from a gather by the permutation."""
+    no gradient (for a custom VJP that carries gradients back itself). The sorted keys come out of the sort itself
+    (on the host, for float32 keys, the high halves of its packed integers; XLA's sort carries the indices beside the
+    keys), not from a gather by the permutation."""
     keys = jax.lax.stop_gradient(keys)
     if _host_sort(method):
         if _packable(keys) and sys.byteorder == "little":
@@ -128,9 +129,9 @@ def sort_keys(keys: jax.Array, method: str = "auto") -> tuple[jax.Array, jax.Arr
             return jax.lax.bitcast_convert_type(ordered, jnp.float32), words[..., 0]
         out = jax.ShapeDtypeStruct(keys.shape, jnp.int32)
         perm = buffer_callback(_argsort_into, out, vmap_method="broadcast_all")(keys)
-    else:
-        perm = jnp.argsort(keys, axis=-1).astype(jnp.int32)
-    return take_last(keys, perm), perm
+        return take_last(keys, perm), perm
+    index = jax.lax.broadcasted_iota(jnp.int32, keys.shape, keys.ndim - 1)
+    return jax.lax.sort_key_val(keys, index, dimension=keys.ndim - 1, is_stable=True)  # one XLA sort gives both
 
 
 def argsort(keys: jax.Array, method: str = "auto") -> jax.Array:
