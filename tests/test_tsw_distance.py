@@ -346,6 +346,27 @@ def test_gradient_matches_finite_differences(kind, d):
         check_grads(f, (x, y, a, b), order=1, modes=["rev"], eps=1e-6, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("d", [2, 16])  # the coordinate-wise projection and its written-out gradient
+def test_projection_gradient_matches_autodiff_of_the_product(d):
+    """`splitting.project`'s gradients w.r.t. the points and the directions (matrix products over the directions'
+    rows) equal autodiff of the plain matrix product, for batched directions [B, L, k, d] and under vmap; and the
+    gradient w.r.t. directions is not the points' (a mix-up of the two products would fail here)."""
+    rng = np.random.default_rng(3)
+    z = jnp.asarray(rng.normal(size=(7, d)), jnp.float32)
+    theta = jnp.asarray(rng.normal(size=(2, 3, 4, d)), jnp.float32)
+    weight = jnp.asarray(rng.normal(size=(2, 3, 4, 7)), jnp.float32)
+    loss = lambda fn: lambda z, theta: jnp.sum(weight * fn(z, theta) ** 2)
+    plain = lambda z, theta: jnp.einsum("nd,...d->...n", z, theta)
+    got = jax.jit(jax.grad(loss(tsw_sl.splitting.project), (0, 1)))(z, theta)
+    want = jax.grad(loss(plain), (0, 1))(z, theta)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-5)
+    per_batch = lambda fn: jax.vmap(lambda t, w: jax.grad(lambda z: jnp.sum(w * fn(z, t) ** 2))(z))(theta, weight)
+    np.testing.assert_allclose(np.asarray(per_batch(tsw_sl.splitting.project)), np.asarray(per_batch(plain)),
+                               rtol=1e-5, atol=1e-5)
+    assert got[0].shape == z.shape and got[1].shape == theta.shape
+
+
 def test_jit_vmap_and_leading_batch_axes():
     rng = np.random.default_rng(0)
     xs = jnp.asarray(rng.normal(size=(3, 6, 2)), jnp.float32)

@@ -47,19 +47,9 @@ def line_costs(coords: jax.Array, mass: jax.Array, p: float, sort_method: str = 
     of the same steps costs 3-4x the forward pass (scatters for the gathers' transposes, one fusion per branch).
     Reverse mode only (jax.grad / vjp).
     """
-    coords, mass = _varying_alike(coords, jnp.broadcast_to(mass, coords.shape))
+    coords, mass = sharding.varying_alike(coords, jnp.broadcast_to(mass, coords.shape))
     scaled, scale = _line_costs(coords, mass, p, sort_method)
     return scaled, jax.lax.stop_gradient(scale)  # as `power_scale`'s: no gradient (nor through a pmax over devices)
-
-
-def _varying_alike(*arrays: jax.Array) -> list[jax.Array]:
-    """The arrays, each marked as varying over every manual mesh axis any of them varies over (inside
-    `jax.shard_map`; a no-op outside): a custom VJP must return each input's gradient with the input's own
-    variance, and both gradients of `line_costs` vary wherever either input does."""
-    varying = [jax.typeof(a).manual_axis_type.varying for a in arrays]
-    axes = frozenset().union(*varying)
-    return [jax.lax.pcast(a, tuple(sorted(axes - v)), to="varying") if axes - v else a
-            for a, v in zip(arrays, varying)]
 
 
 def sorted_line_costs(s: jax.Array, m: jax.Array, p: float) -> tuple[jax.Array, jax.Array]:

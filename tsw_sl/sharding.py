@@ -127,3 +127,14 @@ def finish(mean: jax.Array, scale: jax.Array, scaled: jax.Array, p: float, retur
     """The distance scale * mean^(1/p) [...] (and the costs scale^p * scaled [..., L] when `return_costs`)."""
     distance = scale * root_p(mean, p)
     return (distance, unscale(scaled, scale[..., None], p)) if return_costs else distance
+
+
+def varying_alike(*arrays: jax.Array) -> list[jax.Array]:
+    """The arrays, each marked as varying over every manual mesh axis any of them varies over (inside
+    `jax.shard_map`; a no-op outside): a custom VJP must return each input's gradient with the input's own
+    variance, and its gradients vary wherever any input does (`distance.line_costs`, `splitting.project`);
+    autodiff of the cast then sums the gradient of an input that did not vary over those axes."""
+    varying = [jax.typeof(a).manual_axis_type.varying for a in arrays]
+    axes = frozenset().union(*varying)
+    return [jax.lax.pcast(a, tuple(sorted(axes - v)), to="varying") if axes - v else a
+            for a, v in zip(arrays, varying)]
