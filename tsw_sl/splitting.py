@@ -41,7 +41,8 @@ def project(points: jax.Array, directions: jax.Array) -> jax.Array:
     """Coordinates <z, theta> of points [N, d] along directions [..., d] -> [..., N]. For d <=
     `COORDINATE_MAX_DIM` a sum over coordinates of broadcast products, which XLA fuses into the coordinates'
     consumers (the matrix product's gradient transposed an [N, L k] array: on CPU one strided copy that took 25
-    ms of a 100 ms Db-TSW step), with the gradient of `_coordinate_projection_bwd`."""
+    ms of a 100 ms Db-TSW step), with the gradient of `_coordinate_projection_bwd` (reverse mode only there, as
+    the line costs that consume the coordinates)."""
     if points.shape[-1] <= COORDINATE_MAX_DIM:
         return _coordinate_projection(*sharding.varying_alike(points, directions))
     return jnp.einsum("nd,...d->...n", points, directions)
@@ -59,8 +60,8 @@ def _coordinate_projection_fwd(points, directions):
 def _coordinate_projection_bwd(residuals, g):
     """Both gradients as matrix products over the rows of g [..., N] (each direction's coordinates): [N, R] from
     g^T theta, [R, d] from g z. Autodiff of the broadcast products reduces g times a broadcast copy of each
-    coordinate instead: XLA writes each broadcast out as an [..., N] array before its reduction (Db-TSW at 100 x 4
-    lines, n = 5,000: 13 ms of a 100 ms step for the points' gradient; docs/tsw_sl.md §16.3)."""
+    coordinate instead, and XLA writes each broadcast out as an [..., N] array before its reduction (Db-TSW at 100 x
+    4 lines, n = 5,000: temporaries 298 -> 267 MB this way; docs/tsw_sl.md §16.3)."""
     points, directions = residuals
     rows = g.reshape(-1, g.shape[-1])                                   # [R, N]
     theta = directions.reshape(-1, directions.shape[-1])                # [R, d]
