@@ -50,6 +50,7 @@ def project(points: jax.Array, directions: jax.Array) -> jax.Array:
 
 @jax.custom_vjp
 def _coordinate_projection(points: jax.Array, directions: jax.Array) -> jax.Array:
+    """`project` for d <= `COORDINATE_MAX_DIM`: points [N, d], directions [..., d] -> [..., N]."""
     return sum(points[:, i] * directions[..., i, None] for i in range(points.shape[-1]))
 
 
@@ -58,10 +59,10 @@ def _coordinate_projection_fwd(points, directions):
 
 
 def _coordinate_projection_bwd(residuals, g):
-    """Both gradients as matrix products over the rows of g [..., N] (each direction's coordinates): [N, R] from
-    g^T theta, [R, d] from g z. Autodiff of the broadcast products reduces g times a broadcast copy of each
-    coordinate instead, and XLA writes each broadcast out as an [..., N] array before its reduction (Db-TSW at 100 x
-    4 lines, n = 5,000: temporaries 298 -> 267 MB this way; docs/tsw_sl.md §16.3)."""
+    """Both gradients as matrix products over the R rows of the cotangent g [..., N] (one row per direction): the
+    points' [N, d] = g^T theta, the directions' [R, d] = g z. Autodiff of the broadcast products reduces g times a
+    broadcast copy of each coordinate instead, and XLA writes each broadcast out as an [..., N] array before its
+    reduction (Db-TSW at 100 x 4 lines, n = 5,000: temporaries 298 -> 267 MB this way; docs/tsw_sl.md §16.3)."""
     points, directions = residuals
     rows = g.reshape(-1, g.shape[-1])                                   # [R, N]
     theta = directions.reshape(-1, directions.shape[-1])                # [R, d]
