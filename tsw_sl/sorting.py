@@ -5,11 +5,11 @@ the gathers. On CPU, XLA's floating-point sort is an order of magnitude slower t
 ~350 ms vs ~35 ms for [100, 20001] on this project's machine), so `method="auto"` calls numpy's sort
 through `jax.experimental.buffer_callback` there (numpy reads XLA's input buffer and sorts the packed keys inside
 its result buffer, which then holds both the permutation and the sorted keys: a round trip of ~0.01 ms, against
-0.07-0.25 ms for `jax.pure_callback`'s copies of [100, 200]-[100, 2000] arrays) and keeps XLA's sort on GPU/TPU. A process with several devices also keeps XLA's
-sort: inside a program sharded over several CPU devices a host callback pins the data to one device and can
-stall the other devices' collectives (seen as an all-reduce rendezvous time-out in a 4-device run). Likewise
-`jnp.cumsum` lowers to a slow reduce-window on CPU (~40 ms for [100, 20001]); `cumsum` here is a blocked
-triangular matrix product.
+0.07-0.25 ms for `jax.pure_callback`'s copies of [100, 200]-[100, 2000] arrays) and keeps XLA's sort on GPU/TPU.
+A process with several devices also keeps XLA's sort: inside a program sharded over several CPU devices a host
+callback pins the data to one device and can stall the other devices' collectives (seen as an all-reduce rendezvous
+time-out in a 4-device run). Likewise `jnp.cumsum` lowers to a slow reduce-window on CPU (~40 ms for [100, 20001]);
+`cumsum` here is a blocked triangular matrix product.
 """
 from __future__ import annotations
 
