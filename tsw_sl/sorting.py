@@ -55,24 +55,24 @@ def _host_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _sort_rows(keys: np.ndarray, packed: np.ndarray) -> None:
+def _sort_block(keys: np.ndarray, packed: np.ndarray) -> None:
     """`_pack_keys` of float32 keys [..., N] into `packed` (int64, same shape), then each row of `packed` sorted in
-    place. From `PARALLEL_MIN_SIZE` keys on, the rows are split into one block per core the process may use and
-    sorted on a thread pool (numpy releases the GIL while it sorts; XLA's own threads wait for the callback, so the
-    cores are otherwise idle)."""
+    place, on the calling thread."""
+    _pack_keys(keys, packed)
+    packed.sort(axis=-1)
+
+
+def _sort_rows(keys: np.ndarray, packed: np.ndarray) -> None:
+    """`_sort_block`, with the rows split into one block per core the process may use and sorted on a thread pool
+    from `PARALLEL_MIN_SIZE` keys on (numpy releases the GIL while it sorts; XLA's own threads wait for the
+    callback, so the cores are otherwise idle)."""
     n = keys.shape[-1]
     blocks = min(_host_cores(), keys.size // max(n, 1))
     if keys.size < PARALLEL_MIN_SIZE or blocks < 2:
-        _pack_keys(keys, packed)
-        packed.sort(axis=-1)
+        _sort_block(keys, packed)
         return
-
-    def block(rows, out):
-        _pack_keys(rows, out)
-        out.sort(axis=-1)
-
     parts = (np.array_split(v.reshape(-1, n), blocks) for v in (keys, packed))
-    list(_sort_pool(blocks).map(block, *parts))  # list(): waits, and raises a block's error
+    list(_sort_pool(blocks).map(_sort_block, *parts))  # list(): waits, and raises a block's error
 
 
 def _packable(keys) -> bool:
