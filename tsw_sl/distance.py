@@ -43,8 +43,9 @@ def line_costs(coords: jax.Array, mass: jax.Array, p: float, sort_method: str = 
     (CL_j) on its part left of the root and the mass above (total - CL_j) on its part right of the root; the
     segments between the root and the extreme nodes carry the total. The cost is sum length * |mass|^p.
     The gradient is written out (`_line_costs_bwd`, docs/tsw_sl.md §6): per node, two differences of |mass|^p
-    and a reverse prefix sum, carried back to the input order by gathers with the inverse permutation; autodiff
-    of the same steps costs 3-4x the forward pass (scatters for the gathers' transposes, one fusion per branch).
+    and a reverse prefix sum, carried back to the input order by scatters with the permutation (`sorting.put_last`);
+    autodiff of the same steps costs 3-4x the forward pass (scatter-adds for the gathers' transposes, one fusion
+    per branch).
     Reverse mode only (jax.grad / vjp).
     """
     coords, mass = sharding.varying_alike(coords, jnp.broadcast_to(mass, coords.shape))
@@ -105,8 +106,7 @@ def _line_costs_bwd(p, sort_method, residuals, cotangents):
     d_total = ends - jnp.sum(right_slope, axis=-1, keepdims=True)
     d_below = jnp.concatenate([d_cl, d_total], axis=-1) * (g / scale)
     d_mass = jnp.flip(sorting.cumsum(jnp.flip(d_below, -1)), -1)  # below = cumsum(mass)
-    inverse = sorting.inverse_permutation(perm)
-    return sorting.take_last(d_s * g, inverse), sorting.take_last(d_mass, inverse)
+    return sorting.put_last(d_s * g, perm), sorting.put_last(d_mass, perm)
 
 
 _line_costs.defvjp(_line_costs_fwd, _line_costs_bwd)

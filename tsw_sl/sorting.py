@@ -146,22 +146,30 @@ def take_last(values: jax.Array, index: jax.Array) -> jax.Array:
     lowers to a 1-D gather, which XLA runs several times faster on CPU (also under vmap). The flat indices are
     unsigned and promised in bounds: no wrapping of negative indices, no clamping.
     """
-    n = values.shape[-1]
-    rows = index.size // max(index.shape[-1], 1)
-    offsets = (jnp.arange(rows, dtype=jnp.int32) * n).reshape(index.shape[:-1] + (1,))
-    flat = (index + offsets).reshape(-1).astype(jnp.uint32)
+    flat = _flat_positions(index, values.shape[-1])
     return values.reshape(-1).at[flat].get(mode="promise_in_bounds").reshape(index.shape)
 
 
-def inverse_permutation(perm: jax.Array) -> jax.Array:
-    """The inverse of permutations along the last axis: int32 [..., N] -> [..., N] with inv[perm[j]] = j (one
-    integer scatter; gathering with it undoes a gather with perm, without the scatter-add of a gather's transpose)."""
-    n = perm.shape[-1]
-    rows = perm.size // max(n, 1)
-    flat = (perm.reshape(rows, n) + (jnp.arange(rows, dtype=perm.dtype) * n)[:, None]).reshape(-1)
-    positions = jnp.broadcast_to(jnp.arange(n, dtype=perm.dtype), (rows, n)).reshape(-1)
-    inverse = jnp.zeros(perm.size, perm.dtype).at[flat.astype(jnp.uint32)]
-    return inverse.set(positions, unique_indices=True, mode="promise_in_bounds").reshape(perm.shape)
+def put_last(values: jax.Array, perm: jax.Array) -> jax.Array:
+    """The inverse of `take_last` by a permutation: out[..., perm[..., j]] = values[..., j] along the last axis
+    (values and perm [..., N], each row of perm a permutation of 0..N-1; -> [..., N]).
+
+    One flat scatter, its indices promised unique and in bounds: it carries values computed in sorted order
+    back to the input order without building the inverse permutation and gathering by it, and without the add of
+    a gather's transpose (docs/tsw_sl.md §16.3). ValueError when the shapes differ.
+    """
+    if values.shape != perm.shape:
+        raise ValueError(f"put_last: values {values.shape} and perm {perm.shape} must have the same shape")
+    flat = _flat_positions(perm, perm.shape[-1])
+    out = jnp.zeros(values.size, values.dtype).at[flat]
+    return out.set(values.reshape(-1), unique_indices=True, mode="promise_in_bounds").reshape(values.shape)
+
+
+def _flat_positions(index: jax.Array, n: int) -> jax.Array:
+    """Indices [..., M] into rows of length n -> their positions in the flattened rows, uint32 [size]."""
+    rows = index.size // max(index.shape[-1], 1)
+    offsets = (jnp.arange(rows, dtype=jnp.int32) * n).reshape(index.shape[:-1] + (1,))
+    return (index + offsets).reshape(-1).astype(jnp.uint32)
 
 
 def sort_with(keys: jax.Array, *payloads: jax.Array, method: str = "auto") -> tuple[jax.Array, ...]:
