@@ -4,6 +4,7 @@ the authors' PyTorch implementations, POT and OTT-JAX, and plain one-model-at-a-
     python -m benchmarks.vs_reference [--reference-dir DIR] [--reference-python PY] [--ott-python PY]
         [--groups nfn tsw zoo large] [--only JOB ...] [--passes N] [--resume [--remeasure]]
         [--max-load 0.10 | --no-wait] [--repeats R] [--out benchmarks/results]
+    python -m benchmarks.vs_reference --report-only [--out benchmarks/results]   # render the stored report again
 
 The full quiet measurement (after the set-up below; about 300 jobs, roughly an hour on 2 quiet cores;
 ``--resume`` makes a rerun redo only the jobs whose records were disturbed, and starts afresh over a smoke run;
@@ -444,20 +445,48 @@ def profiled_steps(out_dir: str) -> dict:
             for c in found.get("cells", []) if "error" not in c}
 
 
-def _profile_text(cell: dict | None, ours: dict, ref) -> str:
-    """A row's products-alone time from its `profiled_steps` cell, as a share of our step in that cell's run,
-    against the share of our step in this run (``ours``) that the goal allows (``ref``: the authors' record): each
-    share is taken within one run, so the host's drift between the two runs cancels ('' where either is unknown)."""
+def _floor_shares(cell: dict | None, ours: dict, ref) -> tuple[float, float | None, float] | None:
+    """A row's two floors from its `profiled_steps` cell, each as a share of our step in that cell's run (its
+    products alone, and its roofline bound or None), and the share of our step in this run (``ours``) that the goal
+    allows (``ref``: the authors' record). Each share is taken within one run, so the host's drift between the two
+    runs cancels. None where either run is unknown."""
     if not cell or not cell.get("products_alone_s") or not ref or ref.get("status") != "ok":
+        return None
+    bound = cell["bound_s"] / cell["median_s"] if cell.get("bound_s") else None
+    return cell["products_alone_s"] / cell["median_s"], bound, GOAL_RATIO * ref["median_s"] / ours["median_s"]
+
+
+def _profile_text(cell: dict | None, ours: dict, ref) -> str:
+    """`_floor_shares` as text, with the products' time ('' where unknown)."""
+    shares = _floor_shares(cell, ours, ref)
+    if shares is None:
         return ""
-    share = cell["products_alone_s"] / cell["median_s"]
-    allowed = GOAL_RATIO * ref["median_s"] / ours["median_s"]
+    share, bound, allowed = shares
     text = (f", products alone {1e3 * cell['products_alone_s']:.3g} ms, {share:.0%} of our step in step_profile's "
             f"run, {'more' if share > allowed else 'less'} than the {allowed:.0%} of ours the goal allows")
-    if cell.get("bound_s"):
-        bound = cell["bound_s"] / cell["median_s"]
+    if bound is not None:
         text += f", its roofline bound there {bound:.0%} ({'above' if bound > allowed else 'below'} the goal's share)"
     return text
+
+
+def _verdict(ratio: float | None, slow_first: bool, shares) -> str:
+    """Why a row misses the goal, in words: its ratio at a floor (a floor's share above the goal's), not shown at
+    one, or without a profile; and/or its first call."""
+    why = []
+    if ratio is not None and ratio > GOAL_RATIO:
+        if shares is None:
+            why.append("no profile")
+        else:
+            share, bound, allowed = shares
+            why.append("at a floor" if max(share, bound or 0.0) > allowed else "not shown at a floor")
+    if slow_first:
+        why.append(f"first call above {GOAL_FIRST_S:g} s")
+    return "; ".join(why)
+
+
+def _pct(share: float | None) -> str:
+    """A share as a percentage ('-' for None)."""
+    return "-" if share is None else f"{share:.0%}"
 
 
 FIRST_CALL_STAGES = ("trace", "lower", "compile", "first_run")  # `step_profile.first_call_stages`, in order
@@ -486,7 +515,7 @@ def goal_misses(best, profiled: dict | None = None) -> list[str]:
     matrix products alone and its kernel count where ``profiled`` (`profiled_steps`) has the cell, and what
     bounds each model (`NFN_BOUNDS`)."""
     profiled = profiled or {}
-    misses = {}
+    misses, table = {}, []
     for ref, ours, name in NFN_ROWS:
         for r in sorted((r for r in best.values() if r["job"] == ours and r.get("status") == "ok"),
                         key=lambda r: (r["batch"], r["mode"])):
@@ -500,6 +529,10 @@ def goal_misses(best, profiled: dict | None = None) -> list[str]:
                     f"batch {r['batch']} {r['mode']} {ratio_text} at {_rate(r)} GFLOP/s (0.33 needs "
                     f"{_rate_needed(r, a)}){_profile_text(cell, r, a)}, first call {_first(r)} s"
                     f"{_kernels_text(cell)}")
+                shares = _floor_shares(cell, r, a)
+                products, bound, allowed = shares if shares else (None, None, None)
+                table.append([name, r["batch"], r["mode"], ratio_text, _first(r), _pct(products), _pct(bound),
+                              _pct(allowed), _verdict(ratio, slow_first, shares)])
     if not misses:
         return []
     lines = ["### Rows above the goal", "",
@@ -522,7 +555,13 @@ def goal_misses(best, profiled: dict | None = None) -> list[str]:
              "`step_profile.md`. \"step_profile's first call a + b + c + d s\": the same "
              "step's first call in that run, stage by stage: trace + lower + compile + first run (which sets up "
              "the YNNPACK fusions and faults the buffers in), and the garbage collector's pauses within them "
-             "(docs/common.md §11).", ""]
+             "(docs/common.md §11).", "",
+             "In short, per row: its two floors as shares of our step in step_profile's run against the share the "
+             "goal allows in this one; \"at a floor\": a floor's share is the larger, so the step needs fewer "
+             "FLOPs or bytes rather than a better schedule; \"not shown at a floor\": both floors are below the "
+             "goal's share.", "",
+             *harness.markdown_table(["model", "batch", "mode", "ours / authors", "first call s", "products alone",
+                                      "roofline bound", "goal allows", "why"], table), ""]
     for name, rows in misses.items():
         lines += [f"- **{name}** ({NFN_BOUNDS[name]}): " + "; ".join(rows) + "."]
     return lines + [""]
@@ -816,6 +855,9 @@ def parse_args(argv=None):
                         "their ratios come from this run), keeping every other job's records")
     parser.add_argument("--no-calibration", dest="calibration", action="store_false",
                         help="skip the driver's jitted matmul calibration (each job still calibrates)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="measure nothing: render the Markdown report again from the stored JSON (its records "
+                        "and its run's header), e.g. after the report's layout or step_profile.json changed")
     parser.add_argument("--smoke", action="store_true", help=f"smoke run, NOT evidence: {SMOKE}")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     options = parser.parse_args(argv)
@@ -829,8 +871,24 @@ def parse_args(argv=None):
     return options
 
 
+def render_again(out_dir: str) -> tuple[dict, str]:
+    """The Markdown report of the result stored in ``out_dir`` rendered again (its JSON untouched) with the
+    `benchmarks.step_profile` cells beside it; ValueError when there is no stored result. Returns (the stored
+    result, the report's text)."""
+    stored = harness.read_json(os.path.join(out_dir, f"{NAME}.json"), None)
+    if not stored:
+        raise ValueError(f"--report-only: no {NAME}.json in {out_dir} to render")
+    text = markdown(stored, profiled_steps(out_dir))
+    harness.write_text(os.path.join(out_dir, f"{NAME}.md"), text)
+    return stored, text
+
+
 def main(argv=None) -> dict:
     options = parse_args(argv)
+    if options.report_only:
+        stored, text = render_again(options.out)
+        print(text)
+        return stored
     run = harness.start_run(calibrate=options.calibration)
     smoke = options.smoke or options.repeats is not None or not options.wait
     previous = harness.read_json(os.path.join(options.out, f"{NAME}.json"), {}) if options.resume else {}

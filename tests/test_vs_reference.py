@@ -40,6 +40,13 @@ def test_driver_runs_our_job_and_reports_what_it_skipped(tmp_path):
     assert "ours_sw" not in skipped
     assert "| 2 x 4 | 2 | 16 |" in text
     assert f"Measured: TSW / SW {ours['measured_utc']} to {ours['measured_utc']} UTC." in text  # skipped: undated
+    # --report-only renders the same report again from the stored JSON, measuring nothing and leaving it as it was
+    stored = (tmp_path / "vs_reference.json").read_text()
+    (tmp_path / "vs_reference.md").write_text("stale")
+    assert vs.main(["--report-only", "--out", str(tmp_path)])["records"] == result["records"]
+    assert (tmp_path / "vs_reference.md").read_text() == text and (tmp_path / "vs_reference.json").read_text() == stored
+    with pytest.raises(ValueError, match="no vs_reference.json"):
+        vs.main(["--report-only", "--out", str(tmp_path / "empty")])
 
 
 def test_report_dates_each_group_and_counts_undated_records():
@@ -144,20 +151,30 @@ def test_nfn_table_rate_is_xla_flops_over_median_against_the_jobs_calibration():
     assert "batch 8 fwdbwd 0.50 at 20 (10%) GFLOP/s (0.33 needs 30 (15%)), first call 3.00 s" in misses
     profiled = {("ours_magep", 8, "fwdbwd"): dict(products_alone_s=0.0070, median_s=0.0090,
                                                   kernels=dict(library=3, dot=2))}
-    [misses] = [line for line in vs.goal_misses(vs.best_records(records), profiled) if "MAGEP" in line]
+    [misses] = [line for line in vs.goal_misses(vs.best_records(records), profiled) if line.startswith("- **MAGEP")]
     # products alone 7 of the profiled step's 9 ms (78%); the goal allows 0.33 x 20 / 10 = 66% of our 10 ms here
     assert ("(0.33 needs 30 (15%)), products alone 7 ms, 78% of our step in step_profile's run, more than the 66% "
             "of ours the goal allows, first call 3.00 s (5 kernels)") in misses
     profiled[("ours_magep", 8, "fwdbwd")]["median_s"] = 0.014  # the same products in a slower run: a smaller share
-    [misses] = [line for line in vs.goal_misses(vs.best_records(records), profiled) if "MAGEP" in line]
+    [misses] = [line for line in vs.goal_misses(vs.best_records(records), profiled) if line.startswith("- **MAGEP")]
     assert "products alone 7 ms, 50% of our step in step_profile's run, less than the 66% of ours" in misses
     profiled[("ours_magep", 8, "fwdbwd")]["first_call_stages"] = dict(
         trace_s=0.5, lower_s=0.125, compile_s=2.0, first_run_s=0.25, gc_s=0.0)
-    [misses] = [line for line in vs.goal_misses(vs.best_records(records), profiled) if "MAGEP" in line]
+    [misses] = [line for line in vs.goal_misses(vs.best_records(records), profiled) if line.startswith("- **MAGEP")]
     assert "first call 3.00 s (5 kernels; step_profile's first call 0.50 + 0.12 + 2.00 + 0.25 s, GC 0.00 s)" in misses
+    # the summary table: products 50%, no roofline yet, 66% allowed: not shown at a floor, and the slow first call
+    row = "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 3.00 | 50% | - | 66% | not shown at a floor; first call above 2 s |"
+    assert row in vs.goal_misses(vs.best_records(records), profiled)
     profiled[("ours_magep", 8, "fwdbwd")]["bound_s"] = 0.0098  # the step's roofline bound in that run: 70% of 14 ms
-    [misses] = [line for line in vs.goal_misses(vs.best_records(records), profiled) if "MAGEP" in line]
+    lines = vs.goal_misses(vs.best_records(records), profiled)
+    [misses] = [line for line in lines if "MAGEP" in line and line.startswith("- **")]
     assert "less than the 66% of ours the goal allows, its roofline bound there 70% (above the goal's share)" in misses
+    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 3.00 | 50% | 70% | 66% | at a floor; first call above 2 s |" in lines
+    records[1].update(first_call_s=1.0)
+    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 1.00 | 50% | 70% | 66% | at a floor |" in vs.goal_misses(
+        vs.best_records(records), profiled)
+    unprofiled = vs.goal_misses(vs.best_records(records))
+    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 1.00 | - | - | - | no profile |" in unprofiled
 
 
 def test_stages_text_lists_a_first_calls_stages_in_order():
