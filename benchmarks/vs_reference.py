@@ -456,9 +456,8 @@ def _floor_shares(cell: dict | None, ours: dict, ref) -> tuple[float, float | No
     return cell["products_alone_s"] / cell["median_s"], bound, GOAL_RATIO * ref["median_s"] / ours["median_s"]
 
 
-def _profile_text(cell: dict | None, ours: dict, ref) -> str:
-    """`_floor_shares` as text, with the products' time ('' where unknown)."""
-    shares = _floor_shares(cell, ours, ref)
+def _profile_text(cell: dict | None, shares) -> str:
+    """A row's `_floor_shares` as text, with the products' time from its `profiled_steps` cell ('' where unknown)."""
     if shares is None:
         return ""
     share, bound, allowed = shares
@@ -524,12 +523,12 @@ def goal_misses(best, profiled: dict | None = None) -> list[str]:
             slow_first = (r.get("first_call_s") or 0) > GOAL_FIRST_S
             if (ratio is not None and ratio > GOAL_RATIO) or slow_first:
                 cell = profiled.get((ours, r["batch"], r["mode"]))
+                shares = _floor_shares(cell, r, a)
                 ratio_text = "-" if ratio is None else f"{ratio:.2f}"
                 misses.setdefault(name, []).append(
                     f"batch {r['batch']} {r['mode']} {ratio_text} at {_rate(r)} GFLOP/s (0.33 needs "
-                    f"{_rate_needed(r, a)}){_profile_text(cell, r, a)}, first call {_first(r)} s"
+                    f"{_rate_needed(r, a)}){_profile_text(cell, shares)}, first call {_first(r)} s"
                     f"{_kernels_text(cell)}")
-                shares = _floor_shares(cell, r, a)
                 products, bound, allowed = shares if shares else (None, None, None)
                 table.append([name, r["batch"], r["mode"], ratio_text, _first(r), _pct(products), _pct(bound),
                               _pct(allowed), _verdict(ratio, slow_first, shares)])
