@@ -137,8 +137,8 @@ def test_normalize_scale_keeps_a_vanishing_end_to_end_map_bounded():
     product below, to 1e-12) while its bias paths do not: the normalised tensors stay of order one (an earlier
     normalisation by ||W^(L,0)|| alone made them ~1e3 per layer here and the predictor's logits ~1e24 on such zoo
     networks), and the normalisation is still exactly invariant to the ReLU rescaling."""
-    feats = random_features(2, SPEC, channels=1, dtype=jnp.float64)
     with jax.enable_x64(True):
+        feats = random_features(2, SPEC, channels=1, dtype=jnp.float64)
         w = [np.asarray(x, np.float64) for x in feats.weights]
         below = np.eye(w[0].shape[-2])
         for x in w[:-1]:

@@ -211,17 +211,18 @@ def test_channels_leading_layout_equals_channels_last(name):
         coeffs = {k: v + 0.1 for k, v in plan.init(jax.random.key(0), c_in, c_out, jnp.float64).items()}
         inputs = {n: jnp.asarray(rng.standard_normal(batch + tuple(s for _, s, _ in axes) + (c_in[n],)))
                   for n, axes in plan.in_slots}
-        last = lambda c, x: plan.apply(c, x)
-        lead = lambda c, x: {k: jnp.moveaxis(v, 0, -1) for k, v in plan.apply(
-            c, {n: jnp.moveaxis(a, -1, 0) for n, a in x.items()}, layout="channels_leading").items()}
+        # jitted: one compile per program instead of one dispatch (and a compile per new shape) per operation
+        last = jax.jit(lambda c, x: plan.apply(c, x))
+        lead = jax.jit(lambda c, x: {k: jnp.moveaxis(v, 0, -1) for k, v in plan.apply(
+            c, {n: jnp.moveaxis(a, -1, 0) for n, a in x.items()}, layout="channels_leading").items()})
         want, got = last(coeffs, inputs), lead(coeffs, inputs)
         assert got.keys() == want.keys()
         for k in want:
             np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-12, err_msg=k)
         weights = {k: jnp.asarray(rng.standard_normal(v.shape)) for k, v in want.items()}
         loss = lambda f: lambda c, x: sum(jnp.sum(weights[k] * v) for k, v in f(c, x).items())
-        for a, b in zip(jax.tree.leaves(jax.grad(loss(lead), (0, 1))(coeffs, inputs)),
-                        jax.tree.leaves(jax.grad(loss(last), (0, 1))(coeffs, inputs))):
+        for a, b in zip(jax.tree.leaves(jax.jit(jax.grad(loss(lead), (0, 1)))(coeffs, inputs)),
+                        jax.tree.leaves(jax.jit(jax.grad(loss(last), (0, 1)))(coeffs, inputs))):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
         swapped = {n: jnp.swapaxes(a, 0, 1) for n, a in inputs.items()}  # batch axes swapped: [1, 2, ...]
         moved = plan.apply(coeffs, {n: jnp.moveaxis(a, -1, 0) for n, a in swapped.items()}, layout="channels_leading")
@@ -254,13 +255,14 @@ def test_packed_coefficients(name):
         inputs = {n: jnp.asarray(rng.standard_normal((2,) + tuple(s for _, s, _ in axes) + (c_in[n],)))
                   for n, axes in plan.in_slots}
         lead_inputs = {n: jnp.moveaxis(a, -1, 0) for n, a in inputs.items()}
+        apply = jax.jit(plan.apply, static_argnames="layout")  # one compile per form, not a dispatch per operation
         for layout, x in (("channels_last", inputs), ("channels_leading", lead_inputs)):
-            want, got = plan.apply(coeffs, x, layout), plan.apply(plan.pack(coeffs), x, layout)
+            want, got = apply(coeffs, x, layout=layout), apply(plan.pack(coeffs), x, layout=layout)
             for k in want:
                 np.testing.assert_allclose(got[k], want[k], rtol=1e-13, atol=1e-13, err_msg=f"{layout} {k}")
-        base = plan.apply(coeffs, inputs)
+        base = apply(coeffs, inputs)
         for t in (t for t in plan.terms if t.inp is None):  # each constant adds to its output
-            bumped = plan.apply(coeffs | {t.name: coeffs[t.name] + 1.0}, inputs)[t.out]
+            bumped = apply(coeffs | {t.name: coeffs[t.name] + 1.0}, inputs)[t.out]
             np.testing.assert_allclose(bumped - base[t.out], 1.0, rtol=1e-12, err_msg=t.name)
     with pytest.raises(ValueError, match=r"no entry for the terms .* is not the packed form"):
         plan.apply({k: v for k, v in list(coeffs.items())[1:]}, inputs)
