@@ -43,7 +43,10 @@ def keep_freed_memory(single_arena: bool = False, calling_thread: bool = True) -
         keep blocks above 64 MiB of threads other than the main one. It costs elsewhere (2 XLA threads, quiet,
         3 runs each, docs/common.md §10): the MAGEP-NFN step at batch 8 took 6-15 ms by default and 22-23 ms
         with one arena, and every XLA compile ~45% longer (MAGEP 4.8-6.6 -> 7.9-9.6 s). Call it before the first
-        JAX computation: threads that have allocated already keep their own arenas.
+        JAX computation: threads that have allocated already keep their own arenas, and glibc then hands those arenas
+        to later threads too (it takes turns among the existing ones), so a thread started on importing numpy or
+        JAX (OpenBLAS's) that took an arena first defeats the limit (the likely cause of one failure in a loaded
+        test run). Where one arena must hold, set ``MALLOC_ARENA_MAX=1`` in the environment before Python starts.
       calling_thread: when JAX has not created its backends yet, set ``jax_cpu_enable_async_dispatch`` to
         False, so single-device CPU computations run on the calling thread and take their temporaries from its
         heap, which keeps blocks of any size (a worker thread's arena maps each block above 64 MiB afresh). JAX

@@ -16,8 +16,13 @@ import pytest
 from common.host_memory import keep_freed_memory
 
 PROGRAM = textwrap.dedent("""
-    import json, resource, sys
-    from common.host_memory import calling_thread_dispatch, keep_freed_memory
+    import importlib.util, json, resource, sys
+    # the module loaded from its file, not through `common` (which imports numpy and JAX): an arena that a thread
+    # took before M_ARENA_MAX is set stays, and glibc hands it to later threads too
+    spec = importlib.util.spec_from_file_location("host_memory", "common/host_memory.py")
+    host_memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(host_memory)
+    calling_thread_dispatch, keep_freed_memory = host_memory.calling_thread_dispatch, host_memory.keep_freed_memory
     mode = sys.argv[1]  # before JAX creates its client and threads:
     settings = {"thresholds": dict(calling_thread=False), "keep": {},
                 "single": dict(single_arena=True, calling_thread=False)}
