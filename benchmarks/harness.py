@@ -289,11 +289,26 @@ def matmul_calibration(size: int | None = None, repeats: int = 5) -> dict:
                 other_cores=jax_timing.cpu.other_cores)
 
 
+def cpu_model() -> str:
+    """The host CPU as /proc/cpuinfo names it, with its family and model numbers (a virtual machine may give only
+    the vendor's name: "AMD EPYC (family 25, model 17)"); ``platform.processor()`` where there is no /proc/cpuinfo.
+    Hosts behind the same core count differ (their XLA CPU libraries rank differently), so every run records it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+    except OSError:
+        return platform.processor() or "unknown"
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    numbers = [f"{k} {fields[k]}" for k in ("cpu family", "model") if k in fields]
+    return fields.get("model name", platform.processor() or "unknown") + (f" ({', '.join(numbers)})" if numbers else "")
+
+
 def environment() -> dict:
-    """Versions and hardware: jax version, backend, device kind and count, CPU count, machine, platform."""
+    """Versions and hardware: jax version, backend, device kind and count, CPU count and model, machine, platform."""
     return dict(jax=jax.__version__, backend=jax.default_backend(), device=str(jax.devices()[0]),
                 device_kind=jax.devices()[0].device_kind, device_count=jax.device_count(),
-                cpu_count=os.cpu_count(), machine=platform.machine(), platform=platform.platform())
+                cpu_count=os.cpu_count(), cpu_model=cpu_model(), machine=platform.machine(),
+                platform=platform.platform())
 
 
 @dataclass
@@ -373,7 +388,8 @@ def run_markdown(run: dict) -> list[str]:
     env, cal = run["environment"], run["calibration"]
     fmt = lambda load: " / ".join(f"{x:.1f}" for x in load)
     lines = [f"Machine: {env['device']} ({env['device_kind']}, {env['device_count']} device(s)), "
-             f"{env['cpu_count']} CPUs, {env['machine']}; jax {env['jax']}, backend {env['backend']}. "
+             f"{env['cpu_count']} CPUs{' (' + env['cpu_model'] + ')' if env.get('cpu_model') else ''}, "
+             f"{env['machine']}; jax {env['jax']}, backend {env['backend']}. "
              f"Run started {run['started_utc']}, {run['wall_s']:.0f} s wall.",
              f"Load average (1 / 5 / 15 min): {fmt(run['load_average_start'])} at start, "
              f"{fmt(run['load_average_end'])} at the end (a load above the CPU count means shared cores and "

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -178,7 +178,8 @@ def fit_predictor(model: nnx.Module, inputs: Any, targets: Any, *, key: jax.Arra
                   run_dir: str | None = None, checkpoint_every: int | None = None, mesh: Mesh | None = None,
                   progress: bool = False, validation: tuple[Any, Any] | None = None,
                   eval_every: int | None = None, loss: Callable = bce_loss,
-                  metric: tuple[str, Callable] = ("tau", kendall_tau), micro_batch: int | str | None = "auto"
+                  metric: tuple[str, Callable] = ("tau", kendall_tau), micro_batch: int | str | None = "auto",
+                  compiler_options: Mapping[str, Any] | None = training.STEP_COMPILER_OPTIONS
                   ) -> tuple[nnx.Module, list[dict]]:
     """Train ``model`` by ``loss`` (default `bce_loss`) on `random_batches` with `common.training.fit`.
 
@@ -203,6 +204,9 @@ def fit_predictor(model: nnx.Module, inputs: Any, targets: Any, *, key: jax.Arra
       micro_batch: rows per device of each gradient chunk, as in `common.training.fit` (default ``"auto"``: chunks
         of 16 rows on a CPU for batches of more rows per device, batches of up to 64 rows whole on the calling
         thread; ``loss`` must be a mean over rows, as both losses here are).
+      compiler_options: XLA options of the train step, as in `common.training.fit` (default
+        `training.STEP_COMPILER_OPTIONS`; `training.STEP_COMPILER_OPTIONS_XLA_DOTS` computes the products with XLA's
+        own dot runtime, faster for the NP, HNP and Monomial-NFN predictors on some hosts, docs/common.md §11).
     Returns:
       ``(trained model, history)``, history as returned by `common.training.fit`; with ``validation``, the model
       holds the best validation parameters (the last step is always scored) and a last record
@@ -234,7 +238,7 @@ def fit_predictor(model: nnx.Module, inputs: Any, targets: Any, *, key: jax.Arra
             optax.flatten(optax.adam(1e-3)) if optimizer is None else optimizer, batches, key=key, num_steps=num_steps,
             run_dir=run_dir, checkpoint_every=num_steps if checkpoint_every is None else checkpoint_every,
             mesh=mesh, progress=progress, eval_fn=scorer, eval_every=eval_every if scorer else None,
-            micro_batch=micro_batch)
+            micro_batch=micro_batch, compiler_options=compiler_options)
         if scorer is not None and int(state.step) % eval_every:
             history = history + [{"step": int(state.step),
                                   **{f"eval/{k}": v for k, v in scorer(state.params, int(state.step)).items()}}]

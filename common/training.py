@@ -38,7 +38,8 @@ from common.microbatch import chunk_count, resolve_micro_batch, value_and_grad_i
 from common.progress import progress_bar
 
 __all__ = ["TrainState", "init_train_state", "make_train_step", "fit", "nnx_loss_fn", "reseed_streams",
-           "trainable_parameters", "make_mesh", "shard_batch", "initialize_distributed", "STEP_COMPILER_OPTIONS"]
+           "trainable_parameters", "make_mesh", "shard_batch", "initialize_distributed", "STEP_COMPILER_OPTIONS",
+           "STEP_COMPILER_OPTIONS_XLA_DOTS"]
 
 LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, Mapping[str, jax.Array]]]
 
@@ -50,6 +51,13 @@ LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, Mapping[str, jax.Array
 # 1.5-2.1 -> 0.9-1.1 s, Transformer-NFN 1.8 -> 1.1 s), the steps within -15..+16% (docs/common.md §11). Options
 # other backends do not use are ignored there. `fit` / `make_train_step` take others (``compiler_options=``).
 STEP_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
+# The same with the matrix products on XLA's own dot runtime (Eigen) instead of YNNPACK, which keeps the reductions.
+# A choice of host and model, not a default: on an AMD EPYC (family 25, model 17) host the training steps of the
+# NFN baselines, whose products are 2-D, ran 3-17% faster (Monomial-NFN most) and their first runs 0.05-0.1 s
+# shorter, while MAGEP-NFN's batched per-channel products, which Eigen computes one matrix at a time, ran 40-46%
+# slower and Transformer-NFN's step did not move (docs/common.md §11).
+STEP_COMPILER_OPTIONS_XLA_DOTS = {**STEP_COMPILER_OPTIONS,
+                                  "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 class TrainState(NamedTuple):

@@ -112,6 +112,7 @@ def test_matmul_calibration_and_run_record(small_calibration):
     text = "\n".join(harness.run_markdown(record))
     assert "Load average" in text and "Matmul calibration (32x32" in text and harness.MEMORY_DEFINITION in text
     assert "memory bandwidth (numpy copy of 256 MiB" in text
+    assert record["environment"]["cpu_model"] and f"({record['environment']['cpu_model']})" in text  # which host
     assert harness.percent_of_matmul(record["calibration"]["jax_gflops"] / 2, record) == "50%"
 
 
