@@ -24,13 +24,11 @@ import sys
 import time
 
 from benchmarks import harness
-from benchmarks.vs_reference import NFN_ROWS
+from benchmarks.step_profile import JOBS, NAMES, add_cell_arguments, cells
 from benchmarks.vs_reference_protocol import Contention
 from common import compilation_cache
 from common.cli import positive_int
 
-NAMES = {ours: name for _, ours, name in NFN_ROWS}  # our job -> the model's name in the reports
-JOBS = tuple(NAMES)
 VARIANTS = ("ynnpack", "xla_dots")  # STEP_COMPILER_OPTIONS, STEP_COMPILER_OPTIONS_XLA_DOTS
 
 
@@ -117,10 +115,7 @@ def markdown(result: dict) -> str:
 @compilation_cache.disabled()  # both variants compiled afresh
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", nargs="+", choices=JOBS)
-    parser.add_argument("--batches", nargs="+", type=positive_int,
-                        help="Transformer-NFN runs 16 where 8 is asked (its smallest batch in vs_reference)")
-    parser.add_argument("--modes", nargs="+", choices=("fwd", "fwdbwd"))
+    add_cell_arguments(parser)
     parser.add_argument("--rounds", type=positive_int, default=None, help="alternations per cell and order")
     parser.add_argument("--calls", type=positive_int, default=None, help="calls per burst")
     parser.add_argument("--cell", nargs=4, metavar=("JOB", "BATCH", "MODE", "FIRST"), help=argparse.SUPPRESS)
@@ -134,16 +129,13 @@ def main(argv=None) -> None:
               flush=True)
         return
     run = harness.start_run()
-    cells = []
-    for job in args.jobs:
-        for batch in args.batches:
-            for mode in args.modes:
-                batch_ = 16 if job == "ours_tnfn" and batch == 8 else batch  # the authors' smallest batch there
-                for xla_dots_first in (False, True):
-                    cells.append(_cell_in_process(job, batch_, mode, xla_dots_first, args.rounds, args.calls))
-                    print(json.dumps({k: cells[-1].get(k) for k in ("job", "batch", "mode", "xla_dots_first",
-                                                                      "error")}), flush=True)
-    result = dict(run=run.finish(), rounds=args.rounds, calls=args.calls, cells=cells)
+    records = []
+    for job, batch, mode in cells(args.jobs, args.batches, args.modes):
+        for xla_dots_first in (False, True):
+            records.append(_cell_in_process(job, batch, mode, xla_dots_first, args.rounds, args.calls))
+            print(json.dumps({k: records[-1].get(k) for k in ("job", "batch", "mode", "xla_dots_first", "error")}),
+                  flush=True)
+    result = dict(run=run.finish(), rounds=args.rounds, calls=args.calls, cells=records)
     harness.write_results(args.out, "dot_runtime", result, markdown(result))
 
 

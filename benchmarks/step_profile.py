@@ -430,13 +430,25 @@ def _compile_markdown(cells: list[dict]) -> list[str]:
             + harness.markdown_table(header, rows) + [""])
 
 
-@compilation_cache.disabled()  # first calls are measured: compiled afresh, never read from a cache
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_cell_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose a driver's cells: ``--jobs``, ``--batches``, ``--modes`` (see `cells`)."""
     parser.add_argument("--jobs", nargs="+", choices=JOBS)
     parser.add_argument("--batches", nargs="+", type=positive_int,
                         help="Transformer-NFN runs 16 where 8 is asked (its smallest batch in vs_reference)")
     parser.add_argument("--modes", nargs="+", choices=("fwd", "fwdbwd"))
+
+
+def cells(jobs, batches, modes) -> list[tuple[str, int, str]]:
+    """Every (job, batch, mode) of the options, in that order; Transformer-NFN at 16 rows where 8 is asked (the
+    authors' smallest batch there)."""
+    return [(job, 16 if job == "ours_tnfn" and batch == 8 else batch, mode)
+            for job in jobs for batch in batches for mode in modes]
+
+
+@compilation_cache.disabled()  # first calls are measured: compiled afresh, never read from a cache
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_cell_arguments(parser)
     parser.add_argument("--calls", type=positive_int, default=None, help="profiled calls per cell")
     parser.add_argument("--cell", nargs=3, metavar=("JOB", "BATCH", "MODE"), help=argparse.SUPPRESS)
     quick = dict(jobs=["ours_monomial"], batches=[8], modes=["fwdbwd"], calls=2)
@@ -448,18 +460,14 @@ def main(argv=None) -> None:
         return
     run = harness.start_run()
     authors, goal_source = _authors_ms(args.out)
-    cells = []
-    for job in args.jobs:
-        for batch in args.batches:
-            for mode in args.modes:
-                batch_ = 16 if job == "ours_tnfn" and batch == 8 else batch  # the authors' smallest batch there
-                record = _cell_in_process(job, batch_, mode, args.calls)
-                theirs = authors.get((job, batch_, mode))
-                record["goal_ms"] = None if theirs is None else GOAL_RATIO * theirs
-                cells.append(record)
-                print(json.dumps({k: record.get(k) for k in ("job", "batch", "mode", "median_s", "error")}),
-                      flush=True)
-    result = dict(run=run.finish(), calls=args.calls, cells=cells, goal_source=goal_source)
+    records = []
+    for job, batch, mode in cells(args.jobs, args.batches, args.modes):
+        record = _cell_in_process(job, batch, mode, args.calls)
+        theirs = authors.get((job, batch, mode))
+        record["goal_ms"] = None if theirs is None else GOAL_RATIO * theirs
+        records.append(record)
+        print(json.dumps({k: record.get(k) for k in ("job", "batch", "mode", "median_s", "error")}), flush=True)
+    result = dict(run=run.finish(), calls=args.calls, cells=records, goal_source=goal_source)
     harness.write_results(args.out, "step_profile", result, markdown(result))
 
 

@@ -52,10 +52,11 @@ LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, Mapping[str, jax.Array
 # other backends do not use are ignored there. `fit` / `make_train_step` take others (``compiler_options=``).
 STEP_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
 # The same with the matrix products on XLA's own dot runtime (Eigen) instead of YNNPACK, which keeps the reductions.
-# A choice of host and model, not a default: on an AMD EPYC (family 25, model 17) host the training steps of the
-# NFN baselines, whose products are 2-D, ran 3-17% faster (Monomial-NFN most) and their first runs 0.05-0.1 s
-# shorter, while MAGEP-NFN's batched per-channel products, which Eigen computes one matrix at a time, ran 40-46%
-# slower and Transformer-NFN's step did not move (docs/common.md §11).
+# A choice of host and model, not a default: on an AMD EPYC (family 25, model 17) host the steps of the NFN
+# baselines, whose products are 2-D, ran 7-17% faster for Monomial-NFN and 3-9% for NP and HNP at 64 rows (at 8
+# rows from 7% faster to 9% slower), their first runs 0.05-0.1 s shorter, while MAGEP-NFN, whose per-channel
+# products are batched and which Eigen computes one matrix at a time, ran 6-46% slower and Transformer-NFN did not
+# move (`benchmarks.dot_runtime`, docs/common.md §11).
 STEP_COMPILER_OPTIONS_XLA_DOTS = {**STEP_COMPILER_OPTIONS,
                                   "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 

@@ -231,3 +231,8 @@ def test_compile_log_sorts_one_programs_first_compile_by_module_class():
                               "other": {"count": 1, "thread_s": pytest.approx(0.017)}}
     assert step_profile.compile_log(LOG, "jit_missing") is None
     assert step_profile.compile_log(LOG.split("Compiling [jit_gradient]")[0], "jit_gradient") is None  # unfinished
+
+
+def test_cells_list_every_option_with_transformer_nfn_at_its_smallest_batch():
+    assert step_profile.cells(["ours_tnfn", "ours_monomial"], [8, 64], ["fwd"]) == [
+        ("ours_tnfn", 16, "fwd"), ("ours_tnfn", 64, "fwd"), ("ours_monomial", 8, "fwd"), ("ours_monomial", 64, "fwd")]
