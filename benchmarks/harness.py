@@ -291,7 +291,7 @@ def matmul_calibration(size: int | None = None, repeats: int = 5) -> dict:
 
 def cpu_model() -> str:
     """The host CPU as /proc/cpuinfo names it, with its family and model numbers (a virtual machine may give only
-    the vendor's name: "AMD EPYC (family 25, model 17)"); ``platform.processor()`` where there is no /proc/cpuinfo.
+    the vendor's name: "AMD EPYC (cpu family 25, model 17)"); ``platform.processor()`` where there is no /proc/cpuinfo.
     Hosts behind the same core count differ (their XLA CPU libraries rank differently), so every run records it."""
     try:
         with open("/proc/cpuinfo") as f:
