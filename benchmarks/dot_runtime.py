@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 
 from benchmarks import harness
-from benchmarks.step_profile import JOBS, NAMES, add_cell_arguments, cells
+from benchmarks.step_profile import JOBS, NAMES, add_cell_arguments, cells, run_cell
 from benchmarks.vs_reference_protocol import Contention
 from common import compilation_cache
 from common.cli import positive_int
@@ -69,14 +66,10 @@ def compare_cell(job: str, batch: int, mode: str, xla_dots_first: bool, rounds: 
 
 def _cell_in_process(job: str, batch: int, mode: str, xla_dots_first: bool, rounds: int, calls: int) -> dict:
     """`compare_cell` in a fresh Python process (its record, or one with ``error``)."""
-    argv = [sys.executable, "-m", "benchmarks.dot_runtime", "--cell", job, str(batch), mode,
-            "xla_dots" if xla_dots_first else "ynnpack", "--rounds", str(rounds), "--calls", str(calls)]
-    done = subprocess.run(argv, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode or not lines:
-        return dict(job=job, batch=batch, mode=mode, xla_dots_first=xla_dots_first,
-                    error=(done.stderr.strip().splitlines() or ["?"])[-1][:300])
-    return json.loads(lines[-1])
+    cell_args = [job, str(batch), mode, "xla_dots" if xla_dots_first else "ynnpack", "--rounds", str(rounds),
+                 "--calls", str(calls)]
+    return run_cell("benchmarks.dot_runtime", cell_args,
+                    dict(job=job, batch=batch, mode=mode, xla_dots_first=xla_dots_first))[0]
 
 
 def markdown(result: dict) -> str:

@@ -314,18 +314,25 @@ def profile_cell(job: str, batch: int, mode: str, calls: int) -> dict:
                 program=hlo_text.split(",", 1)[0].removeprefix("HloModule ").strip())
 
 
-def _cell_in_process(job: str, batch: int, mode: str, calls: int) -> dict:
-    """`profile_cell` in a fresh Python process with XLA's compile timers on (its record with `compile_log` of its
-    first call's compile as ``compile_log``, or a record with ``error``)."""
-    argv = [sys.executable, "-m", "benchmarks.step_profile", "--cell", job, str(batch), mode, "--calls", str(calls)]
-    done = subprocess.run(argv, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
-                          env=os.environ | XLA_COMPILE_LOG)
+def run_cell(module: str, cell_args: list[str], cell: dict, env: dict | None = None) -> tuple[dict, str]:
+    """``python -m module --cell *cell_args`` in a fresh Python process, from the project's root (a driver's
+    ``--cell`` prints its record as the last JSON line of its output). Returns (that record, or ``cell`` with
+    ``error``: the last line of the process's stderr that is not XLA's own log; the process's stderr)."""
+    done = subprocess.run([sys.executable, "-m", module, "--cell", *cell_args], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(__file__)), env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
         errors = [line for line in done.stderr.strip().splitlines() if not _LOG_LINE.match(line)]
-        return dict(job=job, batch=batch, mode=mode, error=(errors or ["?"])[-1][:300])
-    record = json.loads(lines[-1])
-    return record | {"compile_log": compile_log(done.stderr, record["program"])}
+        return cell | {"error": (errors or ["?"])[-1][:300]}, done.stderr
+    return json.loads(lines[-1]), done.stderr
+
+
+def _cell_in_process(job: str, batch: int, mode: str, calls: int) -> dict:
+    """`profile_cell` in a fresh Python process with XLA's compile timers on (its record with `compile_log` of its
+    first call's compile as ``compile_log``, or a record with ``error``)."""
+    record, stderr = run_cell("benchmarks.step_profile", [job, str(batch), mode, "--calls", str(calls)],
+                              dict(job=job, batch=batch, mode=mode), env=os.environ | XLA_COMPILE_LOG)
+    return record if "error" in record else record | {"compile_log": compile_log(stderr, record["program"])}
 
 
 def _authors_ms(out_dir: str) -> tuple[dict, str | None]:
