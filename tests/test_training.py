@@ -216,18 +216,23 @@ def test_nnx_model_through_fit(tmp_path):
     np.testing.assert_allclose(trained(jnp.asarray(batches(3)["x"])).shape, (8, 1))
 
 
+class _Scorer(nnx.Module):
+    """An MLP scoring rows: ``logits(x [b, width]) -> [b]``, the model `fit_predictor` trains (same init each time)."""
+
+    def __init__(self, width: int, hidden: tuple[int, ...], dropout: float = 0.0):
+        from magep.mlp import MLP
+
+        self.mlp = MLP(width, hidden, 1, dropout=dropout, rngs=nnx.Rngs(0))
+
+    def logits(self, x):
+        return self.mlp(x)[..., 0]
+
+
 def test_nnx_dropout_draws_new_masks_every_step_and_none_when_predicting(tmp_path):
     """Before: the frozen RNG stream made `fit` fail with a TraceContextError, and `predict_logits` kept dropout on."""
     from common.accuracy_prediction import fit_predictor, predict_logits
-    from magep.mlp import MLP
 
-    class Scorer(nnx.Module):
-        def __init__(self):
-            self.mlp = MLP(3, (64,), 1, dropout=0.5, rngs=nnx.Rngs(0))
-
-        def logits(self, x):
-            return self.mlp(x)[..., 0]
-
+    Scorer = lambda: _Scorer(3, (64,), dropout=0.5)
     x = np.random.default_rng(0).standard_normal((16, 3)).astype(np.float32)
     y = np.linspace(0.1, 0.9, 16).astype(np.float32)
     run = lambda key: fit_predictor(Scorer(), x, y, key=key, num_steps=4, batch_size=16, optimizer=optax.sgd(0.0))[1]
@@ -245,15 +250,8 @@ def test_fit_predictor_trains_with_the_compiler_options_it_is_given():
     """Products on XLA's own dot runtime (`STEP_COMPILER_OPTIONS_XLA_DOTS`) train the same parameters as YNNPACK's,
     up to float32 rounding; an option XLA does not know is refused, so the options reach the train step."""
     from common.accuracy_prediction import fit_predictor
-    from magep.mlp import MLP
 
-    class Scorer(nnx.Module):
-        def __init__(self):
-            self.mlp = MLP(12, (32, 32), 1, rngs=nnx.Rngs(0))
-
-        def logits(self, x):
-            return self.mlp(x)[..., 0]
-
+    Scorer = lambda: _Scorer(12, (32, 32))
     x = np.random.default_rng(1).standard_normal((64, 12)).astype(np.float32)
     y = np.linspace(0.1, 0.9, 64).astype(np.float32)
     run = lambda options: fit_predictor(Scorer(), x, y, key=jax.random.key(0), num_steps=5, batch_size=32,
