@@ -5,6 +5,7 @@ the authors' PyTorch implementations, POT and OTT-JAX, and plain one-model-at-a-
         [--groups nfn tsw zoo large] [--only JOB ...] [--passes N] [--resume [--remeasure]]
         [--max-load 0.10 | --no-wait] [--repeats R] [--out benchmarks/results]
     python -m benchmarks.vs_reference --report-only [--out benchmarks/results]   # render the stored report again
+    python -m benchmarks.vs_reference --count-flops --reference-dir DIR --reference-python PY [--groups nfn]
 
 The full quiet measurement (after the set-up below; about 300 jobs, roughly an hour on 2 quiet cores;
 ``--resume`` makes a rerun redo only the jobs whose records were disturbed, and starts afresh over a smoke run;
@@ -34,7 +35,11 @@ job's lowest first call over the same records, for the same reason. The driver's
 (``benchmarks.harness``): load averages at start and end and a jitted matmul calibration. Our NFN jobs compile as
 the library's train step does (`common.training.STEP_COMPILER_OPTIONS`) and record XLA's FLOP count of one call
 (``cost_analysis``, taken after the timed calls), so the report gives each step's achieved GFLOP/s against the job's
-own matmul calibration. Results: ``vs_reference.json`` (every record) and ``vs_reference.md``.
+own matmul calibration. ``--count-flops`` times nothing: it counts the authors' matrix-product FLOPs of the
+selected NFN jobs (torch's ``FlopCounterMode``, one untimed call per job in its own process), keeps them in the
+stored result (``flop_counts``, carried over by later runs, since they depend on the code and not on the host) and
+renders the report again with an arithmetic table: their FLOPs against our step's dots (``step_profile.json``)
+and the rate each side runs them at. Results: ``vs_reference.json`` (every record) and ``vs_reference.md``.
 
 Modes. NFNs: ``fwd`` = forward only; ``fwdbwd`` = forward + BCE loss + gradient w.r.t. every parameter (a
 training step without the optimizer update); ours computed as the library predicts and trains, in micro-batches of
@@ -379,6 +384,62 @@ def nfn_table(best) -> list[str]:
                                    "params authors / ours", "peak RSS MB a / o", "other CPU a / o"], rows)
 
 
+def counted_flops(result: dict) -> dict[str, dict]:
+    """Job key -> the authors' FLOP count of that NFN job (``--count-flops`` records kept in the result)."""
+    return {job_key(r): r for r in result.get("flop_counts", []) if r.get("status") == "counted"}
+
+
+def _products_flops(cell: dict | None) -> float | None:
+    """The FLOPs of the matrix products of our compiled step (XLA's dots, from its `profiled_steps` cell)."""
+    return (cell or {}).get("products_flops") or None
+
+
+def _flops_ratio(ours_flops: float | None, count: dict | None) -> float | None:
+    return None if not ours_flops or not count or not count.get("flops") else ours_flops / count["flops"]
+
+
+def _rate_of(flops: float | None, r) -> str:
+    """``flops`` over the record's median as GFLOP/s, with its share of the record's calibration ('-' if unknown)."""
+    if not flops or not r or r.get("status") != "ok":
+        return "-"
+    gflops = flops / r["median_s"] / 1e9
+    return f"{gflops:.0f}{_share(gflops, r)}"
+
+
+def arithmetic_table(best, counts: dict[str, dict], profiled: dict | None = None) -> list[str]:
+    """The NFN rows' matrix-product FLOPs, the authors' (torch's count, `counted_flops`) against ours (XLA's dots,
+    ``profiled`` cells), and the rate at which each side runs them (FLOPs / its median; % of its job's own
+    calibration); [] without counts."""
+    if not counts:
+        return []
+    profiled = profiled or {}
+    rows = []
+    for ref, ours, name in NFN_ROWS:
+        for key, count in sorted(counts.items(), key=lambda item: (item[1]["batch"], item[1]["mode"])):
+            if count["job"] != ref:
+                continue
+            batch, mode = count["batch"], count["mode"]
+            a, o = _get(best, job=ref, mode=mode, batch=batch), _get(best, job=ours, mode=mode, batch=batch)
+            dots = _products_flops(profiled.get((ours, batch, mode)))
+            flops_ratio = _flops_ratio(dots, count)
+            rows.append([name, batch, mode, f"{count['flops'] / 1e9:.3g}", "-" if not dots else f"{dots / 1e9:.3g}",
+                         "-" if flops_ratio is None else f"{flops_ratio:.2f}", _rate_of(count["flops"], a),
+                         _rate_of(dots, o), _ratio(o, a)])
+    stamps = sorted(c.get("counted_utc") or "undated" for c in counts.values())
+    versions = ", ".join(sorted({str(c.get("torch")) for c in counts.values()}))
+    return ["### Arithmetic against the authors'", "",
+            "The matrix products of one call, counted on both sides: the authors' by torch's `FlopCounterMode` "
+            "(matrix products, batched products, convolutions and their gradients, one untimed call of the same "
+            f"job, `--count-flops`, {stamps[0]} to {stamps[-1]} UTC with torch {versions}; elementwise work is not "
+            "counted), ours from XLA's dots in the compiled step "
+            "(`step_profile.json`: FLOPs of every dot). Each side's rate: its FLOPs / its median time in the table "
+            "above, % of that job's own numpy matmul calibration. Where the FLOPs are equal, ours / authors <= 0.33 "
+            "asks for three times the authors' rate on the same products.", "",
+            *harness.markdown_table(["model", "batch", "mode", "authors GFLOP", "ours GFLOP (dots)",
+                                     "FLOPs ours / authors", "authors' GFLOP/s (% of calibration)",
+                                     "our GFLOP/s on the dots (% of calibration)", "time ours / authors"], rows), ""]
+
+
 
 GOAL_RATIO, GOAL_FIRST_S = 0.33, 2.0
 # What bounds each predictor's step, from the per-op profiles in the docs (where a row misses the goal).
@@ -509,11 +570,20 @@ def _kernels_text(cell: dict | None) -> str:
     return f" ({sum(cell['kernels'].values())} kernels{stages})"
 
 
-def goal_misses(best, profiled: dict | None = None) -> list[str]:
+def _arithmetic_text(dots: float | None, count: dict | None, ref) -> str:
+    """', products' FLOPs R x the authors' (theirs at G GFLOP/s (P%))' of a row ('' without the authors' count)."""
+    ratio = _flops_ratio(dots, count)
+    if ratio is None:
+        return ""
+    return f", its products' FLOPs {ratio:.2f} x the authors' (theirs at {_rate_of(count['flops'], ref)} GFLOP/s)"
+
+
+def goal_misses(best, profiled: dict | None = None, counts: dict[str, dict] | None = None) -> list[str]:
     """The NFN rows above `GOAL_RATIO` or `GOAL_FIRST_S`, each with its achieved and needed rate, the time of its
-    matrix products alone and its kernel count where ``profiled`` (`profiled_steps`) has the cell, and what
-    bounds each model (`NFN_BOUNDS`)."""
-    profiled = profiled or {}
+    matrix products alone and its kernel count where ``profiled`` (`profiled_steps`) has the cell, its products'
+    FLOPs against the authors' where ``counts`` (`counted_flops`) has theirs, and what bounds each model
+    (`NFN_BOUNDS`)."""
+    profiled, counts = profiled or {}, counts or {}
     misses, table = {}, []
     for ref, ours, name in NFN_ROWS:
         for r in sorted((r for r in best.values() if r["job"] == ours and r.get("status") == "ok"),
@@ -523,15 +593,19 @@ def goal_misses(best, profiled: dict | None = None) -> list[str]:
             slow_first = (r.get("first_call_s") or 0) > GOAL_FIRST_S
             if (ratio is not None and ratio > GOAL_RATIO) or slow_first:
                 cell = profiled.get((ours, r["batch"], r["mode"]))
+                count = counts.get(job_key(dict(job=ref, mode=r["mode"], batch=r["batch"])))
                 shares = _floor_shares(cell, r, a)
                 ratio_text = "-" if ratio is None else f"{ratio:.2f}"
                 misses.setdefault(name, []).append(
                     f"batch {r['batch']} {r['mode']} {ratio_text} at {_rate(r)} GFLOP/s (0.33 needs "
-                    f"{_rate_needed(r, a)}){_profile_text(cell, shares)}, first call {_first(r)} s"
+                    f"{_rate_needed(r, a)}){_profile_text(cell, shares)}"
+                    f"{_arithmetic_text(_products_flops(cell), count, a)}, first call {_first(r)} s"
                     f"{_kernels_text(cell)}")
                 products, bound, allowed = shares if shares else (None, None, None)
+                flops_ratio = _flops_ratio(_products_flops(cell), count)
                 table.append([name, r["batch"], r["mode"], ratio_text, _first(r), _pct(products), _pct(bound),
-                              _pct(allowed), _verdict(ratio, slow_first, shares)])
+                              _pct(allowed), "-" if flops_ratio is None else f"{flops_ratio:.2f}",
+                              _verdict(ratio, slow_first, shares)])
     if not misses:
         return []
     lines = ["### Rows above the goal", "",
@@ -558,9 +632,11 @@ def goal_misses(best, profiled: dict | None = None) -> list[str]:
              "In short, per row: its two floors as shares of our step in step_profile's run against the share the "
              "goal allows in this one; \"at a floor\": a floor's share is the larger, so the step needs fewer "
              "FLOPs or bytes rather than a better schedule; \"not shown at a floor\": both floors are below the "
-             "goal's share.", "",
+             "goal's share; products' FLOPs / authors': our step's dots against torch's count of the authors' "
+             "products (the arithmetic table above).", "",
              *harness.markdown_table(["model", "batch", "mode", "ours / authors", "first call s", "products alone",
-                                      "roofline bound", "goal allows", "why"], table), ""]
+                                      "roofline bound", "goal allows", "products' FLOPs / authors'", "why"],
+                                     table), ""]
     for name, rows in misses.items():
         lines += [f"- **{name}** ({NFN_BOUNDS[name]}): " + "; ".join(rows) + "."]
     return lines + [""]
@@ -751,7 +827,9 @@ def markdown(result: dict, profiled: dict | None = None) -> str:
                   "authors <= 0.33 and our first call <= 2 s. Our GFLOP/s = XLA's FLOP count of one call "
                   "(`cost_analysis`) / our median time; % of the rate of the job's own numpy 512 x 512 matmul "
                   "calibration (`calib_ms`, per job in the contention table); GFLOP/s for 0.33 = the rate our "
-                  "FLOPs would need for ours / authors = 0.33.", "", *nfn_table(best), "", *goal_misses(best, profiled)]
+                  "FLOPs would need for ours / authors = 0.33.", "", *nfn_table(best), "",
+                  *arithmetic_table(best, counted_flops(result), profiled),
+                  *goal_misses(best, profiled, counted_flops(result))]
     tables = tsw_tables(best)
     if tables:
         copy_gbps = (result["run"].get("calibration") or {}).get("copy_gbps")
@@ -807,6 +885,33 @@ def select_jobs(options) -> list[dict]:
     return jobs
 
 
+NFN_REFERENCE_JOBS = tuple(dict.fromkeys(ref for ref, _, _ in NFN_ROWS))
+
+
+def count_flops(jobs: list[dict], options) -> list[dict]:
+    """The authors' FLOP counts of the NFN jobs among ``jobs`` (`vs_reference_torch.count_nfn_flops`, each in its
+    own process, untimed), each record dated; a job that cannot run here gives its skipped record."""
+    counts = []
+    for job in (j for j in jobs if j["job"] in NFN_REFERENCE_JOBS):
+        command, reason = job_command(job, options)
+        record = (dict(status="skipped", error=reason) if command is None
+                  else run_job(command + ["--count-flops"], options.mem_gb, options.timeout))
+        for field in SHAPE_FIELDS:  # the job script's defaults for fields this job does not have
+            if field not in job:
+                record.pop(field, None)
+        counts.append(dict(record, **job, counted_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime())))
+        flops = record.get("flops")
+        print(f"[count {len(counts)}] {job_key(job)} -> {record['status']}"
+              f"{'' if flops is None else f', {flops / 1e9:.3g} GFLOP'}", flush=True)
+    return counts
+
+
+def merged_counts(kept: list[dict], new: list[dict]) -> list[dict]:
+    """FLOP counts ``kept`` from the stored result with ``new`` ones replacing those of the same job."""
+    replaced = {job_key(r) for r in new}
+    return [r for r in kept if job_key(r) not in replaced] + new
+
+
 def kept_records(previous: list[dict], jobs: list[dict], remeasure: bool) -> list[dict]:
     """The earlier records a resumed run keeps: all of them, or (``remeasure``) all but the selected jobs'."""
     if not remeasure:
@@ -857,6 +962,10 @@ def parse_args(argv=None):
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: render the Markdown report again from the stored JSON (its records "
                         "and its run's header), e.g. after the report's layout or step_profile.json changed")
+    parser.add_argument("--count-flops", action="store_true",
+                        help="time nothing: count the authors' matrix-product FLOPs of the selected NFN jobs (torch's "
+                        "FlopCounterMode, one untimed call each), keep them in the stored result beside its timed "
+                        "records and render the report again")
     parser.add_argument("--smoke", action="store_true", help=f"smoke run, NOT evidence: {SMOKE}")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     options = parser.parse_args(argv)
@@ -882,15 +991,30 @@ def render_again(out_dir: str) -> tuple[dict, str]:
     return stored, text
 
 
+def add_flop_counts(options) -> tuple[dict, str]:
+    """``--count-flops``: the stored result with the authors' FLOP counts of the selected NFN jobs merged in
+    (`count_flops`, `merged_counts`), written back with its report; ValueError when there is no stored result."""
+    path = os.path.join(options.out, f"{NAME}.json")
+    stored = harness.read_json(path, None)
+    if not stored:
+        raise ValueError(f"--count-flops: no {NAME}.json in {options.out} to add the counts to (run the timed "
+                         "benchmark first)")
+    stored["flop_counts"] = merged_counts(stored.get("flop_counts", []), count_flops(select_jobs(options), options))
+    text = markdown(stored, profiled_steps(options.out))
+    harness.write_results(options.out, NAME, stored, text)
+    return stored, text
+
+
 def main(argv=None) -> dict:
     options = parse_args(argv)
-    if options.report_only:
-        stored, text = render_again(options.out)
+    if options.report_only or options.count_flops:
+        stored, text = add_flop_counts(options) if options.count_flops else render_again(options.out)
         print(text)
         return stored
     run = harness.start_run(calibrate=options.calibration)
     smoke = options.smoke or options.repeats is not None or not options.wait
-    previous = harness.read_json(os.path.join(options.out, f"{NAME}.json"), {}) if options.resume else {}
+    stored = harness.read_json(os.path.join(options.out, f"{NAME}.json"), {})
+    previous = stored if options.resume else {}
     if previous.get("smoke", False) != smoke:  # a measurement never mixes smoke and quiet records
         previous = {}
     jobs = select_jobs(options)
@@ -902,7 +1026,8 @@ def main(argv=None) -> dict:
 
     def write() -> tuple[dict, str]:  # after every job, so a stopped run keeps what it measured
         result = {"records": records, "smoke": smoke, "run": run.finish(), "planned": [job_key(j) for j in jobs],
-                  "options": {k: v for k, v in vars(options).items()}}
+                  "options": {k: v for k, v in vars(options).items()},
+                  "flop_counts": stored.get("flop_counts", [])}  # the code's, not the host's: kept across runs
         text = markdown(result, profiled)
         harness.write_results(options.out, NAME, result, text)
         return result, text

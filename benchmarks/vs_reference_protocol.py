@@ -198,10 +198,11 @@ def emit(record: dict) -> dict:
     return record
 
 
-def job_arguments(description: str, choices, argv=None):
+def job_arguments(description: str, choices, argv=None, flags=()):
     """The command line every job script takes: ``--job`` (one of ``choices``), ``--mode`` fwd / fwdbwd / train,
     the shape options, ``--threads``, ``--repeats``, ``--reference-dir`` and ``--mem-gb`` (applied here, as
-    ``RLIMIT_AS``, before the job imports anything large)."""
+    ``RLIMIT_AS``, before the job imports anything large); ``flags``: a script's own on / off options, as
+    ``(name, help)`` pairs."""
     import argparse
 
     parser = argparse.ArgumentParser(description=description)
@@ -220,6 +221,8 @@ def job_arguments(description: str, choices, argv=None):
     parser.add_argument("--reference-dir", default=None, help="folder of the authors' checkouts")
     parser.add_argument("--mem-gb", type=float, default=None,
                         help="address-space limit of this process: a bigger request fails as an allocation error")
+    for name, text in flags:
+        parser.add_argument(name, action="store_true", help=text)
     args = parser.parse_args(argv)
     if args.mem_gb is not None:
         limit = int(args.mem_gb * 2**30)

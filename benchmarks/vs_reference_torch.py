@@ -3,6 +3,7 @@
 Run by the driver with the reference Python (torch, numpy, einops, POT installed), from the project root:
     REF_PY -m benchmarks.vs_reference_torch --job magep --batch 64 --mode fwdbwd --reference-dir DIR
     REF_PY -m benchmarks.vs_reference_torch --job dbtsw --n 1000 --d 100 --trees 25 --lines 4 --mode fwd ...
+    REF_PY -m benchmarks.vs_reference_torch --job nfn_hnp --batch 64 --mode fwdbwd --count-flops --reference-dir DIR
 
 The authors' code is imported from ``DIR/<checkout>`` (names and commits in ``benchmarks.vs_reference``); each
 job runs in a fresh process because MAGEP-NFN, Monomial-NFN and nfn all ship top-level packages ``nfn`` and
@@ -10,6 +11,8 @@ job runs in a fresh process because MAGEP-NFN, Monomial-NFN and nfn all ship top
 ``fwd``: forward under ``torch.no_grad()``; ``fwdbwd``: NFNs forward + BCE loss against uniform random targets +
 ``backward()`` over all parameters (a training step without the optimizer update); TSW / SW: distance +
 gradient w.r.t. the moving cloud Y. Tree frames / projections are drawn once, outside the timed call.
+``--count-flops`` (NFN jobs): no timing; the record holds the call's matrix-product FLOPs as torch's
+``FlopCounterMode`` counts them (`count_nfn_flops`).
 POT runs with its torch backend when torch imports, else its numpy backend (``fwd`` only).
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ from benchmarks import vs_reference_protocol as protocol
 CHECKOUTS = {"magep": "MAGEP-NFN", "monomial": "Monomial-NFN", "nfn_hnp": "nfn", "nfn_np": "nfn",
              "tnfn": "Transformer-NFN", "tsw_chain": "TS-Sobolev", "dbtsw": "DbTSW", "dbtsw_compiled": "DbTSW"}
 JOBS = tuple(CHECKOUTS) + ("pot",)
+NFN_JOBS = ("magep", "monomial", "nfn_hnp", "nfn_np", "tnfn")
 
 
 def checkout(reference_dir: str | None, job: str) -> str:
@@ -132,8 +136,9 @@ def build_tnfn(root: str, batch: int, gen):
     return model, lambda: model(embedding, classifier, encoder).reshape(batch), config
 
 
-def build_nfn_job(args):
-    """(call, info) of an NFN job: the forward, or forward + BCE + backward."""
+def nfn_calls(args):
+    """(forward, fwdbwd, info) of an NFN job: the model's forward on the job's batch (autograd as the caller
+    leaves it), forward + BCE against random targets + backward over all parameters, and the job's description."""
     import torch
 
     root = checkout(args.reference_dir, args.job)
@@ -145,10 +150,6 @@ def build_nfn_job(args):
     target = torch.rand(args.batch, generator=gen)
     bce = torch.nn.BCELoss()
 
-    def fwd():
-        with torch.no_grad():
-            return forward()
-
     def fwdbwd():
         model.zero_grad(set_to_none=True)
         loss = bce(forward(), target)
@@ -157,7 +158,37 @@ def build_nfn_job(args):
 
     info = dict(config=config, repo=CHECKOUTS[args.job], commit=checkout_commit(root),
                 n_params=sum(q.numel() for q in model.parameters() if q.requires_grad))
+    return forward, fwdbwd, info
+
+
+def build_nfn_job(args):
+    """(call, info) of an NFN job: the forward under ``torch.no_grad()``, or forward + BCE + backward."""
+    import torch
+
+    forward, fwdbwd, info = nfn_calls(args)
+
+    def fwd():
+        with torch.no_grad():
+            return forward()
+
     return (fwd if args.mode == "fwd" else fwdbwd), info
+
+
+def count_nfn_flops(args) -> dict:
+    """The matrix-product FLOPs of one call of an NFN job as torch counts them (``FlopCounterMode``: matrix
+    products, batched products, convolutions and their gradients; elementwise work is not counted), after one call
+    uncounted: ``{flops, flops_by_op: {aten op: FLOPs}, **info}``. The forward is counted with autograd on (the
+    counter's module tracker needs it for some models; the same products as under ``no_grad``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    forward, fwdbwd, info = nfn_calls(args)
+    call = forward if args.mode == "fwd" else fwdbwd
+    call()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        call()
+    by_op = {str(op): int(n) for op, n in counter.get_flop_counts()["Global"].items()}
+    return dict(info, flops=int(counter.get_total_flops()), flops_by_op=by_op)
 
 
 def build_tsw_job(args):
@@ -248,7 +279,8 @@ def build_pot_numpy(args):
 
 
 def main(argv=None) -> dict:
-    args = protocol.job_arguments(__doc__.splitlines()[0], JOBS, argv)
+    count = ("--count-flops", "count the NFN job's matrix-product FLOPs (one untimed call) instead of timing it")
+    args = protocol.job_arguments(__doc__.splitlines()[0], JOBS, argv, flags=(count,))
     record = protocol.base_record(args)
     try:
         import torch
@@ -258,7 +290,11 @@ def main(argv=None) -> dict:
         record.update(torch=torch.__version__, threads=torch.get_num_threads())
     except ImportError:
         record["torch"] = None
-    build = build_tsw_job if args.job in ("tsw_chain", "dbtsw", "dbtsw_compiled", "pot") else build_nfn_job
+    if args.count_flops:
+        if args.job not in NFN_JOBS:
+            raise ValueError(f"--count-flops counts the NFN jobs {NFN_JOBS}, got --job {args.job!r}")
+        return protocol.emit(dict(record, status="counted", **count_nfn_flops(args)))
+    build = build_nfn_job if args.job in NFN_JOBS else build_tsw_job
     return protocol.measure(record, lambda: build(args), args.repeats)
 
 

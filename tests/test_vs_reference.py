@@ -163,18 +163,18 @@ def test_nfn_table_rate_is_xla_flops_over_median_against_the_jobs_calibration():
     [misses] = [line for line in vs.goal_misses(vs.best_records(records), profiled) if line.startswith("- **MAGEP")]
     assert "first call 3.00 s (5 kernels; step_profile's first call 0.50 + 0.12 + 2.00 + 0.25 s, GC 0.00 s)" in misses
     # the summary table: products 50%, no roofline yet, 66% allowed: not shown at a floor, and the slow first call
-    row = "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 3.00 | 50% | - | 66% | not shown at a floor; first call above 2 s |"
+    row = "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 3.00 | 50% | - | 66% | - | not shown at a floor; first call above 2 s |"
     assert row in vs.goal_misses(vs.best_records(records), profiled)
     profiled[("ours_magep", 8, "fwdbwd")]["bound_s"] = 0.0098  # the step's roofline bound in that run: 70% of 14 ms
     lines = vs.goal_misses(vs.best_records(records), profiled)
     [misses] = [line for line in lines if line.startswith("- **MAGEP")]
     assert "less than the 66% of ours the goal allows, its roofline bound there 70% (above the goal's share)" in misses
-    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 3.00 | 50% | 70% | 66% | at a floor; first call above 2 s |" in lines
+    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 3.00 | 50% | 70% | 66% | - | at a floor; first call above 2 s |" in lines
     records[1].update(first_call_s=1.0)
-    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 1.00 | 50% | 70% | 66% | at a floor |" in vs.goal_misses(
+    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 1.00 | 50% | 70% | 66% | - | at a floor |" in vs.goal_misses(
         vs.best_records(records), profiled)
     unprofiled = vs.goal_misses(vs.best_records(records))
-    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 1.00 | - | - | - | no profile |" in unprofiled
+    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 1.00 | - | - | - | - | no profile |" in unprofiled
 
 
 def test_stages_text_lists_a_first_calls_stages_in_order():
@@ -387,3 +387,71 @@ def test_passes_text_names_the_jobs_when_only_some_of_a_group_ran_several_passes
     assert "the TSW / SW jobs `dbtsw_compiled`, `ours_dbtsw` in 3 passes" in text
     assert "the NFN jobs in 3 passes" in text and "`magep`" not in text
     assert vs.passes_text(records[:2]) == ""
+
+
+def test_count_flops_keeps_the_authors_counts_beside_the_timed_records(tmp_path, monkeypatch):
+    """``--count-flops`` runs each selected authors' NFN job once with ``--count-flops`` (ours and the TSW jobs not
+    at all), stores the counts beside the untouched timed records, and the report sets them against our step's
+    dots (step_profile) at each side's rate; a later timed run keeps them, and a new count replaces the old one."""
+    calib_ms = protocol.CALIBRATION_FLOP / 200e6  # both jobs' numpy calibrations ran at 200 GFLOP/s
+    medians = {"magep": 0.020, "ours_magep": 0.004}
+    monkeypatch.setattr(vs, "measure_job", lambda job, options: [_record(
+        job["job"], medians[job["job"]], 0.0, batch=8, calib_ms=calib_ms, flops=3.2e8)])
+    timed = ["--only", "magep", "ours_magep", "--modes", "fwdbwd", "--batches", "8", "--groups", "nfn",
+             "--no-calibration", "--max-wait", "0", "--out", str(tmp_path)]
+    vs.main(timed)
+    records = json.load(open(tmp_path / "vs_reference.json"))["records"]
+    cells = [dict(job="ours_magep", batch=8, mode="fwdbwd", products_flops=3e8, products_alone_s=0.003,
+                  median_s=0.004)]
+    (tmp_path / "step_profile.json").write_text(json.dumps(dict(cells=cells)))
+    commands = []
+
+    def fake_run(command, mem_gb, timeout_s):
+        commands.append(command)
+        return dict(job="magep", mode="fwdbwd", batch=8, n=100, status="counted", flops=4e8)
+
+    monkeypatch.setattr(vs, "run_job", fake_run)
+    args = ["--count-flops", "--only", "magep", "ours_magep", "pot", "--modes", "fwdbwd", "--batches", "8",
+            "--reference-dir", str(tmp_path), "--reference-python", "py", "--out", str(tmp_path)]
+    vs.main(args)
+    [command] = commands  # the authors' MAGEP-NFN job only
+    assert command[:5] == ["py", "-m", "benchmarks.vs_reference_torch", "--job", "magep"]
+    assert command[-1] == "--count-flops"
+    stored = json.load(open(tmp_path / "vs_reference.json"))
+    assert stored["records"] == records
+    [count] = stored["flop_counts"]
+    assert count["flops"] == 4e8 and "n" not in count and count["counted_utc"]
+    text = (tmp_path / "vs_reference.md").read_text()
+    # 4e8 FLOP / 20 ms = 20 GFLOP/s (10% of 200); our dots 3e8 / 4 ms = 75 GFLOP/s (38%); 0.75 of their FLOPs
+    assert "| MAGEP-NFN | 8 | fwdbwd | 0.4 | 0.3 | 0.75 | 20 (10%) | 75 (38%) | 0.20 |" in text
+    vs.main(args)  # counted again: replaced, not appended
+    assert len(json.load(open(tmp_path / "vs_reference.json"))["flop_counts"]) == 1
+
+    vs.main(timed)
+    assert json.load(open(tmp_path / "vs_reference.json"))["flop_counts"] == [count]  # a timed run keeps them
+    with pytest.raises(ValueError, match="no vs_reference.json"):
+        vs.main(["--count-flops", "--out", str(tmp_path / "empty")])
+
+
+def test_a_slow_step_names_its_products_flops_against_the_authors():
+    records = [_record("monomial", 0.010, 0.0, batch=8), _record("ours_monomial", 0.005, 0.0, batch=8)]
+    counts = {vs.job_key(dict(job="monomial", mode="fwdbwd", batch=8)): dict(
+        job="monomial", mode="fwdbwd", batch=8, flops=5e8, status="counted")}
+    profiled = {("ours_monomial", 8, "fwdbwd"): dict(products_flops=5e8, products_alone_s=0.002, median_s=0.005)}
+    lines = vs.goal_misses(vs.best_records(records), profiled, counts)
+    [misses] = [line for line in lines if line.startswith("- **Monomial-NFN**")]
+    assert "its products' FLOPs 1.00 x the authors' (theirs at 50 GFLOP/s)" in misses
+    assert "| Monomial-NFN | 8 | fwdbwd | 0.50 | 1.00 | 40% | - | 66% | 1.00 | not shown at a floor |" in lines
+    assert "| 40% | - | 66% | - | not shown" in "\n".join(vs.goal_misses(vs.best_records(records), profiled))
+
+
+def test_job_scripts_take_their_own_flags_and_the_torch_job_counts_nfn_jobs_only():
+    args = protocol.job_arguments("job", ("magep",), ["--job", "magep", "--mode", "fwd", "--count-flops"],
+                                  flags=(("--count-flops", "count"),))
+    assert args.count_flops
+    with pytest.raises(SystemExit):
+        protocol.job_arguments("job", ("magep",), ["--job", "magep", "--mode", "fwd", "--count-flops"])
+    from benchmarks import vs_reference_torch
+
+    with pytest.raises(ValueError, match="--count-flops counts the NFN jobs"):
+        vs_reference_torch.main(["--job", "pot", "--mode", "fwd", "--count-flops"])
