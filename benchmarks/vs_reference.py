@@ -254,6 +254,15 @@ def wait_quiet(max_load: float, max_wait_s: float) -> float | None:
         time.sleep(10)
 
 
+def without_defaults(record: dict, job: dict) -> dict:
+    """A job script's ``record`` without the shape fields the script filled in with its defaults (those ``job``
+    does not have)."""
+    for field in SHAPE_FIELDS:
+        if field not in job:
+            record.pop(field, None)
+    return record
+
+
 def measure_job(job: dict, options) -> list[dict]:
     """The records of one job: a skipped record, or one run plus up to ``options.reruns`` reruns while the runs
     are disturbed."""
@@ -263,10 +272,7 @@ def measure_job(job: dict, options) -> list[dict]:
     records = []
     for attempt in range(1 + options.reruns):
         busy = wait_quiet(options.max_load, options.max_wait) if options.wait else machine_busy_frac(0.5)
-        record = run_job(command, options.mem_gb, options.timeout)
-        for field in SHAPE_FIELDS:  # the job script's defaults for fields this job does not have
-            if field not in job:
-                record.pop(field, None)
+        record = without_defaults(run_job(command, options.mem_gb, options.timeout), job)
         record.update(job, busy_before=busy, attempt=attempt, mem_limit_gb=options.mem_gb,
                       measured_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
         if "steps" in job and job["job"].startswith("torch_") and record.get("median_s") is not None:
@@ -415,9 +421,7 @@ def arithmetic_table(best, counts: dict[str, dict], profiled: dict | None = None
     profiled = profiled or {}
     rows = []
     for ref, ours, name in NFN_ROWS:
-        for key, count in sorted(counts.items(), key=lambda item: (item[1]["batch"], item[1]["mode"])):
-            if count["job"] != ref:
-                continue
+        for count in sorted((c for c in counts.values() if c["job"] == ref), key=lambda c: (c["batch"], c["mode"])):
             batch, mode = count["batch"], count["mode"]
             a, o = _get(best, job=ref, mode=mode, batch=batch), _get(best, job=ours, mode=mode, batch=batch)
             dots = _products_flops(profiled.get((ours, batch, mode)))
@@ -438,7 +442,6 @@ def arithmetic_table(best, counts: dict[str, dict], profiled: dict | None = None
             *harness.markdown_table(["model", "batch", "mode", "authors GFLOP", "ours GFLOP (dots)",
                                      "FLOPs ours / authors", "authors' GFLOP/s (% of calibration)",
                                      "our GFLOP/s on the dots (% of calibration)", "time ours / authors"], rows), ""]
-
 
 
 GOAL_RATIO, GOAL_FIRST_S = 0.33, 2.0
@@ -895,10 +898,7 @@ def count_flops(jobs: list[dict], options) -> list[dict]:
     for job in (j for j in jobs if j["job"] in NFN_REFERENCE_JOBS):
         command, reason = job_command(job, options)
         record = (dict(status="skipped", error=reason) if command is None
-                  else run_job(command + ["--count-flops"], options.mem_gb, options.timeout))
-        for field in SHAPE_FIELDS:  # the job script's defaults for fields this job does not have
-            if field not in job:
-                record.pop(field, None)
+                  else without_defaults(run_job(command + ["--count-flops"], options.mem_gb, options.timeout), job))
         counts.append(dict(record, **job, counted_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime())))
         flops = record.get("flops")
         print(f"[count {len(counts)}] {job_key(job)} -> {record['status']}"
