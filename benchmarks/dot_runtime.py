@@ -37,8 +37,7 @@ def compare_cell(job: str, batch: int, mode: str, xla_dots_first: bool, rounds: 
     from benchmarks import vs_reference_ours as ours
     from common.training import STEP_COMPILER_OPTIONS, STEP_COMPILER_OPTIONS_XLA_DOTS
 
-    fwd, fwdbwd, _ = ours.build_tnfn(batch) if job == "ours_tnfn" else ours.build_cnn_nfn(job, batch)
-    jitted, args = (fwdbwd if mode == "fwdbwd" else fwd).staged()
+    jitted, args = ours.build_nfn(job, batch, mode)[0].staged()
     lowered = jitted.lower(*args)
     options = dict(zip(VARIANTS, (STEP_COMPILER_OPTIONS, STEP_COMPILER_OPTIONS_XLA_DOTS)))
     order = VARIANTS[::-1] if xla_dots_first else VARIANTS

@@ -287,8 +287,7 @@ def profile_cell(job: str, batch: int, mode: str, calls: int) -> dict:
     from benchmarks import vs_reference_ours as ours
     from benchmarks.vs_reference_protocol import time_calls
 
-    fwd, fwdbwd, info = ours.build_tnfn(batch) if job == "ours_tnfn" else ours.build_cnn_nfn(job, batch)
-    call = fwdbwd if mode == "fwdbwd" else fwd
+    call, info = ours.build_nfn(job, batch, mode)
     jitted, args = call.staged()
     stages, compiled = first_call_stages(jitted, args)
     timing = time_calls(call)

@@ -355,10 +355,17 @@ def _share(gflops: float, r) -> str:
     return f" ({100 * gflops / (CALIBRATION_FLOP / r['calib_ms'] / 1e6):.0f}%)" if r.get("calib_ms") else ""
 
 
+def _rate_of(flops: float | None, r) -> str:
+    """``flops`` over the record's median as GFLOP/s, with its share of the record's calibration ('-' if unknown)."""
+    if not flops or not r or r.get("status") != "ok":
+        return "-"
+    gflops = flops / r["median_s"] / 1e9
+    return f"{gflops:.0f}{_share(gflops, r)}"
+
+
 def _rate(r) -> str:
-    """Achieved GFLOP/s of a record and its share of the job's own matmul calibration."""
-    gflops = _gflops(r)
-    return "-" if gflops is None else f"{gflops:.0f}{_share(gflops, r)}"
+    """Achieved GFLOP/s of a record (XLA's FLOP count) and its share of the job's own matmul calibration."""
+    return _rate_of((r or {}).get("flops"), r)
 
 
 def _rate_needed(ours, ref) -> str:
@@ -402,14 +409,6 @@ def _products_flops(cell: dict | None) -> float | None:
 
 def _flops_ratio(ours_flops: float | None, count: dict | None) -> float | None:
     return None if not ours_flops or not count or not count.get("flops") else ours_flops / count["flops"]
-
-
-def _rate_of(flops: float | None, r) -> str:
-    """``flops`` over the record's median as GFLOP/s, with its share of the record's calibration ('-' if unknown)."""
-    if not flops or not r or r.get("status") != "ok":
-        return "-"
-    gflops = flops / r["median_s"] / 1e9
-    return f"{gflops:.0f}{_share(gflops, r)}"
 
 
 def arithmetic_table(best, counts: dict[str, dict], profiled: dict | None = None) -> list[str]:
@@ -797,6 +796,7 @@ def markdown(result: dict, profiled: dict | None = None) -> str:
     """The report of a run's records; ``profiled``: the NFN steps' `benchmarks.step_profile` cells
     (`profiled_steps`), quoted in the rows above the goal."""
     best = best_records(result["records"], result["options"]["contended"])
+    counts = counted_flops(result)
     lines = ["# Side by side with the authors' code (CPU)", ""]
     if result.get("note"):
         lines += [result["note"], ""]
@@ -831,8 +831,7 @@ def markdown(result: dict, profiled: dict | None = None) -> str:
                   "(`cost_analysis`) / our median time; % of the rate of the job's own numpy 512 x 512 matmul "
                   "calibration (`calib_ms`, per job in the contention table); GFLOP/s for 0.33 = the rate our "
                   "FLOPs would need for ours / authors = 0.33.", "", *nfn_table(best), "",
-                  *arithmetic_table(best, counted_flops(result), profiled),
-                  *goal_misses(best, profiled, counted_flops(result))]
+                  *arithmetic_table(best, counts, profiled), *goal_misses(best, profiled, counts)]
     tables = tsw_tables(best)
     if tables:
         copy_gbps = (result["run"].get("calibration") or {}).get("copy_gbps")
@@ -979,13 +978,20 @@ def parse_args(argv=None):
     return options
 
 
+def stored_result(out_dir: str, option: str) -> dict:
+    """The result stored in ``out_dir``; ValueError naming ``option`` (the command-line option that needs it) when
+    there is none."""
+    stored = harness.read_json(os.path.join(out_dir, f"{NAME}.json"), None)
+    if not stored:
+        raise ValueError(f"{option}: no {NAME}.json in {out_dir} (run the timed benchmark first)")
+    return stored
+
+
 def render_again(out_dir: str) -> tuple[dict, str]:
     """The Markdown report of the result stored in ``out_dir`` rendered again (its JSON untouched) with the
     `benchmarks.step_profile` cells beside it; ValueError when there is no stored result. Returns (the stored
     result, the report's text)."""
-    stored = harness.read_json(os.path.join(out_dir, f"{NAME}.json"), None)
-    if not stored:
-        raise ValueError(f"--report-only: no {NAME}.json in {out_dir} to render")
+    stored = stored_result(out_dir, "--report-only")
     text = markdown(stored, profiled_steps(out_dir))
     harness.write_text(os.path.join(out_dir, f"{NAME}.md"), text)
     return stored, text
@@ -994,11 +1000,7 @@ def render_again(out_dir: str) -> tuple[dict, str]:
 def add_flop_counts(options) -> tuple[dict, str]:
     """``--count-flops``: the stored result with the authors' FLOP counts of the selected NFN jobs merged in
     (`count_flops`, `merged_counts`), written back with its report; ValueError when there is no stored result."""
-    path = os.path.join(options.out, f"{NAME}.json")
-    stored = harness.read_json(path, None)
-    if not stored:
-        raise ValueError(f"--count-flops: no {NAME}.json in {options.out} to add the counts to (run the timed "
-                         "benchmark first)")
+    stored = stored_result(options.out, "--count-flops")
     stored["flop_counts"] = merged_counts(stored.get("flop_counts", []), count_flops(select_jobs(options), options))
     text = markdown(stored, profiled_steps(options.out))
     harness.write_results(options.out, NAME, stored, text)

@@ -151,6 +151,13 @@ def build_tnfn(batch: int):
     return fwd, fwdbwd, info
 
 
+def build_nfn(job: str, batch: int, mode: str):
+    """(call, info) of one of our NFN predictor jobs (`build_tnfn` for ``ours_tnfn``, else `build_cnn_nfn`): its
+    forward for ``mode`` "fwd", else its forward + BCE + gradient; the call has ``staged()``."""
+    fwd, fwdbwd, info = build_tnfn(batch) if job == "ours_tnfn" else build_cnn_nfn(job, batch)
+    return (fwd if mode == "fwd" else fwdbwd), info
+
+
 def build_tsw(job: str, n: int, d: int, trees: int, lines: int, p: int):
     """(fwd, fwdbwd, info) of one of our TSW / SW distances between two random clouds of n points in R^d."""
     import jax
@@ -281,12 +288,9 @@ def main(argv=None) -> dict:
         return protocol.emit(record)
 
     def build():
-        if args.job == "ours_tnfn":
-            fwd, fwdbwd, info = build_tnfn(args.batch)
-        elif args.job in NFN_JOBS:
-            fwd, fwdbwd, info = build_cnn_nfn(args.job, args.batch)
-        else:
-            fwd, fwdbwd, info = build_tsw(args.job, args.n, args.d, args.trees, args.lines, args.p)
+        if args.job == "ours_tnfn" or args.job in NFN_JOBS:
+            return build_nfn(args.job, args.batch, args.mode)
+        fwd, fwdbwd, info = build_tsw(args.job, args.n, args.d, args.trees, args.lines, args.p)
         return (fwd if args.mode == "fwd" else fwdbwd), info
 
     return protocol.measure(record, build, args.repeats)
