@@ -183,7 +183,8 @@ def product_flops(product: dict) -> float:
 def products_alone(found: list[dict]) -> dict:
     """The products of `products` run alone: one jitted program (the train step's compile options) computing
     every product ``count`` times, each on operands of its own (random normal, so XLA merges none). Returns
-    ``seconds`` (median of the timed calls, `vs_reference_protocol.time_calls`) and ``flops`` of one call."""
+    ``seconds`` (median of the timed calls, `vs_reference_protocol.time_calls`), ``flops`` of one call and
+    ``other_cpu_frac`` (the share of all CPUs other processes used during the timed calls)."""
     import jax
     import numpy as np
 
@@ -198,7 +199,8 @@ def products_alone(found: list[dict]) -> dict:
                                         zip(runs, operands)], compiler_options=STEP_COMPILER_OPTIONS)
     operands = [(a, b) for _, a, b in runs]
     timing = time_calls(lambda: jax.block_until_ready(program(operands)))
-    return dict(seconds=timing["median_s"], flops=sum(product_flops(p) * p["count"] for p in found))
+    return dict(seconds=timing["median_s"], flops=sum(product_flops(p) * p["count"] for p in found),
+                other_cpu_frac=timing["other_cpu_frac"])
 
 
 def first_call_stages(jitted, args: tuple) -> tuple[dict[str, float], object]:
@@ -302,14 +304,11 @@ def profile_cell(job: str, batch: int, mode: str, calls: int) -> dict:
                 jax.block_until_ready(compiled(*args))
         profiled_s = (time.perf_counter() - start) / calls
         times = kernel_times(trace_dir, kinds, calls)
-    found = products(hlo_text)
-    alone = products_alone(found)
     first_s = sum(stages[f"{stage}_s"] for stage in FIRST_CALL_STAGES)
     return dict(job=job, batch=batch, mode=mode, first_call_s=first_s, first_call_stages=stages,
                 median_s=timing["median_s"], min_s=timing["min_s"], other_cpu_frac=timing["other_cpu_frac"],
                 profiled_call_s=profiled_s, kernel_s=times, kernels=dict(collections.Counter(kinds.values())),
-                **call.cost_analysis(), products=sum(p["count"] for p in found), products_alone_s=alone["seconds"],
-                products_flops=alone["flops"], config=info["config"],
+                **call.cost_analysis(), config=info["config"],
                 program=hlo_text.split(",", 1)[0].removeprefix("HloModule ").strip())
 
 

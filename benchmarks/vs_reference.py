@@ -508,26 +508,36 @@ def profiled_steps(out_dir: str) -> dict:
             for c in found.get("cells", []) if "error" not in c}
 
 
-def _floor_shares(cell: dict | None, ours: dict, ref) -> tuple[float, float | None, float] | None:
-    """A row's two floors from its `profiled_steps` cell, each as a share of our step in that cell's run (its
-    products alone, and its roofline bound or None), and the share of our step in this run (``ours``) that the goal
-    allows (``ref``: the authors' record). Each share is taken within one run, so the host's drift between the two
-    runs cancels. None where either run is unknown."""
-    if not cell or not cell.get("products_alone_s") or not ref or ref.get("status") != "ok":
+def _floor_shares(cell: dict | None, ours: dict, ref) -> tuple[float, float | None, float, float, str] | None:
+    """A row's two floors, each as a share of our step within one run, and the share of our step in this run
+    (``ours``) that the goal allows (``ref``: the authors' record), so the host's drift between runs cancels:
+    its products alone, timed in our job's own process right after its step where the record has them
+    undisturbed (`vs_reference_ours.products_record`), else in its `profiled_steps` cell's run, and its roofline
+    bound in that cell's run (None without it). Returns (products' share, bound's share or None, allowed share,
+    the products' seconds, where they were timed), or None where the products' time or the authors' is unknown."""
+    if not ref or ref.get("status") != "ok":
         return None
-    bound = cell["bound_s"] / cell["median_s"] if cell.get("bound_s") else None
-    return cell["products_alone_s"] / cell["median_s"], bound, GOAL_RATIO * ref["median_s"] / ours["median_s"]
+    own = ours.get("products_alone_s") and (ours.get("products_other_cpu_frac") or 0.0) <= CONTENDED
+    if own:
+        products_s, step_s, where = ours["products_alone_s"], ours["median_s"], "its own process"
+    elif cell and cell.get("products_alone_s"):
+        products_s, step_s, where = cell["products_alone_s"], cell["median_s"], "step_profile's run"
+    else:
+        return None
+    bound = cell["bound_s"] / cell["median_s"] if cell and cell.get("bound_s") else None
+    return products_s / step_s, bound, GOAL_RATIO * ref["median_s"] / ours["median_s"], products_s, where
 
 
-def _profile_text(cell: dict | None, shares) -> str:
-    """A row's `_floor_shares` as text, with the products' time from its `profiled_steps` cell ('' where unknown)."""
+def _profile_text(shares) -> str:
+    """A row's `_floor_shares` as text ('' where unknown)."""
     if shares is None:
         return ""
-    share, bound, allowed = shares
-    text = (f", products alone {1e3 * cell['products_alone_s']:.3g} ms, {share:.0%} of our step in step_profile's "
-            f"run, {'more' if share > allowed else 'less'} than the {allowed:.0%} of ours the goal allows")
+    share, bound, allowed, products_s, where = shares
+    text = (f", products alone {1e3 * products_s:.3g} ms, {share:.0%} of our step in {where}, "
+            f"{'more' if share > allowed else 'less'} than the {allowed:.0%} of ours the goal allows")
     if bound is not None:
-        text += f", its roofline bound there {bound:.0%} ({'above' if bound > allowed else 'below'} the goal's share)"
+        text += (f", its roofline bound in step_profile's run {bound:.0%} "
+                 f"({'above' if bound > allowed else 'below'} the goal's share)")
     return text
 
 
@@ -539,7 +549,7 @@ def _verdict(ratio: float | None, slow_first: bool, shares) -> str:
         if shares is None:
             why.append("no profile")
         else:
-            share, bound, allowed = shares
+            share, bound, allowed = shares[:3]
             why.append("at a floor" if max(share, bound or 0.0) > allowed else "not shown at a floor")
     if slow_first:
         why.append(f"first call above {GOAL_FIRST_S:g} s")
@@ -600,10 +610,10 @@ def goal_misses(best, profiled: dict | None = None, counts: dict[str, dict] | No
                 ratio_text = "-" if ratio is None else f"{ratio:.2f}"
                 misses.setdefault(name, []).append(
                     f"batch {r['batch']} {r['mode']} {ratio_text} at {_rate(r)} GFLOP/s (0.33 needs "
-                    f"{_rate_needed(r, a)}){_profile_text(cell, shares)}"
+                    f"{_rate_needed(r, a)}){_profile_text(shares)}"
                     f"{_arithmetic_text(_products_flops(cell), count, a)}, first call {_first(r)} s"
                     f"{_kernels_text(cell)}")
-                products, bound, allowed = shares if shares else (None, None, None)
+                products, bound, allowed = shares[:3] if shares else (None, None, None)
                 flops_ratio = _flops_ratio(_products_flops(cell), count)
                 table.append([name, r["batch"], r["mode"], ratio_text, _first(r), _pct(products), _pct(bound),
                               _pct(allowed), "-" if flops_ratio is None else f"{flops_ratio:.2f}",
@@ -619,22 +629,24 @@ def goal_misses(best, profiled: dict | None = None, counts: dict[str, dict] | No
              "`common.llvm_options`): the fused loops in 32 modules compiled in "
              "parallel, and one module for each operation left outside a fusion or a library call; above 64 rows "
              "the micro-batches' scan adds its own kernels; a rerun reads the program from the persistent "
-             "compilation cache (docs/common.md §11). Each step's kernel time by kind, its roofline bound "
-             "(FLOPs at the matmul rate, bytes at the copy bandwidth) and the time of its matrix products alone, "
-             "every dot of the compiled step computed by one program with nothing else, each on operands of its "
-             "own (quoted per row, with the kernel count, where `step_profile.json` beside these results has the "
-             "cell, as a share of our step in that run beside the share of ours the goal allows in this one, so "
-             "that neither compares times of two runs; where the products' share is the larger, the step cannot "
-             "meet the goal with these products on this machine, within the 13% by which other ways of timing "
-             "the same products differ and the drift of the authors' times between runs, docs/magep.md §9.4): "
-             "`step_profile.md`. \"step_profile's first call a + b + c + d s\": the same "
-             "step's first call in that run, stage by stage: trace + lower + compile + first run (which sets up "
-             "the YNNPACK fusions and faults the buffers in), and the garbage collector's pauses within them "
-             "(docs/common.md §11).", "",
-             "In short, per row: its two floors as shares of our step in step_profile's run against the share the "
-             "goal allows in this one; \"at a floor\": a floor's share is the larger, so the step needs fewer "
-             "FLOPs or bytes rather than a better schedule; \"not shown at a floor\": both floors are below the "
-             "goal's share; products' FLOPs / authors': our step's dots against torch's count of the authors' "
+             "compilation cache (docs/common.md §11). Two floors of each step, each as a share of our step "
+             "within one run beside the share of ours the goal allows in this one, so that neither compares times "
+             "of two runs: the time of its matrix products alone, every dot of the compiled step computed by one "
+             "program with nothing else, each on operands of its own, timed in our job's own process right after "
+             "its step where the record has it (the authors' job of the same shape ran just before that process), "
+             "else in `step_profile.json`'s run; and its roofline bound (FLOPs at the matmul rate, "
+             "bytes at the copy bandwidth) in step_profile's run, whose kernel time by kind and kernel counts are "
+             "quoted per row where `step_profile.json` beside these results has the cell. Where the products' "
+             "share is the larger, the step cannot meet the goal with these products on this machine, within the "
+             "13% by which other ways of timing the same products differ and the drift of the authors' times "
+             "between runs (docs/magep.md §9.4): `step_profile.md`. \"step_profile's first call a + b + c + d "
+             "s\": the same step's first call in that run, stage by stage: trace + lower + compile + first run "
+             "(which sets up the YNNPACK fusions and faults the buffers in), and the garbage collector's pauses "
+             "within them (docs/common.md §11).", "",
+             "In short, per row: its two floors as shares of our step against the share the goal allows; \"at a "
+             "floor\": a floor's share is the larger, so the step needs fewer FLOPs or bytes rather than a better "
+             "schedule; \"not shown at a floor\": both floors are below the goal's share; products' FLOPs / "
+             "authors': our step's dots against torch's count of the authors' "
              "products (the arithmetic table above).", "",
              *harness.markdown_table(["model", "batch", "mode", "ours / authors", "first call s", "products alone",
                                       "roofline bound", "goal allows", "products' FLOPs / authors'", "why"],

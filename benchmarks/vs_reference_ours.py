@@ -45,9 +45,10 @@ def _jit_pair(forward, loss, args, target):
     ``(params, other variables, *inputs)``, the inputs and ``target`` with the batch axis leading. Each callable
     has a ``cost_analysis()`` giving XLA's ``flops`` and ``bytes_accessed`` of one call, taken from the same
     computation on the whole batch at once (XLA counts a loop's body once, not once per chunk; it compiles the
-    function once more, so the protocol calls it after the timed calls), and a ``staged()`` giving the jitted
-    function it calls and its arguments (`benchmarks.step_profile` times a first call stage by stage and profiles
-    the executable)."""
+    function once more, so the protocol calls it after the timed calls) and, in the same process, the time of the
+    timed program's matrix products alone (`products_record`), and a ``staged()`` giving the jitted function it
+    calls and its arguments (`benchmarks.step_profile` times a first call stage by stage and profiles the
+    executable)."""
     import functools
 
     import jax
@@ -79,11 +80,28 @@ def _jit_pair(forward, loss, args, target):
         return value
 
     whole = lambda fn: jit(functools.partial(fn, chunks=1))
-    fwd.cost_analysis = lambda: xla_cost(whole(logits).lower(*fwd_args).compile())
-    fwdbwd.cost_analysis = lambda: xla_cost(whole(gradient).lower(*step_args).compile())
+    fwd.cost_analysis = lambda: (xla_cost(whole(logits).lower(*fwd_args).compile())
+                                 | products_record(fwd_jit, fwd_args))
+    fwdbwd.cost_analysis = lambda: (xla_cost(whole(gradient).lower(*step_args).compile())
+                                    | products_record(step_jit, step_args))
     fwd.staged = lambda: (fwd_jit, fwd_args)
     fwdbwd.staged = lambda: (step_jit, step_args)
     return fwd, fwdbwd
+
+
+def products_record(jitted, args: tuple) -> dict:
+    """The matrix products of ``jitted``'s program on ``args`` (every dot of it, as many times as one call runs
+    it, `step_profile.products`) computed alone by one program on operands of their own (`step_profile.
+    products_alone`), timed in this process right after the step's timed calls, so that they can be set against
+    the step and the authors' job interleaved with it without the host's drift between runs: ``products`` (their
+    count), ``products_alone_s`` (median), ``products_flops`` and ``products_other_cpu_frac`` (the contention of
+    their timed calls)."""
+    from benchmarks.step_profile import products, products_alone
+
+    found = products(jitted.lower(*args).compile().as_text())
+    alone = products_alone(found)
+    return dict(products=sum(p["count"] for p in found), products_alone_s=alone["seconds"],
+                products_flops=alone["flops"], products_other_cpu_frac=alone["other_cpu_frac"])
 
 
 def build_cnn_nfn(job: str, batch: int):

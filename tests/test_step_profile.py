@@ -186,6 +186,7 @@ def test_step_profile_quick_run_writes_its_report(tmp_path, monkeypatch):
     assert cell["flops"] > 0 and cell["kernels"]["library"] > 0 and sum(cell["kernel_s"].values()) > 0
     assert cell["goal_ms"] is None  # no vs_reference.json in the folder
     assert cell["products"] > 0 and cell["products_alone_s"] > 0 and 0 < cell["products_flops"] <= cell["flops"]
+    assert 0 <= cell["products_other_cpu_frac"] <= 1  # the same record as vs_reference's job gives (products_record)
     stages = cell["first_call_stages"]
     assert cell["first_call_s"] == pytest.approx(sum(stages[f"{s}_s"] for s in vs.FIRST_CALL_STAGES))
     assert stages["compile_s"] > 0 and stages["gc_s"] >= 0
