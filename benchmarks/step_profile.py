@@ -78,6 +78,9 @@ MODULE_CLASSES = {
 _LLVM_MODULE = re.compile(r"Compiled LLVM module: __compute_module_(\S+) time: ")
 _LOGGED_TIME = re.compile(r"time: [^(]*\((\d+) us\)")  # XLA's timers print "time: 2.38 s (2382242 us)"
 _LOG_LINE = re.compile(r"^[IWEF]\d{4} ")  # a line of XLA's own log
+_SHAPE = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")  # an array type in HLO text: f32[2048,144]
+DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
+               "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
 _DOT_DIMS = ("lhs_contracting_dims", "rhs_contracting_dims", "lhs_batch_dims", "rhs_batch_dims")
 FLOAT_TYPES = {"f16": "float16", "bf16": "bfloat16", "f32": "float32", "f64": "float64"}
 
@@ -142,6 +145,37 @@ def _dimensions(line: str, key: str) -> tuple[int, ...]:
     """A dot's dimension list ``key={...}`` on its HLO line (empty where the line has none)."""
     found = re.search(rf"{key}=\{{([\d,]*)\}}", line)
     return tuple(int(n) for n in found.group(1).split(",") if n) if found else ()
+
+
+def _type_bytes(text: str) -> int:
+    """Bytes of the arrays an HLO type names (one array, or every array of a tuple type)."""
+    return sum(DTYPE_BYTES[dtype] * math.prod(int(n) for n in dims.split(",") if n)
+               for dtype, dims in _SHAPE.findall(text) if dtype in DTYPE_BYTES)
+
+
+def kernel_bytes(hlo_text: str) -> dict[str, float]:
+    """Bytes the kernels of a compiled XLA module (``compiled.as_text()``) read and write in one call, by kind of
+    `KINDS`: every kernel of `kernel_kinds` counted with the whole of its operands and results, as many times as
+    one call runs it (loops by XLA's known trip count). An upper bound of what a kernel touches (a slice reads
+    part of its operand), the count a pass at the copy bandwidth would need."""
+    entry, computations = _computations(hlo_text)
+    kinds = kernel_kinds(hlo_text)
+    moved = collections.Counter()
+
+    def visit(name: str, times: int) -> None:
+        sizes = {}
+        for instruction, op, line in computations.get(name, ()):
+            result, arguments = line.split("=", 1)[1].split(f" {op}(", 1)
+            sizes[instruction] = _type_bytes(result)
+            if instruction in kinds:
+                operands = _OPERANDS.findall(arguments.split(")", 1)[0])
+                moved[kinds[instruction]] += times * (sizes[instruction] + sum(sizes.get(o, 0) for o in operands))
+            trips = _TRIP_COUNT.search(line)
+            for callee in _control(line):
+                visit(callee, times * (int(trips.group(1)) if trips and callee in _BODY.findall(line) else 1))
+
+    visit(entry, 1)
+    return {kind: float(moved.get(kind, 0)) for kind in KINDS}
 
 
 def products(hlo_text: str) -> list[dict]:
@@ -308,6 +342,7 @@ def profile_cell(job: str, batch: int, mode: str, calls: int) -> dict:
     return dict(job=job, batch=batch, mode=mode, first_call_s=first_s, first_call_stages=stages,
                 median_s=timing["median_s"], min_s=timing["min_s"], other_cpu_frac=timing["other_cpu_frac"],
                 profiled_call_s=profiled_s, kernel_s=times, kernels=dict(collections.Counter(kinds.values())),
+                kernel_bytes=kernel_bytes(hlo_text),
                 **call.cost_analysis(), config=info["config"],
                 program=hlo_text.split(",", 1)[0].removeprefix("HloModule ").strip())
 
@@ -349,6 +384,17 @@ def _authors_ms(out_dir: str) -> tuple[dict, str | None]:
             for ref, ours, _ in NFN_ROWS if ref == r["job"]}, source
 
 
+PRODUCT_KINDS = ("library", "dot")  # the `KINDS` that run matrix products; the other kernels are passes
+
+
+def products_and_passes_s(cell: dict, calibration: dict) -> float:
+    """A cell's products alone, then the bytes of its other kernels (`kernel_bytes`) at the run's copy bandwidth:
+    the step's time were its kernels run one after the other at those two limits (no floor: data in the cache
+    moves faster, and two kernels can run at once)."""
+    passes = sum(n for kind, n in cell["kernel_bytes"].items() if kind not in PRODUCT_KINDS)
+    return cell["products_alone_s"] + passes / (calibration["copy_gbps"] * 1e9)
+
+
 def _contention(share: float | None) -> str:
     """Other processes' share of all CPUs during the timed calls, † above `CONTENDED` (a disturbed cell)."""
     return "-" if share is None else f"{share:.2f}" + (" †" if share > CONTENDED else "")
@@ -363,7 +409,8 @@ def markdown(result: dict) -> str:
              f"{result['calls']} profiled calls per cell.", ""]
     lines += harness.run_markdown(result["run"])
     header = ["model", "batch", "mode", "median ms", "first call s", "trace / lower / compile / first run s (GC)",
-              "GFLOP", "GFLOP/s (% of matmul)", "GB", "GB/s (% of copy)", "bound ms", "products alone ms", "goal ms",
+              "GFLOP", "GFLOP/s (% of matmul)", "GB", "GB/s (% of copy)", "bound ms", "products alone ms",
+              "products + passes ms", "goal ms",
               "kernel ms / call"] + [f"% {k}" for k in KINDS] + ["kernels", "other CPU"]
     rows = []
     for r in result["cells"]:
@@ -380,6 +427,7 @@ def markdown(result: dict) -> str:
                      f"{flop / t / 1e9:.0f} ({100 * flop / t / 1e9 / cal['jax_gflops']:.0f}%)",
                      f"{moved / 1e9:.2f}", f"{moved / t / 1e9:.1f} ({100 * moved / t / 1e9 / cal['copy_gbps']:.0f}%)",
                      f"{1e3 * bound:.1f}", f"{1e3 * r['products_alone_s']:.1f} ({r['products']})",
+                     f"{1e3 * products_and_passes_s(r, cal):.1f}" if r.get("kernel_bytes") else "-",
                      "-" if goal is None else f"{goal:.1f}", f"{1e3 * kernel:.1f}"]
                     + [f"{100 * r['kernel_s'][k] / kernel:.0f}" if kernel else "-" for k in KINDS]
                     + [sum(r["kernels"].values()), _contention(r.get("other_cpu_frac"))])
@@ -392,7 +440,9 @@ def markdown(result: dict) -> str:
               "numbers, as many times as one call runs it; their number in brackets) computed alone by one jitted "
               "program on random operands (`products_alone`): a goal below it cannot be met with these products, "
               "whatever else the step does, if the goal's run found the host as fast as this one (vs_reference.md "
-              "compares the products' share of our step with the goal's share within each run instead); goal ms = "
+              "compares the products' share of our step with the goal's share within each run instead); products + "
+              "passes ms = the products alone, then every other kernel's operands and results (`kernel_bytes`) at "
+              "the copy bandwidth (`products_and_passes_s`); goal ms = "
               + (f"{GOAL_RATIO} x {result['goal_source']} for the same cell" if result.get("goal_source") else
                  f"{GOAL_RATIO} x the authors' median (none here: no vs_reference.json beside the results)")
               + ". Kernel ms / call: the kernels' time under the profiler, summed over the threads that ran them "

@@ -90,6 +90,8 @@ import subprocess
 import sys
 import time
 
+from typing import NamedTuple
+
 from benchmarks import harness
 from benchmarks.vs_reference_protocol import CALIBRATION_FLOP, RESULT_PREFIX, machine_busy_frac
 from common.cli import positive_int
@@ -500,57 +502,82 @@ NFN_BOUNDS = {  # kernel-time shares and floors: step_profile.md (runs of 2026-1
 def profiled_steps(out_dir: str) -> dict:
     """(our job, batch, mode) -> that step's cell of the `benchmarks.step_profile` results beside ours
     (``step_profile.json``: its products-alone time, kernel counts, ...; empty without one), with ``bound_s``, its
-    roofline bound in that run (`harness.roofline_bound_s`), where the run has a calibration."""
+    roofline bound in that run (`harness.roofline_bound_s`), and ``copy_gbps``, that run's copy bandwidth, where
+    the run has a calibration."""
     found = harness.read_json(os.path.join(out_dir, "step_profile.json"), {}) or {}
     calibration = (found.get("run") or {}).get("calibration")
     bound = lambda c: harness.roofline_bound_s(c.get("flops"), c.get("bytes_accessed"), calibration)
-    return {(c["job"], c["batch"], c["mode"]): c | ({"bound_s": bound(c)} if calibration else {})
+    return {(c["job"], c["batch"], c["mode"]): c | ({"bound_s": bound(c), "copy_gbps": calibration["copy_gbps"]}
+                                                    if calibration else {})
             for c in found.get("cells", []) if "error" not in c}
 
 
-def _floor_shares(cell: dict | None, ours: dict, ref) -> tuple[float, float | None, float, float, str] | None:
-    """A row's two floors, each as a share of our step within one run, and the share of our step in this run
-    (``ours``) that the goal allows (``ref``: the authors' record), so the host's drift between runs cancels:
-    its products alone, timed in our job's own process right after its step where the record has them
-    undisturbed (`vs_reference_ours.products_record`), else in its `profiled_steps` cell's run, and its roofline
-    bound in that cell's run (None without it). Returns (products' share, bound's share or None, allowed share,
-    the products' seconds, where they were timed), or None where the products' time or the authors' is unknown."""
+class Floors(NamedTuple):
+    """A row's floors, each as a share of our step within one run (`floors`), and the share the goal allows."""
+    products: float  # its matrix products alone
+    bound: float | None  # its roofline bound as compiled
+    passes: float | None  # its products alone, then its other kernels' bytes at the copy bandwidth
+    allowed: float  # GOAL_RATIO x the authors' median / ours, in this run
+    products_s: float
+    where: str  # where the products were timed
+
+
+def floors(cell: dict | None, ours: dict, ref, copy_gbps: float | None = None) -> Floors | None:
+    """A row's floors, each as a share of our step within one run so that the host's drift between runs cancels,
+    and the share of our step in this run (``ours``) that the goal allows (``ref``: the authors' record): its
+    products alone, timed in our job's own process right after its step where the record has them undisturbed
+    (`vs_reference_ours.products_record`; then the passes at this run's ``copy_gbps``), else in its
+    `profiled_steps` cell's run (at that run's copy bandwidth); its roofline bound in the cell's run; and its
+    products followed by the bytes of every other kernel of the step (`step_profile.kernel_bytes` of the cell) at
+    the copy bandwidth, the step as if its passes ran one after the other at memory speed. None where the products'
+    time or the authors' is unknown."""
     if not ref or ref.get("status") != "ok":
         return None
-    own = ours.get("products_alone_s") and (ours.get("products_other_cpu_frac") or 0.0) <= CONTENDED
-    if own:
+    if ours.get("products_alone_s") and (ours.get("products_other_cpu_frac") or 0.0) <= CONTENDED:
         products_s, step_s, where = ours["products_alone_s"], ours["median_s"], "its own process"
     elif cell and cell.get("products_alone_s"):
         products_s, step_s, where = cell["products_alone_s"], cell["median_s"], "step_profile's run"
+        copy_gbps = cell.get("copy_gbps")
     else:
         return None
     bound = cell["bound_s"] / cell["median_s"] if cell and cell.get("bound_s") else None
-    return products_s / step_s, bound, GOAL_RATIO * ref["median_s"] / ours["median_s"], products_s, where
+    passes = None
+    if cell and cell.get("kernel_bytes") and copy_gbps:
+        from benchmarks.step_profile import products_and_passes_s  # it imports this module
+
+        passes = products_and_passes_s(cell | {"products_alone_s": products_s}, {"copy_gbps": copy_gbps}) / step_s
+    return Floors(products_s / step_s, bound, passes, GOAL_RATIO * ref["median_s"] / ours["median_s"], products_s,
+                  where)
 
 
-def _profile_text(shares) -> str:
-    """A row's `_floor_shares` as text ('' where unknown)."""
-    if shares is None:
+def _profile_text(f: Floors | None) -> str:
+    """A row's `floors` as text ('' where unknown)."""
+    if f is None:
         return ""
-    share, bound, allowed, products_s, where = shares
-    text = (f", products alone {1e3 * products_s:.3g} ms, {share:.0%} of our step in {where}, "
-            f"{'more' if share > allowed else 'less'} than the {allowed:.0%} of ours the goal allows")
-    if bound is not None:
-        text += (f", its roofline bound in step_profile's run {bound:.0%} "
-                 f"({'above' if bound > allowed else 'below'} the goal's share)")
+    side = lambda share: "above" if share > f.allowed else "below"
+    text = (f", products alone {1e3 * f.products_s:.3g} ms, {f.products:.0%} of our step in {f.where}, "
+            f"{'more' if f.products > f.allowed else 'less'} than the {f.allowed:.0%} of ours the goal allows")
+    if f.bound is not None:
+        text += f", its roofline bound in step_profile's run {f.bound:.0%} ({side(f.bound)} the goal's share)"
+    if f.passes is not None:
+        text += f", with its other kernels' bytes at the copy bandwidth {f.passes:.0%} ({side(f.passes)})"
     return text
 
 
-def _verdict(ratio: float | None, slow_first: bool, shares) -> str:
-    """Why a row misses the goal, in words: its ratio at a floor (a floor's share above the goal's), not shown at
-    one, or without a profile; and/or its first call."""
+def _verdict(ratio: float | None, slow_first: bool, f: Floors | None) -> str:
+    """Why a row misses the goal, in words: its ratio at a floor (the products' or the roofline bound's share
+    above the goal's), at its products + passes (their share above it), not shown at one, or without a profile;
+    and/or its first call."""
     why = []
     if ratio is not None and ratio > GOAL_RATIO:
-        if shares is None:
+        if f is None:
             why.append("no profile")
+        elif max(f.products, f.bound or 0.0) > f.allowed:
+            why.append("at a floor")
+        elif (f.passes or 0.0) > f.allowed:
+            why.append("at its products + passes")
         else:
-            share, bound, allowed = shares[:3]
-            why.append("at a floor" if max(share, bound or 0.0) > allowed else "not shown at a floor")
+            why.append("not shown at a floor")
     if slow_first:
         why.append(f"first call above {GOAL_FIRST_S:g} s")
     return "; ".join(why)
@@ -590,7 +617,8 @@ def _arithmetic_text(dots: float | None, count: dict | None, ref) -> str:
     return f", its products' FLOPs {ratio:.2f} x the authors' (theirs at {_rate_of(count['flops'], ref)} GFLOP/s)"
 
 
-def goal_misses(best, profiled: dict | None = None, counts: dict[str, dict] | None = None) -> list[str]:
+def goal_misses(best, profiled: dict | None = None, counts: dict[str, dict] | None = None,
+                copy_gbps: float | None = None) -> list[str]:
     """The NFN rows above `GOAL_RATIO` or `GOAL_FIRST_S`, each with its achieved and needed rate, the time of its
     matrix products alone and its kernel count where ``profiled`` (`profiled_steps`) has the cell, its products'
     FLOPs against the authors' where ``counts`` (`counted_flops`) has theirs, and what bounds each model
@@ -606,18 +634,19 @@ def goal_misses(best, profiled: dict | None = None, counts: dict[str, dict] | No
             if (ratio is not None and ratio > GOAL_RATIO) or slow_first:
                 cell = profiled.get((ours, r["batch"], r["mode"]))
                 count = counts.get(job_key(dict(job=ref, mode=r["mode"], batch=r["batch"])))
-                shares = _floor_shares(cell, r, a)
+                shares = floors(cell, r, a, copy_gbps)
                 ratio_text = "-" if ratio is None else f"{ratio:.2f}"
                 misses.setdefault(name, []).append(
                     f"batch {r['batch']} {r['mode']} {ratio_text} at {_rate(r)} GFLOP/s (0.33 needs "
                     f"{_rate_needed(r, a)}){_profile_text(shares)}"
                     f"{_arithmetic_text(_products_flops(cell), count, a)}, first call {_first(r)} s"
                     f"{_kernels_text(cell)}")
-                products, bound, allowed = shares[:3] if shares else (None, None, None)
                 flops_ratio = _flops_ratio(_products_flops(cell), count)
-                table.append([name, r["batch"], r["mode"], ratio_text, _first(r), _pct(products), _pct(bound),
-                              _pct(allowed), "-" if flops_ratio is None else f"{flops_ratio:.2f}",
-                              _verdict(ratio, slow_first, shares)])
+                table.append([name, r["batch"], r["mode"], ratio_text, _first(r)]
+                             + [_pct(getattr(shares, field) if shares else None)
+                                for field in ("products", "bound", "passes", "allowed")]
+                             + ["-" if flops_ratio is None else f"{flops_ratio:.2f}",
+                                _verdict(ratio, slow_first, shares)])
     if not misses:
         return []
     lines = ["### Rows above the goal", "",
@@ -639,17 +668,25 @@ def goal_misses(best, profiled: dict | None = None, counts: dict[str, dict] | No
              "quoted per row where `step_profile.json` beside these results has the cell. Where the products' "
              "share is the larger, the step cannot meet the goal with these products on this machine, within the "
              "13% by which other ways of timing the same products differ and the drift of the authors' times "
-             "between runs (docs/magep.md §9.4): `step_profile.md`. \"step_profile's first call a + b + c + d "
+             "between runs (docs/magep.md §9.4): `step_profile.md`. Beside them, products + passes: the products "
+             "alone followed by every other kernel of the step (its passes: layout, reductions, elementwise work) "
+             "moving its operands and results (`step_profile.kernel_bytes`) at the copy bandwidth of the run the "
+             "products were timed in, the step's time as if its kernels ran one after the other at those two "
+             "limits; no floor (kernels whose data sit in the cache move faster, and two can run at once), but "
+             "where it is above the goal's share the goal asks for passes that beat memory speed or overlap the "
+             "products. \"step_profile's first call a + b + c + d "
              "s\": the same step's first call in that run, stage by stage: trace + lower + compile + first run "
              "(which sets up the YNNPACK fusions and faults the buffers in), and the garbage collector's pauses "
              "within them (docs/common.md §11).", "",
-             "In short, per row: its two floors as shares of our step against the share the goal allows; \"at a "
-             "floor\": a floor's share is the larger, so the step needs fewer FLOPs or bytes rather than a better "
-             "schedule; \"not shown at a floor\": both floors are below the goal's share; products' FLOPs / "
-             "authors': our step's dots against torch's count of the authors' "
-             "products (the arithmetic table above).", "",
+             "In short, per row: its two floors and its products + passes as shares of our step against the share "
+             "the goal allows; \"at a floor\": a floor's share is the larger, so the step needs fewer FLOPs or "
+             "bytes rather than a better schedule; \"at its products + passes\": no floor is, but products + passes "
+             "is; \"not shown at a floor\": none of the three is above the goal's share; products' FLOPs / "
+             "authors': our step's dots against torch's count of the authors' products (the arithmetic table "
+             "above).", "",
              *harness.markdown_table(["model", "batch", "mode", "ours / authors", "first call s", "products alone",
-                                      "roofline bound", "goal allows", "products' FLOPs / authors'", "why"],
+                                      "roofline bound", "products + passes", "goal allows",
+                                      "products' FLOPs / authors'", "why"],
                                      table), ""]
     for name, rows in misses.items():
         lines += [f"- **{name}** ({NFN_BOUNDS[name]}): " + "; ".join(rows) + "."]
@@ -843,7 +880,8 @@ def markdown(result: dict, profiled: dict | None = None) -> str:
                   "(`cost_analysis`) / our median time; % of the rate of the job's own numpy 512 x 512 matmul "
                   "calibration (`calib_ms`, per job in the contention table); GFLOP/s for 0.33 = the rate our "
                   "FLOPs would need for ours / authors = 0.33.", "", *nfn_table(best), "",
-                  *arithmetic_table(best, counts, profiled), *goal_misses(best, profiled, counts)]
+                  *arithmetic_table(best, counts, profiled),
+                  *goal_misses(best, profiled, counts, (result["run"].get("calibration") or {}).get("copy_gbps"))]
     tables = tsw_tables(best)
     if tables:
         copy_gbps = (result["run"].get("calibration") or {}).get("copy_gbps")

@@ -74,6 +74,18 @@ def test_kernel_kinds_sorts_the_kernels_of_a_module_by_kind():
         "rsqrt.1": "elementwise", "sort.1": "other", "sum.fusion": "reduction"}  # no parameter, loop or reducer
 
 
+def test_kernel_bytes_counts_each_kernels_operands_and_results_as_often_as_a_call_runs_it():
+    # 8 x 8 float32 = 256 bytes: the product fusion and the dot read two and write one; the sum writes a scalar
+    assert step_profile.kernel_bytes(MODULE) == dict(library=768.0, dot=768.0, layout=512.0, reduction=260.0,
+                                                     elementwise=1024.0, other=512.0)
+    # two batched products (256 + 96 bytes in, 192 out) and two dots in a loop body run 5 times (int ones too)
+    assert step_profile.kernel_bytes(LOOP_MODULE)["dot"] == 2 * (256 + 96 + 192) + 5 * 2 * 3 * 256
+    f = jax.jit(lambda x, y: jnp.sum(jax.nn.relu(x @ y) * jnp.cos(x)))  # no loop: XLA counts a loop's body once
+    compiled = f.lower(jnp.ones((256, 256)), jnp.ones((256, 256))).compile()
+    moved = sum(step_profile.kernel_bytes(compiled.as_text()).values())
+    assert moved == pytest.approx(harness.xla_cost(compiled)["bytes_accessed"], rel=0.1)  # XLA's own count
+
+
 def test_kernel_kinds_of_a_compiled_step_cover_its_products_and_reductions():
     f = jax.jit(jax.grad(lambda a, b: jnp.sum(jax.nn.relu(a @ b) ** 2)))
     a = jnp.ones((64, 48))
@@ -187,6 +199,7 @@ def test_step_profile_quick_run_writes_its_report(tmp_path, monkeypatch):
     assert cell["goal_ms"] is None  # no vs_reference.json in the folder
     assert cell["products"] > 0 and cell["products_alone_s"] > 0 and 0 < cell["products_flops"] <= cell["flops"]
     assert 0 <= cell["products_other_cpu_frac"] <= 1  # the same record as vs_reference's job gives (products_record)
+    assert sum(cell["kernel_bytes"].values()) == pytest.approx(cell["bytes_accessed"], rel=0.1)
     stages = cell["first_call_stages"]
     assert cell["first_call_s"] == pytest.approx(sum(stages[f"{s}_s"] for s in vs.FIRST_CALL_STAGES))
     assert stages["compile_s"] > 0 and stages["gc_s"] >= 0

@@ -163,28 +163,40 @@ def test_nfn_table_rate_is_xla_flops_over_median_against_the_jobs_calibration():
     [misses] = [line for line in vs.goal_misses(vs.best_records(records), profiled) if line.startswith("- **MAGEP")]
     assert "first call 3.00 s (5 kernels; step_profile's first call 0.50 + 0.12 + 2.00 + 0.25 s, GC 0.00 s)" in misses
     # the summary table: products 50%, no roofline yet, 66% allowed: not shown at a floor, and the slow first call
-    row = "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 3.00 | 50% | - | 66% | - | not shown at a floor; first call above 2 s |"
+    row = "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 3.00 | 50% | - | - | 66% | - | not shown at a floor; first call above 2 s |"
     assert row in vs.goal_misses(vs.best_records(records), profiled)
     profiled[("ours_magep", 8, "fwdbwd")]["bound_s"] = 0.0098  # the step's roofline bound in that run: 70% of 14 ms
     lines = vs.goal_misses(vs.best_records(records), profiled)
     [misses] = [line for line in lines if line.startswith("- **MAGEP")]
     assert ("less than the 66% of ours the goal allows, its roofline bound in step_profile's run 70% (above the "
             "goal's share)") in misses
-    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 3.00 | 50% | 70% | 66% | - | at a floor; first call above 2 s |" in lines
+    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 3.00 | 50% | 70% | - | 66% | - | at a floor; first call above 2 s |" in lines
     records[1].update(first_call_s=1.0)
-    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 1.00 | 50% | 70% | 66% | - | at a floor |" in vs.goal_misses(
+    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 1.00 | 50% | 70% | - | 66% | - | at a floor |" in vs.goal_misses(
         vs.best_records(records), profiled)
     unprofiled = vs.goal_misses(vs.best_records(records))
-    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 1.00 | - | - | - | - | no profile |" in unprofiled
+    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 1.00 | - | - | - | - | - | no profile |" in unprofiled
     # products timed in our job's own process take the place of step_profile's: 7.5 of our 10 ms there (75%)
     records[1].update(products_alone_s=0.0075, products_other_cpu_frac=0.0)
     lines = vs.goal_misses(vs.best_records(records), profiled)
     assert "products alone 7.5 ms, 75% of our step in its own process, more than the 66%" in "\n".join(lines)
-    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 1.00 | 75% | 70% | 66% | - | at a floor |" in lines
-    assert "| 75% | - | 66% | - | at a floor |" in "\n".join(vs.goal_misses(vs.best_records(records)))
+    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 1.00 | 75% | 70% | - | 66% | - | at a floor |" in lines
+    assert "| 75% | - | - | 66% | - | at a floor |" in "\n".join(vs.goal_misses(vs.best_records(records)))
     records[1].update(products_other_cpu_frac=0.5)  # disturbed: step_profile's run again
-    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 1.00 | 50% | 70% | 66% | - | at a floor |" in vs.goal_misses(
+    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 1.00 | 50% | 70% | - | 66% | - | at a floor |" in vs.goal_misses(
         vs.best_records(records), profiled)
+    # products + passes: 3.5 ms of products in our 10 ms, then 3 MB of other kernels at 1 GB/s, 3 ms: 65%, then 75%
+    profiled[("ours_magep", 8, "fwdbwd")].update(bound_s=0.0, kernel_bytes=dict(library=9e9, dot=9e9, layout=1e6,
+                                                                                 reduction=1e6, elementwise=1e6))
+    records[1].update(products_alone_s=0.0035, products_other_cpu_frac=0.0)
+    lines = vs.goal_misses(vs.best_records(records), profiled, copy_gbps=1.0)
+    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 1.00 | 35% | - | 65% | 66% | - | not shown at a floor |" in lines
+    assert "with its other kernels' bytes at the copy bandwidth 65% (below)" in "\n".join(lines)
+    profiled[("ours_magep", 8, "fwdbwd")]["kernel_bytes"]["layout"] = 2e6
+    lines = vs.goal_misses(vs.best_records(records), profiled, copy_gbps=1.0)
+    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 1.00 | 35% | - | 75% | 66% | - | at its products + passes |" in lines
+    assert "| 35% | - | - | 66% | - | not shown at a floor |" in "\n".join(  # no bandwidth: no passes
+        vs.goal_misses(vs.best_records(records), profiled))
 
 
 def test_stages_text_lists_a_first_calls_stages_in_order():
@@ -451,8 +463,8 @@ def test_a_slow_step_names_its_products_flops_against_the_authors():
     lines = vs.goal_misses(vs.best_records(records), profiled, counts)
     [misses] = [line for line in lines if line.startswith("- **Monomial-NFN**")]
     assert "its products' FLOPs 1.00 x the authors' (theirs at 50 GFLOP/s)" in misses
-    assert "| Monomial-NFN | 8 | fwdbwd | 0.50 | 1.00 | 40% | - | 66% | 1.00 | not shown at a floor |" in lines
-    assert "| 40% | - | 66% | - | not shown" in "\n".join(vs.goal_misses(vs.best_records(records), profiled))
+    assert "| Monomial-NFN | 8 | fwdbwd | 0.50 | 1.00 | 40% | - | - | 66% | 1.00 | not shown at a floor |" in lines
+    assert "| 40% | - | - | 66% | - | not shown" in "\n".join(vs.goal_misses(vs.best_records(records), profiled))
 
 
 def test_job_scripts_take_their_own_flags_and_the_torch_job_counts_nfn_jobs_only():
