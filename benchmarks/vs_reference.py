@@ -35,7 +35,8 @@ job's lowest first call over the same records, for the same reason. The driver's
 (``benchmarks.harness``): load averages at start and end and a jitted matmul calibration. Our NFN jobs compile as
 the library's train step does (`common.training.STEP_COMPILER_OPTIONS`) and record XLA's FLOP count of one call
 (``cost_analysis``, taken after the timed calls), so the report gives each step's achieved GFLOP/s against the job's
-own matmul calibration. ``--count-flops`` times nothing: it counts the authors' matrix-product FLOPs of the
+own matmul calibration, and then time their step's matrix products alone in the same process
+(``vs_reference_ours.products_record``), the floor the report sets against the goal for a row that misses it. ``--count-flops`` times nothing: it counts the authors' matrix-product FLOPs of the
 selected NFN jobs (torch's ``FlopCounterMode``, one untimed call per job in its own process), keeps them in the
 stored result (``flop_counts``, carried over by later runs, since they depend on the code and not on the host) and
 renders the report again with an arithmetic table: their FLOPs against our step's dots (``step_profile.json``)
@@ -513,7 +514,8 @@ def profiled_steps(out_dir: str) -> dict:
 
 
 class Floors(NamedTuple):
-    """A row's floors, each as a share of our step within one run (`floors`), and the share the goal allows."""
+    """A row's two floors and its products + passes, each as a share of our step within one run (`floors`), and
+    the share of our step the goal allows."""
     products: float  # its matrix products alone
     bound: float | None  # its roofline bound as compiled
     passes: float | None  # its products alone, then its other kernels' bytes at the copy bandwidth
@@ -560,7 +562,8 @@ def _profile_text(f: Floors | None) -> str:
     if f.bound is not None:
         text += f", its roofline bound in step_profile's run {f.bound:.0%} ({side(f.bound)} the goal's share)"
     if f.passes is not None:
-        text += f", with its other kernels' bytes at the copy bandwidth {f.passes:.0%} ({side(f.passes)})"
+        text += (f", products + passes (its other kernels' bytes at the copy bandwidth after the products) "
+                 f"{f.passes:.0%} ({side(f.passes)} the goal's share)")
     return text
 
 

@@ -191,7 +191,7 @@ def test_nfn_table_rate_is_xla_flops_over_median_against_the_jobs_calibration():
     records[1].update(products_alone_s=0.0035, products_other_cpu_frac=0.0)
     lines = vs.goal_misses(vs.best_records(records), profiled, copy_gbps=1.0)
     assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 1.00 | 35% | - | 65% | 66% | - | not shown at a floor |" in lines
-    assert "with its other kernels' bytes at the copy bandwidth 65% (below)" in "\n".join(lines)
+    assert "after the products) 65% (below the goal's share)" in "\n".join(lines)
     profiled[("ours_magep", 8, "fwdbwd")]["kernel_bytes"]["layout"] = 2e6
     lines = vs.goal_misses(vs.best_records(records), profiled, copy_gbps=1.0)
     assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 1.00 | 35% | - | 75% | 66% | - | at its products + passes |" in lines
