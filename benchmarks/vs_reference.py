@@ -36,11 +36,12 @@ job's lowest first call over the same records, for the same reason. The driver's
 the library's train step does (`common.training.STEP_COMPILER_OPTIONS`) and record XLA's FLOP count of one call
 (``cost_analysis``, taken after the timed calls), so the report gives each step's achieved GFLOP/s against the job's
 own matmul calibration, and then time their step's matrix products alone in the same process
-(``vs_reference_ours.products_record``), the floor the report sets against the goal for a row that misses it. ``--count-flops`` times nothing: it counts the authors' matrix-product FLOPs of the
-selected NFN jobs (torch's ``FlopCounterMode``, one untimed call per job in its own process), keeps them in the
-stored result (``flop_counts``, carried over by later runs, since they depend on the code and not on the host) and
-renders the report again with an arithmetic table: their FLOPs against our step's dots (``step_profile.json``)
-and the rate each side runs them at. Results: ``vs_reference.json`` (every record) and ``vs_reference.md``.
+(``vs_reference_ours.products_record``), the floor the report sets against the goal for a row that misses it.
+``--count-flops`` times nothing: it counts the authors' matrix-product FLOPs of the selected NFN jobs (torch's
+``FlopCounterMode``, one untimed call per job in its own process), keeps them in the stored result
+(``flop_counts``, carried over by later runs, since they depend on the code and not on the host) and renders the
+report again with an arithmetic table: their FLOPs against our step's dots (``step_profile.json``) and the rate
+each side runs them at. Results: ``vs_reference.json`` (every record) and ``vs_reference.md``.
 
 Modes. NFNs: ``fwd`` = forward only; ``fwdbwd`` = forward + BCE loss + gradient w.r.t. every parameter (a
 training step without the optimizer update); ours computed as the library predicts and trains, in micro-batches of
@@ -90,7 +91,6 @@ import statistics
 import subprocess
 import sys
 import time
-
 from typing import NamedTuple
 
 from benchmarks import harness
