@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -54,7 +55,9 @@ from common.cli import positive_int
 from common.distributed import make_mesh
 
 try:
-    from ott.tools import sliced as ott_sliced
+    with warnings.catch_warnings():  # OTT-JAX imports jaxopt, which warns that it is no longer maintained
+        warnings.filterwarnings("ignore", "JAXopt is no longer maintained", DeprecationWarning)
+        from ott.tools import sliced as ott_sliced
 except ImportError:  # optional baseline
     ott_sliced = None
 
