@@ -387,12 +387,12 @@ def _authors_ms(out_dir: str) -> tuple[dict, str | None]:
 PRODUCT_KINDS = ("library", "dot")  # the `KINDS` that run matrix products; the other kernels are passes
 
 
-def products_and_passes_s(cell: dict, calibration: dict) -> float:
-    """A cell's products alone, then the bytes of its other kernels (`kernel_bytes`) at the run's copy bandwidth:
-    the step's time were its kernels run one after the other at those two limits (no floor: data in the cache
-    moves faster, and two kernels can run at once)."""
-    passes = sum(n for kind, n in cell["kernel_bytes"].items() if kind not in PRODUCT_KINDS)
-    return cell["products_alone_s"] + passes / (calibration["copy_gbps"] * 1e9)
+def products_and_passes_s(products_s: float, moved: dict[str, float], copy_gbps: float) -> float:
+    """A step's products alone (``products_s``), then the bytes of its other kernels (``moved``, `kernel_bytes`)
+    at the copy bandwidth ``copy_gbps`` (GB/s): the step's time were its kernels run one after the other at those
+    two limits (no floor: data in the cache moves faster, and two kernels can run at once)."""
+    passes = sum(n for kind, n in moved.items() if kind not in PRODUCT_KINDS)
+    return products_s + passes / (copy_gbps * 1e9)
 
 
 def _contention(share: float | None) -> str:
@@ -427,7 +427,8 @@ def markdown(result: dict) -> str:
                      f"{flop / t / 1e9:.0f} ({100 * flop / t / 1e9 / cal['jax_gflops']:.0f}%)",
                      f"{moved / 1e9:.2f}", f"{moved / t / 1e9:.1f} ({100 * moved / t / 1e9 / cal['copy_gbps']:.0f}%)",
                      f"{1e3 * bound:.1f}", f"{1e3 * r['products_alone_s']:.1f} ({r['products']})",
-                     f"{1e3 * products_and_passes_s(r, cal):.1f}" if r.get("kernel_bytes") else "-",
+                     (f"{1e3 * products_and_passes_s(r['products_alone_s'], r['kernel_bytes'], cal['copy_gbps']):.1f}"
+                      if r.get("kernel_bytes") else "-"),
                      "-" if goal is None else f"{goal:.1f}", f"{1e3 * kernel:.1f}"]
                     + [f"{100 * r['kernel_s'][k] / kernel:.0f}" if kernel else "-" for k in KINDS]
                     + [sum(r["kernels"].values()), _contention(r.get("other_cpu_frac"))])

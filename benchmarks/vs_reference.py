@@ -547,7 +547,7 @@ def floors(cell: dict | None, ours: dict, ref, copy_gbps: float | None = None) -
     if cell and cell.get("kernel_bytes") and copy_gbps:
         from benchmarks.step_profile import products_and_passes_s  # it imports this module
 
-        passes = products_and_passes_s(cell | {"products_alone_s": products_s}, {"copy_gbps": copy_gbps}) / step_s
+        passes = products_and_passes_s(products_s, cell["kernel_bytes"], copy_gbps) / step_s
     return Floors(products_s / step_s, bound, passes, GOAL_RATIO * ref["median_s"] / ours["median_s"], products_s,
                   where)
 

@@ -306,7 +306,7 @@ def main(argv=None) -> dict:
         return protocol.emit(record)
 
     def build():
-        if args.job == "ours_tnfn" or args.job in NFN_JOBS:
+        if args.job in NFN_JOBS:
             return build_nfn(args.job, args.batch, args.mode)
         fwd, fwdbwd, info = build_tsw(args.job, args.n, args.d, args.trees, args.lines, args.p)
         return (fwd if args.mode == "fwd" else fwdbwd), info
