@@ -743,6 +743,22 @@ def _traffic(r, copy_gbps: float | None) -> str:
     return f"{gbps:.1f} GB/s" + (f" ({100 * gbps / copy_gbps:.0f}% of the copy bandwidth)" if copy_gbps else "")
 
 
+def _sort_and_passes(r, budget_s: float, copy_gbps: float | None) -> str:
+    """The host sort's time in Db-TSW record ``r`` against ``budget_s`` (the time the goal allows), and with its
+    XLA-counted bytes at ``copy_gbps`` beside it (sort + passes; "at its sort + passes" from 100% of the budget
+    on). Empty without a sort time."""
+    sort_s = r.get("host_sort_s")
+    if not sort_s:
+        return ""
+    text = f"; the host sort alone {1e3 * sort_s:.3g} ms, {100 * sort_s / budget_s:.0f}% of the {1e3 * budget_s:.3g} ms"
+    text += " the goal allows"
+    if not copy_gbps or not r.get("bytes_accessed"):
+        return text
+    total_s = sort_s + r["bytes_accessed"] / (copy_gbps * 1e9)
+    return (text + f"; sort + passes {1e3 * total_s:.3g} ms ({100 * total_s / budget_s:.0f}%)"
+            + (": at its sort + passes" if total_s >= budget_s else ""))
+
+
 def dbtsw_misses(best, copy_gbps: float | None) -> list[str]:
     """The Db-TSW cells above `GOAL_RATIO` against the authors' `torch.compile`d code, each with our rate of
     XLA-counted memory traffic and its share of the run's copy bandwidth ``copy_gbps`` (GB/s, or None)."""
@@ -751,11 +767,9 @@ def dbtsw_misses(best, copy_gbps: float | None) -> list[str]:
                     key=lambda r: (r["mode"], r["d"], r["trees"], r["n"])):
         ref = _get(best, job="dbtsw_compiled", mode=r["mode"], n=r["n"], d=r["d"], trees=r["trees"], lines=r["lines"])
         if ref and ref.get("status") == "ok" and r["median_s"] / ref["median_s"] > GOAL_RATIO:
-            budget = GOAL_RATIO * ref["median_s"]
-            sort = ("" if not r.get("host_sort_s") else f"; the host sort alone {1e3 * r['host_sort_s']:.3g} ms, "
-                    f"{100 * r['host_sort_s'] / budget:.0f}% of the {1e3 * budget:.3g} ms the goal allows")
             misses.append(f"- {r['trees']} x {r['lines']} lines, d = {r['d']}, n = {r['n']}, {r['mode']}: "
-                          f"{_ratio(r, ref)} at {_traffic(r, copy_gbps)}{sort}")
+                          f"{_ratio(r, ref)} at {_traffic(r, copy_gbps)}"
+                          f"{_sort_and_passes(r, GOAL_RATIO * ref['median_s'], copy_gbps)}")
     if not misses:
         return []
     return ["### Db-TSW cells above the goal", "",
@@ -771,7 +785,11 @@ def dbtsw_misses(best, copy_gbps: float | None) -> list[str]:
             "at n = 5,000), and at n = 100 the fixed costs of tens of kernels of microseconds each (88 in the "
             "forward + backward program at 100 x 4 lines; the callback's "
             "round trip is ~0.01 ms since it works in XLA's buffers in place); the bytes move at "
-            "the rate given (near the copy bandwidth, a cell needs fewer bytes moved, not a better schedule). Cells "
+            "the rate given (near the copy bandwidth, a cell needs fewer bytes moved, not a better schedule). Sort + "
+            "passes: the host sort followed by XLA's bytes at the copy bandwidth, the step's time were the sort and "
+            "its passes run one after the other at those two limits (no floor: data in the cache move faster, and "
+            "XLA runs independent kernels on both cores); where it reaches the time the goal allows (\"at its sort + "
+            "passes\"), the goal asks for a sort faster than numpy's or passes faster than a streaming copy. Cells "
             "move by up to 0.3 between runs on this host (docs/tsw_sl.md §16.3).", "",
             *misses, ""]
 
@@ -1082,7 +1100,8 @@ def main(argv=None) -> dict:
     def write() -> tuple[dict, str]:  # after every job, so a stopped run keeps what it measured
         result = {"records": records, "smoke": smoke, "run": run.finish(), "planned": [job_key(j) for j in jobs],
                   "options": {k: v for k, v in vars(options).items()},
-                  "flop_counts": stored.get("flop_counts", [])}  # the code's, not the host's: kept across runs
+                  "flop_counts": stored.get("flop_counts", []),  # the code's, not the host's: kept across runs
+                  **({"note": previous["note"]} if previous.get("note") else {})}  # a resumed folder keeps its note
         text = markdown(result, profiled)
         harness.write_results(options.out, NAME, result, text)
         return result, text

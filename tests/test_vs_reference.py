@@ -365,8 +365,17 @@ def test_dbtsw_misses_give_our_memory_traffic_against_the_copy_bandwidth():
     records[1].update(median_s=0.005)  # 0.50; 4e7 bytes / 5 ms = 8 GB/s = 32% of 25 GB/s
     lines = vs.dbtsw_misses(vs.best_records(records), 25.0)
     assert "- 25 x 4 lines, d = 2, n = 1000, fwdbwd: 0.50 at 8.0 GB/s (32% of the copy bandwidth)" in lines
+    # the goal allows 3.3 ms; the sort 2 ms, then 4e7 bytes at 25 GB/s 1.6 ms: 3.6 ms, 109% of it
+    records[1].update(host_sort_s=0.002)
+    line = "\n".join(vs.dbtsw_misses(vs.best_records(records), 25.0))
+    assert ("the host sort alone 2 ms, 61% of the 3.3 ms the goal allows; sort + passes 3.6 ms (109%): at its sort + "
+            "passes") in line
+    records[1].update(host_sort_s=0.001)  # 2.6 ms, 79%: no verdict
+    line = vs.dbtsw_misses(vs.best_records(records), 25.0)[-2]  # the cell's line (a blank line ends the list)
+    assert line.endswith("sort + passes 2.6 ms (79%)")
     del records[1]["bytes_accessed"]  # a record from before the byte counts
-    assert "fwdbwd: 0.50 at - (no byte count)" in "\n".join(vs.dbtsw_misses(vs.best_records(records), None))
+    line = vs.dbtsw_misses(vs.best_records(records), None)[-2]
+    assert line.endswith("0.50 at - (no byte count); the host sort alone 1 ms, 30% of the 3.3 ms the goal allows")
 
 
 def test_passes_run_the_whole_list_again_and_a_resumed_run_finishes_the_missing_passes(tmp_path, monkeypatch):
@@ -374,7 +383,7 @@ def test_passes_run_the_whole_list_again_and_a_resumed_run_finishes_the_missing_
     records carry their pass; a resumed run with more passes measures only the passes a job lacks; the tables use
     each job's lowest median over its passes and the report says so."""
     calls = []
-    medians = iter([0.030, 0.010, 0.020, 0.015, 0.040, 0.012])
+    medians = iter([0.030, 0.010, 0.020, 0.015, 0.040, 0.012, 0.030, 0.010])
 
     def fake_measure(job, options):
         calls.append(job["job"])
@@ -385,16 +394,21 @@ def test_passes_run_the_whole_list_again_and_a_resumed_run_finishes_the_missing_
             "--tnfn-batches", "16", "--no-calibration", "--max-wait", "0", "--out", str(tmp_path)]
     vs.main(args + ["--passes", "2"])
     assert calls == ["magep", "ours_magep", "magep", "ours_magep"]
+    stored = json.load(open(tmp_path / "vs_reference.json"))
+    json.dump(dict(stored, note="Measured on a second host."), open(tmp_path / "vs_reference.json", "w"))
     vs.main(args + ["--passes", "3", "--resume"])
     assert calls[4:] == ["magep", "ours_magep"]
+    assert json.load(open(tmp_path / "vs_reference.json"))["note"] == "Measured on a second host."  # kept
     records = json.load(open(tmp_path / "vs_reference.json"))["records"]
     assert [r["pass"] for r in records] == [0, 0, 1, 1, 2, 2]
     best = vs.best_records(records)
     assert best[vs.job_key(dict(job="magep", mode="fwdbwd", batch=8))]["median_s"] == 0.020
     assert best[vs.job_key(dict(job="ours_magep", mode="fwdbwd", batch=8))]["median_s"] == 0.010
     text = (tmp_path / "vs_reference.md").read_text()
-    assert "the NFN jobs in 3 passes of the list" in text
+    assert "the NFN jobs in 3 passes of the list" in text and "Measured on a second host." in text
     assert "| 0.50 |" in text  # 10 ms against 20 ms
+    vs.main(args + ["--passes", "1"])  # a new run (no --resume) replaces the folder's records and its note
+    assert "note" not in json.load(open(tmp_path / "vs_reference.json"))
 
 
 def test_passes_text_names_the_jobs_when_only_some_of_a_group_ran_several_passes():
