@@ -750,8 +750,8 @@ def _sort_and_passes(r, budget_s: float, copy_gbps: float | None) -> str:
     sort_s = r.get("host_sort_s")
     if not sort_s:
         return ""
-    text = f"; the host sort alone {1e3 * sort_s:.3g} ms, {100 * sort_s / budget_s:.0f}% of the {1e3 * budget_s:.3g} ms"
-    text += " the goal allows"
+    text = (f"; the host sort alone {1e3 * sort_s:.3g} ms, {100 * sort_s / budget_s:.0f}% of the "
+            f"{1e3 * budget_s:.3g} ms the goal allows")
     if not copy_gbps or not r.get("bytes_accessed"):
         return text
     total_s = sort_s + r["bytes_accessed"] / (copy_gbps * 1e9)
@@ -1022,8 +1022,9 @@ def parse_args(argv=None):
     parser.add_argument("--mem-gb", type=float, default=20.0, help="address-space limit per job")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per job")
     parser.add_argument("--resume", action="store_true",
-                        help="keep the records of the existing result; run only the jobs (in each pass) without "
-                        "an undisturbed ok / slow / oom record")
+                        help="keep the records of the existing result (and its `note`, a text written into the "
+                        "JSON by hand that heads the report); run only the jobs (in each pass) without an undisturbed "
+                        "ok / slow / oom record")
     parser.add_argument("--remeasure", action="store_true",
                         help="with --resume: drop the kept records of the selected jobs and measure them again (so "
                         "their ratios come from this run), keeping every other job's records")

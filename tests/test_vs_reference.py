@@ -381,7 +381,8 @@ def test_dbtsw_misses_give_our_memory_traffic_against_the_copy_bandwidth():
 def test_passes_run_the_whole_list_again_and_a_resumed_run_finishes_the_missing_passes(tmp_path, monkeypatch):
     """``--passes N``: the interleaved list runs N times in order (authors / ours alternating within each pass);
     records carry their pass; a resumed run with more passes measures only the passes a job lacks; the tables use
-    each job's lowest median over its passes and the report says so."""
+    each job's lowest median over its passes and the report says so; a resumed run keeps the folder's note, a new
+    run drops it."""
     calls = []
     medians = iter([0.030, 0.010, 0.020, 0.015, 0.040, 0.012, 0.030, 0.010])
 
