@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.vs_reference_protocol import system_busy_s
+from benchmarks.vs_reference_protocol import COPY_BYTES, copy_bandwidth, system_busy_s
 from common import llvm_options
 from common.host_memory import keep_freed_memory
 from common.zoo_store import atomic_write
@@ -55,7 +55,6 @@ MEMORY_DEFINITION = (
 TIMING_DEFINITION = ("compile time apart; one warm-up call, then the median (and min) wall time of the timed "
                      "calls, each ended by `jax.block_until_ready`")
 MATMUL_SIZE = 2048
-COPY_BYTES = 256 * 2**20  # the bandwidth calibration's copy: far beyond every cache
 MIN_CPU_WINDOW_S = 0.2
 
 
@@ -279,11 +278,9 @@ def matmul_calibration(size: int | None = None, repeats: int = 5) -> dict:
     jax_timing = time_calls(lambda: matmul(a, a), repeats)
     host = np.asarray(a)
     np_timing = time_calls(lambda: host @ host, repeats)
-    source = np.ones(COPY_BYTES // 4, np.float32)
-    target = np.empty_like(source)
-    copy_timing = time_calls(lambda: np.copyto(target, source), repeats)
-    return dict(copy_bytes=COPY_BYTES, copy_gbps=2 * COPY_BYTES / copy_timing.median_s / 1e9,
-                copy_gbps_best=2 * COPY_BYTES / copy_timing.min_s / 1e9,size=size, dtype="float32", repeats=repeats, device=str(jax.devices()[0]),
+    copy_gbps, copy_gbps_best = copy_bandwidth(repeats)
+    return dict(copy_bytes=COPY_BYTES, copy_gbps=copy_gbps, copy_gbps_best=copy_gbps_best, size=size,
+                dtype="float32", repeats=repeats, device=str(jax.devices()[0]),
                 jax_gflops=flop / jax_timing.median_s / 1e9, jax_gflops_best=flop / jax_timing.min_s / 1e9,
                 numpy_gflops=flop / np_timing.median_s / 1e9, numpy_gflops_best=flop / np_timing.min_s / 1e9,
                 other_cores=jax_timing.cpu.other_cores)

@@ -528,7 +528,8 @@ def floors(cell: dict | None, ours: dict, ref, copy_gbps: float | None = None) -
     """A row's floors, each as a share of our step within one run so that the host's drift between runs cancels,
     and the share of our step in this run (``ours``) that the goal allows (``ref``: the authors' record): its
     products alone, timed in our job's own process right after its step where the record has them undisturbed
-    (`vs_reference_ours.products_record`; then the passes at this run's ``copy_gbps``), else in its
+    (`vs_reference_ours.products_record`; then the passes at the copy bandwidth measured in that process after
+    its timed calls, ``ours["copy_gbps"]``, or for a record without it this run's ``copy_gbps``), else in its
     `profiled_steps` cell's run (at that run's copy bandwidth); its roofline bound in the cell's run; and its
     products followed by the bytes of every other kernel of the step (`step_profile.kernel_bytes` of the cell) at
     the copy bandwidth, the step as if its passes ran one after the other at memory speed. None where the products'
@@ -537,6 +538,7 @@ def floors(cell: dict | None, ours: dict, ref, copy_gbps: float | None = None) -
         return None
     if ours.get("products_alone_s") and (ours.get("products_other_cpu_frac") or 0.0) <= CONTENDED:
         products_s, step_s, where = ours["products_alone_s"], ours["median_s"], "its own process"
+        copy_gbps = ours.get("copy_gbps") or copy_gbps
     elif cell and cell.get("products_alone_s"):
         products_s, step_s, where = cell["products_alone_s"], cell["median_s"], "step_profile's run"
         copy_gbps = cell.get("copy_gbps")
@@ -673,8 +675,9 @@ def goal_misses(best, profiled: dict | None = None, counts: dict[str, dict] | No
              "13% by which other ways of timing the same products differ and the drift of the authors' times "
              "between runs (docs/magep.md §9.4): `step_profile.md`. Beside them, products + passes: the products "
              "alone followed by every other kernel of the step (its passes: layout, reductions, elementwise work) "
-             "moving its operands and results (`step_profile.kernel_bytes`) at the copy bandwidth of the run the "
-             "products were timed in, the step's time as if its kernels ran one after the other at those two "
+             "moving its operands and results (`step_profile.kernel_bytes`) at the copy bandwidth where the products "
+             "were timed (our job's process, measured after its timed calls; for records from before 2026-12-06 "
+             "17:30 the run's), the step's time as if its kernels ran one after the other at those two "
              "limits; no floor (kernels whose data sit in the cache move faster, and two can run at once), but "
              "where it is above the goal's share the goal asks for passes that beat memory speed or overlap the "
              "products. \"step_profile's first call a + b + c + d "
@@ -761,22 +764,25 @@ def _sort_and_passes(r, budget_s: float, copy_gbps: float | None) -> str:
 
 def dbtsw_misses(best, copy_gbps: float | None) -> list[str]:
     """The Db-TSW cells above `GOAL_RATIO` against the authors' `torch.compile`d code, each with our rate of
-    XLA-counted memory traffic and its share of the run's copy bandwidth ``copy_gbps`` (GB/s, or None)."""
+    XLA-counted memory traffic, its share of the copy bandwidth (the job's own, ``copy_gbps`` of its record, or for
+    a record without it the run's ``copy_gbps``, GB/s, or None) and `_sort_and_passes`."""
     misses = []
     for r in sorted((r for r in best.values() if r["job"] == "ours_dbtsw" and r.get("status") == "ok"),
                     key=lambda r: (r["mode"], r["d"], r["trees"], r["n"])):
         ref = _get(best, job="dbtsw_compiled", mode=r["mode"], n=r["n"], d=r["d"], trees=r["trees"], lines=r["lines"])
         if ref and ref.get("status") == "ok" and r["median_s"] / ref["median_s"] > GOAL_RATIO:
+            bandwidth = r.get("copy_gbps") or copy_gbps
             misses.append(f"- {r['trees']} x {r['lines']} lines, d = {r['d']}, n = {r['n']}, {r['mode']}: "
-                          f"{_ratio(r, ref)} at {_traffic(r, copy_gbps)}"
-                          f"{_sort_and_passes(r, GOAL_RATIO * ref['median_s'], copy_gbps)}")
+                          f"{_ratio(r, ref)} at {_traffic(r, bandwidth)}"
+                          f"{_sort_and_passes(r, GOAL_RATIO * ref['median_s'], bandwidth)}")
     if not misses:
         return []
     return ["### Db-TSW cells above the goal", "",
             f"Ours / the authors' `torch.compile`d DbTSW above {GOAL_RATIO}, with our rate of memory traffic as "
             "XLA counts it (operands and results of every fused kernel, per call / median time; the host sort in "
-            "its numpy callback is not counted) and its share of the run's copy bandwidth (the memory rate of a plain "
-            "streaming pass), and the time of our host sort alone (numpy, measured in the same job) against the time "
+            "its numpy callback is not counted) and its share of the copy bandwidth (the memory rate of a plain "
+            "streaming pass, measured in the job's process after its timed calls; the run's, in the header, for "
+            "records from before 2026-12-06 17:30), and the time of our host sort alone (numpy, measured in the same job) against the time "
             "the goal allows (0.33 x the authors'). The step has no large matrix product, so the matmul rate is no "
             "measure for it. The authors' step sorts the same [L k, 2n] keys with `torch.sort`, 2.2x slower than "
             "our host sort on these cores, so our sort alone takes part of the time the goal allows (per cell below; "

@@ -118,6 +118,25 @@ def calibrate(repeats: int = 15) -> float:
     return round(1e3 * statistics.median(times), 3)
 
 
+COPY_BYTES = 256 * 2**20  # the bandwidth calibration's copy: far beyond every cache
+
+
+def copy_bandwidth(repeats: int = 5) -> tuple[float, float]:
+    """The memory bandwidth now: GB/s (median, best) of ``repeats`` numpy copies of ``COPY_BYTES`` (bytes read +
+    bytes written: the roofline for memory-bound work), after one warm-up copy."""
+    import numpy as np
+
+    source = np.ones(COPY_BYTES // 4, np.float32)
+    target = np.empty_like(source)
+    np.copyto(target, source)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(target, source)
+        times.append(time.perf_counter() - start)
+    return 2 * COPY_BYTES / statistics.median(times) / 1e9, 2 * COPY_BYTES / min(times) / 1e9
+
+
 def rss_mb(field: str = "VmRSS") -> float | None:
     """A memory figure of this process from ``/proc/self/status``, MB: ``VmRSS`` (resident now) or ``VmHWM``
     (peak resident, since this program's ``exec``); None off Linux."""
@@ -190,9 +209,16 @@ def _scalar(out) -> float | None:
 
 
 def emit(record: dict) -> dict:
-    """Adds the Python version and the peak RSS (MB) and prints ``RESULT {json}``; returns the record."""
+    """Adds the Python version, the peak RSS (MB) and then, for a timed job, the memory bandwidth of its process
+    now (``copy_gbps``: `copy_bandwidth`'s median, after the peak was read, so that its buffers stay out of it),
+    and prints ``RESULT {json}``; returns the record."""
     record.setdefault("python", platform.python_version())
     record["peak_rss_mb"] = peak_rss_mb()
+    if record.get("status") == "ok":
+        try:
+            record["copy_gbps"] = round(copy_bandwidth()[0], 2)
+        except MemoryError:  # a job near its address-space limit keeps its record without the reading
+            pass
     sys.stdout.write(RESULT_PREFIX + json.dumps(record) + "\n")
     sys.stdout.flush()
     return record

@@ -197,6 +197,9 @@ def test_nfn_table_rate_is_xla_flops_over_median_against_the_jobs_calibration():
     assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 1.00 | 35% | - | 75% | 66% | - | at its products + passes |" in lines
     assert "| 35% | - | - | 66% | - | not shown at a floor |" in "\n".join(  # no bandwidth: no passes
         vs.goal_misses(vs.best_records(records), profiled))
+    records[1].update(copy_gbps=2.0)  # the job's own bandwidth comes first: 4 MB at 2 GB/s, 2 ms: 55%
+    lines = vs.goal_misses(vs.best_records(records), profiled, copy_gbps=1.0)
+    assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 1.00 | 35% | - | 55% | 66% | - | not shown at a floor |" in lines
 
 
 def test_stages_text_lists_a_first_calls_stages_in_order():
@@ -227,6 +230,7 @@ def test_measure_merges_the_call_cost_analysis_after_the_timed_calls(capsys):
     record = protocol.measure({"job": "x"}, lambda: (call, {}), repeats=2)
     assert record["status"] == "ok" and record["flops"] == 123.0 and calls[-1] == "cost"
     assert calls.count("cost") == 1
+    assert record["copy_gbps"] > 0  # the process's memory bandwidth, read after its peak memory
 
 
 def test_zoo_table_sets_pytorch_against_our_population():
@@ -373,6 +377,10 @@ def test_dbtsw_misses_give_our_memory_traffic_against_the_copy_bandwidth():
     records[1].update(host_sort_s=0.001)  # 2.6 ms, 79%: no verdict
     line = vs.dbtsw_misses(vs.best_records(records), 25.0)[-2]  # the cell's line (a blank line ends the list)
     assert line.endswith("sort + passes 2.6 ms (79%)")
+    records[1].update(copy_gbps=40.0)  # the job's own bandwidth comes first: 1 ms of bytes, 2 ms in all
+    line = vs.dbtsw_misses(vs.best_records(records), 25.0)[-2]
+    assert "at 8.0 GB/s (20% of the copy bandwidth)" in line and line.endswith("sort + passes 2 ms (61%)")
+    del records[1]["copy_gbps"]
     del records[1]["bytes_accessed"]  # a record from before the byte counts
     line = vs.dbtsw_misses(vs.best_records(records), None)[-2]
     assert line.endswith("0.50 at - (no byte count); the host sort alone 1 ms, 30% of the 3.3 ms the goal allows")
