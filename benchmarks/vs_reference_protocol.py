@@ -11,8 +11,10 @@ window is under ``min_window_s`` (so the ``/proc/stat`` contention reading resol
 ``other_cpu_frac`` = the share of all CPUs that other processes used during the timed calls. Peak memory:
 ``VmHWM`` of the process at the end (the peak resident set of its address space, interpreter and framework
 included; not ``ru_maxrss``, which Linux carries over from the parent at fork across ``exec``, so every job
-would report at least its driver's resident memory). ``emit`` prints the record as one ``RESULT {json}`` line,
-which the driver reads.
+would report at least its driver's resident memory). Then, after the peak was read (so that its buffers stay out
+of it), a timed job's memory bandwidth: ``copy_gbps``, a numpy copy of ``COPY_BYTES`` (`copy_bandwidth`), which the
+report sets the job's byte counts against. ``emit`` prints the record as one ``RESULT {json}`` line, which the driver
+reads.
 """
 from __future__ import annotations
 
