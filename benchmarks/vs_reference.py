@@ -900,6 +900,7 @@ def markdown(result: dict, profiled: dict | None = None) -> str:
                      for r in best.values() if r.get("status") not in ("ok", "skipped")})
     if failed:
         lines += ["Failed:", "", *[f"- `{job}` ({status}): {why}" for job, status, why in failed], ""]
+    copy_gbps = (result["run"].get("calibration") or {}).get("copy_gbps")  # for records without their own
     if any("batch" in r for r in best.values()):
         lines += ["## NFN predictors: median ms per batch", "",
                   "fwd = forward; fwdbwd = forward + BCE loss + gradient w.r.t. all parameters (ours: as the library "
@@ -909,10 +910,9 @@ def markdown(result: dict, profiled: dict | None = None) -> str:
                   "calibration (`calib_ms`, per job in the contention table); GFLOP/s for 0.33 = the rate our "
                   "FLOPs would need for ours / authors = 0.33.", "", *nfn_table(best), "",
                   *arithmetic_table(best, counts, profiled),
-                  *goal_misses(best, profiled, counts, (result["run"].get("calibration") or {}).get("copy_gbps"))]
+                  *goal_misses(best, profiled, counts, copy_gbps)]
     tables = tsw_tables(best)
     if tables:
-        copy_gbps = (result["run"].get("calibration") or {}).get("copy_gbps")
         lines += ["## Tree-sliced and sliced Wasserstein", "", *tables, *dbtsw_misses(best, copy_gbps)]
     lines += zoo_table(best)
     lines += contention_table(best)

@@ -12,9 +12,9 @@ window is under ``min_window_s`` (so the ``/proc/stat`` contention reading resol
 ``VmHWM`` of the process at the end (the peak resident set of its address space, interpreter and framework
 included; not ``ru_maxrss``, which Linux carries over from the parent at fork across ``exec``, so every job
 would report at least its driver's resident memory). Then, after the peak was read (so that its buffers stay out
-of it), a timed job's memory bandwidth: ``copy_gbps``, a numpy copy of ``COPY_BYTES`` (`copy_bandwidth`), which the
-report sets the job's byte counts against. ``emit`` prints the record as one ``RESULT {json}`` line, which the driver
-reads.
+of it), the memory bandwidth of a timed job that has XLA's byte count: ``copy_gbps``, a numpy copy of
+``COPY_BYTES`` (`copy_bandwidth`), which the report sets that count against. ``emit`` prints the record as one
+``RESULT {json}`` line, which the driver reads.
 """
 from __future__ import annotations
 
@@ -211,12 +211,12 @@ def _scalar(out) -> float | None:
 
 
 def emit(record: dict) -> dict:
-    """Adds the Python version, the peak RSS (MB) and then, for a timed job, the memory bandwidth of its process
-    now (``copy_gbps``: `copy_bandwidth`'s median, after the peak was read, so that its buffers stay out of it),
-    and prints ``RESULT {json}``; returns the record."""
+    """Adds the Python version, the peak RSS (MB) and then, for a timed job with XLA's byte count
+    (``bytes_accessed``), the memory bandwidth of its process now (``copy_gbps``: `copy_bandwidth`'s median, after
+    the peak was read, so that its buffers stay out of it), and prints ``RESULT {json}``; returns the record."""
     record.setdefault("python", platform.python_version())
     record["peak_rss_mb"] = peak_rss_mb()
-    if record.get("status") == "ok":
+    if record.get("status") == "ok" and record.get("bytes_accessed"):  # what the report sets the bandwidth against
         try:
             record["copy_gbps"] = round(copy_bandwidth()[0], 2)
         except MemoryError:  # a job near its address-space limit keeps its record without the reading

@@ -226,11 +226,12 @@ def test_measure_merges_the_call_cost_analysis_after_the_timed_calls(capsys):
 
     def call():
         calls.append("call")
-    call.cost_analysis = lambda: calls.append("cost") or dict(flops=123.0)
+    call.cost_analysis = lambda: calls.append("cost") or dict(flops=123.0, bytes_accessed=456.0)
     record = protocol.measure({"job": "x"}, lambda: (call, {}), repeats=2)
     assert record["status"] == "ok" and record["flops"] == 123.0 and calls[-1] == "cost"
     assert calls.count("cost") == 1
     assert record["copy_gbps"] > 0  # the process's memory bandwidth, read after its peak memory
+    assert "copy_gbps" not in protocol.measure({"job": "y"}, lambda: (lambda: None, {}), repeats=2)  # no bytes
 
 
 def test_zoo_table_sets_pytorch_against_our_population():
