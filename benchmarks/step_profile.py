@@ -2,6 +2,7 @@
 
     python -m benchmarks.step_profile [--jobs ours_magep ...] [--batches 8 64 256] [--modes fwdbwd fwd]
     python -m benchmarks.step_profile --quick      # one small cell, a smoke run
+    python -m benchmarks.step_profile --count-bytes --out DIR   # add kernel bytes to an earlier run's cells
 
 Each cell (predictor, batch, mode) runs in its own process and builds the step exactly as
 `benchmarks.vs_reference` times it (`benchmarks.vs_reference_ours`: the authors' configurations, random inputs,
@@ -347,6 +348,41 @@ def profile_cell(job: str, batch: int, mode: str, calls: int) -> dict:
                 program=hlo_text.split(",", 1)[0].removeprefix("HloModule ").strip())
 
 
+def same_program_bytes(cell: dict, hlo_text: str) -> dict[str, float] | None:
+    """`kernel_bytes` of a compiled module (``compiled.as_text()``) for a recorded ``cell``, where the module is the
+    program the cell timed: the same kernels by kind (`kernel_kinds`, the cell's ``kernels``) and the same matrix
+    products (how many one call runs, ``products``, and their FLOPs, ``products_flops``). None where it is not.
+    The bytes are a count of the program, not a measurement, so a cell recorded before they were counted can take
+    them from the same program compiled again (`count_bytes`)."""
+    found = products(hlo_text)
+    same = (dict(collections.Counter(kernel_kinds(hlo_text).values())) == cell.get("kernels")
+            and sum(p["count"] for p in found) == cell.get("products")
+            and math.isclose(sum(product_flops(p) * p["count"] for p in found), cell.get("products_flops") or 0.0))
+    return kernel_bytes(hlo_text) if same else None
+
+
+def count_bytes(out_dir: str) -> None:
+    """Adds `kernel_bytes` to the cells of ``step_profile.json`` in ``out_dir`` that lack them (records from before
+    they were counted), each from its step compiled again in this process where `same_program_bytes` finds the
+    recorded program, with ``kernel_bytes_counted_utc`` (when); other cells are left as they are and named. The
+    report is written again."""
+    from benchmarks import vs_reference_ours as ours
+
+    result = harness.read_results(out_dir, "step_profile")
+    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    for cell in result["cells"]:
+        if "error" in cell or cell.get("kernel_bytes"):
+            continue
+        jitted, args = ours.build_nfn(cell["job"], cell["batch"], cell["mode"])[0].staged()
+        moved = same_program_bytes(cell, jitted.lower(*args).compile().as_text())
+        if moved is None:
+            print(f"{cell['job']} {cell['batch']} {cell['mode']}: compiled here, not the recorded program; left out",
+                  flush=True)
+            continue
+        cell.update(kernel_bytes=moved, kernel_bytes_counted_utc=now)
+    harness.write_results(out_dir, "step_profile", result, markdown(result))
+
+
 def run_cell(module: str, cell_args: list[str], cell: dict, env: dict | None = None) -> tuple[dict, str]:
     """``python -m module --cell *cell_args`` in a fresh Python process, from the project's root (a driver's
     ``--cell`` prints its record as the last JSON line of its output). Returns (that record, or ``cell`` with
@@ -443,7 +479,7 @@ def markdown(result: dict) -> str:
               "whatever else the step does, if the goal's run found the host as fast as this one (vs_reference.md "
               "compares the products' share of our step with the goal's share within each run instead); products + "
               "passes ms = the products alone, then every other kernel's operands and results (`kernel_bytes`) at "
-              "the copy bandwidth (`products_and_passes_s`); goal ms = "
+              "the copy bandwidth (`products_and_passes_s`)" + _counted_later(result["cells"]) + "; goal ms = "
               + (f"{GOAL_RATIO} x {result['goal_source']} for the same cell" if result.get("goal_source") else
                  f"{GOAL_RATIO} x the authors' median (none here: no vs_reference.json beside the results)")
               + ". Kernel ms / call: the kernels' time under the profiler, summed over the threads that ran them "
@@ -458,6 +494,13 @@ def markdown(result: dict) -> str:
               f"share of all CPUs other processes used during the timed calls († above {CONTENDED}: disturbed, "
               "rerun it).", ""]
     return "\n".join(lines + _compile_markdown(result["cells"]))
+
+
+def _counted_later(cells: list[dict]) -> str:
+    """A clause naming when `count_bytes` counted the kernels' bytes of cells recorded without them ('' if none)."""
+    when = sorted({c["kernel_bytes_counted_utc"] for c in cells if c.get("kernel_bytes_counted_utc")})
+    return (f" (this run's records had no byte counts: counted on {', '.join(when)} from each step compiled again, "
+            "the same program as its kernels by kind and its products show, `--count-bytes`)" if when else "")
 
 
 def _compile_markdown(cells: list[dict]) -> list[str]:
@@ -507,9 +550,15 @@ def main(argv=None) -> None:
     add_cell_arguments(parser)
     parser.add_argument("--calls", type=positive_int, default=None, help="profiled calls per cell")
     parser.add_argument("--cell", nargs=3, metavar=("JOB", "BATCH", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--count-bytes", action="store_true",
+                        help="add the kernels' bytes to an earlier run's cells that lack them (`count_bytes`), "
+                             "nothing timed")
     quick = dict(jobs=["ours_monomial"], batches=[8], modes=["fwdbwd"], calls=2)
     args = harness.parse_benchmark_args(parser, argv, quick)
     harness.fill_defaults(args, dict(jobs=list(JOBS), batches=[8, 64, 256], modes=["fwdbwd", "fwd"], calls=10))
+    if args.count_bytes:
+        count_bytes(args.out)
+        return
     if args.cell:
         job, batch, mode = args.cell
         print(json.dumps(profile_cell(job, int(batch), mode, args.calls)), flush=True)

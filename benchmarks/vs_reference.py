@@ -675,7 +675,11 @@ def goal_misses(best, profiled: dict | None = None, counts: dict[str, dict] | No
              "13% by which other ways of timing the same products differ and the drift of the authors' times "
              "between runs (docs/magep.md §9.4): `step_profile.md`. Beside them, products + passes: the products "
              "alone followed by every other kernel of the step (its passes: layout, reductions, elementwise work) "
-             "moving its operands and results (`step_profile.kernel_bytes`) at the copy bandwidth where the products "
+             "moving its operands and results (`step_profile.kernel_bytes`"
+             + (", counted after step_profile's run for its cells that had none, from the same program compiled "
+                "again: `step_profile --count-bytes`" if any(c.get("kernel_bytes_counted_utc")
+                                                            for c in profiled.values()) else "")
+             + ") at the copy bandwidth where the products "
              "were timed (our job's process, measured after its timed calls; for records from before 2026-12-06 "
              "17:05 the run's), the step's time as if its kernels ran one after the other at those two "
              "limits; no floor (kernels whose data sit in the cache move faster, and two can run at once), but "

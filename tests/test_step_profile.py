@@ -94,6 +94,15 @@ def test_kernel_kinds_of_a_compiled_step_cover_its_products_and_reductions():
     assert {"library", "dot"} & set(kinds.values()), kinds  # the products, whoever runs them
 
 
+def test_same_program_bytes_counts_only_the_program_a_cell_recorded():
+    cell = dict(kernels={"library": 1, "dot": 1, "layout": 1, "elementwise": 2, "other": 1, "reduction": 1},
+                products=2, products_flops=2 * (2 * 8 * 8 * 8))  # MODULE's kernels and its two 8 x 8 x 8 products
+    assert step_profile.same_program_bytes(cell, MODULE) == step_profile.kernel_bytes(MODULE)
+    for other in (dict(kernels=cell["kernels"] | {"layout": 2}), dict(products=3), dict(products_flops=1024.0),
+                  dict(kernels=None)):
+        assert step_profile.same_program_bytes(cell | other, MODULE) is None, other
+
+
 LOOP_MODULE = """HloModule loop
 
 %fused_batched (p0: f32[2,8,4], p1: f32[2,4,3]) -> f32[2,8,3] {

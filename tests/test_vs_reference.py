@@ -200,6 +200,10 @@ def test_nfn_table_rate_is_xla_flops_over_median_against_the_jobs_calibration():
     records[1].update(copy_gbps=2.0)  # the job's own bandwidth comes first: 4 MB at 2 GB/s, 2 ms: 55%
     lines = vs.goal_misses(vs.best_records(records), profiled, copy_gbps=1.0)
     assert "| MAGEP-NFN | 8 | fwdbwd | 0.50 | 1.00 | 35% | - | 55% | 66% | - | not shown at a floor |" in lines
+    assert "--count-bytes" not in "\n".join(lines)  # the text names byte counts added later only where there are
+    profiled[("ours_magep", 8, "fwdbwd")]["kernel_bytes_counted_utc"] = "2026-12-06 18:50 UTC"
+    assert "compiled again: `step_profile --count-bytes`" in "\n".join(
+        vs.goal_misses(vs.best_records(records), profiled, copy_gbps=1.0))
 
 
 def test_stages_text_lists_a_first_calls_stages_in_order():
