@@ -70,12 +70,13 @@ def test_sort_with_gradients_match_xla_sort():
 
 @pytest.mark.parametrize("cores", [2, 3])
 def test_threaded_host_sort_equals_one_thread(monkeypatch, cores):
-    """Above `PARALLEL_MIN_SIZE` keys the rows are sorted in one block per core on a thread pool: the same
+    """Sorted on the thread pool (above `PARALLEL_ALWAYS_SIZE` keys), the rows go in one block per core: the same
     permutation as one block, rows not divisible by the blocks included."""
     rng = np.random.default_rng(1)
     keys = _awkward_keys(rng, (7, 3, 211), np.float32)
     one_block = sorting.host_argsort(keys)
     monkeypatch.setattr(sorting, "PARALLEL_MIN_SIZE", 64)
+    monkeypatch.setattr(sorting, "PARALLEL_ALWAYS_SIZE", 64)  # no trial of one thread first
     monkeypatch.setattr(sorting, "_host_cores", lambda: cores)
     threaded = sorting.host_argsort(keys)
     assert threaded.dtype == np.int32 and threaded.shape == keys.shape
@@ -83,6 +84,38 @@ def test_threaded_host_sort_equals_one_thread(monkeypatch, cores):
     np.testing.assert_array_equal(np.take_along_axis(keys, threaded, -1), np.sort(keys, axis=-1))
     single_row = keys[0, 0]  # one row: nothing to split
     np.testing.assert_array_equal(sorting.host_argsort(single_row), one_block[0, 0])
+
+
+@pytest.mark.parametrize("pool_faster", [True, False])
+def test_host_sort_tries_both_ways_per_shape_then_keeps_the_faster(monkeypatch, pool_faster):
+    """Between `PARALLEL_MIN_SIZE` and `PARALLEL_ALWAYS_SIZE` keys a shape's first calls alternate between one
+    thread and the pool, `TRIAL_CALLS` each; then the way with the faster call stays, whatever later calls take."""
+    monkeypatch.setattr(sorting, "_trials", {})
+    monkeypatch.setattr(sorting, "_parallel", {})
+    trial, ways = (400, 200, 2), []
+    for _ in range(2 * sorting.TRIAL_CALLS):
+        way = sorting._parallel_pays(trial)
+        ways.append(way)
+        sorting._record_trial(trial, way, 1e-3 if way == pool_faster else 2e-3)
+    assert ways == [False, True] * sorting.TRIAL_CALLS
+    sorting._record_trial(trial, not pool_faster, 1e-9)  # decided: later times change nothing
+    assert [sorting._parallel_pays(trial) for _ in range(3)] == [pool_faster] * 3
+    assert sorting._parallel_pays((400, 201, 2)) is False  # another shape starts its own trial
+
+
+def test_host_sort_trials_give_the_same_permutation_either_way(monkeypatch):
+    monkeypatch.setattr(sorting, "_trials", {})
+    monkeypatch.setattr(sorting, "_parallel", {})
+    keys = _awkward_keys(np.random.default_rng(2), (5, 211), np.float32)
+    want = sorting.host_argsort(keys)  # one thread: fewer keys than PARALLEL_MIN_SIZE
+    monkeypatch.setattr(sorting, "PARALLEL_MIN_SIZE", 64)
+    monkeypatch.setattr(sorting, "_host_cores", lambda: 2)
+    for _ in range(2 * sorting.TRIAL_CALLS + 2):  # both ways, then the one kept
+        np.testing.assert_array_equal(sorting.host_argsort(keys), want)
+    assert list(sorting._parallel) == [(5, 211, 2)] and not sorting._trials
+    monkeypatch.setattr(sorting, "PARALLEL_ALWAYS_SIZE", 64)  # from here on always the pool, no trial
+    np.testing.assert_array_equal(sorting.host_argsort(keys[:4]), want[:4])
+    assert (4, 211, 2) not in sorting._trials and (4, 211, 2) not in sorting._parallel
 
 
 @pytest.mark.parametrize("n", [1, 5, 32, 33, 100, 1025, 40_000])  # one block .. three levels of block totals

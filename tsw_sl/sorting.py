@@ -17,6 +17,7 @@ import concurrent.futures
 import functools
 import os
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +43,11 @@ def _ordered_bits(bits):
     return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
-PARALLEL_MIN_SIZE = 1 << 16  # keys per call from which the rows are sorted on several threads (docs/tsw_sl.md §16.3)
+PARALLEL_MIN_SIZE = 1 << 16  # keys per call from which rows may be sorted on several threads (docs/tsw_sl.md §16.3)
+PARALLEL_ALWAYS_SIZE = 1 << 20  # keys per call from which they always are (below it, `_parallel_pays` decides)
+TRIAL_CALLS = 3  # timed calls each way per shape before `_parallel_pays` keeps the faster way
+_trials: dict[tuple[int, ...], tuple[list[float], list[float]]] = {}  # shape + blocks -> seconds one way, the other
+_parallel: dict[tuple[int, ...], bool] = {}  # shape + blocks -> the way kept
 
 
 @functools.cache
@@ -64,15 +69,50 @@ def _sort_block(keys: np.ndarray, packed: np.ndarray) -> None:
 
 def _sort_rows(keys: np.ndarray, packed: np.ndarray) -> None:
     """`_sort_block`, with the rows split into one block per core the process may use and sorted on a thread pool
-    from `PARALLEL_MIN_SIZE` keys on (numpy releases the GIL while it sorts; XLA's own threads wait for the
-    callback, so the cores are otherwise idle)."""
+    (numpy releases the GIL while it sorts; XLA's own threads wait for the callback, so the cores are otherwise
+    idle) from `PARALLEL_ALWAYS_SIZE` keys on, and from `PARALLEL_MIN_SIZE` on where `_parallel_pays` for the
+    shape. The permutation is the same either way."""
     n = keys.shape[-1]
     blocks = min(_host_cores(), keys.size // max(n, 1))
     if keys.size < PARALLEL_MIN_SIZE or blocks < 2:
         _sort_block(keys, packed)
         return
-    parts = (np.array_split(v.reshape(-1, n), blocks) for v in (keys, packed))
-    list(_sort_pool(blocks).map(_sort_block, *parts))  # list(): waits, and raises a block's error
+    trial = (*keys.shape, blocks)
+    parallel = keys.size >= PARALLEL_ALWAYS_SIZE or _parallel_pays(trial)
+    start = time.perf_counter()
+    if parallel:
+        parts = (np.array_split(v.reshape(-1, n), blocks) for v in (keys, packed))
+        list(_sort_pool(blocks).map(_sort_block, *parts))  # list(): waits, and raises a block's error
+    else:
+        _sort_block(keys, packed)
+    if keys.size < PARALLEL_ALWAYS_SIZE:
+        _record_trial(trial, parallel, time.perf_counter() - start)
+
+
+def _parallel_pays(trial: tuple[int, ...]) -> bool:
+    """Whether keys of a shape are sorted on the thread pool (``trial``: the shape, then the number of blocks).
+    Below `PARALLEL_ALWAYS_SIZE` keys which way is faster depends on the host: [400, 200] keys sorted in 0.39 ms on
+    one thread and 0.35 ms in two blocks on one 2-core machine, in 0.24-0.29 against 0.27-0.35 ms on another, whose
+    numpy sorts rows of up to 256 keys 3x faster per key than longer ones and whose pool threads wake slowly
+    (docs/tsw_sl.md §16.3). So each shape's first calls alternate between the ways, `TRIAL_CALLS` each, timed by
+    `_sort_rows`, and then the way whose fastest call was faster stays."""
+    if trial in _parallel:
+        return _parallel[trial]
+    one, pooled = _trials.setdefault(trial, ([], []))
+    return len(pooled) < len(one)
+
+
+def _record_trial(trial: tuple[int, ...], parallel: bool, seconds: float) -> None:
+    """Adds a timed call to ``trial``'s while `_parallel_pays` is still timing, and keeps the faster way once each
+    has `TRIAL_CALLS` calls."""
+    timed = _trials.get(trial)
+    if timed is None:  # decided (by another thread, too)
+        return
+    one, pooled = timed
+    (pooled if parallel else one).append(seconds)
+    if len(one) >= TRIAL_CALLS and len(pooled) >= TRIAL_CALLS:
+        _parallel[trial] = min(pooled) < min(one)
+        _trials.pop(trial, None)
 
 
 def _packable(keys) -> bool:
