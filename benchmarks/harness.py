@@ -300,12 +300,25 @@ def cpu_model() -> str:
     return fields.get("model name", platform.processor() or "unknown") + (f" ({', '.join(numbers)})" if numbers else "")
 
 
+def numpy_simd() -> list[str] | None:
+    """The SIMD targets numpy dispatches its kernels to in this process (its sorts among them): those of its build
+    that this CPU has and ``NPY_DISABLE_CPU_FEATURES`` leaves on, as ``numpy.show_runtime()`` lists them as
+    "found" (None where numpy does not say). On an AMD Zen 4 host numpy's AVX-512 sort of rows longer than 256
+    keys ran 2.4-3.2x slower than its AVX2 one (docs/tsw_sl.md §16.3), so every run records which ran."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    except ImportError:
+        return None
+    return [target for target in __cpu_dispatch__ if __cpu_features__.get(target)]
+
+
 def environment() -> dict:
-    """Versions and hardware: jax version, backend, device kind and count, CPU count and model, machine, platform."""
-    return dict(jax=jax.__version__, backend=jax.default_backend(), device=str(jax.devices()[0]),
-                device_kind=jax.devices()[0].device_kind, device_count=jax.device_count(),
-                cpu_count=os.cpu_count(), cpu_model=cpu_model(), machine=platform.machine(),
-                platform=platform.platform())
+    """Versions and hardware: jax and numpy versions, numpy's SIMD targets (`numpy_simd`), backend, device kind and
+    count, CPU count and model, machine, platform."""
+    return dict(jax=jax.__version__, numpy=np.__version__, numpy_simd=numpy_simd(), backend=jax.default_backend(),
+                device=str(jax.devices()[0]), device_kind=jax.devices()[0].device_kind,
+                device_count=jax.device_count(), cpu_count=os.cpu_count(), cpu_model=cpu_model(),
+                machine=platform.machine(), platform=platform.platform())
 
 
 @dataclass
@@ -386,7 +399,9 @@ def run_markdown(run: dict) -> list[str]:
     fmt = lambda load: " / ".join(f"{x:.1f}" for x in load)
     lines = [f"Machine: {env['device']} ({env['device_kind']}, {env['device_count']} device(s)), "
              f"{env['cpu_count']} CPUs{' (' + env['cpu_model'] + ')' if env.get('cpu_model') else ''}, "
-             f"{env['machine']}; jax {env['jax']}, backend {env['backend']}. "
+             f"{env['machine']}; jax {env['jax']}, backend {env['backend']}"
+             + (f"; numpy {env['numpy']}, its SIMD targets {', '.join(env['numpy_simd'])}" if env.get("numpy_simd")
+                else "") + ". "
              f"Run started {run['started_utc']}, {run['wall_s']:.0f} s wall.",
              f"Load average (1 / 5 / 15 min): {fmt(run['load_average_start'])} at start, "
              f"{fmt(run['load_average_end'])} at the end (a load above the CPU count means shared cores and "

@@ -113,7 +113,23 @@ def test_matmul_calibration_and_run_record(small_calibration):
     assert "Load average" in text and "Matmul calibration (32x32" in text and harness.MEMORY_DEFINITION in text
     assert "memory bandwidth (numpy copy of 256 MiB" in text
     assert record["environment"]["cpu_model"] and f"({record['environment']['cpu_model']})" in text  # which host
+    simd = record["environment"]["numpy_simd"]  # which of numpy's kernels ran (its sorts differ by target)
+    assert simd is None or f"numpy {np.__version__}, its SIMD targets {', '.join(simd)}" in text
+    older = dict(record, environment={k: v for k, v in record["environment"].items() if k != "numpy_simd"})
+    assert "SIMD" not in "\n".join(harness.run_markdown(older))  # a record from before: rendered without
     assert harness.percent_of_matmul(record["calibration"]["jax_gflops"] / 2, record) == "50%"
+
+
+def test_numpy_simd_names_the_targets_numpy_dispatches_to():
+    found = harness.numpy_simd()
+    assert found is not None and found == [t for t in found if t.isupper()]  # numpy 2.x names them
+    if found:  # turned off at start-up by NPY_DISABLE_CPU_FEATURES, a target is no longer dispatched to
+        code = "from benchmarks import harness; print(harness.numpy_simd())"
+        env = os.environ | {"NPY_DISABLE_CPU_FEATURES": found[-1]}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        left = out.stdout.splitlines()[-1]
+        assert found[-1] not in left and all(t in left for t in found[:-1])
 
 
 # ------------------------------------------------------------------------------------------ result files
