@@ -10,6 +10,13 @@ A process with several devices also keeps XLA's sort: inside a program sharded o
 callback pins the data to one device and can stall the other devices' collectives (seen as an all-reduce rendezvous
 time-out in a 4-device run). Likewise `jnp.cumsum` lowers to a slow reduce-window on CPU (~40 ms for [100, 20001]);
 `cumsum` here is a blocked triangular matrix product.
+
+numpy picks its sort kernels by the CPU's instruction sets when it is imported. On an AMD EPYC of the Zen 4
+generation (cpu family 25 with AVX-512) its AVX-512 sort of rows longer than 256 keys ran 2.4-3.2x slower than
+its AVX2 sort (and 1.5x faster on shorter rows); there, start Python with ``NPY_DISABLE_CPU_FEATURES=X86_V4``
+(numpy 2.4's name for its AVX-512 group; ``numpy.show_runtime()`` lists the names of the installed numpy) when
+the rows are long (docs/tsw_sl.md §16.3). numpy reads it when it is imported, so it is a setting of the process,
+not of this module.
 """
 from __future__ import annotations
 
