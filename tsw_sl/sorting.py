@@ -85,14 +85,16 @@ def _sort_rows(keys: np.ndarray, packed: np.ndarray) -> None:
         _sort_block(keys, packed)
         return
     trial = (*keys.shape, blocks)
-    parallel = keys.size >= PARALLEL_ALWAYS_SIZE or _parallel_pays(trial)
+    always = keys.size >= PARALLEL_ALWAYS_SIZE
+    timed = not always and trial not in _parallel  # the shape's trial still runs
+    parallel = always or _parallel_pays(trial)
     start = time.perf_counter()
     if parallel:
         parts = (np.array_split(v.reshape(-1, n), blocks) for v in (keys, packed))
         list(_sort_pool(blocks).map(_sort_block, *parts))  # list(): waits, and raises a block's error
     else:
         _sort_block(keys, packed)
-    if keys.size < PARALLEL_ALWAYS_SIZE:
+    if timed:
         _record_trial(trial, parallel, time.perf_counter() - start)
 
 
@@ -110,10 +112,10 @@ def _parallel_pays(trial: tuple[int, ...]) -> bool:
 
 
 def _record_trial(trial: tuple[int, ...], parallel: bool, seconds: float) -> None:
-    """Adds a timed call to ``trial``'s while `_parallel_pays` is still timing, and keeps the faster way once each
-    has `TRIAL_CALLS` calls."""
+    """Adds a timed call to ``trial``'s while `_parallel_pays` is still timing (a shape already decided, by another
+    thread too, is left alone), and keeps the faster way once each has `TRIAL_CALLS` calls."""
     timed = _trials.get(trial)
-    if timed is None:  # decided (by another thread, too)
+    if timed is None:  # decided meanwhile
         return
     one, pooled = timed
     (pooled if parallel else one).append(seconds)
