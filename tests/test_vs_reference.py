@@ -495,6 +495,25 @@ def test_a_slow_step_names_its_products_flops_against_the_authors():
     assert "| 40% | - | - | 66% | - | not shown" in "\n".join(vs.goal_misses(vs.best_records(records), profiled))
 
 
+def test_a_slow_first_call_above_the_whole_batch_rows_names_the_scan_and_extra_work_its_row_without():
+    records = [_record("magep", 0.100, 0.0, batch=256), _record("ours_magep", 0.030, 0.0, batch=256),
+               _record("ours_magep_normalized", 0.040, 0.0, batch=256),
+               _record("magep", 0.010, 0.0, batch=64), _record("ours_magep_normalized", 0.004, 0.0, batch=64)]
+    records[1].update(first_call_s=2.5)
+    records[4].update(first_call_s=2.2)
+    lines = vs.goal_misses(vs.best_records(records))
+    # batch 256 runs in micro-batches (above `CPU_WHOLE_ROWS`), batch 64 whole
+    dashes = "| - | - | - | - | - |"
+    assert f"| MAGEP-NFN | 256 | fwdbwd | 0.30 | 2.50 {dashes} first call above 2 s (the micro-batches' scan) |" \
+        in lines
+    assert (f"| 256 | fwdbwd | 0.40 | 1.00 {dashes} no profile; without the normalisation 0.30, first call 2.50 s |"
+            in "\n".join(lines))
+    # no record of our job without it at 64: nothing set beside the row
+    assert "| 64 | fwdbwd | 0.40 | 2.20 | - | - | - | - | - | no profile; first call above 2 s |" in "\n".join(lines)
+    records[0].update(status="failed")  # no authors' record: nothing to set beside the row
+    assert "without the normalisation" not in "\n".join(vs.goal_misses(vs.best_records(records)))
+
+
 def test_job_scripts_take_their_own_flags_and_the_torch_job_counts_nfn_jobs_only():
     args = protocol.job_arguments("job", ("magep",), ["--job", "magep", "--mode", "fwd", "--count-flops"],
                                   flags=(("--count-flops", "count"),))
