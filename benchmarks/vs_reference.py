@@ -451,7 +451,7 @@ GOAL_RATIO, GOAL_FIRST_S = 0.33, 2.0
 EXTRA_WORK = {"ours_magep_normalized": ("the normalisation", "ours_magep")}
 # why a training step above `common.microbatch.CPU_WHOLE_ROWS` rows (in micro-batches, one `jax.lax.scan` over them)
 # compiles longer
-SCAN_TRADE = "the micro-batches' scan"
+SCAN_CAUSE = "the micro-batches' scan"
 # What bounds each predictor's step, from the per-op profiles in the docs (where a row misses the goal).
 NFN_BOUNDS = {  # kernel-time shares and floors: step_profile.md (runs of 2026-12-05 06:05-20:58)
     "MAGEP-NFN": "the authors' architecture: no scale normalisation (`normalize=False`; their code has none) and "
@@ -672,7 +672,7 @@ def goal_misses(best, profiled: dict | None = None, counts: dict[str, dict] | No
                                 for field in ("products", "bound", "passes", "allowed")]
                              + ["-" if flops_ratio is None else f"{flops_ratio:.2f}",
                                 _verdict(ratio, slow_first, shares,
-                                         SCAN_TRADE if r["mode"] == "fwdbwd" and r["batch"] > CPU_WHOLE_ROWS else "",
+                                         SCAN_CAUSE if r["mode"] == "fwdbwd" and r["batch"] > CPU_WHOLE_ROWS else "",
                                          _without_text(best, ours, r, a))])
     if not misses:
         return []
